@@ -1,0 +1,4 @@
+//! The `txipc` command.
+#![forbid(unsafe_code)]
+
+fn main() {}

@@ -1,0 +1,2 @@
+//! Cross-process benchmarks: IPC round trips, YCSB, recovery time.
+#![forbid(unsafe_code)]

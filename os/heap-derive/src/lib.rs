@@ -1,0 +1,2 @@
+//! Derive for the Persistent marker trait.
+#![forbid(unsafe_code)]

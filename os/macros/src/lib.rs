@@ -1,0 +1,2 @@
+//! The #[service] attribute macro.
+#![forbid(unsafe_code)]
