@@ -1,2 +1,24 @@
-//! Raw Linux primitives: memfds, fixed mappings, futexes, pidfds, fd passing, fork.
+//! Raw Linux primitives for txipc, fenced in one crate.
+//!
+//! Everything here wraps a syscall or a piece of shared memory behind a safe API so that the
+//! kernel, runtime and command-line crates can be `#![forbid(unsafe_code)]`:
+//!
+//! - [`fdpass`]: messages with file descriptors over Unix sockets (SCM_RIGHTS), the only way
+//!   capabilities (memfds) move between processes;
+//! - [`process`]: pidfds, the child subreaper, process states read from `/proc`, stopping and
+//!   killing, fork-and-exec;
+//! - [`crash`]: the crash reporter a server installs on entry: on a fatal signal or a panic it
+//!   tells the kernel and stops itself (SIGSTOP), so the kernel recovers the server *before* the
+//!   dead incarnation's address space is torn down;
+//! - [`status`]: the status page, a small shared-memory record per server that the kernel's
+//!   watchdog reads (busy-since timestamp for per-call deadlines, served-call counters);
+//! - [`time`]: the monotonic clock in nanoseconds.
 #![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod crash;
+pub mod fdpass;
+pub mod process;
+pub mod status;
+pub mod time;
+
+pub use rustix::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

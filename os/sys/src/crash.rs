@@ -1,0 +1,175 @@
+//! The crash reporter of a server incarnation.
+//!
+//! On a fatal signal (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS) or a panic, the
+//! incarnation sends a [`CrashReport`] on its control socket and stops itself with SIGSTOP. A
+//! stopped process cannot touch shared memory any more, so the kernel can recover the server at
+//! once — roll back, re-post, start the standby — and kill the stopped incarnation afterwards:
+//! the address-space teardown of a large heap is then off the recovery path. A process killed
+//! from outside (SIGKILL) cannot report; the kernel learns of it from its pidfd instead.
+//!
+//! Everything the signal handler does is async-signal-safe: two atomic loads, `send(2)` with
+//! `MSG_DONTWAIT`, `kill(2)`, `sigaction(2)`.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// First byte of a crash report; no control message encoding starts with it.
+pub const CRASH_MAGIC: u8 = 0xFF;
+
+/// What kind of fault a report describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashKind {
+    /// A fatal signal, with its number.
+    Signal(i32),
+    /// A Rust panic.
+    Panic,
+    /// A failed integrity check (heap canary, invariant).
+    Integrity,
+}
+
+/// A crash report as sent on the wire: 8 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashReport {
+    /// The kind of fault.
+    pub kind: CrashKind,
+}
+
+impl CrashReport {
+    /// Encodes the report.
+    pub fn encode(&self) -> [u8; 8] {
+        let (k, v) = match self.kind {
+            CrashKind::Signal(s) => (1u8, s),
+            CrashKind::Panic => (2, 0),
+            CrashKind::Integrity => (3, 0),
+        };
+        let v = v.to_le_bytes();
+        [CRASH_MAGIC, k, 0, 0, v[0], v[1], v[2], v[3]]
+    }
+
+    /// Decodes a report; `None` if `bytes` is not one.
+    pub fn decode(bytes: &[u8]) -> Option<CrashReport> {
+        if bytes.len() != 8 || bytes[0] != CRASH_MAGIC {
+            return None;
+        }
+        let v = i32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        let kind = match bytes[1] {
+            1 => CrashKind::Signal(v),
+            2 => CrashKind::Panic,
+            3 => CrashKind::Integrity,
+            _ => return None,
+        };
+        Some(CrashReport { kind })
+    }
+}
+
+static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
+
+const FATAL: [i32; 7] = [
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGILL,
+    libc::SIGFPE,
+    libc::SIGABRT,
+    libc::SIGTRAP,
+    libc::SIGSYS,
+];
+
+fn send_report(report: CrashReport) {
+    let fd = REPORT_FD.load(Ordering::Acquire);
+    if fd < 0 {
+        return;
+    }
+    let bytes = report.encode();
+    // SAFETY: `bytes` is a live stack buffer of the given length; `send` on a possibly stale fd
+    // is harmless (EBADF). send(2) is async-signal-safe.
+    unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        );
+    }
+}
+
+fn stop_self() {
+    // SAFETY: kill(2) and getpid(2) are async-signal-safe and take no pointers.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGSTOP);
+    }
+}
+
+extern "C" fn on_fatal_signal(
+    sig: libc::c_int,
+    _info: *mut libc::siginfo_t,
+    _ctx: *mut libc::c_void,
+) {
+    send_report(CrashReport {
+        kind: CrashKind::Signal(sig),
+    });
+    stop_self();
+    // Only reached if someone continues us: die the ordinary way. Restore the default action and
+    // return; the faulting instruction faults again (or, for abort/raise, re-raise).
+    // SAFETY: resetting a signal's disposition to SIG_DFL and raising it are async-signal-safe.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+/// Installs the crash reporter: fatal signals and panics are reported on `report_fd` (a
+/// connected SEQPACKET socket to the kernel, kept open by the caller for the life of the
+/// process), then the process stops itself.
+pub fn install(report_fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    REPORT_FD.store(report_fd, Ordering::Release);
+    for sig in FATAL {
+        // SAFETY: an all-zero sigaction is a valid starting value; every field we rely on is set
+        // below.
+        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+        sa.sa_sigaction = on_fatal_signal as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
+        // SAFETY: `sa.sa_mask` is a valid sigset_t owned by us.
+        unsafe { libc::sigemptyset(&mut sa.sa_mask) };
+        // SAFETY: `sa` is fully initialised and the handler only performs async-signal-safe
+        // operations; the old action is not needed.
+        let rc = unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        report_and_stop(CrashKind::Panic);
+    }));
+    Ok(())
+}
+
+/// Reports a crash of the given kind and stops the process; if it is ever continued, it aborts.
+/// Used for panics and failed integrity checks.
+pub fn report_and_stop(kind: CrashKind) -> ! {
+    send_report(CrashReport { kind });
+    stop_self();
+    std::process::abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_roundtrip() {
+        for kind in [
+            CrashKind::Signal(11),
+            CrashKind::Panic,
+            CrashKind::Integrity,
+        ] {
+            let r = CrashReport { kind };
+            assert_eq!(CrashReport::decode(&r.encode()), Some(r));
+        }
+        assert_eq!(CrashReport::decode(&[0u8; 8]), None);
+        assert_eq!(
+            CrashReport::decode(&[CRASH_MAGIC, 9, 0, 0, 0, 0, 0, 0]),
+            None
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! Processes: pidfds, the child subreaper, states from `/proc`, signals, fork.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::process::{Pid, PidfdFlags, Signal};
+
+/// Opens a pidfd for `pid`. The pidfd becomes readable when the process exits, and stays valid
+/// (and unambiguous) even after the pid is reused.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
+}
+
+/// Sends a signal through a pidfd (no pid-reuse race).
+pub fn pidfd_signal(pidfd: impl AsFd, sig: Signal) -> io::Result<()> {
+    match rustix::process::pidfd_send_signal(pidfd, sig) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sends a signal by pid (for processes we hold no pidfd of). A missing process is not an error.
+pub fn kill(pid: i32, sig: Signal) -> io::Result<()> {
+    let Some(pid) = Pid::from_raw(pid) else {
+        return Ok(());
+    };
+    match rustix::process::kill_process(pid, sig) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes this process the reaper of every orphaned descendant, so that no server process can
+/// escape supervision by having its parent (a zygote) die.
+pub fn become_subreaper() -> io::Result<()> {
+    Ok(rustix::process::set_child_subreaper(Some(
+        rustix::process::getpid(),
+    ))?)
+}
+
+/// Asks for `SIGKILL` when the parent dies, then checks the parent did not die before the
+/// request took effect (in which case this process is an orphan and exits).
+pub fn die_with_parent(expected_parent: i32) -> io::Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+    let ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
+    if ppid != expected_parent {
+        std::process::exit(70);
+    }
+    Ok(())
+}
+
+/// This process's pid.
+pub fn getpid() -> i32 {
+    rustix::process::getpid().as_raw_nonzero().get()
+}
+
+/// The parent's pid (0 if none).
+pub fn getppid() -> i32 {
+    rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get())
+}
+
+/// The one-letter state of a process from `/proc/PID/stat` (`R`, `S`, `T` stopped, `t` traced,
+/// `Z` zombie, `X` dead), or `None` if the process is gone.
+pub fn state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: the state follows the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.trim_start().chars().next()
+}
+
+/// Waits until `pid` can no longer run user code: stopped (`T`/`t`), zombie or gone. Bounded by
+/// `timeout`; returns whether that state was reached.
+pub fn wait_not_running(pid: i32, timeout: Duration) -> bool {
+    let start = Instant::now();
+    let mut spins = 0u32;
+    loop {
+        match state(pid) {
+            None | Some('T') | Some('t') | Some('Z') | Some('X') => return true,
+            _ => {}
+        }
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        spins += 1;
+        if spins < 64 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
+/// Number of threads of this process (from `/proc/self/status`).
+pub fn thread_count() -> io::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no Threads: line in /proc/self/status"))
+}
+
+/// Which side of a fork this is.
+#[derive(Debug)]
+pub enum Forked {
+    /// The parent, with the child's pid.
+    Parent {
+        /// The child's pid.
+        child: i32,
+    },
+    /// The child.
+    Child,
+}
+
+/// Forks this process. Refuses (with an error) unless the process is single-threaded, which is
+/// what makes the child's use of the allocator and locks sound.
+pub fn fork() -> io::Result<Forked> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "fork refused: the process has {threads} threads (only a single-threaded process may fork)"
+        )));
+    }
+    // SAFETY: the process is single-threaded (checked just above, and a single-threaded process
+    // cannot gain threads between the check and the fork), so the child inherits no lock held by
+    // another thread and may run arbitrary code.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent {
+            child: child.as_raw(),
+        }),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// Reaps every exited child without blocking; returns how many were reaped.
+pub fn reap_children() -> usize {
+    let mut n = 0;
+    loop {
+        match nix::sys::wait::waitpid(
+            None::<nix::unistd::Pid>,
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG | nix::sys::wait::WaitPidFlag::__WALL),
+        ) {
+            Ok(nix::sys::wait::WaitStatus::StillAlive) | Err(_) => return n,
+            Ok(_) => n += 1,
+        }
+    }
+}
+
+/// Clears close-on-exec on `fd` so that a child started with exec inherits it.
+pub fn inherit_on_exec(fd: impl AsFd) -> io::Result<()> {
+    let flags = rustix::io::fcntl_getfd(&fd)?;
+    rustix::io::fcntl_setfd(&fd, flags - rustix::io::FdFlags::CLOEXEC)?;
+    Ok(())
+}
+
+/// Pins the calling thread to one CPU (for measurements).
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).map_err(io::Error::from)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(io::Error::from)
+}
+
+/// Number of CPUs this process may run on.
+pub fn cpus_available() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_state_is_running() {
+        // The main thread may be sleeping while a test thread runs: alive, not stopped.
+        assert!(matches!(state(getpid()), Some('R') | Some('S')));
+        assert_eq!(state(i32::MAX - 1), None);
+    }
+
+    #[test]
+    fn fork_refused_when_multithreaded() {
+        // The test harness runs tests on threads: the process has more than one.
+        if thread_count().unwrap() > 1 {
+            assert!(fork().is_err());
+        }
+    }
+
+    #[test]
+    fn stopped_child_is_seen_stopped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let pidfd = pidfd_open(pid).unwrap();
+        pidfd_signal(&pidfd, Signal::STOP).unwrap();
+        assert!(wait_not_running(pid, Duration::from_secs(5)));
+        assert_eq!(state(pid), Some('T'));
+        pidfd_signal(&pidfd, Signal::KILL).unwrap();
+        child.wait().unwrap();
+    }
+}

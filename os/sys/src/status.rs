@@ -1,0 +1,158 @@
+//! The status page: one small shared record per server, written by the running incarnation and
+//! read by the kernel's watchdog.
+//!
+//! | field | writer | meaning |
+//! | --- | --- | --- |
+//! | `busy_since_ns` | incarnation | monotonic time the current call was taken, 0 when idle |
+//! | `busy_txid` | incarnation | transaction id of the current call |
+//! | `calls` | incarnation | calls completed by all incarnations (committed) |
+//! | `generation` | kernel | generation of the incarnation allowed to run |
+//! | `ready` | incarnation | the generation that finished attaching and is serving |
+//!
+//! Fields are atomics at fixed offsets in a memfd page; a torn or garbage value can only make the
+//! watchdog act early or late on the server that wrote it.
+
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::mm::{MapFlags, ProtFlags};
+
+const MAGIC: u64 = u64::from_le_bytes(*b"TXIPCST1");
+const PAGE: usize = 4096;
+const FIELDS: usize = 6;
+
+/// A mapped status page.
+#[derive(Debug)]
+pub struct StatusPage {
+    base: NonNull<AtomicU64>,
+}
+
+// SAFETY: the mapping is only accessed through atomics, which are Sync; the pointer stays valid
+// until Drop unmaps it.
+unsafe impl Send for StatusPage {}
+// SAFETY: as above; all access is through `&AtomicU64`.
+unsafe impl Sync for StatusPage {}
+
+impl StatusPage {
+    /// Creates a zeroed status page memfd (kernel side).
+    pub fn create(name: &str) -> io::Result<OwnedFd> {
+        let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
+        rustix::fs::ftruncate(&fd, PAGE as u64)?;
+        let page = StatusPage::map_unchecked(fd.as_fd())?;
+        page.field(0).store(MAGIC, Ordering::Release);
+        Ok(fd)
+    }
+
+    fn map_unchecked(fd: impl AsFd) -> io::Result<StatusPage> {
+        let st = rustix::fs::fstat(&fd)?;
+        if (st.st_size as usize) < PAGE {
+            return Err(io::Error::other("status page memfd is smaller than a page"));
+        }
+        // SAFETY: a fresh shared mapping of PAGE bytes of a memfd at least that large; the kernel
+        // picks the address, so nothing existing is replaced.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )?
+        };
+        let base = NonNull::new(ptr.cast::<AtomicU64>())
+            .ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(StatusPage { base })
+    }
+
+    /// Maps a status page and checks its magic.
+    pub fn map(fd: impl AsFd) -> io::Result<StatusPage> {
+        let page = StatusPage::map_unchecked(fd)?;
+        if page.field(0).load(Ordering::Acquire) != MAGIC {
+            return Err(io::Error::other("not a txipc status page (bad magic)"));
+        }
+        Ok(page)
+    }
+
+    fn field(&self, i: usize) -> &AtomicU64 {
+        assert!(i <= FIELDS);
+        // SAFETY: the mapping is PAGE bytes, page aligned, and i <= FIELDS keeps the u64 inside
+        // it; AtomicU64 has the layout of u64, and all processes access it atomically only.
+        unsafe { &*self.base.as_ptr().add(i) }
+    }
+
+    /// Marks a call taken at `now_ns` in transaction `txid`.
+    #[inline]
+    pub fn set_busy(&self, now_ns: u64, txid: u64) {
+        self.field(2).store(txid, Ordering::Relaxed);
+        self.field(1).store(now_ns.max(1), Ordering::Release);
+    }
+    /// Marks the incarnation idle and counts `calls` completed calls.
+    #[inline]
+    pub fn set_idle(&self, calls: u64) {
+        self.field(1).store(0, Ordering::Release);
+        self.field(3).fetch_add(calls, Ordering::Relaxed);
+    }
+    /// When the current call was taken (0: idle), and its txid.
+    pub fn busy(&self) -> (u64, u64) {
+        let since = self.field(1).load(Ordering::Acquire);
+        (since, self.field(2).load(Ordering::Relaxed))
+    }
+    /// Calls completed by all incarnations.
+    pub fn calls(&self) -> u64 {
+        self.field(3).load(Ordering::Relaxed)
+    }
+    /// The generation allowed to run (kernel writes).
+    pub fn generation(&self) -> u64 {
+        self.field(4).load(Ordering::Acquire)
+    }
+    /// Sets the generation allowed to run and clears busy state (kernel, during recovery).
+    pub fn set_generation(&self, g: u64) {
+        self.field(1).store(0, Ordering::Relaxed);
+        self.field(4).store(g, Ordering::Release);
+    }
+    /// The generation that is attached and serving.
+    pub fn ready(&self) -> u64 {
+        self.field(5).load(Ordering::Acquire)
+    }
+    /// Announces that generation `g` is attached and serving.
+    pub fn set_ready(&self, g: u64) {
+        self.field(5).store(g, Ordering::Release);
+    }
+}
+
+impl Drop for StatusPage {
+    fn drop(&mut self) {
+        // SAFETY: we mapped exactly PAGE bytes at `base` and no reference outlives `self`.
+        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), PAGE) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_mappings_share_fields() {
+        let fd = StatusPage::create("t").unwrap();
+        let a = StatusPage::map(&fd).unwrap();
+        let b = StatusPage::map(&fd).unwrap();
+        a.set_busy(123, 9);
+        assert_eq!(b.busy(), (123, 9));
+        a.set_idle(2);
+        assert_eq!(b.busy().0, 0);
+        assert_eq!(b.calls(), 2);
+        b.set_generation(4);
+        assert_eq!(a.generation(), 4);
+    }
+
+    #[test]
+    fn wrong_object_is_refused() {
+        let fd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        assert!(StatusPage::map(&fd).is_err());
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        assert!(StatusPage::map(&fd).is_err());
+    }
+}
