@@ -1,2 +1,15 @@
-//! Pure logic of txipc: manifests, control messages, the slot recovery decision and restart policy, testable without processes.
+//! Pure logic of txipc, testable without processes or shared memory.
+//!
+//! - [`manifest`]: the TOML description of a system (servers, policies, limits, grants), parsed
+//!   and validated with errors that name the offending entry and what to do;
+//! - [`proto`]: the control-plane messages between clients, the kernel, zygotes and
+//!   incarnations (postcard over SEQPACKET sockets; the data path never uses them);
+//! - [`recovery`]: what the kernel does with each in-flight slot after an incarnation dies, and
+//!   when it may restart a server (restart-storm bounding);
+//! - [`paths`]: where a running system's socket lives.
 #![forbid(unsafe_code)]
+
+pub mod manifest;
+pub mod paths;
+pub mod proto;
+pub mod recovery;

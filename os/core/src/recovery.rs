@@ -1,0 +1,237 @@
+//! Recovery decisions: what happens to each in-flight request when an incarnation dies, and when
+//! the server may come back.
+//!
+//! The kernel gathers facts (the undo log's state, each TAKEN slot's attempt counter, whether the
+//! slot's `(channel, slot, seq)` is in the committed batch) and asks [`decide_slot`]; it then
+//! carries the answer out on shared memory. Keeping the decision here makes every combination
+//! testable without processes.
+
+use std::collections::VecDeque;
+
+use crate::manifest::{Policy, RestartLimits};
+
+/// The undo log's state when the kernel looked, before any rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogState {
+    /// No transaction since the log was formatted.
+    Idle,
+    /// A transaction was running: its updates must be undone.
+    Active(u64),
+    /// The last transaction committed: its replies are written and must be published.
+    Committed(u64),
+    /// The last transaction was already rolled back.
+    Aborted(u64),
+}
+
+/// Facts about one slot found TAKEN by the dead incarnation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TakenSlot {
+    /// The slot's `(channel, slot, seq)` is in the batch of the committed transaction.
+    pub in_committed_batch: bool,
+    /// Times this request was already re-posted after a fault.
+    pub attempt: u32,
+}
+
+/// Why a request is failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailReason {
+    /// It faulted the server more than `retry_limit` times (poison request); rolled back.
+    Poison {
+        /// Times it ran.
+        attempts: u32,
+    },
+    /// The server restarted without its state (policy restart).
+    Restarted,
+    /// The server is down for good, or held down.
+    Unavailable,
+}
+
+/// What the kernel does with a TAKEN slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotAction {
+    /// The reply is written and committed: publish it.
+    PublishWritten,
+    /// Rolled back: give it to the next incarnation (attempt + 1).
+    Repost,
+    /// Answer it with an error.
+    Fail(FailReason),
+}
+
+/// Decides the fate of one TAKEN slot. `held_down`: the server will not run again soon.
+pub fn decide_slot(
+    policy: Policy,
+    retry_limit: u32,
+    held_down: bool,
+    slot: TakenSlot,
+) -> SlotAction {
+    // A committed reply is always delivered: a committed transaction is never rolled back, and
+    // the reply is what the client must see (exactly-once).
+    if slot.in_committed_batch {
+        return SlotAction::PublishWritten;
+    }
+    match policy {
+        Policy::None => SlotAction::Fail(FailReason::Unavailable),
+        Policy::Restart if held_down => SlotAction::Fail(FailReason::Unavailable),
+        Policy::Restart => SlotAction::Fail(FailReason::Restarted),
+        Policy::Txipc if slot.attempt >= retry_limit => SlotAction::Fail(FailReason::Poison {
+            attempts: slot.attempt + 1,
+        }),
+        Policy::Txipc if held_down => SlotAction::Fail(FailReason::Unavailable),
+        Policy::Txipc => SlotAction::Repost,
+    }
+}
+
+/// Whether the kernel must roll the heap back before anything else.
+pub fn must_roll_back(policy: Policy, log: LogState) -> bool {
+    policy == Policy::Txipc && matches!(log, LogState::Active(_))
+}
+
+/// The answer of the [`RestartGovernor`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartDecision {
+    /// Restart at once.
+    Now,
+    /// Restart after this many milliseconds (minimum interval).
+    After(u64),
+    /// Too many restarts in the window: hold the server down.
+    HoldDown,
+    /// The policy does not restart.
+    Never,
+}
+
+/// Bounds restart storms: a minimum interval between restarts and a maximum count per window.
+#[derive(Debug, Clone)]
+pub struct RestartGovernor {
+    policy: Policy,
+    limits: RestartLimits,
+    history: VecDeque<u64>,
+    last: Option<u64>,
+}
+
+impl RestartGovernor {
+    /// A governor for a server with this policy and these limits.
+    pub fn new(policy: Policy, limits: RestartLimits) -> Self {
+        RestartGovernor {
+            policy,
+            limits,
+            history: VecDeque::new(),
+            last: None,
+        }
+    }
+
+    /// The server failed at `now_ms`: may it restart, and when? A `Now`/`After` answer is
+    /// counted as a restart.
+    pub fn on_failure(&mut self, now_ms: u64) -> RestartDecision {
+        if self.policy == Policy::None {
+            return RestartDecision::Never;
+        }
+        while self
+            .history
+            .front()
+            .is_some_and(|&t| now_ms.saturating_sub(t) >= self.limits.window_ms)
+        {
+            self.history.pop_front();
+        }
+        if self.history.len() >= self.limits.max_restarts as usize {
+            return RestartDecision::HoldDown;
+        }
+        let at = match self.last {
+            Some(l) if now_ms < l + self.limits.min_interval_ms => l + self.limits.min_interval_ms,
+            _ => now_ms,
+        };
+        self.history.push_back(at);
+        self.last = Some(at);
+        if at > now_ms {
+            RestartDecision::After(at - now_ms)
+        } else {
+            RestartDecision::Now
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: TakenSlot = TakenSlot {
+        in_committed_batch: false,
+        attempt: 0,
+    };
+
+    #[test]
+    fn committed_reply_is_always_published() {
+        for policy in [Policy::None, Policy::Restart, Policy::Txipc] {
+            for held in [false, true] {
+                for attempt in [0, 1, 5] {
+                    let s = TakenSlot {
+                        in_committed_batch: true,
+                        attempt,
+                    };
+                    assert_eq!(decide_slot(policy, 2, held, s), SlotAction::PublishWritten);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn txipc_retries_up_to_the_limit_then_poison() {
+        assert_eq!(decide_slot(Policy::Txipc, 2, false, T), SlotAction::Repost);
+        let s1 = TakenSlot { attempt: 1, ..T };
+        assert_eq!(decide_slot(Policy::Txipc, 2, false, s1), SlotAction::Repost);
+        let s2 = TakenSlot { attempt: 2, ..T };
+        assert_eq!(
+            decide_slot(Policy::Txipc, 2, false, s2),
+            SlotAction::Fail(FailReason::Poison { attempts: 3 })
+        );
+        assert_eq!(
+            decide_slot(Policy::Txipc, 0, false, T),
+            SlotAction::Fail(FailReason::Poison { attempts: 1 })
+        );
+        assert_eq!(
+            decide_slot(Policy::Txipc, 2, true, T),
+            SlotAction::Fail(FailReason::Unavailable)
+        );
+    }
+
+    #[test]
+    fn baselines() {
+        assert_eq!(
+            decide_slot(Policy::Restart, 2, false, T),
+            SlotAction::Fail(FailReason::Restarted)
+        );
+        assert_eq!(
+            decide_slot(Policy::Restart, 2, true, T),
+            SlotAction::Fail(FailReason::Unavailable)
+        );
+        assert_eq!(
+            decide_slot(Policy::None, 2, false, T),
+            SlotAction::Fail(FailReason::Unavailable)
+        );
+    }
+
+    #[test]
+    fn rollback_only_for_active_txipc() {
+        assert!(must_roll_back(Policy::Txipc, LogState::Active(3)));
+        assert!(!must_roll_back(Policy::Txipc, LogState::Committed(3)));
+        assert!(!must_roll_back(Policy::Txipc, LogState::Aborted(3)));
+        assert!(!must_roll_back(Policy::Restart, LogState::Active(3)));
+    }
+
+    #[test]
+    fn governor_bounds_storms() {
+        let limits = RestartLimits {
+            min_interval_ms: 10,
+            max_restarts: 3,
+            window_ms: 100,
+        };
+        let mut g = RestartGovernor::new(Policy::Txipc, limits);
+        assert_eq!(g.on_failure(0), RestartDecision::Now);
+        assert_eq!(g.on_failure(5), RestartDecision::After(5));
+        assert_eq!(g.on_failure(20), RestartDecision::Now);
+        assert_eq!(g.on_failure(30), RestartDecision::HoldDown);
+        // The window slides: 100 ms after the first restart there is room again.
+        assert_eq!(g.on_failure(101), RestartDecision::Now);
+        let mut none = RestartGovernor::new(Policy::None, limits);
+        assert_eq!(none.on_failure(0), RestartDecision::Never);
+    }
+}
