@@ -1,0 +1,873 @@
+//! Channels: the client, server and kernel views of one shared memfd.
+//!
+//! See ARCHITECTURE.md §4 for the layout and the table of who may write what in which state.
+//! This module implements that protocol; the comments name the transition each step performs.
+//!
+//! # The client's sleep cannot miss a reply
+//!
+//! Client: `client_waiting = 1` ; fence(SeqCst) ; `w = load state` ; if not REPLIED:
+//! `futex_wait(state, w)`. Server (`publish`): `state = REPLIED` (CAS, release) ;
+//! fence(SeqCst) ; if `load client_waiting == 1`: `futex_wake(state)`.
+//! If the client's fence comes first in the SeqCst order, the server's load sees
+//! `client_waiting == 1` and wakes; the wake either finds the client queued, or the client's
+//! `futex_wait` finds `state != w` and returns. If the server's fence comes first, the client's
+//! load sees REPLIED and never sleeps. (The doorbell module docs spell out the same argument.)
+//! Kernel operations always wake, and DEAD/REVOKED also raise the epoch of every state word, so
+//! a client about to sleep on the old value returns at once and sees the flag.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+use std::time::{Duration, Instant};
+
+use crate::ChanError;
+use crate::doorbell::Doorbell;
+use crate::futex;
+use crate::layout::{
+    CHANNEL_MAGIC, CHANNEL_VERSION, ChannelLayout, FLAG_DEAD, FLAG_REVOKED, PAGE, SlotState,
+    Status, ctl, hdr, st,
+};
+use crate::mem::{Mapping, check_fd, create_sealed};
+use crate::spin::{SpinConfig, SpinMode, Spinner};
+
+use Ordering::{Acquire, Relaxed, Release, SeqCst};
+
+/// Creates and formats a channel memfd (kernel side). The memfd is sealed against resizing so
+/// that no holder can turn the others' accesses into SIGBUS.
+pub fn create_channel(name: &str, layout: ChannelLayout) -> Result<OwnedFd, ChanError> {
+    layout.validate()?;
+    let size = layout.total_size();
+    create_sealed(&format!("txipc-chan:{name}"), size, |m| {
+        m.u64_at(hdr::MAGIC).store(CHANNEL_MAGIC, Relaxed);
+        m.u32_at(hdr::VERSION).store(CHANNEL_VERSION, Relaxed);
+        m.u32_at(hdr::NSLOTS).store(layout.nslots, Relaxed);
+        m.u32_at(hdr::REQ_CAP).store(layout.req_cap, Relaxed);
+        m.u32_at(hdr::REPLY_CAP).store(layout.reply_cap, Relaxed);
+        // Everything else starts zeroed: generation 0, no flags, every slot FREE with seq 0.
+    })
+}
+
+/// One mapped channel with the layout read (once) from its header.
+#[derive(Debug)]
+struct Chan {
+    map: Mapping,
+    layout: ChannelLayout,
+    nslots: usize,
+}
+
+/// Accessors for one slot's control block.
+#[derive(Clone, Copy)]
+struct Ctl<'a> {
+    m: &'a Mapping,
+    base: usize,
+}
+
+impl<'a> Ctl<'a> {
+    #[inline]
+    fn state(self) -> &'a AtomicU32 {
+        self.m.u32_at(self.base + ctl::STATE)
+    }
+    #[inline]
+    fn client_waiting(self) -> &'a AtomicU32 {
+        self.m.u32_at(self.base + ctl::CLIENT_WAITING)
+    }
+    #[inline]
+    fn seq(self) -> &'a AtomicU64 {
+        self.m.u64_at(self.base + ctl::SEQ)
+    }
+    #[inline]
+    fn method(self) -> &'a AtomicU32 {
+        self.m.u32_at(self.base + ctl::METHOD)
+    }
+    #[inline]
+    fn req_len(self) -> &'a AtomicU32 {
+        self.m.u32_at(self.base + ctl::REQ_LEN)
+    }
+    #[inline]
+    fn attempt(self) -> &'a AtomicU32 {
+        self.m.u32_at(self.base + ctl::ATTEMPT)
+    }
+    #[inline]
+    fn status(self) -> &'a AtomicU32 {
+        self.m.u32_at(self.base + ctl::STATUS)
+    }
+    #[inline]
+    fn reply_len(self) -> &'a AtomicU32 {
+        self.m.u32_at(self.base + ctl::REPLY_LEN)
+    }
+
+    /// CAS loop `from → to` on the state bits, keeping the epoch (which a concurrent kick may
+    /// change, hence the loop). `Err(word)` if the state is not `from`.
+    #[inline]
+    fn transition(self, from: u32, to: u32, success: Ordering) -> Result<u32, u32> {
+        let s = self.state();
+        let mut w = s.load(Relaxed);
+        loop {
+            if w & st::MASK != from {
+                return Err(w);
+            }
+            match s.compare_exchange_weak(w, st::with(w, to), success, Relaxed) {
+                Ok(_) => return Ok(w),
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    /// `from → FREE`, raising the epoch.
+    #[inline]
+    fn release_to_free(self, from: u32) -> bool {
+        let s = self.state();
+        let mut w = s.load(Relaxed);
+        loop {
+            if w & st::MASK != from {
+                return false;
+            }
+            match s.compare_exchange_weak(w, st::freed(w), Release, Relaxed) {
+                Ok(_) => return true,
+                Err(now) => w = now,
+            }
+        }
+    }
+}
+
+impl Chan {
+    fn map(fd: BorrowedFd<'_>) -> Result<Self, ChanError> {
+        let actual = check_fd(fd, "channel", PAGE as u64)?;
+        let layout = {
+            let head = Mapping::map_shared(fd, PAGE)?;
+            let magic = head.u64_at(hdr::MAGIC).load(Relaxed);
+            if magic != CHANNEL_MAGIC {
+                return Err(ChanError::BadMagic {
+                    what: "channel",
+                    found: magic,
+                });
+            }
+            let version = head.u32_at(hdr::VERSION).load(Relaxed);
+            if version != CHANNEL_VERSION {
+                return Err(ChanError::BadVersion {
+                    what: "channel",
+                    found: version,
+                    expected: CHANNEL_VERSION,
+                });
+            }
+            // Read the shape exactly once: whatever a peer writes to the header later, our
+            // offsets stay those validated here.
+            ChannelLayout {
+                nslots: head.u32_at(hdr::NSLOTS).load(Relaxed),
+                req_cap: head.u32_at(hdr::REQ_CAP).load(Relaxed),
+                reply_cap: head.u32_at(hdr::REPLY_CAP).load(Relaxed),
+            }
+        };
+        layout.validate()?;
+        let needed = layout.total_size();
+        if actual < needed as u64 {
+            return Err(ChanError::TooSmall {
+                what: "channel",
+                actual,
+                needed: needed as u64,
+            });
+        }
+        let map = Mapping::map_shared(fd, needed)?;
+        debug_assert!(map.len() >= needed);
+        Ok(Self {
+            map,
+            layout,
+            nslots: layout.nslots as usize,
+        })
+    }
+
+    #[inline]
+    fn ctl(&self, slot: usize) -> Ctl<'_> {
+        debug_assert!(slot < self.nslots);
+        Ctl {
+            m: &self.map,
+            base: self.layout.ctl_offset(slot),
+        }
+    }
+
+    #[inline]
+    fn flags(&self) -> &AtomicU32 {
+        self.map.u32_at(hdr::FLAGS)
+    }
+
+    #[inline]
+    fn generation(&self) -> &AtomicU64 {
+        self.map.u64_at(hdr::GENERATION)
+    }
+
+    #[inline]
+    fn check_flags(&self) -> Result<(), ChanError> {
+        let f = self.flags().load(Acquire);
+        if f & FLAG_DEAD != 0 {
+            Err(ChanError::Dead)
+        } else if f & FLAG_REVOKED != 0 {
+            Err(ChanError::Revoked)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_slot(&self, slot: usize) -> Result<Ctl<'_>, ChanError> {
+        if slot < self.nslots {
+            Ok(self.ctl(slot))
+        } else {
+            Err(ChanError::BadSlot(slot))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------------------------
+
+/// What a completed call returns besides the reply bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    /// The status the server (or the kernel) wrote.
+    pub status: Status,
+    /// How many times the request was re-posted after a rollback (0 on the first execution;
+    /// for [`Status::Aborted`], the number of failed attempts).
+    pub attempt: u32,
+}
+
+/// The client's view of a channel. `Sync`: threads may call concurrently, each call claims its
+/// own slot; with more threads than slots, callers wait for a free slot.
+#[derive(Debug)]
+pub struct ClientChannel {
+    chan: Chan,
+    bell: Doorbell,
+    spin: SpinConfig,
+    /// Slot to try first: the one most recently freed (warm in both caches).
+    hint: AtomicUsize,
+    /// Slots whose call timed out while the server held them; reclaimed once REPLIED.
+    abandoned: Mutex<Vec<usize>>,
+    n_abandoned: AtomicUsize,
+}
+
+impl ClientChannel {
+    /// Maps a channel memfd and the doorbell memfd of its server.
+    pub fn map(chan: impl AsFd, doorbell: impl AsFd) -> Result<Self, ChanError> {
+        Ok(Self {
+            chan: Chan::map(chan.as_fd())?,
+            bell: Doorbell::map(doorbell)?,
+            spin: SpinConfig::default(),
+            hint: AtomicUsize::new(0),
+            abandoned: Mutex::new(Vec::new()),
+            n_abandoned: AtomicUsize::new(0),
+        })
+    }
+
+    /// Sets how the client waits before sleeping (default: [`SpinMode::Auto`], 20 µs).
+    pub fn with_spin(mut self, spin: SpinConfig) -> Self {
+        self.spin = spin;
+        self
+    }
+
+    /// The channel's layout.
+    pub fn layout(&self) -> ChannelLayout {
+        self.chan.layout
+    }
+
+    /// Generation of the server incarnation serving the channel (raised by every recovery).
+    pub fn generation(&self) -> u64 {
+        self.chan.generation().load(Acquire)
+    }
+
+    /// Whether the kernel marked the channel DEAD (its server is gone for good).
+    pub fn is_dead(&self) -> bool {
+        self.chan.flags().load(Acquire) & FLAG_DEAD != 0
+    }
+
+    /// Whether the kernel revoked the channel.
+    pub fn is_revoked(&self) -> bool {
+        self.chan.flags().load(Acquire) & FLAG_REVOKED != 0
+    }
+
+    /// Calls `method` with `request`; on success `reply` holds the reply bytes (its capacity is
+    /// reused) and the result carries the status.
+    ///
+    /// Without a `timeout` the call ends only with a reply (possibly a kernel-written error
+    /// status) or with `Dead`/`Revoked`; the kernel guarantees one of them.
+    pub fn call(
+        &self,
+        method: u32,
+        request: &[u8],
+        reply: &mut Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<Reply, ChanError> {
+        let layout = &self.chan.layout;
+        if request.len() > layout.req_cap as usize {
+            return Err(ChanError::RequestTooLarge {
+                len: request.len(),
+                cap: layout.req_cap as usize,
+            });
+        }
+        let deadline = timeout.map(|t| (Instant::now(), t));
+        self.chan.check_flags()?;
+        let slot = self.claim(deadline)?;
+        let c = self.chan.ctl(slot);
+
+        // CLAIMED: the slot is ours; fill it in.
+        let seq = c.seq().load(Relaxed).wrapping_add(1).max(1);
+        c.seq().store(seq, Relaxed);
+        c.method().store(method, Relaxed);
+        c.req_len().store(request.len() as u32, Relaxed);
+        c.attempt().store(0, Relaxed);
+        c.status().store(0, Relaxed);
+        c.reply_len().store(0, Relaxed);
+        c.client_waiting().store(0, Relaxed);
+        self.chan.map.copy_in(layout.req_offset(slot), request);
+        let same_cpu = self.bell.client_note_cpu();
+
+        // CLAIMED → POSTED, release: the server's acquire CAS sees every field written above.
+        if c.transition(st::CLAIMED, st::POSTED, Release).is_err() {
+            return Err(ChanError::Protocol(
+                "a slot the client had claimed was changed",
+            ));
+        }
+        self.bell.ring();
+        self.wait_reply(slot, reply, deadline, same_cpu)
+    }
+
+    fn wait_reply(
+        &self,
+        slot: usize,
+        reply: &mut Vec<u8>,
+        deadline: Option<(Instant, Duration)>,
+        same_cpu: bool,
+    ) -> Result<Reply, ChanError> {
+        let c = self.chan.ctl(slot);
+        let yield_now = match self.spin.mode {
+            SpinMode::Pure => false,
+            SpinMode::Yield => true,
+            SpinMode::Auto => same_cpu,
+        };
+        let mut spinner = Spinner::new(self.spin.budget);
+        let posted_epoch = c.state().load(Relaxed) & !st::MASK;
+        loop {
+            let w = c.state().load(Acquire);
+            match w & st::MASK {
+                st::REPLIED => return self.finish(slot, reply),
+                st::POSTED | st::TAKEN => {}
+                _ => {
+                    return Err(ChanError::Protocol(
+                        "slot left POSTED/TAKEN for a non-reply state",
+                    ));
+                }
+            }
+            if w & !st::MASK != posted_epoch {
+                // Kicked (or scribbled on): look at the flags.
+                self.chan.check_flags()?;
+            }
+            if !spinner.spin(yield_now) {
+                break;
+            }
+        }
+        loop {
+            c.client_waiting().store(1, Relaxed);
+            fence(SeqCst);
+            let w = c.state().load(Acquire);
+            match w & st::MASK {
+                st::REPLIED => {
+                    c.client_waiting().store(0, Relaxed);
+                    return self.finish(slot, reply);
+                }
+                st::POSTED | st::TAKEN => {}
+                _ => {
+                    return Err(ChanError::Protocol(
+                        "slot left POSTED/TAKEN for a non-reply state",
+                    ));
+                }
+            }
+            if let Err(e) = self.chan.check_flags() {
+                c.client_waiting().store(0, Relaxed);
+                return Err(e);
+            }
+            let remaining = match deadline {
+                None => None,
+                Some((start, t)) => match t.checked_sub(start.elapsed()) {
+                    Some(r) if !r.is_zero() => Some(r),
+                    _ => {
+                        c.client_waiting().store(0, Relaxed);
+                        return self.timed_out(slot, reply, t);
+                    }
+                },
+            };
+            futex::wait(c.state(), w, remaining);
+        }
+    }
+
+    /// REPLIED: copy status and reply out, then REPLIED → FREE.
+    fn finish(&self, slot: usize, reply: &mut Vec<u8>) -> Result<Reply, ChanError> {
+        let layout = &self.chan.layout;
+        let c = self.chan.ctl(slot);
+        // These were written before the REPLIED release store our acquire load observed.
+        let status = c.status().load(Relaxed);
+        let attempt = c.attempt().load(Relaxed);
+        let len = c.reply_len().load(Relaxed) as usize;
+        let result = if len > layout.reply_cap as usize {
+            Err(ChanError::ReplyTooLarge {
+                len,
+                cap: layout.reply_cap as usize,
+            })
+        } else {
+            match Status::from_wire(status) {
+                None => Err(ChanError::BadStatus(status)),
+                Some(status) => {
+                    self.chan
+                        .map
+                        .copy_out(layout.reply_offset(slot), len, reply);
+                    Ok(Reply { status, attempt })
+                }
+            }
+        };
+        // REPLIED → FREE (epoch raised). Fails only if a peer scribbled on our slot; then the
+        // slot is simply not reused.
+        if c.release_to_free(st::REPLIED) {
+            self.hint.store(slot, Relaxed);
+        }
+        result
+    }
+
+    /// The deadline passed while waiting on `slot`.
+    fn timed_out(
+        &self,
+        slot: usize,
+        reply: &mut Vec<u8>,
+        after: Duration,
+    ) -> Result<Reply, ChanError> {
+        let c = self.chan.ctl(slot);
+        loop {
+            let w = c.state().load(Acquire);
+            match w & st::MASK {
+                // POSTED → FREE: withdrawn before any server took it; it never runs.
+                st::POSTED => {
+                    if c.state()
+                        .compare_exchange(w, st::freed(w), Release, Relaxed)
+                        .is_ok()
+                    {
+                        return Err(ChanError::Timeout {
+                            after,
+                            retracted: true,
+                        });
+                    }
+                }
+                // The server has it: leave the slot to be reclaimed once REPLIED.
+                st::TAKEN => {
+                    self.abandoned
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(slot);
+                    self.n_abandoned.fetch_add(1, Relaxed);
+                    return Err(ChanError::Timeout {
+                        after,
+                        retracted: false,
+                    });
+                }
+                st::REPLIED => return self.finish(slot, reply),
+                _ => {
+                    return Err(ChanError::Protocol(
+                        "slot left POSTED/TAKEN for a non-reply state",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// FREE → CLAIMED on some slot (or REPLIED → CLAIMED on an abandoned one).
+    fn claim(&self, deadline: Option<(Instant, Duration)>) -> Result<usize, ChanError> {
+        let n = self.chan.nslots;
+        let mut rounds = 0u32;
+        loop {
+            let h = self.hint.load(Relaxed).min(n - 1);
+            for k in 0..n {
+                let i = if h + k >= n { h + k - n } else { h + k };
+                let c = self.chan.ctl(i);
+                let w = c.state().load(Relaxed);
+                if w & st::MASK == st::FREE
+                    && c.state()
+                        .compare_exchange(w, st::with(w, st::CLAIMED), Acquire, Relaxed)
+                        .is_ok()
+                {
+                    return Ok(i);
+                }
+            }
+            if self.n_abandoned.load(Relaxed) > 0 {
+                if let Some(i) = self.reclaim_abandoned() {
+                    return Ok(i);
+                }
+            }
+            self.chan.check_flags()?;
+            if let Some((start, t)) = deadline {
+                if start.elapsed() >= t {
+                    return Err(ChanError::Timeout {
+                        after: t,
+                        retracted: true,
+                    });
+                }
+            }
+            // Every slot is busy: back off (spin, then yield, then short sleeps).
+            rounds = rounds.saturating_add(1);
+            if rounds < 64 {
+                std::hint::spin_loop();
+            } else if rounds < 256 {
+                rustix::thread::sched_yield();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+
+    fn reclaim_abandoned(&self) -> Option<usize> {
+        let mut list = self.abandoned.lock().unwrap_or_else(|e| e.into_inner());
+        let pos = list.iter().position(|&i| {
+            self.chan
+                .ctl(i)
+                .transition(st::REPLIED, st::CLAIMED, Acquire)
+                .is_ok()
+        })?;
+        self.n_abandoned.fetch_sub(1, Relaxed);
+        Some(list.swap_remove(pos))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------------------------
+
+/// A request the server took (POSTED → TAKEN), with its metadata copied out of shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// Slot index: pass it to [`ServerChannel::write_reply`] and [`ServerChannel::publish`].
+    pub slot: usize,
+    /// The client's request number for this slot (recovery matches it against the undo log).
+    pub seq: u64,
+    /// Method number, as the client wrote it (unvalidated: the dispatcher checks it).
+    pub method: u32,
+    /// Re-execution count (raised by the kernel at every re-post after a rollback).
+    pub attempt: u32,
+    /// Request length, `<= req_cap` (0 when `malformed`).
+    pub len: usize,
+    /// The client wrote a length beyond `req_cap`: answer [`Status::Malformed`].
+    pub malformed: bool,
+}
+
+/// The server's view of a channel. Cheap to scan: the runtime holds a `Vec<ServerChannel>` and
+/// one [`Doorbell`].
+#[derive(Debug)]
+pub struct ServerChannel {
+    chan: Chan,
+    /// Where the next scan starts (round robin, so no slot starves).
+    cursor: AtomicUsize,
+}
+
+impl ServerChannel {
+    /// Maps a channel memfd, validating it.
+    pub fn map(fd: impl AsFd) -> Result<Self, ChanError> {
+        Ok(Self {
+            chan: Chan::map(fd.as_fd())?,
+            cursor: AtomicUsize::new(0),
+        })
+    }
+
+    /// The channel's layout.
+    pub fn layout(&self) -> ChannelLayout {
+        self.chan.layout
+    }
+
+    /// Generation written by the kernel.
+    pub fn generation(&self) -> u64 {
+        self.chan.generation().load(Acquire)
+    }
+
+    /// Whether the channel was marked DEAD or REVOKED (the server should stop serving it).
+    pub fn is_closed(&self) -> bool {
+        self.chan.flags().load(Acquire) & (FLAG_DEAD | FLAG_REVOKED) != 0
+    }
+
+    /// Whether some slot is POSTED. Loads every state word: suitable as (part of) the
+    /// `still_idle` check of [`Doorbell::wait`].
+    #[inline]
+    pub fn has_posted(&self) -> bool {
+        (0..self.chan.nslots)
+            .any(|i| self.chan.ctl(i).state().load(Relaxed) & st::MASK == st::POSTED)
+    }
+
+    /// Takes one POSTED request (POSTED → TAKEN, acquire) without copying its bytes; see
+    /// [`Self::read_request`] and [`Self::take_into`].
+    #[inline]
+    pub fn try_take(&self) -> Option<Taken> {
+        let n = self.chan.nslots;
+        let start = self.cursor.load(Relaxed).min(n - 1);
+        for k in 0..n {
+            let i = if start + k >= n {
+                start + k - n
+            } else {
+                start + k
+            };
+            let c = self.chan.ctl(i);
+            let s = c.state();
+            let w = s.load(Relaxed);
+            if w & st::MASK != st::POSTED {
+                continue;
+            }
+            // POSTED → TAKEN. A failure means the client withdrew it or the kernel kicked the
+            // word; either way not ours now, go on.
+            if s.compare_exchange(w, st::with(w, st::TAKEN), Acquire, Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            self.cursor
+                .store(if i + 1 == n { 0 } else { i + 1 }, Relaxed);
+            // Copy every field once: the client can still rewrite them.
+            let raw_len = c.req_len().load(Relaxed);
+            let malformed = raw_len > self.chan.layout.req_cap;
+            return Some(Taken {
+                slot: i,
+                seq: c.seq().load(Relaxed),
+                method: c.method().load(Relaxed),
+                attempt: c.attempt().load(Relaxed),
+                len: if malformed { 0 } else { raw_len as usize },
+                malformed,
+            });
+        }
+        None
+    }
+
+    /// Copies the request of `taken` into `buf` (its capacity reused). Leaves `buf` empty for a
+    /// malformed request or a `Taken` that does not fit this channel.
+    #[inline]
+    pub fn read_request(&self, taken: &Taken, buf: &mut Vec<u8>) {
+        if taken.malformed
+            || taken.slot >= self.chan.nslots
+            || taken.len > self.chan.layout.req_cap as usize
+        {
+            buf.clear();
+            return;
+        }
+        self.chan
+            .map
+            .copy_out(self.chan.layout.req_offset(taken.slot), taken.len, buf);
+    }
+
+    /// [`Self::try_take`] then [`Self::read_request`]: no allocation once `buf` has grown.
+    #[inline]
+    pub fn take_into(&self, buf: &mut Vec<u8>) -> Option<Taken> {
+        let t = self.try_take()?;
+        self.read_request(&t, buf);
+        Some(t)
+    }
+
+    /// Writes status and reply into a TAKEN slot. Does not publish: the transactional runtime
+    /// puts its commit point between this and [`Self::publish`].
+    ///
+    /// A reply longer than `reply_cap` is replaced by an empty reply with
+    /// [`Status::TooLarge`] (still to be published) and reported as `ReplyTooLarge`.
+    pub fn write_reply(&self, slot: usize, status: Status, bytes: &[u8]) -> Result<(), ChanError> {
+        let c = self.chan.check_slot(slot)?;
+        let w = c.state().load(Relaxed);
+        if w & st::MASK != st::TAKEN {
+            return Err(ChanError::WrongState {
+                slot,
+                found: SlotState::from_word(w),
+            });
+        }
+        let cap = self.chan.layout.reply_cap as usize;
+        if bytes.len() > cap {
+            c.status().store(Status::TooLarge.to_wire(), Relaxed);
+            c.reply_len().store(0, Relaxed);
+            return Err(ChanError::ReplyTooLarge {
+                len: bytes.len(),
+                cap,
+            });
+        }
+        self.chan
+            .map
+            .copy_in(self.chan.layout.reply_offset(slot), bytes);
+        c.status().store(status.to_wire(), Relaxed);
+        c.reply_len().store(bytes.len() as u32, Relaxed);
+        Ok(())
+    }
+
+    /// TAKEN → REPLIED (release), then wakes the client if it sleeps.
+    #[inline]
+    pub fn publish(&self, slot: usize) -> Result<(), ChanError> {
+        let c = self.chan.check_slot(slot)?;
+        if let Err(w) = c.transition(st::TAKEN, st::REPLIED, Release) {
+            return Err(ChanError::WrongState {
+                slot,
+                found: SlotState::from_word(w),
+            });
+        }
+        fence(SeqCst);
+        if c.client_waiting().load(Relaxed) != 0 {
+            futex::wake(c.state(), 1);
+        }
+        Ok(())
+    }
+
+    /// [`Self::write_reply`] then [`Self::publish`], for servers without a commit point. A
+    /// too-large reply is published as [`Status::TooLarge`] and still reported as an error.
+    pub fn reply(&self, slot: usize, status: Status, bytes: &[u8]) -> Result<(), ChanError> {
+        let written = self.write_reply(slot, status, bytes);
+        if let Err(e @ ChanError::WrongState { .. } | e @ ChanError::BadSlot(_)) = written {
+            return Err(e);
+        }
+        self.publish(slot)?;
+        written
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel
+// ---------------------------------------------------------------------------------------------
+
+/// A snapshot of one slot, for recovery decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotSnapshot {
+    /// Slot index.
+    pub slot: usize,
+    /// Decoded state.
+    pub state: SlotState,
+    /// Request number.
+    pub seq: u64,
+    /// Re-execution count.
+    pub attempt: u32,
+}
+
+/// The kernel's view of a channel: recovery and administration. The slot operations are meant
+/// for when no incarnation of the server can run (confirmed dead or stopped); each is a CAS
+/// against a snapshot, so a concurrent change (a client withdrawing a request) is detected
+/// and reported as `false` instead of being overwritten.
+#[derive(Debug)]
+pub struct KernelChannel {
+    chan: Chan,
+}
+
+impl KernelChannel {
+    /// Maps a channel memfd, validating it.
+    pub fn map(fd: impl AsFd) -> Result<Self, ChanError> {
+        Ok(Self {
+            chan: Chan::map(fd.as_fd())?,
+        })
+    }
+
+    /// The channel's layout.
+    pub fn layout(&self) -> ChannelLayout {
+        self.chan.layout
+    }
+
+    /// Snapshot of one slot, `None` if out of range.
+    pub fn snapshot(&self, slot: usize) -> Option<SlotSnapshot> {
+        let c = self.chan.check_slot(slot).ok()?;
+        let w = c.state().load(Acquire);
+        Some(SlotSnapshot {
+            slot,
+            state: SlotState::from_word(w),
+            seq: c.seq().load(Relaxed),
+            attempt: c.attempt().load(Relaxed),
+        })
+    }
+
+    /// Snapshots of every slot.
+    pub fn slots(&self) -> impl Iterator<Item = SlotSnapshot> + '_ {
+        (0..self.chan.nslots).filter_map(|i| self.snapshot(i))
+    }
+
+    /// CAS helper: state in `from` and seq == `expected_seq` → `write` → state `to`.
+    fn kernel_cas(
+        &self,
+        slot: usize,
+        expected_seq: u64,
+        from: &[u32],
+        to: u32,
+        write: impl FnOnce(Ctl<'_>),
+    ) -> bool {
+        let Ok(c) = self.chan.check_slot(slot) else {
+            return false;
+        };
+        let w = c.state().load(Acquire);
+        if !from.contains(&(w & st::MASK)) || c.seq().load(Relaxed) != expected_seq {
+            return false;
+        }
+        write(c);
+        // The epoch in `w` makes this fail if the slot went through FREE meanwhile.
+        c.state()
+            .compare_exchange(w, st::with(w, to), SeqCst, Relaxed)
+            .is_ok()
+    }
+
+    /// TAKEN → POSTED with `attempt + 1`: the request is re-executed by the next incarnation
+    /// (ring or notify the server's doorbell afterwards if it is already running).
+    pub fn repost(&self, slot: usize, expected_seq: u64) -> bool {
+        self.kernel_cas(slot, expected_seq, &[st::TAKEN], st::POSTED, |c| {
+            c.attempt().fetch_add(1, Relaxed);
+        })
+    }
+
+    /// POSTED or TAKEN → REPLIED with `status` and an empty reply; wakes the client.
+    pub fn fail(&self, slot: usize, expected_seq: u64, status: Status) -> bool {
+        let ok = self.kernel_cas(
+            slot,
+            expected_seq,
+            &[st::POSTED, st::TAKEN],
+            st::REPLIED,
+            |c| {
+                c.status().store(status.to_wire(), Relaxed);
+                c.reply_len().store(0, Relaxed);
+            },
+        );
+        if ok {
+            futex::wake_all(self.chan.ctl(slot).state());
+        }
+        ok
+    }
+
+    /// TAKEN → REPLIED for a reply the dead incarnation wrote and committed but did not
+    /// publish; wakes the client.
+    pub fn publish_written(&self, slot: usize, expected_seq: u64) -> bool {
+        let ok = self.kernel_cas(slot, expected_seq, &[st::TAKEN], st::REPLIED, |_| {});
+        if ok {
+            futex::wake_all(self.chan.ctl(slot).state());
+        }
+        ok
+    }
+
+    /// Current generation.
+    pub fn generation(&self) -> u64 {
+        self.chan.generation().load(Acquire)
+    }
+
+    /// Records the generation of the incarnation now serving the channel.
+    pub fn set_generation(&self, generation: u64) {
+        self.chan.generation().store(generation, Release);
+    }
+
+    /// Marks the channel DEAD: every waiting and future call fails with [`ChanError::Dead`].
+    pub fn mark_dead(&self) {
+        self.set_flag(FLAG_DEAD);
+    }
+
+    /// Marks the channel REVOKED: every waiting and future call fails with
+    /// [`ChanError::Revoked`].
+    pub fn mark_revoked(&self) {
+        self.set_flag(FLAG_REVOKED);
+    }
+
+    /// The raw flag word ([`crate::FLAG_DEAD`], [`crate::FLAG_REVOKED`]).
+    pub fn flags(&self) -> u32 {
+        self.chan.flags().load(Acquire)
+    }
+
+    fn set_flag(&self, flag: u32) {
+        self.chan.flags().fetch_or(flag, SeqCst);
+        // Kick: raise every state word's epoch so that a client about to sleep on the old
+        // value returns, then wake whoever already sleeps.
+        for i in 0..self.chan.nslots {
+            let s = self.chan.ctl(i).state();
+            s.fetch_add(st::EPOCH_ONE, SeqCst);
+            futex::wake_all(s);
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The channel's memory layout, slot states and status codes: pure data, no memory access.
+//!
+//! Everything here is plain arithmetic over a validated [`ChannelLayout`]; the offsets it
+//! computes are the only ones the rest of the crate dereferences. ARCHITECTURE.md §4 is the
+//! normative description; keep the two in step.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ChanError;
+
+/// `b"TXIPCCH1"` read as a little-endian `u64`: first word of every channel memfd.
+pub const CHANNEL_MAGIC: u64 = u64::from_le_bytes(*b"TXIPCCH1");
+/// Version of the channel layout written by this build.
+pub const CHANNEL_VERSION: u32 = 1;
+/// Most slots a channel may have.
+pub const MAX_SLOTS: u32 = 1024;
+/// Largest request or reply area of one slot (16 MiB).
+pub const MAX_AREA: u32 = 16 << 20;
+/// Largest total channel size (1 GiB).
+pub const MAX_CHANNEL_BYTES: usize = 1 << 30;
+
+/// Cache line size used for every block of the layout.
+pub(crate) const LINE: usize = 64;
+/// Page size the total is rounded to.
+pub(crate) const PAGE: usize = 4096;
+
+/// Byte offsets inside the channel header (one cache line at offset 0).
+pub(crate) mod hdr {
+    pub const MAGIC: usize = 0; // u64
+    pub const VERSION: usize = 8; // u32
+    pub const NSLOTS: usize = 12; // u32
+    pub const REQ_CAP: usize = 16; // u32
+    pub const REPLY_CAP: usize = 20; // u32
+    pub const GENERATION: usize = 24; // AtomicU64
+    pub const FLAGS: usize = 32; // AtomicU32
+}
+
+/// Byte offsets inside a slot control block (one cache line per slot).
+pub(crate) mod ctl {
+    pub const STATE: usize = 0; // AtomicU32: futex word of the client
+    pub const CLIENT_WAITING: usize = 4; // AtomicU32
+    pub const SEQ: usize = 8; // AtomicU64
+    pub const METHOD: usize = 16; // AtomicU32
+    pub const REQ_LEN: usize = 20; // AtomicU32
+    pub const ATTEMPT: usize = 24; // AtomicU32
+    pub const STATUS: usize = 28; // AtomicU32
+    pub const REPLY_LEN: usize = 32; // AtomicU32
+}
+
+/// Channel header flag: the server is gone for good; every waiting client gets
+/// [`ChanError::Dead`].
+pub const FLAG_DEAD: u32 = 1;
+/// Channel header flag: the grant was revoked; every waiting client gets
+/// [`ChanError::Revoked`].
+pub const FLAG_REVOKED: u32 = 2;
+
+/// Encoding of the slot state word (`Slot::state`, the client's futex word).
+///
+/// Bits 0..8 hold the state proper; bits 8..32 hold an *epoch* that is raised by every release
+/// of the slot to FREE and by every kernel *kick* (DEAD/REVOKED). The epoch makes the CAS of the
+/// kernel's recovery operations immune to ABA (a slot freed and re-posted between the kernel's
+/// snapshot and its CAS no longer compares equal), and a kick changes the futex word so that a
+/// client about to sleep on it cannot miss it.
+pub(crate) mod st {
+    pub const MASK: u32 = 0xff;
+    pub const EPOCH_ONE: u32 = 0x100;
+    pub const FREE: u32 = 0;
+    pub const CLAIMED: u32 = 1;
+    pub const POSTED: u32 = 2;
+    pub const TAKEN: u32 = 3;
+    pub const REPLIED: u32 = 4;
+
+    /// `w` with its state replaced by `to`.
+    #[inline]
+    pub fn with(w: u32, to: u32) -> u32 {
+        (w & !MASK) | to
+    }
+
+    /// `w` released to FREE: epoch raised.
+    #[inline]
+    pub fn freed(w: u32) -> u32 {
+        (w & !MASK).wrapping_add(EPOCH_ONE) | FREE
+    }
+}
+
+/// The state of a slot as decoded from its state word.
+///
+/// Written by: FREE→CLAIMED, CLAIMED→POSTED, REPLIED→FREE (and POSTED→FREE when a call times
+/// out before any server took it): the client. POSTED→TAKEN, TAKEN→REPLIED: the server.
+/// TAKEN→POSTED, TAKEN→REPLIED, POSTED→REPLIED: the kernel, only while no incarnation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SlotState {
+    /// Available to the client.
+    Free,
+    /// The client is writing a request.
+    Claimed,
+    /// A request waits for the server.
+    Posted,
+    /// The server (or, after its death, the kernel) owns the slot.
+    Taken,
+    /// A reply waits for the client.
+    Replied,
+    /// A value the protocol never writes: someone scribbled on the slot.
+    Invalid(u32),
+}
+
+impl SlotState {
+    /// Decodes the state bits of a state word.
+    pub fn from_word(w: u32) -> Self {
+        match w & st::MASK {
+            st::FREE => Self::Free,
+            st::CLAIMED => Self::Claimed,
+            st::POSTED => Self::Posted,
+            st::TAKEN => Self::Taken,
+            st::REPLIED => Self::Replied,
+            other => Self::Invalid(other),
+        }
+    }
+}
+
+/// The outcome of a call, as the server (or the kernel) wrote it into the slot. A `u32` on the
+/// wire; [`Status::from_wire`] rejects unknown values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u32)]
+pub enum Status {
+    /// The handler ran and committed; the reply bytes are its answer.
+    Ok = 0,
+    /// The server could not validate the request (bad length, undecodable bytes). The request
+    /// had no effect. Not retryable as is.
+    Malformed = 1,
+    /// The request named a method the server does not have. No effect.
+    UnknownMethod = 2,
+    /// Poison request: it made the server fail `attempt` times (the `attempt` field of the
+    /// reply); every attempt was rolled back, so it had no effect. Written by the kernel.
+    Aborted = 3,
+    /// The server restarted (policy `restart`) while handling the request; its state may have
+    /// been lost with the old incarnation. Whether the request ran is unknown. Kernel.
+    Restarted = 4,
+    /// No server is available (policy `none` after a crash, or held down by policy). The
+    /// request did not run. Kernel.
+    Unavailable = 5,
+    /// The reply did not fit the channel's reply area; the handler's effects are committed but
+    /// the reply is empty. Server.
+    TooLarge = 6,
+    /// The grant was revoked while the request was in flight; it did not run. Kernel.
+    Revoked = 7,
+    /// The server refused the request for a reason of its own (e.g. its heap is exhausted);
+    /// the request had no effect.
+    Refused = 8,
+}
+
+impl Status {
+    /// The wire value.
+    #[inline]
+    pub fn to_wire(self) -> u32 {
+        self as u32
+    }
+
+    /// Decodes a wire value; `None` for values this build does not know.
+    #[inline]
+    pub fn from_wire(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::Ok,
+            1 => Self::Malformed,
+            2 => Self::UnknownMethod,
+            3 => Self::Aborted,
+            4 => Self::Restarted,
+            5 => Self::Unavailable,
+            6 => Self::TooLarge,
+            7 => Self::Revoked,
+            8 => Self::Refused,
+            _ => return None,
+        })
+    }
+}
+
+/// The shape of a channel: how many slots, how large their request and reply areas are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChannelLayout {
+    /// Number of slots (concurrent calls in flight), `1..=MAX_SLOTS`.
+    pub nslots: u32,
+    /// Capacity of each request area in bytes, `0..=MAX_AREA`.
+    pub req_cap: u32,
+    /// Capacity of each reply area in bytes, `0..=MAX_AREA`.
+    pub reply_cap: u32,
+}
+
+impl Default for ChannelLayout {
+    fn default() -> Self {
+        Self {
+            nslots: 8,
+            req_cap: 4096,
+            reply_cap: 4096,
+        }
+    }
+}
+
+#[inline]
+fn round_up(x: usize, to: usize) -> usize {
+    x.div_ceil(to) * to
+}
+
+impl ChannelLayout {
+    /// Checks the limits. Every other method assumes a layout that passed this.
+    pub fn validate(&self) -> Result<(), ChanError> {
+        if self.nslots == 0 {
+            return Err(ChanError::BadLayout("a channel needs at least one slot"));
+        }
+        if self.nslots > MAX_SLOTS {
+            return Err(ChanError::BadLayout("too many slots"));
+        }
+        if self.req_cap > MAX_AREA || self.reply_cap > MAX_AREA {
+            return Err(ChanError::BadLayout("request or reply area too large"));
+        }
+        // With the limits above every product fits a u64; check the total in u64.
+        let per_slot = round_up(self.req_cap as usize, LINE) as u64
+            + round_up(self.reply_cap as usize, LINE) as u64;
+        let total = LINE as u64 + (LINE as u64 + per_slot) * self.nslots as u64;
+        if total > MAX_CHANNEL_BYTES as u64 {
+            return Err(ChanError::BadLayout("channel larger than 1 GiB"));
+        }
+        Ok(())
+    }
+
+    /// Request area size of one slot, rounded to a cache line.
+    #[inline]
+    pub(crate) fn req_stride(&self) -> usize {
+        round_up(self.req_cap as usize, LINE)
+    }
+
+    /// Reply area size of one slot, rounded to a cache line.
+    #[inline]
+    pub(crate) fn reply_stride(&self) -> usize {
+        round_up(self.reply_cap as usize, LINE)
+    }
+
+    /// Offset of slot `i`'s control block.
+    #[inline]
+    pub(crate) fn ctl_offset(&self, i: usize) -> usize {
+        LINE + i * LINE
+    }
+
+    /// Offset of slot `i`'s request area.
+    #[inline]
+    pub(crate) fn req_offset(&self, i: usize) -> usize {
+        LINE + self.nslots as usize * LINE + i * (self.req_stride() + self.reply_stride())
+    }
+
+    /// Offset of slot `i`'s reply area.
+    #[inline]
+    pub(crate) fn reply_offset(&self, i: usize) -> usize {
+        self.req_offset(i) + self.req_stride()
+    }
+
+    /// Total size of the memfd, rounded up to a page.
+    pub fn total_size(&self) -> usize {
+        round_up(self.req_offset(self.nslots as usize), PAGE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_limits() {
+        assert!(ChannelLayout::default().validate().is_ok());
+        let bad = [
+            ChannelLayout {
+                nslots: 0,
+                req_cap: 1,
+                reply_cap: 1,
+            },
+            ChannelLayout {
+                nslots: MAX_SLOTS + 1,
+                req_cap: 1,
+                reply_cap: 1,
+            },
+            ChannelLayout {
+                nslots: 1,
+                req_cap: MAX_AREA + 1,
+                reply_cap: 1,
+            },
+            ChannelLayout {
+                nslots: MAX_SLOTS,
+                req_cap: MAX_AREA,
+                reply_cap: MAX_AREA,
+            },
+        ];
+        for l in bad {
+            assert!(l.validate().is_err(), "{l:?}");
+        }
+    }
+
+    #[test]
+    fn layout_blocks_do_not_overlap() {
+        let l = ChannelLayout {
+            nslots: 3,
+            req_cap: 100,
+            reply_cap: 1,
+        };
+        l.validate().unwrap();
+        assert_eq!(l.ctl_offset(0), 64);
+        assert_eq!(l.req_offset(0), 64 + 3 * 64);
+        assert_eq!(l.reply_offset(0), l.req_offset(0) + 128);
+        assert_eq!(l.req_offset(1), l.reply_offset(0) + 64);
+        assert!(l.reply_offset(2) + l.reply_stride() <= l.total_size());
+        assert_eq!(l.total_size() % PAGE, 0);
+        for i in 0..3 {
+            assert_eq!(l.req_offset(i) % LINE, 0);
+            assert_eq!(l.reply_offset(i) % LINE, 0);
+        }
+    }
+
+    #[test]
+    fn status_round_trip() {
+        for v in 0..64 {
+            if let Some(s) = Status::from_wire(v) {
+                assert_eq!(s.to_wire(), v);
+            }
+        }
+        assert_eq!(Status::from_wire(9), None);
+        assert_eq!(Status::from_wire(u32::MAX), None);
+    }
+
+    #[test]
+    fn state_word_epoch() {
+        let w = st::with(5 * st::EPOCH_ONE, st::REPLIED);
+        assert_eq!(SlotState::from_word(w), SlotState::Replied);
+        let f = st::freed(w);
+        assert_eq!(SlotState::from_word(f), SlotState::Free);
+        assert_eq!(f >> 8, 6);
+        assert_eq!(st::freed(!st::MASK) & st::MASK, st::FREE);
+        assert_eq!(SlotState::from_word(0x1ff), SlotState::Invalid(0xff));
+    }
+}
