@@ -1,2 +1,163 @@
-//! The #[service] attribute macro.
+//! `#[service]`: turns a Rust trait into a txipc service interface.
+//!
+//! A txipc server is a process that clients reach through shared-memory channels; what travels
+//! is a method number and bytes. This crate writes, from one trait, everything both ends need to
+//! agree on those bytes: the method numbers, the request and reply encoding, a client stub over
+//! any `txipc_service::Transport` and a server dispatcher implementing `txipc_service::Dispatch`. Interface crates use it
+//! through the re-export `txipc_service::service` and depend on nothing else of txipc.
+//!
+//! Design principles:
+//! - **The trait is the contract.** Method numbers follow declaration order, so the interface
+//!   file alone says what goes on the wire; there is no second description to keep in step.
+//! - **Bytes from the other side are an allegation.** The dispatcher decodes a request fully
+//!   (trailing bytes included) before the handler runs and answers bad input with
+//!   `txipc_service::DispatchError`, never with a panic; the client decodes replies just as strictly.
+//! - **Misuse is a compile error where it is written**, saying what to do instead.
+//!
+//! # Example
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use txipc_service::service;
+//!
+//! #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+//! pub enum KvError {
+//!     TooLarge,
+//! }
+//!
+//! #[service]
+//! pub trait Kv {
+//!     #[readonly]
+//!     fn get(&mut self, key: Vec<u8>) -> Result<Option<Vec<u8>>, KvError>;
+//!     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), KvError>;
+//!     fn cas(&mut self, key: Vec<u8>, expected: Option<Vec<u8>>, new: Option<Vec<u8>>) -> Result<bool, KvError>;
+//!     #[readonly]
+//!     fn scan(&mut self, start: Vec<u8>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError>;
+//!     fn ping(&mut self);   // infallible, no args
+//!     #[readonly]
+//!     fn len(&mut self) -> u64;
+//! }
+//!
+//! // A server implements the trait...
+//! #[derive(Default)]
+//! struct Store(std::collections::BTreeMap<Vec<u8>, Vec<u8>>);
+//!
+//! impl Kv for Store {
+//!     fn get(&mut self, key: Vec<u8>) -> Result<Option<Vec<u8>>, KvError> {
+//!         Ok(self.0.get(&key).cloned())
+//!     }
+//!     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), KvError> {
+//!         self.0.insert(key, value);
+//!         Ok(())
+//!     }
+//!     fn cas(&mut self, key: Vec<u8>, expected: Option<Vec<u8>>, new: Option<Vec<u8>>) -> Result<bool, KvError> {
+//!         if self.0.get(&key) != expected.as_ref() {
+//!             return Ok(false);
+//!         }
+//!         match new {
+//!             Some(v) => self.0.insert(key, v),
+//!             None => self.0.remove(&key),
+//!         };
+//!         Ok(true)
+//!     }
+//!     fn scan(&mut self, start: Vec<u8>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+//!         let pairs = self.0.range(start..).take(limit as usize);
+//!         Ok(pairs.map(|(k, v)| (k.clone(), v.clone())).collect())
+//!     }
+//!     fn ping(&mut self) {}
+//!     fn len(&mut self) -> u64 {
+//!         self.0.len() as u64
+//!     }
+//! }
+//!
+//! // ...the runtime runs it through the generated dispatcher...
+//! use txipc_service::{CallError, Dispatch, Transport};
+//! use std::cell::RefCell;
+//!
+//! struct Loopback(RefCell<KvDispatcher<Store>>);
+//!
+//! impl Transport for Loopback {
+//!     fn call(&self, method: u32, request: &[u8], reply: &mut Vec<u8>) -> Result<(), CallError> {
+//!         self.0.borrow_mut().dispatch(method, request, reply).map_err(|e| match e {
+//!             txipc_service::DispatchError::Malformed { .. } => CallError::Malformed,
+//!             txipc_service::DispatchError::UnknownMethod { method } => CallError::UnknownMethod { method },
+//!         })
+//!     }
+//! }
+//!
+//! // ...and a client calls it through the generated stub.
+//! let kv = KvClient::new(Loopback(RefCell::new(KvDispatcher::new(Store::default()))));
+//! kv.put(b"k".to_vec(), b"v".to_vec())?;
+//! assert_eq!(kv.get(b"k".to_vec())?, Some(b"v".to_vec()));
+//! assert_eq!(kv.len()?, 1);
+//! assert_eq!(KvMethod::Get.id(), 1);
+//! assert!(KvDispatcher::<Store>::is_readonly(KvMethod::Scan.id()));
+//! assert_eq!(KV_SERVICE_NAME, "Kv");
+//! # Ok::<(), txipc_service::Error<KvError>>(())
+//! ```
+//!
+//! # What is generated
+//!
+//! For `#[service] pub trait Kv { .. }` (every item has the trait's visibility):
+//!
+//! | item | what |
+//! | --- | --- |
+//! | `trait Kv` | the trait as written, `#[readonly]` removed |
+//! | `const KV_SERVICE_NAME: &str` | `"Kv"`: the service's name in manifests and grants (the trait's name in `SCREAMING_SNAKE_CASE`, then `_SERVICE_NAME`) |
+//! | `enum KvMethod` | one variant per method, `UpperCamelCase` (`get` → `Get`), `#[repr(u32)]` with the method number as discriminant; `KvMethod::ALL`, `id(self) -> u32`, `from_id(u32) -> Option<Self>`, `name(self) -> &'static str`, `is_readonly(self) -> bool` |
+//! | `struct KvClient<T: Transport>` | the client stub: `new(transport: T)`, `transport(&self) -> &T`, `into_transport(self) -> T`, and per method `fn m(&self, args..)` |
+//! | `struct KvDispatcher<S: Kv>` | the server side: `new(server: S)`, `into_inner(self) -> S`, and `txipc_service::Dispatch` |
+//!
+//! A client method returns
+//! - `Result<R, txipc_service::Error<E>>` when the trait method is declared `-> Result<R, E>`
+//!   (any path whose last segment is `Result` with two type arguments): `txipc_service::Error::Service` is the
+//!   server's own error, `txipc_service::Error::Call` the system's;
+//! - `Result<R, txipc_service::CallError>` when it is declared `-> R`, or
+//!   `Result<(), CallError>` when it returns nothing.
+//!
+//! # Wire format
+//!
+//! - **Method number**: the method's position in the trait, counting from 1 (0 is reserved as
+//!   "no method"). Numbers are the interface's ABI: add new methods at the end; never reorder,
+//!   insert, or remove (to retire a method, keep it and have servers return an error).
+//! - **Request**: the arguments, as a tuple, in [postcard](https://docs.rs/postcard). A method without arguments sends no
+//!   bytes.
+//! - **Reply**: the return value in postcard; for `-> Result<R, E>` the whole `Result` (`0`
+//!   then `R`, or `1` then `E`); for `()`, no bytes.
+//!
+//! Decoding is strict on both sides: bytes left over after the value are an error
+//! (`txipc_service::DispatchError::Malformed` at the server, `txipc_service::CallError::BadReply` at the client).
+//!
+//! # Rules for the trait
+//!
+//! - Every method takes **`&mut self`**: a server handles one request at a time, inside a
+//!   transaction over its state, so a handler always has its state to itself. `&self` would
+//!   suggest concurrent handlers and push state into interior mutability the runtime cannot see;
+//!   a method that changes nothing is marked `#[readonly]` instead (the runtime then skips
+//!   logging it).
+//! - Arguments and results are **owned wire types**: `Serialize + DeserializeOwned`, no
+//!   references, no `impl Trait`, no `Self`. The compiler reports a type that is not a wire type
+//!   at the type.
+//! - **No default bodies**: the interface crate is what clients compile against; server
+//!   behaviour there would be invisible in the server crate, and a server could "implement" a
+//!   method it never wrote. Put the body in the server's `impl`.
+//! - No generics, `async`, `unsafe`, `extern`, `const`, associated types or consts: each of these
+//!   has no meaning on the other side of a channel.
+//! - No `#[cfg]` on methods: it would renumber the methods after it.
+//!
+//! Attribute arguments: `#[service(name = "kv")]` sets the service name (default: the trait's
+//! name). Method attribute: `#[readonly]` (no arguments).
+//!
 #![forbid(unsafe_code)]
+
+mod expand;
+mod model;
+
+use proc_macro::TokenStream;
+
+/// Turns a trait into a txipc service interface. See the [crate docs](crate) for what is
+/// generated, the wire format and the rules.
+#[proc_macro_attribute]
+pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::service(attr.into(), item.into()).into()
+}

@@ -15,13 +15,17 @@
 
 use serde::{Serialize, de::DeserializeOwned};
 
+pub use txipc_macros::service;
+
 /// Why a call did not produce the service's reply. Produced by the transport (channel) or the
 /// client stub; never by the service itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
     /// The request faulted the server more often than its retry limit allows. Every update it
     /// made was rolled back; the server goes on serving others. Retrying will likely fault again.
-    #[error("aborted: the request faulted the server {attempts} times and was rolled back (poison request)")]
+    #[error(
+        "aborted: the request faulted the server {attempts} times and was rolled back (poison request)"
+    )]
     Aborted {
         /// How many times it was attempted.
         attempts: u32,
@@ -76,7 +80,10 @@ impl CallError {
                 | CallError::Unavailable { .. }
                 | CallError::Malformed
                 | CallError::UnknownMethod { .. }
-                | CallError::TooLarge { what: "request", .. }
+                | CallError::TooLarge {
+                    what: "request",
+                    ..
+                }
         )
     }
 }
@@ -162,6 +169,111 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
         Ok(value)
     } else {
         Err(postcard::Error::DeserializeBadEncoding)
+    }
+}
+
+/// Support for the code `#[service]` generates. Not a stable API: it changes with the macro.
+#[doc(hidden)]
+pub mod __private {
+    use super::{CallError, DispatchError, Error, Transport};
+    use serde::{Serialize, de::DeserializeOwned};
+    use std::cell::Cell;
+
+    pub use serde;
+
+    /// The bound every argument, return and error type of a service method must meet. The
+    /// generated code asserts it once per type, with the type's span, so a type that can't cross
+    /// a channel is reported where it is written.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot cross a channel: service argument, return and error types must implement `serde::Serialize` and `serde::de::DeserializeOwned`",
+        label = "not `Serialize + DeserializeOwned`",
+        note = "derive both with `#[derive(serde::Serialize, serde::Deserialize)]`, or use an owned type that has them (`Vec<u8>`, `String`, ...)"
+    )]
+    pub trait Wire: Serialize + DeserializeOwned {}
+    impl<T: Serialize + DeserializeOwned> Wire for T {}
+
+    /// Compile-time check that `T` is a wire type (see [`Wire`]); does nothing at run time.
+    pub const fn assert_wire<T: Wire>() {}
+
+    thread_local! {
+        /// Request and reply buffers reused across the calls of one thread, so a call does not
+        /// allocate once the buffers have grown. Taken out (not borrowed) for the duration of a
+        /// call, so a transport that calls back into a client on the same thread (an in-process
+        /// loopback serving a nested call) simply gets fresh buffers.
+        static BUFFERS: Cell<(Vec<u8>, Vec<u8>)> = const { Cell::new((Vec::new(), Vec::new())) };
+    }
+
+    /// Buffers larger than this are not kept for the next call.
+    const KEEP_CAP: usize = 64 * 1024;
+
+    /// One call of an infallible method: encodes `args`, calls, decodes the reply strictly.
+    pub fn call<T, A, R>(transport: &T, method: u32, args: &A) -> Result<R, CallError>
+    where
+        T: Transport + ?Sized,
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        // `try_with`: during thread teardown the buffers may be gone; then allocate.
+        let (mut request, mut reply) = BUFFERS.try_with(Cell::take).unwrap_or_default();
+        let result = call_with(transport, method, args, &mut request, &mut reply);
+        if request.capacity() <= KEEP_CAP && reply.capacity() <= KEEP_CAP {
+            let _ = BUFFERS.try_with(|buffers| buffers.set((request, reply)));
+        }
+        result
+    }
+
+    fn call_with<T, A, R>(
+        transport: &T,
+        method: u32,
+        args: &A,
+        request: &mut Vec<u8>,
+        reply: &mut Vec<u8>,
+    ) -> Result<R, CallError>
+    where
+        T: Transport + ?Sized,
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        super::encode(args, request)?;
+        reply.clear();
+        transport.call(method, request, reply)?;
+        super::decode(reply).map_err(|e| CallError::BadReply(e.to_string()))
+    }
+
+    /// One call of a fallible method (declared `-> Result<R, E>`): the reply is the encoded
+    /// `Result<R, E>`; the service's error becomes [`Error::Service`].
+    pub fn call_fallible<T, A, R, E>(transport: &T, method: u32, args: &A) -> Result<R, Error<E>>
+    where
+        T: Transport + ?Sized,
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        call::<T, A, Result<R, E>>(transport, method, args)?.map_err(Error::Service)
+    }
+
+    /// Decodes a request's arguments; bytes that do not decode (including trailing bytes) are
+    /// [`DispatchError::Malformed`]. Never panics.
+    pub fn decode_request<A: DeserializeOwned>(
+        method: u32,
+        request: &[u8],
+    ) -> Result<A, DispatchError> {
+        super::decode(request).map_err(|_| DispatchError::Malformed { method })
+    }
+
+    /// Encodes a method's return value into `reply`.
+    ///
+    /// # Panics
+    ///
+    /// If the value cannot be encoded, which only a hand-written `Serialize` impl that fails can
+    /// cause. The method has run by then and may have changed state, so reporting an error as if
+    /// the request had not run would be a lie: the panic makes the runtime treat it as a fault of
+    /// this request (rolled back under `txipc`, then failed alone as a poison request).
+    #[track_caller]
+    pub fn encode_reply<R: Serialize + ?Sized>(method: u32, value: &R, reply: &mut Vec<u8>) {
+        if let Err(e) = super::encode(value, reply) {
+            panic!("the reply of method {method} cannot be encoded: {e}");
+        }
     }
 }
 

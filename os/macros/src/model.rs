@@ -1,0 +1,576 @@
+//! Reading a `#[service]` trait into a [`Service`], checking every rule on the way.
+//!
+//! Every violation becomes a `syn::Error` spanned on the offending tokens; all of them are
+//! collected, so one compile shows every problem in the trait.
+
+use proc_macro2::{Span, TokenStream};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::visit::Visit;
+use syn::{
+    Attribute, FnArg, GenericArgument, Ident, ItemTrait, LitStr, Pat, PathArguments, ReturnType,
+    TraitItem, TraitItemFn, Type,
+};
+
+/// A checked service trait.
+pub struct Service {
+    /// The trait as it will be emitted (`#[readonly]` removed).
+    pub item: ItemTrait,
+    /// The name in manifests and grants.
+    pub name: String,
+    pub methods: Vec<Method>,
+}
+
+/// A checked method.
+pub struct Method {
+    /// As written (used for the client method and the dispatch call).
+    pub ident: Ident,
+    /// Without `r#`: the name on the wire's logs.
+    pub name: String,
+    /// Starting at 1.
+    pub id: u32,
+    pub readonly: bool,
+    pub args: Vec<Arg>,
+    pub ret: Ret,
+    /// The method's `#[doc]` attributes, repeated on the client method.
+    pub docs: Vec<Attribute>,
+}
+
+pub struct Arg {
+    /// The parameter's name if it has one, else `arg{i}`.
+    pub ident: Ident,
+    pub ty: Type,
+}
+
+pub enum Ret {
+    /// Nothing, or `()`.
+    Unit,
+    /// `-> R`
+    Plain(Box<Type>),
+    /// `-> Result<R, E>`
+    Fallible { ok: Box<Type>, err: Box<Type> },
+}
+
+/// The arguments of `#[service(...)]`.
+fn parse_args(attr: TokenStream, errors: &mut Errors) -> Option<LitStr> {
+    let mut name = None;
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("name") {
+            if name.is_some() {
+                return Err(meta.error("`name` is given twice"));
+            }
+            let lit: LitStr = meta.value()?.parse()?;
+            if lit.value().is_empty() {
+                return Err(syn::Error::new(
+                    lit.span(),
+                    "the service name must not be empty",
+                ));
+            }
+            name = Some(lit);
+            Ok(())
+        } else {
+            Err(meta.error(
+                "unknown `#[service]` argument: the only one is `name = \"...\"` (the service's name in manifests; default: the trait's name)",
+            ))
+        }
+    });
+    if let Err(e) = syn::parse::Parser::parse2(parser, attr) {
+        errors.push(e);
+    }
+    name
+}
+
+/// Collected errors.
+#[derive(Default)]
+pub struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub fn push(&mut self, e: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(e),
+            None => self.0 = Some(e),
+        }
+    }
+
+    fn at(&mut self, span: Span, msg: impl std::fmt::Display) {
+        self.push(syn::Error::new(span, msg));
+    }
+
+    fn spanned(&mut self, tokens: impl quote::ToTokens, msg: impl std::fmt::Display) {
+        self.push(syn::Error::new_spanned(tokens, msg));
+    }
+
+    pub fn into_result(self) -> Result<(), syn::Error> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
+/// Reads and checks the trait. On error, also returns the trait cleaned of `#[readonly]` (when
+/// the item is one) so the caller can emit it beside the errors and spare the user follow-on
+/// errors about a missing trait.
+pub fn read(attr: TokenStream, item: TokenStream) -> Result<Service, (syn::Error, TokenStream)> {
+    let mut errors = Errors::default();
+    let name = parse_args(attr, &mut errors);
+
+    let mut item: ItemTrait = match syn::parse2::<syn::Item>(item.clone()) {
+        Ok(syn::Item::Trait(t)) => t,
+        Ok(other) => {
+            let e = syn::Error::new(
+                item_span(&other),
+                "`#[service]` goes on a trait: write the interface as `pub trait Name { fn method(&mut self, arg: T) -> R; }`",
+            );
+            errors.push(e);
+            let e = errors.into_result().unwrap_err();
+            return Err((e, item));
+        }
+        Err(e) => {
+            errors.push(e);
+            return Err((errors.into_result().unwrap_err(), item));
+        }
+    };
+
+    check_trait_header(&item, &mut errors);
+
+    let mut methods = Vec::new();
+    let mut next_id: u32 = 1;
+    for trait_item in &mut item.items {
+        match trait_item {
+            TraitItem::Fn(f) => {
+                if let Some(m) = read_method(f, next_id, &mut errors) {
+                    methods.push(m);
+                }
+                next_id += 1;
+            }
+            TraitItem::Const(c) => errors.spanned(
+                &c.ident,
+                "a service trait cannot have associated consts: the client has no server type to read them from; use a `const` next to the trait instead",
+            ),
+            TraitItem::Type(t) => errors.spanned(
+                &t.ident,
+                "a service trait cannot have associated types: both ends must agree on concrete wire types; name the type in the method signatures instead",
+            ),
+            TraitItem::Macro(m) => errors.spanned(
+                &m.mac,
+                "a service trait cannot contain macro invocations: `#[service]` must see every method to number it",
+            ),
+            other => errors.spanned(other, "`#[service]` does not understand this item; a service trait holds methods only"),
+        }
+    }
+    if item.items.is_empty() {
+        errors.at(item.ident.span(), "a service needs at least one method");
+    }
+    check_collisions(&item.ident, &methods, &mut errors);
+
+    match errors.into_result() {
+        Ok(()) => Ok(Service {
+            name: name.map_or_else(|| item.ident.unraw().to_string(), |n| n.value()),
+            item,
+            methods,
+        }),
+        Err(e) => Err((e, quote::ToTokens::into_token_stream(item))),
+    }
+}
+
+fn item_span(item: &syn::Item) -> Span {
+    use syn::Item::*;
+    match item {
+        Struct(s) => s.struct_token.span,
+        Enum(e) => e.enum_token.span,
+        Fn(f) => f.sig.fn_token.span,
+        Impl(i) => i.impl_token.span,
+        Mod(m) => m.mod_token.span,
+        Union(u) => u.union_token.span,
+        Type(t) => t.type_token.span,
+        TraitAlias(t) => t.trait_token.span,
+        other => other.span(),
+    }
+}
+
+fn check_trait_header(item: &ItemTrait, errors: &mut Errors) {
+    if !item.generics.params.is_empty() {
+        errors.spanned(
+            &item.generics,
+            "a service trait cannot be generic: the wire types must be fixed by the interface; define one service per concrete type",
+        );
+    }
+    if let Some(w) = &item.generics.where_clause {
+        errors.spanned(
+            w,
+            "a service trait cannot have a `where` clause: it has no generics to constrain",
+        );
+    }
+    if let Some(u) = &item.unsafety {
+        errors.spanned(u, "a service trait cannot be `unsafe`: there is nothing a server could promise through it that a client could rely on across a process boundary");
+    }
+    if let Some(a) = &item.auto_token {
+        errors.spanned(a, "a service trait cannot be an `auto` trait");
+    }
+}
+
+/// Reads one method, removing `#[readonly]` from it. Returns `None` when it has errors (already
+/// recorded).
+fn read_method(f: &mut TraitItemFn, id: u32, errors: &mut Errors) -> Option<Method> {
+    let mut local = Errors::default();
+    let readonly = take_readonly(&mut f.attrs, &mut local);
+
+    for attr in &f.attrs {
+        if attr.path().is_ident("cfg") || attr.path().is_ident("cfg_attr") {
+            local.spanned(
+                attr,
+                "`#[cfg]` cannot be used on a service method: method numbers follow declaration order, so a configured-out method would renumber every method after it; keep the method and have servers return an error when the feature is off",
+            );
+        }
+    }
+
+    let sig = &f.sig;
+    if let Some(t) = &sig.constness {
+        local.spanned(t, "a service method cannot be `const fn`");
+    }
+    if let Some(t) = &sig.asyncness {
+        local.spanned(
+            t,
+            "a service method cannot be `async`: a server runs one request at a time inside a transaction, and a handler that yields would keep the transaction open; write a plain `fn`",
+        );
+    }
+    if let Some(t) = &sig.unsafety {
+        local.spanned(t, "a service method cannot be `unsafe`: a remote client cannot uphold a safety contract; make the method safe and check its arguments");
+    }
+    if let Some(abi) = &sig.abi {
+        local.spanned(
+            abi,
+            "a service method cannot have an `extern` ABI; remove it",
+        );
+    }
+    if !sig.generics.params.is_empty() {
+        local.spanned(
+            &sig.generics,
+            "a service method cannot be generic: the server must know the exact type to decode; use a concrete type (an enum if several are allowed)",
+        );
+    }
+    if let Some(w) = &sig.generics.where_clause {
+        local.spanned(
+            w,
+            "a service method cannot have a `where` clause: it has no generics to constrain",
+        );
+    }
+    if let Some(v) = &sig.variadic {
+        local.spanned(v, "a service method cannot be variadic; take a `Vec<T>`");
+    }
+    if let Some(body) = &f.default {
+        local.spanned(
+            body,
+            "a service method cannot have a default body: the interface crate is what clients depend on, so server behaviour does not belong there; move the body into the server's `impl` and end this declaration with `;`",
+        );
+    }
+
+    let mut inputs = sig.inputs.iter();
+    match inputs.next() {
+        Some(FnArg::Receiver(r)) => check_receiver(r, &mut local),
+        _ => local.spanned(
+            &sig.ident,
+            "a service method must take `&mut self` first: it is called on the server that handles the request; add `&mut self` as its first parameter",
+        ),
+    }
+
+    let mut args = Vec::new();
+    for (i, input) in sig.inputs.iter().enumerate().skip(1) {
+        let FnArg::Typed(pt) = input else {
+            // A second receiver: the compiler reports it.
+            continue;
+        };
+        if let Some(attr) = pt.attrs.first() {
+            local.spanned(
+                attr,
+                "attributes on service method parameters are not supported",
+            );
+        }
+        check_wire_type(&pt.ty, Position::Argument, &mut local);
+        let ident = match &*pt.pat {
+            Pat::Ident(p) if p.subpat.is_none() && p.by_ref.is_none() => p.ident.clone(),
+            _ => Ident::new(&format!("arg{}", i - 1), pt.pat.span()),
+        };
+        args.push(Arg {
+            ident,
+            ty: (*pt.ty).clone(),
+        });
+    }
+
+    let ret = match &sig.output {
+        ReturnType::Default => Ret::Unit,
+        ReturnType::Type(_, ty) => {
+            match &**ty {
+                Type::Tuple(t) if t.elems.is_empty() => Ret::Unit,
+                Type::Never(n) => {
+                    local.spanned(n, "a service method must return to answer its client; `-> !` cannot be a reply");
+                    Ret::Unit
+                }
+                ty => match result_parts(ty) {
+                    Some((ok, err)) => {
+                        check_wire_type(ok, Position::Return, &mut local);
+                        check_wire_type(err, Position::Return, &mut local);
+                        Ret::Fallible {
+                            ok: Box::new(ok.clone()),
+                            err: Box::new(err.clone()),
+                        }
+                    }
+                    None => {
+                        check_wire_type(ty, Position::Return, &mut local);
+                        Ret::Plain(Box::new(ty.clone()))
+                    }
+                },
+            }
+        }
+    };
+
+    let docs = f
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .cloned()
+        .collect();
+
+    let ok = local.0.is_none();
+    if let Some(e) = local.0 {
+        errors.push(e);
+    }
+    ok.then(|| Method {
+        name: sig.ident.unraw().to_string(),
+        ident: sig.ident.clone(),
+        id,
+        readonly,
+        args,
+        ret,
+        docs,
+    })
+}
+
+/// Removes `#[readonly]` from `attrs`; true if it was there.
+fn take_readonly(attrs: &mut Vec<Attribute>, errors: &mut Errors) -> bool {
+    let mut found = false;
+    attrs.retain(|attr| {
+        if !attr.path().is_ident("readonly") {
+            return true;
+        }
+        match &attr.meta {
+            syn::Meta::Path(_) => {}
+            syn::Meta::List(l) => errors.spanned(
+                l,
+                "`#[readonly]` takes no arguments: write `#[readonly]` on a method that changes no server state",
+            ),
+            syn::Meta::NameValue(nv) => errors.spanned(
+                nv,
+                "`#[readonly]` takes no value: write `#[readonly]` on a method that changes no server state",
+            ),
+        }
+        if found {
+            errors.spanned(attr, "`#[readonly]` is given twice");
+        }
+        found = true;
+        false
+    });
+    found
+}
+
+fn check_receiver(r: &syn::Receiver, errors: &mut Errors) {
+    const WHY: &str = "a server handles one request at a time, so each handler gets the server's state exclusively";
+    // `&mut self`, or the long form `self: &mut Self`.
+    let (is_ref, is_mut, lifetime) = match (&r.reference, r.colon_token) {
+        (Some((_, lt)), None) => (true, r.mutability.is_some(), lt.clone()),
+        (None, None) => (false, false, None),
+        (_, Some(_)) => match &*r.ty {
+            Type::Reference(tr) if is_self(&tr.elem) => {
+                (true, tr.mutability.is_some(), tr.lifetime.clone())
+            }
+            _ => (false, false, None),
+        },
+    };
+    if !is_ref {
+        errors.spanned(
+            r,
+            format_args!(
+                "a service method takes `&mut self`, not `self` by value: the server outlives every request it handles; {WHY}. Write `&mut self`"
+            ),
+        );
+    } else if !is_mut {
+        errors.spanned(
+            r,
+            format_args!(
+                "a service method takes `&mut self`, not `&self`: {WHY}. Write `&mut self`; if the method changes no state, mark it `#[readonly]`"
+            ),
+        );
+    } else if let Some(lt) = lifetime {
+        errors.spanned(
+            lt,
+            "the receiver of a service method takes no lifetime: write `&mut self`",
+        );
+    }
+}
+
+fn is_self(ty: &Type) -> bool {
+    matches!(ty, Type::Path(p) if p.qself.is_none() && p.path.is_ident("Self"))
+}
+
+/// `Result<R, E>` (any path ending in `Result` with exactly two type arguments).
+fn result_parts(ty: &Type) -> Option<(&Type, &Type)> {
+    let Type::Path(p) = ty else { return None };
+    if p.qself.is_some() {
+        return None;
+    }
+    let last = p.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let mut types = args.args.iter().filter_map(|a| match a {
+        GenericArgument::Type(t) => Some(t),
+        _ => None,
+    });
+    match (types.next(), types.next(), types.next(), args.args.len()) {
+        (Some(ok), Some(err), None, 2) => Some((ok, err)),
+        _ => None,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Position {
+    Argument,
+    Return,
+}
+
+/// Rejects what cannot be a wire type whatever traits it has: borrows, `impl Trait`, `Self`.
+/// Whether the type is `Serialize + DeserializeOwned` is left to the compiler (see `expand`).
+fn check_wire_type(ty: &Type, pos: Position, errors: &mut Errors) {
+    struct Checker<'e> {
+        pos: Position,
+        errors: &'e mut Errors,
+    }
+    impl<'ast> Visit<'ast> for Checker<'_> {
+        fn visit_type_reference(&mut self, r: &'ast syn::TypeReference) {
+            let what = match self.pos {
+                Position::Argument => {
+                    "a service method cannot take a reference: the arguments are copied across a channel and the server decodes its own copy; take the owned type (`Vec<u8>` for `&[u8]`, `String` for `&str`, `T` for `&T`)"
+                }
+                Position::Return => {
+                    "a service method cannot return a reference: the reply is copied across a channel; return the owned type (`Vec<u8>` for `&[u8]`, `String` for `&str`, `T` for `&T`)"
+                }
+            };
+            self.errors.spanned(r, what);
+        }
+        fn visit_type_impl_trait(&mut self, t: &'ast syn::TypeImplTrait) {
+            let what = match self.pos {
+                Position::Argument => {
+                    "a service method cannot take `impl Trait`: the server decodes the argument and must know its concrete type; name the type"
+                }
+                Position::Return => {
+                    "a service method cannot return `impl Trait`: the client decodes the reply and must know its concrete type; name the type"
+                }
+            };
+            self.errors.spanned(t, what);
+        }
+        fn visit_lifetime(&mut self, lt: &'ast syn::Lifetime) {
+            if lt.ident != "static" {
+                self.errors.spanned(
+                    lt,
+                    "a service type cannot borrow: wire types are decoded into owned values; use an owned type (or `'static`)",
+                );
+            }
+        }
+        fn visit_type_path(&mut self, p: &'ast syn::TypePath) {
+            let first_is_self =
+                p.qself.is_none() && p.path.segments.first().is_some_and(|s| s.ident == "Self");
+            if first_is_self {
+                self.errors.spanned(
+                    p,
+                    "`Self` is the server's type and cannot cross a channel: the client has no server; name a concrete wire type",
+                );
+            } else {
+                syn::visit::visit_type_path(self, p);
+            }
+        }
+    }
+    Checker { pos, errors }.visit_type(ty);
+}
+
+/// Generated names must not collide: method variants among themselves, client methods with the
+/// client's own methods.
+fn check_collisions(trait_ident: &Ident, methods: &[Method], errors: &mut Errors) {
+    let mut seen: Vec<(String, &Method)> = Vec::new();
+    for m in methods {
+        if ["new", "transport", "into_transport"].contains(&m.name.as_str()) {
+            errors.spanned(
+                &m.ident,
+                format_args!(
+                    "a service method cannot be named `{}`: the generated `{}Client::{}` already has that name; rename the method",
+                    m.name,
+                    trait_ident.unraw(),
+                    m.name
+                ),
+            );
+        }
+        let variant = variant_name(&m.name);
+        if let Some((_, other)) = seen.iter().find(|(v, _)| *v == variant) {
+            errors.spanned(
+                &m.ident,
+                format_args!(
+                    "methods `{}` and `{}` both map to the method variant `{}`; rename one",
+                    other.name, m.name, variant
+                ),
+            );
+        } else {
+            seen.push((variant, m));
+        }
+    }
+}
+
+/// `scan_range` → `ScanRange`.
+pub fn variant_name(method: &str) -> String {
+    let mut out = String::new();
+    for part in method.split('_').filter(|p| !p.is_empty()) {
+        let mut chars = part.chars();
+        if let Some(c) = chars.next() {
+            out.extend(c.to_uppercase());
+            out.push_str(chars.as_str());
+        }
+    }
+    if out == "Self" {
+        out.push('_');
+    }
+    out
+}
+
+/// `KvStore` → `KV_STORE`, `HTTPServer` → `HTTP_SERVER`.
+pub fn screaming_snake(name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    let mut out = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        if i > 0 && c.is_uppercase() {
+            let prev = chars[i - 1];
+            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
+            if prev.is_lowercase() || prev.is_ascii_digit() || (prev.is_uppercase() && next_lower) {
+                out.push('_');
+            }
+        }
+        out.extend(c.to_uppercase());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(variant_name("get"), "Get");
+        assert_eq!(variant_name("scan_range"), "ScanRange");
+        assert_eq!(variant_name("_private"), "Private");
+        assert_eq!(variant_name("get_v2"), "GetV2");
+        assert_eq!(variant_name("self_"), "Self_");
+        assert_eq!(screaming_snake("Kv"), "KV");
+        assert_eq!(screaming_snake("KvStore"), "KV_STORE");
+        assert_eq!(screaming_snake("HTTPServer"), "HTTP_SERVER");
+        assert_eq!(screaming_snake("Fs2Api"), "FS2_API");
+    }
+}
