@@ -1,2 +1,21 @@
-//! The kernel process: boots a system from a manifest, grants channels, supervises servers and drives recovery.
+//! The kernel process of txipc: the trusted supervisor.
+//!
+//! It boots a system from a [`Manifest`], owns every shared object (heaps, undo logs, channels,
+//! doorbells, status pages), grants channels to clients that the manifest allows, supervises
+//! server incarnations through pidfds and crash reports, and drives recovery (ARCHITECTURE.md
+//! §6). It is never on the data path of a call.
+//!
+//! Design principles:
+//! - **Single-threaded and event-driven** (one epoll set): every decision happens in one place,
+//!   in order, so recovery never races a grant or a shutdown.
+//! - **Confirm, then act**: shared state of a server is touched only once its incarnation can no
+//!   longer run (dead, or SIGSTOPped and seen stopped in `/proc`).
+//! - **Recover before teardown**: a crashing server stops itself; the kernel recovers and
+//!   activates the hot standby first, and kills the stopped incarnation afterwards.
+//! - **Decisions are pure**: what to do with each in-flight request is
+//!   [`txipc_core::recovery::decide_slot`], tested without processes.
 #![forbid(unsafe_code)]
+
+mod kernel;
+
+pub use kernel::{KernelError, Options, run};

@@ -1,2 +1,24 @@
-//! The server runtime: zygote, event loop over channels, and the TxIPC commit protocol.
+//! The server runtime and the client library of txipc.
+//!
+//! Server side ([`zygote_main`]): a server binary is started by the kernel as a *zygote*, which
+//! initialises once and forks incarnations on demand. An incarnation maps its channels, waits as
+//! a hot standby until the kernel activates it, attaches the recoverable heap at its fixed
+//! address and runs the event loop. Under policy `txipc` every request (or batch of requests) is
+//! a transaction (ARCHITECTURE.md §5):
+//!
+//! take → copy out + validate → begin → handle → write reply → **commit point** → publish.
+//!
+//! The runtime never publishes a reply before the commit point, so a reply a client has seen is
+//! never rolled back, and a request whose reply was not committed is rolled back by the kernel
+//! and re-executed.
+//!
+//! Client side ([`client`]): connect to a running system by name, open channels to its servers
+//! (a [`txipc_service::Transport`] for generated stubs), list servers, stop the system; and
+//! [`client::SystemProcess`], which boots a kernel as a child process for tests, benchmarks and
+//! the demo.
 #![forbid(unsafe_code)]
+
+pub mod client;
+mod server;
+
+pub use server::{Builtin, Instance, StartArgs, TxCell, TxHost, current_attempt, zygote_main};

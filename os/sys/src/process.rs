@@ -148,6 +148,26 @@ pub fn reap_children() -> usize {
     }
 }
 
+/// Takes ownership of a descriptor inherited across exec, whose number was passed by the parent
+/// (the kernel hands each zygote one control socket this way). Fails unless `fd` is an open
+/// socket. Close-on-exec is set again so that it is not leaked further.
+pub fn adopt_inherited_fd(fd: i32) -> io::Result<OwnedFd> {
+    if fd < 3 {
+        return Err(io::Error::other("refusing to adopt a standard stream"));
+    }
+    let meta = std::fs::metadata(format!("/proc/self/fd/{fd}"))
+        .map_err(|_| io::Error::other(format!("descriptor {fd} is not open")))?;
+    if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+        return Err(io::Error::other(format!("descriptor {fd} is not a socket")));
+    }
+    // SAFETY: `fd` is open (checked above) and, by the spawn contract, nothing else in this
+    // process owns it: the exec'd program received it for this purpose alone, so taking
+    // ownership creates no second owner.
+    let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)?;
+    Ok(owned)
+}
+
 /// Clears close-on-exec on `fd` so that a child started with exec inherits it.
 pub fn inherit_on_exec(fd: impl AsFd) -> io::Result<()> {
     let flags = rustix::io::fcntl_getfd(&fd)?;

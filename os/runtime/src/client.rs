@@ -1,0 +1,348 @@
+//! The client library: reach a running system, open channels to its servers.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use txipc_chan::{ChanError, ClientChannel, Status};
+use txipc_core::proto::{self, Connected, ErrorKind, Request, Response, ServerInfo};
+use txipc_service::{CallError, Transport};
+use txipc_sys::fdpass;
+
+/// Why the client could not reach a system or open a channel.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No system of that name is running.
+    #[error("no system `{name}` is running (no socket at {path}): start one with `txipc run`")]
+    NotRunning {
+        /// The system's name.
+        name: String,
+        /// Where its socket would be.
+        path: PathBuf,
+    },
+    /// The kernel refused.
+    #[error("{message}")]
+    Refused {
+        /// Class of refusal.
+        kind: ErrorKind,
+        /// The kernel's words.
+        message: String,
+    },
+    /// Talking to the kernel failed.
+    #[error("talking to the kernel: {0}")]
+    Io(String),
+    /// The kernel's answer made no sense.
+    #[error("unexpected answer from the kernel: {0}")]
+    Protocol(String),
+    /// The granted channel could not be mapped.
+    #[error("mapping the channel: {0}")]
+    Channel(String),
+    /// Booting a system failed.
+    #[error("booting the system: {0}")]
+    Boot(String),
+}
+
+#[derive(Debug)]
+struct Conn {
+    sock: Mutex<OwnedFd>,
+}
+
+/// A connection to a running system's kernel.
+#[derive(Debug, Clone)]
+pub struct System {
+    name: String,
+    conn: Arc<Conn>,
+}
+
+impl System {
+    /// Connects to the system `name` of this user.
+    pub fn connect(name: &str) -> Result<System, ClientError> {
+        let path = txipc_core::paths::socket_path(name);
+        let sock = rustix::net::socket_with(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| ClientError::Io(e.to_string()))?;
+        let addr = rustix::net::SocketAddrUnix::new(&path)
+            .map_err(|e| ClientError::Io(format!("{}: {e}", path.display())))?;
+        match rustix::net::connect(&sock, &addr) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::CONNREFUSED) => {
+                return Err(ClientError::NotRunning {
+                    name: name.into(),
+                    path,
+                });
+            }
+            Err(e) => return Err(ClientError::Io(format!("connect {}: {e}", path.display()))),
+        }
+        Ok(System {
+            name: name.into(),
+            conn: Arc::new(Conn {
+                sock: Mutex::new(sock),
+            }),
+        })
+    }
+
+    /// The system's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn request(&self, req: &Request) -> Result<(Response, Vec<OwnedFd>), ClientError> {
+        let sock = self.conn.sock.lock().unwrap_or_else(|p| p.into_inner());
+        fdpass::send(&*sock, &proto::encode(req), &[]).map_err(|e| ClientError::Io(e.to_string()))?;
+        let mut buf = vec![0u8; proto::MAX_CONTROL_MSG];
+        let (n, fds) = fdpass::recv(&*sock, &mut buf, false)
+            .map_err(|e| ClientError::Io(e.to_string()))?
+            .ok_or_else(|| ClientError::Io("no answer".into()))?;
+        let resp: Response =
+            proto::decode(&buf[..n]).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if let Response::Error(e) = resp {
+            return Err(ClientError::Refused {
+                kind: e.kind,
+                message: e.message,
+            });
+        }
+        Ok((resp, fds))
+    }
+
+    /// Opens a channel to the server `service`.
+    pub fn open(&self, service: &str) -> Result<Channel, ClientError> {
+        let (resp, fds) = self.request(&Request::Connect {
+            version: proto::PROTO_VERSION,
+            service: service.into(),
+        })?;
+        let Response::Connected(info) = resp else {
+            return Err(ClientError::Protocol(format!("{resp:?}")));
+        };
+        let [chan_fd, doorbell_fd]: [OwnedFd; 2] = fds
+            .try_into()
+            .map_err(|_| ClientError::Protocol("Connected must carry 2 descriptors".into()))?;
+        let chan = ClientChannel::map(chan_fd.as_fd(), doorbell_fd.as_fd())
+            .map_err(|e| ClientError::Channel(e.to_string()))?;
+        Ok(Channel {
+            chan,
+            info,
+            timeout: None,
+            _conn: self.conn.clone(),
+        })
+    }
+
+    /// The servers of the system.
+    pub fn ps(&self) -> Result<Vec<ServerInfo>, ClientError> {
+        match self.request(&Request::Ps)?.0 {
+            Response::Ps(list) => Ok(list),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Asks the kernel to stop the system.
+    pub fn shutdown(&self) -> Result<(), ClientError> {
+        match self.request(&Request::Shutdown)?.0 {
+            Response::Ok => Ok(()),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+}
+
+/// A channel to one server: the [`Transport`] of generated client stubs.
+///
+/// The channel stays valid while any handle of the [`System`] connection it was opened on is
+/// alive; the kernel revokes it when that connection closes.
+#[derive(Debug)]
+pub struct Channel {
+    chan: ClientChannel,
+    info: Connected,
+    timeout: Option<Duration>,
+    _conn: Arc<Conn>,
+}
+
+impl Channel {
+    /// What the kernel said when granting it.
+    pub fn info(&self) -> &Connected {
+        &self.info
+    }
+
+    /// Gives up on calls after `timeout` (`CallError::Timeout`); `None` waits for the reply,
+    /// which the system guarantees to come (reply or typed error) while the kernel runs.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+    }
+
+    /// The generation of the server incarnation currently serving the channel.
+    pub fn generation(&self) -> u64 {
+        self.chan.generation()
+    }
+}
+
+/// Maps a slot status to the client's view.
+pub fn status_to_result(status: Status, attempt: u32) -> Result<(), CallError> {
+    match status {
+        Status::Ok => Ok(()),
+        Status::Malformed => Err(CallError::Malformed),
+        Status::UnknownMethod => Err(CallError::UnknownMethod { method: 0 }),
+        Status::Aborted => Err(CallError::Aborted { attempts: attempt }),
+        Status::Restarted => Err(CallError::Restarted),
+        Status::Unavailable => Err(CallError::Unavailable {
+            reason: "the server is down".into(),
+        }),
+        Status::TooLarge => Err(CallError::TooLarge {
+            what: "reply",
+            len: 0,
+            cap: 0,
+        }),
+        Status::Revoked => Err(CallError::Disconnected("the grant was revoked".into())),
+        Status::Refused => Err(CallError::Unavailable {
+            reason: "the server refused the request".into(),
+        }),
+    }
+}
+
+fn chan_error(e: ChanError) -> CallError {
+    match e {
+        ChanError::Timeout { .. } => CallError::Timeout,
+        ChanError::Dead => CallError::Unavailable {
+            reason: "the server is down for good (policy none, or held down after a restart storm)"
+                .into(),
+        },
+        ChanError::RequestTooLarge { len, cap } => CallError::TooLarge {
+            what: "request",
+            len,
+            cap,
+        },
+        other => CallError::Disconnected(other.to_string()),
+    }
+}
+
+impl Transport for Channel {
+    fn call(&self, method: u32, request: &[u8], reply: &mut Vec<u8>) -> Result<(), CallError> {
+        let r = self
+            .chan
+            .call(method, request, reply, self.timeout)
+            .map_err(chan_error)?;
+        status_to_result(r.status, r.attempt).map_err(|e| match e {
+            CallError::UnknownMethod { .. } => CallError::UnknownMethod { method },
+            other => other,
+        })
+    }
+}
+
+/// A system booted as a child process (`txipc run -`), for tests, benchmarks and the demo.
+/// Dropping it shuts the system down and waits for it (bounded), killing it if it does not stop.
+#[derive(Debug)]
+pub struct SystemProcess {
+    name: String,
+    child: Option<Child>,
+}
+
+impl SystemProcess {
+    /// Boots `manifest` (TOML text) under the system name `name` with the txipc binary `exe`,
+    /// and waits until every server serves (bounded by `timeout`).
+    pub fn spawn(
+        exe: &Path,
+        manifest: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<SystemProcess, ClientError> {
+        let mut child = Command::new(exe)
+            .args(["run", "-", "--system", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| ClientError::Boot(format!("{}: {e}", exe.display())))?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let mut me = SystemProcess {
+            name: name.into(),
+            child: Some(child),
+        };
+        stdin
+            .write_all(manifest.as_bytes())
+            .map_err(|e| ClientError::Boot(format!("writing the manifest: {e}")))?;
+        drop(stdin);
+        // Wait for the kernel's "ready" line, on a helper thread so the wait is bounded.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next();
+            let _ = tx.send(first);
+            // Keep draining so the kernel never blocks on a full pipe.
+            for _ in lines {}
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(Some(Ok(line))) if line.starts_with("ready") => Ok(me),
+            Ok(Some(Ok(line))) => Err(ClientError::Boot(format!("kernel said: {line}"))),
+            Ok(_) => {
+                let status = me.child.as_mut().and_then(|c| c.wait().ok());
+                Err(ClientError::Boot(format!(
+                    "the kernel exited before it was ready ({status:?}); see its error above"
+                )))
+            }
+            Err(_) => Err(ClientError::Boot(format!(
+                "the system was not ready within {timeout:?}"
+            ))),
+        }
+    }
+
+    /// The system's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Connects to it.
+    pub fn connect(&self) -> Result<System, ClientError> {
+        System::connect(&self.name)
+    }
+
+    /// The kernel's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Shuts the system down and waits (bounded) for the kernel to exit.
+    pub fn shutdown(mut self) -> Result<(), ClientError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), ClientError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if let Ok(sys) = System::connect(&self.name) {
+            let _ = sys.shutdown();
+        } else {
+            let _ = txipc_sys::process::kill(child.id() as i32, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => {
+                    return Err(ClientError::Boot(format!("the kernel exited with {status}")));
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(ClientError::Boot(
+                        "the kernel did not stop within 10 s and was killed".into(),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for SystemProcess {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}

@@ -1,0 +1,501 @@
+//! Zygote, standby and the event loop of a server incarnation.
+
+use std::cell::Cell;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use txipc_chan::{Doorbell, ServerChannel, Status};
+use txipc_core::manifest::{Policy, Tracking as ManifestTracking};
+use txipc_core::proto::{self, FromServer, FromZygote, ServerConfig, ToServer, ToZygote, ZygoteInit};
+use txipc_heap::{BatchEntry, Heap, Tracking, Tx};
+use txipc_service::{Dispatch, DispatchError};
+use txipc_sys::{fdpass, process, status::StatusPage};
+
+/// Where the runtime lends the running transaction to the server while it handles a request.
+///
+/// The runtime opens the transaction (begin, batch descriptor), puts it here, calls the
+/// dispatcher, takes it back and commits it after the replies are written: the server can
+/// change its heap only between those two points, and only through this transaction.
+#[derive(Debug, Default)]
+pub struct TxCell {
+    tx: Option<Tx<'static>>,
+}
+
+impl TxCell {
+    /// An empty cell.
+    pub fn new() -> TxCell {
+        TxCell { tx: None }
+    }
+
+    /// The running transaction. Called only from inside a handler; outside one it is a broken
+    /// runtime contract, reported as an integrity fault (the request is rolled back and
+    /// retried like any crash).
+    pub fn tx(&mut self) -> &mut Tx<'static> {
+        match self.tx.as_mut() {
+            Some(tx) => tx,
+            None => txipc_sys::crash::report_and_stop(txipc_sys::crash::CrashKind::Integrity),
+        }
+    }
+
+    fn put(&mut self, tx: Tx<'static>) {
+        self.tx = Some(tx);
+    }
+
+    fn take(&mut self) -> Option<Tx<'static>> {
+        self.tx.take()
+    }
+}
+
+/// A server whose handlers run inside the runtime's transactions.
+pub trait TxHost {
+    /// The cell the runtime lends the running transaction through.
+    fn tx_cell(&mut self) -> &mut TxCell;
+}
+
+/// A server instance as the runtime drives it. Every `#[service]` dispatcher whose server is a
+/// [`TxHost`] is one.
+pub trait Instance {
+    /// Runs one request inside the transaction the runtime opened. `reply` is filled with the
+    /// encoded reply.
+    fn handle(
+        &mut self,
+        method: u32,
+        request: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<(), DispatchError>;
+    /// The cell the runtime lends the running transaction through.
+    fn tx_cell(&mut self) -> &mut TxCell;
+}
+
+impl<D> Instance for D
+where
+    D: Dispatch,
+    D::Inner: TxHost,
+{
+    fn handle(
+        &mut self,
+        method: u32,
+        request: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<(), DispatchError> {
+        self.dispatch(method, request, reply)
+    }
+    fn tx_cell(&mut self) -> &mut TxCell {
+        self.inner_mut().tx_cell()
+    }
+}
+
+/// What a built-in server's constructor receives.
+#[derive(Debug)]
+pub struct StartArgs<'a> {
+    /// The heap, attached at its fixed address in the tracking mode of the server's policy. It
+    /// lives as long as the incarnation.
+    pub heap: &'static Heap,
+    /// The server's configuration.
+    pub config: &'a ServerConfig,
+    /// True when the heap was just formatted (first boot, or policy `restart`).
+    pub fresh: bool,
+}
+
+/// A server compiled into the binary.
+#[derive(Debug, Clone, Copy)]
+pub struct Builtin {
+    /// Its name in manifests (`builtin = "..."`).
+    pub name: &'static str,
+    /// Builds the server on its heap (find the root, or create it when fresh).
+    pub start: fn(StartArgs<'_>) -> Result<Box<dyn Instance>, String>,
+}
+
+thread_local! {
+    static ATTEMPT: Cell<u32> = const { Cell::new(0) };
+}
+
+/// How many times the request being handled was already rolled back after a fault (0 on its
+/// first run). For fault-injection servers that fault only on some attempts.
+pub fn current_attempt() -> u32 {
+    ATTEMPT.with(Cell::get)
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("txipc zygote: {msg}");
+    std::process::exit(71)
+}
+
+/// Entry point of a zygote process (the binary run as `txipc __zygote`). Never returns.
+///
+/// Protocol (ARCHITECTURE.md §2): receive [`ZygoteInit`] with fds `[heap, log, doorbell,
+/// status]`, answer `Ready`; then for every `Spawn` fork a standby incarnation and answer
+/// `Spawned` with its pidfd.
+pub fn zygote_main(builtins: &[Builtin]) -> ! {
+    let fd: i32 = std::env::var("TXIPC_CTRL_FD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| die("TXIPC_CTRL_FD is not set: zygotes are started by the kernel"));
+    let ctl = txipc_sys::process::adopt_inherited_fd(fd)
+        .unwrap_or_else(|e| die(&format!("TXIPC_CTRL_FD={fd}: {e}")));
+    let kernel_pid = process::getppid();
+    if let Err(e) = process::die_with_parent(kernel_pid) {
+        die(&format!("prctl: {e}"));
+    }
+    let mut buf = vec![0u8; proto::MAX_CONTROL_MSG];
+    let (n, fds) = match fdpass::recv(&ctl, &mut buf, false) {
+        Ok(Some(m)) => m,
+        Ok(None) => die("no init message"),
+        Err(e) => die(&format!("init: {e}")),
+    };
+    let init: ZygoteInit = proto::decode(&buf[..n]).unwrap_or_else(|e| die(&e.to_string()));
+    let [heap_fd, log_fd, doorbell_fd, status_fd]: [OwnedFd; 4] = fds
+        .try_into()
+        .unwrap_or_else(|_| die("init must carry 4 descriptors"));
+    let Some(builtin) = builtins.iter().find(|b| b.name == init.config.builtin).copied() else {
+        let _ = fdpass::send(
+            &ctl,
+            &proto::encode(&FromZygote::Failed {
+                message: format!("no built-in server `{}` in this binary", init.config.builtin),
+            }),
+            &[],
+        );
+        std::process::exit(72);
+    };
+    let _ = fdpass::send(&ctl, &proto::encode(&FromZygote::Ready), &[]);
+    let my_pid = process::getpid();
+    loop {
+        process::reap_children();
+        let (n, mut fds) = match fdpass::recv(&ctl, &mut buf, false) {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(_) => std::process::exit(0), // the kernel is gone
+        };
+        match proto::decode::<ToZygote>(&buf[..n]) {
+            Ok(ToZygote::Spawn { generation }) if fds.len() == 1 => {
+                let inc_sock = fds.pop().expect("one fd");
+                match process::fork() {
+                    Ok(process::Forked::Child) => {
+                        drop(ctl);
+                        if process::die_with_parent(my_pid).is_err() {
+                            std::process::exit(73);
+                        }
+                        let fds = IncFds {
+                            heap: &heap_fd,
+                            log: &log_fd,
+                            doorbell: &doorbell_fd,
+                            status: &status_fd,
+                        };
+                        incarnation_main(&init.config, builtin, fds, inc_sock);
+                    }
+                    Ok(process::Forked::Parent { child }) => {
+                        drop(inc_sock);
+                        let reply = match process::pidfd_open(child) {
+                            Ok(pidfd) => fdpass::send(
+                                &ctl,
+                                &proto::encode(&FromZygote::Spawned {
+                                    generation,
+                                    pid: child,
+                                }),
+                                &[pidfd.as_fd()],
+                            ),
+                            Err(e) => fdpass::send(
+                                &ctl,
+                                &proto::encode(&FromZygote::Failed {
+                                    message: format!("pidfd_open: {e}"),
+                                }),
+                                &[],
+                            ),
+                        };
+                        if reply.is_err() {
+                            std::process::exit(0);
+                        }
+                    }
+                    Err(e) => {
+                        let _ = fdpass::send(
+                            &ctl,
+                            &proto::encode(&FromZygote::Failed {
+                                message: format!("fork: {e}"),
+                            }),
+                            &[],
+                        );
+                    }
+                }
+            }
+            Ok(ToZygote::Exit) => std::process::exit(0),
+            _ => {
+                let _ = fdpass::send(
+                    &ctl,
+                    &proto::encode(&FromZygote::Failed {
+                        message: "malformed zygote command".into(),
+                    }),
+                    &[],
+                );
+            }
+        }
+    }
+}
+
+struct IncFds<'a> {
+    heap: &'a OwnedFd,
+    log: &'a OwnedFd,
+    doorbell: &'a OwnedFd,
+    status: &'a OwnedFd,
+}
+
+fn tracking_for(policy: Policy, tracking: ManifestTracking) -> Tracking {
+    match (policy, tracking) {
+        (Policy::Txipc, ManifestTracking::Typed) => Tracking::Typed,
+        (Policy::Txipc, ManifestTracking::Page) => Tracking::Page,
+        _ => Tracking::Off,
+    }
+}
+
+struct Chan {
+    index: u32,
+    chan: ServerChannel,
+}
+
+/// One incarnation: standby until activated, then serving. Never returns.
+fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ctl: OwnedFd) -> ! {
+    let fatal = |ctl: &OwnedFd, message: String| -> ! {
+        let _ = fdpass::send(ctl, &proto::encode(&FromServer::Fatal { message }), &[]);
+        std::process::exit(74)
+    };
+    if let Err(e) = txipc_sys::crash::install(ctl.as_raw_fd()) {
+        fatal(&ctl, format!("cannot install the crash reporter: {e}"));
+    }
+    if let Some(cpu) = config.cpu {
+        let _ = process::pin_to_cpu(cpu);
+    }
+    let doorbell = Doorbell::map(fds.doorbell.as_fd())
+        .unwrap_or_else(|e| fatal(&ctl, format!("doorbell: {e}")));
+    let status =
+        StatusPage::map(fds.status.as_fd()).unwrap_or_else(|e| fatal(&ctl, format!("status: {e}")));
+    let mut chans: Vec<Chan> = Vec::new();
+    let mut buf = vec![0u8; proto::MAX_CONTROL_MSG];
+    let _ = fdpass::send(&ctl, &proto::encode(&FromServer::Standby), &[]);
+    // Standby: map channels as they come, until activated.
+    let (generation, fresh) = loop {
+        let (n, fds_in) = match fdpass::recv(&ctl, &mut buf, false) {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(_) => std::process::exit(0),
+        };
+        match proto::decode::<ToServer>(&buf[..n]) {
+            Ok(ToServer::AddChannels { indices }) => {
+                add_channels(&mut chans, indices, fds_in);
+            }
+            Ok(ToServer::RemoveChannel { index }) => chans.retain(|c| c.index != index),
+            Ok(ToServer::Activate { generation, fresh }) => break (generation, fresh),
+            Ok(ToServer::Shutdown) | Err(_) => std::process::exit(0),
+        }
+    };
+    let heap_fd = fds.heap.try_clone().unwrap_or_else(|e| fatal(&ctl, format!("dup: {e}")));
+    let log_fd = fds.log.try_clone().unwrap_or_else(|e| fatal(&ctl, format!("dup: {e}")));
+    let heap = Heap::attach(
+        heap_fd,
+        log_fd,
+        config.heap_base as usize,
+        tracking_for(config.policy, config.tracking),
+    )
+    .unwrap_or_else(|e| fatal(&ctl, format!("heap: {e}")));
+    // The heap lives exactly as long as this incarnation: give it the 'static lifetime that lets
+    // the server keep references to its root.
+    let heap: &'static Heap = Box::leak(Box::new(heap));
+    let instance = (builtin.start)(StartArgs {
+        heap,
+        config,
+        fresh,
+    })
+    .unwrap_or_else(|e| fatal(&ctl, format!("server start: {e}")));
+    status.set_ready(generation);
+    let _ = fdpass::send(&ctl, &proto::encode(&FromServer::Active { generation }), &[]);
+    let mut lp = Loop {
+        config,
+        heap,
+        instance,
+        chans,
+        doorbell,
+        status,
+        ctl,
+        txid: generation << 40,
+        next_chan: 0,
+        batch: Vec::new(),
+        bufs: Vec::new(),
+        reply: Vec::with_capacity(4096),
+        ctl_buf: buf,
+    };
+    lp.run()
+}
+
+fn add_channels(chans: &mut Vec<Chan>, indices: Vec<u32>, fds: Vec<OwnedFd>) {
+    for (index, fd) in indices.into_iter().zip(fds) {
+        // A channel that does not map is skipped: it is the client's object to corrupt, and the
+        // client will find its calls unanswered only if it broke its own channel.
+        if let Ok(chan) = ServerChannel::map(fd.as_fd()) {
+            chans.retain(|c| c.index != index);
+            chans.push(Chan { index, chan });
+        }
+    }
+}
+
+struct Taken {
+    chan: usize,
+    slot: usize,
+    seq: u64,
+    method: u32,
+    attempt: u32,
+    malformed: bool,
+}
+
+struct Loop<'a> {
+    config: &'a ServerConfig,
+    heap: &'static Heap,
+    instance: Box<dyn Instance>,
+    chans: Vec<Chan>,
+    doorbell: Doorbell,
+    status: StatusPage,
+    ctl: OwnedFd,
+    txid: u64,
+    next_chan: usize,
+    batch: Vec<Taken>,
+    bufs: Vec<Vec<u8>>,
+    reply: Vec<u8>,
+    ctl_buf: Vec<u8>,
+}
+
+/// How long the server spins for work before sleeping on its doorbell.
+const SERVER_SPIN: Duration = Duration::from_micros(50);
+
+impl Loop<'_> {
+    fn run(&mut self) -> ! {
+        loop {
+            if self.doorbell.take_events() != 0 {
+                self.drain_control();
+            }
+            if self.serve_batch() == 0 {
+                let chans = &self.chans;
+                let doorbell = &self.doorbell;
+                self.doorbell.wait(
+                    || doorbell.pending_events() == 0 && !chans.iter().any(|c| c.chan.has_posted()),
+                    SERVER_SPIN,
+                    None,
+                );
+            }
+        }
+    }
+
+    fn drain_control(&mut self) {
+        loop {
+            let (n, fds) = match fdpass::recv(&self.ctl, &mut self.ctl_buf, true) {
+                Ok(Some(m)) => m,
+                Ok(None) => return,
+                Err(_) => std::process::exit(0),
+            };
+            match proto::decode::<ToServer>(&self.ctl_buf[..n]) {
+                Ok(ToServer::AddChannels { indices }) => add_channels(&mut self.chans, indices, fds),
+                Ok(ToServer::RemoveChannel { index }) => self.chans.retain(|c| c.index != index),
+                Ok(ToServer::Shutdown) | Err(_) => std::process::exit(0),
+                Ok(ToServer::Activate { .. }) => {}
+            }
+        }
+    }
+
+    /// Takes up to `batch_max` posted requests and runs them as one transaction. Returns how
+    /// many were served.
+    fn serve_batch(&mut self) -> usize {
+        let max = self.config.batch_max.max(1) as usize;
+        self.batch.clear();
+        let nchans = self.chans.len();
+        if nchans == 0 {
+            return 0;
+        }
+        if self.bufs.len() < max {
+            self.bufs.resize_with(max, || Vec::with_capacity(4096));
+        }
+        for k in 0..nchans {
+            let ci = (self.next_chan + k) % nchans;
+            while self.batch.len() < max {
+                let buf = &mut self.bufs[self.batch.len()];
+                match self.chans[ci].chan.take_into(buf) {
+                    Some(t) => self.batch.push(Taken {
+                        chan: ci,
+                        slot: t.slot,
+                        seq: t.seq,
+                        method: t.method,
+                        attempt: t.attempt,
+                        malformed: t.malformed,
+                    }),
+                    None => break,
+                }
+            }
+            if self.batch.len() >= max {
+                self.next_chan = (ci + 1) % nchans;
+                break;
+            }
+        }
+        let n = self.batch.len();
+        if n == 0 {
+            return 0;
+        }
+        self.txid += 1;
+        self.status.set_busy(txipc_sys::time::monotonic_ns(), self.txid);
+        self.begin();
+        for i in 0..n {
+            self.run_one(i);
+        }
+        // The commit point: after every reply of the batch is written, before any is published.
+        match self.instance.tx_cell().take().map(Tx::commit) {
+            Some(Ok(())) => {}
+            _ => txipc_sys::crash::report_and_stop(txipc_sys::crash::CrashKind::Integrity),
+        }
+        for t in &self.batch {
+            let _ = self.chans[t.chan].chan.publish(t.slot);
+        }
+        self.status.set_idle(n as u64);
+        n
+    }
+
+    /// Opens the transaction of the batch and records which requests it serves.
+    fn begin(&mut self) {
+        let mut tx = match self.heap.begin(self.txid) {
+            Ok(tx) => tx,
+            Err(_) => txipc_sys::crash::report_and_stop(txipc_sys::crash::CrashKind::Integrity),
+        };
+        for t in &self.batch {
+            let e = BatchEntry {
+                chan: self.chans[t.chan].index,
+                slot: t.slot as u32,
+                seq: t.seq,
+            };
+            if tx.add_batch_entry(e).is_err() {
+                txipc_sys::crash::report_and_stop(txipc_sys::crash::CrashKind::Integrity);
+            }
+        }
+        self.instance.tx_cell().put(tx);
+    }
+
+    fn run_one(&mut self, i: usize) {
+        let t = &self.batch[i];
+        let chan = &self.chans[t.chan].chan;
+        let status = if t.malformed {
+            self.reply.clear();
+            Status::Malformed
+        } else {
+            ATTEMPT.with(|a| a.set(t.attempt));
+            let req = &self.bufs[i];
+            match self.instance.handle(t.method, req, &mut self.reply) {
+                Ok(()) => Status::Ok,
+                Err(DispatchError::Malformed { .. }) => {
+                    self.reply.clear();
+                    Status::Malformed
+                }
+                Err(DispatchError::UnknownMethod { .. }) => {
+                    self.reply.clear();
+                    Status::UnknownMethod
+                }
+            }
+        };
+        if chan.write_reply(t.slot, status, &self.reply).is_err() {
+            // Too large for the reply area: the handler's effects stand (they are part of this
+            // transaction), the client learns the reply did not fit.
+            let _ = chan.write_reply(t.slot, Status::TooLarge, &[]);
+        }
+    }
+}
