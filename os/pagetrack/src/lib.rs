@@ -65,10 +65,10 @@
 //! | pages per transaction | first write (fault + handler + sink + `mprotect` + retry) | `begin` (re-protect) | plain write |
 //! | --- | --- | --- | --- |
 //! | 64 (21 runs) | 2.9 µs | 32 ns | 4 ns |
-//! | 1,024 (9 runs, 4 repetitions) | 4.1–5.4 µs (fastest run 3.4 µs) | 47 ns | 18 ns |
-//! | 16,384 (5 runs) | 5.8 µs | 100 ns | 39 ns |
+//! | 1,024 (9 runs, 7 repetitions) | 3.2–5.4 µs (fastest run 3.1 µs) | 45–49 ns | 18 ns |
+//! | 16,384 (5 runs, 2 repetitions) | 3.7–5.8 µs | 85–100 ns | 39 ns |
 //!
-//! The spread at 1,024 pages is load on the two shared cores (other builds), not the tracker.
+//! The spread is load on the two shared cores (other builds running), not the tracker.
 //! The cost is dominated by the kernel: signal delivery and `sigreturn`, and the `mprotect` that
 //! splits/merges a VMA and flushes the TLB entry; the handler itself is a few atomics and a
 //! 4 KiB copy. Larger transactions cost more per page (TLB and cache misses on the page tables and
@@ -80,7 +80,38 @@
 //!
 //! # Experiment: userfaultfd write-protect
 //!
-//! Pending (measured after the SIGSEGV backend was committed).
+//! Command: `cargo run --release -p txipc-pagetrack --example uffd_wp -- PAGES RUNS` (same
+//! machine, same memfd region, one byte per page, medians; root, Linux 6.18). Per page written
+//! once in a transaction:
+//!
+//! | pages | SIGSEGV + `mprotect` (this crate) | uffd WP, sync (handler thread) | uffd WP async: write + `PAGEMAP_SCAN` + shadow copy |
+//! | --- | --- | --- | --- |
+//! | 64 | 2.85 µs | 2.82 µs | 0.51 + 0.05 + 0.08 = 0.64 µs |
+//! | 1,024 (3 repetitions, one pinned to one CPU) | 3.16–3.43 µs | 3.02–3.15 µs | 0.63 + 0.01 + 0.28 = 0.92–0.94 µs |
+//! | 16,384 | 3.70 µs | 3.65 µs | 0.85 + 0.01 + 0.63 = 1.49 µs |
+//!
+//! **Synchronous WP** (`UFFDIO_REGISTER_MODE_WP`, a thread reads the fault, copies the pre-image,
+//! `UFFDIO_WRITEPROTECT` clears the bit and wakes the writer) is within noise of SIGSEGV: a
+//! thread hand-off and two wake-ups replace signal delivery and `mprotect`. Its real advantages
+//! are elsewhere: WP is per PTE, so no VMA splitting (no `vm.max_map_count` limit), and a
+//! syscall writing into a protected page blocks on the uffd instead of failing with `EFAULT`.
+//! Against that it needs a handler thread per server, runs the sink on that thread, deadlocks if
+//! the handler thread itself writes a protected page, and needs a second mechanism for real
+//! faults anyway. Not clearly better: **not offered**.
+//!
+//! **Asynchronous WP** (`UFFD_FEATURE_WP_ASYNC`: the kernel resolves the write fault itself and
+//! only records it; `PAGEMAP_SCAN` with `PM_SCAN_WP_MATCHING` returns the written pages and
+//! write-protects them again in one call) is 3.5–4.5× cheaper per page. But it cannot implement
+//! this API: nobody is told before the write, so there is no pre-image to give the sink. Getting
+//! them back needs a *shadow copy* of the whole heap (twice the memory) kept equal to the
+//! committed state by copying the written pages at every commit (the "shadow copy" column), and
+//! abort restores written pages from it. For crash recovery that is worse than it looks: the
+//! undo log holds nothing, so the kernel must learn which pages an aborted transaction wrote —
+//! possible with `PAGEMAP_SCAN` on `/proc/<pid>/pagemap` of a *stopped* incarnation, impossible
+//! once it is dead (SIGKILL, OOM), leaving a whole-heap restore from the shadow whose cost grows
+//! with the heap (against DESIGN.md §13's recovery target). It is a different contract (shadow
+//! paging, pages known at commit, not at first write) that the heap could adopt as a third
+//! tracking mode; it does not fit behind [`PreimageSink`], so no `Backend` enum here.
 //!
 //! # Rules for the sink
 //!
