@@ -1,0 +1,1 @@
+//! Transaction cost benchmarks.

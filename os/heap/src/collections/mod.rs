@@ -1,0 +1,149 @@
+//! Persistent collections: every mutation logs the exact bytes it changes.
+//!
+//! Access rules (they make use-after-free impossible in safe code):
+//! * reads take `&Tx` and return references that live as long as that borrow;
+//! * structural changes (insert, remove, push, anything that may free) take `&mut Tx`, so no
+//!   reference obtained earlier can still be alive;
+//! * a collection must be inside the heap to be mutated (build it empty with `new()`, move it
+//!   into the heap as part of the root, then insert): otherwise [`HeapError::NotInHeap`].
+//!
+//! Values and keys are described by [`PValue`] and [`PKey`]: plain `Copy` persistent values are
+//! stored as they are; [`PBytes`] are created from `&[u8]` and freed by the collection.
+
+pub(crate) mod btree;
+pub(crate) mod bytes;
+pub(crate) mod hashmap;
+pub(crate) mod vec;
+
+use std::hash::{Hash, Hasher};
+
+use crate::{HeapError, Persistent, Tx};
+
+pub(crate) mod sealed {
+    /// Proof of being inside this crate: only it can construct the token.
+    #[derive(Debug)]
+    pub struct Token(pub(crate) ());
+}
+use sealed::Token;
+
+/// A value a persistent collection can hold.
+///
+/// Implemented for every `Persistent + Copy` type (stored as is) and for [`PBytes`] (built from
+/// `&[u8]`, owned and freed by the collection).
+pub trait PValue: Persistent + Sized {
+    /// What the caller hands in to store a value.
+    type In<'a>;
+    #[doc(hidden)]
+    fn create(tx: &mut Tx<'_>, input: Self::In<'_>, t: Token) -> Result<Self, HeapError>;
+    #[doc(hidden)]
+    fn destroy(v: &Self, tx: &mut Tx<'_>, t: Token) -> Result<(), HeapError>;
+}
+
+impl<T: Persistent + Copy> PValue for T {
+    type In<'a> = T;
+    #[inline]
+    fn create(_: &mut Tx<'_>, input: T, _: Token) -> Result<T, HeapError> {
+        Ok(input)
+    }
+    #[inline]
+    fn destroy(_: &T, _: &mut Tx<'_>, _: Token) -> Result<(), HeapError> {
+        Ok(())
+    }
+}
+
+/// A key of a persistent map: compared and hashed through its borrowed form `Q`.
+pub trait PKey: PValue {
+    /// The borrowed form used for lookups (`[u8]` for [`PBytes`], the type itself for integers).
+    type Q: ?Sized + Ord + Hash;
+    /// The stored key's borrowed form.
+    fn key(&self) -> &Self::Q;
+    /// The borrowed form of an input.
+    fn in_key<'a>(input: &'a Self::In<'_>) -> &'a Self::Q;
+    #[doc(hidden)]
+    fn dup(&self, tx: &mut Tx<'_>, t: Token) -> Result<Self, HeapError>;
+}
+
+macro_rules! int_keys {
+    ($($t:ty),*) => { $(
+        impl PKey for $t {
+            type Q = $t;
+            #[inline]
+            fn key(&self) -> &$t { self }
+            #[inline]
+            fn in_key<'a>(input: &'a $t) -> &'a $t { input }
+            #[inline]
+            fn dup(&self, _: &mut Tx<'_>, _: Token) -> Result<$t, HeapError> { Ok(*self) }
+        }
+    )* };
+}
+int_keys!(u8, u16, u32, u64, u128, i8, i16, i32, i64, i128, char, bool);
+
+/// Deterministic hasher (the same in every process and incarnation): a multiply-rotate mix
+/// over 8-byte words with a final avalanche.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StableHasher(u64);
+
+const K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl Hasher for StableHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = self.0;
+        let mut c = bytes.chunks_exact(8);
+        for w in &mut c {
+            let v = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            h = (h.rotate_left(5) ^ v).wrapping_mul(K);
+        }
+        let r = c.remainder();
+        if !r.is_empty() {
+            let mut b = [0u8; 8];
+            b[..r.len()].copy_from_slice(r);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(b) ^ ((r.len() as u64) << 59)).wrapping_mul(K);
+        }
+        self.0 = h;
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(K);
+    }
+    #[inline]
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        x ^ (x >> 33)
+    }
+}
+
+/// Hash of a key's borrowed form with [`StableHasher`].
+pub fn stable_hash<Q: ?Sized + Hash>(q: &Q) -> u64 {
+    let mut h = StableHasher::default();
+    q.hash(&mut h);
+    h.finish()
+}
+
+/// Logs `n` elements at `p`.
+///
+/// # Safety
+/// `p..p+n` lies in memory that is readable (checked against the heap by `log`).
+#[inline]
+pub(crate) unsafe fn log_elems<T>(tx: &Tx<'_>, p: *const T, n: usize) -> Result<(), HeapError> {
+    if n == 0 {
+        return Ok(());
+    }
+    // SAFETY: forwarded.
+    unsafe { tx.core.log(p.cast(), n * std::mem::size_of::<T>()) }
+}
+
+/// Checks that a collection header lies inside `tx`'s heap before a structural change.
+#[inline]
+pub(crate) fn in_heap<T>(tx: &Tx<'_>, this: &T) -> Result<(), HeapError> {
+    tx.core
+        .check(this as *const T as usize, std::mem::size_of::<T>())
+}
