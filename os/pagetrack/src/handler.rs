@@ -26,10 +26,16 @@ static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 /// by the libc crate for Linux.
 const SEGV_ACCERR: c_int = 2;
 
+/// Values of [`DEPTH`].
+const IDLE: u8 = 0;
+const IN_TRACK: u8 = 1;
+const IN_CHAIN: u8 = 2;
+
 thread_local! {
-    /// Nesting depth of our handler on this thread: non-zero means a fault happened inside the
-    /// handler (in the sink, or in `mprotect`'s caller), which is never a tracking fault.
-    static DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// Where this thread is in our handler: [`IDLE`], [`IN_TRACK`] (classifying a fault and
+    /// capturing, sink included: a fault now is never a tracking fault) or [`IN_CHAIN`] (calling
+    /// the previous handler: a fault now must not be chained again).
+    static DEPTH: Cell<u8> = const { Cell::new(IDLE) };
     /// `(address, epoch)` of the last fault on this thread that found its page already writable
     /// and was retried. The same pair again means no tracking progress happened in between, so
     /// the page is genuinely not writable: a real fault.
@@ -43,6 +49,18 @@ pub(crate) fn current_action() -> Result<libc::sigaction, nix::errno::Errno> {
     // SAFETY: a null `act` only queries; `old` is a valid out-pointer.
     let r = unsafe { libc::sigaction(libc::SIGSEGV, std::ptr::null(), &mut old) };
     nix::errno::Errno::result(r).map(|_| old)
+}
+
+/// The action to chain real faults to: the current one, except that our own handler (left in
+/// place by a tracker whose action was replaced before it was dropped) counts as `SIG_DFL`, so
+/// we never chain to ourselves.
+pub(crate) fn previous_action() -> Result<libc::sigaction, nix::errno::Errno> {
+    let mut prev = current_action()?;
+    if prev.sa_sigaction == on_sigsegv as *const () as usize {
+        // SAFETY: all-zero is SIG_DFL with an empty mask and no flags.
+        prev = unsafe { std::mem::zeroed() };
+    }
+    Ok(prev)
 }
 
 /// Installs [`on_sigsegv`] (flags: see the crate docs, *Design*).
@@ -109,17 +127,31 @@ extern "C" fn on_sigsegv(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_vo
         // SAFETY: a non-null SHARED is a live Box: drop unpublishes it and then waits until
         // ACTIVE (counted above, before the load) is zero before freeing it.
         let sh = unsafe { &*sh };
-        let nested = DEPTH.get() != 0;
-        let tracked = !nested && {
-            DEPTH.set(1);
-            // SAFETY: `info` and `uctx` come from the kernel for an SA_SIGINFO handler.
-            let r = unsafe { try_track(sh, info, uctx) };
-            DEPTH.set(0);
-            r
-        };
-        if !tracked {
-            // SAFETY: same signal arguments; `sh.prev` is the action the kernel gave at install.
-            unsafe { real_fault(&sh.prev, sig, info, uctx, nested) };
+        match DEPTH.get() {
+            IDLE => {
+                DEPTH.set(IN_TRACK);
+                // SAFETY: `info` and `uctx` come from the kernel for an SA_SIGINFO handler.
+                let tracked = unsafe { try_track(sh, info, uctx) };
+                if !tracked {
+                    DEPTH.set(IN_CHAIN);
+                    // SAFETY: same signal arguments; `sh.prev` is the action the kernel gave at
+                    // install.
+                    unsafe { real_fault(&sh.prev, sig, info, uctx, false) };
+                }
+                DEPTH.set(IDLE);
+            }
+            IN_TRACK => {
+                // A fault inside try_track: in the sink, or the sink wrote a protected page.
+                DEPTH.set(IN_CHAIN);
+                // SAFETY: as above.
+                unsafe { real_fault(&sh.prev, sig, info, uctx, true) };
+                DEPTH.set(IN_TRACK);
+            }
+            _ => {
+                // Re-entered from the handler we chained to (it chains back to us, or faulted
+                // itself): chaining again could loop forever. Die.
+                reset_to_default();
+            }
         }
     }
     ACTIVE.fetch_sub(1, Ordering::SeqCst);

@@ -123,6 +123,15 @@
 //! region, and publish with atomics. A fault inside the sink is treated as a real fault and kills
 //! the process (after the previous handler, if any, has reported it).
 //!
+//! * **Stack**: threads created by Rust's std have an alternate signal stack of about 8 KiB, part
+//!   of which holds the kernel's signal frame; keep the sink's stack use small (never a
+//!   page-sized buffer on the stack).
+//! * **No way to fail**: the sink returns nothing. If the undo log is full, the sink should call
+//!   `libc::abort()` (async-signal-safe): the incarnation dies and recovery rolls the transaction
+//!   back. Sizing the log for `page_count() × page_size()` bytes of pre-images avoids the case.
+//! * `page` is valid only during the call; the sink must not write the region (that is a nested
+//!   fault: real, fatal).
+//!
 //! # Things the caller must know
 //!
 //! * The region must be mapped `PROT_READ | PROT_WRITE` for the tracker's whole life; the tracker
@@ -420,7 +429,7 @@ impl PageTracker {
             });
         }
         let npages = len / page_size;
-        let prev = handler::current_action().map_err(TrackError::Sigaction)?;
+        let prev = handler::previous_action().map_err(TrackError::Sigaction)?;
         let shared = Box::into_raw(Box::new(Shared {
             base: base_u,
             len,

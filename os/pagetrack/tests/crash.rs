@@ -257,3 +257,54 @@ fn fault_inside_the_sink_reaches_the_previous_handler() {
     });
     assert_eq!(st, WaitStatus::Exited(st.pid().unwrap(), 42));
 }
+
+/// The handler installed over the first tracker: chains to whatever it replaced (our handler).
+static REPLACED: AtomicUsize = AtomicUsize::new(0);
+
+/// Calls of `chaining_back`, in memory shared with the parent.
+static CALLS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn chaining_back(sig: c_int, info: *mut libc::siginfo_t, uc: *mut c_void) {
+    let calls = CALLS.load(Ordering::SeqCst) as *const AtomicUsize;
+    // SAFETY: CALLS points at an AtomicUsize in a shared mapping that outlives the child.
+    unsafe { (*calls).fetch_add(1, Ordering::SeqCst) };
+    let h = REPLACED.load(Ordering::SeqCst);
+    // SAFETY: REPLACED holds the SA_SIGINFO handler that was installed (the tracker's).
+    let f: extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) =
+        unsafe { std::mem::transmute(h) };
+    f(sig, info, uc);
+}
+
+#[test]
+fn a_handler_chaining_back_to_us_does_not_loop() {
+    let shared = Region::new(1); // MAP_SHARED: the child's counts are visible here
+    // SAFETY: page-aligned, in bounds, zero-initialised: a valid AtomicUsize.
+    let calls = unsafe { &*shared.ptr.cast::<AtomicUsize>() };
+    CALLS.store(shared.ptr as usize, Ordering::SeqCst);
+    let st = in_child(|| {
+        default_sigsegv();
+        let (region_a, _rec_a, mut a) = tracked(2);
+        // Someone installs a handler over the tracker's that chains back to it.
+        // SAFETY: all-zero is a valid base.
+        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+        sa.sa_sigaction = chaining_back as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
+        // SAFETY: zeroed out-param for the old action.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: valid action and out-pointer.
+        let r = unsafe { libc::sigaction(libc::SIGSEGV, &sa, &mut old) };
+        assert_eq!(r, 0);
+        REPLACED.store(old.sa_sigaction, Ordering::SeqCst);
+        region_a.write(0, 0, 1); // tracking still works through the chain
+        a.end();
+        drop(a); // leaves `chaining_back` in place (not ours to remove)
+        // A second tracker now has `chaining_back` as its previous handler, which chains to the
+        // (stateless) tracker handler: a real fault must still end in death, not a loop.
+        let (_region_b, _rec_b, _b) = tracked(2);
+        volatile_write(16);
+    });
+    assert_sigsegv(st);
+    // One call for the tracked write of tracker A (chained through `chaining_back`), one for the
+    // real fault; without the re-entry guard it recurses until the alternate stack overflows.
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
