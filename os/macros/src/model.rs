@@ -34,6 +34,10 @@ pub struct Method {
     pub ret: Ret,
     /// The method's `#[doc]` attributes, repeated on the client method.
     pub docs: Vec<Attribute>,
+    /// The method's `#[allow]` and `#[deprecated]` attributes, repeated on the client method
+    /// (which has the same parameters, so the same lints).
+    pub passthrough: Vec<Attribute>,
+    pub deprecated: bool,
 }
 
 pub struct Arg {
@@ -328,6 +332,13 @@ fn read_method(f: &mut TraitItemFn, id: u32, errors: &mut Errors) -> Option<Meth
         .filter(|a| a.path().is_ident("doc"))
         .cloned()
         .collect();
+    let passthrough = f
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("allow") || a.path().is_ident("deprecated"))
+        .cloned()
+        .collect();
+    let deprecated = f.attrs.iter().any(|a| a.path().is_ident("deprecated"));
 
     let ok = local.0.is_none();
     if let Some(e) = local.0 {
@@ -341,6 +352,8 @@ fn read_method(f: &mut TraitItemFn, id: u32, errors: &mut Errors) -> Option<Meth
         args,
         ret,
         docs,
+        passthrough,
+        deprecated,
     })
 }
 
@@ -372,7 +385,6 @@ fn take_readonly(attrs: &mut Vec<Attribute>, errors: &mut Errors) -> bool {
 }
 
 fn check_receiver(r: &syn::Receiver, errors: &mut Errors) {
-    const WHY: &str = "a server handles one request at a time, so each handler gets the server's state exclusively";
     // `&mut self`, or the long form `self: &mut Self`.
     let (is_ref, is_mut, lifetime) = match (&r.reference, r.colon_token) {
         (Some((_, lt)), None) => (true, r.mutability.is_some(), lt.clone()),
@@ -387,16 +399,12 @@ fn check_receiver(r: &syn::Receiver, errors: &mut Errors) {
     if !is_ref {
         errors.spanned(
             r,
-            format_args!(
-                "a service method takes `&mut self`, not `self` by value: the server outlives every request it handles; {WHY}. Write `&mut self`"
-            ),
+            "a service method takes `&mut self`, not `self` by value: the server outlives every request and handles them one at a time, each with its state to itself; write `&mut self`",
         );
     } else if !is_mut {
         errors.spanned(
             r,
-            format_args!(
-                "a service method takes `&mut self`, not `&self`: {WHY}. Write `&mut self`; if the method changes no state, mark it `#[readonly]`"
-            ),
+            "a service method takes `&mut self`, not `&self`: a server handles one request at a time, each with its state to itself; write `&mut self`, and mark the method `#[readonly]` if it changes no state",
         );
     } else if let Some(lt) = lifetime {
         errors.spanned(

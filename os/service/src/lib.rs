@@ -173,27 +173,34 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
 }
 
 /// Support for the code `#[service]` generates. Not a stable API: it changes with the macro.
+///
+/// Arguments are encoded and decoded one at a time, each through a call that names its type, so
+/// that a type that is not a wire type is reported by the compiler at the type in the trait.
+/// Postcard encodes a tuple as its elements back to back, so a request is exactly the encoding
+/// of the argument tuple.
 #[doc(hidden)]
 pub mod __private {
     use super::{CallError, DispatchError, Error, Transport};
     use serde::{Serialize, de::DeserializeOwned};
     use std::cell::Cell;
 
-    pub use serde;
-
-    /// The bound every argument, return and error type of a service method must meet. The
-    /// generated code asserts it once per type, with the type's span, so a type that can't cross
-    /// a channel is reported where it is written.
+    /// A type a service can send: its arguments at the client, its results at the server.
     #[diagnostic::on_unimplemented(
-        message = "`{Self}` cannot cross a channel: service argument, return and error types must implement `serde::Serialize` and `serde::de::DeserializeOwned`",
-        label = "not `Serialize + DeserializeOwned`",
-        note = "derive both with `#[derive(serde::Serialize, serde::Deserialize)]`, or use an owned type that has them (`Vec<u8>`, `String`, ...)"
+        message = "`{Self}` cannot be sent over a channel: it does not implement `serde::Serialize`",
+        label = "not `Serialize`",
+        note = "service argument, return and error types are wire types: `Serialize + DeserializeOwned`; derive them with `#[derive(serde::Serialize, serde::Deserialize)]`, or use an owned type that has them"
     )]
-    pub trait Wire: Serialize + DeserializeOwned {}
-    impl<T: Serialize + DeserializeOwned> Wire for T {}
+    pub trait Encode: Serialize {}
+    impl<T: Serialize + ?Sized> Encode for T {}
 
-    /// Compile-time check that `T` is a wire type (see [`Wire`]); does nothing at run time.
-    pub const fn assert_wire<T: Wire>() {}
+    /// A type a service can receive: its arguments at the server, its results at the client.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be received over a channel: it does not implement `serde::de::DeserializeOwned`",
+        label = "not `DeserializeOwned`",
+        note = "service argument, return and error types are wire types: `Serialize + DeserializeOwned`; derive them with `#[derive(serde::Serialize, serde::Deserialize)]`, or use an owned type that has them"
+    )]
+    pub trait Decode: DeserializeOwned {}
+    impl<T: DeserializeOwned> Decode for T {}
 
     thread_local! {
         /// Request and reply buffers reused across the calls of one thread, so a call does not
@@ -206,59 +213,79 @@ pub mod __private {
     /// Buffers larger than this are not kept for the next call.
     const KEEP_CAP: usize = 64 * 1024;
 
-    /// One call of an infallible method: encodes `args`, calls, decodes the reply strictly.
-    pub fn call<T, A, R>(transport: &T, method: u32, args: &A) -> Result<R, CallError>
-    where
-        T: Transport + ?Sized,
-        A: Serialize + ?Sized,
-        R: DeserializeOwned,
-    {
-        // `try_with`: during thread teardown the buffers may be gone; then allocate.
-        let (mut request, mut reply) = BUFFERS.try_with(Cell::take).unwrap_or_default();
-        let result = call_with(transport, method, args, &mut request, &mut reply);
-        if request.capacity() <= KEEP_CAP && reply.capacity() <= KEEP_CAP {
-            let _ = BUFFERS.try_with(|buffers| buffers.set((request, reply)));
+    /// One call being made by a client stub: `new`, `arg` for each argument in order, then
+    /// `finish` (or `finish_fallible`).
+    #[derive(Debug)]
+    pub struct Call<'t, T: Transport + ?Sized> {
+        transport: &'t T,
+        method: u32,
+        request: Vec<u8>,
+        reply: Vec<u8>,
+    }
+
+    impl<'t, T: Transport + ?Sized> Call<'t, T> {
+        pub fn new(transport: &'t T, method: u32) -> Self {
+            // `try_with`: during thread teardown the buffers may be gone; then allocate.
+            let (mut request, reply) = BUFFERS.try_with(Cell::take).unwrap_or_default();
+            request.clear();
+            Call {
+                transport,
+                method,
+                request,
+                reply,
+            }
         }
-        result
+
+        /// Appends one argument to the request.
+        pub fn arg<A: Encode + ?Sized>(&mut self, value: &A) -> Result<(), CallError> {
+            let request = std::mem::take(&mut self.request);
+            self.request = postcard::to_extend(value, request)
+                .map_err(|e| CallError::BadReply(format!("encode: {e}")))?;
+            Ok(())
+        }
+
+        /// Sends the request and decodes the reply strictly.
+        pub fn finish<R: Decode>(mut self) -> Result<R, CallError> {
+            self.reply.clear();
+            self.transport
+                .call(self.method, &self.request, &mut self.reply)?;
+            super::decode(&self.reply).map_err(|e| CallError::BadReply(e.to_string()))
+        }
+
+        /// Like `finish`, for a method declared `-> Result<R, E>`: the reply is the encoded
+        /// `Result`, and the service's error becomes [`Error::Service`].
+        pub fn finish_fallible<R: Decode, E: Decode>(self) -> Result<R, Error<E>> {
+            self.finish::<Result<R, E>>()?.map_err(Error::Service)
+        }
     }
 
-    fn call_with<T, A, R>(
-        transport: &T,
-        method: u32,
-        args: &A,
-        request: &mut Vec<u8>,
-        reply: &mut Vec<u8>,
-    ) -> Result<R, CallError>
-    where
-        T: Transport + ?Sized,
-        A: Serialize + ?Sized,
-        R: DeserializeOwned,
-    {
-        super::encode(args, request)?;
-        reply.clear();
-        transport.call(method, request, reply)?;
-        super::decode(reply).map_err(|e| CallError::BadReply(e.to_string()))
+    impl<T: Transport + ?Sized> Drop for Call<'_, T> {
+        fn drop(&mut self) {
+            if self.request.capacity() <= KEEP_CAP && self.reply.capacity() <= KEEP_CAP {
+                let buffers = (
+                    std::mem::take(&mut self.request),
+                    std::mem::take(&mut self.reply),
+                );
+                let _ = BUFFERS.try_with(|b| b.set(buffers));
+            }
+        }
     }
 
-    /// One call of a fallible method (declared `-> Result<R, E>`): the reply is the encoded
-    /// `Result<R, E>`; the service's error becomes [`Error::Service`].
-    pub fn call_fallible<T, A, R, E>(transport: &T, method: u32, args: &A) -> Result<R, Error<E>>
-    where
-        T: Transport + ?Sized,
-        A: Serialize + ?Sized,
-        R: DeserializeOwned,
-        E: DeserializeOwned,
-    {
-        call::<T, A, Result<R, E>>(transport, method, args)?.map_err(Error::Service)
+    /// Decodes the next argument of a request from `rest`, advancing it. Never panics.
+    pub fn decode_arg<A: Decode>(method: u32, rest: &mut &[u8]) -> Result<A, DispatchError> {
+        let (value, tail) =
+            postcard::take_from_bytes(rest).map_err(|_| DispatchError::Malformed { method })?;
+        *rest = tail;
+        Ok(value)
     }
 
-    /// Decodes a request's arguments; bytes that do not decode (including trailing bytes) are
-    /// [`DispatchError::Malformed`]. Never panics.
-    pub fn decode_request<A: DeserializeOwned>(
-        method: u32,
-        request: &[u8],
-    ) -> Result<A, DispatchError> {
-        super::decode(request).map_err(|_| DispatchError::Malformed { method })
+    /// Checks that the request had nothing after its last argument.
+    pub fn end_of_request(method: u32, rest: &[u8]) -> Result<(), DispatchError> {
+        if rest.is_empty() {
+            Ok(())
+        } else {
+            Err(DispatchError::Malformed { method })
+        }
     }
 
     /// Encodes a method's return value into `reply`.
@@ -270,10 +297,24 @@ pub mod __private {
     /// the request had not run would be a lie: the panic makes the runtime treat it as a fault of
     /// this request (rolled back under `txipc`, then failed alone as a poison request).
     #[track_caller]
-    pub fn encode_reply<R: Serialize + ?Sized>(method: u32, value: &R, reply: &mut Vec<u8>) {
+    pub fn encode_reply<R: Encode>(method: u32, value: &R, reply: &mut Vec<u8>) {
         if let Err(e) = super::encode(value, reply) {
             panic!("the reply of method {method} cannot be encoded: {e}");
         }
+    }
+
+    /// [`encode_reply`] for a method declared `-> Result<R, E>`.
+    ///
+    /// # Panics
+    ///
+    /// As [`encode_reply`].
+    #[track_caller]
+    pub fn encode_reply_fallible<R: Encode, E: Encode>(
+        method: u32,
+        value: &Result<R, E>,
+        reply: &mut Vec<u8>,
+    ) {
+        encode_reply(method, value, reply);
     }
 }
 

@@ -1,0 +1,8 @@
+use txipc_service::service;
+
+#[service]
+pub trait Kv {
+    async fn get(&mut self, key: Vec<u8>) -> Option<Vec<u8>>;
+}
+
+fn main() {}
