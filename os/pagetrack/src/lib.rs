@@ -68,7 +68,9 @@
 //! | 1,024 (9 runs, 7 repetitions) | 3.2–5.4 µs (fastest run 3.1 µs) | 45–49 ns | 18 ns |
 //! | 16,384 (5 runs, 2 repetitions) | 3.7–5.8 µs | 85–100 ns | 39 ns |
 //!
-//! The spread is load on the two shared cores (other builds running), not the tracker.
+//! The spread is load on the two shared cores (other builds running), not the tracker: under
+//! heavy load medians up to 8 µs were seen while the fastest run stayed at 3.3 µs, so compare
+//! only numbers taken in the same run (as `txipc bench` does).
 //! The cost is dominated by the kernel: signal delivery and `sigreturn`, and the `mprotect` that
 //! splits/merges a VMA and flushes the TLB entry; the handler itself is a few atomics and a
 //! 4 KiB copy. Larger transactions cost more per page (TLB and cache misses on the page tables and
