@@ -101,6 +101,6 @@ pub use log::{
 pub use page::{HeapAlloc, PageSafe, StableState};
 pub use recover::{
     Recovery, create_heap_memfd, create_log_memfd, heap_bytes, heap_is_formatted, read_log,
-    recover,
+    recover, rollback_partial,
 };
 pub use txipc_heap_derive::Persistent;
