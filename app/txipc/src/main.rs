@@ -24,7 +24,11 @@ fn builtins() -> Vec<Builtin> {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "txipc", version, about = "A multi-server OS personality whose servers recover from faults without losing state")]
+#[command(
+    name = "txipc",
+    version,
+    about = "A multi-server OS personality whose servers recover from faults without losing state"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -195,7 +199,16 @@ fn ps(system: &str, json: bool) -> Result<()> {
     } else {
         println!(
             "{:<12} {:>8} {:>5} {:<8} {:<10} {:>8} {:>8} {:>8} {:>10} {:>12}",
-            "NAME", "PID", "GEN", "POLICY", "STATE", "RESTARTS", "RETRIED", "ABORTED", "CALLS", "LAST-RECOV"
+            "NAME",
+            "PID",
+            "GEN",
+            "POLICY",
+            "STATE",
+            "RESTARTS",
+            "RETRIED",
+            "ABORTED",
+            "CALLS",
+            "LAST-RECOV"
         );
         for s in list {
             println!(
@@ -224,16 +237,27 @@ fn kv(system: &str, service: &str, json: bool, op: KvOp) -> Result<()> {
     let (text, value) = match op {
         KvOp::Get { key } => {
             let v = client.get(key.into_bytes())?;
-            (show(&v).unwrap_or_else(|| "(not found)".into()), serde_json::json!(show(&v)))
+            (
+                show(&v).unwrap_or_else(|| "(not found)".into()),
+                serde_json::json!(show(&v)),
+            )
         }
         KvOp::Put { key, value } => {
             let prev = client.put(key.into_bytes(), value.clone().into_bytes())?;
-            ("OK".into(), serde_json::json!({"value": value, "previous": show(&prev)}))
+            (
+                "OK".into(),
+                serde_json::json!({"value": value, "previous": show(&prev)}),
+            )
         }
         KvOp::Del { key } => {
             let prev = client.delete(key.into_bytes())?;
             (
-                if prev.is_some() { "deleted" } else { "(not found)" }.into(),
+                if prev.is_some() {
+                    "deleted"
+                } else {
+                    "(not found)"
+                }
+                .into(),
                 serde_json::json!(show(&prev)),
             )
         }
@@ -245,11 +269,19 @@ fn kv(system: &str, service: &str, json: bool, op: KvOp) -> Result<()> {
             let entries = client.scan(start.into_bytes(), limit)?;
             let lines: Vec<String> = entries
                 .iter()
-                .map(|(k, v)| format!("{}\t{}", String::from_utf8_lossy(k), String::from_utf8_lossy(v)))
+                .map(|(k, v)| {
+                    format!(
+                        "{}\t{}",
+                        String::from_utf8_lossy(k),
+                        String::from_utf8_lossy(v)
+                    )
+                })
                 .collect();
             let obj: Vec<serde_json::Value> = entries
                 .iter()
-                .map(|(k, v)| serde_json::json!([String::from_utf8_lossy(k), String::from_utf8_lossy(v)]))
+                .map(|(k, v)| {
+                    serde_json::json!([String::from_utf8_lossy(k), String::from_utf8_lossy(v)])
+                })
                 .collect();
             (lines.join("\n"), serde_json::json!(obj))
         }

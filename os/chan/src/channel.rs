@@ -316,7 +316,9 @@ impl ClientChannel {
         c.status().store(0, Relaxed);
         c.reply_len().store(0, Relaxed);
         c.client_waiting().store(0, Relaxed);
-        self.chan.map.copy_in(layout.req_offset(slot), request);
+        self.chan
+            .map
+            .copy_in(layout.req_bytes_offset(slot, request.len()), request);
         let same_cpu = self.bell.client_note_cpu();
 
         // CLAIMED → POSTED, release: the server's acquire CAS sees every field written above.
@@ -416,7 +418,7 @@ impl ClientChannel {
                 Some(status) => {
                     self.chan
                         .map
-                        .copy_out(layout.reply_offset(slot), len, reply);
+                        .copy_out(layout.reply_bytes_offset(slot, len), len, reply);
                     Ok(Reply { status, attempt })
                 }
             }
@@ -646,9 +648,11 @@ impl ServerChannel {
             buf.clear();
             return;
         }
-        self.chan
-            .map
-            .copy_out(self.chan.layout.req_offset(taken.slot), taken.len, buf);
+        self.chan.map.copy_out(
+            self.chan.layout.req_bytes_offset(taken.slot, taken.len),
+            taken.len,
+            buf,
+        );
     }
 
     /// [`Self::try_take`] then [`Self::read_request`]: no allocation once `buf` has grown.
@@ -682,9 +686,10 @@ impl ServerChannel {
                 cap,
             });
         }
-        self.chan
-            .map
-            .copy_in(self.chan.layout.reply_offset(slot), bytes);
+        self.chan.map.copy_in(
+            self.chan.layout.reply_bytes_offset(slot, bytes.len()),
+            bytes,
+        );
         c.status().store(status.to_wire(), Relaxed);
         c.reply_len().store(bytes.len() as u32, Relaxed);
         Ok(())

@@ -45,7 +45,17 @@ pub(crate) mod ctl {
     pub const ATTEMPT: usize = 24; // AtomicU32
     pub const STATUS: usize = 28; // AtomicU32
     pub const REPLY_LEN: usize = 32; // AtomicU32
+    /// Requests of at most `INLINE_REQ` bytes live here instead of the request area.
+    pub const INLINE_REQ: usize = 36;
+    /// Replies of at most `INLINE_REPLY` bytes live here instead of the reply area.
+    pub const INLINE_REPLY: usize = 52;
 }
+
+/// Requests up to this many bytes travel inside the slot's control line (no extra cache-line
+/// transfer); longer ones in the slot's request area.
+pub const INLINE_REQ_MAX: usize = 16;
+/// Replies up to this many bytes travel inside the slot's control line.
+pub const INLINE_REPLY_MAX: usize = 12;
 
 /// Channel header flag: the server is gone for good; every waiting client gets
 /// [`ChanError::Dead`].
@@ -240,6 +250,26 @@ impl ChannelLayout {
         LINE + i * LINE
     }
 
+    /// Where slot `i`'s request of `len` bytes lives (inline or in the request area).
+    #[inline]
+    pub(crate) fn req_bytes_offset(&self, i: usize, len: usize) -> usize {
+        if len <= INLINE_REQ_MAX {
+            self.ctl_offset(i) + ctl::INLINE_REQ
+        } else {
+            self.req_offset(i)
+        }
+    }
+
+    /// Where slot `i`'s reply of `len` bytes lives (inline or in the reply area).
+    #[inline]
+    pub(crate) fn reply_bytes_offset(&self, i: usize, len: usize) -> usize {
+        if len <= INLINE_REPLY_MAX {
+            self.ctl_offset(i) + ctl::INLINE_REPLY
+        } else {
+            self.reply_offset(i)
+        }
+    }
+
     /// Offset of slot `i`'s request area.
     #[inline]
     pub(crate) fn req_offset(&self, i: usize) -> usize {
@@ -306,6 +336,13 @@ mod tests {
         assert_eq!(l.req_offset(1), l.reply_offset(0) + 64);
         assert!(l.reply_offset(2) + l.reply_stride() <= l.total_size());
         assert_eq!(l.total_size() % PAGE, 0);
+        assert_eq!(ctl::INLINE_REQ + INLINE_REQ_MAX, ctl::INLINE_REPLY);
+        assert_eq!(ctl::INLINE_REPLY + INLINE_REPLY_MAX, LINE);
+        assert!(ctl::REPLY_LEN + 4 <= ctl::INLINE_REQ);
+        assert_eq!(l.req_bytes_offset(1, 16), 128 + 36);
+        assert_eq!(l.req_bytes_offset(1, 17), l.req_offset(1));
+        assert_eq!(l.reply_bytes_offset(2, 12), 192 + 52);
+        assert_eq!(l.reply_bytes_offset(2, 13), l.reply_offset(2));
         for i in 0..3 {
             assert_eq!(l.req_offset(i) % LINE, 0);
             assert_eq!(l.reply_offset(i) % LINE, 0);

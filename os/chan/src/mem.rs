@@ -64,6 +64,23 @@ impl Mapping {
         Ok(Self { ptr, len })
     }
 
+    /// An anonymous `MAP_SHARED` mapping of `len` zeroed bytes: shared with children forked
+    /// after it is created (used by the raw baselines).
+    pub(crate) fn anonymous_shared(len: usize) -> Result<Self, ChanError> {
+        assert!(len > 0);
+        // SAFETY: null hint, fresh range owned by the new `Mapping` only.
+        let p = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+            )?
+        };
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or(ChanError::Io(rustix::io::Errno::NOMEM))?;
+        Ok(Self { ptr, len })
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.len
     }

@@ -6,9 +6,11 @@
 //!   incarnations (postcard over SEQPACKET sockets; the data path never uses them);
 //! - [`recovery`]: what the kernel does with each in-flight slot after an incarnation dies, and
 //!   when it may restart a server (restart-storm bounding);
+//! - [`failpoint`]: faults the kernel arms in a server at a chosen point of the commit protocol;
 //! - [`paths`]: where a running system's socket lives.
 #![forbid(unsafe_code)]
 
+pub mod failpoint;
 pub mod manifest;
 pub mod paths;
 pub mod proto;

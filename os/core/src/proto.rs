@@ -31,6 +31,16 @@ pub enum Request {
     Ps,
     /// Stop the system. Answer: [`Response::Ok`], then the socket closes.
     Shutdown,
+    /// Arm a fail point in a server: its next request reaching `point` faults with `kind`.
+    /// Answer: [`Response::Ok`].
+    Inject {
+        /// The server's name.
+        server: String,
+        /// What fault.
+        kind: crate::failpoint::FailKind,
+        /// Where.
+        point: crate::failpoint::FailPoint,
+    },
 }
 
 /// Kernel → client.

@@ -36,8 +36,8 @@ pub const PAGE: usize = 4096;
 pub const NCLASS: usize = 28;
 /// The small size classes, in bytes.
 pub const CLASS_SIZES: [u32; NCLASS] = [
-    16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256, 320, 384, 448,
-    512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048,
+    16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256, 320, 384, 448, 512,
+    640, 768, 896, 1024, 1280, 1536, 1792, 2048,
 ];
 /// Largest small request.
 pub const MAX_SMALL: usize = 2048;
@@ -160,7 +160,9 @@ impl TxCore {
     /// known zero), so the caller may initialise them without logging.
     pub(crate) fn alloc(&self, size: usize, align: usize) -> Result<*mut u8, HeapError> {
         if size == 0 || !align.is_power_of_two() || align > PAGE {
-            return Err(HeapError::Invalid("allocation of size 0 or alignment > 4096"));
+            return Err(HeapError::Invalid(
+                "allocation of size 0 or alignment > 4096",
+            ));
         }
         if size <= MAX_SMALL && align <= 16 {
             self.alloc_small(class_of(size))
@@ -256,7 +258,12 @@ impl TxCore {
     /// # Safety
     /// `p` was returned by `alloc(size, align)` on this heap, is not freed yet, and no live
     /// reference points into it.
-    pub(crate) unsafe fn free(&self, p: *mut u8, size: usize, align: usize) -> Result<(), HeapError> {
+    pub(crate) unsafe fn free(
+        &self,
+        p: *mut u8,
+        size: usize,
+        align: usize,
+    ) -> Result<(), HeapError> {
         let m = self.meta();
         let a = p as u64;
         if size <= MAX_SMALL && align <= 16 {
@@ -301,8 +308,7 @@ impl TxCore {
             {
                 return Err(self.bad("double free or overlap of a large block", a));
             }
-            let merge_prev =
-                !prev.is_null() && prev as u64 + (*prev).pages * PAGE as u64 == a;
+            let merge_prev = !prev.is_null() && prev as u64 + (*prev).pages * PAGE as u64 == a;
             let merge_next = cur != 0 && a + pages * PAGE as u64 == cur;
             let nextnode = cur as *mut LargeNode;
             match (merge_prev, merge_next) {
@@ -392,7 +398,12 @@ pub(crate) fn stats(m: &AllocMeta, base: usize, size: usize) -> HeapStats {
             break;
         }
         // SAFETY: inside the heap (checked).
-        let (next, pages) = unsafe { ((*(p as *const LargeNode)).next, (*(p as *const LargeNode)).pages) };
+        let (next, pages) = unsafe {
+            (
+                (*(p as *const LargeNode)).next,
+                (*(p as *const LargeNode)).pages,
+            )
+        };
         s.free_large_bytes += pages * PAGE as u64;
         s.largest_free = s.largest_free.max(pages * PAGE as u64);
         s.free_large_extents += 1;
@@ -414,13 +425,25 @@ pub(crate) fn stats(m: &AllocMeta, base: usize, size: usize) -> HeapStats {
 pub(crate) fn check_meta(m: &AllocMeta, _base: usize, size: usize) -> Result<(), String> {
     let sb = m.sbump.get();
     let lb = m.lbump.get();
-    if sb < HEAP_DATA_OFFSET as u64 || sb > lb || lb > size as u64 || sb % 16 != 0 || lb % PAGE as u64 != 0 {
-        return Err(format!("bump pointers inconsistent: sbump {sb:#x}, lbump {lb:#x}, size {size:#x}"));
+    if sb < HEAP_DATA_OFFSET as u64
+        || sb > lb
+        || lb > size as u64
+        || sb % 16 != 0
+        || lb % PAGE as u64 != 0
+    {
+        return Err(format!(
+            "bump pointers inconsistent: sbump {sb:#x}, lbump {lb:#x}, size {size:#x}"
+        ));
     }
     Ok(())
 }
 
-pub(crate) fn check_free(m: &AllocMeta, base: usize, size: usize, deep: bool) -> Result<(), String> {
+pub(crate) fn check_free(
+    m: &AllocMeta,
+    base: usize,
+    size: usize,
+    deep: bool,
+) -> Result<(), String> {
     let sb = base as u64 + m.sbump.get();
     let lb = base as u64 + m.lbump.get();
     let end = (base + size) as u64;
@@ -436,7 +459,9 @@ pub(crate) fn check_free(m: &AllocMeta, base: usize, size: usize, deep: bool) ->
                 return Err(format!("class {c}: free list longer than the heap (cycle)"));
             }
             if p < (base + HEAP_DATA_OFFSET) as u64 || p + cs > sb || p % 16 != 0 {
-                return Err(format!("class {c}: free block {p:#x} outside the small area"));
+                return Err(format!(
+                    "class {c}: free block {p:#x} outside the small area"
+                ));
             }
             ranges.push((p, p + cs));
             // SAFETY: inside the heap (checked).
@@ -455,7 +480,12 @@ pub(crate) fn check_free(m: &AllocMeta, base: usize, size: usize, deep: bool) ->
             return Err(format!("large extent {p:#x} outside the large area"));
         }
         // SAFETY: inside the heap (checked).
-        let (next, pages) = unsafe { ((*(p as *const LargeNode)).next, (*(p as *const LargeNode)).pages) };
+        let (next, pages) = unsafe {
+            (
+                (*(p as *const LargeNode)).next,
+                (*(p as *const LargeNode)).pages,
+            )
+        };
         if pages == 0 || p + pages * PAGE as u64 > end {
             return Err(format!("large extent {p:#x} has bad length {pages}"));
         }
@@ -472,7 +502,10 @@ pub(crate) fn check_free(m: &AllocMeta, base: usize, size: usize, deep: bool) ->
     ranges.sort_unstable();
     for w in ranges.windows(2) {
         if w[0].1 > w[1].0 {
-            return Err(format!("free blocks overlap: {:#x?} and {:#x?}", w[0], w[1]));
+            return Err(format!(
+                "free blocks overlap: {:#x?} and {:#x?}",
+                w[0], w[1]
+            ));
         }
     }
     if deep {

@@ -31,7 +31,23 @@ macro_rules! persistent_prims {
     )* };
 }
 persistent_prims!(
-    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64, bool, char, ()
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    bool,
+    char,
+    ()
 );
 // SAFETY: an array of Persistent values is Persistent (same layout rules, no pointers).
 unsafe impl<T: Persistent, const N: usize> Persistent for [T; N] {}

@@ -11,7 +11,9 @@
 pub enum HeapError {
     /// The allocator has no block of the requested size. Abort the transaction (or roll back to
     /// a savepoint) and fail the request; the heap is intact.
-    #[error("heap full: requested {requested} bytes, {free} bytes free (largest pieces may be smaller)")]
+    #[error(
+        "heap full: requested {requested} bytes, {free} bytes free (largest pieces may be smaller)"
+    )]
     Full {
         /// Bytes requested (after rounding to the size class or page).
         requested: usize,
@@ -29,7 +31,9 @@ pub enum HeapError {
     },
     /// The fixed address range is already mapped in this process (by another heap, a library,
     /// the stack...). Choose another base, or find who maps it (`/proc/self/maps`).
-    #[error("cannot map the heap at {base:#x}..{end:#x}: the range is already mapped in this process")]
+    #[error(
+        "cannot map the heap at {base:#x}..{end:#x}: the range is already mapped in this process"
+    )]
     AddressInUse {
         /// Requested start.
         base: usize,

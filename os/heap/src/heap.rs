@@ -103,7 +103,11 @@ fn type_tag<R: 'static>(page: bool) -> u64 {
     h.write(std::any::type_name::<R>().as_bytes());
     h.write(&(std::mem::size_of::<R>() as u64).to_le_bytes());
     h.write(&(std::mem::align_of::<R>() as u64).to_le_bytes());
-    if page { h.finish() & !1 } else { h.finish() | 1 }
+    if page {
+        h.finish() & !1
+    } else {
+        h.finish() | 1
+    }
 }
 
 pub(crate) struct Fnv(u64);
@@ -415,7 +419,9 @@ impl Heap {
             || end > (self.base + self.size) as u64
             || r as usize % std::mem::align_of::<R>() != 0
         {
-            return Err(HeapError::BadHeap(format!("root pointer {r:#x} out of range")));
+            return Err(HeapError::BadHeap(format!(
+                "root pointer {r:#x} out of range"
+            )));
         }
         // r points inside the heap (checked), aligned, at an object of type R written by
         // `root_or_init` (tag checked); the root is never freed or moved.
@@ -629,9 +635,14 @@ impl<'h> Tx<'h> {
         // is ours; the heap mapping is live for 'h.
         unsafe {
             let n = (*w).nrec;
-            (*w)
-                .view
-                .rollback(used, nrec, n, self.heap.base as *mut u8, self.heap.size, usize::MAX)
+            (*w).view.rollback(
+                used,
+                nrec,
+                n,
+                self.heap.base as *mut u8,
+                self.heap.size,
+                usize::MAX,
+            )
         }
     }
 

@@ -34,7 +34,9 @@ impl Mapping {
     /// [`HeapError::AddressInUse`] if any page of the range is already mapped.
     pub(crate) fn fixed(fd: impl AsFd, len: usize, base: usize) -> Result<Mapping, HeapError> {
         if base == 0 || base % rustix::param::page_size() != 0 {
-            return Err(HeapError::Invalid("heap base must be a non-zero page-aligned address"));
+            return Err(HeapError::Invalid(
+                "heap base must be a non-zero page-aligned address",
+            ));
         }
         let end = base
             .checked_add(len)

@@ -52,7 +52,9 @@ static ATTACHED: [AtomicUsize; 16] = [const { AtomicUsize::new(0) }; 16];
 
 pub(crate) fn register(base: usize) {
     for s in &ATTACHED {
-        if s.compare_exchange(0, base, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        if s.compare_exchange(0, base, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
             return;
         }
     }
@@ -60,7 +62,9 @@ pub(crate) fn register(base: usize) {
 
 pub(crate) fn unregister(base: usize) {
     for s in &ATTACHED {
-        if s.compare_exchange(base, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        if s.compare_exchange(base, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
             return;
         }
     }
@@ -195,7 +199,10 @@ pub unsafe trait PageSafe: 'static {}
 unsafe impl<T: Persistent> PageSafe for T {}
 // SAFETY: the table is allocated from the heap (HeapAlloc); keys, values and the hasher state
 // are PageSafe.
-unsafe impl<K: PageSafe, V: PageSafe, S: PageSafe> PageSafe for hashbrown::HashMap<K, V, S, HeapAlloc> {}
+unsafe impl<K: PageSafe, V: PageSafe, S: PageSafe> PageSafe
+    for hashbrown::HashMap<K, V, S, HeapAlloc>
+{
+}
 // SAFETY: as above.
 unsafe impl<T: PageSafe, S: PageSafe> PageSafe for hashbrown::HashSet<T, S, HeapAlloc> {}
 // SAFETY: the buffer is allocated from the heap; elements are PageSafe.

@@ -91,19 +91,35 @@ fn commit_abort_savepoint_and_batch() {
 
     let mut tx = heap.begin(10).unwrap();
     for i in 0..100u64 {
-        root.map.insert(&mut tx, format!("key{i}").as_bytes(), b"x").unwrap();
+        root.map
+            .insert(&mut tx, format!("key{i}").as_bytes(), b"x")
+            .unwrap();
         root.vec.push(&mut tx, i).unwrap();
         root.hm.insert(&mut tx, i, b"hello").unwrap();
     }
     root.count.set(&tx, 5).unwrap();
     let r = tx.abort().unwrap();
     assert!(r.records > 0);
-    assert_eq!(heap_bytes(hfd.as_fd()).unwrap(), before, "abort restores byte for byte");
+    assert_eq!(
+        heap_bytes(hfd.as_fd()).unwrap(),
+        before,
+        "abort restores byte for byte"
+    );
     assert_eq!(read_log(lfd.as_fd()).unwrap().state, TxState::Aborted(10));
 
     let mut tx = heap.begin(11).unwrap();
-    tx.add_batch_entry(BatchEntry { chan: 1, slot: 2, seq: 3 }).unwrap();
-    tx.add_batch_entry(BatchEntry { chan: 4, slot: 5, seq: 6 }).unwrap();
+    tx.add_batch_entry(BatchEntry {
+        chan: 1,
+        slot: 2,
+        seq: 3,
+    })
+    .unwrap();
+    tx.add_batch_entry(BatchEntry {
+        chan: 4,
+        slot: 5,
+        seq: 6,
+    })
+    .unwrap();
     root.map.insert(&mut tx, b"a", b"1").unwrap();
     let sp = tx.savepoint().unwrap();
     root.map.insert(&mut tx, b"b", b"2").unwrap();
@@ -114,17 +130,34 @@ fn commit_abort_savepoint_and_batch() {
     tx.commit().unwrap();
     let snap = read_log(lfd.as_fd()).unwrap();
     assert_eq!(snap.state, TxState::Committed(11));
-    assert_eq!(snap.batch, vec![
-        BatchEntry { chan: 1, slot: 2, seq: 3 },
-        BatchEntry { chan: 4, slot: 5, seq: 6 }
-    ]);
+    assert_eq!(
+        snap.batch,
+        vec![
+            BatchEntry {
+                chan: 1,
+                slot: 2,
+                seq: 3
+            },
+            BatchEntry {
+                chan: 4,
+                slot: 5,
+                seq: 6
+            }
+        ]
+    );
     let tx = heap.begin(12).unwrap();
     let all: Vec<(Vec<u8>, Vec<u8>)> = root
         .map
         .iter(&tx)
         .map(|(k, v)| (k.as_slice().to_vec(), v.as_slice().to_vec()))
         .collect();
-    assert_eq!(all, vec![(b"a".to_vec(), b"1".to_vec()), (b"c".to_vec(), b"3".to_vec())]);
+    assert_eq!(
+        all,
+        vec![
+            (b"a".to_vec(), b"1".to_vec()),
+            (b"c".to_vec(), b"3".to_vec())
+        ]
+    );
     drop(tx); // drop aborts
     assert_eq!(read_log(lfd.as_fd()).unwrap().state, TxState::Aborted(12));
 }
@@ -136,10 +169,19 @@ fn batch_descriptor_is_bounded() {
     let heap = Heap::attach(&hfd, &lfd, base(6), Tracking::Typed).unwrap();
     let mut tx = heap.begin(1).unwrap();
     for i in 0..64 {
-        tx.add_batch_entry(BatchEntry { chan: 0, slot: i, seq: 0 }).unwrap();
+        tx.add_batch_entry(BatchEntry {
+            chan: 0,
+            slot: i,
+            seq: 0,
+        })
+        .unwrap();
     }
     assert!(matches!(
-        tx.add_batch_entry(BatchEntry { chan: 0, slot: 64, seq: 0 }),
+        tx.add_batch_entry(BatchEntry {
+            chan: 0,
+            slot: 64,
+            seq: 0
+        }),
         Err(HeapError::BatchFull { .. })
     ));
     tx.commit().unwrap();
@@ -197,24 +239,40 @@ fn recover_rolls_back_an_active_transaction_from_another_mapping() {
     let root: &Root = heap.root_or_init(|_| Ok(new_root())).unwrap();
     let mut tx = heap.begin(1).unwrap();
     for i in 0..300u64 {
-        root.map.insert(&mut tx, &i.to_be_bytes(), b"first").unwrap();
+        root.map
+            .insert(&mut tx, &i.to_be_bytes(), b"first")
+            .unwrap();
     }
     tx.commit().unwrap();
     let before = heap_bytes(hfd.as_fd()).unwrap();
     let mut tx = heap.begin(2).unwrap();
-    tx.add_batch_entry(BatchEntry { chan: 9, slot: 1, seq: 77 }).unwrap();
+    tx.add_batch_entry(BatchEntry {
+        chan: 9,
+        slot: 1,
+        seq: 77,
+    })
+    .unwrap();
     for i in 0..300u64 {
         if i % 3 == 0 {
             root.map.remove(&mut tx, &i.to_be_bytes()).unwrap();
         } else {
-            root.map.insert(&mut tx, &(i * 7).to_be_bytes(), b"second").unwrap();
+            root.map
+                .insert(&mut tx, &(i * 7).to_be_bytes(), b"second")
+                .unwrap();
         }
     }
     // The server "dies" here: no commit, no abort.
     std::mem::forget(tx);
     let r = recover(hfd.as_fd(), lfd.as_fd()).unwrap();
     assert_eq!(r.prior, TxState::Active(2));
-    assert_eq!(r.batch, vec![BatchEntry { chan: 9, slot: 1, seq: 77 }]);
+    assert_eq!(
+        r.batch,
+        vec![BatchEntry {
+            chan: 9,
+            slot: 1,
+            seq: 77
+        }]
+    );
     assert!(r.undone.records > 0);
     assert_eq!(heap_bytes(hfd.as_fd()).unwrap(), before);
     // Again: nothing to do.
@@ -244,7 +302,10 @@ fn collections_on_the_stack_refuse_to_grow() {
     let heap = Heap::attach(&hfd, &lfd, base(10), Tracking::Typed).unwrap();
     let local: PVec<u64> = PVec::new();
     let mut tx = heap.begin(1).unwrap();
-    assert!(matches!(local.push(&mut tx, 1), Err(HeapError::NotInHeap { .. })));
+    assert!(matches!(
+        local.push(&mut tx, 1),
+        Err(HeapError::NotInHeap { .. })
+    ));
     let cell = PCell::new(1u64);
     assert!(matches!(cell.set(&tx, 2), Err(HeapError::NotInHeap { .. })));
     tx.abort().unwrap();

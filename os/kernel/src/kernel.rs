@@ -38,7 +38,9 @@ pub struct Options {
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     /// Another system of that name runs.
-    #[error("a system named `{0}` is already running (its socket answers): stop it first, or pick another --system name")]
+    #[error(
+        "a system named `{0}` is already running (its socket answers): stop it first, or pick another --system name"
+    )]
     AlreadyRunning(String),
     /// A server did not come up.
     #[error("server `{server}` failed to start: {reason}")]
@@ -206,7 +208,12 @@ impl Kernel {
     fn boot(manifest: Manifest, opts: Options) -> Result<Kernel, KernelError> {
         // Signals arrive through a signalfd, in order with everything else.
         let mut mask = SigSet::empty();
-        for s in [NixSignal::SIGINT, NixSignal::SIGTERM, NixSignal::SIGCHLD, NixSignal::SIGHUP] {
+        for s in [
+            NixSignal::SIGINT,
+            NixSignal::SIGTERM,
+            NixSignal::SIGCHLD,
+            NixSignal::SIGHUP,
+        ] {
             mask.add(s);
         }
         mask.thread_block().map_err(os("blocking signals"))?;
@@ -232,7 +239,8 @@ impl Kernel {
         .map_err(os("socket"))?;
         let addr = rustix::net::SocketAddrUnix::new(&socket_path)
             .map_err(os(format!("socket path {}", socket_path.display())))?;
-        rustix::net::bind(&listener, &addr).map_err(os(format!("bind {}", socket_path.display())))?;
+        rustix::net::bind(&listener, &addr)
+            .map_err(os(format!("bind {}", socket_path.display())))?;
         rustix::net::listen(&listener, 128).map_err(os("listen"))?;
 
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(os("epoll_create"))?;
@@ -361,7 +369,11 @@ impl Kernel {
         let mut events = Vec::with_capacity(64);
         while !self.shutting_down {
             events.clear();
-            match epoll::wait(&self.epoll, epoll::EventVec::from(&mut events), None) {
+            match epoll::wait(
+                &self.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                None,
+            ) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(os("epoll_wait")(e)),
             }
@@ -372,9 +384,7 @@ impl Kernel {
                     break;
                 }
             }
-            if !self.ready_announced
-                && self.servers.iter().all(|s| s.state == SrvState::Running)
-            {
+            if !self.ready_announced && self.servers.iter().all(|s| s.state == SrvState::Running) {
                 self.ready_announced = true;
                 self.log("all servers running");
                 if let Some(f) = on_ready.take() {
@@ -421,8 +431,7 @@ impl Kernel {
         for i in 0..self.servers.len() {
             let s = &self.servers[i];
             // Delayed restarts (minimum interval between restarts).
-            if s.state == SrvState::Recovering
-                && s.restart_at.is_some_and(|t| Instant::now() >= t)
+            if s.state == SrvState::Recovering && s.restart_at.is_some_and(|t| Instant::now() >= t)
             {
                 self.servers[i].restart_at = None;
                 self.activate_or_spawn(i);
@@ -433,7 +442,10 @@ impl Kernel {
                 let (since, _txid) = s.status.busy();
                 if since != 0 && now_ns.saturating_sub(since) > s.spec.deadline_ms * 1_000_000 {
                     let pid = s.active.as_ref().map_or(0, |a| a.pid);
-                    self.log(format!("{}: call exceeded {} ms deadline (pid {pid}): stopping it", s.spec.name, s.spec.deadline_ms));
+                    self.log(format!(
+                        "{}: call exceeded {} ms deadline (pid {pid}): stopping it",
+                        s.spec.name, s.spec.deadline_ms
+                    ));
                     if let Some(a) = &s.active {
                         let _ = process::pidfd_signal(&a.pidfd, Signal::STOP);
                     }
@@ -493,13 +505,31 @@ impl Kernel {
                     if version != proto::PROTO_VERSION {
                         Err(WireError {
                             kind: ErrorKind::BadRequest,
-                            message: format!("client protocol version {version}, kernel speaks {}: use the same txipc build for both", proto::PROTO_VERSION),
+                            message: format!(
+                                "client protocol version {version}, kernel speaks {}: use the same txipc build for both",
+                                proto::PROTO_VERSION
+                            ),
                         })
                     } else {
                         self.connect(id, &service)
                     }
                 }
                 Ok(Request::Ps) => Ok((Response::Ps(self.ps()), None)),
+                Ok(Request::Inject {
+                    server,
+                    kind,
+                    point,
+                }) => match self.manifest.server(&server) {
+                    Some((si, _)) => {
+                        self.servers[si].status.arm(kind as u8, point as u8);
+                        self.log(format!("{server}: fail point armed: {kind:?} at {point:?}"));
+                        Ok((Response::Ok, None))
+                    }
+                    None => Err(WireError {
+                        kind: ErrorKind::UnknownService,
+                        message: format!("no server `{server}`"),
+                    }),
+                },
                 Ok(Request::Shutdown) => {
                     self.shutting_down = true;
                     Ok((Response::Ok, None))
@@ -539,24 +569,38 @@ impl Kernel {
         service: &str,
     ) -> Result<(Response, Option<(usize, u32)>), WireError> {
         let Some((si, _)) = self.manifest.server(service) else {
-            let known: Vec<&str> = self.manifest.servers.iter().map(|s| s.name.as_str()).collect();
+            let known: Vec<&str> = self
+                .manifest
+                .servers
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
             return Err(WireError {
                 kind: ErrorKind::UnknownService,
-                message: format!("no service `{service}` in system `{}` (it has: {})", self.opts.system, known.join(", ")),
+                message: format!(
+                    "no service `{service}` in system `{}` (it has: {})",
+                    self.opts.system,
+                    known.join(", ")
+                ),
             });
         };
         let who = self.clients[&client].principal.clone();
         if !self.manifest.is_granted(&who, service) {
             return Err(WireError {
                 kind: ErrorKind::NotGranted,
-                message: format!("permission denied: the manifest grants {who:?} no access to `{service}` (add a [[grant]] for it)"),
+                message: format!(
+                    "permission denied: the manifest grants {who:?} no access to `{service}` (add a [[grant]] for it)"
+                ),
             });
         }
         let s = &mut self.servers[si];
         if matches!(s.state, SrvState::Dead | SrvState::Held) {
             return Err(WireError {
                 kind: ErrorKind::Unavailable,
-                message: format!("service `{service}` is {} and takes no new connections", s.state.as_str()),
+                message: format!(
+                    "service `{service}` is {} and takes no new connections",
+                    s.state.as_str()
+                ),
             });
         }
         let layout = ChannelLayout {
@@ -568,7 +612,10 @@ impl Kernel {
         let fd = txipc_chan::create_channel(&format!("txipc-chan-{service}-{index}"), layout)
             .map_err(internal)?;
         let k = KernelChannel::map(fd.as_fd()).map_err(internal)?;
-        let generation = s.active.as_ref().map_or(s.next_gen.saturating_sub(1), |a| a.generation);
+        let generation = s
+            .active
+            .as_ref()
+            .map_or(s.next_gen.saturating_sub(1), |a| a.generation);
         k.set_generation(generation);
         s.next_chan += 1;
         for inc in [&s.active, &s.standby].into_iter().flatten() {
@@ -696,7 +743,9 @@ impl Kernel {
             });
         }
         if !self.shutting_down {
-            self.log(format!("{name}: zygote died ({status:?}); starting a new one"));
+            self.log(format!(
+                "{name}: zygote died ({status:?}); starting a new one"
+            ));
             self.servers[i].spawning = None;
             self.start_zygote(i)?;
         }
@@ -742,8 +791,11 @@ impl Kernel {
         let _ = self.watch(inc.pidfd.as_fd(), token(T_INC_PID, i, generation));
         // Hand it every open channel.
         let s = &self.servers[i];
-        let all: Vec<(u32, std::os::fd::BorrowedFd<'_>)> =
-            s.channels.iter().map(|(ci, c)| (*ci, c.fd.as_fd())).collect();
+        let all: Vec<(u32, std::os::fd::BorrowedFd<'_>)> = s
+            .channels
+            .iter()
+            .map(|(ci, c)| (*ci, c.fd.as_fd()))
+            .collect();
         for chunk in all.chunks(fdpass::MAX_FDS) {
             let indices = chunk.iter().map(|(ci, _)| *ci).collect();
             let fds: Vec<_> = chunk.iter().map(|(_, fd)| *fd).collect();
@@ -811,7 +863,10 @@ impl Kernel {
                 }
             };
             if let Some(report) = CrashReport::decode(&self.buf[..n]) {
-                let is_active = s.active.as_ref().is_some_and(|a| a.generation == generation);
+                let is_active = s
+                    .active
+                    .as_ref()
+                    .is_some_and(|a| a.generation == generation);
                 let what = match report.kind {
                     CrashKind::Signal(sig) => format!("signal {sig}"),
                     CrashKind::Panic => "panic".into(),
@@ -838,7 +893,9 @@ impl Kernel {
                             let us = t.elapsed().as_secs_f64() * 1e6;
                             s.last_recovery_us = Some(us);
                             let name = s.spec.name.clone();
-                            self.log(format!("{name}: generation {g} serving, recovered in {us:.0} µs"));
+                            self.log(format!(
+                                "{name}: generation {g} serving, recovered in {us:.0} µs"
+                            ));
                         }
                     }
                 }
@@ -857,9 +914,16 @@ impl Kernel {
 
     fn on_inc_died(&mut self, i: usize, generation: u64) {
         let s = &mut self.servers[i];
-        if s.active.as_ref().is_some_and(|a| a.generation == generation) {
+        if s.active
+            .as_ref()
+            .is_some_and(|a| a.generation == generation)
+        {
             self.fault(i, "death");
-        } else if s.standby.as_ref().is_some_and(|a| a.generation == generation) {
+        } else if s
+            .standby
+            .as_ref()
+            .is_some_and(|a| a.generation == generation)
+        {
             let sb = s.standby.take().expect("standby");
             self.retire(i, sb);
             self.spawn_incarnation(i);
@@ -892,7 +956,10 @@ impl Kernel {
             // wait for its death before touching anything it could still write.
             let _ = process::pidfd_signal(&old.pidfd, Signal::KILL);
             let _ = rustix::event::poll(
-                &mut [rustix::event::PollFd::new(&old.pidfd, rustix::event::PollFlags::IN)],
+                &mut [rustix::event::PollFd::new(
+                    &old.pidfd,
+                    rustix::event::PollFlags::IN,
+                )],
                 Some(&rustix::time::Timespec {
                     tv_sec: 5,
                     tv_nsec: 0,
@@ -973,11 +1040,17 @@ fn wait_or_kill(pidfd: &OwnedFd, deadline: Instant) {
         tv_sec: left.as_secs() as _,
         tv_nsec: left.subsec_nanos() as _,
     };
-    let mut fds = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
+    let mut fds = [rustix::event::PollFd::new(
+        pidfd,
+        rustix::event::PollFlags::IN,
+    )];
     let done = matches!(rustix::event::poll(&mut fds, Some(&ts)), Ok(n) if n > 0);
     if !done {
         let _ = process::pidfd_signal(pidfd, Signal::KILL);
-        let mut fds = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
+        let mut fds = [rustix::event::PollFd::new(
+            pidfd,
+            rustix::event::PollFlags::IN,
+        )];
         let _ = rustix::event::poll(
             &mut fds,
             Some(&rustix::time::Timespec {
@@ -1025,18 +1098,26 @@ fn recover_shared_state(s: &mut Server, held: bool) -> String {
     let policy = s.spec.policy;
     let mut log_state = LogState::Idle;
     let mut batch = Vec::new();
-    let mut undone = 0usize;
+    let mut undone = 0u64;
     match policy {
         Policy::Txipc => match txipc_heap::recover(s.heap_fd.as_fd(), s.log_fd.as_fd()) {
             Ok(r) => {
-                log_state = r.prior_state();
-                batch = r.batch.clone();
-                undone = r.records_undone;
+                log_state = match r.prior {
+                    txipc_heap::TxState::Idle => LogState::Idle,
+                    txipc_heap::TxState::Active(t) => LogState::Active(t),
+                    txipc_heap::TxState::Committed(t) => LogState::Committed(t),
+                    txipc_heap::TxState::Aborted(t) => LogState::Aborted(t),
+                };
+                batch = r.batch;
+                undone = r.undone.records;
             }
             Err(e) => {
                 // The log is unreadable: the heap cannot be trusted. Hold the server down
                 // rather than serve corrupt state.
-                eprintln!("txipc kernel: {}: undo log unusable ({e}); holding the server down", s.spec.name);
+                eprintln!(
+                    "txipc kernel: {}: undo log unusable ({e}); holding the server down",
+                    s.spec.name
+                );
                 for c in s.channels.values() {
                     c.k.mark_dead();
                 }
@@ -1103,22 +1184,25 @@ fn recover_shared_state(s: &mut Server, held: bool) -> String {
             }
         }
     }
-    format!("log {log_state:?}, {undone} records undone, {published} replies published, {reposted} re-posted, {failed} failed")
+    format!(
+        "log {log_state:?}, {undone} records undone, {published} replies published, {reposted} re-posted, {failed} failed"
+    )
 }
 
 impl Server {
     fn create(i: usize, spec: &ServerSpec, system: &str) -> Result<Server, KernelError> {
         let name = &spec.name;
         let heap_size = spec.heap_mb << 20;
-        let heap_fd = txipc_heap::create_heap_memfd(&format!("txipc-heap-{name}"), heap_size as usize)
-            .map_err(os(format!("{name}: creating the heap")))?;
+        let heap_fd =
+            txipc_heap::create_heap_memfd(&format!("txipc-heap-{name}"), heap_size as usize)
+                .map_err(os(format!("{name}: creating the heap")))?;
         let log_fd = txipc_heap::create_log_memfd(
             &format!("txipc-log-{name}"),
             (spec.log_mb << 20) as usize,
         )
         .map_err(os(format!("{name}: creating the undo log")))?;
-        let doorbell_fd = txipc_chan::create_doorbell()
-            .map_err(os(format!("{name}: creating the doorbell")))?;
+        let doorbell_fd =
+            txipc_chan::create_doorbell().map_err(os(format!("{name}: creating the doorbell")))?;
         let status_fd = StatusPage::create(&format!("txipc-status-{name}"))
             .map_err(os(format!("{name}: creating the status page")))?;
         let status = StatusPage::map(&status_fd).map_err(os("mapping the status page"))?;

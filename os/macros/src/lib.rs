@@ -98,56 +98,71 @@
 //!
 //! # What is generated
 //!
-//! For `#[service] pub trait Kv { .. }` (every item has the trait's visibility):
+//! For `#[service] pub trait Kv { .. }` (every item has the trait's visibility; all generated
+//! items are documented and implement `Debug`):
 //!
 //! | item | what |
 //! | --- | --- |
-//! | `trait Kv` | the trait as written, `#[readonly]` removed |
-//! | `const KV_SERVICE_NAME: &str` | `"Kv"`: the service's name in manifests and grants (the trait's name in `SCREAMING_SNAKE_CASE`, then `_SERVICE_NAME`) |
-//! | `enum KvMethod` | one variant per method, `UpperCamelCase` (`get` → `Get`), `#[repr(u32)]` with the method number as discriminant; `KvMethod::ALL`, `id(self) -> u32`, `from_id(u32) -> Option<Self>`, `name(self) -> &'static str`, `is_readonly(self) -> bool` |
-//! | `struct KvClient<T: Transport>` | the client stub: `new(transport: T)`, `transport(&self) -> &T`, `into_transport(self) -> T`, and per method `fn m(&self, args..)` |
-//! | `struct KvDispatcher<S: Kv>` | the server side: `new(server: S)`, `into_inner(self) -> S`, and `txipc_service::Dispatch` |
+//! | `trait Kv` | the trait as written, `#[readonly]` removed (and `clippy::len_without_is_empty` allowed: a service's `len` is not a collection's) |
+//! | `const KV_SERVICE_NAME: &str` | `"Kv"`: the service's name in manifests and grants; the trait's name in `SCREAMING_SNAKE_CASE`, then `_SERVICE_NAME` |
+//! | `enum KvMethod` | one variant per method in `UpperCamelCase` (`get` → `Get`), `#[repr(u32)]` with the method number as discriminant; `Copy + Eq + Hash`; `const ALL: [Self; N]`, `const fn id(self) -> u32`, `const fn from_id(u32) -> Option<Self>`, `const fn name(self) -> &'static str`, `const fn is_readonly(self) -> bool` |
+//! | `struct KvClient<T: Transport>` | the client stub (`Clone` if `T` is): `const fn new(transport: T) -> Self`, `const fn transport(&self) -> &T`, `fn into_transport(self) -> T`, and per method `fn m(&self, args..) -> ..` with the trait method's arguments, docs, `#[allow]` and `#[deprecated]` |
+//! | `struct KvDispatcher<S: Kv>` | the server side: `const fn new(server: S) -> Self`, `fn into_inner(self) -> S`, and `txipc_service::Dispatch` (`Inner = S`, `SERVICE = KV_SERVICE_NAME`) |
 //!
 //! A client method returns
 //! - `Result<R, txipc_service::Error<E>>` when the trait method is declared `-> Result<R, E>`
-//!   (any path whose last segment is `Result` with two type arguments): `txipc_service::Error::Service` is the
-//!   server's own error, `txipc_service::Error::Call` the system's;
-//! - `Result<R, txipc_service::CallError>` when it is declared `-> R`, or
+//!   (any path whose last segment is `Result` with two type arguments):
+//!   `txipc_service::Error::Service` is the server's own error, `txipc_service::Error::Call` the
+//!   system's;
+//! - `Result<R, txipc_service::CallError>` when it is declared `-> R`, and
 //!   `Result<(), CallError>` when it returns nothing.
+//!
+//! A client reuses per-thread request and reply buffers, so a call allocates nothing once they
+//! have grown (a nested call on the same thread, as an in-process loopback makes, gets its own).
 //!
 //! # Wire format
 //!
 //! - **Method number**: the method's position in the trait, counting from 1 (0 is reserved as
 //!   "no method"). Numbers are the interface's ABI: add new methods at the end; never reorder,
-//!   insert, or remove (to retire a method, keep it and have servers return an error).
-//! - **Request**: the arguments, as a tuple, in [postcard](https://docs.rs/postcard). A method without arguments sends no
-//!   bytes.
+//!   insert or remove (to retire a method, keep it and have servers return an error).
+//! - **Request**: the arguments in [postcard](https://docs.rs/postcard), back to back: exactly
+//!   the postcard encoding of the argument tuple, for any number of arguments (also above the
+//!   16 that serde implements tuples for). A method without arguments sends no bytes.
 //! - **Reply**: the return value in postcard; for `-> Result<R, E>` the whole `Result` (`0`
 //!   then `R`, or `1` then `E`); for `()`, no bytes.
 //!
 //! Decoding is strict on both sides: bytes left over after the value are an error
-//! (`txipc_service::DispatchError::Malformed` at the server, `txipc_service::CallError::BadReply` at the client).
+//! (`DispatchError::Malformed` at the server, `CallError::BadReply` at the client). The
+//! dispatcher decodes every argument before it calls the server, so a malformed request never
+//! runs; it never panics on any input. A reply the server cannot encode (only a failing
+//! hand-written `Serialize` can cause that) panics, as a fault of that request: the method has
+//! already run, so answering as if it had not would be wrong.
 //!
 //! # Rules for the trait
+//!
+//! Breaking one is a compile error at the offending tokens that says what to write instead.
 //!
 //! - Every method takes **`&mut self`**: a server handles one request at a time, inside a
 //!   transaction over its state, so a handler always has its state to itself. `&self` would
 //!   suggest concurrent handlers and push state into interior mutability the runtime cannot see;
-//!   a method that changes nothing is marked `#[readonly]` instead (the runtime then skips
-//!   logging it).
-//! - Arguments and results are **owned wire types**: `Serialize + DeserializeOwned`, no
-//!   references, no `impl Trait`, no `Self`. The compiler reports a type that is not a wire type
-//!   at the type.
+//!   a method that changes nothing is marked `#[readonly]` instead (the runtime then does not
+//!   log it). `self` by value would consume the server, which outlives every request.
+//! - Arguments and results are **owned wire types**, `Serialize + DeserializeOwned`: no
+//!   references or borrowed lifetimes, no `impl Trait`, no `Self`. A type without the serde
+//!   traits is reported by the compiler at the type ("cannot be sent over a channel" /
+//!   "cannot be received over a channel").
 //! - **No default bodies**: the interface crate is what clients compile against; server
 //!   behaviour there would be invisible in the server crate, and a server could "implement" a
 //!   method it never wrote. Put the body in the server's `impl`.
-//! - No generics, `async`, `unsafe`, `extern`, `const`, associated types or consts: each of these
-//!   has no meaning on the other side of a channel.
+//! - No generics or `where` clauses, `async`, `unsafe`, `extern`, `const`, associated types or
+//!   consts, or macro invocations among the items: none of them means anything on the other side
+//!   of a channel.
 //! - No `#[cfg]` on methods: it would renumber the methods after it.
+//! - No method named `new`, `transport` or `into_transport` (the client's own methods), and no
+//!   two methods with the same `UpperCamelCase` name.
 //!
 //! Attribute arguments: `#[service(name = "kv")]` sets the service name (default: the trait's
-//! name). Method attribute: `#[readonly]` (no arguments).
-//!
+//! name). Method attribute: `#[readonly]`, without arguments.
 #![forbid(unsafe_code)]
 
 mod expand;

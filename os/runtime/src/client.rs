@@ -95,7 +95,8 @@ impl System {
 
     fn request(&self, req: &Request) -> Result<(Response, Vec<OwnedFd>), ClientError> {
         let sock = self.conn.sock.lock().unwrap_or_else(|p| p.into_inner());
-        fdpass::send(&*sock, &proto::encode(req), &[]).map_err(|e| ClientError::Io(e.to_string()))?;
+        fdpass::send(&*sock, &proto::encode(req), &[])
+            .map_err(|e| ClientError::Io(e.to_string()))?;
         let mut buf = vec![0u8; proto::MAX_CONTROL_MSG];
         let (n, fds) = fdpass::recv(&*sock, &mut buf, false)
             .map_err(|e| ClientError::Io(e.to_string()))?
@@ -137,6 +138,26 @@ impl System {
     pub fn ps(&self) -> Result<Vec<ServerInfo>, ClientError> {
         match self.request(&Request::Ps)?.0 {
             Response::Ps(list) => Ok(list),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Arms a fail point in `server`: its next request reaching `point` faults with `kind`.
+    pub fn inject(
+        &self,
+        server: &str,
+        kind: txipc_core::failpoint::FailKind,
+        point: txipc_core::failpoint::FailPoint,
+    ) -> Result<(), ClientError> {
+        match self
+            .request(&Request::Inject {
+                server: server.into(),
+                kind,
+                point,
+            })?
+            .0
+        {
+            Response::Ok => Ok(()),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
     }
@@ -324,7 +345,9 @@ impl SystemProcess {
             match child.try_wait() {
                 Ok(Some(status)) if status.success() => return Ok(()),
                 Ok(Some(status)) => {
-                    return Err(ClientError::Boot(format!("the kernel exited with {status}")));
+                    return Err(ClientError::Boot(format!(
+                        "the kernel exited with {status}"
+                    )));
                 }
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(5));

@@ -5,8 +5,11 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use txipc_chan::{Doorbell, ServerChannel, Status};
+use txipc_core::failpoint::FailPoint;
 use txipc_core::manifest::{Policy, Tracking as ManifestTracking};
-use txipc_core::proto::{self, FromServer, FromZygote, ServerConfig, ToServer, ToZygote, ZygoteInit};
+use txipc_core::proto::{
+    self, FromServer, FromZygote, ServerConfig, ToServer, ToZygote, ZygoteInit,
+};
 use txipc_heap::{BatchEntry, Heap, Tracking, Tx};
 use txipc_service::{Dispatch, DispatchError};
 use txipc_sys::{fdpass, process, status::StatusPage};
@@ -147,11 +150,18 @@ pub fn zygote_main(builtins: &[Builtin]) -> ! {
     let [heap_fd, log_fd, doorbell_fd, status_fd]: [OwnedFd; 4] = fds
         .try_into()
         .unwrap_or_else(|_| die("init must carry 4 descriptors"));
-    let Some(builtin) = builtins.iter().find(|b| b.name == init.config.builtin).copied() else {
+    let Some(builtin) = builtins
+        .iter()
+        .find(|b| b.name == init.config.builtin)
+        .copied()
+    else {
         let _ = fdpass::send(
             &ctl,
             &proto::encode(&FromZygote::Failed {
-                message: format!("no built-in server `{}` in this binary", init.config.builtin),
+                message: format!(
+                    "no built-in server `{}` in this binary",
+                    init.config.builtin
+                ),
             }),
             &[],
         );
@@ -286,8 +296,14 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
             Ok(ToServer::Shutdown) | Err(_) => std::process::exit(0),
         }
     };
-    let heap_fd = fds.heap.try_clone().unwrap_or_else(|e| fatal(&ctl, format!("dup: {e}")));
-    let log_fd = fds.log.try_clone().unwrap_or_else(|e| fatal(&ctl, format!("dup: {e}")));
+    let heap_fd = fds
+        .heap
+        .try_clone()
+        .unwrap_or_else(|e| fatal(&ctl, format!("dup: {e}")));
+    let log_fd = fds
+        .log
+        .try_clone()
+        .unwrap_or_else(|e| fatal(&ctl, format!("dup: {e}")));
     let heap = Heap::attach(
         heap_fd,
         log_fd,
@@ -305,7 +321,11 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
     })
     .unwrap_or_else(|e| fatal(&ctl, format!("server start: {e}")));
     status.set_ready(generation);
-    let _ = fdpass::send(&ctl, &proto::encode(&FromServer::Active { generation }), &[]);
+    let _ = fdpass::send(
+        &ctl,
+        &proto::encode(&FromServer::Active { generation }),
+        &[],
+    );
     let mut lp = Loop {
         config,
         heap,
@@ -389,7 +409,9 @@ impl Loop<'_> {
                 Err(_) => std::process::exit(0),
             };
             match proto::decode::<ToServer>(&self.ctl_buf[..n]) {
-                Ok(ToServer::AddChannels { indices }) => add_channels(&mut self.chans, indices, fds),
+                Ok(ToServer::AddChannels { indices }) => {
+                    add_channels(&mut self.chans, indices, fds)
+                }
                 Ok(ToServer::RemoveChannel { index }) => self.chans.retain(|c| c.index != index),
                 Ok(ToServer::Shutdown) | Err(_) => std::process::exit(0),
                 Ok(ToServer::Activate { .. }) => {}
@@ -435,21 +457,33 @@ impl Loop<'_> {
             return 0;
         }
         self.txid += 1;
-        self.status.set_busy(txipc_sys::time::monotonic_ns(), self.txid);
+        self.status
+            .set_busy(txipc_sys::time::monotonic_ns(), self.txid);
         self.begin();
+        self.fail_point(FailPoint::BeforeHandle);
         for i in 0..n {
             self.run_one(i);
         }
+        self.fail_point(FailPoint::AfterHandle);
         // The commit point: after every reply of the batch is written, before any is published.
         match self.instance.tx_cell().take().map(Tx::commit) {
             Some(Ok(())) => {}
             _ => txipc_sys::crash::report_and_stop(txipc_sys::crash::CrashKind::Integrity),
         }
+        self.fail_point(FailPoint::AfterCommit);
         for t in &self.batch {
             let _ = self.chans[t.chan].chan.publish(t.slot);
         }
         self.status.set_idle(n as u64);
         n
+    }
+
+    /// Fires the fail point armed at `point`, if any (one relaxed load otherwise).
+    #[inline]
+    fn fail_point(&self, point: FailPoint) {
+        if let Some(kind) = self.status.fire(point as u8) {
+            txipc_sys::crash::inject(kind);
+        }
     }
 
     /// Opens the transaction of the batch and records which requests it serves.

@@ -5,6 +5,10 @@
 //! those two traits, the wire codec and the errors a client can see, and nothing that touches
 //! shared memory: interface crates depend on it, never on the runtime.
 //!
+//! Interface crates depend on this crate only: it re-exports the macro as
+//! [`txipc_service::service`](service), and everything the macro generates names items here by
+//! absolute path. See the macro's documentation for what it generates and the wire format.
+//!
 //! Design principles:
 //! - A client always learns *why* a call failed: the service's own error ([`Error::Service`])
 //!   is kept apart from the system's ([`CallError`]), and the system's say whether the request
@@ -345,5 +349,53 @@ mod tests {
         assert!(CallError::Aborted { attempts: 3 }.did_not_run());
         assert!(!CallError::Restarted.did_not_run());
         assert!(!CallError::Timeout.did_not_run());
+    }
+
+    /// Decoding argument by argument (what the dispatcher does) accepts exactly the bytes that
+    /// decode as the argument tuple, with the same values: the request is the tuple's encoding.
+    fn per_argument_matches_tuple(bytes: &[u8]) {
+        type Args = (Vec<u8>, Option<u32>, String, (u8, i64));
+        let tuple = decode::<Args>(bytes).ok();
+        let per_arg = (|| {
+            let mut rest = bytes;
+            let a = __private::decode_arg::<Vec<u8>>(1, &mut rest)?;
+            let b = __private::decode_arg::<Option<u32>>(1, &mut rest)?;
+            let c = __private::decode_arg::<String>(1, &mut rest)?;
+            let d = __private::decode_arg::<(u8, i64)>(1, &mut rest)?;
+            __private::end_of_request(1, rest)?;
+            Ok::<Args, DispatchError>((a, b, c, d))
+        })();
+        if let Err(e) = &per_arg {
+            assert_eq!(*e, DispatchError::Malformed { method: 1 });
+        }
+        assert_eq!(per_arg.ok(), tuple);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn per_argument_decoding_is_tuple_decoding(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48)) {
+            per_argument_matches_tuple(&bytes);
+        }
+
+        #[test]
+        fn per_argument_encoding_is_tuple_encoding(a: Vec<u8>, b: Option<u32>, c: String, d: (u8, i64)) {
+            struct Echo;
+            impl Transport for Echo {
+                fn call(&self, _: u32, request: &[u8], reply: &mut Vec<u8>) -> Result<(), CallError> {
+                    reply.extend_from_slice(request);
+                    Ok(())
+                }
+            }
+            let mut call = __private::Call::new(&Echo, 1);
+            call.arg(&a).unwrap();
+            call.arg(&b).unwrap();
+            call.arg(&c).unwrap();
+            call.arg(&d).unwrap();
+            let back: (Vec<u8>, Option<u32>, String, (u8, i64)) = call.finish().unwrap();
+            proptest::prop_assert_eq!(&back, &(a, b, c, d));
+            let mut tuple = Vec::new();
+            encode(&back, &mut tuple).unwrap();
+            per_argument_matches_tuple(&tuple);
+        }
     }
 }

@@ -173,3 +173,40 @@ mod tests {
         );
     }
 }
+
+/// Fault kinds a fail point can inject (the wire values of `txipc_core::failpoint::FailKind`).
+pub mod inject_kind {
+    /// `panic!`.
+    pub const PANIC: u8 = 1;
+    /// A write to an unmapped address (SIGSEGV from the hardware).
+    pub const SEGV: u8 = 2;
+    /// `abort()` (SIGABRT).
+    pub const ABORT: u8 = 3;
+    /// An infinite loop (caught by the kernel's per-call deadline).
+    pub const HANG: u8 = 4;
+    /// `exit(3)`: death without a signal.
+    pub const EXIT: u8 = 5;
+}
+
+/// Injects a fault of `kind` (see [`inject_kind`]) right here. Unknown kinds do nothing.
+pub fn inject(kind: u8) {
+    match kind {
+        inject_kind::PANIC => panic!("txipc: injected panic at a fail point"),
+        inject_kind::SEGV => {
+            // Address 8 lies in the first page, which Linux never maps (vm.mmap_min_addr), so the
+            // store faults in hardware exactly like a null-pointer bug would.
+            let p = 8usize as *mut u8;
+            // SAFETY: this store is *meant* to fault. It never completes: the kernel delivers
+            // SIGSEGV before any memory is written, and our handler stops the process (the
+            // kernel then kills it), so execution never continues past this line with the
+            // store having "happened".
+            unsafe { std::ptr::write_volatile(p, 1) };
+        }
+        inject_kind::ABORT => std::process::abort(),
+        inject_kind::HANG => loop {
+            std::hint::spin_loop();
+        },
+        inject_kind::EXIT => std::process::exit(3),
+        _ => {}
+    }
+}

@@ -182,6 +182,24 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(io::Error::from)
 }
 
+/// Lets the calling thread run on every CPU of the machine again.
+pub fn pin_to_cpu_set_all() -> io::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    let n = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| {
+            s.trim()
+                .rsplit(['-', ','])
+                .next()
+                .and_then(|x| x.parse::<usize>().ok())
+        })
+        .unwrap_or(0);
+    for cpu in 0..=n.min(nix::sched::CpuSet::count() - 1) {
+        set.set(cpu).map_err(io::Error::from)?;
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(io::Error::from)
+}
+
 /// Number of CPUs this process may run on.
 pub fn cpus_available() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -8,6 +8,7 @@
 //! | `calls` | incarnation | calls completed by all incarnations (committed) |
 //! | `generation` | kernel | generation of the incarnation allowed to run |
 //! | `ready` | incarnation | the generation that finished attaching and is serving |
+//! | `inject` | kernel (arms) / incarnation (fires, clears) | an armed fail point: fault kind and protocol point |
 //!
 //! Fields are atomics at fixed offsets in a memfd page; a torn or garbage value can only make the
 //! watchdog act early or late on the server that wrote it.
@@ -21,7 +22,7 @@ use rustix::mm::{MapFlags, ProtFlags};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"TXIPCST1");
 const PAGE: usize = 4096;
-const FIELDS: usize = 6;
+const FIELDS: usize = 7;
 
 /// A mapped status page.
 #[derive(Debug)]
@@ -120,6 +121,24 @@ impl StatusPage {
     /// Announces that generation `g` is attached and serving.
     pub fn set_ready(&self, g: u64) {
         self.field(5).store(g, Ordering::Release);
+    }
+    /// Arms a fail point (kernel): the next request that reaches `point` faults with `kind`.
+    pub fn arm(&self, kind: u8, point: u8) {
+        self.field(6)
+            .store(u64::from(kind) << 8 | u64::from(point), Ordering::Release);
+    }
+    /// The armed fail point's kind if it is armed at `point`, disarming it (incarnation). One
+    /// relaxed load when nothing is armed.
+    #[inline]
+    pub fn fire(&self, point: u8) -> Option<u8> {
+        let f = self.field(6);
+        let v = f.load(Ordering::Relaxed);
+        if v == 0 || (v & 0xff) as u8 != point {
+            return None;
+        }
+        f.compare_exchange(v, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()
+            .map(|v| (v >> 8) as u8)
     }
 }
 

@@ -1,2 +1,209 @@
-//! The key-value server: an ordered map in the recoverable heap.
+//! The key-value server.
+//!
+//! Its whole state is a [`KvRoot`] in the recoverable heap: an ordered map (B+ tree) from byte
+//! strings to byte strings and an update counter. Every method runs inside the transaction the
+//! runtime opened for the request, so under policy `txipc` a fault at any instant rolls the
+//! request back and it is re-executed; under `none` and `restart` the same code runs with
+//! tracking off.
+//!
+//! A full heap is an error for the request that needed the space: its partial updates are rolled
+//! back to a savepoint and it answers [`KvError::Full`]; other requests go on.
 #![forbid(unsafe_code)]
+
+use std::ops::Bound;
+
+use kv_api::{CasOutcome, Kv, KvDispatcher, KvError, KvStats, MAX_KEY, MAX_SCAN, MAX_VALUE};
+use txipc_heap::{Heap, HeapError, PBTreeMap, PBytes, PCell, Persistent, Tx};
+use txipc_runtime::{Builtin, Instance, StartArgs, TxCell, TxHost};
+
+/// The kv server's state in the heap.
+#[derive(Persistent)]
+#[repr(C)]
+pub struct KvRoot {
+    map: PBTreeMap<PBytes, PBytes>,
+    updates: PCell<u64>,
+}
+
+impl std::fmt::Debug for KvRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvRoot")
+            .field("keys", &self.map.len())
+            .field("updates", &self.updates.get())
+            .finish()
+    }
+}
+
+/// The kv server.
+#[derive(Debug)]
+pub struct KvServer {
+    heap: &'static Heap,
+    root: &'static KvRoot,
+    tx: TxCell,
+}
+
+impl TxHost for KvServer {
+    fn tx_cell(&mut self) -> &mut TxCell {
+        &mut self.tx
+    }
+}
+
+fn check_key(key: &[u8]) -> Result<(), KvError> {
+    if key.len() > MAX_KEY {
+        return Err(KvError::KeyTooLarge { len: key.len() });
+    }
+    Ok(())
+}
+
+fn check_value(v: &[u8]) -> Result<(), KvError> {
+    if v.len() > MAX_VALUE {
+        return Err(KvError::ValueTooLarge { len: v.len() });
+    }
+    Ok(())
+}
+
+/// Runs `f` as one all-or-nothing step of the request: on a heap error its partial updates are
+/// undone (back to a savepoint) and the request answers `Full`. Any other heap error is a bug
+/// in the server or a corrupted heap: it faults, and recovery rolls the request back.
+fn atomically<T>(
+    tx: &mut Tx<'static>,
+    f: impl FnOnce(&mut Tx<'static>) -> Result<T, HeapError>,
+) -> Result<T, KvError> {
+    let sp = tx.savepoint().expect("savepoint");
+    match f(tx) {
+        Ok(v) => Ok(v),
+        Err(e @ (HeapError::Full { .. } | HeapError::LogFull { .. })) => {
+            // Under tracking Off nothing can be undone; the baseline policies accept that.
+            let _ = tx.rollback_to(sp);
+            Err(KvError::Full {
+                detail: e.to_string(),
+            })
+        }
+        Err(e) => panic!("kv: heap operation failed: {e}"),
+    }
+}
+
+impl KvServer {
+    fn current(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+        let tx = self.tx.tx();
+        self.root.map.get(tx, key).map(|v| v.as_slice().to_vec())
+    }
+
+    fn store(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), KvError> {
+        let root = self.root;
+        atomically(self.tx.tx(), |tx| {
+            match value {
+                Some(v) => {
+                    root.map.insert(tx, key, v)?;
+                }
+                None => {
+                    root.map.remove(tx, key)?;
+                }
+            }
+            root.updates.update(tx, |n| n + 1)?;
+            Ok(())
+        })
+    }
+}
+
+impl Kv for KvServer {
+    fn get(&mut self, key: Vec<u8>) -> Result<Option<Vec<u8>>, KvError> {
+        check_key(&key)?;
+        Ok(self.current(&key))
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<Option<Vec<u8>>, KvError> {
+        check_key(&key)?;
+        check_value(&value)?;
+        let prev = self.current(&key);
+        self.store(&key, Some(&value))?;
+        Ok(prev)
+    }
+
+    fn delete(&mut self, key: Vec<u8>) -> Result<Option<Vec<u8>>, KvError> {
+        check_key(&key)?;
+        let prev = self.current(&key);
+        if prev.is_some() {
+            self.store(&key, None)?;
+        }
+        Ok(prev)
+    }
+
+    fn cas(
+        &mut self,
+        key: Vec<u8>,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    ) -> Result<CasOutcome, KvError> {
+        check_key(&key)?;
+        if let Some(v) = &new {
+            check_value(v)?;
+        }
+        let current = self.current(&key);
+        if current != expected {
+            return Ok(CasOutcome {
+                swapped: false,
+                current,
+            });
+        }
+        if current.is_some() || new.is_some() {
+            self.store(&key, new.as_deref())?;
+        }
+        Ok(CasOutcome {
+            swapped: true,
+            current: new,
+        })
+    }
+
+    fn incr(&mut self, key: Vec<u8>, delta: i64) -> Result<i64, KvError> {
+        check_key(&key)?;
+        let now = match self.current(&key) {
+            None => 0,
+            Some(b) => kv_api::counter_value(&b).ok_or(KvError::NotACounter)?,
+        };
+        let next = now.checked_add(delta).ok_or(KvError::Overflow)?;
+        self.store(&key, Some(&next.to_le_bytes()))?;
+        Ok(next)
+    }
+
+    fn scan(&mut self, start: Vec<u8>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+        check_key(&start)?;
+        let tx = self.tx.tx();
+        Ok(self
+            .root
+            .map
+            .range(tx, Bound::Included(&start[..]), Bound::Unbounded)
+            .take(limit.min(MAX_SCAN) as usize)
+            .map(|(k, v)| (k.as_slice().to_vec(), v.as_slice().to_vec()))
+            .collect())
+    }
+
+    fn stats(&mut self) -> KvStats {
+        let s = self.heap.stats();
+        KvStats {
+            keys: self.root.map.len() as u64,
+            heap_used: s.used_bytes,
+            heap_size: s.size,
+            updates: self.root.updates.get(),
+        }
+    }
+}
+
+fn start(args: StartArgs<'_>) -> Result<Box<dyn Instance>, String> {
+    let root = args
+        .heap
+        .root_or_init(|_tx| {
+            Ok(KvRoot {
+                map: PBTreeMap::new(),
+                updates: PCell::new(0),
+            })
+        })
+        .map_err(|e| format!("kv: {e}"))?;
+    Ok(Box::new(KvDispatcher::new(KvServer {
+        heap: args.heap,
+        root,
+        tx: TxCell::new(),
+    })))
+}
+
+/// The kv server as a built-in of the txipc binary.
+pub const BUILTIN: Builtin = Builtin { name: "kv", start };

@@ -171,7 +171,11 @@ impl Faulty for FaultyServer {
     }
 
     fn sum(&mut self) -> i64 {
-        self.root.counters.iter().map(PCell::get).fold(0, i64::wrapping_add)
+        self.root
+            .counters
+            .iter()
+            .map(PCell::get)
+            .fold(0, i64::wrapping_add)
     }
 }
 

@@ -59,7 +59,9 @@ impl<K: PKey, V: PValue> Default for PBTreeMap<K, V> {
 
 impl<K: PKey, V: PValue> std::fmt::Debug for PBTreeMap<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PBTreeMap").field("len", &self.len()).finish()
+        f.debug_struct("PBTreeMap")
+            .field("len", &self.len())
+            .finish()
     }
 }
 
@@ -369,7 +371,8 @@ impl<K: PKey, V: PValue> PBTreeMap<K, V> {
                 std::ptr::copy_nonoverlapping(ik(nd, idx), tkp.add(idx + 1), CAP - idx);
                 tc[..=idx].copy_from_slice(std::slice::from_raw_parts(kid(nd, 0), idx + 1));
                 tc[idx + 1] = right;
-                tc[idx + 2..].copy_from_slice(std::slice::from_raw_parts(kid(nd, idx + 1), CAP - idx));
+                tc[idx + 2..]
+                    .copy_from_slice(std::slice::from_raw_parts(kid(nd, idx + 1), CAP - idx));
                 // Left: keys 0..INNER_UP, kids 0..=INNER_UP; key INNER_UP moves up; right: the rest.
                 std::ptr::copy_nonoverlapping(tkp, ik(nd, 0), INNER_UP);
                 std::ptr::copy_nonoverlapping(tc.as_ptr(), kid(nd, 0), INNER_UP + 1);

@@ -39,7 +39,9 @@ impl<K: PKey, V: PValue> Default for PHashMap<K, V> {
 
 impl<K: PKey, V: PValue> std::fmt::Debug for PHashMap<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PHashMap").field("len", &self.len()).finish()
+        f.debug_struct("PHashMap")
+            .field("len", &self.len())
+            .finish()
     }
 }
 
@@ -109,7 +111,9 @@ impl<K: PKey, V: PValue> PHashMap<K, V> {
     fn rehash(&self, tx: &mut Tx<'_>, ncap: usize) -> Result<(), HeapError> {
         let sz = std::mem::size_of::<Bucket<K, V>>();
         let al = std::mem::align_of::<Bucket<K, V>>();
-        let bytes = ncap.checked_mul(sz).ok_or(HeapError::Invalid("map too large"))?;
+        let bytes = ncap
+            .checked_mul(sz)
+            .ok_or(HeapError::Invalid("map too large"))?;
         let nt = tx.alloc_raw(bytes, al)? as *mut Bucket<K, V>;
         // SAFETY: nt is fresh (pre-image logged by the allocator); zeroing marks all EMPTY.
         unsafe { std::ptr::write_bytes(nt.cast::<u8>(), 0, bytes) };
@@ -161,7 +165,11 @@ impl<K: PKey, V: PValue> PHashMap<K, V> {
         }
         let cap = self.cap.get() as usize;
         if (self.used.get() as usize + 1) * 8 > cap * 7 {
-            let ncap = if (self.len() + 1) * 2 > cap { (cap * 2).max(8) } else { cap.max(8) };
+            let ncap = if (self.len() + 1) * 2 > cap {
+                (cap * 2).max(8)
+            } else {
+                cap.max(8)
+            };
             self.rehash(tx, ncap)?;
         }
         let cap = self.cap.get() as usize;

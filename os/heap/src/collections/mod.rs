@@ -98,7 +98,8 @@ impl Hasher for StableHasher {
         if !r.is_empty() {
             let mut b = [0u8; 8];
             b[..r.len()].copy_from_slice(r);
-            h = (h.rotate_left(5) ^ u64::from_le_bytes(b) ^ ((r.len() as u64) << 59)).wrapping_mul(K);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(b) ^ ((r.len() as u64) << 59))
+                .wrapping_mul(K);
         }
         self.0 = h;
     }

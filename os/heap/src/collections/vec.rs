@@ -83,7 +83,9 @@ impl<T: PValue> PVec<T> {
         }
         let sz = std::mem::size_of::<T>();
         let ncap = want.max(cap * 2).max(4);
-        let bytes = ncap.checked_mul(sz).ok_or(HeapError::Invalid("vector too large"))?;
+        let bytes = ncap
+            .checked_mul(sz)
+            .ok_or(HeapError::Invalid("vector too large"))?;
         let np = tx.alloc_raw(bytes, std::mem::align_of::<T>())?;
         let old = self.ptr.get() as *mut u8;
         if cap > 0 {

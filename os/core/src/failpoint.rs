@@ -1,0 +1,62 @@
+//! Fail points: faults the kernel can arm in a server, fired by the runtime at a chosen point of
+//! the commit protocol. They let tests and the demo hit the worst instants on purpose.
+
+use serde::{Deserialize, Serialize};
+
+/// What the fault does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailKind {
+    /// `panic!`.
+    Panic = 1,
+    /// A hardware SIGSEGV (store to an unmapped address).
+    Segv = 2,
+    /// `abort()`.
+    Abort = 3,
+    /// An infinite loop: the kernel's deadline must catch it.
+    Hang = 4,
+    /// `exit(3)`: a death the server does not report.
+    Exit = 5,
+}
+
+impl FailKind {
+    /// Every kind.
+    pub const ALL: [FailKind; 5] = [
+        FailKind::Panic,
+        FailKind::Segv,
+        FailKind::Abort,
+        FailKind::Hang,
+        FailKind::Exit,
+    ];
+    /// The name used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailKind::Panic => "panic",
+            FailKind::Segv => "segv",
+            FailKind::Abort => "abort",
+            FailKind::Hang => "hang",
+            FailKind::Exit => "exit",
+        }
+    }
+}
+
+/// Where in the life of a call the fault fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailPoint {
+    /// Transaction begun, handler not yet run.
+    BeforeHandle = 1,
+    /// Handler ran and wrote its updates and reply; not committed (rollback must undo it all).
+    AfterHandle = 2,
+    /// Committed, reply not yet published (the kernel must publish it, not re-run it).
+    AfterCommit = 3,
+}
+
+impl FailPoint {
+    /// Every point.
+    pub const ALL: [FailPoint; 3] = [
+        FailPoint::BeforeHandle,
+        FailPoint::AfterHandle,
+        FailPoint::AfterCommit,
+    ];
+}
