@@ -1,0 +1,248 @@
+//! Kernel recovery operations against real (killed) server processes and waiting clients.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use txipc_chan::baseline::{EVENT_STOP, fork_child, run_echo_server};
+use txipc_chan::{
+    ChanError, ChannelLayout, ClientChannel, Doorbell, KernelChannel, ServerChannel, SlotState,
+    SpinConfig, SpinMode, Status, create_channel, create_doorbell,
+};
+
+struct Setup {
+    layout: ChannelLayout,
+    chan: std::os::fd::OwnedFd,
+    bell: std::os::fd::OwnedFd,
+}
+
+fn setup(nslots: u32) -> Setup {
+    let layout = ChannelLayout { nslots, req_cap: 128, reply_cap: 128 };
+    Setup { layout, chan: create_channel("rec", layout).unwrap(), bell: create_doorbell().unwrap() }
+}
+
+const SLEEPER: SpinConfig = SpinConfig { mode: SpinMode::Pure, budget: Duration::ZERO };
+const SPINNER: SpinConfig = SpinConfig { mode: SpinMode::Pure, budget: Duration::from_secs(3600) };
+
+/// A server incarnation that takes one request (and optionally writes its reply) and then
+/// hangs until killed, as if it crashed mid-transaction.
+fn take_and_hang(s: &Setup, write_reply: bool) -> txipc_chan::baseline::Child {
+    let server = ServerChannel::map(&s.chan).unwrap();
+    let bell = Doorbell::map(&s.bell).unwrap();
+    fork_child(move || {
+        let mut buf = Vec::new();
+        loop {
+            if let Some(t) = server.take_into(&mut buf) {
+                if write_reply {
+                    let mut r = b"committed:".to_vec();
+                    r.extend_from_slice(&buf);
+                    let _ = server.write_reply(t.slot, Status::Ok, &r);
+                }
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            bell.wait(|| !server.has_posted(), Duration::ZERO, None);
+        }
+    })
+    .unwrap()
+}
+
+fn echo_server(s: &Setup) -> (txipc_chan::baseline::Child, Doorbell) {
+    let server = ServerChannel::map(&s.chan).unwrap();
+    let bell = Doorbell::map(&s.bell).unwrap();
+    let child = fork_child(|| {
+        run_echo_server(std::slice::from_ref(&server), &bell, Duration::ZERO);
+        0
+    })
+    .unwrap();
+    (child, bell)
+}
+
+fn state(k: &KernelChannel, slot: usize) -> SlotState {
+    k.snapshot(slot).unwrap().state
+}
+
+#[test]
+fn taken_slot_is_reposted_with_attempt_raised_and_taken_again() {
+    let s = setup(2);
+    let k = KernelChannel::map(&s.chan).unwrap();
+    let client = ClientChannel::map(&s.chan, &s.bell).unwrap().with_spin(SLEEPER);
+    std::thread::scope(|sc| {
+        let call = sc.spawn(|| {
+            let mut reply = Vec::new();
+            let r = client.call(9, b"do it once", &mut reply, None).unwrap();
+            (r, reply)
+        });
+        let dying = take_and_hang(&s, false);
+        wait_until("the server to take the request", || k.slots().any(|x| x.state == SlotState::Taken));
+        let snap = k.slots().find(|x| x.state == SlotState::Taken).unwrap();
+        assert_eq!(snap.attempt, 0);
+        dying.kill().unwrap(); // confirmed dead from here on
+
+        assert!(!k.repost(snap.slot, snap.seq + 1), "wrong seq must be refused");
+        assert!(k.repost(snap.slot, snap.seq));
+        assert!(!k.repost(snap.slot, snap.seq), "no longer TAKEN");
+        let again = k.snapshot(snap.slot).unwrap();
+        assert_eq!((again.state, again.attempt, again.seq), (SlotState::Posted, 1, snap.seq));
+
+        k.set_generation(2);
+        let (next, bell) = echo_server(&s);
+        let (r, reply) = call.join().unwrap();
+        assert_eq!((r.status, r.attempt), (Status::Ok, 1));
+        assert_eq!(reply, b"do it once");
+        assert_eq!(client.generation(), 2);
+        bell.notify(EVENT_STOP);
+        assert_eq!(next.wait().unwrap(), 0);
+    });
+}
+
+fn fail_delivers_status(spin: SpinConfig, sleeping: bool) {
+    let s = setup(1);
+    let k = KernelChannel::map(&s.chan).unwrap();
+    let raw = RawMap::new(&s.chan, s.layout.total_size());
+    let client = ClientChannel::map(&s.chan, &s.bell).unwrap().with_spin(spin);
+    std::thread::scope(|sc| {
+        let call = sc.spawn(|| client.call(1, b"poison", &mut Vec::new(), None));
+        // A server takes it and dies with it.
+        let dying = take_and_hang(&s, false);
+        wait_until("TAKEN", || state(&k, 0) == SlotState::Taken);
+        dying.kill().unwrap();
+        if sleeping {
+            wait_until("the client to sleep in futex_wait", || {
+                raw.u32(ctl(0) + CLIENT_WAITING).load(Ordering::Acquire) == 1
+            });
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(raw.u32(ctl(0) + CLIENT_WAITING).load(Ordering::Acquire), 0, "client spins");
+        }
+        let seq = k.snapshot(0).unwrap().seq;
+        assert!(k.fail(0, seq, Status::Aborted));
+        let r = call.join().unwrap().unwrap();
+        assert_eq!(r.status, Status::Aborted);
+        assert_eq!(state(&k, 0), SlotState::Free, "the client freed the slot");
+    });
+}
+
+#[test]
+fn fail_delivers_status_to_a_client_sleeping_in_futex() {
+    fail_delivers_status(SLEEPER, true);
+}
+
+#[test]
+fn fail_delivers_status_to_a_spinning_client() {
+    fail_delivers_status(SPINNER, false);
+}
+
+#[test]
+fn fail_works_on_posted_slots_while_no_server_runs() {
+    let s = setup(1);
+    let k = KernelChannel::map(&s.chan).unwrap();
+    let client = ClientChannel::map(&s.chan, &s.bell).unwrap().with_spin(SLEEPER);
+    std::thread::scope(|sc| {
+        let call = sc.spawn(|| client.call(1, b"anyone?", &mut Vec::new(), None));
+        wait_until("POSTED", || state(&k, 0) == SlotState::Posted);
+        let seq = k.snapshot(0).unwrap().seq;
+        assert!(k.fail(0, seq, Status::Unavailable));
+        assert_eq!(call.join().unwrap().unwrap().status, Status::Unavailable);
+    });
+}
+
+#[test]
+fn publish_written_delivers_a_committed_reply() {
+    let s = setup(1);
+    let k = KernelChannel::map(&s.chan).unwrap();
+    let client = ClientChannel::map(&s.chan, &s.bell).unwrap().with_spin(SLEEPER);
+    std::thread::scope(|sc| {
+        let call = sc.spawn(|| {
+            let mut reply = Vec::new();
+            let r = client.call(1, b"x", &mut reply, None);
+            (r, reply)
+        });
+        let dying = take_and_hang(&s, true);
+        wait_until("TAKEN", || state(&k, 0) == SlotState::Taken);
+        // Reply written, commit point passed, not yet published: then the server dies.
+        std::thread::sleep(Duration::from_millis(10));
+        dying.kill().unwrap();
+        let seq = k.snapshot(0).unwrap().seq;
+        assert!(k.publish_written(0, seq));
+        let (r, reply) = call.join().unwrap();
+        assert_eq!(r.unwrap().status, Status::Ok);
+        assert_eq!(reply, b"committed:x");
+    });
+}
+
+fn close_wakes(spin: SpinConfig, dead: bool) {
+    let s = setup(2);
+    let k = KernelChannel::map(&s.chan).unwrap();
+    let raw = RawMap::new(&s.chan, s.layout.total_size());
+    let client = ClientChannel::map(&s.chan, &s.bell).unwrap().with_spin(spin);
+    std::thread::scope(|sc| {
+        let call = sc.spawn(|| client.call(1, b"wait forever?", &mut Vec::new(), None));
+        wait_until("POSTED", || k.slots().any(|x| x.state == SlotState::Posted));
+        if spin == SLEEPER {
+            wait_until("the client to sleep", || {
+                (0..2).any(|i| raw.u32(ctl(i) + CLIENT_WAITING).load(Ordering::Acquire) == 1)
+            });
+        }
+        if dead { k.mark_dead() } else { k.mark_revoked() }
+        let e = call.join().unwrap().unwrap_err();
+        if dead {
+            assert!(matches!(e, ChanError::Dead), "{e}");
+            assert!(client.is_dead());
+        } else {
+            assert!(matches!(e, ChanError::Revoked), "{e}");
+            assert!(client.is_revoked());
+        }
+    });
+    // Later calls fail at once.
+    let e = client.call(1, b"and now?", &mut Vec::new(), None).unwrap_err();
+    assert!(matches!(e, ChanError::Dead | ChanError::Revoked));
+}
+
+#[test]
+fn mark_dead_wakes_a_sleeping_client_with_an_error() {
+    close_wakes(SLEEPER, true);
+}
+
+#[test]
+fn mark_dead_stops_a_spinning_client() {
+    close_wakes(SPINNER, true);
+}
+
+#[test]
+fn mark_revoked_wakes_a_sleeping_client_with_an_error() {
+    close_wakes(SLEEPER, false);
+}
+
+#[test]
+fn timeout_retracts_an_untaken_request() {
+    let s = setup(1);
+    let k = KernelChannel::map(&s.chan).unwrap();
+    let client = ClientChannel::map(&s.chan, &s.bell).unwrap().with_spin(SLEEPER);
+    let e = client.call(1, b"nobody", &mut Vec::new(), Some(Duration::from_millis(20))).unwrap_err();
+    assert!(matches!(e, ChanError::Timeout { retracted: true, .. }), "{e}");
+    assert_eq!(state(&k, 0), SlotState::Free);
+}
+
+#[test]
+fn timeout_leaves_a_taken_slot_that_is_reused_once_replied() {
+    let s = setup(1);
+    let k = KernelChannel::map(&s.chan).unwrap();
+    let client = ClientChannel::map(&s.chan, &s.bell).unwrap().with_spin(SLEEPER);
+    let hung = take_and_hang(&s, false);
+    let e = client.call(1, b"slow", &mut Vec::new(), Some(Duration::from_millis(50))).unwrap_err();
+    assert!(matches!(e, ChanError::Timeout { retracted: false, .. }), "{e}");
+    assert_eq!(state(&k, 0), SlotState::Taken);
+    // Recovery answers it; the only slot must become usable again.
+    hung.kill().unwrap();
+    assert!(k.fail(0, k.snapshot(0).unwrap().seq, Status::Restarted));
+    let (srv, bell) = echo_server(&s);
+    let mut reply = Vec::new();
+    let r = client.call(2, b"fresh", &mut reply, Some(Duration::from_secs(30))).unwrap();
+    assert_eq!((r.status, reply.as_slice()), (Status::Ok, &b"fresh"[..]));
+    bell.notify(EVENT_STOP);
+    assert_eq!(srv.wait().unwrap(), 0);
+}
