@@ -21,6 +21,11 @@ pub const MAX_CHANNEL_BYTES: usize = 1 << 30;
 
 /// Cache line size used for every block of the layout.
 pub(crate) const LINE: usize = 64;
+// The control line is exactly full: fields, inline request, inline reply.
+const _: () = assert!(ctl::REPLY_LEN + 4 <= ctl::INLINE_REQ);
+const _: () = assert!(ctl::INLINE_REQ + INLINE_REQ_MAX == ctl::INLINE_REPLY);
+const _: () = assert!(ctl::INLINE_REPLY + INLINE_REPLY_MAX == LINE);
+
 /// Page size the total is rounded to.
 pub(crate) const PAGE: usize = 4096;
 
@@ -336,9 +341,6 @@ mod tests {
         assert_eq!(l.req_offset(1), l.reply_offset(0) + 64);
         assert!(l.reply_offset(2) + l.reply_stride() <= l.total_size());
         assert_eq!(l.total_size() % PAGE, 0);
-        assert_eq!(ctl::INLINE_REQ + INLINE_REQ_MAX, ctl::INLINE_REPLY);
-        assert_eq!(ctl::INLINE_REPLY + INLINE_REPLY_MAX, LINE);
-        assert!(ctl::REPLY_LEN + 4 <= ctl::INLINE_REQ);
         assert_eq!(l.req_bytes_offset(1, 16), 128 + 36);
         assert_eq!(l.req_bytes_offset(1, 17), l.req_offset(1));
         assert_eq!(l.reply_bytes_offset(2, 12), 192 + 52);

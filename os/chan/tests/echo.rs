@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use common::payload;
 use txipc_chan::baseline::{EVENT_STOP, fork_child, run_echo_server};
-use txipc_chan::{ChannelLayout, ClientChannel, Doorbell, ServerChannel, Status, create_channel, create_doorbell};
+use txipc_chan::{
+    ChannelLayout, ClientChannel, Doorbell, ServerChannel, Status, create_channel, create_doorbell,
+};
 
 const CALLS: u32 = 1500;
 
@@ -28,13 +30,21 @@ fn client_loop(c: &ClientChannel, who: u32, calls: u32) -> i32 {
 #[test]
 fn echo_many_threads_and_processes_one_channel() {
     // Fewer slots than concurrent callers: claiming also waits for free slots.
-    let layout = ChannelLayout { nslots: 4, req_cap: 256, reply_cap: 256 };
+    let layout = ChannelLayout {
+        nslots: 4,
+        req_cap: 256,
+        reply_cap: 256,
+    };
     let chan = create_channel("echo", layout).unwrap();
     let bell = create_doorbell().unwrap();
     let server = ServerChannel::map(&chan).unwrap();
     let sbell = Doorbell::map(&bell).unwrap();
     let srv = fork_child(|| {
-        let n = run_echo_server(std::slice::from_ref(&server), &sbell, Duration::from_micros(20));
+        let n = run_echo_server(
+            std::slice::from_ref(&server),
+            &sbell,
+            Duration::from_micros(20),
+        );
         // 3 processes and 4 threads, CALLS each.
         if n == 7 * CALLS as u64 { 0 } else { 4 }
     })
@@ -62,12 +72,20 @@ fn echo_many_threads_and_processes_one_channel() {
         assert_eq!(child.wait().unwrap(), 0, "client process {p}");
     }
     sbell.notify(EVENT_STOP);
-    assert_eq!(srv.wait().unwrap(), 0, "server saw a different number of requests");
+    assert_eq!(
+        srv.wait().unwrap(),
+        0,
+        "server saw a different number of requests"
+    );
 }
 
 #[test]
 fn echo_across_inline_and_area_sizes_and_too_large() {
-    let layout = ChannelLayout { nslots: 2, req_cap: 64, reply_cap: 64 };
+    let layout = ChannelLayout {
+        nslots: 2,
+        req_cap: 64,
+        reply_cap: 64,
+    };
     let chan = create_channel("sizes", layout).unwrap();
     let bell = create_doorbell().unwrap();
     let server = ServerChannel::map(&chan).unwrap();
@@ -86,7 +104,13 @@ fn echo_across_inline_and_area_sizes_and_too_large() {
         assert_eq!(reply, req, "len {len}");
     }
     let err = client.call(1, &[0; 65], &mut reply, None).unwrap_err();
-    assert!(matches!(err, txipc_chan::ChanError::RequestTooLarge { len: 65, cap: 64 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            txipc_chan::ChanError::RequestTooLarge { len: 65, cap: 64 }
+        ),
+        "{err}"
+    );
     sbell.notify(EVENT_STOP);
     assert_eq!(srv.wait().unwrap(), 0);
 }

@@ -15,11 +15,18 @@ use txipc_chan::{
 
 #[test]
 fn garbage_in_one_channel_is_answered_malformed_or_ignored_and_harms_no_other() {
-    let layout = ChannelLayout { nslots: 4, req_cap: 128, reply_cap: 128 };
+    let layout = ChannelLayout {
+        nslots: 4,
+        req_cap: 128,
+        reply_cap: 128,
+    };
     let bad_fd = create_channel("victim-of-its-own-client", layout).unwrap();
     let good_fd = create_channel("honest", layout).unwrap();
     let bell = create_doorbell().unwrap();
-    let chans = [ServerChannel::map(&bad_fd).unwrap(), ServerChannel::map(&good_fd).unwrap()];
+    let chans = [
+        ServerChannel::map(&bad_fd).unwrap(),
+        ServerChannel::map(&good_fd).unwrap(),
+    ];
     let sbell = Doorbell::map(&bell).unwrap();
     let srv = fork_child(|| {
         run_echo_server(&chans, &sbell, Duration::from_micros(5));
@@ -38,7 +45,10 @@ fn garbage_in_one_channel_is_answered_malformed_or_ignored_and_harms_no_other() 
     raw.u32(c0 + STATE).store(POSTED, Ordering::Release);
     ring.ring();
     wait_until("a Malformed reply", || raw.state(0) == REPLIED);
-    assert_eq!(Status::from_wire(raw.u32(c0 + STATUS).load(Ordering::Acquire)), Some(Status::Malformed));
+    assert_eq!(
+        Status::from_wire(raw.u32(c0 + STATUS).load(Ordering::Acquire)),
+        Some(Status::Malformed)
+    );
     assert_eq!(raw.u32(c0 + REPLY_LEN).load(Ordering::Acquire), 0);
 
     // 2. Random garbage everywhere in the hostile channel while an honest client works on the
@@ -59,25 +69,39 @@ fn garbage_in_one_channel_is_answered_malformed_or_ignored_and_harms_no_other() 
                 _ => (r >> 32) as u32,
             };
             // Mostly the control blocks, sometimes anywhere (header, areas).
-            let off = if r & 3 != 0 { ctl(0) + off % (ctl_end - ctl(0)) & !3 } else { off };
+            let off = if r & 3 != 0 {
+                (ctl(0) + off % (ctl_end - ctl(0))) & !3
+            } else {
+                off
+            };
             raw.u32(off).store(val, Ordering::Relaxed);
         }
         ring.ring();
         let req = payload(7, i, 128);
-        let r = honest.call(3, &req, &mut reply, Some(Duration::from_secs(60))).unwrap();
+        let r = honest
+            .call(3, &req, &mut reply, Some(Duration::from_secs(60)))
+            .unwrap();
         assert_eq!(r.status, Status::Ok);
         assert_eq!(reply, req);
     }
 
     // The server is alive and well: a fresh call works, and it exits normally when told to.
     let r = honest.call(3, b"still there?", &mut reply, None).unwrap();
-    assert_eq!((r.status, reply.as_slice()), (Status::Ok, &b"still there?"[..]));
+    assert_eq!(
+        (r.status, reply.as_slice()),
+        (Status::Ok, &b"still there?"[..])
+    );
     sbell.notify(EVENT_STOP);
-    assert_eq!(srv.wait().unwrap(), 0, "the server must neither panic nor crash");
+    assert_eq!(
+        srv.wait().unwrap(),
+        0,
+        "the server must neither panic nor crash"
+    );
 }
 
 fn sealed_memfd(size: u64, init: impl FnOnce(&RawMap)) -> std::os::fd::OwnedFd {
-    let fd = rustix::fs::memfd_create("test", MemfdFlags::ALLOW_SEALING | MemfdFlags::CLOEXEC).unwrap();
+    let fd =
+        rustix::fs::memfd_create("test", MemfdFlags::ALLOW_SEALING | MemfdFlags::CLOEXEC).unwrap();
     rustix::fs::ftruncate(&fd, size).unwrap();
     if size >= 4096 {
         init(&RawMap::new(&fd, 4096));
@@ -98,17 +122,32 @@ fn mapping_rejects_bad_fds_with_clear_errors() {
     };
 
     let tiny = sealed_memfd(100, |_| {});
-    assert!(matches!(ServerChannel::map(&tiny), Err(ChanError::TooSmall { actual: 100, .. })));
+    assert!(matches!(
+        ServerChannel::map(&tiny),
+        Err(ChanError::TooSmall { actual: 100, .. })
+    ));
 
     let zeros = sealed_memfd(4096, |_| {});
-    assert!(matches!(KernelChannel::map(&zeros), Err(ChanError::BadMagic { found: 0, .. })));
-    assert!(matches!(Doorbell::map(&zeros), Err(ChanError::BadMagic { what: "doorbell", .. })));
+    assert!(matches!(
+        KernelChannel::map(&zeros),
+        Err(ChanError::BadMagic { found: 0, .. })
+    ));
+    assert!(matches!(
+        Doorbell::map(&zeros),
+        Err(ChanError::BadMagic {
+            what: "doorbell",
+            ..
+        })
+    ));
 
     let version = sealed_memfd(4096, |m| {
         write_header(m, 1, 64);
         m.u32(8).store(99, Ordering::Relaxed);
     });
-    assert!(matches!(ServerChannel::map(&version), Err(ChanError::BadVersion { found: 99, .. })));
+    assert!(matches!(
+        ServerChannel::map(&version),
+        Err(ChanError::BadVersion { found: 99, .. })
+    ));
 
     // A header that claims more than the fd holds.
     let liar = sealed_memfd(4096, |m| write_header(m, 64, 4096));
@@ -117,43 +156,82 @@ fn mapping_rejects_bad_fds_with_clear_errors() {
 
     // A header beyond the limits.
     let huge = sealed_memfd(4096, |m| write_header(m, 100_000, 64));
-    assert!(matches!(ServerChannel::map(&huge), Err(ChanError::BadLayout(_))));
+    assert!(matches!(
+        ServerChannel::map(&huge),
+        Err(ChanError::BadLayout(_))
+    ));
 
     // A well-formed channel that a peer could still shrink.
     let unsealed = rustix::fs::memfd_create("unsealed", MemfdFlags::CLOEXEC).unwrap();
     rustix::fs::ftruncate(&unsealed, 8192).unwrap();
     write_header(&RawMap::new(&unsealed, 4096), 1, 64);
-    assert!(matches!(ServerChannel::map(&unsealed), Err(ChanError::NotSealed { .. })));
+    assert!(matches!(
+        ServerChannel::map(&unsealed),
+        Err(ChanError::NotSealed { .. })
+    ));
 
     // A doorbell is not a channel and the other way round.
     let bell = create_doorbell().unwrap();
     let chan = create_channel("c", ChannelLayout::default()).unwrap();
-    assert!(matches!(ServerChannel::map(&bell), Err(ChanError::BadMagic { .. })));
-    assert!(matches!(Doorbell::map(&chan), Err(ChanError::BadMagic { .. })));
-    assert!(matches!(ClientChannel::map(&chan, &chan), Err(ChanError::BadMagic { .. })));
+    assert!(matches!(
+        ServerChannel::map(&bell),
+        Err(ChanError::BadMagic { .. })
+    ));
+    assert!(matches!(
+        Doorbell::map(&chan),
+        Err(ChanError::BadMagic { .. })
+    ));
+    assert!(matches!(
+        ClientChannel::map(&chan, &chan),
+        Err(ChanError::BadMagic { .. })
+    ));
 
     // Our own channels are sealed: nobody can shrink them under a peer.
     assert!(rustix::fs::ftruncate(&chan, 0).is_err());
-    assert!(create_channel("x", ChannelLayout { nslots: 0, req_cap: 1, reply_cap: 1 }).is_err());
+    assert!(
+        create_channel(
+            "x",
+            ChannelLayout {
+                nslots: 0,
+                req_cap: 1,
+                reply_cap: 1
+            }
+        )
+        .is_err()
+    );
 }
 
 /// A lying server (untrusted by the client): unknown status, impossible reply length, a state
 /// the protocol never writes. The client reports an error and never reads out of bounds.
 #[test]
 fn client_rejects_a_lying_server() {
-    let layout = ChannelLayout { nslots: 1, req_cap: 64, reply_cap: 64 };
+    let layout = ChannelLayout {
+        nslots: 1,
+        req_cap: 64,
+        reply_cap: 64,
+    };
     let fd = create_channel("liar", layout).unwrap();
     let bell = create_doorbell().unwrap();
     let raw = RawMap::new(&fd, layout.total_size());
     let server = ServerChannel::map(&fd).unwrap();
     let client = ClientChannel::map(&fd, &bell)
         .unwrap()
-        .with_spin(SpinConfig { mode: SpinMode::Pure, budget: Duration::ZERO });
+        .with_spin(SpinConfig {
+            mode: SpinMode::Pure,
+            budget: Duration::ZERO,
+        });
 
-    let cases: [(&str, fn(&RawMap)); 3] = [
-        ("unknown status", |m| m.u32(ctl(0) + STATUS).store(999, Ordering::Relaxed)),
-        ("reply longer than reply_cap", |m| m.u32(ctl(0) + REPLY_LEN).store(65, Ordering::Relaxed)),
-        ("reply length u32::MAX", |m| m.u32(ctl(0) + REPLY_LEN).store(u32::MAX, Ordering::Relaxed)),
+    type Lie = fn(&RawMap);
+    let cases: [(&str, Lie); 3] = [
+        ("unknown status", |m| {
+            m.u32(ctl(0) + STATUS).store(999, Ordering::Relaxed)
+        }),
+        ("reply longer than reply_cap", |m| {
+            m.u32(ctl(0) + REPLY_LEN).store(65, Ordering::Relaxed)
+        }),
+        ("reply length u32::MAX", |m| {
+            m.u32(ctl(0) + REPLY_LEN).store(u32::MAX, Ordering::Relaxed)
+        }),
     ];
     for (what, lie) in cases {
         std::thread::scope(|s| {
@@ -177,7 +255,8 @@ fn client_rejects_a_lying_server() {
         wait_until("the request", || raw.state(0) == POSTED);
         let _t = server.try_take().unwrap();
         raw.u32(ctl(0) + STATE).store(0x77, Ordering::Release);
-        rustix::thread::futex::wake(raw.u32(ctl(0)), rustix::thread::futex::Flags::empty(), 1).unwrap();
+        rustix::thread::futex::wake(raw.u32(ctl(0)), rustix::thread::futex::Flags::empty(), 1)
+            .unwrap();
         assert!(matches!(h.join().unwrap(), Err(ChanError::Protocol(_))));
     });
 }

@@ -19,12 +19,26 @@ struct Setup {
 }
 
 fn setup(nslots: u32) -> Setup {
-    let layout = ChannelLayout { nslots, req_cap: 128, reply_cap: 128 };
-    Setup { layout, chan: create_channel("rec", layout).unwrap(), bell: create_doorbell().unwrap() }
+    let layout = ChannelLayout {
+        nslots,
+        req_cap: 128,
+        reply_cap: 128,
+    };
+    Setup {
+        layout,
+        chan: create_channel("rec", layout).unwrap(),
+        bell: create_doorbell().unwrap(),
+    }
 }
 
-const SLEEPER: SpinConfig = SpinConfig { mode: SpinMode::Pure, budget: Duration::ZERO };
-const SPINNER: SpinConfig = SpinConfig { mode: SpinMode::Pure, budget: Duration::from_secs(3600) };
+const SLEEPER: SpinConfig = SpinConfig {
+    mode: SpinMode::Pure,
+    budget: Duration::ZERO,
+};
+const SPINNER: SpinConfig = SpinConfig {
+    mode: SpinMode::Pure,
+    budget: Duration::from_secs(3600),
+};
 
 /// A server incarnation that takes one request (and optionally writes its reply) and then
 /// hangs until killed, as if it crashed mid-transaction.
@@ -69,7 +83,9 @@ fn state(k: &KernelChannel, slot: usize) -> SlotState {
 fn taken_slot_is_reposted_with_attempt_raised_and_taken_again() {
     let s = setup(2);
     let k = KernelChannel::map(&s.chan).unwrap();
-    let client = ClientChannel::map(&s.chan, &s.bell).unwrap().with_spin(SLEEPER);
+    let client = ClientChannel::map(&s.chan, &s.bell)
+        .unwrap()
+        .with_spin(SLEEPER);
     std::thread::scope(|sc| {
         let call = sc.spawn(|| {
             let mut reply = Vec::new();
@@ -77,16 +93,24 @@ fn taken_slot_is_reposted_with_attempt_raised_and_taken_again() {
             (r, reply)
         });
         let dying = take_and_hang(&s, false);
-        wait_until("the server to take the request", || k.slots().any(|x| x.state == SlotState::Taken));
+        wait_until("the server to take the request", || {
+            k.slots().any(|x| x.state == SlotState::Taken)
+        });
         let snap = k.slots().find(|x| x.state == SlotState::Taken).unwrap();
         assert_eq!(snap.attempt, 0);
         dying.kill().unwrap(); // confirmed dead from here on
 
-        assert!(!k.repost(snap.slot, snap.seq + 1), "wrong seq must be refused");
+        assert!(
+            !k.repost(snap.slot, snap.seq + 1),
+            "wrong seq must be refused"
+        );
         assert!(k.repost(snap.slot, snap.seq));
         assert!(!k.repost(snap.slot, snap.seq), "no longer TAKEN");
         let again = k.snapshot(snap.slot).unwrap();
-        assert_eq!((again.state, again.attempt, again.seq), (SlotState::Posted, 1, snap.seq));
+        assert_eq!(
+            (again.state, again.attempt, again.seq),
+            (SlotState::Posted, 1, snap.seq)
+        );
 
         k.set_generation(2);
         let (next, bell) = echo_server(&s);
@@ -103,7 +127,9 @@ fn fail_delivers_status(spin: SpinConfig, sleeping: bool) {
     let s = setup(1);
     let k = KernelChannel::map(&s.chan).unwrap();
     let raw = RawMap::new(&s.chan, s.layout.total_size());
-    let client = ClientChannel::map(&s.chan, &s.bell).unwrap().with_spin(spin);
+    let client = ClientChannel::map(&s.chan, &s.bell)
+        .unwrap()
+        .with_spin(spin);
     std::thread::scope(|sc| {
         let call = sc.spawn(|| client.call(1, b"poison", &mut Vec::new(), None));
         // A server takes it and dies with it.
@@ -116,7 +142,11 @@ fn fail_delivers_status(spin: SpinConfig, sleeping: bool) {
             });
         } else {
             std::thread::sleep(Duration::from_millis(20));
-            assert_eq!(raw.u32(ctl(0) + CLIENT_WAITING).load(Ordering::Acquire), 0, "client spins");
+            assert_eq!(
+                raw.u32(ctl(0) + CLIENT_WAITING).load(Ordering::Acquire),
+                0,
+                "client spins"
+            );
         }
         let seq = k.snapshot(0).unwrap().seq;
         assert!(k.fail(0, seq, Status::Aborted));
@@ -140,7 +170,9 @@ fn fail_delivers_status_to_a_spinning_client() {
 fn fail_works_on_posted_slots_while_no_server_runs() {
     let s = setup(1);
     let k = KernelChannel::map(&s.chan).unwrap();
-    let client = ClientChannel::map(&s.chan, &s.bell).unwrap().with_spin(SLEEPER);
+    let client = ClientChannel::map(&s.chan, &s.bell)
+        .unwrap()
+        .with_spin(SLEEPER);
     std::thread::scope(|sc| {
         let call = sc.spawn(|| client.call(1, b"anyone?", &mut Vec::new(), None));
         wait_until("POSTED", || state(&k, 0) == SlotState::Posted);
@@ -154,7 +186,9 @@ fn fail_works_on_posted_slots_while_no_server_runs() {
 fn publish_written_delivers_a_committed_reply() {
     let s = setup(1);
     let k = KernelChannel::map(&s.chan).unwrap();
-    let client = ClientChannel::map(&s.chan, &s.bell).unwrap().with_spin(SLEEPER);
+    let client = ClientChannel::map(&s.chan, &s.bell)
+        .unwrap()
+        .with_spin(SLEEPER);
     std::thread::scope(|sc| {
         let call = sc.spawn(|| {
             let mut reply = Vec::new();
@@ -178,7 +212,9 @@ fn close_wakes(spin: SpinConfig, dead: bool) {
     let s = setup(2);
     let k = KernelChannel::map(&s.chan).unwrap();
     let raw = RawMap::new(&s.chan, s.layout.total_size());
-    let client = ClientChannel::map(&s.chan, &s.bell).unwrap().with_spin(spin);
+    let client = ClientChannel::map(&s.chan, &s.bell)
+        .unwrap()
+        .with_spin(spin);
     std::thread::scope(|sc| {
         let call = sc.spawn(|| client.call(1, b"wait forever?", &mut Vec::new(), None));
         wait_until("POSTED", || k.slots().any(|x| x.state == SlotState::Posted));
@@ -187,7 +223,11 @@ fn close_wakes(spin: SpinConfig, dead: bool) {
                 (0..2).any(|i| raw.u32(ctl(i) + CLIENT_WAITING).load(Ordering::Acquire) == 1)
             });
         }
-        if dead { k.mark_dead() } else { k.mark_revoked() }
+        if dead {
+            k.mark_dead()
+        } else {
+            k.mark_revoked()
+        }
         let e = call.join().unwrap().unwrap_err();
         if dead {
             assert!(matches!(e, ChanError::Dead), "{e}");
@@ -198,7 +238,9 @@ fn close_wakes(spin: SpinConfig, dead: bool) {
         }
     });
     // Later calls fail at once.
-    let e = client.call(1, b"and now?", &mut Vec::new(), None).unwrap_err();
+    let e = client
+        .call(1, b"and now?", &mut Vec::new(), None)
+        .unwrap_err();
     assert!(matches!(e, ChanError::Dead | ChanError::Revoked));
 }
 
@@ -221,9 +263,27 @@ fn mark_revoked_wakes_a_sleeping_client_with_an_error() {
 fn timeout_retracts_an_untaken_request() {
     let s = setup(1);
     let k = KernelChannel::map(&s.chan).unwrap();
-    let client = ClientChannel::map(&s.chan, &s.bell).unwrap().with_spin(SLEEPER);
-    let e = client.call(1, b"nobody", &mut Vec::new(), Some(Duration::from_millis(20))).unwrap_err();
-    assert!(matches!(e, ChanError::Timeout { retracted: true, .. }), "{e}");
+    let client = ClientChannel::map(&s.chan, &s.bell)
+        .unwrap()
+        .with_spin(SLEEPER);
+    let e = client
+        .call(
+            1,
+            b"nobody",
+            &mut Vec::new(),
+            Some(Duration::from_millis(20)),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ChanError::Timeout {
+                retracted: true,
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert_eq!(state(&k, 0), SlotState::Free);
 }
 
@@ -231,17 +291,32 @@ fn timeout_retracts_an_untaken_request() {
 fn timeout_leaves_a_taken_slot_that_is_reused_once_replied() {
     let s = setup(1);
     let k = KernelChannel::map(&s.chan).unwrap();
-    let client = ClientChannel::map(&s.chan, &s.bell).unwrap().with_spin(SLEEPER);
+    let client = ClientChannel::map(&s.chan, &s.bell)
+        .unwrap()
+        .with_spin(SLEEPER);
     let hung = take_and_hang(&s, false);
-    let e = client.call(1, b"slow", &mut Vec::new(), Some(Duration::from_millis(50))).unwrap_err();
-    assert!(matches!(e, ChanError::Timeout { retracted: false, .. }), "{e}");
+    let e = client
+        .call(1, b"slow", &mut Vec::new(), Some(Duration::from_millis(50)))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ChanError::Timeout {
+                retracted: false,
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert_eq!(state(&k, 0), SlotState::Taken);
     // Recovery answers it; the only slot must become usable again.
     hung.kill().unwrap();
     assert!(k.fail(0, k.snapshot(0).unwrap().seq, Status::Restarted));
     let (srv, bell) = echo_server(&s);
     let mut reply = Vec::new();
-    let r = client.call(2, b"fresh", &mut reply, Some(Duration::from_secs(30))).unwrap();
+    let r = client
+        .call(2, b"fresh", &mut reply, Some(Duration::from_secs(30)))
+        .unwrap();
     assert_eq!((r.status, reply.as_slice()), (Status::Ok, &b"fresh"[..]));
     bell.notify(EVENT_STOP);
     assert_eq!(srv.wait().unwrap(), 0);

@@ -46,7 +46,10 @@ impl RawMap {
             )
             .expect("mmap")
         };
-        Self { ptr: NonNull::new(p.cast()).unwrap(), len }
+        Self {
+            ptr: NonNull::new(p.cast()).unwrap(),
+            len,
+        }
     }
 
     pub fn u32(&self, off: usize) -> &AtomicU32 {
@@ -91,7 +94,10 @@ impl Drop for RawMap {
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_micros(200));
     }
 }
