@@ -77,7 +77,7 @@ fn doorbell_and_reply_wakeups_are_never_lost_with_zero_spin() {
 fn bare_doorbell_wait_never_misses_a_ring() {
     let bell = create_doorbell().unwrap();
     // Shared counters: [0] posted by the client, [1] acknowledged by the server.
-    let shm = common::RawMap::new(&make_shm(), 4096);
+    let shm = common::RawMap::new(make_shm(), 4096);
     let sbell = Doorbell::map(&bell).unwrap();
     let posted = shm.u32(0);
     let acked = shm.u32(4);
