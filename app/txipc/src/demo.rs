@@ -1,16 +1,691 @@
-//! `txipc demo` (being written).
+//! `txipc demo`: the default system under load, with faults injected live, verified at the end.
+//!
+//! The demo boots the kv server under policy `txipc`, starts client *processes* (`txipc
+//! __client`), and while they run injects a fault every few hundred milliseconds: SIGKILL of the
+//! server, or a fail point (panic, SIGSEGV, abort, hang) armed at a random point of the commit
+//! protocol. Each client keeps an exact model of what it did: its own counter (`incr`), its own
+//! compare-and-swap chain, its own keys (`put`), and its increments of one shared counter.
+//! Because the model is exact, a lost update (a reply seen, effect missing), a duplicated one
+//! (effect applied twice) or a half-applied one (some keys of a request changed) shows up as a
+//! difference. At the end the demo reads the whole state back through the server and compares.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use kv_api::{CasOutcome, KvClient};
+use rand::{Rng, RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use txipc_core::failpoint::{FailKind, FailPoint};
+use txipc_runtime::client::{System, SystemProcess};
+use txipc_service::{CallError, Error as SvcError};
 
 /// Arguments of `txipc demo`.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// How long to run.
+    /// How long the clients run, in seconds.
     #[arg(long, default_value_t = 30)]
     pub seconds: u64,
+    /// Client processes.
+    #[arg(long, default_value_t = 4)]
+    pub clients: u32,
+    /// Mean time between two injected faults, in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    pub fault_interval_ms: u64,
+    /// Which faults to inject (comma-separated): kill, panic, segv, abort, hang, exit.
+    #[arg(long, default_value = "kill,panic,segv,abort,hang")]
+    pub faults: String,
+    /// Recovery policy of the kv server: txipc (typed tracking), page (txipc with page
+    /// tracking), restart or none — the baselines show what the others lose.
+    #[arg(long, default_value = "txipc")]
+    pub policy: String,
+    /// Seed of the fault schedule and the clients' operation mix.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// No progress lines.
+    #[arg(long)]
+    pub quiet: bool,
     /// Print one JSON object as the last line.
     #[arg(long)]
     pub json: bool,
 }
 
-pub fn run(_args: DemoArgs) -> anyhow::Result<()> {
-    anyhow::bail!("demo: not built yet")
+/// Arguments of the hidden `txipc __client` (one demo client process).
+#[derive(clap::Args, Debug)]
+pub struct ClientArgs {
+    /// The system to connect to.
+    #[arg(long)]
+    pub system: String,
+    /// This client's number (its keys are `c<id>/...`).
+    #[arg(long)]
+    pub id: u32,
+    /// How long to run.
+    #[arg(long)]
+    pub millis: u64,
+    /// Seed of the operation mix.
+    #[arg(long)]
+    pub seed: u64,
+}
+
+/// What a client reports at the end (one JSON line prefixed with `result `).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClientReport {
+    /// Client number.
+    pub id: u32,
+    /// Calls that completed with the service's answer.
+    pub ops: u64,
+    /// Calls that failed with a system error (request did not take effect, or unknown).
+    pub failed: u64,
+    /// Updates whose effect went missing, seen in replies during the run.
+    pub lost: u64,
+    /// Updates applied more than once, seen in replies during the run.
+    pub duplicated: u64,
+    /// Keys whose final value is unknown (an ambiguous error: the request may or may not have
+    /// run). Under `txipc` there are none.
+    pub uncertain: Vec<String>,
+    /// Final value of each own key, as the client knows it (hex).
+    pub model: BTreeMap<String, String>,
+    /// Successful increments of the shared counter.
+    pub shared_incrs: u64,
+    /// 99th percentile latency, nanoseconds.
+    pub p99_ns: u64,
+    /// Median latency, nanoseconds.
+    pub p50_ns: u64,
+    /// Worst latency, nanoseconds.
+    pub max_ns: u64,
+}
+
+const SHARED: &[u8] = b"shared/ctr";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The client process: runs the operation mix until its time is up, then prints its report.
+pub fn client_main(args: ClientArgs) -> Result<()> {
+    let sys = System::connect(&args.system)?;
+    let kv = KvClient::new(sys.open("kv")?);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let mut rep = ClientReport {
+        id: args.id,
+        ..Default::default()
+    };
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(100, 60_000_000_000, 3)?;
+    let mut window = hdrhistogram::Histogram::<u64>::new_with_bounds(100, 60_000_000_000, 3)?;
+    let ctr_key = format!("c{}/ctr", args.id).into_bytes();
+    let chain_key = format!("c{}/chain", args.id).into_bytes();
+    let mut ctr: i64 = 0;
+    let mut chain: u64 = 0;
+    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_millis(args.millis);
+    let mut last_progress = Instant::now();
+    let out = std::io::stdout();
+    let mut uncertain = std::collections::BTreeSet::new();
+    while Instant::now() < deadline {
+        let op = rng.random_range(0..100u32);
+        let t = Instant::now();
+        // Every branch: call, then compare the reply with the model.
+        let outcome: Result<(), CallError> = match op {
+            0..30 => match kv.incr(ctr_key.clone(), 1) {
+                Ok(v) => {
+                    let expect = ctr + 1;
+                    if v > expect {
+                        rep.duplicated += (v - expect) as u64;
+                    } else if v < expect {
+                        rep.lost += (expect - v) as u64;
+                    }
+                    ctr = v;
+                    Ok(())
+                }
+                Err(SvcError::Service(e)) => bail!("kv refused incr: {e}"),
+                Err(SvcError::Call(e)) => {
+                    if !e.did_not_run() {
+                        uncertain.insert(ctr_key.clone());
+                    }
+                    Err(e)
+                }
+            },
+            30..50 => {
+                let cur = chain.to_string().into_bytes();
+                let next = (chain + 1).to_string().into_bytes();
+                let expected = if chain == 0 { None } else { Some(cur) };
+                match kv.cas(chain_key.clone(), expected, Some(next.clone())) {
+                    Ok(CasOutcome { swapped: true, .. }) => {
+                        chain += 1;
+                        Ok(())
+                    }
+                    Ok(CasOutcome {
+                        swapped: false,
+                        current,
+                    }) => {
+                        // Only this client writes the chain: a failed swap means the request
+                        // already ran once (duplicate) or an earlier one was lost.
+                        if current.as_deref() == Some(&next[..]) {
+                            rep.duplicated += 1;
+                            chain += 1;
+                        } else {
+                            rep.lost += 1;
+                            chain = current
+                                .and_then(|c| String::from_utf8(c).ok()?.parse().ok())
+                                .unwrap_or(0);
+                        }
+                        Ok(())
+                    }
+                    Err(SvcError::Service(e)) => bail!("kv refused cas: {e}"),
+                    Err(SvcError::Call(e)) => {
+                        if !e.did_not_run() {
+                            uncertain.insert(chain_key.clone());
+                        }
+                        Err(e)
+                    }
+                }
+            }
+            50..80 => {
+                let key = format!("c{}/k{}", args.id, rng.random_range(0..64u32)).into_bytes();
+                let len = rng.random_range(1..200usize);
+                let mut value = vec![0u8; len];
+                rng.fill_bytes(&mut value);
+                match kv.put(key.clone(), value.clone()) {
+                    Ok(prev) => {
+                        if prev.as_ref() != model.get(&key) && !uncertain.contains(&key) {
+                            // The previous value the server saw is not the one we wrote last.
+                            rep.lost += 1;
+                        }
+                        model.insert(key, value);
+                        Ok(())
+                    }
+                    Err(SvcError::Service(e)) => bail!("kv refused put: {e}"),
+                    Err(SvcError::Call(e)) => {
+                        if !e.did_not_run() {
+                            uncertain.insert(key);
+                        }
+                        Err(e)
+                    }
+                }
+            }
+            80..90 => {
+                let key = format!("c{}/k{}", args.id, rng.random_range(0..64u32)).into_bytes();
+                match kv.get(key.clone()) {
+                    Ok(v) => {
+                        if v.as_ref() != model.get(&key) && !uncertain.contains(&key) {
+                            rep.lost += 1;
+                        }
+                        Ok(())
+                    }
+                    Err(SvcError::Service(e)) => bail!("kv refused get: {e}"),
+                    Err(SvcError::Call(e)) => Err(e),
+                }
+            }
+            _ => match kv.incr(SHARED.to_vec(), 1) {
+                Ok(_) => {
+                    rep.shared_incrs += 1;
+                    Ok(())
+                }
+                Err(SvcError::Service(e)) => bail!("kv refused incr: {e}"),
+                Err(SvcError::Call(e)) => {
+                    if !e.did_not_run() {
+                        uncertain.insert(SHARED.to_vec());
+                    }
+                    Err(e)
+                }
+            },
+        };
+        let ns = t.elapsed().as_nanos() as u64;
+        match outcome {
+            Ok(()) => {
+                rep.ops += 1;
+                let _ = hist.record(ns.max(100));
+                let _ = window.record(ns.max(100));
+            }
+            Err(e) => {
+                rep.failed += 1;
+                if matches!(
+                    e,
+                    CallError::Unavailable { .. } | CallError::Disconnected(_)
+                ) {
+                    // The server is gone for good (policy none): stop early, nothing to do.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        if last_progress.elapsed() >= Duration::from_millis(250) {
+            let mut o = out.lock();
+            let _ = writeln!(
+                o,
+                "progress {} {} {}",
+                rep.ops,
+                rep.failed,
+                window.value_at_quantile(0.99)
+            );
+            let _ = o.flush();
+            window.reset();
+            last_progress = Instant::now();
+        }
+    }
+    model.insert(ctr_key.clone(), ctr.to_le_bytes().to_vec());
+    if chain > 0 {
+        model.insert(chain_key.clone(), chain.to_string().into_bytes());
+    }
+    rep.model = model
+        .iter()
+        .filter(|(k, _)| !uncertain.contains(*k))
+        .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), hex(v)))
+        .collect();
+    if ctr == 0 {
+        rep.model
+            .remove(&String::from_utf8_lossy(&ctr_key).into_owned());
+    }
+    rep.uncertain = uncertain
+        .iter()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    rep.p99_ns = hist.value_at_quantile(0.99);
+    rep.p50_ns = hist.value_at_quantile(0.5);
+    rep.max_ns = hist.max();
+    let mut o = out.lock();
+    writeln!(o, "result {}", serde_json::to_string(&rep)?)?;
+    o.flush()?;
+    Ok(())
+}
+
+/// The demo's verdict.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DemoReport {
+    /// Calls completed by all clients.
+    pub requests: u64,
+    /// Faults injected.
+    pub faults_injected: u64,
+    /// Faults by kind.
+    pub faults_by_kind: BTreeMap<String, u64>,
+    /// Server restarts the kernel performed.
+    pub recoveries: u64,
+    /// Requests re-executed after a rollback.
+    pub retried_requests: u64,
+    /// Calls that ended in a system error.
+    pub failed_requests: u64,
+    /// Updates whose effect is missing.
+    pub lost_updates: u64,
+    /// Updates applied more than once.
+    pub duplicated_updates: u64,
+    /// Keys whose value differs from the clients' model in another way (half-applied or
+    /// corrupted).
+    pub divergent_keys: u64,
+    /// Keys the clients could not know (ambiguous errors; none under txipc).
+    pub uncertain_keys: u64,
+    /// The state read back equals the model, and nothing was lost or duplicated.
+    pub state_verified: bool,
+    /// Client-observed latency percentiles (worst client), microseconds.
+    pub p50_us: f64,
+    /// 99th percentile, worst client.
+    pub p99_us: f64,
+    /// Worst latency seen.
+    pub max_us: f64,
+    /// Throughput over the run.
+    pub ops_per_sec: f64,
+    /// Last recovery time the kernel measured (fault seen → new incarnation serving).
+    pub last_recovery_us: Option<f64>,
+    /// The kv server's policy.
+    pub policy: String,
+    /// Seconds the clients ran.
+    pub seconds: f64,
+}
+
+fn manifest(system: &str, policy: &str) -> Result<String> {
+    let (policy, tracking) = match policy {
+        "txipc" | "typed" => ("txipc", "typed"),
+        "page" => ("txipc", "page"),
+        "restart" => ("restart", "typed"),
+        "none" => ("none", "typed"),
+        other => bail!("unknown policy `{other}`: use txipc, page, restart or none"),
+    };
+    Ok(format!(
+        "name = \"{system}\"\n\
+         [[server]]\nname = \"kv\"\nbuiltin = \"kv\"\npolicy = \"{policy}\"\ntracking = \"{tracking}\"\n\
+         heap_mb = 256\ndeadline_ms = 300\nretry_limit = 3\n\
+         [server.restart]\nmin_interval_ms = 0\nmax_restarts = 1000\nwindow_ms = 1000\n\
+         [[grant]]\nclient = \"*\"\nservice = \"kv\"\n"
+    ))
+}
+
+fn parse_faults(s: &str) -> Result<Vec<&'static str>> {
+    let mut v = Vec::new();
+    for f in s.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        v.push(match f {
+            "kill" => "kill",
+            "panic" => "panic",
+            "segv" => "segv",
+            "abort" => "abort",
+            "hang" => "hang",
+            "exit" => "exit",
+            other => bail!("unknown fault `{other}`: use kill, panic, segv, abort, hang, exit"),
+        });
+    }
+    Ok(v)
+}
+
+struct ClientProc {
+    child: Child,
+    rx: mpsc::Receiver<String>,
+}
+
+fn spawn_client(exe: &Path, system: &str, id: u32, millis: u64, seed: u64) -> Result<ClientProc> {
+    let mut child = Command::new(exe)
+        .args(["__client", "--system", system])
+        .args(["--id", &id.to_string(), "--millis", &millis.to_string()])
+        .args(["--seed", &seed.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting a client process")?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(ClientProc { child, rx })
+}
+
+/// Runs the demo.
+pub fn run(args: DemoArgs) -> Result<()> {
+    let exe: PathBuf = std::env::current_exe().context("locating the txipc binary")?;
+    let report = run_demo(&exe, &args)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    if report.state_verified {
+        Ok(())
+    } else {
+        bail!("the state read back differs from the clients' model (see the report above)")
+    }
+}
+
+/// Runs the demo and returns its report (also used by tests through the binary).
+pub fn run_demo(exe: &Path, args: &DemoArgs) -> Result<DemoReport> {
+    let faults = parse_faults(&args.faults)?;
+    let seed = args.seed.unwrap_or_else(|| txipc_sys_seed());
+    let system = format!("demo-{}", std::process::id());
+    let say = |s: String| {
+        if !args.quiet {
+            eprintln!("{s}");
+        }
+    };
+    say(format!(
+        "txipc demo: kv under policy `{}`, {} client processes for {} s, a fault every ~{} ms ({}); seed {seed}",
+        args.policy,
+        args.clients,
+        args.seconds,
+        args.fault_interval_ms,
+        faults.join(", ")
+    ));
+    let sys = SystemProcess::spawn(
+        exe,
+        &manifest(&system, &args.policy)?,
+        &system,
+        Duration::from_secs(20),
+    )?;
+    let conn = sys.connect()?;
+    let millis = args.seconds * 1000;
+    let mut clients = Vec::new();
+    for id in 0..args.clients {
+        clients.push(spawn_client(
+            exe,
+            &system,
+            id,
+            millis,
+            seed.wrapping_add(id as u64 * 7919),
+        )?);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut report = DemoReport {
+        policy: args.policy.clone(),
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let end = start + Duration::from_millis(millis);
+    let mut next_fault = start + jitter(&mut rng, args.fault_interval_ms);
+    let mut next_show = start + Duration::from_secs(1);
+    let mut ops: Vec<u64> = vec![0; clients.len()];
+    let mut failed: Vec<u64> = vec![0; clients.len()];
+    let mut p99s: Vec<u64> = vec![0; clients.len()];
+    let mut results: Vec<Option<ClientReport>> = vec![None; clients.len()];
+    let mut last_ops = 0u64;
+    let mut last_show = start;
+    // Run until every client reported (bounded: clients stop by themselves at `end`).
+    let hard_stop = end + Duration::from_secs(30);
+    while results.iter().any(Option::is_none) && Instant::now() < hard_stop {
+        for (i, c) in clients.iter().enumerate() {
+            while let Ok(line) = c.rx.try_recv() {
+                if let Some(rest) = line.strip_prefix("progress ") {
+                    let v: Vec<u64> = rest.split(' ').filter_map(|x| x.parse().ok()).collect();
+                    if let [o, f, p] = v[..] {
+                        ops[i] = o;
+                        failed[i] = f;
+                        p99s[i] = p;
+                    }
+                } else if let Some(rest) = line.strip_prefix("result ") {
+                    results[i] = Some(serde_json::from_str(rest)?);
+                }
+            }
+        }
+        let now = Instant::now();
+        if now >= next_fault && now < end {
+            let kind = faults[rng.random_range(0..faults.len())];
+            if inject(&conn, kind, &mut rng).is_ok() {
+                report.faults_injected += 1;
+                *report.faults_by_kind.entry(kind.into()).or_default() += 1;
+            }
+            next_fault = now + jitter(&mut rng, args.fault_interval_ms);
+        }
+        if now >= next_show && !args.quiet {
+            let total: u64 = ops.iter().sum();
+            let rate = (total - last_ops) as f64 / now.duration_since(last_show).as_secs_f64();
+            let ps = conn.ps().unwrap_or_default();
+            let restarts = ps.first().map_or(0, |s| s.restarts);
+            eprintln!(
+                "[{:>4.1}s] {:>8.0} ops/s  requests {:>8}  faults {:>4}  recoveries {:>4}  failed {:>3}  p99 {:>7.0} µs",
+                now.duration_since(start).as_secs_f64(),
+                rate,
+                total,
+                report.faults_injected,
+                restarts,
+                failed.iter().sum::<u64>(),
+                p99s.iter().copied().max().unwrap_or(0) as f64 / 1000.0
+            );
+            last_ops = total;
+            last_show = now;
+            next_show = now + Duration::from_secs(1);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    report.seconds = start.elapsed().as_secs_f64().min(args.seconds as f64);
+    for c in &mut clients {
+        let _ = c.child.wait();
+    }
+    let results: Vec<ClientReport> = results.into_iter().flatten().collect();
+    if results.len() != clients.len() {
+        bail!(
+            "only {} of {} clients reported (a client hung or died: see its error above)",
+            results.len(),
+            clients.len()
+        );
+    }
+    // Let the last recovery finish before reading back (bounded).
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(5) {
+        match conn.ps() {
+            Ok(ps) if ps.iter().all(|s| s.state == "running") => break,
+            Ok(ps) if ps.iter().any(|s| s.state == "dead" || s.state == "held") => break,
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    let ps = conn.ps()?;
+    if let Some(s) = ps.first() {
+        report.recoveries = s.restarts;
+        report.retried_requests = s.retried_requests;
+        report.last_recovery_us = s.last_recovery_us;
+    }
+    verify(&conn, &results, &mut report)?;
+    report.requests = results.iter().map(|r| r.ops).sum();
+    report.failed_requests = results.iter().map(|r| r.failed).sum();
+    report.ops_per_sec = report.requests as f64 / report.seconds.max(0.001);
+    report.p50_us = results.iter().map(|r| r.p50_ns).max().unwrap_or(0) as f64 / 1000.0;
+    report.p99_us = results.iter().map(|r| r.p99_ns).max().unwrap_or(0) as f64 / 1000.0;
+    report.max_us = results.iter().map(|r| r.max_ns).max().unwrap_or(0) as f64 / 1000.0;
+    drop(conn);
+    sys.shutdown()?;
+    say(format!(
+        "txipc demo: {} requests, {} faults injected, {} recoveries ({} requests re-executed), {} failed requests, {} lost, {} duplicated, {} divergent keys: {}",
+        report.requests,
+        report.faults_injected,
+        report.recoveries,
+        report.retried_requests,
+        report.failed_requests,
+        report.lost_updates,
+        report.duplicated_updates,
+        report.divergent_keys,
+        if report.state_verified {
+            "state VERIFIED against the clients' model"
+        } else {
+            "state DIFFERS from the clients' model"
+        }
+    ));
+    Ok(report)
+}
+
+fn txipc_sys_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+}
+
+fn jitter(rng: &mut impl Rng, mean_ms: u64) -> Duration {
+    let lo = mean_ms / 2;
+    Duration::from_millis(rng.random_range(lo..=mean_ms + lo).max(1))
+}
+
+fn inject(conn: &System, kind: &str, rng: &mut impl Rng) -> Result<()> {
+    let point = FailPoint::ALL[rng.random_range(0..FailPoint::ALL.len())];
+    match kind {
+        "kill" => {
+            let pid = conn
+                .ps()?
+                .first()
+                .map(|s| s.pid)
+                .filter(|&p| p > 0)
+                .context("no running kv incarnation")?;
+            // SIGKILL: the real fail-stop, at whatever instant the server happens to be in.
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+            Ok(())
+        }
+        "panic" => Ok(conn.inject("kv", FailKind::Panic, point)?),
+        "segv" => Ok(conn.inject("kv", FailKind::Segv, point)?),
+        "abort" => Ok(conn.inject("kv", FailKind::Abort, point)?),
+        "exit" => Ok(conn.inject("kv", FailKind::Exit, point)?),
+        "hang" => Ok(conn.inject("kv", FailKind::Hang, point)?),
+        _ => Ok(()),
+    }
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
+
+/// Reads every key back and compares with the union of the clients' models.
+fn verify(conn: &System, results: &[ClientReport], report: &mut DemoReport) -> Result<()> {
+    let kv = KvClient::new(conn.open("kv")?);
+    let mut state: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut start: Vec<u8> = Vec::new();
+    loop {
+        let page = kv.scan(start.clone(), kv_api::MAX_SCAN)?;
+        let n = page.len();
+        for (k, v) in page {
+            start = k.clone();
+            start.push(0);
+            state.insert(k, v);
+        }
+        if n < kv_api::MAX_SCAN as usize {
+            break;
+        }
+    }
+    let mut lost = results.iter().map(|r| r.lost).sum::<u64>();
+    let mut dup = results.iter().map(|r| r.duplicated).sum::<u64>();
+    let mut divergent = 0;
+    let uncertain: std::collections::BTreeSet<&str> = results
+        .iter()
+        .flat_map(|r| r.uncertain.iter().map(String::as_str))
+        .collect();
+    for r in results {
+        let prefix = format!("c{}/", r.id);
+        for (k, vhex) in &r.model {
+            let want = unhex(vhex);
+            match state.get(k.as_bytes()) {
+                None => lost += 1,
+                Some(got) if *got == want => {}
+                Some(got) => {
+                    if k.ends_with("/ctr") {
+                        let (g, w) = (
+                            kv_api::counter_value(got).unwrap_or(0),
+                            kv_api::counter_value(&want).unwrap_or(0),
+                        );
+                        if g > w {
+                            dup += (g - w) as u64;
+                        } else {
+                            lost += (w - g) as u64;
+                        }
+                    } else if k.ends_with("/chain") {
+                        let g: u64 = String::from_utf8_lossy(got).parse().unwrap_or(0);
+                        let w: u64 = String::from_utf8_lossy(&want).parse().unwrap_or(0);
+                        if g > w {
+                            dup += g - w;
+                        } else {
+                            lost += w - g;
+                        }
+                    } else {
+                        divergent += 1;
+                    }
+                }
+            }
+        }
+        // Keys on the server that the client never wrote (or wrote ambiguously).
+        for k in state.keys() {
+            let ks = String::from_utf8_lossy(k);
+            if ks.starts_with(&prefix)
+                && !r.model.contains_key(ks.as_ref())
+                && !uncertain.contains(ks.as_ref())
+            {
+                divergent += 1;
+            }
+        }
+    }
+    let shared_expected: u64 = results.iter().map(|r| r.shared_incrs).sum();
+    if !uncertain.contains("shared/ctr") {
+        let got = state
+            .get(SHARED)
+            .and_then(|v| kv_api::counter_value(v))
+            .unwrap_or(0) as u64;
+        if got > shared_expected {
+            dup += got - shared_expected;
+        } else {
+            lost += shared_expected - got;
+        }
+    }
+    report.lost_updates = lost;
+    report.duplicated_updates = dup;
+    report.divergent_keys = divergent;
+    report.uncertain_keys = uncertain.len() as u64;
+    report.state_verified = lost == 0 && dup == 0 && divergent == 0;
+    Ok(())
 }

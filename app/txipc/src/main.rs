@@ -74,6 +74,9 @@ enum Cmd {
     },
     /// Boot the default system, run clients, inject faults live, verify the state at the end.
     Demo(demo::DemoArgs),
+    /// Internal: one demo client process (started by `txipc demo`).
+    #[command(name = "__client", hide = true)]
+    Client(demo::ClientArgs),
     /// Internal: the zygote of a server (started by the kernel).
     #[command(name = "__zygote", hide = true)]
     Zygote,
@@ -133,6 +136,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             txipc_bench::cli::run(&exe, what)
         }
         Cmd::Demo(args) => demo::run(args),
+        Cmd::Client(args) => demo::client_main(args),
         Cmd::Zygote => unreachable!("handled before parsing"),
     }
 }
@@ -172,6 +176,9 @@ fn run(manifest: Option<PathBuf>, system: Option<String>, quiet: bool) -> Result
     txipc_kernel::run(manifest, opts, |path| {
         // The first line on stdout is the readiness signal (SystemProcess waits for it).
         println!("ready {}", path.display());
+        if quiet {
+            return;
+        }
         eprintln!(
             "txipc: system `{system}` is running: {}. Try `txipc kv put a 1`, `txipc ps`; Ctrl-C stops it.",
             names.join(", ")

@@ -330,7 +330,13 @@ impl Kernel {
             .env("TXIPC_CTRL_FD", theirs.as_raw_fd().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            // Quiet systems keep servers' own messages (panic texts) off the terminal; every
+            // fault still reaches the kernel through the crash report and its pidfd.
+            .stderr(if self.opts.verbose {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .map_err(|e| KernelError::ServerStart {
                 server: self.servers[i].spec.name.clone(),

@@ -263,15 +263,22 @@ pub struct SystemProcess {
 
 impl SystemProcess {
     /// Boots `manifest` (TOML text) under the system name `name` with the txipc binary `exe`,
-    /// and waits until every server serves (bounded by `timeout`).
+    /// and waits until every server serves (bounded by `timeout`). The kernel runs `--quiet`
+    /// unless `TXIPC_VERBOSE=1` is set.
     pub fn spawn(
         exe: &Path,
         manifest: &str,
         name: &str,
         timeout: Duration,
     ) -> Result<SystemProcess, ClientError> {
-        let mut child = Command::new(exe)
-            .args(["run", "-", "--system", name])
+        let mut cmd = Command::new(exe);
+        cmd.args(["run", "-", "--system", name]);
+        // Quiet unless asked: the kernel logs every recovery and servers print their panics,
+        // which drowns a demo or a test log. TXIPC_VERBOSE=1 shows them.
+        if std::env::var_os("TXIPC_VERBOSE").is_none_or(|v| v.is_empty() || v == "0") {
+            cmd.arg("--quiet");
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

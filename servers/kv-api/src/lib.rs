@@ -66,6 +66,9 @@ pub struct KvStats {
     pub updates: u64,
 }
 
+/// Entries of a scan, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The key-value service.
 #[service]
 pub trait Kv {
@@ -88,7 +91,7 @@ pub trait Kv {
     fn incr(&mut self, key: Vec<u8>, delta: i64) -> Result<i64, KvError>;
     /// Up to `limit` entries with keys `>= start`, in key order.
     #[readonly]
-    fn scan(&mut self, start: Vec<u8>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError>;
+    fn scan(&mut self, start: Vec<u8>, limit: u32) -> Result<Entries, KvError>;
     /// Statistics.
     #[readonly]
     fn stats(&mut self) -> KvStats;

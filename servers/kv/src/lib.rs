@@ -165,7 +165,7 @@ impl Kv for KvServer {
         Ok(next)
     }
 
-    fn scan(&mut self, start: Vec<u8>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    fn scan(&mut self, start: Vec<u8>, limit: u32) -> Result<kv_api::Entries, KvError> {
         check_key(&start)?;
         let tx = self.tx.tx();
         Ok(self
