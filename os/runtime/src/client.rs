@@ -207,7 +207,10 @@ pub fn status_to_result(status: Status, attempt: u32) -> Result<(), CallError> {
         Status::Ok => Ok(()),
         Status::Malformed => Err(CallError::Malformed),
         Status::UnknownMethod => Err(CallError::UnknownMethod { method: 0 }),
-        Status::Aborted => Err(CallError::Aborted { attempts: attempt }),
+        // `attempt` counts the re-posts: the request ran once more than that.
+        Status::Aborted => Err(CallError::Aborted {
+            attempts: attempt + 1,
+        }),
         Status::Restarted => Err(CallError::Restarted),
         Status::Unavailable => Err(CallError::Unavailable {
             reason: "the server is down".into(),

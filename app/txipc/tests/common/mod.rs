@@ -1,0 +1,114 @@
+//! Helpers shared by the system tests: boot a system of real processes, open clients.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use txipc_runtime::client::{Channel, System, SystemProcess};
+
+/// The txipc binary under test.
+pub fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_txipc"))
+}
+
+/// A system name unique to this test process and call.
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "t-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// One server entry of a manifest.
+pub fn server(name: &str, builtin: &str, policy: &str, extra: &str) -> String {
+    format!(
+        "[[server]]\nname = \"{name}\"\nbuiltin = \"{builtin}\"\npolicy = \"{policy}\"\nheap_mb = 16\n{extra}\n"
+    )
+}
+
+/// A grant entry.
+pub fn grant(client: &str, service: &str) -> String {
+    format!("[[grant]]\nclient = \"{client}\"\nservice = \"{service}\"\n")
+}
+
+/// Boots `manifest` under a unique name.
+pub fn boot(tag: &str, manifest: &str) -> SystemProcess {
+    let name = unique(tag);
+    SystemProcess::spawn(exe(), manifest, &name, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("booting {name}: {e}"))
+}
+
+/// Opens a channel with a generous timeout, so that a bug fails the test instead of hanging it.
+pub fn open(sys: &System, service: &str) -> Channel {
+    let mut ch = sys.open(service).expect("open channel");
+    ch.set_timeout(Some(Duration::from_secs(30)));
+    ch
+}
+
+/// Pids of every live descendant of `pid`.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+                continue;
+            };
+            let ppid: i32 = rest
+                .split(' ')
+                .nth(1)
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
+            parent_of.push((p, ppid));
+        }
+    }
+    let mut out = vec![];
+    let mut frontier = vec![pid];
+    while let Some(x) = frontier.pop() {
+        for &(p, pp) in &parent_of {
+            if pp == x && !out.contains(&p) {
+                out.push(p);
+                frontier.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Whether a process exists (zombies count as gone).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rfind(')')
+            .map(|i| stat[i + 2..].starts_with('Z'))
+            .unwrap_or(true),
+        Err(_) => false,
+    }
+}
+
+/// The running incarnation's pid of `server`.
+pub fn server_pid(sys: &System, server: &str) -> i32 {
+    sys.ps()
+        .expect("ps")
+        .into_iter()
+        .find(|s| s.name == server)
+        .map(|s| s.pid)
+        .expect("server listed")
+}
+
+/// Waits (bounded) until `f` holds.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
