@@ -57,8 +57,12 @@ fn nothing_survives_shutdown_after_faults() {
                     let pid = server_pid(&conn, "kv");
                     txipc_sys::process::kill(pid, rustix::process::Signal::KILL).unwrap();
                 }
-                1 => conn.inject("kv", FailKind::Segv, FailPoint::AfterHandle).unwrap(),
-                2 => conn.inject("kv", FailKind::Hang, FailPoint::BeforeHandle).unwrap(),
+                1 => conn
+                    .inject("kv", FailKind::Segv, FailPoint::AfterHandle)
+                    .unwrap(),
+                2 => conn
+                    .inject("kv", FailKind::Hang, FailPoint::BeforeHandle)
+                    .unwrap(),
                 _ => {
                     let _ = f.add(0, 1, Fault::Panic, 1);
                 }
@@ -87,7 +91,10 @@ fn nothing_survives_shutdown_after_faults() {
         assert!(!txipc_memfds_of(std::process::id() as i32).is_empty());
     }
     // Clients closed: the kernel revoked their channels; this process holds no memfd.
-    assert_eq!(txipc_memfds_of(std::process::id() as i32), Vec::<String>::new());
+    assert_eq!(
+        txipc_memfds_of(std::process::id() as i32),
+        Vec::<String>::new()
+    );
     sys.shutdown().unwrap();
     for pid in &seen {
         assert!(!alive(*pid), "process {pid} survived the shutdown");
@@ -102,7 +109,10 @@ fn nothing_survives_shutdown_after_faults() {
 
 #[test]
 fn a_killed_kernel_takes_its_servers_with_it() {
-    let sys = boot("orphans", &(server("kv", "kv", "txipc", "") + &grant("*", "kv")));
+    let sys = boot(
+        "orphans",
+        &(server("kv", "kv", "txipc", "") + &grant("*", "kv")),
+    );
     let kernel = sys.pid() as i32;
     let procs = descendants(kernel);
     assert!(procs.len() >= 3, "zygote, active, standby: {procs:?}");

@@ -285,3 +285,65 @@ fn restart_baseline_loses_state() {
     assert_eq!(v["state_verified"], false, "{v}");
     assert!(!out.status.success());
 }
+
+/// Kernel objects follow the transaction that made them: a channel a server opens inside a
+/// request that is rolled back is revoked; one opened in a committed request survives faults
+/// and is inherited by the next incarnation.
+#[test]
+fn kernel_objects_are_rolled_back_with_their_transaction() {
+    let m = server("f", "faulty", "txipc", "")
+        + &server("n", "null", "txipc", "")
+        + &grant("*", "f")
+        + &grant("f", "n");
+    let sys = boot("kobj", &m);
+    let conn = sys.connect().unwrap();
+    let f = FaultyClient::new(open(&conn, "f"));
+    let channels_of = |name: &str| {
+        conn.ps()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap()
+            .channels
+    };
+    assert_eq!(channels_of("n"), 0);
+    // First attempt opens channel A and faults: A is revoked with the rollback. The retry
+    // opens B and commits.
+    let b = f.link("n".into(), Fault::Panic, 1).unwrap();
+    assert_eq!(
+        channels_of("n"),
+        1,
+        "the channel of the aborted attempt was revoked"
+    );
+    assert!(
+        b >= 1,
+        "the first channel (index 0) belonged to the aborted attempt"
+    );
+    // A SIGKILL: the committed channel survives and the new incarnation inherits it.
+    let before = conn.ps().unwrap()[0].generation;
+    txipc_sys::process::kill(server_pid(&conn, "f"), rustix::process::Signal::KILL).unwrap();
+    wait_until("f back", Duration::from_secs(10), || {
+        conn.ps().unwrap()[0].generation > before
+    });
+    assert_eq!(f.link("n".into(), Fault::None, 0).unwrap(), b);
+    assert_eq!(channels_of("n"), 1);
+    drop((f, conn));
+    sys.shutdown().unwrap();
+}
+
+#[test]
+fn a_server_without_a_grant_cannot_connect() {
+    let m =
+        server("f", "faulty", "txipc", "") + &server("n", "null", "txipc", "") + &grant("*", "f");
+    let sys = boot("kobjperm", &m);
+    let conn = sys.connect().unwrap();
+    let f = FaultyClient::new(open(&conn, "f"));
+    match f.link("n".into(), Fault::None, 0) {
+        Err(SvcError::Service(probe_server::FaultyError::Link(msg))) => {
+            assert!(msg.contains("permission denied"), "{msg}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    drop((f, conn));
+    sys.shutdown().unwrap();
+}

@@ -206,6 +206,17 @@ pub enum ToServer {
     },
     /// Exit now.
     Shutdown,
+    /// A channel this server opened to another service (answer to [`FromServer::Connect`], or,
+    /// at spawn, one opened by an earlier incarnation in a committed transaction); fds
+    /// `[channel, doorbell]` ride along.
+    Connected(Connected),
+    /// The kernel refused [`FromServer::Connect`].
+    ConnectRefused {
+        /// The service asked for.
+        service: String,
+        /// Why.
+        message: String,
+    },
 }
 
 /// Incarnation → kernel.
@@ -217,6 +228,14 @@ pub enum FromServer {
     Active {
         /// Its generation.
         generation: u64,
+    },
+    /// Open a channel to another service, inside transaction `txid` (0: outside any). If that
+    /// transaction is rolled back, the kernel revokes the channel.
+    Connect {
+        /// The service's name.
+        service: String,
+        /// The transaction the connection belongs to.
+        txid: u64,
     },
     /// Could not start (bad heap, mapping conflict...): the server is not restartable as is.
     Fatal {

@@ -108,11 +108,21 @@ struct Zygote {
     ready: bool,
 }
 
+/// Who holds the client end of a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// An outside client, by its control connection.
+    Client(u64),
+    /// A server of this system, opened inside transaction `txid` (a kernel object logged under
+    /// that transaction: revoked if it rolls back).
+    Server { server: usize, txid: u64 },
+}
+
 #[derive(Debug)]
 struct Chan {
     fd: OwnedFd,
     k: KernelChannel,
-    client: u64,
+    owner: Owner,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -574,6 +584,25 @@ impl Kernel {
         client: u64,
         service: &str,
     ) -> Result<(Response, Option<(usize, u32)>), WireError> {
+        let who = self.clients[&client].principal.clone();
+        let (si, info) = self.open_channel(&who, service, Owner::Client(client))?;
+        self.clients
+            .get_mut(&client)
+            .expect("client exists")
+            .channels
+            .push((si, info.channel));
+        let ci = info.channel;
+        Ok((Response::Connected(info), Some((si, ci))))
+    }
+
+    /// Checks the grant, creates a channel to `service` for `who`, hands it to the service's
+    /// incarnations. Returns the target server's index and the grant.
+    fn open_channel(
+        &mut self,
+        who: &Principal,
+        service: &str,
+        owner: Owner,
+    ) -> Result<(usize, Connected), WireError> {
         let Some((si, _)) = self.manifest.server(service) else {
             let known: Vec<&str> = self
                 .manifest
@@ -590,8 +619,7 @@ impl Kernel {
                 ),
             });
         };
-        let who = self.clients[&client].principal.clone();
-        if !self.manifest.is_granted(&who, service) {
+        if !self.manifest.is_granted(who, service) {
             return Err(WireError {
                 kind: ErrorKind::NotGranted,
                 message: format!(
@@ -634,22 +662,118 @@ impl Kernel {
             );
         }
         s.doorbell.notify(CONTROL_EVENT);
-        s.channels.insert(index, Chan { fd, k, client });
-        let policy = s.spec.policy;
-        self.clients
-            .get_mut(&client)
-            .expect("client exists")
-            .channels
-            .push((si, index));
+        s.channels.insert(index, Chan { fd, k, owner });
         Ok((
-            Response::Connected(Connected {
+            si,
+            Connected {
                 service: service.into(),
                 channel: index,
                 generation,
-                policy,
-            }),
-            Some((si, index)),
+                policy: s.spec.policy,
+            },
         ))
+    }
+
+    /// Revokes channel `ci` of server `si`: its client's calls fail with `Revoked`, the server
+    /// stops serving it, the memfd is dropped.
+    fn revoke_channel(&mut self, si: usize, ci: u32) {
+        let s = &mut self.servers[si];
+        if let Some(ch) = s.channels.remove(&ci) {
+            ch.k.mark_revoked();
+            for inc in [&s.active, &s.standby].into_iter().flatten() {
+                let _ = fdpass::send(
+                    &inc.sock,
+                    &proto::encode(&ToServer::RemoveChannel { index: ci }),
+                    &[],
+                );
+            }
+            s.doorbell.notify(CONTROL_EVENT);
+        }
+    }
+
+    /// A server asks for a channel to another service (inside transaction `txid`).
+    fn server_connect(&mut self, i: usize, generation: u64, service: &str, txid: u64) {
+        let who = Principal::Server(self.servers[i].spec.name.clone());
+        let result = self.open_channel(&who, service, Owner::Server { server: i, txid });
+        let s = &self.servers[i];
+        let Some(inc) = [&s.active, &s.standby]
+            .into_iter()
+            .flatten()
+            .find(|inc| inc.generation == generation)
+        else {
+            return;
+        };
+        let _ = match &result {
+            Ok((ti, info)) => {
+                let t = &self.servers[*ti];
+                let fds = [t.channels[&info.channel].fd.as_fd(), t.doorbell_fd.as_fd()];
+                // The standby inherits it at once; if the transaction rolls back, the channel
+                // is revoked and the standby's runtime drops it when it finds it revoked.
+                if let Some(sb) = s.standby.as_ref().filter(|sb| sb.generation != generation) {
+                    let _ = fdpass::send(
+                        &sb.sock,
+                        &proto::encode(&ToServer::Connected(info.clone())),
+                        &fds,
+                    );
+                }
+                fdpass::send(
+                    &inc.sock,
+                    &proto::encode(&ToServer::Connected(info.clone())),
+                    &fds,
+                )
+            }
+            Err(e) => fdpass::send(
+                &inc.sock,
+                &proto::encode(&ToServer::ConnectRefused {
+                    service: service.into(),
+                    message: e.message.clone(),
+                }),
+                &[],
+            ),
+        };
+        let name = self.servers[i].spec.name.clone();
+        match result {
+            Ok(_) => self.log(format!(
+                "{name}: opened a channel to {service} in transaction {txid}"
+            )),
+            Err(e) => self.log(format!(
+                "{name}: channel to {service} refused: {}",
+                e.message
+            )),
+        }
+    }
+
+    /// Channels opened by server `i`, which every new incarnation of it inherits.
+    fn outgoing_of(&self, i: usize) -> Vec<(usize, u32)> {
+        let mut v = Vec::new();
+        for (ti, t) in self.servers.iter().enumerate() {
+            for (ci, c) in &t.channels {
+                if matches!(c.owner, Owner::Server { server, .. } if server == i) {
+                    v.push((ti, *ci));
+                }
+            }
+        }
+        v
+    }
+
+    /// Undoes the kernel objects server `i` created in transaction `txid`, which was rolled
+    /// back: its channels are revoked.
+    fn undo_kernel_objects(&mut self, i: usize, txid: u64) -> usize {
+        let doomed: Vec<(usize, u32)> = self
+            .servers
+            .iter()
+            .enumerate()
+            .flat_map(|(ti, t)| {
+                t.channels
+                    .iter()
+                    .filter(move |(_, c)| c.owner == Owner::Server { server: i, txid })
+                    .map(move |(ci, _)| (ti, *ci))
+            })
+            .collect();
+        for &(ti, ci) in &doomed {
+            self.revoke_channel(ti, ci);
+        }
+        doomed.len()
     }
 
     fn drop_client(&mut self, id: u64) {
@@ -658,18 +782,7 @@ impl Kernel {
         };
         self.unwatch(c.sock.as_fd());
         for (si, ci) in c.channels {
-            let s = &mut self.servers[si];
-            if let Some(ch) = s.channels.remove(&ci) {
-                ch.k.mark_revoked();
-                for inc in [&s.active, &s.standby].into_iter().flatten() {
-                    let _ = fdpass::send(
-                        &inc.sock,
-                        &proto::encode(&ToServer::RemoveChannel { index: ci }),
-                        &[],
-                    );
-                }
-                s.doorbell.notify(CONTROL_EVENT);
-            }
+            self.revoke_channel(si, ci);
         }
     }
 
@@ -811,6 +924,20 @@ impl Kernel {
                 &fds,
             );
         }
+        for (ti, ci) in self.outgoing_of(i) {
+            let t = &self.servers[ti];
+            let info = Connected {
+                service: t.spec.name.clone(),
+                channel: ci,
+                generation: t.active.as_ref().map_or(0, |a| a.generation),
+                policy: t.spec.policy,
+            };
+            let _ = fdpass::send(
+                &inc.sock,
+                &proto::encode(&ToServer::Connected(info)),
+                &[t.channels[&ci].fd.as_fd(), t.doorbell_fd.as_fd()],
+            );
+        }
         let s = &mut self.servers[i];
         s.standby = Some(inc);
         let wants = match s.state {
@@ -905,6 +1032,9 @@ impl Kernel {
                         }
                     }
                 }
+                Ok(FromServer::Connect { service, txid }) => {
+                    self.server_connect(i, generation, &service, txid);
+                }
                 Ok(FromServer::Fatal { message }) => {
                     let name = self.servers[i].spec.name.clone();
                     eprintln!("txipc kernel: server `{name}` cannot start: {message}");
@@ -978,7 +1108,12 @@ impl Kernel {
         let now_ms = self.started.elapsed().as_millis() as u64;
         let decision = s.governor.on_failure(now_ms);
         let held = matches!(decision, RestartDecision::HoldDown | RestartDecision::Never);
-        let summary = recover_shared_state(s, held);
+        let (summary, log_state) = recover_shared_state(s, held);
+        let undone_objects = match log_state {
+            LogState::Active(t) => self.undo_kernel_objects(i, t),
+            _ => 0,
+        };
+        let summary = format!("{summary}, {undone_objects} kernel objects undone");
         self.log(format!(
             "{name}: generation {} failed ({cause}); {summary}; decision {decision:?}",
             old.generation
@@ -1100,7 +1235,7 @@ fn fail_posted(k: &KernelChannel) {
 
 /// Rolls back the heap if needed and settles every TAKEN slot (ARCHITECTURE.md §6). Returns a
 /// one-line summary for the log.
-fn recover_shared_state(s: &mut Server, held: bool) -> String {
+fn recover_shared_state(s: &mut Server, held: bool) -> (String, LogState) {
     let policy = s.spec.policy;
     let mut log_state = LogState::Idle;
     let mut batch = Vec::new();
@@ -1127,7 +1262,7 @@ fn recover_shared_state(s: &mut Server, held: bool) -> String {
                 for c in s.channels.values() {
                     c.k.mark_dead();
                 }
-                return format!("log unusable: {e}");
+                return (format!("log unusable: {e}"), LogState::Idle);
             }
         },
         Policy::Restart => {
@@ -1190,8 +1325,11 @@ fn recover_shared_state(s: &mut Server, held: bool) -> String {
             }
         }
     }
-    format!(
-        "log {log_state:?}, {undone} records undone, {published} replies published, {reposted} re-posted, {failed} failed"
+    (
+        format!(
+            "log {log_state:?}, {undone} records undone, {published} replies published, {reposted} re-posted, {failed} failed"
+        ),
+        log_state,
     )
 }
 

@@ -130,7 +130,7 @@ impl System {
             chan,
             info,
             timeout: None,
-            _conn: self.conn.clone(),
+            _conn: Some(self.conn.clone()),
         })
     }
 
@@ -180,10 +180,28 @@ pub struct Channel {
     chan: ClientChannel,
     info: Connected,
     timeout: Option<Duration>,
-    _conn: Arc<Conn>,
+    /// The control connection the grant is tied to (none for a server's own channels, which
+    /// live as long as the server).
+    _conn: Option<Arc<Conn>>,
 }
 
 impl Channel {
+    /// Maps a granted channel from its descriptors `[channel, doorbell]` (a server's own
+    /// channels, handed over its control socket).
+    pub(crate) fn from_fds(fds: Vec<OwnedFd>, info: Connected) -> Result<Channel, ClientError> {
+        let [chan_fd, doorbell_fd]: [OwnedFd; 2] = fds
+            .try_into()
+            .map_err(|_| ClientError::Protocol("a channel grant carries 2 descriptors".into()))?;
+        let chan = ClientChannel::map(chan_fd.as_fd(), doorbell_fd.as_fd())
+            .map_err(|e| ClientError::Channel(e.to_string()))?;
+        Ok(Channel {
+            chan,
+            info,
+            timeout: None,
+            _conn: None,
+        })
+    }
+
     /// What the kernel said when granting it.
     pub fn info(&self) -> &Connected {
         &self.info
@@ -193,6 +211,11 @@ impl Channel {
     /// which the system guarantees to come (reply or typed error) while the kernel runs.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {
         self.timeout = timeout;
+    }
+
+    /// Whether the kernel revoked the channel (its grant is gone; calls fail).
+    pub fn is_revoked(&self) -> bool {
+        self.chan.is_revoked()
     }
 
     /// The generation of the server incarnation currently serving the channel.

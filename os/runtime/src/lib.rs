@@ -21,4 +21,6 @@
 pub mod client;
 mod server;
 
-pub use server::{Builtin, Instance, StartArgs, TxCell, TxHost, current_attempt, zygote_main};
+pub use server::{
+    Builtin, Instance, Outgoing, StartArgs, TxCell, TxHost, connect, current_attempt, zygote_main,
+};

@@ -1,7 +1,9 @@
 //! Zygote, standby and the event loop of a server incarnation.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::rc::Rc;
 use std::time::Duration;
 
 use txipc_chan::{Doorbell, ServerChannel, Status};
@@ -11,7 +13,9 @@ use txipc_core::proto::{
     self, FromServer, FromZygote, ServerConfig, ToServer, ToZygote, ZygoteInit,
 };
 use txipc_heap::{BatchEntry, Heap, Tracking, Tx};
-use txipc_service::{Dispatch, DispatchError};
+use txipc_service::{CallError, Dispatch, DispatchError, Transport};
+
+use crate::client::{Channel, ClientError};
 use txipc_sys::{fdpass, process, status::StatusPage};
 
 /// Where the runtime lends the running transaction to the server while it handles a request.
@@ -111,6 +115,87 @@ pub struct Builtin {
 
 thread_local! {
     static ATTEMPT: Cell<u32> = const { Cell::new(0) };
+    /// The transaction being run (0 outside any).
+    static TXID: Cell<u64> = const { Cell::new(0) };
+    /// The control socket to the kernel.
+    static CTL: RefCell<Option<Rc<OwnedFd>>> = const { RefCell::new(None) };
+    /// Channels this server opened to other services, by service name.
+    static OUTGOING: RefCell<HashMap<String, Outgoing>> = RefCell::new(HashMap::new());
+    /// Control messages that arrived while a handler waited for the kernel.
+    static PENDING: RefCell<VecDeque<(Vec<u8>, Vec<OwnedFd>)>> = const { RefCell::new(VecDeque::new()) };
+}
+
+/// A channel this server opened to another service ([`connect`]): the transport of a client stub.
+#[derive(Debug, Clone)]
+pub struct Outgoing(Rc<Channel>);
+
+impl Outgoing {
+    /// What the kernel said when granting it.
+    pub fn info(&self) -> &txipc_core::proto::Connected {
+        self.0.info()
+    }
+}
+
+impl Transport for Outgoing {
+    fn call(&self, method: u32, request: &[u8], reply: &mut Vec<u8>) -> Result<(), CallError> {
+        self.0.call(method, request, reply)
+    }
+}
+
+fn restore_outgoing(info: txipc_core::proto::Connected, fds: Vec<OwnedFd>) {
+    let service = info.service.clone();
+    if let Ok(ch) = Channel::from_fds(fds, info) {
+        OUTGOING.with(|o| o.borrow_mut().insert(service, Outgoing(Rc::new(ch))));
+    }
+}
+
+/// Opens (or finds again) a channel from this server to `service`. Called from a handler, the
+/// channel is a kernel object of the running transaction: if the transaction rolls back, the
+/// kernel revokes it; once committed, every later incarnation of this server inherits it, so
+/// calling `connect` again after a restart finds it without asking the kernel.
+pub fn connect(service: &str) -> Result<Outgoing, ClientError> {
+    if let Some(o) = OUTGOING.with(|o| o.borrow().get(service).cloned()) {
+        if !o.0.is_revoked() {
+            return Ok(o);
+        }
+        // Revoked: it was opened in a transaction that rolled back. Ask again.
+        OUTGOING.with(|m| m.borrow_mut().remove(service));
+    }
+    let ctl = CTL
+        .with(|c| c.borrow().clone())
+        .ok_or_else(|| ClientError::Io("connect is for servers run by the txipc runtime".into()))?;
+    let msg = FromServer::Connect {
+        service: service.into(),
+        txid: TXID.with(Cell::get),
+    };
+    fdpass::send(&*ctl, &proto::encode(&msg), &[]).map_err(|e| ClientError::Io(e.to_string()))?;
+    let mut buf = vec![0u8; proto::MAX_CONTROL_MSG];
+    loop {
+        let (n, fds) = fdpass::recv(&*ctl, &mut buf, false)
+            .map_err(|e| ClientError::Io(e.to_string()))?
+            .ok_or_else(|| ClientError::Io("no answer from the kernel".into()))?;
+        match proto::decode::<ToServer>(&buf[..n]) {
+            Ok(ToServer::Connected(info)) => {
+                let mine = info.service == service;
+                restore_outgoing(info, fds);
+                if mine {
+                    return OUTGOING
+                        .with(|o| o.borrow().get(service).cloned())
+                        .ok_or_else(|| ClientError::Channel("could not map the channel".into()));
+                }
+            }
+            Ok(ToServer::ConnectRefused {
+                service: s,
+                message,
+            }) if s == service => {
+                return Err(ClientError::Refused {
+                    kind: txipc_core::proto::ErrorKind::NotGranted,
+                    message,
+                });
+            }
+            _ => PENDING.with(|p| p.borrow_mut().push_back((buf[..n].to_vec(), fds))),
+        }
+    }
 }
 
 /// How many times the request being handled was already rolled back after a fault (0 on its
@@ -279,10 +364,12 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
         StatusPage::map(fds.status.as_fd()).unwrap_or_else(|e| fatal(&ctl, format!("status: {e}")));
     let mut chans: Vec<Chan> = Vec::new();
     let mut buf = vec![0u8; proto::MAX_CONTROL_MSG];
-    let _ = fdpass::send(&ctl, &proto::encode(&FromServer::Standby), &[]);
+    let ctl = Rc::new(ctl);
+    CTL.with(|c| *c.borrow_mut() = Some(ctl.clone()));
+    let _ = fdpass::send(&*ctl, &proto::encode(&FromServer::Standby), &[]);
     // Standby: map channels as they come, until activated.
     let (generation, fresh) = loop {
-        let (n, fds_in) = match fdpass::recv(&ctl, &mut buf, false) {
+        let (n, fds_in) = match fdpass::recv(&*ctl, &mut buf, false) {
             Ok(Some(m)) => m,
             Ok(None) => continue,
             Err(_) => std::process::exit(0),
@@ -293,6 +380,8 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
             }
             Ok(ToServer::RemoveChannel { index }) => chans.retain(|c| c.index != index),
             Ok(ToServer::Activate { generation, fresh }) => break (generation, fresh),
+            Ok(ToServer::Connected(info)) => restore_outgoing(info, fds_in),
+            Ok(ToServer::ConnectRefused { .. }) => {}
             Ok(ToServer::Shutdown) | Err(_) => std::process::exit(0),
         }
     };
@@ -371,7 +460,7 @@ struct Loop<'a> {
     chans: Vec<Chan>,
     doorbell: Doorbell,
     status: StatusPage,
-    ctl: OwnedFd,
+    ctl: Rc<OwnedFd>,
     txid: u64,
     next_chan: usize,
     batch: Vec<Taken>,
@@ -403,12 +492,21 @@ impl Loop<'_> {
 
     fn drain_control(&mut self) {
         loop {
-            let (n, fds) = match fdpass::recv(&self.ctl, &mut self.ctl_buf, true) {
-                Ok(Some(m)) => m,
-                Ok(None) => return,
-                Err(_) => std::process::exit(0),
+            let pending = PENDING.with(|p| p.borrow_mut().pop_front());
+            let (n, fds) = match pending {
+                Some((bytes, fds)) => {
+                    self.ctl_buf[..bytes.len()].copy_from_slice(&bytes);
+                    (bytes.len(), fds)
+                }
+                None => match fdpass::recv(&*self.ctl, &mut self.ctl_buf, true) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return,
+                    Err(_) => std::process::exit(0),
+                },
             };
             match proto::decode::<ToServer>(&self.ctl_buf[..n]) {
+                Ok(ToServer::Connected(info)) => restore_outgoing(info, fds),
+                Ok(ToServer::ConnectRefused { .. }) => {}
                 Ok(ToServer::AddChannels { indices }) => {
                     add_channels(&mut self.chans, indices, fds)
                 }
@@ -457,6 +555,7 @@ impl Loop<'_> {
             return 0;
         }
         self.txid += 1;
+        TXID.with(|t| t.set(self.txid));
         self.status
             .set_busy(txipc_sys::time::monotonic_ns(), self.txid);
         self.begin();
@@ -474,7 +573,11 @@ impl Loop<'_> {
         for t in &self.batch {
             let _ = self.chans[t.chan].chan.publish(t.slot);
         }
+        TXID.with(|t| t.set(0));
         self.status.set_idle(n as u64);
+        if PENDING.with(|p| !p.borrow().is_empty()) {
+            self.drain_control();
+        }
         n
     }
 

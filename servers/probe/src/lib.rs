@@ -73,6 +73,9 @@ pub enum FaultyError {
     /// The heap refused the update.
     #[error("heap: {0}")]
     Heap(String),
+    /// The kernel refused the channel, or the call through it failed.
+    #[error("link: {0}")]
+    Link(String),
 }
 
 /// Number of counters.
@@ -96,6 +99,15 @@ pub trait Faulty {
     /// Sum of all counters.
     #[readonly]
     fn sum(&mut self) -> i64;
+    /// Opens (or finds again) a channel to the null service `service`, pings it through the
+    /// channel, then faults as `add` does. Returns the channel's index: a kernel object created
+    /// inside this request's transaction.
+    fn link(
+        &mut self,
+        service: String,
+        fault: Fault,
+        fault_attempts: u32,
+    ) -> Result<u32, FaultyError>;
 }
 
 /// The faulty server's state in the heap.
@@ -176,6 +188,23 @@ impl Faulty for FaultyServer {
             .iter()
             .map(PCell::get)
             .fold(0, i64::wrapping_add)
+    }
+
+    fn link(
+        &mut self,
+        service: String,
+        fault: Fault,
+        fault_attempts: u32,
+    ) -> Result<u32, FaultyError> {
+        let ch = txipc_runtime::connect(&service).map_err(|e| FaultyError::Link(e.to_string()))?;
+        let index = ch.info().channel;
+        NullClient::new(ch)
+            .ping()
+            .map_err(|e| FaultyError::Link(e.to_string()))?;
+        if txipc_runtime::current_attempt() < fault_attempts {
+            do_fault(fault);
+        }
+        Ok(index)
     }
 }
 
