@@ -369,3 +369,79 @@ fn null_service_answers() {
     drop((n, conn));
     sys.shutdown().unwrap();
 }
+
+#[test]
+fn a_server_that_will_not_start_is_named() {
+    for (exec, want) in [
+        ("/nonexistent/server", "cannot execute /nonexistent/server"),
+        ("/bin/false", "is it a txipc server binary"),
+    ] {
+        let m = format!(
+            "[[server]]\nname = \"x\"\nexec = \"{exec}\"\npolicy = \"txipc\"\n{}",
+            grant("*", "x")
+        );
+        assert!(
+            txipc_runtime::client::SystemProcess::spawn(
+                exe(),
+                &m,
+                &unique("nostart"),
+                Duration::from_secs(30)
+            )
+            .is_err()
+        );
+        // The kernel names the server and the cause on its stderr.
+        let mut child = std::process::Command::new(exe())
+            .args(["run", "-", "--quiet", "--system", &unique("nostart")])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains("server `x`") && text.contains(want),
+            "{exec}: {text}"
+        );
+    }
+}
+
+#[test]
+fn a_full_heap_fails_the_request_not_the_server() {
+    let m =
+        server("kv", "kv", "txipc", "").replace("heap_mb = 16", "heap_mb = 1") + &grant("*", "kv");
+    let sys = boot("full", &m);
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    let value = vec![0xabu8; 40 * 1024];
+    let mut stored = 0;
+    let full = loop {
+        match kv.put(format!("k{stored}").into_bytes(), value.clone()) {
+            Ok(_) => stored += 1,
+            Err(SvcError::Service(kv_api::KvError::Full { detail })) => break detail,
+            other => panic!("after {stored} puts: {other:?}"),
+        }
+        assert!(stored < 1000, "a 1 MiB heap never filled");
+    };
+    assert!(full.contains("heap full"), "{full}");
+    // Nothing of the refused put is left; everything stored before is intact.
+    assert_eq!(kv.get(format!("k{stored}").into_bytes()).unwrap(), None);
+    for i in 0..stored {
+        assert_eq!(
+            kv.get(format!("k{i}").into_bytes())
+                .unwrap()
+                .map(|v| v.len()),
+            Some(value.len())
+        );
+    }
+    // Freeing space makes room again; the server never restarted.
+    kv.delete(b"k0".to_vec()).unwrap();
+    kv.put(b"again".to_vec(), value.clone()).unwrap();
+    let ps = conn.ps().unwrap();
+    assert_eq!(ps[0].restarts, 0);
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}

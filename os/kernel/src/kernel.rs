@@ -335,7 +335,14 @@ impl Kernel {
     fn start_zygote(&mut self, i: usize) -> Result<(), KernelError> {
         let (ours, theirs) = fdpass::seqpacket_pair().map_err(os("socketpair"))?;
         process::inherit_on_exec(&theirs).map_err(os("fcntl"))?;
-        let child = Command::new(&self.opts.exe)
+        // A built-in server runs from this binary; `exec` names another binary that links the
+        // txipc runtime and answers `__zygote` the same way.
+        let program = self.servers[i]
+            .spec
+            .exec
+            .as_ref()
+            .map_or_else(|| self.opts.exe.clone(), PathBuf::from);
+        let child = Command::new(&program)
             .arg("__zygote")
             .env("TXIPC_CTRL_FD", theirs.as_raw_fd().to_string())
             .stdin(Stdio::null())
@@ -350,7 +357,10 @@ impl Kernel {
             .spawn()
             .map_err(|e| KernelError::ServerStart {
                 server: self.servers[i].spec.name.clone(),
-                reason: format!("cannot start {} as a zygote: {e}", self.opts.exe.display()),
+                reason: format!(
+                    "cannot execute {}: {e} (check the manifest's `exec` path and its permissions)",
+                    program.display()
+                ),
             })?;
         drop(theirs);
         let pidfd = process::pidfd_open(child.id() as i32).map_err(os("pidfd_open"))?;
@@ -368,7 +378,13 @@ impl Kernel {
                 s.status_fd.as_fd(),
             ],
         )
-        .map_err(os("sending the zygote its init"))?;
+        .map_err(|e| KernelError::ServerStart {
+            server: s.spec.name.clone(),
+            reason: format!(
+                "{} did not take its init message ({e}): it exited at once — is it a txipc server binary (it must answer `__zygote`)?",
+                s.spec.exec.as_deref().unwrap_or("the txipc binary")
+            ),
+        })?;
         self.watch(ours.as_fd(), token(T_ZYGOTE, i, 0))?;
         self.watch(pidfd.as_fd(), token(T_ZYGOTE_PID, i, 0))?;
         self.servers[i].zygote = Some(Zygote {
@@ -858,7 +874,15 @@ impl Kernel {
         if self.servers[i].state == SrvState::Booting {
             return Err(KernelError::ServerStart {
                 server: name,
-                reason: format!("its zygote exited during boot ({status:?})"),
+                reason: format!(
+                    "its zygote ({}) exited during boot ({}): is it a txipc server binary (it must answer `__zygote`)? If it is, its own error is above",
+                    self.servers[i]
+                        .spec
+                        .exec
+                        .as_deref()
+                        .unwrap_or("the txipc binary"),
+                    status.map_or("status unknown".into(), |s| s.to_string())
+                ),
             });
         }
         if !self.shutting_down {
@@ -1354,7 +1378,7 @@ impl Server {
         let config = ServerConfig {
             system: system.into(),
             name: name.clone(),
-            builtin: spec.builtin.clone().unwrap_or_default(),
+            builtin: spec.builtin.clone().unwrap_or_else(|| spec.name.clone()),
             policy: spec.policy,
             tracking: spec.tracking,
             heap_base: HEAP_BASE + i as u64 * HEAP_STRIDE,
