@@ -22,6 +22,48 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// YCSB core workloads on the kv server under several policies, interleaved in rounds
+    /// (the baseline `none` is always measured beside the others).
+    Kv {
+        /// Workload: a, b, c, d, e, f, a comma-separated list, or `all`.
+        #[arg(long, default_value = "a")]
+        workload: String,
+        /// Policies: none, restart, txipc (typed tracking), page (page tracking; with
+        /// `--batch N` > 1 also page tracking with group commit), a comma-separated list, or
+        /// `all`. `none` is always measured as the baseline.
+        #[arg(long, default_value = "all")]
+        policy: String,
+        /// Records loaded before each workload.
+        #[arg(long, default_value_t = 100_000)]
+        records: u64,
+        /// Operations per policy per round (all clients together).
+        #[arg(long, default_value_t = 100_000)]
+        ops: u64,
+        /// Client threads, each with its own channel.
+        #[arg(long, default_value_t = 1)]
+        clients: u32,
+        /// `batch_max` of the group-commit page-tracking run (1: no group-commit run).
+        #[arg(long, default_value_t = 8)]
+        batch: u32,
+        /// Rounds; medians are reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Bytes per record (YCSB: 10 fields of 100 B, stored as one value).
+        #[arg(long, default_value_t = 1000)]
+        value_size: usize,
+        /// Seed of the request streams.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// CPU of the servers (`none`: not pinned).
+        #[arg(long, default_value = "1")]
+        server_cpu: String,
+        /// CPU of the client threads (`none`: not pinned).
+        #[arg(long, default_value = "0")]
+        client_cpu: String,
+        /// Print one JSON object as the last line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Transaction costs inside one process: undo record, page-tracking fault, commit, rollback.
     Tx {
         /// Print one JSON object as the last line.
@@ -42,9 +84,64 @@ fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { f64::NAN }
 }
 
+fn parse_cpu(s: &str) -> Result<Option<usize>> {
+    if s == "none" {
+        return Ok(None);
+    }
+    let cpu: usize = s
+        .parse()
+        .map_err(|_| anyhow::anyhow!("CPU `{s}`: give a CPU number or `none`"))?;
+    let n = txipc_sys::process::cpus_available();
+    anyhow::ensure!(cpu < n, "CPU {cpu}: this machine has CPUs 0..{n}");
+    Ok(Some(cpu))
+}
+
 /// Runs a benchmark command; `exe` is the txipc binary (to boot systems).
 pub fn run(exe: &Path, cmd: BenchCmd) -> Result<()> {
     match cmd {
+        BenchCmd::Kv {
+            workload,
+            policy,
+            records,
+            ops,
+            clients,
+            batch,
+            rounds,
+            value_size,
+            seed,
+            server_cpu,
+            client_cpu,
+            json,
+        } => {
+            anyhow::ensure!(
+                (1..=64).contains(&batch),
+                "--batch must be 1..=64 (batch_max)"
+            );
+            anyhow::ensure!(records >= 1 && ops >= 1 && clients >= 1 && rounds >= 1);
+            anyhow::ensure!(
+                value_size <= kv_api::MAX_VALUE,
+                "--value-size is at most {}",
+                kv_api::MAX_VALUE
+            );
+            let cfg = crate::kv::KvConfig {
+                workloads: crate::kv::parse_workloads(&workload)?,
+                variants: crate::kv::parse_policies(&policy, batch)?,
+                records,
+                ops,
+                clients,
+                rounds,
+                value_size,
+                seed,
+                server_cpu: parse_cpu(&server_cpu)?,
+                client_cpu: parse_cpu(&client_cpu)?,
+            };
+            let results = crate::kv::run(exe, &cfg, |m| eprintln!("bench kv: {m}"))?;
+            print!("{}", crate::kv::table(&results));
+            if json {
+                println!("{}", crate::kv::json(&cfg, &results));
+            }
+            Ok(())
+        }
         BenchCmd::Ipc {
             iterations,
             batches,

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod ipc;
+pub mod kv;
 pub mod ycsb;
 
 use std::time::Duration;

@@ -519,13 +519,18 @@ impl<'a> Generator<'a> {
         }
     }
 
-    /// Fills `buf` with a new record value (printable bytes, as YCSB's random strings).
+    /// Fills `buf` with a new record value (see [`fill_value`]).
     pub fn fill_value(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let r = self.rng.next_u64().to_le_bytes();
-            for (b, r) in chunk.iter_mut().zip(r) {
-                *b = b' ' + (r % 95);
-            }
+        fill_value(&mut self.rng, buf);
+    }
+}
+
+/// Fills `buf` with printable random bytes, as YCSB's random field strings.
+pub fn fill_value(rng: &mut Rng, buf: &mut [u8]) {
+    for chunk in buf.chunks_mut(8) {
+        let r = rng.next_u64().to_le_bytes();
+        for (b, r) in chunk.iter_mut().zip(r) {
+            *b = b' ' + (r % 95);
         }
     }
 }

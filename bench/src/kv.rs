@@ -1,0 +1,528 @@
+//! `txipc bench kv`: the YCSB core workloads on the kv server, under every policy.
+//!
+//! For each workload, one system per policy variant is booted (all at once, each a kv server
+//! pinned to the server CPU), each is loaded with the same records, and then the workload runs
+//! on each in turn for several rounds, the order rotated every round: `none, txipc, page, …`,
+//! then `txipc, page, …, none`, and so on. The machine is shared and drifts, so every
+//! comparison is made between runs a second apart, and reported as the median over rounds of
+//! the per-round ratio to `none`.
+//!
+//! Every policy gets the same client seeds, so each sees the same request stream.
+//!
+//! What is measured per policy: throughput (operations of all clients over the wall time of
+//! the round) and the latency of each operation (hdrhistogram, all rounds merged). A
+//! read-modify-write counts as one operation, as in YCSB.
+
+use std::path::Path;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use kv_api::KvClient;
+use serde::Serialize;
+use txipc_runtime::client::{Channel, SystemProcess};
+
+use crate::ycsb::{Generator, InsertSequence, Op, Rng, Workload, fill_value, key_name};
+
+/// One server configuration to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    /// Policy `none`: no tracking, a crash is final. The baseline.
+    None,
+    /// Policy `restart`: no tracking, restarted empty.
+    Restart,
+    /// Policy `txipc`, typed tracking.
+    Txipc,
+    /// Policy `txipc`, page tracking, one request per transaction.
+    Page,
+    /// Policy `txipc`, page tracking, group commit of up to this many requests.
+    PageBatch(u32),
+}
+
+impl Variant {
+    /// The label in tables and JSON (`policy`).
+    pub fn label(self) -> String {
+        match self {
+            Variant::None => "none".into(),
+            Variant::Restart => "restart".into(),
+            Variant::Txipc => "txipc".into(),
+            Variant::Page => "page".into(),
+            Variant::PageBatch(n) => format!("page+batch{n}"),
+        }
+    }
+
+    fn policy(self) -> &'static str {
+        match self {
+            Variant::None => "none",
+            Variant::Restart => "restart",
+            _ => "txipc",
+        }
+    }
+
+    /// The manifest's tracking mode (what the server runs with: `off` without policy txipc).
+    fn tracking(self) -> &'static str {
+        match self {
+            Variant::Page | Variant::PageBatch(_) => "page",
+            Variant::Txipc => "typed",
+            Variant::None | Variant::Restart => "off",
+        }
+    }
+
+    fn manifest_tracking(self) -> &'static str {
+        match self {
+            Variant::Page | Variant::PageBatch(_) => "page",
+            _ => "typed",
+        }
+    }
+
+    fn batch_max(self) -> u32 {
+        match self {
+            Variant::PageBatch(n) => n,
+            _ => 1,
+        }
+    }
+}
+
+/// Parses `--policy`: `none|restart|txipc|page|all`, comma-separated lists allowed. `none` is
+/// always measured (first), as the baseline; `page` with `batch > 1` also measures group
+/// commit.
+pub fn parse_policies(s: &str, batch: u32) -> Result<Vec<Variant>> {
+    let mut v = vec![Variant::None];
+    let mut add = |x: Variant| {
+        if !v.contains(&x) {
+            v.push(x);
+        }
+    };
+    for p in s.split(',') {
+        match p.trim() {
+            "none" => {}
+            "restart" => add(Variant::Restart),
+            "txipc" | "typed" => add(Variant::Txipc),
+            "page" => {
+                add(Variant::Page);
+                if batch > 1 {
+                    add(Variant::PageBatch(batch));
+                }
+            }
+            "all" => {
+                for x in [Variant::Txipc, Variant::Page, Variant::Restart] {
+                    add(x);
+                }
+                if batch > 1 {
+                    add(Variant::PageBatch(batch));
+                }
+            }
+            other => bail!("unknown policy `{other}`: use none, restart, txipc, page or all"),
+        }
+    }
+    Ok(v)
+}
+
+/// Parses `--workload`: `a`..`f`, `all`, or a comma-separated list.
+pub fn parse_workloads(s: &str) -> Result<Vec<Workload>> {
+    if s == "all" {
+        return Ok(Workload::ALL.to_vec());
+    }
+    s.split(',')
+        .map(|w| {
+            Workload::parse(w.trim())
+                .with_context(|| format!("unknown workload `{w}`: use a, b, c, d, e, f or all"))
+        })
+        .collect()
+}
+
+/// The run's parameters.
+#[derive(Debug, Clone, Serialize)]
+pub struct KvConfig {
+    /// Workloads, in order.
+    pub workloads: Vec<Workload>,
+    /// Server configurations; the first is the baseline (`none`).
+    pub variants: Vec<Variant>,
+    /// Records loaded before each workload.
+    pub records: u64,
+    /// Operations per policy per round (all clients together).
+    pub ops: u64,
+    /// Client threads, each with its own channel.
+    pub clients: u32,
+    /// Rounds (medians are reported).
+    pub rounds: u32,
+    /// Bytes per record value (YCSB: 10 fields × 100 B = 1000 B, stored as one value).
+    pub value_size: usize,
+    /// Base seed of the clients' generators.
+    pub seed: u64,
+    /// CPU the servers are pinned to.
+    pub server_cpu: Option<usize>,
+    /// CPU the client threads are pinned to.
+    pub client_cpu: Option<usize>,
+}
+
+/// The result of one workload under one server configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct KvResult {
+    /// YCSB workload letter.
+    pub workload: Workload,
+    /// `none`, `restart`, `txipc` (typed tracking), `page`, `page+batchN`.
+    pub policy: String,
+    /// The manifest's policy.
+    pub manifest_policy: &'static str,
+    /// The manifest's tracking.
+    pub tracking: &'static str,
+    /// The manifest's `batch_max`.
+    pub batch_max: u32,
+    /// Median over rounds.
+    pub ops_per_sec: f64,
+    /// Each round's throughput.
+    pub ops_per_sec_rounds: Vec<f64>,
+    /// Latency percentiles over all rounds, nanoseconds.
+    pub p50_ns: u64,
+    /// 99th percentile.
+    pub p99_ns: u64,
+    /// 99.9th percentile.
+    pub p999_ns: u64,
+    /// Mean latency.
+    pub mean_ns: f64,
+    /// Operations measured (all rounds).
+    pub ops: u64,
+    /// Throughput loss against `none`, percent: median over rounds of `1 - this/none` of the
+    /// same round. Negative means faster than `none` (noise).
+    pub loss_vs_none_pct: f64,
+    /// Each round's loss.
+    pub loss_vs_none_pct_rounds: Vec<f64>,
+    /// Load-phase throughput (records per second).
+    pub load_ops_per_sec: f64,
+    /// Calls that failed (none expected: no faults are injected).
+    pub errors: u64,
+}
+
+fn heap_mb(cfg: &KvConfig, w: Workload) -> u64 {
+    let spec = w.spec();
+    let inserts = (cfg.ops * u64::from(cfg.rounds)) as f64 * spec.insert;
+    let records = cfg.records as f64 + inserts;
+    // Value + key + B+ tree entry and allocator overhead, and head-room for the allocator.
+    let bytes = records * (cfg.value_size as f64 + 128.0) * 1.6;
+    (bytes / (1 << 20) as f64).ceil() as u64 + 32
+}
+
+fn manifest(cfg: &KvConfig, w: Workload, v: Variant) -> String {
+    let cpu = cfg
+        .server_cpu
+        .map_or(String::new(), |c| format!("cpu = {c}\n"));
+    // A scan of 100 records must fit one reply.
+    let reply_max = (101 * (cfg.value_size + 64) + 4096).max(64 * 1024);
+    format!(
+        "name = \"bench\"\n[[server]]\nname = \"kv\"\nbuiltin = \"kv\"\npolicy = \"{}\"\ntracking = \"{}\"\nbatch_max = {}\nheap_mb = {}\nlog_mb = 64\ndeadline_ms = 30000\nslots = 2\nrequest_max = {}\nreply_max = {reply_max}\n{cpu}[[grant]]\nclient = \"*\"\nservice = \"kv\"\n",
+        v.policy(),
+        v.manifest_tracking(),
+        v.batch_max(),
+        heap_mb(cfg, w),
+        (cfg.value_size + 4096).max(64 * 1024),
+    )
+}
+
+/// One booted system with its clients.
+struct Sys {
+    variant: Variant,
+    _proc: SystemProcess,
+    clients: Vec<KvClient<Channel>>,
+    rounds: Vec<f64>,
+    hist: Histogram<u64>,
+    errors: u64,
+    load_ops_per_sec: f64,
+    ops: u64,
+}
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+fn pin_client(cpu: Option<usize>) {
+    if let Some(c) = cpu {
+        let _ = txipc_sys::process::pin_to_cpu(c);
+    }
+}
+
+/// Loads records `0..records`, split over the clients.
+fn load(cfg: &KvConfig, s: &Sys) -> Result<f64> {
+    let n = s.clients.len() as u64;
+    let t = Instant::now();
+    std::thread::scope(|scope| -> Result<()> {
+        let handles: Vec<_> = s
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                scope.spawn(move || -> Result<()> {
+                    pin_client(cfg.client_cpu);
+                    let mut rng = Rng::new(cfg.seed ^ 0x10AD ^ i as u64);
+                    let mut value = vec![0u8; cfg.value_size];
+                    let mut k = i as u64;
+                    while k < cfg.records {
+                        fill_value(&mut rng, &mut value);
+                        c.put(key_name(k).into_bytes(), value.clone())
+                            .map_err(|e| anyhow::anyhow!("load, record {k}: {e}"))?;
+                        k += n;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("loader thread panicked")?;
+        }
+        Ok(())
+    })?;
+    Ok(cfg.records as f64 / t.elapsed().as_secs_f64())
+}
+
+/// One client's stream of one round.
+struct Stream<'a> {
+    ops: Generator<'a>,
+    value: Vec<u8>,
+}
+
+fn run_op(c: &KvClient<Channel>, st: &mut Stream<'_>, inserts: &InsertSequence) -> bool {
+    let mut ok = true;
+    let put = |st: &mut Stream<'_>, k: u64| {
+        let head = st.value.len().min(8);
+        st.ops.fill_value(&mut st.value[..head]);
+        matches!(c.put(key_name(k).into_bytes(), st.value.clone()), Ok(_))
+    };
+    match st.ops.next_op() {
+        Op::Read(k) => ok &= matches!(c.get(key_name(k).into_bytes()), Ok(Some(_))),
+        Op::Update(k) => ok &= put(st, k),
+        Op::Insert(k) => {
+            ok &= put(st, k);
+            inserts.acknowledge(k);
+        }
+        Op::Scan(k, len) => ok &= matches!(c.scan(key_name(k).into_bytes(), len), Ok(_)),
+        Op::ReadModifyWrite(k) => {
+            ok &= matches!(c.get(key_name(k).into_bytes()), Ok(Some(_)));
+            ok &= put(st, k);
+        }
+    }
+    ok
+}
+
+/// Runs one round of `w` on `s`: `cfg.ops` operations over all clients.
+fn round(cfg: &KvConfig, s: &mut Sys, streams: &mut [Stream<'_>], inserts: &InsertSequence) -> f64 {
+    let n = s.clients.len();
+    let per = cfg.ops / n as u64;
+    let barrier = Barrier::new(n + 1);
+    let (elapsed, results) = std::thread::scope(|scope| {
+        let handles: Vec<_> = s
+            .clients
+            .iter()
+            .zip(streams.iter_mut())
+            .map(|(c, st)| {
+                let barrier = &barrier;
+                let cpu = cfg.client_cpu;
+                scope.spawn(move || {
+                    pin_client(cpu);
+                    let mut h = new_hist();
+                    let mut errors = 0u64;
+                    barrier.wait();
+                    for _ in 0..per {
+                        let t = Instant::now();
+                        if !run_op(c, st, inserts) {
+                            errors += 1;
+                        }
+                        h.saturating_record(t.elapsed().as_nanos() as u64);
+                    }
+                    (h, errors)
+                })
+            })
+            .collect();
+        barrier.wait();
+        let t = Instant::now();
+        let results: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread panicked"))
+            .collect();
+        (t.elapsed(), results)
+    });
+    for (h, e) in results {
+        let _ = s.hist.add(&h);
+        s.errors += e;
+    }
+    let total = per * n as u64;
+    s.ops += total;
+    total as f64 / elapsed.as_secs_f64()
+}
+
+/// Runs every workload under every variant. Each workload boots fresh systems.
+pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result<Vec<KvResult>> {
+    let mut out = Vec::new();
+    for &w in &cfg.workloads {
+        progress(&format!(
+            "workload {w}: booting {} systems, loading {} records each",
+            cfg.variants.len(),
+            cfg.records
+        ));
+        let mut systems = Vec::new();
+        for &v in &cfg.variants {
+            let name = crate::unique_system(&format!("bench-kv-{}", v.policy()));
+            let proc = SystemProcess::spawn(exe, &manifest(cfg, w, v), &name, crate::BOOT_TIMEOUT)
+                .with_context(|| format!("booting the {} system", v.label()))?;
+            let sys = proc.connect()?;
+            let clients = (0..cfg.clients.max(1))
+                .map(|_| sys.open("kv").map(KvClient::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut s = Sys {
+                variant: v,
+                _proc: proc,
+                clients,
+                rounds: Vec::new(),
+                hist: new_hist(),
+                errors: 0,
+                load_ops_per_sec: 0.0,
+                ops: 0,
+            };
+            s.load_ops_per_sec = load(cfg, &s)?;
+            systems.push(s);
+        }
+        // Generators live across rounds (inserts go on, Zipfian state is kept); each system's
+        // clients get the same seeds, so every policy sees the same requests.
+        let total_ops = cfg.ops * u64::from(cfg.rounds);
+        let inserts: Vec<InsertSequence> = systems
+            .iter()
+            .map(|_| InsertSequence::new(cfg.records.max(1)))
+            .collect();
+        let mut streams: Vec<Vec<Stream<'_>>> = inserts
+            .iter()
+            .map(|seq| {
+                (0..cfg.clients.max(1))
+                    .map(|i| {
+                        let seed = cfg.seed.wrapping_add(u64::from(i) * 0x9E37_79B9_7F4A_7C15);
+                        let mut value = vec![0u8; cfg.value_size];
+                        fill_value(&mut Rng::new(seed), &mut value);
+                        Stream {
+                            ops: Generator::new(w, cfg.records, total_ops, seed, seq),
+                            value,
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let n = systems.len();
+        for r in 0..cfg.rounds as usize {
+            for j in 0..n {
+                // Rotate the order every round so no policy always runs first or last.
+                let idx = (j + r) % n;
+                let s = &mut systems[idx];
+                let ops = round(cfg, s, &mut streams[idx], &inserts[idx]);
+                s.rounds.push(ops);
+                progress(&format!(
+                    "workload {w} round {}/{}: {:<12} {:>10.0} ops/s",
+                    r + 1,
+                    cfg.rounds,
+                    s.variant.label(),
+                    ops
+                ));
+            }
+        }
+        drop(streams);
+        let base = systems[0].rounds.clone();
+        for s in &mut systems {
+            let mut rounds = s.rounds.clone();
+            let mut losses: Vec<f64> = s
+                .rounds
+                .iter()
+                .zip(&base)
+                .map(|(x, b)| (1.0 - x / b) * 100.0)
+                .collect();
+            let loss_rounds = losses.clone();
+            out.push(KvResult {
+                workload: w,
+                policy: s.variant.label(),
+                manifest_policy: s.variant.policy(),
+                tracking: s.variant.tracking(),
+                batch_max: s.variant.batch_max(),
+                ops_per_sec: crate::median(&mut rounds),
+                ops_per_sec_rounds: s.rounds.clone(),
+                p50_ns: s.hist.value_at_quantile(0.5),
+                p99_ns: s.hist.value_at_quantile(0.99),
+                p999_ns: s.hist.value_at_quantile(0.999),
+                mean_ns: s.hist.mean(),
+                ops: s.ops,
+                loss_vs_none_pct: crate::median(&mut losses),
+                loss_vs_none_pct_rounds: loss_rounds,
+                load_ops_per_sec: s.load_ops_per_sec,
+                errors: s.errors,
+            });
+        }
+        // Shut the systems down one by one (each waits for its kernel to exit).
+        for s in systems {
+            drop(s.clients);
+            s._proc
+                .shutdown()
+                .context("shutting a benchmark system down")?;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(out)
+}
+
+/// The markdown table: one row per workload and policy, loss against `none`.
+pub fn table(results: &[KvResult]) -> String {
+    let mut t = String::from(
+        "| workload | policy | ops/s (median) | loss vs none | p50 µs | p99 µs | errors |\n|---|---|---:|---:|---:|---:|---:|\n",
+    );
+    for r in results {
+        let loss = if r.policy == "none" {
+            "—".to_string()
+        } else {
+            format!("{:+.1}%", r.loss_vs_none_pct)
+        };
+        t.push_str(&format!(
+            "| {} | {} | {:.0} | {} | {:.1} | {:.1} | {} |\n",
+            r.workload.as_str().to_uppercase(),
+            r.policy,
+            r.ops_per_sec,
+            loss,
+            r.p50_ns as f64 / 1e3,
+            r.p99_ns as f64 / 1e3,
+            r.errors
+        ));
+    }
+    t
+}
+
+/// The JSON report (DESIGN.md §12 contract): the top-level `ops_per_sec`, `p50_ns`, `p99_ns`,
+/// `policy`, `workload` (and `loss_vs_none_pct`) are those of the *headline* result — the first
+/// workload under the first requested policy other than the `none` baseline (`txipc` for
+/// `all`; `none` itself when only `none` was asked for). `results` holds every workload ×
+/// policy; `max_loss_txipc_pct` is the worst typed-tracking loss over the workloads run, against
+/// the 5% goal.
+pub fn json(cfg: &KvConfig, results: &[KvResult]) -> serde_json::Value {
+    let headline_policy = cfg
+        .variants
+        .iter()
+        .find(|v| **v == Variant::Txipc)
+        .or_else(|| cfg.variants.get(1))
+        .unwrap_or(&Variant::None)
+        .label();
+    let head = results
+        .iter()
+        .find(|r| r.policy == headline_policy)
+        .or_else(|| results.first());
+    let txipc_losses: Vec<f64> = results
+        .iter()
+        .filter(|r| r.policy == "txipc")
+        .map(|r| r.loss_vs_none_pct)
+        .collect();
+    let max_loss = txipc_losses.iter().copied().fold(f64::NAN, f64::max);
+    serde_json::json!({
+        "workload": head.map(|r| r.workload),
+        "policy": head.map(|r| r.policy.clone()),
+        "ops_per_sec": head.map(|r| r.ops_per_sec),
+        "p50_ns": head.map(|r| r.p50_ns),
+        "p99_ns": head.map(|r| r.p99_ns),
+        "loss_vs_none_pct": head.map(|r| r.loss_vs_none_pct),
+        "max_loss_txipc_pct": if max_loss.is_nan() { None } else { Some(max_loss) },
+        "loss_goal_pct": 5.0,
+        "config": cfg,
+        "results": results,
+    })
+}
