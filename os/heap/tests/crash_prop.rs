@@ -133,6 +133,7 @@ fn read_model(heap: &Heap, root: &Root, txid: u64) -> Model {
         map: root
             .map
             .iter(&tx)
+            .take(1 << 16)
             .map(|(k, v)| (k.as_slice().to_vec(), v.as_slice().to_vec()))
             .collect(),
         vec: root.vec.iter(&tx).copied().collect(),
