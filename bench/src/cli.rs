@@ -64,6 +64,34 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Fault → first reply of the new incarnation, measured by a client, on a kv server whose
+    /// heap is filled and mapped: SIGKILL, and self-detected faults (SIGSEGV, panic).
+    Recovery {
+        /// Heap size of the kv server, MiB.
+        #[arg(long, default_value_t = 16)]
+        heap_mb: u64,
+        /// Runs per fault kind.
+        #[arg(long, default_value_t = 50)]
+        runs: u32,
+        /// Fraction of the heap filled with data (and mapped by the server) before the runs.
+        #[arg(long, default_value_t = 0.8)]
+        fill: f64,
+        /// Fault kinds: sigkill, segv, panic, comma-separated, or `all`.
+        #[arg(long, default_value = "all")]
+        fault: String,
+        /// Seed of the random fault instants.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// CPU of the server (`none`: not pinned).
+        #[arg(long, default_value = "1")]
+        server_cpu: String,
+        /// CPU of the client (`none`: not pinned).
+        #[arg(long, default_value = "0")]
+        client_cpu: String,
+        /// Print one JSON object as the last line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Transaction costs inside one process: undo record, page-tracking fault, commit, rollback.
     Tx {
         /// Print one JSON object as the last line.
@@ -222,6 +250,59 @@ pub fn run(exe: &Path, cmd: BenchCmd) -> Result<()> {
                     "detail": r,
                 });
                 println!("{v}");
+            }
+            Ok(())
+        }
+        BenchCmd::Recovery {
+            heap_mb,
+            runs,
+            fill,
+            fault,
+            seed,
+            server_cpu,
+            client_cpu,
+            json,
+        } => {
+            use crate::recovery::Fault;
+            anyhow::ensure!(runs >= 1, "--runs must be at least 1");
+            anyhow::ensure!(
+                (0.0..=0.95).contains(&fill),
+                "--fill is a fraction of the heap, 0..=0.95"
+            );
+            let faults = if fault == "all" {
+                Fault::ALL.to_vec()
+            } else {
+                fault
+                    .split(',')
+                    .map(|f| match f.trim() {
+                        "sigkill" | "kill" => Ok(Fault::Sigkill),
+                        "segv" => Ok(Fault::Segv),
+                        "panic" => Ok(Fault::Panic),
+                        other => {
+                            anyhow::bail!(
+                                "unknown fault `{other}`: use sigkill, segv, panic or all"
+                            )
+                        }
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            };
+            let cfg = crate::recovery::RecoveryConfig {
+                heap_mb,
+                runs,
+                fill,
+                faults,
+                seed,
+                server_cpu: parse_cpu(&server_cpu)?,
+                client_cpu: parse_cpu(&client_cpu)?,
+            };
+            let r = crate::recovery::run(exe, &cfg, |m| eprintln!("bench recovery: {m}"))?;
+            print!("{}", crate::recovery::table(&r));
+            println!(
+                "exactly-once held: {}; call errors: {}; one re-read of the heap: {:.1} ms",
+                r.exactly_once, r.errors, r.rewarm_ms
+            );
+            if json {
+                println!("{}", crate::recovery::json(&r));
             }
             Ok(())
         }

@@ -1,0 +1,521 @@
+//! `txipc bench recovery`: time from a fault to the first reply of the new incarnation, as a
+//! client sees it.
+//!
+//! One system, one kv server under policy `txipc` with a heap of the requested size, filled to
+//! a fraction (default 80%) with 32 KiB values. Before every run the whole key space is read
+//! back (a scan), so the running incarnation has the populated heap *mapped*: its page tables
+//! are as large as they get, which is what makes the dying process's address-space teardown
+//! expensive.
+//!
+//! Each run: a client thread, pinned to the client CPU, calls `incr` on a counter in a tight
+//! loop; at a random instant 2–12 ms later the fault comes:
+//!
+//! - `sigkill`: the bench sends SIGKILL to the server pid (from `ps`). The fault instant is just
+//!   before the `kill` system call. This is a death the server cannot report: the kernel learns
+//!   of it from the pidfd, which fires only after the dead process's address space is torn
+//!   down.
+//! - `segv`, `panic` (self-detected): a fail point is armed at `after-handle` (the handler ran
+//!   and wrote its updates, the transaction is not committed). The call that trips it is rolled
+//!   back and re-executed by the next incarnation; the fault instant is bounded below by that
+//!   call's start, which is what the measurement uses (an over-estimate by the few
+//!   microseconds of handling before the fail point).
+//!
+//! The recovery time ends at the reply of the first call that completes on the new generation
+//! (`Channel::generation()` read after the reply). Beside it the bench records, from a pidfd of
+//! its own on the old incarnation, when that process was gone (for SIGKILL this is the
+//! teardown the recovery had to wait for), and the kernel's own `last_recovery_us` (fault
+//! seen → new incarnation serving). At the end the counter is read back: every successful
+//! `incr` must be in it exactly once.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use kv_api::KvClient;
+use serde::Serialize;
+use txipc_core::failpoint::{FailKind, FailPoint};
+use txipc_runtime::client::{Channel, System, SystemProcess};
+use txipc_sys::time::monotonic_ns;
+
+use crate::ycsb::Rng;
+
+/// How the server is made to fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fault {
+    /// SIGKILL from outside (fail-stop the server cannot report).
+    Sigkill,
+    /// A SIGSEGV in the handler (after its updates, before commit).
+    Segv,
+    /// A panic in the handler (after its updates, before commit).
+    Panic,
+}
+
+impl Fault {
+    /// Every kind, in measurement order.
+    pub const ALL: [Fault; 3] = [Fault::Sigkill, Fault::Segv, Fault::Panic];
+
+    /// The name in tables and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Sigkill => "sigkill",
+            Fault::Segv => "segv",
+            Fault::Panic => "panic",
+        }
+    }
+
+    /// Whether the server detects (and reports) the fault itself.
+    pub fn self_detected(self) -> bool {
+        !matches!(self, Fault::Sigkill)
+    }
+}
+
+/// Parameters of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoveryConfig {
+    /// Heap size, MiB.
+    pub heap_mb: u64,
+    /// Runs per fault kind.
+    pub runs: u32,
+    /// Fraction of the heap filled with data before the runs.
+    pub fill: f64,
+    /// Fault kinds, in order.
+    pub faults: Vec<Fault>,
+    /// Seed of the random fault instants.
+    pub seed: u64,
+    /// CPU of the server.
+    pub server_cpu: Option<usize>,
+    /// CPU of the client.
+    pub client_cpu: Option<usize>,
+}
+
+/// One fault and its recovery.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// The fault.
+    pub fault: Fault,
+    /// Fault → first reply on the new generation, µs (client's clock).
+    pub recovery_us: f64,
+    /// Fault → the old incarnation gone (its pidfd readable), µs; `None` if not seen in 5 s.
+    pub old_exit_us: Option<f64>,
+    /// The kernel's measure (fault seen → new incarnation serving), µs.
+    pub kernel_us: Option<f64>,
+    /// Generation before and after.
+    pub generation: (u64, u64),
+}
+
+/// Percentiles of one group of samples.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Runs.
+    pub runs: usize,
+    /// Median, µs.
+    pub p50_us: f64,
+    /// 99th percentile (nearest rank), µs.
+    pub p99_us: f64,
+    /// Worst, µs.
+    pub max_us: f64,
+    /// Median of the kernel's own measure, µs.
+    pub kernel_p50_us: Option<f64>,
+    /// Median time from the fault to the old incarnation's exit, µs.
+    pub old_exit_p50_us: Option<f64>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoveryReport {
+    /// The configuration.
+    pub config: RecoveryConfig,
+    /// Heap bytes in use after the fill.
+    pub heap_used_bytes: u64,
+    /// Heap size, bytes.
+    pub heap_size_bytes: u64,
+    /// Keys stored by the fill.
+    pub fill_keys: u64,
+    /// How long one re-read of the whole heap took (median), ms.
+    pub rewarm_ms: f64,
+    /// All samples.
+    pub samples: Vec<Sample>,
+    /// Calls that failed (none expected under policy txipc).
+    pub errors: u64,
+    /// The counter equals the number of successful increments (exactly-once held).
+    pub exactly_once: bool,
+}
+
+/// Nearest-rank percentile of sorted data.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn median_opt(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let mut v: Vec<f64> = v.flatten().collect();
+    if v.is_empty() {
+        None
+    } else {
+        Some(crate::median(&mut v))
+    }
+}
+
+/// Summarises the samples `pick` selects.
+pub fn summarize(samples: &[Sample], pick: impl Fn(&Sample) -> bool) -> Summary {
+    let chosen: Vec<&Sample> = samples.iter().filter(|s| pick(s)).collect();
+    let mut v: Vec<f64> = chosen.iter().map(|s| s.recovery_us).collect();
+    v.sort_by(f64::total_cmp);
+    Summary {
+        runs: v.len(),
+        p50_us: percentile(&v, 0.5),
+        p99_us: percentile(&v, 0.99),
+        max_us: v.last().copied().unwrap_or(f64::NAN),
+        kernel_p50_us: median_opt(chosen.iter().map(|s| s.kernel_us)),
+        old_exit_p50_us: median_opt(chosen.iter().map(|s| s.old_exit_us)),
+    }
+}
+
+const FILL_VALUE: usize = 32 * 1024;
+const SCAN_CHUNK: u32 = 96;
+
+fn manifest(cfg: &RecoveryConfig) -> String {
+    let cpu = cfg
+        .server_cpu
+        .map_or(String::new(), |c| format!("cpu = {c}\n"));
+    format!(
+        "name = \"bench\"\n[[server]]\nname = \"kv\"\nbuiltin = \"kv\"\npolicy = \"txipc\"\ntracking = \"typed\"\nheap_mb = {}\ndeadline_ms = 5000\nretry_limit = 3\nslots = 1\nrequest_max = {}\nreply_max = {}\n{cpu}[server.restart]\nmin_interval_ms = 0\nmax_restarts = 100000\nwindow_ms = 1000\n[[grant]]\nclient = \"*\"\nservice = \"kv\"\n",
+        cfg.heap_mb,
+        FILL_VALUE + 4096,
+        (SCAN_CHUNK as usize + 1) * (FILL_VALUE + 256) + 4096,
+    )
+}
+
+fn call_err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+/// Fills the heap to `cfg.fill` with 32 KiB values; returns (keys, used bytes, size).
+fn fill(kv: &KvClient<Channel>, cfg: &RecoveryConfig) -> Result<(u64, u64, u64)> {
+    let st = kv.stats().map_err(call_err)?;
+    let target = (st.heap_size as f64 * cfg.fill) as u64;
+    let mut rng = Rng::new(cfg.seed ^ 0xF111);
+    let mut value = vec![0u8; FILL_VALUE];
+    crate::ycsb::fill_value(&mut rng, &mut value);
+    let mut keys = 0u64;
+    let mut used = st.heap_used;
+    while used + FILL_VALUE as u64 * 2 < target {
+        for _ in 0..32 {
+            value[..8].copy_from_slice(&keys.to_le_bytes());
+            match kv.put(format!("fill{keys:08}").into_bytes(), value.clone()) {
+                Ok(_) => keys += 1,
+                Err(txipc_service::Error::Service(kv_api::KvError::Full { .. })) => {
+                    let st = kv.stats().map_err(call_err)?;
+                    return Ok((keys, st.heap_used, st.heap_size));
+                }
+                Err(e) => bail!("filling the heap: {e}"),
+            }
+        }
+        used = kv.stats().map_err(call_err)?.heap_used;
+    }
+    let st = kv.stats().map_err(call_err)?;
+    Ok((keys, st.heap_used, st.heap_size))
+}
+
+/// Reads every value back, so the running incarnation maps the whole populated heap.
+fn rewarm(kv: &KvClient<Channel>) -> Result<()> {
+    let mut start = b"fill".to_vec();
+    loop {
+        let entries = kv.scan(start.clone(), SCAN_CHUNK).map_err(call_err)?;
+        let Some((last, _)) = entries.last() else {
+            return Ok(());
+        };
+        if !last.starts_with(b"fill") {
+            return Ok(());
+        }
+        start = last.clone();
+        start.push(0);
+        if entries.len() < SCAN_CHUNK as usize {
+            return Ok(());
+        }
+    }
+}
+
+/// Waits until the kv server runs (after a recovery) and returns its pid and generation.
+fn wait_running(sys: &System) -> Result<(i32, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ps = sys.ps()?;
+        if let Some(s) = ps.iter().find(|s| s.name == "kv")
+            && s.state == "running"
+            && s.pid > 0
+        {
+            return Ok((s.pid, s.generation));
+        }
+        if Instant::now() > deadline {
+            bail!("the kv server is not running again after 10 s: {ps:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The client loop of one run: `incr` until the first reply on a later generation than `g0`,
+/// then a few more calls. Returns (that reply's time, that call's start time, successful
+/// increments, errors).
+fn client_loop(
+    kv: &KvClient<Channel>,
+    g0: u64,
+    started: &AtomicBool,
+    cpu: Option<usize>,
+) -> (u64, u64, u64, u64) {
+    if let Some(c) = cpu {
+        let _ = txipc_sys::process::pin_to_cpu(c);
+    }
+    let (mut ok, mut errors) = (0u64, 0u64);
+    let mut found: Option<(u64, u64)> = None;
+    let mut after = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t0 = monotonic_ns();
+        let r = kv.incr(b"counter".to_vec(), 1);
+        let t1 = monotonic_ns();
+        started.store(true, Ordering::Release);
+        match r {
+            Ok(_) => ok += 1,
+            Err(_) => errors += 1,
+        }
+        if found.is_none() && kv.transport().generation() > g0 {
+            found = Some((t1, t0));
+        }
+        if found.is_some() {
+            after += 1;
+            if after > 100 {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+    }
+    let (t_reply, t_start) = found.unwrap_or((0, 0));
+    (t_reply, t_start, ok, errors)
+}
+
+/// Watches `pid` until it is gone; returns the time (monotonic ns) it was seen gone.
+fn watch_exit(pid: i32) -> Option<std::thread::JoinHandle<Option<u64>>> {
+    let fd = txipc_sys::process::pidfd_open(pid).ok()?;
+    Some(std::thread::spawn(move || {
+        let mut fds = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let ts = rustix::time::Timespec {
+            tv_sec: 5,
+            tv_nsec: 0,
+        };
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(n) if n > 0 => Some(monotonic_ns()),
+            _ => None,
+        }
+    }))
+}
+
+/// Runs the benchmark.
+pub fn run(
+    exe: &Path,
+    cfg: &RecoveryConfig,
+    mut progress: impl FnMut(&str),
+) -> Result<RecoveryReport> {
+    if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+        progress(
+            "warning: RUST_BACKTRACE is set and servers inherit it: a panicking server then \
+             symbolises a backtrace before it reports the crash, which adds ~100+ ms to panic \
+             recovery. Run with `env -u RUST_BACKTRACE` for the figure without it.",
+        );
+    }
+    let name = crate::unique_system("bench-recovery");
+    let proc = SystemProcess::spawn(exe, &manifest(cfg), &name, crate::BOOT_TIMEOUT)
+        .context("booting the benchmark system")?;
+    let sys = proc.connect()?;
+    let kv = KvClient::new(sys.open("kv")?);
+    if let Some(c) = cfg.client_cpu {
+        let _ = txipc_sys::process::pin_to_cpu(c);
+    }
+    let t = Instant::now();
+    let (fill_keys, used, size) = fill(&kv, cfg)?;
+    progress(&format!(
+        "filled the {} MiB heap: {} keys, {:.0} MiB used, in {:.1} s",
+        cfg.heap_mb,
+        fill_keys,
+        used as f64 / (1 << 20) as f64,
+        t.elapsed().as_secs_f64()
+    ));
+    let mut rng = Rng::new(cfg.seed);
+    let mut samples = Vec::new();
+    let mut rewarms = Vec::new();
+    let (mut total_ok, mut errors) = (0u64, 0u64);
+    for &fault in &cfg.faults {
+        for run in 0..cfg.runs {
+            let (pid, g0) = wait_running(&sys)?;
+            let t = Instant::now();
+            rewarm(&kv)?;
+            rewarms.push(t.elapsed().as_secs_f64() * 1e3);
+            // Let the previous incarnation's teardown and the standby's fork settle.
+            std::thread::sleep(Duration::from_millis(20));
+            let started = AtomicBool::new(false);
+            let delay_us = rng.range_inclusive(2_000, 12_000);
+            let (client, t_fault, exit) = std::thread::scope(|s| -> Result<_> {
+                let h = s.spawn(|| client_loop(&kv, g0, &started, cfg.client_cpu));
+                while !started.load(Ordering::Acquire) {
+                    std::hint::spin_loop();
+                }
+                std::thread::sleep(Duration::from_micros(delay_us));
+                let exit = watch_exit(pid);
+                let t_fault = monotonic_ns();
+                match fault {
+                    Fault::Sigkill => {
+                        txipc_sys::process::kill(pid, rustix::process::Signal::KILL)
+                            .context("killing the server")?;
+                    }
+                    Fault::Segv => sys.inject("kv", FailKind::Segv, FailPoint::AfterHandle)?,
+                    Fault::Panic => sys.inject("kv", FailKind::Panic, FailPoint::AfterHandle)?,
+                }
+                let client = h.join().expect("client thread panicked");
+                Ok((client, t_fault, exit))
+            })?;
+            let (t_reply, t_start, ok, errs) = client;
+            total_ok += ok;
+            errors += errs;
+            if t_reply == 0 {
+                bail!(
+                    "{}: run {run}: no reply from a new generation",
+                    fault.as_str()
+                );
+            }
+            let from = if fault.self_detected() {
+                t_start
+            } else {
+                t_fault
+            };
+            let exit_ns = exit.and_then(|h| h.join().ok().flatten());
+            let (_, g1) = wait_running(&sys)?;
+            let kernel_us = sys
+                .ps()?
+                .into_iter()
+                .find(|s| s.name == "kv")
+                .and_then(|s| s.last_recovery_us);
+            let sample = Sample {
+                fault,
+                recovery_us: t_reply.saturating_sub(from) as f64 / 1e3,
+                old_exit_us: exit_ns.map(|e| e.saturating_sub(from) as f64 / 1e3),
+                kernel_us,
+                generation: (g0, g1),
+            };
+            progress(&format!(
+                "{} run {}/{}: recovered in {:.0} µs (old incarnation gone after {} µs, kernel {} µs)",
+                fault.as_str(),
+                run + 1,
+                cfg.runs,
+                sample.recovery_us,
+                sample.old_exit_us.map_or("?".into(), |v| format!("{v:.0}")),
+                sample.kernel_us.map_or("?".into(), |v| format!("{v:.0}")),
+            ));
+            samples.push(sample);
+        }
+    }
+    let counter = kv
+        .get(b"counter".to_vec())
+        .map_err(call_err)?
+        .and_then(|b| kv_api::counter_value(&b))
+        .unwrap_or(0);
+    drop(kv);
+    drop(sys);
+    proc.shutdown()
+        .context("shutting the benchmark system down")?;
+    let _ = txipc_sys::process::pin_to_cpu_set_all();
+    Ok(RecoveryReport {
+        config: cfg.clone(),
+        heap_used_bytes: used,
+        heap_size_bytes: size,
+        fill_keys,
+        rewarm_ms: crate::median(&mut rewarms),
+        samples,
+        errors,
+        exactly_once: counter == total_ok as i64,
+    })
+}
+
+/// The markdown table of a report.
+pub fn table(r: &RecoveryReport) -> String {
+    let mut t = String::from(
+        "| heap | fault | runs | p50 µs | p99 µs | max µs | kernel p50 µs | old incarnation gone p50 µs |\n|---:|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let opt = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.0}"));
+    let mut row = |label: &str, s: Summary| {
+        if s.runs == 0 {
+            return;
+        }
+        t.push_str(&format!(
+            "| {} MiB | {label} | {} | {:.0} | {:.0} | {:.0} | {} | {} |\n",
+            r.config.heap_mb,
+            s.runs,
+            s.p50_us,
+            s.p99_us,
+            s.max_us,
+            opt(s.kernel_p50_us),
+            opt(s.old_exit_p50_us),
+        ));
+    };
+    for f in &r.config.faults {
+        row(f.as_str(), summarize(&r.samples, |s| s.fault == *f));
+    }
+    row(
+        "self-detected (segv+panic)",
+        summarize(&r.samples, |s| s.fault.self_detected()),
+    );
+    t
+}
+
+/// The JSON report (DESIGN.md §12 contract): top-level `p50_us`, `p99_us` over every run of
+/// every fault kind, `heap_mb`; per-kind detail under `sigkill`, `segv`, `panic`, and
+/// `self_detected` (segv and panic together); every sample under `samples`.
+pub fn json(r: &RecoveryReport) -> serde_json::Value {
+    let all = summarize(&r.samples, |_| true);
+    let mut v = serde_json::json!({
+        "p50_us": all.p50_us,
+        "p99_us": all.p99_us,
+        "max_us": all.max_us,
+        "runs": all.runs,
+        "heap_mb": r.config.heap_mb,
+        "heap_used_bytes": r.heap_used_bytes,
+        "fill_keys": r.fill_keys,
+        "rewarm_ms": r.rewarm_ms,
+        "errors": r.errors,
+        "exactly_once": r.exactly_once,
+        "self_detected": summarize(&r.samples, |s| s.fault.self_detected()),
+        "config": r.config,
+        "samples": r.samples,
+    });
+    for f in Fault::ALL {
+        let s = summarize(&r.samples, |s| s.fault == f);
+        if s.runs > 0 {
+            v[f.as_str()] = serde_json::to_value(s).expect("serialisable");
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&v[..5], 0.99), 5.0);
+        assert_eq!(percentile(&[7.0], 0.5), 7.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+}
