@@ -1,0 +1,10 @@
+use txipc_heap::Persistent;
+
+#[derive(Persistent)]
+#[repr(C)]
+struct S {
+    ok: u64,
+    bad: String,
+}
+
+fn main() {}
