@@ -1,0 +1,98 @@
+//! `txipc bench kv` and `txipc bench recovery` through the built binary, small: the JSON
+//! contract (DESIGN.md §12) holds and the values are sane. Speed is never asserted here.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Runs `txipc bench ARGS... --json` and returns its last stdout line as JSON.
+fn bench(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_txipc"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        // A panicking server would symbolise a backtrace first; irrelevant to this test.
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("running txipc bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "txipc bench {args:?} failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().expect("some output");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
+}
+
+fn positive(v: &Value, key: &str) -> f64 {
+    let x = v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("`{key}` missing or not a number in {v}"));
+    assert!(x.is_finite() && x > 0.0, "`{key}` = {x}");
+    x
+}
+
+#[test]
+fn bench_kv_json_contract() {
+    let v = bench(&[
+        "kv",
+        "--workload",
+        "a",
+        "--policy",
+        "txipc",
+        "--records",
+        "1000",
+        "--ops",
+        "2000",
+        "--rounds",
+        "1",
+    ]);
+    assert_eq!(v["workload"], "a");
+    assert_eq!(v["policy"], "txipc");
+    positive(&v, "ops_per_sec");
+    let p50 = positive(&v, "p50_ns");
+    let p99 = positive(&v, "p99_ns");
+    assert!(p50 <= p99);
+    let results = v["results"].as_array().expect("results array");
+    let policies: Vec<&str> = results
+        .iter()
+        .map(|r| r["policy"].as_str().expect("policy"))
+        .collect();
+    // The baseline is measured beside the requested policy.
+    assert_eq!(policies, ["none", "txipc"]);
+    for r in results {
+        assert_eq!(r["workload"], "a");
+        assert_eq!(r["errors"], 0, "{r}");
+        assert_eq!(r["ops"], 2000, "{r}");
+        positive(r, "ops_per_sec");
+        assert!(r["loss_vs_none_pct"].as_f64().is_some());
+    }
+}
+
+#[test]
+fn bench_recovery_json_contract() {
+    let v = bench(&["recovery", "--heap-mb", "16", "--runs", "5"]);
+    assert_eq!(v["heap_mb"], 16);
+    let p50 = positive(&v, "p50_us");
+    let p99 = positive(&v, "p99_us");
+    assert!(p50 <= p99);
+    // Every run recovered, exactly once, without a client-visible error.
+    assert_eq!(v["runs"], 15);
+    assert_eq!(v["errors"], 0);
+    assert_eq!(v["exactly_once"], true);
+    for kind in ["sigkill", "segv", "panic", "self_detected"] {
+        let k = &v[kind];
+        assert!(k["runs"].as_u64().unwrap_or(0) >= 5, "{kind}: {k}");
+        positive(k, "p50_us");
+        positive(k, "p99_us");
+    }
+    // The heap was really filled before the faults.
+    let used = v["heap_used_bytes"].as_f64().expect("heap_used_bytes");
+    assert!(used > 0.5 * 16.0 * 1024.0 * 1024.0, "heap used {used}");
+    for s in v["samples"].as_array().expect("samples") {
+        let (g0, g1) = (s["generation"][0].as_u64(), s["generation"][1].as_u64());
+        assert!(g1 > g0, "{s}");
+    }
+}
