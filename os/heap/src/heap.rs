@@ -368,8 +368,7 @@ impl Heap {
         // SAFETY: `open` guarantees no other Tx exists; the page sink cannot run (no tracked
         // write happens during begin), so this is the only access to the writer.
         unsafe {
-            (*w).reset();
-            (*w).view.set_state(TxState::Active(txid));
+            (*w).begin(txid);
         }
         Ok(Tx {
             heap: self,

@@ -140,7 +140,8 @@ pub struct LogSnapshot {
     pub state: TxState,
     /// Number of published undo records.
     pub records: u64,
-    /// The batch descriptor (meaningful once the state is `Committed`).
+    /// The batch descriptor, as published. Meaningful only when the state is `Committed`: in
+    /// `Active` it may still be the previous transaction's (it is cleared just after begin).
     pub batch: Vec<BatchEntry>,
     /// The server overflowed the log from inside a page-tracking fault and killed itself.
     pub overflow: bool,
@@ -383,13 +384,20 @@ pub(crate) struct LogWriter {
 }
 
 impl LogWriter {
-    pub(crate) fn reset(&mut self) {
+    /// Opens transaction `txid`. The order matters (ARCHITECTURE.md §5.1): the record count is
+    /// cleared while the header still says COMMITTED/ABORTED/IDLE (where records mean nothing),
+    /// then the state becomes ACTIVE (zero records: nothing to undo), and only then is the batch
+    /// descriptor cleared — clearing it first would let a crash show COMMITTED(prev) with an
+    /// empty batch, and the kernel would re-run requests that prev already answered.
+    pub(crate) fn begin(&mut self, txid: u64) {
         self.limit = u64::MAX;
         self.used = 0;
         self.nrec = 0;
         let h = self.view.hdr();
         h.nrec.store(0, Ordering::Release);
+        self.view.set_state(TxState::Active(txid));
         h.nbatch.store(0, Ordering::Release);
+        compiler_fence(Ordering::SeqCst);
     }
 
     pub(crate) fn truncate(&mut self, used: usize, nrec: u64) {

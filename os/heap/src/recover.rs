@@ -74,8 +74,8 @@ pub fn read_log(log_fd: BorrowedFd<'_>) -> Result<LogSnapshot, HeapError> {
 pub struct Recovery {
     /// The log state before recovery.
     pub prior: TxState,
-    /// The batch descriptor: when `prior` is `Committed`, the requests whose replies are
-    /// written and must be published; otherwise the requests to re-run (or fail).
+    /// When `prior` is `Committed`: the requests whose replies are written and must be
+    /// published. Empty otherwise (every TAKEN slot is then re-run or failed by policy).
     pub batch: Vec<BatchEntry>,
     /// What was undone (zero unless `prior` was `Active`).
     pub undone: RollbackCount,
@@ -122,9 +122,16 @@ pub fn recover(heap_fd: BorrowedFd<'_>, log_fd: BorrowedFd<'_>) -> Result<Recove
         view.set_state(TxState::Aborted(t));
         drop(hm);
     }
+    // The batch descriptor is meaningful only once committed; in any other state it may be
+    // the previous transaction's, not yet cleared.
+    let batch = if matches!(snap.state, TxState::Committed(_)) {
+        snap.batch
+    } else {
+        Vec::new()
+    };
     Ok(Recovery {
         prior: snap.state,
-        batch: snap.batch,
+        batch,
         undone,
         overflow: snap.overflow,
     })
