@@ -1,0 +1,163 @@
+//! Page tracking: typed collections and an unmodified `hashbrown` map in the heap, rolled back
+//! from whole-page records; real faults still kill the process.
+//!
+//! One page tracker per process, so the in-process cases run in one test, in sequence.
+
+mod common;
+
+use std::os::fd::AsFd;
+
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, fork};
+use txipc_heap::{
+    Heap, HeapAlloc, StableState, Tracking, TxState, create_heap_memfd, create_log_memfd,
+    heap_bytes, recover,
+};
+
+type HMap = hashbrown::HashMap<u64, u64, StableState, HeapAlloc>;
+
+/// The tracker is process-wide (and a fork inherits it): these tests take turns.
+static ONE_TRACKER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn page_tracking_rolls_back_typed_and_hashbrown() {
+    let _g = ONE_TRACKER.lock().unwrap_or_else(|e| e.into_inner());
+    // Typed collections, tracked by pages: in-place abort and crash + recover.
+    {
+        let hfd = create_heap_memfd("pg", 4 << 20).unwrap();
+        let lfd = create_log_memfd("pl", 4 << 20).unwrap();
+        let heap = Heap::attach(&hfd, &lfd, 0x6500_0000_0000, Tracking::Page).unwrap();
+        let root: &common::Root = heap.root_or_init(|_| Ok(common::new_root())).unwrap();
+        for t in 1..50 {
+            let mut tx = heap.begin(t).unwrap();
+            common::run_tx(root, &mut tx, t).unwrap();
+            tx.commit().unwrap();
+        }
+        let before = heap_bytes(hfd.as_fd()).unwrap();
+        let mut tx = heap.begin(50).unwrap();
+        for t in 50..80 {
+            common::run_tx(root, &mut tx, t).unwrap();
+        }
+        assert!(tx.records() > 0, "pages were captured");
+        assert_eq!(tx.log_used() % (4096 + 16), 0, "whole-page records");
+        tx.abort().unwrap();
+        assert_eq!(heap_bytes(hfd.as_fd()).unwrap(), before);
+
+        // Savepoint inside a page-tracked transaction.
+        let mut tx = heap.begin(51).unwrap();
+        common::run_tx(root, &mut tx, 51).unwrap();
+        let mid = heap_bytes(hfd.as_fd()).unwrap();
+        let sp = tx.savepoint().unwrap();
+        for t in 52..60 {
+            common::run_tx(root, &mut tx, t).unwrap();
+        }
+        tx.rollback_to(sp).unwrap();
+        assert_eq!(heap_bytes(hfd.as_fd()).unwrap(), mid);
+        common::run_tx(root, &mut tx, 99).unwrap();
+        tx.abort().unwrap();
+        assert_eq!(heap_bytes(hfd.as_fd()).unwrap(), before);
+
+        // Crash: forget the transaction, recover from another mapping.
+        let mut tx = heap.begin(52).unwrap();
+        for t in 100..130 {
+            common::run_tx(root, &mut tx, t).unwrap();
+        }
+        std::mem::forget(tx);
+        let r = recover(hfd.as_fd(), lfd.as_fd()).unwrap();
+        assert_eq!(r.prior, TxState::Active(52));
+        assert_eq!(heap_bytes(hfd.as_fd()).unwrap(), before);
+    }
+
+    // hashbrown in the heap through the allocator handle.
+    let hfd = create_heap_memfd("pg2", 8 << 20).unwrap();
+    let lfd = create_log_memfd("pl2", 8 << 20).unwrap();
+    let heap = Heap::attach(&hfd, &lfd, 0x6600_0000_0000, Tracking::Page).unwrap();
+    heap.page_root_or_init::<HMap>(|a| HMap::with_hasher_in(StableState, a))
+        .unwrap();
+    let mut tx = heap.begin(1).unwrap();
+    {
+        let m = tx.page_root::<HMap>().unwrap();
+        for i in 0..2000 {
+            m.insert(i, i * 2);
+        }
+    }
+    tx.commit().unwrap();
+    let before = heap_bytes(hfd.as_fd()).unwrap();
+    let mut tx = heap.begin(2).unwrap();
+    {
+        let m = tx.page_root::<HMap>().unwrap();
+        for i in 0..1000 {
+            m.remove(&i);
+        }
+        for i in 10_000..20_000 {
+            m.insert(i, i);
+        }
+        assert_eq!(m.len(), 11_000);
+    }
+    tx.abort().unwrap();
+    assert_eq!(heap_bytes(hfd.as_fd()).unwrap(), before, "hashbrown map rolled back");
+    let mut tx = heap.begin(3).unwrap();
+    {
+        let m = tx.page_root::<HMap>().unwrap();
+        assert_eq!(m.len(), 2000);
+        assert!((0..2000).all(|i| m.get(&i) == Some(&(i * 2))));
+    }
+    tx.commit().unwrap();
+    drop(heap);
+    // Typed tracking refuses the untracked &mut access.
+    let heap = Heap::attach(&hfd, &lfd, 0x6600_0000_0000, Tracking::Typed).unwrap();
+    let mut tx = heap.begin(4).unwrap();
+    assert!(tx.page_root::<HMap>().is_err());
+    assert!(heap.allocator().is_err());
+    tx.abort().unwrap();
+}
+
+/// Forks a child that attaches a page-tracked heap, writes to it (tracked faults), then does
+/// `bad`; returns how the child ended.
+fn child_fault(base: usize, bad: fn(usize, usize)) -> WaitStatus {
+    let hfd = create_heap_memfd("seg", 1 << 20).unwrap();
+    let lfd = create_log_memfd("segl", 1 << 20).unwrap();
+    // SAFETY: the child only runs the code below and _exits.
+    match unsafe { fork() }.unwrap() {
+        ForkResult::Child => {
+            common::no_core();
+            let r = (|| -> Result<(), txipc_heap::HeapError> {
+                let heap = Heap::attach(&hfd, &lfd, base, Tracking::Page)?;
+                let root: &common::Root = heap.root_or_init(|_| Ok(common::new_root()))?;
+                let mut tx = heap.begin(1)?;
+                common::run_tx(root, &mut tx, 1)?;
+                bad(heap.base(), heap.size());
+                Ok(())
+            })();
+            // SAFETY: forked child, no destructors.
+            unsafe { nix::libc::_exit(if r.is_ok() { 0 } else { 4 }) }
+        }
+        ForkResult::Parent { child } => waitpid(child, None).unwrap(),
+    }
+}
+
+#[test]
+fn real_segfaults_still_kill_under_page_tracking() {
+    let _g = ONE_TRACKER.lock().unwrap_or_else(|e| e.into_inner());
+    use nix::sys::signal::Signal;
+    // A stale pointer just past the heap (unmapped).
+    let st = child_fault(0x6700_0000_0000, |base, size| {
+        let p = (base + size + (64 << 20)) as *mut u64;
+        // SAFETY: deliberately invalid: the child must die of SIGSEGV here.
+        unsafe { p.write_volatile(1) };
+    });
+    assert!(matches!(st, WaitStatus::Signaled(_, Signal::SIGSEGV, _)), "{st:?}");
+    // A null write.
+    let st = child_fault(0x6800_0000_0000, |_, _| {
+        // SAFETY: deliberately invalid.
+        unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
+    });
+    assert!(matches!(st, WaitStatus::Signaled(_, Signal::SIGSEGV, _)), "{st:?}");
+    // A write to read-only memory of the program (a string literal).
+    let st = child_fault(0x6900_0000_0000, |_, _| {
+        let p = "read-only".as_ptr() as *mut u8;
+        // SAFETY: deliberately invalid.
+        unsafe { p.write_volatile(1) };
+    });
+    assert!(matches!(st, WaitStatus::Signaled(_, Signal::SIGSEGV, _)), "{st:?}");
+}
