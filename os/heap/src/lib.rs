@@ -71,6 +71,9 @@
 //! ```
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+// Lets `#[derive(Persistent)]` (which names `::txipc_heap`) work inside this crate.
+extern crate self as txipc_heap;
+
 mod alloc;
 pub mod bench;
 mod cell;
