@@ -45,7 +45,7 @@ pub const MAX_SMALL: usize = 2048;
 #[inline]
 pub(crate) fn class_of(size: usize) -> usize {
     if size <= 256 {
-        (size.max(1) + 15) / 16 - 1
+        size.max(1).div_ceil(16) - 1
     } else {
         let mut c = 16;
         while (CLASS_SIZES[c] as usize) < size {
@@ -290,7 +290,7 @@ impl TxCore {
         // SAFETY: link is the head cell.
         let mut cur = unsafe { link.read() };
         let mut guard = (self.end - self.base) / PAGE + 1;
-        // SAFETY (whole block): every node visited lies in the large area (it was put there by
+        // SAFETY: (whole block) every node visited lies in the large area (it was put there by
         // this function, and is re-checked); `p` is ours (contract).
         unsafe {
             while cur != 0 && cur < a {
@@ -377,8 +377,8 @@ pub(crate) fn stats(m: &AllocMeta, base: usize, size: usize) -> HeapStats {
         ..HeapStats::default()
     };
     let limit = size / 16 + 1;
-    for c in 0..NCLASS {
-        let mut p = m.small[c].get();
+    for (c, head) in m.small.iter().enumerate() {
+        let mut p = head.get();
         let mut n = 0;
         while p != 0 && n < limit {
             if p < base as u64 || p + 8 > (base + size) as u64 {
@@ -449,9 +449,9 @@ pub(crate) fn check_free(
     let end = (base + size) as u64;
     let mut ranges: Vec<(u64, u64)> = Vec::new();
     let limit = size / 16 + 1;
-    for c in 0..NCLASS {
+    for (c, head) in m.small.iter().enumerate() {
         let cs = u64::from(CLASS_SIZES[c]);
-        let mut p = m.small[c].get();
+        let mut p = head.get();
         let mut n = 0;
         while p != 0 {
             n += 1;

@@ -2,7 +2,7 @@
 //!
 //! Method: every figure is the median of several runs (after a warm-up run), each run a loop of
 //! many operations timed as a whole (no per-operation clock reads). Heaps are mapped at
-//! [`default_base`](crate::default_base)`(40)` and `(41)`; page tracking installs the
+//! [`crate::default_base`]`(40)` and `(41)`; page tracking installs the
 //! process's one SIGSEGV tracker for the duration of the run, so do not run this beside another
 //! page-tracked heap in the same process.
 
@@ -92,7 +92,8 @@ fn kv_setup(heap: &Heap) -> Result<&BenchRoot, HeapError> {
     let mut tx = heap.begin(1)?;
     let v = [7u8; 100];
     for i in 0..10_000u64 {
-        root.kv.insert(&mut tx, format!("user{i:012}").as_bytes(), &v)?;
+        root.kv
+            .insert(&mut tx, format!("user{i:012}").as_bytes(), &v)?;
     }
     tx.commit()?;
     Ok(root)
@@ -120,7 +121,10 @@ fn kv_put(heap: &Heap, root: &BenchRoot, ops: usize) -> Result<f64, HeapError> {
 pub fn bench_tx(opts: &TxBenchOptions) -> Result<TxBench, HeapError> {
     let ops = opts.ops.max(1000);
     let hfd = create_heap_memfd("bench-tx-heap", 64 << 20)?;
-    let lfd = create_log_memfd("bench-tx-log", (ops * 32 + (64 << 10)).next_multiple_of(4096))?;
+    let lfd = create_log_memfd(
+        "bench-tx-log",
+        (ops * 32 + (64 << 10)).next_multiple_of(4096),
+    )?;
     let heap = Heap::attach(&hfd, &lfd, default_base(40), Tracking::Typed)?;
     let root = kv_setup(&heap)?;
 

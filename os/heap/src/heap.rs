@@ -383,6 +383,9 @@ impl Heap {
         })
     }
 
+    // The slot is an UnsafeCell touched only at transaction boundaries, which `open` and the
+    // single `Tx` serialise: handing out `&mut` from `&self` is sound here.
+    #[allow(clippy::mut_from_ref)]
     fn tracker_mut(&self) -> Option<&mut txipc_pagetrack::PageTracker> {
         // SAFETY: the tracker slot is only touched by begin/commit/abort/savepoint, which run
         // with the heap's single transaction and never overlap (`open`, `&mut Tx`).
@@ -411,9 +414,7 @@ impl Heap {
                 expected: std::any::type_name::<R>(),
             });
         }
-        let end = r
-            .checked_add(std::mem::size_of::<R>() as u64)
-            .unwrap_or(u64::MAX);
+        let end = r.saturating_add(std::mem::size_of::<R>() as u64);
         if r < (self.base + HEAP_DATA_OFFSET) as u64
             || end > (self.base + self.size) as u64
             || r as usize % std::mem::align_of::<R>() != 0

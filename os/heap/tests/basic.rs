@@ -265,7 +265,10 @@ fn recover_rolls_back_an_active_transaction_from_another_mapping() {
     std::mem::forget(tx);
     let r = recover(hfd.as_fd(), lfd.as_fd()).unwrap();
     assert_eq!(r.prior, TxState::Active(2));
-    assert!(r.batch.is_empty(), "batch is reported only for committed transactions");
+    assert!(
+        r.batch.is_empty(),
+        "batch is reported only for committed transactions"
+    );
     assert!(r.undone.records > 0);
     assert_eq!(heap_bytes(hfd.as_fd()).unwrap(), before);
     // Again: nothing to do.

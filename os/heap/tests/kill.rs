@@ -21,7 +21,11 @@ fn child(hfd: &OwnedFd, lfd: &OwnedFd, base: usize, tracking: Tracking, start: u
         let root: &common::Root = heap.root_or_init(|_| Ok(new_root()))?;
         for txid in start..start + 1_000_000 {
             let mut tx = heap.begin(txid)?;
-            tx.add_batch_entry(BatchEntry { chan: 0, slot: (txid % 7) as u32, seq: txid })?;
+            tx.add_batch_entry(BatchEntry {
+                chan: 0,
+                slot: (txid % 7) as u32,
+                seq: txid,
+            })?;
             run_tx(root, &mut tx, txid)?;
             tx.commit()?;
         }
@@ -67,7 +71,15 @@ fn campaign(tracking: Tracking, base: usize, runs: usize, seed: u64) {
             TxState::Committed(t) => {
                 committed_runs += 1;
                 // txid 0 is the root's initialisation, which serves no request.
-                let want = if t == 0 { vec![] } else { vec![BatchEntry { chan: 0, slot: (t % 7) as u32, seq: t }] };
+                let want = if t == 0 {
+                    vec![]
+                } else {
+                    vec![BatchEntry {
+                        chan: 0,
+                        slot: (t % 7) as u32,
+                        seq: t,
+                    }]
+                };
                 assert_eq!(
                     r.batch, want,
                     "run {run}: batch descriptor of committed tx {t}"
@@ -93,7 +105,11 @@ fn campaign(tracking: Tracking, base: usize, runs: usize, seed: u64) {
             // Read inside transaction last + 1, then abort it: the log says ABORTED(last + 1),
             // which the next run reads as "nothing after `last`".
             let tx = heap.begin(last + 1).unwrap();
-            assert_eq!(read(root, &tx), model, "run {run}: heap differs from the model at tx {last}");
+            assert_eq!(
+                read(root, &tx),
+                model,
+                "run {run}: heap differs from the model at tx {last}"
+            );
             tx.abort().unwrap();
             heap.check(false).unwrap();
         } else {
@@ -103,7 +119,10 @@ fn campaign(tracking: Tracking, base: usize, runs: usize, seed: u64) {
     eprintln!(
         "{tracking:?}: {runs} kills, {last} transactions committed, killed mid-transaction {active_runs} times, after a commit {committed_runs} times"
     );
-    assert!(active_runs > runs / 10, "kills should land inside transactions");
+    assert!(
+        active_runs > runs / 10,
+        "kills should land inside transactions"
+    );
 }
 
 #[test]

@@ -95,7 +95,11 @@ fn page_tracking_rolls_back_typed_and_hashbrown() {
         assert_eq!(m.len(), 11_000);
     }
     tx.abort().unwrap();
-    assert_eq!(heap_bytes(hfd.as_fd()).unwrap(), before, "hashbrown map rolled back");
+    assert_eq!(
+        heap_bytes(hfd.as_fd()).unwrap(),
+        before,
+        "hashbrown map rolled back"
+    );
     let mut tx = heap.begin(3).unwrap();
     {
         let m = tx.page_root::<HMap>().unwrap();
@@ -146,18 +150,27 @@ fn real_segfaults_still_kill_under_page_tracking() {
         // SAFETY: deliberately invalid: the child must die of SIGSEGV here.
         unsafe { p.write_volatile(1) };
     });
-    assert!(matches!(st, WaitStatus::Signaled(_, Signal::SIGSEGV, _)), "{st:?}");
+    assert!(
+        matches!(st, WaitStatus::Signaled(_, Signal::SIGSEGV, _)),
+        "{st:?}"
+    );
     // A null write.
     let st = child_fault(0x6800_0000_0000, |_, _| {
         // SAFETY: deliberately invalid.
         unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
     });
-    assert!(matches!(st, WaitStatus::Signaled(_, Signal::SIGSEGV, _)), "{st:?}");
+    assert!(
+        matches!(st, WaitStatus::Signaled(_, Signal::SIGSEGV, _)),
+        "{st:?}"
+    );
     // A write to read-only memory of the program (a string literal).
     let st = child_fault(0x6900_0000_0000, |_, _| {
         let p = "read-only".as_ptr() as *mut u8;
         // SAFETY: deliberately invalid.
         unsafe { p.write_volatile(1) };
     });
-    assert!(matches!(st, WaitStatus::Signaled(_, Signal::SIGSEGV, _)), "{st:?}");
+    assert!(
+        matches!(st, WaitStatus::Signaled(_, Signal::SIGSEGV, _)),
+        "{st:?}"
+    );
 }

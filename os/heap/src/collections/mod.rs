@@ -8,7 +8,7 @@
 //!   into the heap as part of the root, then insert): otherwise [`HeapError::NotInHeap`].
 //!
 //! Values and keys are described by [`PValue`] and [`PKey`]: plain `Copy` persistent values are
-//! stored as they are; [`PBytes`] are created from `&[u8]` and freed by the collection.
+//! stored as they are; [`PBytes`](crate::PBytes) are created from `&[u8]` and freed by the collection.
 
 pub(crate) mod btree;
 pub(crate) mod bytes;
@@ -28,7 +28,7 @@ use sealed::Token;
 
 /// A value a persistent collection can hold.
 ///
-/// Implemented for every `Persistent + Copy` type (stored as is) and for [`PBytes`] (built from
+/// Implemented for every `Persistent + Copy` type (stored as is) and for [`PBytes`](crate::PBytes) (built from
 /// `&[u8]`, owned and freed by the collection).
 pub trait PValue: Persistent + Sized {
     /// What the caller hands in to store a value.
@@ -53,7 +53,7 @@ impl<T: Persistent + Copy> PValue for T {
 
 /// A key of a persistent map: compared and hashed through its borrowed form `Q`.
 pub trait PKey: PValue {
-    /// The borrowed form used for lookups (`[u8]` for [`PBytes`], the type itself for integers).
+    /// The borrowed form used for lookups (`[u8]` for [`PBytes`](crate::PBytes), the type itself for integers).
     type Q: ?Sized + Ord + Hash;
     /// The stored key's borrowed form.
     fn key(&self) -> &Self::Q;
@@ -70,7 +70,7 @@ macro_rules! int_keys {
             #[inline]
             fn key(&self) -> &$t { self }
             #[inline]
-            fn in_key<'a>(input: &'a $t) -> &'a $t { input }
+            fn in_key(input: &$t) -> &$t { input }
             #[inline]
             fn dup(&self, _: &mut Tx<'_>, _: Token) -> Result<$t, HeapError> { Ok(*self) }
         }
