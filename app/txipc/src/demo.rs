@@ -587,9 +587,10 @@ fn inject(conn: &System, kind: &str, rng: &mut impl Rng) -> Result<()> {
                 .filter(|&p| p > 0)
                 .context("no running kv incarnation")?;
             // SIGKILL: the real fail-stop, at whatever instant the server happens to be in.
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status();
+            // Counted only if delivered (the pid `ps` showed may have died a moment ago).
+            let pid = rustix::process::Pid::from_raw(pid).context("bad pid")?;
+            rustix::process::kill_process(pid, rustix::process::Signal::KILL)
+                .context("the incarnation was already gone")?;
             Ok(())
         }
         "panic" => Ok(conn.inject("kv", FailKind::Panic, point)?),

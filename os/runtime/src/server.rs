@@ -475,7 +475,9 @@ const SERVER_SPIN: Duration = Duration::from_micros(50);
 impl Loop<'_> {
     fn run(&mut self) -> ! {
         loop {
-            if self.doorbell.take_events() != 0 {
+            // A plain load first: the swap would take the doorbell line away from clients,
+            // which read it on every call.
+            if self.doorbell.pending_events() != 0 && self.doorbell.take_events() != 0 {
                 self.drain_control();
             }
             if self.serve_batch() == 0 {
