@@ -92,6 +92,16 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// SVG plots (`kv_throughput.svg`, `recovery.svg`) and markdown tables from saved JSON
+    /// reports of `bench kv` and `bench recovery`.
+    Plot {
+        /// Report files (the output of a `--json` run; the last JSON line is used).
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// Where to write the SVG files.
+        #[arg(long, default_value = "bench/results")]
+        out_dir: std::path::PathBuf,
+    },
     /// Transaction costs inside one process: undo record, page-tracking fault, commit, rollback.
     Tx {
         /// Print one JSON object as the last line.
@@ -304,6 +314,12 @@ pub fn run(exe: &Path, cmd: BenchCmd) -> Result<()> {
             if json {
                 println!("{}", crate::recovery::json(&r));
             }
+            Ok(())
+        }
+        BenchCmd::Plot { files, out_dir } => {
+            let md = crate::plot::run(&files, &out_dir)?;
+            print!("{md}");
+            eprintln!("bench plot: SVG files written to {}", out_dir.display());
             Ok(())
         }
         BenchCmd::Tx { json } => {

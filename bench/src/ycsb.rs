@@ -593,9 +593,9 @@ mod tests {
             counts[k as usize] += 1;
         }
         let zetan = zeta_from(0, n, ZIPFIAN_CONSTANT, 0.0);
-        for rank in 0..2 {
+        for (rank, &count) in counts.iter().enumerate().take(2) {
             let expect = 1.0 / ((rank + 1) as f64).powf(ZIPFIAN_CONSTANT) / zetan;
-            let got = f64::from(counts[rank]) / f64::from(draws);
+            let got = f64::from(count) / f64::from(draws);
             assert!(
                 (got - expect).abs() < 0.01,
                 "rank {rank}: {got} vs {expect}"
