@@ -110,14 +110,6 @@ pub enum BenchCmd {
     },
 }
 
-#[derive(serde::Serialize)]
-struct TxBenchPending {
-    undo_record_ns: f64,
-    page_fault_ns: f64,
-    commit_ns: f64,
-    rollback_ns_per_record: f64,
-}
-
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { f64::NAN }
 }
@@ -323,7 +315,7 @@ pub fn run(exe: &Path, cmd: BenchCmd) -> Result<()> {
             Ok(())
         }
         BenchCmd::Tx { json } => {
-            let r: TxBenchPending = anyhow::bail!("TEMP");
+            let r = txipc_heap::bench::bench_tx(&txipc_heap::bench::TxBenchOptions::default())?;
             println!("| transaction cost | ns |");
             println!("|---|---:|");
             println!(
@@ -336,6 +328,9 @@ pub fn run(exe: &Path, cmd: BenchCmd) -> Result<()> {
             );
             println!("| commit | {:.1} |", r.commit_ns);
             println!("| rollback, per record | {:.1} |", r.rollback_ns_per_record);
+            println!("| kv put, typed tracking | {:.0} |", r.kv_put_typed_ns);
+            println!("| kv put, tracking off | {:.0} |", r.kv_put_off_ns);
+            println!("| kv get | {:.0} |", r.kv_get_ns);
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             }
