@@ -415,7 +415,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
 /// Runs the demo and returns its report (also used by tests through the binary).
 pub fn run_demo(exe: &Path, args: &DemoArgs) -> Result<DemoReport> {
     let faults = parse_faults(&args.faults)?;
-    let seed = args.seed.unwrap_or_else(|| txipc_sys_seed());
+    let seed = args.seed.unwrap_or_else(time_seed);
     let system = format!("demo-{}", std::process::id());
     let say = |s: String| {
         if !args.quiet {
@@ -565,7 +565,7 @@ pub fn run_demo(exe: &Path, args: &DemoArgs) -> Result<DemoReport> {
     Ok(report)
 }
 
-fn txipc_sys_seed() -> u64 {
+fn time_seed() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64)
