@@ -1,6 +1,6 @@
 //! The kernel process of txipc: the trusted supervisor.
 //!
-//! It boots a system from a [`Manifest`], owns every shared object (heaps, undo logs, channels,
+//! It boots a system from a [`txipc_core::manifest::Manifest`], owns every shared object (heaps, undo logs, channels,
 //! doorbells, status pages), grants channels to clients that the manifest allows, supervises
 //! server incarnations through pidfds and crash reports, and drives recovery (ARCHITECTURE.md
 //! §6). It is never on the data path of a call.
