@@ -37,16 +37,18 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 100_000)]
         records: u64,
         /// Operations per policy per round (all clients together).
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(long, default_value_t = 50_000)]
         ops: u64,
-        /// Client threads, each with its own channel.
-        #[arg(long, default_value_t = 1)]
+        /// Client threads, each with its own channel. Two, both on the client CPU, keep the
+        /// server busy enough for group commit to form batches while every policy stays as
+        /// fast as with one (measured: bench/results/README.md).
+        #[arg(long, default_value_t = 2)]
         clients: u32,
         /// `batch_max` of the group-commit page-tracking run (1: no group-commit run).
         #[arg(long, default_value_t = 8)]
         batch: u32,
         /// Rounds; medians are reported.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 7)]
         rounds: u32,
         /// Bytes per record (YCSB: 10 fields of 100 B, stored as one value).
         #[arg(long, default_value_t = 1000)]
