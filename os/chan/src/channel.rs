@@ -5,15 +5,28 @@
 //!
 //! # The client's sleep cannot miss a reply
 //!
-//! Client: `client_waiting = 1` ; fence(SeqCst) ; `w = load state` ; if not REPLIED:
-//! `futex_wait(state, w)`. Server (`publish`): `state = REPLIED` (CAS, release) ;
-//! fence(SeqCst) ; if `load client_waiting == 1`: `futex_wake(state)`.
-//! If the client's fence comes first in the SeqCst order, the server's load sees
-//! `client_waiting == 1` and wakes; the wake either finds the client queued, or the client's
-//! `futex_wait` finds `state != w` and returns. If the server's fence comes first, the client's
-//! load sees REPLIED and never sleeps. (The doorbell module docs spell out the same argument.)
-//! Kernel operations always wake, and DEAD/REVOKED also raise the epoch of every state word, so
-//! a client about to sleep on the old value returns at once and sees the flag.
+//! Client (slow path): `client_waiting = 1` (SeqCst store) ; fence(SeqCst) ;
+//! `w = load state` ; if not REPLIED: `futex_wait(state, w)`.
+//! Server (`publish`, hot path): `state = REPLIED` (SeqCst CAS) ;
+//! `load client_waiting` (SeqCst) ; if 1: `futex_wake(state)`.
+//!
+//! This is the store–load (Dekker) pattern, argued in the C++20 model that Rust uses
+//! (\[atomics.order\]/4): let S be the single total order of SeqCst operations and fences.
+//! If the server's load of `client_waiting` precedes the client's store of 1 in S, then so
+//! does the REPLIED CAS (sequenced before it), and the client's fence follows its store; a
+//! load sequenced after a SeqCst fence that follows a SeqCst modification in S reads that
+//! modification or a later one, so the client reads REPLIED and never sleeps. Otherwise the
+//! server reads `client_waiting == 1` and wakes; the wake either finds the client queued or
+//! the client's `futex_wait` finds `state != w` (the kernel compares and enqueues under the
+//! futex bucket lock) and returns at once.
+//!
+//! The hot path (publish) therefore needs no fence: on x86 a SeqCst CAS is the same
+//! `lock cmpxchg` as a release CAS and a SeqCst load a plain `mov`; only the sleeping side
+//! pays for `xchg` + `mfence`, next to a system call. Kernel operations always wake, and
+//! DEAD/REVOKED also raise the epoch of every state word, so a client about to sleep on the
+//! old value returns at once and sees the flag. `tests/loom_handshake.rs` model-checks the
+//! handshakes (with fences on both sides: loom does not model the total order of SeqCst
+//! accesses, tokio-rs/loom#180).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
@@ -321,8 +334,9 @@ impl ClientChannel {
             .copy_in(layout.req_bytes_offset(slot, request.len()), request);
         let same_cpu = self.bell.client_note_cpu();
 
-        // CLAIMED → POSTED, release: the server's acquire CAS sees every field written above.
-        if c.transition(st::CLAIMED, st::POSTED, Release).is_err() {
+        // CLAIMED → POSTED. Release: the server's acquire CAS sees every field written above.
+        // SeqCst: it is the store half of the doorbell's store–load handshake (`ring`).
+        if c.transition(st::CLAIMED, st::POSTED, SeqCst).is_err() {
             return Err(ChanError::Protocol(
                 "a slot the client had claimed was changed",
             ));
@@ -366,7 +380,7 @@ impl ClientChannel {
             }
         }
         loop {
-            c.client_waiting().store(1, Relaxed);
+            c.client_waiting().store(1, SeqCst);
             fence(SeqCst);
             let w = c.state().load(Acquire);
             match w & st::MASK {

@@ -19,33 +19,38 @@
 //!
 //! # No lost wake-up (the store–load argument)
 //!
-//! Client, to post: `state = POSTED` (a store in the slot) ; **fence(SeqCst)** ;
-//! `load sleeping` ; if 1: `word += 1`, `futex_wake(word)`.
+//! Client, to post (hot path): `state = POSTED` (SeqCst CAS on the slot) ;
+//! `load sleeping` (SeqCst) ; if 1: `word += 1` (release), `futex_wake(word)`.
 //!
-//! Server, to sleep: `sleeping = 1` ; **fence(SeqCst)** ; `seen = load word` ;
-//! `still_idle()` (loads every slot state) ; if still idle: `futex_wait(word, seen)`.
+//! Server, to sleep (slow path): `sleeping = 1` (SeqCst store) ; **fence(SeqCst)** ;
+//! `seen = load word` (acquire) ; `still_idle()` (loads every slot state) ; if still idle:
+//! `futex_wait(word, seen)`.
 //!
-//! Each side does *store; SeqCst fence; load* of the other side's variable — the Dekker
-//! pattern, which needs exactly a store–load barrier (release/acquire alone allow both loads
-//! to read the old values: x86 store buffers do precisely that). The two fences are totally
-//! ordered in the single SeqCst order S:
+//! Each side stores its own flag and then loads the other's — the Dekker pattern, which needs
+//! a store–load barrier (release/acquire alone allow both loads to read the old values: x86
+//! store buffers do exactly that). In the C++20 model (\[atomics.order\]/4), with S the total
+//! order of SeqCst operations and fences:
 //!
-//! 1. The client's fence precedes the server's in S. Then the POSTED store, sequenced before
-//!    the client fence, is visible to every load sequenced after the server fence
-//!    (\[atomics.fences\]): `still_idle()` sees the request and the server does not sleep.
-//! 2. The server's fence precedes the client's. Then the client's load of `sleeping` sees 1
-//!    (or a later value written by a server that has already woken up and will scan again),
-//!    so the client bumps `word` and wakes. Either the server's `seen` load already read the
-//!    bumped value — it synchronises with the bump (release RMW, then the server's acquire
-//!    load) so the POSTED store, sequenced before the bump, happens-before `still_idle()`,
-//!    which sees it — or `seen` is the old value, and `futex_wait(word, seen)` either finds
-//!    `word != seen` and returns at once, or is already queued when `futex_wake` runs (the
-//!    futex compares and enqueues under the bucket lock) and is woken.
+//! 1. If some load in `still_idle()` (sequenced after the server's fence F) read a state older
+//!    than the POSTED CAS P, that load is coherence-ordered before P, so F precedes P in S
+//!    (rule 4.3). The server's `sleeping = 1` store is sequenced before F, hence precedes P
+//!    and the client's SeqCst load of `sleeping` (sequenced after P) in S: that load reads 1
+//!    (or a later value, written by a server that already woke and will scan again). The
+//!    client bumps `word` and wakes. Either the server's `seen` already read the bump — then
+//!    it synchronises with it (release RMW, acquire load), P happens-before `still_idle()`,
+//!    contradiction — or `seen` is older, and `futex_wait(word, seen)` either finds
+//!    `word != seen` and returns, or is already queued when `futex_wake` runs (the kernel
+//!    compares and enqueues under the bucket lock) and is woken.
+//! 2. Otherwise `still_idle()` saw the POSTED state and the server does not sleep.
 //!
-//! In no interleaving does the server sleep with a POSTED slot it has not seen. The same
-//! argument, with `client_waiting` for `sleeping` and the slot state for `word`, covers the
-//! client's sleep in `ClientChannel::call` (the channel module docs repeat it). Kernel events
-//! use `events |= bits` in place of the POSTED store and always bump and wake.
+//! In no interleaving does the server sleep with a POSTED slot it has not seen, whatever
+//! orderings `still_idle` uses for its loads (the fence covers them). The client's hot path
+//! has no fence: on x86 its SeqCst CAS is the `lock cmpxchg` it needs anyway and the SeqCst load
+//! a plain `mov`. The same argument, with `client_waiting` for `sleeping` and the slot state for
+//! `word`, covers the client's sleep in `ClientChannel::call` (channel module docs). Kernel
+//! events use `events |= bits` (SeqCst) in place of the POSTED CAS and always bump and wake.
+//! `tests/loom_handshake.rs` model-checks the handshake and shows that it fails without the
+//! barrier.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering, fence};
@@ -140,12 +145,12 @@ impl Doorbell {
         self.map.u32_at(off::EVENTS)
     }
 
-    /// Client side: wake the server if it sleeps. Call it after the POSTED store (the fence
-    /// inside orders that store before the load of `sleeping`; see the module docs).
+    /// Client side: wake the server if it sleeps. Call it after the POSTED transition, which
+    /// must be a SeqCst RMW (as in `ClientChannel::call`; any other caller that posts with a
+    /// weaker store must issue `fence(SeqCst)` first). See the module docs.
     #[inline]
     pub fn ring(&self) {
-        fence(Ordering::SeqCst);
-        if self.sleeping().load(Ordering::Relaxed) != 0 {
+        if self.sleeping().load(Ordering::SeqCst) != 0 {
             self.word().fetch_add(1, Ordering::Release);
             futex::wake_all(self.word());
         }
@@ -221,7 +226,7 @@ impl Doorbell {
             }
         }
         loop {
-            self.sleeping().store(1, Ordering::Relaxed);
+            self.sleeping().store(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             let seen = self.word().load(Ordering::Acquire);
             if self.pending_events() != 0 {

@@ -104,7 +104,8 @@ fn bare_doorbell_wait_never_misses_a_ring() {
     .unwrap();
     let cbell = Doorbell::map(&bell).unwrap();
     for i in 1..=ROUNDS {
-        posted.store(i, Ordering::Release);
+        // SeqCst: the store half of the handshake, as the POSTED CAS is in ClientChannel.
+        posted.store(i, Ordering::SeqCst);
         cbell.ring();
         wait_ack(acked, i);
     }

@@ -42,7 +42,7 @@ fn garbage_in_one_channel_is_answered_malformed_or_ignored_and_harms_no_other() 
     raw.u64(c0 + SEQ).store(1, Ordering::Relaxed);
     raw.u32(c0 + METHOD).store(0xdead_beef, Ordering::Relaxed);
     raw.u32(c0 + REQ_LEN).store(u32::MAX, Ordering::Relaxed);
-    raw.u32(c0 + STATE).store(POSTED, Ordering::Release);
+    raw.u32(c0 + STATE).store(POSTED, Ordering::SeqCst);
     ring.ring();
     wait_until("a Malformed reply", || raw.state(0) == REPLIED);
     assert_eq!(
@@ -76,6 +76,7 @@ fn garbage_in_one_channel_is_answered_malformed_or_ignored_and_harms_no_other() 
             };
             raw.u32(off).store(val, Ordering::Relaxed);
         }
+        std::sync::atomic::fence(Ordering::SeqCst);
         ring.ring();
         let req = payload(7, i, 128);
         let r = honest
