@@ -126,20 +126,22 @@ impl<'a> Ctl<'a> {
         }
     }
 
-    /// `from → FREE`, raising the epoch.
+    /// REPLIED → FREE, raising the epoch: a plain release store, no locked instruction.
+    ///
+    /// Only the client writes a REPLIED slot, so there is nothing to race with except a
+    /// kernel kick (epoch bump when the channel is marked DEAD/REVOKED). Overwriting a kick is
+    /// harmless: the flag it announces is checked before every call, nobody sleeps on a FREE
+    /// slot, and the epoch still moves forward (ABA protection holds). `false` if the slot is
+    /// not REPLIED (a peer scribbled on it): it is then left alone, and not reused.
     #[inline]
-    fn release_to_free(self, from: u32) -> bool {
+    fn release_replied(self) -> bool {
         let s = self.state();
-        let mut w = s.load(Relaxed);
-        loop {
-            if w & st::MASK != from {
-                return false;
-            }
-            match s.compare_exchange_weak(w, st::freed(w), Release, Relaxed) {
-                Ok(_) => return true,
-                Err(now) => w = now,
-            }
+        let w = s.load(Relaxed);
+        if w & st::MASK != st::REPLIED {
+            return false;
         }
+        s.store(st::freed(w), Release);
+        true
     }
 }
 
@@ -439,7 +441,7 @@ impl ClientChannel {
         };
         // REPLIED → FREE (epoch raised). Fails only if a peer scribbled on our slot; then the
         // slot is simply not reused.
-        if c.release_to_free(st::REPLIED) {
+        if c.release_replied() {
             self.hint.store(slot, Relaxed);
         }
         result
@@ -851,6 +853,21 @@ impl KernelChannel {
             futex::wake_all(self.chan.ctl(slot).state());
         }
         ok
+    }
+
+    /// Wakes every client sleeping on a slot of this channel. Recovery calls it once the dead
+    /// incarnation can no longer run: a server killed between its REPLIED store and its
+    /// `futex_wake` (inside [`ServerChannel::publish`]) leaves a client asleep on a slot that
+    /// is already REPLIED, which no other party would ever wake.
+    pub fn wake_waiters(&self) -> usize {
+        let mut n = 0;
+        for i in 0..self.chan.nslots {
+            let c = self.chan.ctl(i);
+            if c.client_waiting().load(SeqCst) != 0 {
+                n += futex::wake_all(c.state());
+            }
+        }
+        n
     }
 
     /// Current generation.
