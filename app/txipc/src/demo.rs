@@ -511,13 +511,18 @@ pub fn run_demo(exe: &Path, args: &DemoArgs) -> Result<DemoReport> {
         std::thread::sleep(Duration::from_millis(2));
     }
     report.seconds = start.elapsed().as_secs_f64().min(args.seconds as f64);
-    for c in &mut clients {
+    // A client that has not reported by now is stuck in a call: that is a failure of the
+    // system (no call may wait forever). Kill it so the demo itself never hangs.
+    for (i, c) in clients.iter_mut().enumerate() {
+        if results[i].is_none() {
+            let _ = c.child.kill();
+        }
         let _ = c.child.wait();
     }
     let results: Vec<ClientReport> = results.into_iter().flatten().collect();
     if results.len() != clients.len() {
         bail!(
-            "only {} of {} clients reported (a client hung or died: see its error above)",
+            "only {} of {} clients reported within 30 s of the end: a call never completed, or a client died (see its error above)",
             results.len(),
             clients.len()
         );

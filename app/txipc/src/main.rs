@@ -47,6 +47,10 @@ enum Cmd {
         /// Quiet: do not log recovery events.
         #[arg(long, short)]
         quiet: bool,
+        /// Exit (taking every server with it) when the parent process dies. Used by programs
+        /// that boot a private system (tests, benchmarks, the demo).
+        #[arg(long, hide = true)]
+        die_with_parent: bool,
     },
     /// The servers of a running system.
     Ps {
@@ -123,7 +127,13 @@ fn dispatch(cli: Cli) -> Result<()> {
             manifest,
             system,
             quiet,
-        } => run(manifest, system, quiet),
+            die_with_parent,
+        } => {
+            if die_with_parent {
+                txipc_sys::process::die_with_parent(txipc_sys::process::getppid())?;
+            }
+            run(manifest, system, quiet)
+        }
         Cmd::Ps { system, json } => ps(&system, json),
         Cmd::Kv {
             system,

@@ -1301,6 +1301,11 @@ fn recover_shared_state(s: &mut Server, held: bool) -> (String, LogState) {
         }
         Policy::None => {}
     }
+    // Crash point "after REPLIED, before the wake": the client sleeps on a slot that is
+    // already answered. Wake every sleeper; each re-checks its slot.
+    for c in s.channels.values() {
+        c.k.wake_waiters();
+    }
     let committed = matches!(log_state, LogState::Committed(_));
     let (mut published, mut reposted, mut failed) = (0, 0, 0);
     for (&ci, c) in &s.channels {

@@ -298,7 +298,7 @@ impl SystemProcess {
         timeout: Duration,
     ) -> Result<SystemProcess, ClientError> {
         let mut cmd = Command::new(exe);
-        cmd.args(["run", "-", "--system", name]);
+        cmd.args(["run", "-", "--system", name, "--die-with-parent"]);
         // Quiet unless asked: the kernel logs every recovery and servers print their panics,
         // which drowns a demo or a test log. TXIPC_VERBOSE=1 shows them.
         if std::env::var_os("TXIPC_VERBOSE").is_none_or(|v| v.is_empty() || v == "0") {
