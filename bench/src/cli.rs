@@ -39,10 +39,9 @@ pub enum BenchCmd {
         /// Operations per policy per round (all clients together).
         #[arg(long, default_value_t = 50_000)]
         ops: u64,
-        /// Client threads, each with its own channel. Two, both on the client CPU, keep the
-        /// server busy enough for group commit to form batches while every policy stays as
-        /// fast as with one (measured: bench/results/README.md).
-        #[arg(long, default_value_t = 2)]
+        /// Client threads, each with its own channel. One (a clean ping-pong across the two
+        /// CPUs) gives the steadiest figures; group commit needs two or more to form batches.
+        #[arg(long, default_value_t = 1)]
         clients: u32,
         /// `batch_max` of the group-commit page-tracking run (1: no group-commit run).
         #[arg(long, default_value_t = 8)]
@@ -50,6 +49,10 @@ pub enum BenchCmd {
         /// Rounds; medians are reported.
         #[arg(long, default_value_t = 7)]
         rounds: u32,
+        /// Operations per slice: each round runs the systems in turn, this many operations at
+        /// a time, so that the machine's drift hits every policy alike.
+        #[arg(long, default_value_t = 2_500)]
+        slice: u64,
         /// Bytes per record (YCSB: 10 fields of 100 B, stored as one value).
         #[arg(long, default_value_t = 1000)]
         value_size: usize,
@@ -139,6 +142,7 @@ pub fn run(exe: &Path, cmd: BenchCmd) -> Result<()> {
             clients,
             batch,
             rounds,
+            slice,
             value_size,
             seed,
             server_cpu,
@@ -162,6 +166,7 @@ pub fn run(exe: &Path, cmd: BenchCmd) -> Result<()> {
                 ops,
                 clients,
                 rounds,
+                slice_ops: slice.max(1),
                 value_size,
                 seed,
                 server_cpu: parse_cpu(&server_cpu)?,

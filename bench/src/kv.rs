@@ -2,15 +2,18 @@
 //!
 //! For each workload, one system per policy variant is booted (all at once, each a kv server
 //! pinned to the server CPU), each is loaded with the same records, and then the workload runs
-//! on each in turn for several rounds, the order rotated every round: `none, txipc, page, …`,
-//! then `txipc, page, …, none`, and so on. The machine is shared and drifts, so every
-//! comparison is made between runs a second apart, and reported as the median over rounds of
-//! the per-round ratio to `none`.
+//! on each in turn for several rounds, each round made of short slices (2 500 operations by
+//! default) that visit every system in turn, the order rotated: `none, txipc, page, …`,
+//! then `txipc, page, …, none`, and so on. The machine is shared and drifts (its speed changes
+//! by 2× within seconds when other jobs run), so every comparison is made between slices tens
+//! of milliseconds apart, and reported as the median over rounds of the per-round ratio to
+//! `none`.
 //!
 //! Every policy gets the same client seeds, so each sees the same request stream.
 //!
-//! What is measured per policy: throughput (operations of all clients over the wall time of
-//! the round) and the latency of each operation (hdrhistogram, all rounds merged). A
+//! What is measured per policy: throughput (per round, the median over its slices of the
+//! slice's operations over its wall time, so that a slice another job slowed down does not
+//! count; the plain wall-time figure is reported beside it as `ops_per_sec_wall`) and the latency of each operation (hdrhistogram, all rounds merged). A
 //! read-modify-write counts as one operation, as in YCSB.
 
 use std::path::Path;
@@ -148,6 +151,8 @@ pub struct KvConfig {
     pub clients: u32,
     /// Rounds (medians are reported).
     pub rounds: u32,
+    /// Operations per slice: a round runs the systems in turn, this many operations at a time.
+    pub slice_ops: u64,
     /// Bytes per record value (YCSB: 10 fields × 100 B = 1000 B, stored as one value).
     pub value_size: usize,
     /// Base seed of the clients' generators.
@@ -171,22 +176,42 @@ pub struct KvResult {
     pub tracking: &'static str,
     /// The manifest's `batch_max`.
     pub batch_max: u32,
-    /// Median over rounds.
+    /// Throughput: the median over rounds of each round's median slice throughput (a slice
+    /// that another job on the machine slowed down does not count).
     pub ops_per_sec: f64,
-    /// Each round's throughput.
+    /// Each round's throughput (median of its slices).
     pub ops_per_sec_rounds: Vec<f64>,
+    /// Throughput over wall time, all slices of a round counted (median over rounds): what
+    /// the machine delivered, interference included.
+    pub ops_per_sec_wall: f64,
+    /// Service rate without stalls: clients / mean latency of the operations that took at
+    /// most 1 ms (median over rounds). Operations slower than that were preempted by other
+    /// jobs on this shared machine; excluding them leaves the cost of the operation itself.
+    /// Exact for one client; with several clients on one CPU it is an upper bound.
+    pub ops_per_sec_unstalled: f64,
+    /// Loss against `none` on `ops_per_sec_unstalled`, percent (median over rounds).
+    pub loss_unstalled_pct: f64,
     /// Latency percentiles over all rounds, nanoseconds.
     pub p50_ns: u64,
     /// 99th percentile.
     pub p99_ns: u64,
     /// 99.9th percentile.
     pub p999_ns: u64,
+    /// 99.99th percentile.
+    pub p9999_ns: u64,
+    /// Slowest operation.
+    pub max_ns: u64,
     /// Mean latency.
     pub mean_ns: f64,
+    /// Share of operations slower than 1 ms (preemption of the client or the server by
+    /// something else: no kv operation needs that long here).
+    pub over_1ms_share: f64,
+    /// Share of the measured time spent in those operations.
+    pub over_1ms_time_share: f64,
     /// Operations measured (all rounds).
     pub ops: u64,
     /// Throughput loss against `none`, percent: median over rounds of `1 - this/none` of the
-    /// same round. Negative means faster than `none` (noise).
+    /// same round (slice medians). Negative means faster than `none` (noise).
     pub loss_vs_none_pct: f64,
     /// Each round's loss.
     pub loss_vs_none_pct_rounds: Vec<f64>,
@@ -227,11 +252,19 @@ struct Sys {
     _proc: SystemProcess,
     clients: Vec<KvClient<Channel>>,
     rounds: Vec<f64>,
+    rounds_wall: Vec<f64>,
+    rounds_unstalled: Vec<f64>,
+    round_fast_ns: f64,
+    round_fast_ops: u64,
     hist: Histogram<u64>,
     errors: u64,
     load_ops_per_sec: f64,
     ops: u64,
 }
+
+/// Operations slower than this were stalled by something else (preemption of the client or
+/// the server); see [`KvResult::ops_per_sec_unstalled`].
+const STALL_NS: u64 = 1_000_000;
 
 fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
@@ -305,10 +338,17 @@ fn run_op(c: &KvClient<Channel>, st: &mut Stream<'_>, inserts: &InsertSequence) 
     ok
 }
 
-/// Runs one round of `w` on `s`: `cfg.ops` operations over all clients.
-fn round(cfg: &KvConfig, s: &mut Sys, streams: &mut [Stream<'_>], inserts: &InsertSequence) -> f64 {
+/// Runs one slice on `s`: `ops` operations over all clients. Returns the wall time and the
+/// operations done.
+fn slice(
+    cfg: &KvConfig,
+    s: &mut Sys,
+    streams: &mut [Stream<'_>],
+    inserts: &InsertSequence,
+    ops: u64,
+) -> (Duration, u64) {
     let n = s.clients.len();
-    let per = cfg.ops / n as u64;
+    let per = (ops / n as u64).max(1);
     let barrier = Barrier::new(n + 1);
     let (elapsed, results) = std::thread::scope(|scope| {
         let handles: Vec<_> = s
@@ -343,12 +383,18 @@ fn round(cfg: &KvConfig, s: &mut Sys, streams: &mut [Stream<'_>], inserts: &Inse
         (t.elapsed(), results)
     });
     for (h, e) in results {
+        for v in h.iter_recorded() {
+            if v.value_iterated_to() <= STALL_NS {
+                s.round_fast_ns += v.value_iterated_to() as f64 * v.count_at_value() as f64;
+                s.round_fast_ops += v.count_at_value();
+            }
+        }
         let _ = s.hist.add(&h);
         s.errors += e;
     }
     let total = per * n as u64;
     s.ops += total;
-    total as f64 / elapsed.as_secs_f64()
+    (elapsed, total)
 }
 
 /// Runs every workload under every variant. Each workload boots fresh systems.
@@ -374,6 +420,10 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
                 _proc: proc,
                 clients,
                 rounds: Vec::new(),
+                rounds_wall: Vec::new(),
+                rounds_unstalled: Vec::new(),
+                round_fast_ns: 0.0,
+                round_fast_ops: 0,
                 hist: new_hist(),
                 errors: 0,
                 load_ops_per_sec: 0.0,
@@ -406,24 +456,47 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
             })
             .collect();
         let n = systems.len();
+        let slices = (cfg.ops / cfg.slice_ops.max(1)).max(1);
         for r in 0..cfg.rounds as usize {
-            for j in 0..n {
-                // Rotate the order every round so no policy always runs first or last.
-                let idx = (j + r) % n;
-                let s = &mut systems[idx];
-                let ops = round(cfg, s, &mut streams[idx], &inserts[idx]);
-                s.rounds.push(ops);
-                progress(&format!(
-                    "workload {w} round {}/{}: {:<12} {:>10.0} ops/s",
-                    r + 1,
-                    cfg.rounds,
-                    s.variant.label(),
-                    ops
-                ));
+            // A round is `slices` short slices per system, interleaved (the order rotated every
+            // slice and every round), so that a change of the machine's speed hits every
+            // policy alike.
+            let mut time = vec![Duration::ZERO; n];
+            let mut done = vec![0u64; n];
+            let mut per_slice: Vec<Vec<f64>> = vec![Vec::new(); n];
+            for k in 0..slices as usize {
+                for j in 0..n {
+                    let idx = (j + k + r) % n;
+                    let (t, ops) = slice(
+                        cfg,
+                        &mut systems[idx],
+                        &mut streams[idx],
+                        &inserts[idx],
+                        cfg.ops / slices,
+                    );
+                    time[idx] += t;
+                    done[idx] += ops;
+                    per_slice[idx].push(ops as f64 / t.as_secs_f64());
+                }
             }
+            let mut line = format!("workload {w} round {}/{}:", r + 1, cfg.rounds);
+            for (idx, s) in systems.iter_mut().enumerate() {
+                let ops = crate::median(&mut per_slice[idx]);
+                s.rounds.push(ops);
+                s.rounds_wall
+                    .push(done[idx] as f64 / time[idx].as_secs_f64());
+                let clients = s.clients.len() as f64;
+                s.rounds_unstalled
+                    .push(s.round_fast_ops as f64 * 1e9 * clients / s.round_fast_ns.max(1.0));
+                s.round_fast_ns = 0.0;
+                s.round_fast_ops = 0;
+                line.push_str(&format!(" {} {:.0}", s.variant.label(), ops));
+            }
+            progress(&format!("{line} ops/s"));
         }
         drop(streams);
         let base = systems[0].rounds.clone();
+        let base_unstalled = systems[0].rounds_unstalled.clone();
         for s in &mut systems {
             let mut rounds = s.rounds.clone();
             let mut losses: Vec<f64> = s
@@ -441,10 +514,42 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
                 batch_max: s.variant.batch_max(),
                 ops_per_sec: crate::median(&mut rounds),
                 ops_per_sec_rounds: s.rounds.clone(),
+                ops_per_sec_wall: crate::median(&mut s.rounds_wall.clone()),
+                ops_per_sec_unstalled: crate::median(&mut s.rounds_unstalled.clone()),
+                loss_unstalled_pct: crate::median(
+                    &mut s
+                        .rounds_unstalled
+                        .iter()
+                        .zip(&base_unstalled)
+                        .map(|(x, b)| (1.0 - x / b) * 100.0)
+                        .collect::<Vec<_>>(),
+                ),
                 p50_ns: s.hist.value_at_quantile(0.5),
                 p99_ns: s.hist.value_at_quantile(0.99),
                 p999_ns: s.hist.value_at_quantile(0.999),
+                p9999_ns: s.hist.value_at_quantile(0.9999),
+                max_ns: s.hist.max(),
                 mean_ns: s.hist.mean(),
+                over_1ms_share: {
+                    let slow: u64 = s
+                        .hist
+                        .iter_recorded()
+                        .filter(|v| v.value_iterated_to() > STALL_NS)
+                        .map(|v| v.count_at_value())
+                        .sum();
+                    slow as f64 / s.hist.len().max(1) as f64
+                },
+                over_1ms_time_share: {
+                    let (mut slow, mut all) = (0f64, 0f64);
+                    for v in s.hist.iter_recorded() {
+                        let t = v.value_iterated_to() as f64 * v.count_at_value() as f64;
+                        all += t;
+                        if v.value_iterated_to() > STALL_NS {
+                            slow += t;
+                        }
+                    }
+                    if all > 0.0 { slow / all } else { 0.0 }
+                },
                 ops: s.ops,
                 loss_vs_none_pct: crate::median(&mut losses),
                 loss_vs_none_pct_rounds: loss_rounds,
@@ -467,20 +572,25 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
 /// The markdown table: one row per workload and policy, loss against `none`.
 pub fn table(results: &[KvResult]) -> String {
     let mut t = String::from(
-        "| workload | policy | ops/s (median) | loss vs none | p50 µs | p99 µs | errors |\n|---|---|---:|---:|---:|---:|---:|\n",
+        "| workload | policy | ops/s | loss vs none | ops/s unstalled | loss unstalled | p50 µs | p99 µs | errors |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in results {
-        let loss = if r.policy == "none" {
-            "—".to_string()
+        let (loss, loss_u) = if r.policy == "none" {
+            ("—".to_string(), "—".to_string())
         } else {
-            format!("{:+.1}%", r.loss_vs_none_pct)
+            (
+                format!("{:+.1}%", r.loss_vs_none_pct),
+                format!("{:+.1}%", r.loss_unstalled_pct),
+            )
         };
         t.push_str(&format!(
-            "| {} | {} | {:.0} | {} | {:.1} | {:.1} | {} |\n",
+            "| {} | {} | {:.0} | {} | {:.0} | {} | {:.1} | {:.1} | {} |\n",
             r.workload.as_str().to_uppercase(),
             r.policy,
             r.ops_per_sec,
             loss,
+            r.ops_per_sec_unstalled,
+            loss_u,
             r.p50_ns as f64 / 1e3,
             r.p99_ns as f64 / 1e3,
             r.errors
@@ -507,12 +617,14 @@ pub fn json(cfg: &KvConfig, results: &[KvResult]) -> serde_json::Value {
         .iter()
         .find(|r| r.policy == headline_policy)
         .or_else(|| results.first());
-    let txipc_losses: Vec<f64> = results
-        .iter()
-        .filter(|r| r.policy == "txipc")
-        .map(|r| r.loss_vs_none_pct)
-        .collect();
-    let max_loss = txipc_losses.iter().copied().fold(f64::NAN, f64::max);
+    let max_of = |f: fn(&KvResult) -> f64| {
+        let m = results
+            .iter()
+            .filter(|r| r.policy == "txipc")
+            .map(f)
+            .fold(f64::NAN, f64::max);
+        if m.is_nan() { None } else { Some(m) }
+    };
     serde_json::json!({
         "workload": head.map(|r| r.workload),
         "policy": head.map(|r| r.policy.clone()),
@@ -520,7 +632,8 @@ pub fn json(cfg: &KvConfig, results: &[KvResult]) -> serde_json::Value {
         "p50_ns": head.map(|r| r.p50_ns),
         "p99_ns": head.map(|r| r.p99_ns),
         "loss_vs_none_pct": head.map(|r| r.loss_vs_none_pct),
-        "max_loss_txipc_pct": if max_loss.is_nan() { None } else { Some(max_loss) },
+        "max_loss_txipc_pct": max_of(|r| r.loss_vs_none_pct),
+        "max_loss_unstalled_txipc_pct": max_of(|r| r.loss_unstalled_pct),
         "loss_goal_pct": 5.0,
         "config": cfg,
         "results": results,
