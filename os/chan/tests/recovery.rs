@@ -321,3 +321,40 @@ fn timeout_leaves_a_taken_slot_that_is_reused_once_replied() {
     bell.notify(EVENT_STOP);
     assert_eq!(srv.wait().unwrap(), 0);
 }
+
+/// Crash point "after the REPLIED store, before the futex wake" (inside `publish`): the client
+/// sleeps on an answered slot; `wake_waiters` (run by recovery) gets it its reply.
+#[test]
+fn wake_waiters_rescues_a_client_whose_server_died_before_waking_it() {
+    let s = setup(1);
+    let k = KernelChannel::map(&s.chan).unwrap();
+    let raw = RawMap::new(&s.chan, s.layout.total_size());
+    let server = ServerChannel::map(&s.chan).unwrap();
+    let client = ClientChannel::map(&s.chan, &s.bell)
+        .unwrap()
+        .with_spin(SLEEPER);
+    std::thread::scope(|sc| {
+        let call = sc.spawn(|| {
+            let mut reply = Vec::new();
+            let r = client.call(1, b"q", &mut reply, None);
+            (r, reply)
+        });
+        wait_until("POSTED", || state(&k, 0) == SlotState::Posted);
+        let t = server.try_take().unwrap();
+        server.write_reply(t.slot, Status::Ok, b"answer").unwrap();
+        wait_until("the client to sleep", || {
+            raw.u32(ctl(0) + CLIENT_WAITING).load(Ordering::Acquire) == 1
+        });
+        // The REPLIED store of `publish`, and then the server "dies" before its wake.
+        let w = raw.u32(ctl(0) + STATE).load(Ordering::Acquire);
+        assert_eq!(w & 0xff, TAKEN);
+        raw.u32(ctl(0) + STATE)
+            .store((w & !0xff) | REPLIED, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!call.is_finished(), "nobody woke the client yet");
+        assert_eq!(k.wake_waiters(), 1);
+        let (r, reply) = call.join().unwrap();
+        assert_eq!(r.unwrap().status, Status::Ok);
+        assert_eq!(reply, b"answer");
+    });
+}
