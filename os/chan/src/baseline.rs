@@ -423,10 +423,8 @@ pub fn run_echo_server(chans: &[ServerChannel], bell: &Doorbell, spin: Duration)
     let mut buf = Vec::with_capacity(4096);
     let mut served = 0u64;
     loop {
-        let mut idle = true;
         for ch in chans {
-            while let Some(t) = ch.take_into(&mut buf) {
-                idle = false;
+            if let Some(t) = ch.take_into(&mut buf) {
                 let status = if t.malformed {
                     Status::Malformed
                 } else {
@@ -436,13 +434,13 @@ pub fn run_echo_server(chans: &[ServerChannel], bell: &Doorbell, spin: Duration)
                 served += 1;
             }
         }
-        if idle {
-            match bell.wait(|| !chans.iter().any(ServerChannel::has_posted), spin, None) {
-                Wake::Work | Wake::TimedOut => {}
-                Wake::Events => {
-                    if bell.take_events() & EVENT_STOP != 0 {
-                        return served;
-                    }
+        // No immediate re-scan: `wait` pauses before it looks, which keeps this loop off the
+        // slot lines while the client writes its next request (see `spin`).
+        match bell.wait(|| !chans.iter().any(ServerChannel::has_posted), spin, None) {
+            Wake::Work | Wake::TimedOut => {}
+            Wake::Events => {
+                if bell.take_events() & EVENT_STOP != 0 {
+                    return served;
                 }
             }
         }

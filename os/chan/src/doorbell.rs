@@ -207,13 +207,10 @@ impl Doorbell {
         let start = timeout.map(|_| Instant::now());
         let my_cpu = self.publish_server_cpu();
         let mut spinner = Spinner::new(spin.budget);
+        // Pause before the first look: callers come here after a scan found nothing, and an
+        // immediate re-scan would pull the slot lines away from a client writing its next
+        // request (see `spin`). Correctness does not depend on this phase at all.
         loop {
-            if self.pending_events() != 0 {
-                return Wake::Events;
-            }
-            if !still_idle() {
-                return Wake::Work;
-            }
             let yield_now = match spin.mode {
                 SpinMode::Pure => false,
                 SpinMode::Yield => true,
@@ -223,6 +220,12 @@ impl Doorbell {
             };
             if !spinner.spin(yield_now) {
                 break;
+            }
+            if self.pending_events() != 0 {
+                return Wake::Events;
+            }
+            if !still_idle() {
+                return Wake::Work;
             }
         }
         loop {
