@@ -172,6 +172,8 @@ struct Server {
     fault_at: Option<Instant>,
     last_recovery_us: Option<f64>,
     restart_at: Option<Instant>,
+    /// Watchdog: the busy transaction last seen, and since when.
+    watch: Option<(u64, Instant)>,
     fresh_next: bool,
     /// Incarnations killed after recovery whose pidfds we still watch (to drop them).
     zombies: HashMap<u64, Inc>,
@@ -459,7 +461,7 @@ impl Kernel {
     fn on_tick(&mut self) {
         let mut buf = [0u8; 8];
         let _ = rustix::io::read(&self.timer, &mut buf);
-        let now_ns = txipc_sys::time::monotonic_ns();
+        let now = Instant::now();
         for i in 0..self.servers.len() {
             let s = &self.servers[i];
             // Delayed restarts (minimum interval between restarts).
@@ -469,10 +471,22 @@ impl Kernel {
                 self.activate_or_spawn(i);
                 continue;
             }
-            // Hangs: a call running past the deadline.
+            // Hangs: the same batch seen busy for longer than the deadline. (The server only
+            // stores its transaction id; the kernel keeps the clock, so the call path pays no
+            // clock read.)
             if s.state == SrvState::Running && s.active.is_some() {
-                let (since, _txid) = s.status.busy();
-                if since != 0 && now_ns.saturating_sub(since) > s.spec.deadline_ms * 1_000_000 {
+                let busy = s.status.busy();
+                let hung = match self.servers[i].watch {
+                    Some((txid, since)) if txid == busy && busy != 0 => {
+                        now.duration_since(since) > Duration::from_millis(s.spec.deadline_ms)
+                    }
+                    _ => {
+                        self.servers[i].watch = (busy != 0).then_some((busy, now));
+                        false
+                    }
+                };
+                let s = &self.servers[i];
+                if hung {
                     let pid = s.active.as_ref().map_or(0, |a| a.pid);
                     self.log(format!(
                         "{}: call exceeded {} ms deadline (pid {pid}): stopping it",
@@ -1415,6 +1429,7 @@ impl Server {
             fault_at: None,
             last_recovery_us: None,
             restart_at: None,
+            watch: None,
             fresh_next: true,
             zombies: HashMap::new(),
         })

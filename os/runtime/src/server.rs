@@ -415,6 +415,7 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
         &proto::encode(&FromServer::Active { generation }),
         &[],
     );
+    let calls = status.calls();
     let mut lp = Loop {
         config,
         heap,
@@ -424,6 +425,7 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
         status,
         ctl,
         txid: generation << 40,
+        calls,
         next_chan: 0,
         batch: Vec::new(),
         bufs: Vec::new(),
@@ -462,6 +464,8 @@ struct Loop<'a> {
     status: StatusPage,
     ctl: Rc<OwnedFd>,
     txid: u64,
+    /// Calls completed by every incarnation so far (this one is the only writer now).
+    calls: u64,
     next_chan: usize,
     batch: Vec<Taken>,
     bufs: Vec<Vec<u8>>,
@@ -558,8 +562,7 @@ impl Loop<'_> {
         }
         self.txid += 1;
         TXID.with(|t| t.set(self.txid));
-        self.status
-            .set_busy(txipc_sys::time::monotonic_ns(), self.txid);
+        self.status.set_busy(self.txid);
         self.begin();
         self.fail_point(FailPoint::BeforeHandle);
         for i in 0..n {
@@ -576,7 +579,8 @@ impl Loop<'_> {
             let _ = self.chans[t.chan].chan.publish(t.slot);
         }
         TXID.with(|t| t.set(0));
-        self.status.set_idle(n as u64);
+        self.calls += n as u64;
+        self.status.set_idle(self.calls);
         if PENDING.with(|p| !p.borrow().is_empty()) {
             self.drain_control();
         }

@@ -3,15 +3,16 @@
 //!
 //! | field | writer | meaning |
 //! | --- | --- | --- |
-//! | `busy_since_ns` | incarnation | monotonic time the current call was taken, 0 when idle |
-//! | `busy_txid` | incarnation | transaction id of the current call |
+//! | `busy` | incarnation | transaction id of the batch being handled, 0 when idle |
 //! | `calls` | incarnation | calls completed by all incarnations (committed) |
 //! | `generation` | kernel | generation of the incarnation allowed to run |
 //! | `ready` | incarnation | the generation that finished attaching and is serving |
 //! | `inject` | kernel (arms) / incarnation (fires, clears) | an armed fail point: fault kind and protocol point |
 //!
 //! Fields are atomics at fixed offsets in a memfd page; a torn or garbage value can only make the
-//! watchdog act early or late on the server that wrote it.
+//! watchdog act early or late on the server that wrote it. Every field has one writer, so the
+//! hot path (two stores per batch) uses plain stores, no read-modify-write and no clock: the
+//! kernel's watchdog times a hang itself, as the same `busy` value seen across its ticks.
 
 use std::io;
 use std::ptr::NonNull;
@@ -84,22 +85,21 @@ impl StatusPage {
         unsafe { &*self.base.as_ptr().add(i) }
     }
 
-    /// Marks a call taken at `now_ns` in transaction `txid`.
+    /// Marks the incarnation busy with the batch of transaction `txid` (non-zero, unique).
     #[inline]
-    pub fn set_busy(&self, now_ns: u64, txid: u64) {
-        self.field(2).store(txid, Ordering::Relaxed);
-        self.field(1).store(now_ns.max(1), Ordering::Release);
+    pub fn set_busy(&self, txid: u64) {
+        self.field(1).store(txid.max(1), Ordering::Release);
     }
-    /// Marks the incarnation idle and counts `calls` completed calls.
+    /// Marks the incarnation idle; `total_calls` is the running count of completed calls (the
+    /// incarnation continues from [`StatusPage::calls`] read at start; it is the only writer).
     #[inline]
-    pub fn set_idle(&self, calls: u64) {
+    pub fn set_idle(&self, total_calls: u64) {
         self.field(1).store(0, Ordering::Release);
-        self.field(3).fetch_add(calls, Ordering::Relaxed);
+        self.field(3).store(total_calls, Ordering::Relaxed);
     }
-    /// When the current call was taken (0: idle), and its txid.
-    pub fn busy(&self) -> (u64, u64) {
-        let since = self.field(1).load(Ordering::Acquire);
-        (since, self.field(2).load(Ordering::Relaxed))
+    /// The transaction being handled, or 0 when idle.
+    pub fn busy(&self) -> u64 {
+        self.field(1).load(Ordering::Acquire)
     }
     /// Calls completed by all incarnations.
     pub fn calls(&self) -> u64 {
@@ -158,10 +158,10 @@ mod tests {
         let fd = StatusPage::create("t").unwrap();
         let a = StatusPage::map(&fd).unwrap();
         let b = StatusPage::map(&fd).unwrap();
-        a.set_busy(123, 9);
-        assert_eq!(b.busy(), (123, 9));
+        a.set_busy(9);
+        assert_eq!(b.busy(), 9);
         a.set_idle(2);
-        assert_eq!(b.busy().0, 0);
+        assert_eq!(b.busy(), 0);
         assert_eq!(b.calls(), 2);
         b.set_generation(4);
         assert_eq!(a.generation(), 4);
