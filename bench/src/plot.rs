@@ -80,21 +80,28 @@ fn kv_rows(reports: &[&Value]) -> Vec<Value> {
 /// Markdown table of kv results.
 pub fn kv_table(reports: &[&Value]) -> String {
     let mut t = String::from(
-        "| workload | policy | ops/s (median) | loss vs none (median of rounds) | p50 µs | p99 µs |\n|---|---|---:|---:|---:|---:|\n",
+        "| workload | policy | ops/s | loss vs none | ops/s unstalled | loss unstalled | p50 µs | p99 µs |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in kv_rows(reports) {
         let policy = s(&r["policy"]);
-        let loss = if policy == "none" {
-            "—".into()
-        } else {
-            format!("{:+.1}%", f(&r["loss_vs_none_pct"]))
+        let pct = |k: &str| {
+            if policy == "none" {
+                "—".to_string()
+            } else {
+                r[k].as_f64().map_or("—".into(), |x| format!("{x:+.1}%"))
+            }
         };
+        let unstalled = r["ops_per_sec_unstalled"]
+            .as_f64()
+            .map_or("—".into(), |x| format!("{x:.0}"));
         t.push_str(&format!(
-            "| {} | {} | {:.0} | {} | {:.1} | {:.1} |\n",
+            "| {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.1} |\n",
             s(&r["workload"]).to_uppercase(),
             policy,
             f(&r["ops_per_sec"]),
-            loss,
+            pct("loss_vs_none_pct"),
+            unstalled,
+            pct("loss_unstalled_pct"),
             f(&r["p50_ns"]) / 1e3,
             f(&r["p99_ns"]) / 1e3,
         ));
@@ -161,7 +168,7 @@ pub fn kv_chart(reports: &[&Value], out: &Path) -> Result<()> {
         .map(|r| 1.0 - f(&r["loss_vs_none_pct"]) / 100.0)
         .filter(|x| x.is_finite())
         .fold(1.2f64, f64::max)
-        * 1.1;
+        * 1.35;
     let root = SVGBackend::new(out, (960, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let nw = workloads.len();
@@ -373,7 +380,7 @@ mod tests {
         std::fs::write(&a, format!("| table |\n{kv}\n")).unwrap();
         std::fs::write(&b, rec.to_string()).unwrap();
         let md = run(&[&a, &b], &dir).unwrap();
-        assert!(md.contains("| A | txipc | 97 | +3.0% |"), "{md}");
+        assert!(md.contains("| A | txipc | 97 | +3.0% | — | — |"), "{md}");
         assert!(md.contains("| 16 MiB | sigkill | 2 | 400 | 450 |"), "{md}");
         for svg in ["kv_throughput.svg", "recovery.svg"] {
             let text = std::fs::read_to_string(dir.join(svg)).unwrap();
