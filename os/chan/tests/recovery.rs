@@ -350,8 +350,7 @@ fn wake_waiters_rescues_a_client_whose_server_died_before_waking_it() {
         assert_eq!(w & 0xff, TAKEN);
         raw.u32(ctl(0) + STATE)
             .store((w & !0xff) | REPLIED, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(!call.is_finished(), "nobody woke the client yet");
+        // Exactly one sleeper, still queued on its answered slot: nobody else will wake it.
         assert_eq!(k.wake_waiters(), 1);
         let (r, reply) = call.join().unwrap();
         assert_eq!(r.unwrap().status, Status::Ok);
