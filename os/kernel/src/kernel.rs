@@ -177,6 +177,9 @@ struct Server {
     fresh_next: bool,
     /// Incarnations killed after recovery whose pidfds we still watch (to drop them).
     zombies: HashMap<u64, Inc>,
+    /// Failed incarnations, stopped (or dead), kept until their successor serves: killing them
+    /// earlier would put their address-space teardown on the recovery path.
+    doomed: Vec<Inc>,
 }
 
 #[derive(Debug)]
@@ -1007,12 +1010,10 @@ impl Kernel {
             &[],
         );
         s.active = Some(inc);
-        if sent.is_err() {
-            // It died as a standby; its pidfd will report it and we start over.
-            return;
-        }
-        // The next standby, so that the next recovery need not wait for a fork.
-        self.spawn_incarnation(i);
+        // The next standby is forked once this one serves (`Active`), so that the fork does
+        // not compete with the activation for the CPU. If the send failed, the incarnation
+        // died as a standby: its pidfd reports it and recovery starts over.
+        let _ = sent;
     }
 
     fn on_inc_msg(&mut self, i: usize, generation: u64) {
@@ -1060,8 +1061,14 @@ impl Kernel {
                     let s = &mut self.servers[i];
                     if matches!(s.state, SrvState::Booting | SrvState::Recovering) {
                         s.state = SrvState::Running;
-                        if let Some(t) = s.fault_at.take() {
-                            let us = t.elapsed().as_secs_f64() * 1e6;
+                        let recovered = s.fault_at.take().map(|t| t.elapsed());
+                        // Now that the new incarnation serves: kill its failed predecessor
+                        // and fork the next standby.
+                        self.kill_doomed(i);
+                        self.spawn_incarnation(i);
+                        if let Some(t) = recovered {
+                            let us = t.as_secs_f64() * 1e6;
+                            let s = &mut self.servers[i];
                             s.last_recovery_us = Some(us);
                             let name = s.spec.name.clone();
                             self.log(format!(
@@ -1104,6 +1111,10 @@ impl Kernel {
         } else if let Some(z) = s.zombies.remove(&generation) {
             self.unwatch(z.pidfd.as_fd());
             self.unwatch(z.sock.as_fd());
+        } else if let Some(k) = s.doomed.iter().position(|d| d.generation == generation) {
+            // A failed incarnation that was dead already (SIGKILL from outside).
+            let d = s.doomed.swap_remove(k);
+            self.unwatch(d.pidfd.as_fd());
         }
     }
 
@@ -1152,20 +1163,20 @@ impl Kernel {
             _ => 0,
         };
         let summary = format!("{summary}, {undone_objects} kernel objects undone");
-        self.log(format!(
-            "{name}: generation {} failed ({cause}); {summary}; decision {decision:?}",
-            old.generation
-        ));
-        self.retire(i, old);
+        let old_generation = old.generation;
+        self.unwatch(old.sock.as_fd());
+        self.servers[i].doomed.push(old);
         let s = &mut self.servers[i];
         match decision {
             RestartDecision::Now => {
                 s.restarts += 1;
+                // The standby first; the old incarnation is killed once the new one serves.
                 self.activate_or_spawn(i);
             }
             RestartDecision::After(ms) => {
                 s.restarts += 1;
                 s.restart_at = Some(Instant::now() + Duration::from_millis(ms));
+                self.kill_doomed(i);
             }
             RestartDecision::HoldDown | RestartDecision::Never => {
                 s.state = if decision == RestartDecision::Never {
@@ -1181,7 +1192,23 @@ impl Kernel {
                 if let Some(sb) = s.standby.take() {
                     self.retire(i, sb);
                 }
+                self.kill_doomed(i);
             }
+        }
+        self.log(format!(
+            "{name}: generation {old_generation} failed ({cause}); {summary}; decision {decision:?}"
+        ));
+    }
+
+    /// Kills the failed incarnations of server `i`, at the lowest priority so that their
+    /// address-space teardown yields to the servers that run.
+    fn kill_doomed(&mut self, i: usize) {
+        for inc in std::mem::take(&mut self.servers[i].doomed) {
+            if let Some(pid) = rustix::process::Pid::from_raw(inc.pid) {
+                let _ = rustix::process::setpriority_process(Some(pid), 19);
+            }
+            let _ = process::pidfd_signal(&inc.pidfd, Signal::KILL);
+            self.servers[i].zombies.insert(inc.generation, inc);
         }
     }
 
@@ -1199,6 +1226,7 @@ impl Kernel {
                 .into_iter()
                 .flatten()
                 .chain(std::mem::take(&mut s.zombies).into_values())
+                .chain(std::mem::take(&mut s.doomed))
             {
                 wait_or_kill(&inc.pidfd, deadline);
             }
@@ -1432,6 +1460,7 @@ impl Server {
             watch: None,
             fresh_next: true,
             zombies: HashMap::new(),
+            doomed: Vec::new(),
         })
     }
 }

@@ -136,10 +136,16 @@ pub fn install(report_fd: std::os::fd::RawFd) -> std::io::Result<()> {
             return Err(std::io::Error::last_os_error());
         }
     }
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        previous(info);
-        report_and_stop(CrashKind::Panic);
+    // Report first, then one line on stderr, then stop: the default hook would symbolise a
+    // backtrace (hundreds of milliseconds with RUST_BACKTRACE set) before the kernel even
+    // hears of the fault. The kernel acts on the report once it sees the process stopped.
+    std::panic::set_hook(Box::new(|info| {
+        send_report(CrashReport {
+            kind: CrashKind::Panic,
+        });
+        eprintln!("txipc server panicked: {info}");
+        stop_self();
+        std::process::abort();
     }));
     Ok(())
 }

@@ -83,11 +83,13 @@ pub fn wait_not_running(pid: i32, timeout: Duration) -> bool {
         if start.elapsed() >= timeout {
             return false;
         }
+        // A process that reported a crash stops itself within microseconds: yield for a
+        // while (no sleep granularity on the recovery path), then back off.
         spins += 1;
-        if spins < 64 {
+        if spins < 4096 {
             std::thread::yield_now();
         } else {
-            std::thread::sleep(Duration::from_micros(50));
+            std::thread::sleep(Duration::from_micros(20));
         }
     }
 }
