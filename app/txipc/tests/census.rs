@@ -101,6 +101,14 @@ fn nothing_survives_shutdown_after_faults() {
     }
     assert!(!alive(kernel));
     assert!(!socket.exists(), "socket {} left behind", socket.display());
+    // The runtime directory is removed once empty (other tests' systems may still run in it).
+    let dir = socket.parent().unwrap();
+    let others = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    assert!(
+        dir.exists() == (others > 0),
+        "{} left behind empty",
+        dir.display()
+    );
     // No process anywhere still holds a memfd of this system (they all died with it).
     for pid in seen {
         assert!(txipc_memfds_of(pid).is_empty());
@@ -114,8 +122,13 @@ fn a_killed_kernel_takes_its_servers_with_it() {
         &(server("kv", "kv", "txipc", "") + &grant("*", "kv")),
     );
     let kernel = sys.pid() as i32;
+    // Zygote, active incarnation and (forked once the active one serves) the standby.
+    wait_until(
+        "zygote, active and standby",
+        Duration::from_secs(10),
+        || descendants(kernel).len() >= 3,
+    );
     let procs = descendants(kernel);
-    assert!(procs.len() >= 3, "zygote, active, standby: {procs:?}");
     // SIGKILL the kernel itself: zygotes die with it (parent-death signal), incarnations die
     // with their zygote. Nothing is left running.
     txipc_sys::process::kill(kernel, rustix::process::Signal::KILL).unwrap();

@@ -254,8 +254,20 @@ impl Kernel {
         .map_err(os("socket"))?;
         let addr = rustix::net::SocketAddrUnix::new(&socket_path)
             .map_err(os(format!("socket path {}", socket_path.display())))?;
-        rustix::net::bind(&listener, &addr)
-            .map_err(os(format!("bind {}", socket_path.display())))?;
+        // Another system's kernel may remove the (empty) runtime directory between our
+        // create_dir_all and bind: recreate it and try again, a bounded number of times.
+        let mut tries = 0;
+        loop {
+            match rustix::net::bind(&listener, &addr) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::NOENT) if tries < 5 => {
+                    tries += 1;
+                    std::fs::create_dir_all(&dir)
+                        .map_err(os(format!("creating {}", dir.display())))?;
+                }
+                Err(e) => return Err(os(format!("bind {}", socket_path.display()))(e)),
+            }
+        }
         rustix::net::listen(&listener, 128).map_err(os("listen"))?;
 
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(os("epoll_create"))?;
@@ -1238,6 +1250,11 @@ impl Kernel {
         }
         process::reap_children();
         let _ = std::fs::remove_file(&self.socket_path);
+        // The runtime directory goes too when no other system of this user still runs
+        // (remove_dir fails, harmlessly, on a non-empty directory).
+        if let Some(dir) = self.socket_path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
