@@ -741,11 +741,7 @@ impl Kernel {
         let who = Principal::Server(self.servers[i].spec.name.clone());
         let result = self.open_channel(&who, service, Owner::Server { server: i, txid });
         let s = &self.servers[i];
-        let Some(inc) = [&s.active, &s.standby]
-            .into_iter()
-            .flatten()
-            .find(|inc| inc.generation == generation)
-        else {
+        let Some(inc) = s.incarnation(generation) else {
             return;
         };
         let _ = match &result {
@@ -1031,11 +1027,7 @@ impl Kernel {
     fn on_inc_msg(&mut self, i: usize, generation: u64) {
         loop {
             let s = &self.servers[i];
-            let Some(inc) = [&s.active, &s.standby]
-                .into_iter()
-                .flatten()
-                .find(|inc| inc.generation == generation)
-            else {
+            let Some(inc) = s.incarnation(generation) else {
                 return;
             };
             let (n, _fds) = match fdpass::recv(&inc.sock, &mut self.buf, true) {
@@ -1422,6 +1414,14 @@ fn recover_shared_state(s: &mut Server, held: bool) -> (String, LogState) {
 }
 
 impl Server {
+    /// The active or standby incarnation of `generation`.
+    fn incarnation(&self, generation: u64) -> Option<&Inc> {
+        [&self.active, &self.standby]
+            .into_iter()
+            .flatten()
+            .find(|inc| inc.generation == generation)
+    }
+
     fn create(i: usize, spec: &ServerSpec, system: &str) -> Result<Server, KernelError> {
         let name = &spec.name;
         let heap_size = spec.heap_mb << 20;

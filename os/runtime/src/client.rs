@@ -121,17 +121,9 @@ impl System {
         let Response::Connected(info) = resp else {
             return Err(ClientError::Protocol(format!("{resp:?}")));
         };
-        let [chan_fd, doorbell_fd]: [OwnedFd; 2] = fds
-            .try_into()
-            .map_err(|_| ClientError::Protocol("Connected must carry 2 descriptors".into()))?;
-        let chan = ClientChannel::map(chan_fd.as_fd(), doorbell_fd.as_fd())
-            .map_err(|e| ClientError::Channel(e.to_string()))?;
-        Ok(Channel {
-            chan,
-            info,
-            timeout: None,
-            _conn: Some(self.conn.clone()),
-        })
+        let mut ch = Channel::from_fds(fds, info)?;
+        ch._conn = Some(self.conn.clone());
+        Ok(ch)
     }
 
     /// The servers of the system.
