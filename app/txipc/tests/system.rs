@@ -390,8 +390,9 @@ fn a_server_that_will_not_start_is_named() {
             .is_err()
         );
         // The kernel names the server and the cause on its stderr.
+        let name = unique("nostart");
         let mut child = std::process::Command::new(exe())
-            .args(["run", "-", "--quiet", "--system", &unique("nostart")])
+            .args(["run", "-", "--quiet", "--system", &name])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -405,6 +406,11 @@ fn a_server_that_will_not_start_is_named() {
         assert!(
             text.contains("server `x`") && text.contains(want),
             "{exec}: {text}"
+        );
+        // A failed boot leaves no socket behind.
+        assert!(
+            !txipc_core::paths::socket_path(&name).exists(),
+            "{exec}: socket left"
         );
     }
 }

@@ -321,7 +321,12 @@ impl Kernel {
         )
         .map_err(os("timerfd_settime"))?;
         for i in 0..k.servers.len() {
-            k.start_zygote(i)?;
+            if let Err(e) = k.start_zygote(i) {
+                // Stop the zygotes already started and remove the socket: a failed boot leaves
+                // nothing behind.
+                k.shutdown();
+                return Err(e);
+            }
         }
         Ok(k)
     }
