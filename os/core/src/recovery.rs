@@ -81,11 +81,6 @@ pub fn decide_slot(
     }
 }
 
-/// Whether the kernel must roll the heap back before anything else.
-pub fn must_roll_back(policy: Policy, log: LogState) -> bool {
-    policy == Policy::Txipc && matches!(log, LogState::Active(_))
-}
-
 /// The answer of the [`RestartGovernor`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartDecision {
@@ -207,14 +202,6 @@ mod tests {
             decide_slot(Policy::None, 2, false, T),
             SlotAction::Fail(FailReason::Unavailable)
         );
-    }
-
-    #[test]
-    fn rollback_only_for_active_txipc() {
-        assert!(must_roll_back(Policy::Txipc, LogState::Active(3)));
-        assert!(!must_roll_back(Policy::Txipc, LogState::Committed(3)));
-        assert!(!must_roll_back(Policy::Txipc, LogState::Aborted(3)));
-        assert!(!must_roll_back(Policy::Restart, LogState::Active(3)));
     }
 
     #[test]

@@ -409,7 +409,6 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
         fresh,
     })
     .unwrap_or_else(|e| fatal(&ctl, format!("server start: {e}")));
-    status.set_ready(generation);
     let _ = fdpass::send(
         &ctl,
         &proto::encode(&FromServer::Active { generation }),

@@ -6,7 +6,6 @@
 //! | `busy` | incarnation | transaction id of the batch being handled, 0 when idle |
 //! | `calls` | incarnation | calls completed by all incarnations (committed) |
 //! | `generation` | kernel | generation of the incarnation allowed to run |
-//! | `ready` | incarnation | the generation that finished attaching and is serving |
 //! | `inject` | kernel (arms) / incarnation (fires, clears) | an armed fail point: fault kind and protocol point |
 //!
 //! Fields are atomics at fixed offsets in a memfd page; a torn or garbage value can only make the
@@ -113,14 +112,6 @@ impl StatusPage {
     pub fn set_generation(&self, g: u64) {
         self.field(1).store(0, Ordering::Relaxed);
         self.field(4).store(g, Ordering::Release);
-    }
-    /// The generation that is attached and serving.
-    pub fn ready(&self) -> u64 {
-        self.field(5).load(Ordering::Acquire)
-    }
-    /// Announces that generation `g` is attached and serving.
-    pub fn set_ready(&self, g: u64) {
-        self.field(5).store(g, Ordering::Release);
     }
     /// Arms a fail point (kernel): the next request that reaches `point` faults with `kind`.
     pub fn arm(&self, kind: u8, point: u8) {
