@@ -14,8 +14,24 @@
 //!   activates the hot standby first, and kills the stopped incarnation afterwards.
 //! - **Decisions are pure**: what to do with each in-flight request is
 //!   [`txipc_core::recovery::decide_slot`], tested without processes.
+//!
+//! Layout, one concern per module: `event_loop` (the loop and its tokens), `boot`,
+//! `server` (the record of one server), `clients`, `channels`, `zygotes`, `incarnations`,
+//! `watchdog`, `recovery`, `shutdown`, `errors`.
 #![forbid(unsafe_code)]
 
-mod kernel;
+mod boot;
+mod channels;
+mod clients;
+mod errors;
+mod event_loop;
+mod incarnations;
+mod recovery;
+mod server;
+mod shutdown;
+mod watchdog;
+mod zygotes;
 
-pub use kernel::{KernelError, Options, run};
+pub use boot::Options;
+pub use errors::KernelError;
+pub use event_loop::run;

@@ -1,0 +1,156 @@
+//! Boot and the runtime socket: signals, the listening socket, the servers' shared objects, the zygotes.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use nix::sys::signal::{SigSet, Signal as NixSignal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use rustix::event::epoll;
+use txipc_core::manifest::Manifest;
+use txipc_core::proto;
+use txipc_sys::process;
+
+use crate::errors::{KernelError, os};
+use crate::event_loop::{Kernel, T_LISTEN, T_SIGNAL, T_TIMER, token};
+use crate::server::Server;
+
+/// How the kernel is run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The txipc binary (re-executed as `__zygote` for every server).
+    pub exe: PathBuf,
+    /// The system's name (the socket is named after it).
+    pub system: String,
+    /// Print recovery events on stderr.
+    pub verbose: bool,
+}
+
+impl Kernel {
+    pub(crate) fn boot(manifest: Manifest, opts: Options) -> Result<Kernel, KernelError> {
+        // Signals arrive through a signalfd, in order with everything else.
+        let mut mask = SigSet::empty();
+        for s in [
+            NixSignal::SIGINT,
+            NixSignal::SIGTERM,
+            NixSignal::SIGCHLD,
+            NixSignal::SIGHUP,
+        ] {
+            mask.add(s);
+        }
+        mask.thread_block().map_err(os("blocking signals"))?;
+        let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(os("signalfd"))?;
+        process::become_subreaper().map_err(os("PR_SET_CHILD_SUBREAPER"))?;
+
+        let dir = txipc_core::paths::runtime_dir();
+        std::fs::create_dir_all(&dir).map_err(os(format!("creating {}", dir.display())))?;
+        let socket_path = txipc_core::paths::socket_path(&opts.system);
+        if socket_path.exists() {
+            if txipc_sys_connect_probe(&socket_path) {
+                return Err(KernelError::AlreadyRunning(opts.system.clone()));
+            }
+            let _ = std::fs::remove_file(&socket_path); // stale, from a kernel that was killed
+        }
+        let listener = rustix::net::socket_with(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+            None,
+        )
+        .map_err(os("socket"))?;
+        let addr = rustix::net::SocketAddrUnix::new(&socket_path)
+            .map_err(os(format!("socket path {}", socket_path.display())))?;
+        // Another system's kernel may remove the (empty) runtime directory between our
+        // create_dir_all and bind: recreate it and try again, a bounded number of times.
+        let mut tries = 0;
+        loop {
+            match rustix::net::bind(&listener, &addr) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::NOENT) if tries < 5 => {
+                    tries += 1;
+                    std::fs::create_dir_all(&dir)
+                        .map_err(os(format!("creating {}", dir.display())))?;
+                }
+                Err(e) => return Err(os(format!("bind {}", socket_path.display()))(e)),
+            }
+        }
+        rustix::net::listen(&listener, 128).map_err(os("listen"))?;
+
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(os("epoll_create"))?;
+        let timer = rustix::time::timerfd_create(
+            rustix::time::TimerfdClockId::Monotonic,
+            rustix::time::TimerfdFlags::CLOEXEC | rustix::time::TimerfdFlags::NONBLOCK,
+        )
+        .map_err(os("timerfd"))?;
+
+        let mut servers = Vec::new();
+        for (i, spec) in manifest.servers.iter().enumerate() {
+            servers.push(Server::create(i, spec, &opts.system)?);
+        }
+        let mut k = Kernel {
+            manifest,
+            opts,
+            epoll,
+            listener,
+            socket_path,
+            sigfd,
+            timer,
+            servers,
+            clients: HashMap::new(),
+            next_client: 1,
+            shutting_down: false,
+            ready_announced: false,
+            started: Instant::now(),
+            buf: vec![0u8; proto::MAX_CONTROL_MSG],
+        };
+        k.watch(k.listener.as_fd(), token(T_LISTEN, 0, 0))?;
+        k.watch(k.sigfd.as_fd(), token(T_SIGNAL, 0, 0))?;
+        k.watch(k.timer.as_fd(), token(T_TIMER, 0, 0))?;
+        let tick = k
+            .servers
+            .iter()
+            .map(|s| s.spec.deadline_ms / 4)
+            .min()
+            .unwrap_or(100)
+            .clamp(1, 100);
+        let ts = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: (tick * 1_000_000) as _,
+        };
+        rustix::time::timerfd_settime(
+            &k.timer,
+            rustix::time::TimerfdTimerFlags::empty(),
+            &rustix::time::Itimerspec {
+                it_interval: ts,
+                it_value: ts,
+            },
+        )
+        .map_err(os("timerfd_settime"))?;
+        for i in 0..k.servers.len() {
+            if let Err(e) = k.start_zygote(i) {
+                // Stop the zygotes already started and remove the socket: a failed boot leaves
+                // nothing behind.
+                k.shutdown();
+                return Err(e);
+            }
+        }
+        Ok(k)
+    }
+}
+
+pub(crate) fn txipc_sys_connect_probe(path: &std::path::Path) -> bool {
+    let Ok(sock) = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    let Ok(addr) = rustix::net::SocketAddrUnix::new(path) else {
+        return false;
+    };
+    rustix::net::connect(&sock, &addr).is_ok()
+}

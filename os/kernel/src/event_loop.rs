@@ -1,0 +1,155 @@
+//! The event loop: one epoll set, every event dispatched in order by its token.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use nix::sys::signal::Signal as NixSignal;
+use nix::sys::signalfd::SignalFd;
+use rustix::event::epoll;
+use txipc_core::manifest::Manifest;
+use txipc_sys::process;
+
+use crate::boot::Options;
+use crate::clients::ClientConn;
+use crate::errors::{KernelError, os};
+use crate::server::{Server, SrvState};
+
+/// The kernel: every server, every client connection, and the fds the event loop waits on.
+pub(crate) struct Kernel {
+    pub(crate) manifest: Manifest,
+    pub(crate) opts: Options,
+    pub(crate) epoll: OwnedFd,
+    pub(crate) listener: OwnedFd,
+    pub(crate) socket_path: PathBuf,
+    pub(crate) sigfd: SignalFd,
+    pub(crate) timer: OwnedFd,
+    pub(crate) servers: Vec<Server>,
+    pub(crate) clients: HashMap<u64, ClientConn>,
+    pub(crate) next_client: u64,
+    pub(crate) shutting_down: bool,
+    pub(crate) ready_announced: bool,
+    pub(crate) started: Instant,
+    pub(crate) buf: Vec<u8>,
+}
+
+/// Boots the system and serves until SIGINT/SIGTERM or a `Shutdown` request. `on_ready` is
+/// called once every server serves. Returns after everything is stopped and cleaned up.
+pub fn run(
+    manifest: Manifest,
+    opts: Options,
+    on_ready: impl FnOnce(&std::path::Path),
+) -> Result<(), KernelError> {
+    let mut k = Kernel::boot(manifest, opts)?;
+    let result = k.event_loop(on_ready);
+    k.shutdown();
+    result
+}
+
+// Event tokens (epoll user data): kind in the top byte, server index in the next 16 bits, an id below.
+pub(crate) const T_LISTEN: u64 = 1;
+pub(crate) const T_CLIENT: u64 = 2;
+pub(crate) const T_ZYGOTE: u64 = 3;
+pub(crate) const T_ZYGOTE_PID: u64 = 4;
+pub(crate) const T_INC_CTL: u64 = 5;
+pub(crate) const T_INC_PID: u64 = 6;
+pub(crate) const T_SIGNAL: u64 = 7;
+pub(crate) const T_TIMER: u64 = 8;
+
+pub(crate) fn token(kind: u64, server: usize, id: u64) -> u64 {
+    (kind << 56) | ((server as u64 & 0xffff) << 40) | (id & 0xff_ffff_ffff)
+}
+pub(crate) fn untoken(t: u64) -> (u64, usize, u64) {
+    (t >> 56, ((t >> 40) & 0xffff) as usize, t & 0xff_ffff_ffff)
+}
+
+impl Kernel {
+    pub(crate) fn event_loop(
+        &mut self,
+        on_ready: impl FnOnce(&std::path::Path),
+    ) -> Result<(), KernelError> {
+        let mut on_ready = Some(on_ready);
+        let mut events = Vec::with_capacity(64);
+        while !self.shutting_down {
+            events.clear();
+            match epoll::wait(
+                &self.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                None,
+            ) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(os("epoll_wait")(e)),
+            }
+            let toks: Vec<u64> = events.iter().map(|e| e.data.u64()).collect();
+            for tok in toks {
+                self.dispatch(tok)?;
+                if self.shutting_down {
+                    break;
+                }
+            }
+            if !self.ready_announced && self.servers.iter().all(|s| s.state == SrvState::Running) {
+                self.ready_announced = true;
+                self.log("all servers running");
+                if let Some(f) = on_ready.take() {
+                    f(&self.socket_path);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn dispatch(&mut self, tok: u64) -> Result<(), KernelError> {
+        let (kind, si, id) = untoken(tok);
+        match kind {
+            T_LISTEN => self.accept(),
+            T_CLIENT => self.on_client(id),
+            T_ZYGOTE => self.on_zygote(si)?,
+            T_ZYGOTE_PID => self.on_zygote_died(si)?,
+            T_INC_CTL => self.on_inc_msg(si, id),
+            T_INC_PID => self.on_inc_died(si, id),
+            T_SIGNAL => self.on_signal(),
+            T_TIMER => self.on_tick(),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub(crate) fn on_signal(&mut self) {
+        while let Ok(Some(info)) = self.sigfd.read_signal() {
+            if info.ssi_signo == NixSignal::SIGCHLD as u32 {
+                process::reap_children();
+            } else {
+                self.log("signal: shutting down");
+                self.shutting_down = true;
+            }
+        }
+    }
+
+    pub(crate) fn watch(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        tok: u64,
+    ) -> Result<(), KernelError> {
+        epoll::add(
+            &self.epoll,
+            fd,
+            epoll::EventData::new_u64(tok),
+            epoll::EventFlags::IN,
+        )
+        .map_err(os("epoll_ctl"))
+    }
+
+    pub(crate) fn unwatch(&self, fd: std::os::fd::BorrowedFd<'_>) {
+        let _ = epoll::delete(&self.epoll, fd);
+    }
+
+    pub(crate) fn log(&self, msg: impl std::fmt::Display) {
+        if self.opts.verbose {
+            eprintln!(
+                "[txipc kernel {:>9.3}s] {msg}",
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Shutdown: stop incarnations, then zygotes, then remove the socket.
+
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+use txipc_core::proto::{self, ToServer, ToZygote};
+use txipc_sys::{fdpass, process};
+
+use crate::event_loop::Kernel;
+use crate::server::CONTROL_EVENT;
+
+impl Kernel {
+    pub(crate) fn shutdown(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for s in &mut self.servers {
+            for inc in [&s.active, &s.standby].into_iter().flatten() {
+                let _ = fdpass::send(&inc.sock, &proto::encode(&ToServer::Shutdown), &[]);
+            }
+            s.doorbell.notify(CONTROL_EVENT);
+        }
+        // Incarnations first (they die with their zygote anyway), then zygotes.
+        for s in &mut self.servers {
+            for inc in [s.active.take(), s.standby.take()]
+                .into_iter()
+                .flatten()
+                .chain(std::mem::take(&mut s.zombies).into_values())
+                .chain(std::mem::take(&mut s.doomed))
+            {
+                wait_or_kill(&inc.pidfd, deadline);
+            }
+            if let Some(mut z) = s.zygote.take() {
+                let _ = fdpass::send(&z.sock, &proto::encode(&ToZygote::Exit), &[]);
+                wait_or_kill(&z.pidfd, deadline);
+                let _ = z.child.wait();
+            }
+        }
+        process::reap_children();
+        let _ = std::fs::remove_file(&self.socket_path);
+        // The runtime directory goes too when no other system of this user still runs
+        // (remove_dir fails, harmlessly, on a non-empty directory).
+        if let Some(dir) = self.socket_path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+pub(crate) fn wait_or_kill(pidfd: &OwnedFd, deadline: Instant) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let ts = rustix::time::Timespec {
+        tv_sec: left.as_secs() as _,
+        tv_nsec: left.subsec_nanos() as _,
+    };
+    let mut fds = [rustix::event::PollFd::new(
+        pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    let done = matches!(rustix::event::poll(&mut fds, Some(&ts)), Ok(n) if n > 0);
+    if !done {
+        let _ = process::pidfd_signal(pidfd, Signal::KILL);
+        let mut fds = [rustix::event::PollFd::new(
+            pidfd,
+            rustix::event::PollFlags::IN,
+        )];
+        let _ = rustix::event::poll(
+            &mut fds,
+            Some(&rustix::time::Timespec {
+                tv_sec: 2,
+                tv_nsec: 0,
+            }),
+        );
+    }
+}
