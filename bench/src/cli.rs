@@ -199,6 +199,16 @@ pub fn run(exe: &Path, cmd: BenchCmd) -> Result<()> {
                     s.txipc_rtt_ns.median_ns,
                 ),
                 (
+                    "txipc echo, 1000 B each way",
+                    c.payload.echo_rtt_ns.median_ns,
+                    s.payload.echo_rtt_ns.median_ns,
+                ),
+                (
+                    "txipc kv get, 1000 B value",
+                    c.payload.kv_get_rtt_ns.median_ns,
+                    s.payload.kv_get_rtt_ns.median_ns,
+                ),
+                (
                     "channel alone",
                     c.baselines.chan_rtt_ns.median_ns,
                     s.baselines.chan_rtt_ns.median_ns,
@@ -236,6 +246,8 @@ pub fn run(exe: &Path, cmd: BenchCmd) -> Result<()> {
                 c.baselines.unix_socket_rtt_ns.median_ns,
                 c.txipc_rtt_ns.median_ns,
             );
+            let get_vs_null = ratio(c.payload.kv_get_rtt_ns.median_ns, c.txipc_rtt_ns.median_ns);
+            println!("kv get of 1000 B / null call (cross-core) = {get_vs_null:.2}x (goal <= 1.5)");
             println!(
                 "txipc / raw spin (cross-core) = {vs_spin:.2}x (goal <= 1.2); txipc / raw futex (same core) = {vs_futex_same:.2}x (goal <= 1.2); unix socket / txipc (cross-core) = {unix_speedup:.1}x (goal >= 10)"
             );
@@ -253,6 +265,9 @@ pub fn run(exe: &Path, cmd: BenchCmd) -> Result<()> {
                         "chan_rtt_ns": s.baselines.chan_rtt_ns.median_ns,
                     },
                     "chan_rtt_ns": c.baselines.chan_rtt_ns.median_ns,
+                    "echo_1000_rtt_ns": c.payload.echo_rtt_ns.median_ns,
+                    "kv_get_1000_rtt_ns": c.payload.kv_get_rtt_ns.median_ns,
+                    "ratio_kv_get_1000_over_null_cross": get_vs_null,
                     "ratio_txipc_over_raw_spin_cross": vs_spin,
                     "ratio_txipc_over_raw_futex_same": vs_futex_same,
                     "ratio_unix_over_txipc_cross": unix_speedup,

@@ -224,7 +224,7 @@ fn fill(kv: &KvClient<Channel>, cfg: &RecoveryConfig) -> Result<(u64, u64, u64)>
 
 /// Reads every value back, so the running incarnation maps the whole populated heap.
 fn rewarm(kv: &KvClient<Channel>) -> Result<()> {
-    let mut start = b"fill".to_vec();
+    let mut start = kv_api::Bytes::from(b"fill");
     loop {
         let entries = kv.scan(start.clone(), SCAN_CHUNK).map_err(call_err)?;
         let Some((last, _)) = entries.last() else {

@@ -152,8 +152,8 @@ pub fn client_main(args: ClientArgs) -> Result<()> {
             30..50 => {
                 let cur = chain.to_string().into_bytes();
                 let next = (chain + 1).to_string().into_bytes();
-                let expected = if chain == 0 { None } else { Some(cur) };
-                match kv.cas(chain_key.clone(), expected, Some(next.clone())) {
+                let expected = if chain == 0 { None } else { Some(cur.into()) };
+                match kv.cas(chain_key.clone(), expected, Some(next.clone().into())) {
                     Ok(CasOutcome { swapped: true, .. }) => {
                         chain += 1;
                         Ok(())
@@ -164,13 +164,13 @@ pub fn client_main(args: ClientArgs) -> Result<()> {
                     }) => {
                         // Only this client writes the chain: a failed swap means the request
                         // already ran once (duplicate) or an earlier one was lost.
-                        if current.as_deref() == Some(&next[..]) {
+                        if current.as_ref().map(|c| c.as_slice()) == Some(&next[..]) {
                             rep.duplicated += 1;
                             chain += 1;
                         } else {
                             rep.lost += 1;
                             chain = current
-                                .and_then(|c| String::from_utf8(c).ok()?.parse().ok())
+                                .and_then(|c| String::from_utf8(c.into_vec()).ok()?.parse().ok())
                                 .unwrap_or(0);
                         }
                         Ok(())
@@ -191,7 +191,7 @@ pub fn client_main(args: ClientArgs) -> Result<()> {
                 rng.fill_bytes(&mut value);
                 match kv.put(key.clone(), value.clone()) {
                     Ok(prev) => {
-                        if prev.as_ref() != model.get(&key) && !uncertain.contains(&key) {
+                        if prev.as_deref() != model.get(&key) && !uncertain.contains(&key) {
                             // The previous value the server saw is not the one we wrote last.
                             rep.lost += 1;
                         }
@@ -211,7 +211,7 @@ pub fn client_main(args: ClientArgs) -> Result<()> {
                 let key = format!("c{}/k{}", args.id, rng.random_range(0..64u32)).into_bytes();
                 match kv.get(key.clone()) {
                     Ok(v) => {
-                        if v.as_ref() != model.get(&key) && !uncertain.contains(&key) {
+                        if v.as_deref() != model.get(&key) && !uncertain.contains(&key) {
                             rep.lost += 1;
                         }
                         Ok(())
@@ -622,9 +622,9 @@ fn verify(conn: &System, results: &[ClientReport], report: &mut DemoReport) -> R
         let page = kv.scan(start.clone(), kv_api::MAX_SCAN)?;
         let n = page.len();
         for (k, v) in page {
-            start = k.clone();
+            start = k.to_vec();
             start.push(0);
-            state.insert(k, v);
+            state.insert(k.into_vec(), v.into_vec());
         }
         if n < kv_api::MAX_SCAN as usize {
             break;

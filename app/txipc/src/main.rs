@@ -250,7 +250,8 @@ fn ps(system: &str, json: bool) -> Result<()> {
 fn kv(system: &str, service: &str, json: bool, op: KvOp) -> Result<()> {
     let sys = System::connect(system)?;
     let client = KvClient::new(sys.open(service)?);
-    let show = |v: &Option<Vec<u8>>| v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+    let show =
+        |v: &Option<kv_api::Bytes>| v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
     let (text, value) = match op {
         KvOp::Get { key } => {
             let v = client.get(key.into_bytes())?;

@@ -163,7 +163,7 @@ fn fail_points_at_every_protocol_point() {
     assert_eq!(ps[0].retried_requests, 2 * FailKind::ALL.len() as u64);
     assert_eq!(
         kv.get(b"n".to_vec()).unwrap(),
-        Some(expect.to_le_bytes().to_vec())
+        Some(expect.to_le_bytes().into())
     );
     drop((kv, conn));
     sys.shutdown().unwrap();

@@ -23,9 +23,9 @@ fn kv_operations_and_ps() {
     assert_eq!(kv.put(b"a".to_vec(), b"1".to_vec()).unwrap(), None);
     assert_eq!(
         kv.put(b"a".to_vec(), b"2".to_vec()).unwrap(),
-        Some(b"1".to_vec())
+        Some(b"1".into())
     );
-    assert_eq!(kv.get(b"a".to_vec()).unwrap(), Some(b"2".to_vec()));
+    assert_eq!(kv.get(b"a".to_vec()).unwrap(), Some(b"2".into()));
     assert_eq!(kv.incr(b"n".to_vec(), 5).unwrap(), 5);
     assert_eq!(kv.incr(b"n".to_vec(), -2).unwrap(), 3);
     assert!(matches!(
@@ -33,12 +33,12 @@ fn kv_operations_and_ps() {
         Err(SvcError::Service(kv_api::KvError::NotACounter))
     ));
     let c = kv
-        .cas(b"a".to_vec(), Some(b"2".to_vec()), Some(b"3".to_vec()))
+        .cas(b"a".to_vec(), Some(b"2".into()), Some(b"3".into()))
         .unwrap();
     assert!(c.swapped);
-    let c = kv.cas(b"a".to_vec(), Some(b"2".to_vec()), None).unwrap();
+    let c = kv.cas(b"a".to_vec(), Some(b"2".into()), None).unwrap();
     assert!(!c.swapped);
-    assert_eq!(c.current, Some(b"3".to_vec()));
+    assert_eq!(c.current, Some(b"3".into()));
     for i in 0..50u32 {
         kv.put(format!("k{i:03}").into_bytes(), vec![i as u8])
             .unwrap();
@@ -55,7 +55,7 @@ fn kv_operations_and_ps() {
             b"k014".to_vec()
         ]
     );
-    assert_eq!(kv.delete(b"k010".to_vec()).unwrap(), Some(vec![10]));
+    assert_eq!(kv.delete(b"k010".to_vec()).unwrap(), Some(vec![10].into()));
     assert_eq!(kv.get(b"k010".to_vec()).unwrap(), None);
     assert!(matches!(
         kv.put(vec![0; kv_api::MAX_KEY + 1], vec![]),
@@ -258,7 +258,7 @@ fn malformed_and_oversized_requests_do_not_harm_others() {
         })
     ));
     // The well-behaved client was served throughout, by the same incarnation.
-    assert_eq!(good.get(b"x".to_vec()).unwrap(), Some(b"1".to_vec()));
+    assert_eq!(good.get(b"x".to_vec()).unwrap(), Some(b"1".into()));
     let ps = conn.ps().unwrap();
     assert_eq!(ps[0].generation, 1);
     assert_eq!(ps[0].restarts, 0);
@@ -349,7 +349,7 @@ fn kill_9_under_txipc_keeps_the_state() {
     for i in 0..100 {
         assert_eq!(
             kv.get(format!("k{i}").into_bytes()).unwrap(),
-            Some(vec![i as u8; 100])
+            Some(vec![i as u8; 100].into())
         );
     }
     drop((kv, conn));

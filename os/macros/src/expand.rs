@@ -257,15 +257,25 @@ fn client_method(m: &Method, method_enum: &Ident, variant: &Ident) -> TokenStrea
     let docs = &m.docs;
     let passthrough = &m.passthrough;
     let call = Ident::new("call", Span::mixed_site());
+    // A byte-string argument is taken as `impl Into<Bytes>`, so a caller passes `b"key"`,
+    // `&[u8]`, `&str` or a `Vec<u8>` without converting by hand.
     let params = m.args.iter().map(|a| {
         let (ident, ty) = (&a.ident, &a.ty);
-        quote!(#ident: #ty)
+        if is_bytes(ty) {
+            quote!(#ident: impl ::core::convert::Into<#ty>)
+        } else {
+            quote!(#ident: #ty)
+        }
     });
     // Each argument is encoded through a call naming its type, spanned there, so that a type
     // which is not `Serialize` is reported at the type.
     let encode_args = m.args.iter().map(|a| {
         let (ident, ty) = (&a.ident, &a.ty);
-        quote_spanned!(ty.span()=> #call.arg::<#ty>(&#ident)?;)
+        if is_bytes(ty) {
+            quote_spanned!(ty.span()=> #call.arg::<#ty>(&::core::convert::Into::<#ty>::into(#ident))?;)
+        } else {
+            quote_spanned!(ty.span()=> #call.arg::<#ty>(&#ident)?;)
+        }
     });
     let mutability = (!m.args.is_empty()).then(|| quote!(mut));
     let (output, finish, errors_doc) = match &m.ret {
@@ -354,5 +364,21 @@ fn dispatch_arm(
             #decode
             #run
         }
+    }
+}
+
+/// True for a type written as a path ending in `Bytes` without arguments (`Bytes`,
+/// `txipc_service::Bytes`): the client stub takes it as `impl Into<Bytes>`. Any type converts
+/// into itself, so a user type of that name still works.
+fn is_bytes(ty: &syn::Type) -> bool {
+    match ty {
+        syn::Type::Path(p) if p.qself.is_none() => p
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "Bytes" && s.arguments.is_none()),
+        syn::Type::Group(g) => is_bytes(&g.elem),
+        syn::Type::Paren(p) => is_bytes(&p.elem),
+        _ => false,
     }
 }

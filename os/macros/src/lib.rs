@@ -18,7 +18,7 @@
 //!
 //! ```
 //! use serde::{Deserialize, Serialize};
-//! use txipc_service::service;
+//! use txipc_service::{Bytes, service};
 //!
 //! #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 //! pub enum KvError {
@@ -28,11 +28,11 @@
 //! #[service]
 //! pub trait Kv {
 //!     #[readonly]
-//!     fn get(&mut self, key: Vec<u8>) -> Result<Option<Vec<u8>>, KvError>;
-//!     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), KvError>;
-//!     fn cas(&mut self, key: Vec<u8>, expected: Option<Vec<u8>>, new: Option<Vec<u8>>) -> Result<bool, KvError>;
+//!     fn get(&mut self, key: Bytes) -> Result<Option<Bytes>, KvError>;
+//!     fn put(&mut self, key: Bytes, value: Bytes) -> Result<(), KvError>;
+//!     fn cas(&mut self, key: Bytes, expected: Option<Bytes>, new: Option<Bytes>) -> Result<bool, KvError>;
 //!     #[readonly]
-//!     fn scan(&mut self, start: Vec<u8>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError>;
+//!     fn scan(&mut self, start: Bytes, limit: u32) -> Result<Vec<(Bytes, Bytes)>, KvError>;
 //!     fn ping(&mut self);   // infallible, no args
 //!     #[readonly]
 //!     fn len(&mut self) -> u64;
@@ -40,17 +40,17 @@
 //!
 //! // A server implements the trait...
 //! #[derive(Default)]
-//! struct Store(std::collections::BTreeMap<Vec<u8>, Vec<u8>>);
+//! struct Store(std::collections::BTreeMap<Bytes, Bytes>);
 //!
 //! impl Kv for Store {
-//!     fn get(&mut self, key: Vec<u8>) -> Result<Option<Vec<u8>>, KvError> {
+//!     fn get(&mut self, key: Bytes) -> Result<Option<Bytes>, KvError> {
 //!         Ok(self.0.get(&key).cloned())
 //!     }
-//!     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), KvError> {
+//!     fn put(&mut self, key: Bytes, value: Bytes) -> Result<(), KvError> {
 //!         self.0.insert(key, value);
 //!         Ok(())
 //!     }
-//!     fn cas(&mut self, key: Vec<u8>, expected: Option<Vec<u8>>, new: Option<Vec<u8>>) -> Result<bool, KvError> {
+//!     fn cas(&mut self, key: Bytes, expected: Option<Bytes>, new: Option<Bytes>) -> Result<bool, KvError> {
 //!         if self.0.get(&key) != expected.as_ref() {
 //!             return Ok(false);
 //!         }
@@ -60,7 +60,7 @@
 //!         };
 //!         Ok(true)
 //!     }
-//!     fn scan(&mut self, start: Vec<u8>, limit: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+//!     fn scan(&mut self, start: Bytes, limit: u32) -> Result<Vec<(Bytes, Bytes)>, KvError> {
 //!         let pairs = self.0.range(start..).take(limit as usize);
 //!         Ok(pairs.map(|(k, v)| (k.clone(), v.clone())).collect())
 //!     }
@@ -87,8 +87,8 @@
 //!
 //! // ...and a client calls it through the generated stub.
 //! let kv = KvClient::new(Loopback(RefCell::new(KvDispatcher::new(Store::default()))));
-//! kv.put(b"k".to_vec(), b"v".to_vec())?;
-//! assert_eq!(kv.get(b"k".to_vec())?, Some(b"v".to_vec()));
+//! kv.put(b"k", "v")?; // `Bytes` arguments take anything that converts into `Bytes`
+//! assert_eq!(kv.get(b"k")?, Some(Bytes::from(b"v")));
 //! assert_eq!(kv.len()?, 1);
 //! assert_eq!(KvMethod::Get.id(), 1);
 //! assert!(KvDispatcher::<Store>::is_readonly(KvMethod::Scan.id()));
@@ -116,6 +116,11 @@
 //!   system's;
 //! - `Result<R, txipc_service::CallError>` when it is declared `-> R`, and
 //!   `Result<(), CallError>` when it returns nothing.
+//!
+//! An argument declared as `Bytes` (`txipc_service::Bytes`, any path ending in `Bytes`) is
+//! taken by the client method as `impl Into<Bytes>`, so callers pass `b"key"`, `&[u8]`, `&str`,
+//! `String` or `Vec<u8>` as they are. Use `Bytes`, not `Vec<u8>`, for byte payloads: it is
+//! encoded as one length and one copy, where serde moves a `Vec<u8>` a byte at a time.
 //!
 //! A client reuses per-thread request and reply buffers, so a call allocates nothing once they
 //! have grown (a nested call on the same thread, as an in-process loopback makes, gets its own).

@@ -15,8 +15,13 @@
 //!   was rolled back (safe to retry) or may have run.
 //! - Bytes from the other process are an allegation: decoding never panics and a malformed
 //!   request is answered with [`DispatchError::Malformed`], not acted on.
+//! - Byte payloads cost one length and one copy: interfaces carry them as [`Bytes`], never as
+//!   `Vec<u8>` (which serde moves one element at a time).
 #![forbid(unsafe_code)]
 
+mod bytes;
+
+pub use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
 
 pub use txipc_macros::service;

@@ -1,10 +1,12 @@
 //! Interface of the key-value service: what clients of `kv` depend on.
 //!
-//! Keys and values are byte strings. Every method is one transaction on the server: under
+//! Keys and values are byte strings ([`Bytes`]: one length and one copy on the wire; the client
+//! methods take anything that converts into it, `b"key"`, `&str`, `Vec<u8>`). Every method is one transaction on the server: under
 //! policy `txipc` it happens exactly once, whatever instant the server dies at.
 #![forbid(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
+pub use txipc_service::Bytes;
 use txipc_service::service;
 
 /// Largest key, in bytes.
@@ -50,7 +52,7 @@ pub struct CasOutcome {
     /// Whether the swap happened.
     pub swapped: bool,
     /// The value under the key after the call.
-    pub current: Option<Vec<u8>>,
+    pub current: Option<Bytes>,
 }
 
 /// Server statistics.
@@ -67,31 +69,31 @@ pub struct KvStats {
 }
 
 /// Entries of a scan, in key order.
-pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+pub type Entries = Vec<(Bytes, Bytes)>;
 
 /// The key-value service.
 #[service]
 pub trait Kv {
     /// The value under `key`.
     #[readonly]
-    fn get(&mut self, key: Vec<u8>) -> Result<Option<Vec<u8>>, KvError>;
+    fn get(&mut self, key: Bytes) -> Result<Option<Bytes>, KvError>;
     /// Stores `value` under `key`; returns the previous value.
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<Option<Vec<u8>>, KvError>;
+    fn put(&mut self, key: Bytes, value: Bytes) -> Result<Option<Bytes>, KvError>;
     /// Removes `key`; returns the removed value.
-    fn delete(&mut self, key: Vec<u8>) -> Result<Option<Vec<u8>>, KvError>;
+    fn delete(&mut self, key: Bytes) -> Result<Option<Bytes>, KvError>;
     /// If the value under `key` equals `expected` (`None`: absent), replaces it with `new`
     /// (`None`: delete).
     fn cas(
         &mut self,
-        key: Vec<u8>,
-        expected: Option<Vec<u8>>,
-        new: Option<Vec<u8>>,
+        key: Bytes,
+        expected: Option<Bytes>,
+        new: Option<Bytes>,
     ) -> Result<CasOutcome, KvError>;
     /// Adds `delta` to the counter under `key` (absent counts as 0); returns the new value.
-    fn incr(&mut self, key: Vec<u8>, delta: i64) -> Result<i64, KvError>;
+    fn incr(&mut self, key: Bytes, delta: i64) -> Result<i64, KvError>;
     /// Up to `limit` entries with keys `>= start`, in key order.
     #[readonly]
-    fn scan(&mut self, start: Vec<u8>, limit: u32) -> Result<Entries, KvError>;
+    fn scan(&mut self, start: Bytes, limit: u32) -> Result<Entries, KvError>;
     /// Statistics.
     #[readonly]
     fn stats(&mut self) -> KvStats;

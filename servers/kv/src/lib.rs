@@ -12,7 +12,7 @@
 
 use std::ops::Bound;
 
-use kv_api::{CasOutcome, Kv, KvDispatcher, KvError, KvStats, MAX_KEY, MAX_SCAN, MAX_VALUE};
+use kv_api::{Bytes, CasOutcome, Kv, KvDispatcher, KvError, KvStats, MAX_KEY, MAX_SCAN, MAX_VALUE};
 use txipc_heap::{Heap, HeapError, PBTreeMap, PBytes, PCell, Persistent, Tx};
 use txipc_runtime::{Builtin, Instance, StartArgs, TxCell, TxHost};
 
@@ -83,9 +83,12 @@ fn atomically<T>(
 }
 
 impl KvServer {
-    fn current(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+    fn current(&mut self, key: &[u8]) -> Option<Bytes> {
         let tx = self.tx.tx();
-        self.root.map.get(tx, key).map(|v| v.as_slice().to_vec())
+        self.root
+            .map
+            .get(tx, key)
+            .map(|v| Bytes::from(v.as_slice()))
     }
 
     fn store(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), KvError> {
@@ -106,12 +109,12 @@ impl KvServer {
 }
 
 impl Kv for KvServer {
-    fn get(&mut self, key: Vec<u8>) -> Result<Option<Vec<u8>>, KvError> {
+    fn get(&mut self, key: Bytes) -> Result<Option<Bytes>, KvError> {
         check_key(&key)?;
         Ok(self.current(&key))
     }
 
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<Option<Vec<u8>>, KvError> {
+    fn put(&mut self, key: Bytes, value: Bytes) -> Result<Option<Bytes>, KvError> {
         check_key(&key)?;
         check_value(&value)?;
         let prev = self.current(&key);
@@ -119,7 +122,7 @@ impl Kv for KvServer {
         Ok(prev)
     }
 
-    fn delete(&mut self, key: Vec<u8>) -> Result<Option<Vec<u8>>, KvError> {
+    fn delete(&mut self, key: Bytes) -> Result<Option<Bytes>, KvError> {
         check_key(&key)?;
         let prev = self.current(&key);
         if prev.is_some() {
@@ -130,9 +133,9 @@ impl Kv for KvServer {
 
     fn cas(
         &mut self,
-        key: Vec<u8>,
-        expected: Option<Vec<u8>>,
-        new: Option<Vec<u8>>,
+        key: Bytes,
+        expected: Option<Bytes>,
+        new: Option<Bytes>,
     ) -> Result<CasOutcome, KvError> {
         check_key(&key)?;
         if let Some(v) = &new {
@@ -146,7 +149,7 @@ impl Kv for KvServer {
             });
         }
         if current.is_some() || new.is_some() {
-            self.store(&key, new.as_deref())?;
+            self.store(&key, new.as_ref().map(|v| v.as_slice()))?;
         }
         Ok(CasOutcome {
             swapped: true,
@@ -154,7 +157,7 @@ impl Kv for KvServer {
         })
     }
 
-    fn incr(&mut self, key: Vec<u8>, delta: i64) -> Result<i64, KvError> {
+    fn incr(&mut self, key: Bytes, delta: i64) -> Result<i64, KvError> {
         check_key(&key)?;
         let now = match self.current(&key) {
             None => 0,
@@ -165,7 +168,7 @@ impl Kv for KvServer {
         Ok(next)
     }
 
-    fn scan(&mut self, start: Vec<u8>, limit: u32) -> Result<kv_api::Entries, KvError> {
+    fn scan(&mut self, start: Bytes, limit: u32) -> Result<kv_api::Entries, KvError> {
         check_key(&start)?;
         let tx = self.tx.tx();
         Ok(self
@@ -173,7 +176,7 @@ impl Kv for KvServer {
             .map
             .range(tx, Bound::Included(&start[..]), Bound::Unbounded)
             .take(limit.min(MAX_SCAN) as usize)
-            .map(|(k, v)| (k.as_slice().to_vec(), v.as_slice().to_vec()))
+            .map(|(k, v)| (Bytes::from(k.as_slice()), Bytes::from(v.as_slice())))
             .collect())
     }
 

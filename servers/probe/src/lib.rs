@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 use txipc_heap::{HeapError, PCell, Persistent};
 use txipc_runtime::{Builtin, Instance, StartArgs, TxCell, TxHost};
-use txipc_service::service;
+use txipc_service::{Bytes, service};
 
 /// The null service.
 #[service]
@@ -21,7 +21,7 @@ pub trait Null {
     /// Does nothing.
     fn ping(&mut self);
     /// Returns its argument.
-    fn echo(&mut self, data: Vec<u8>) -> Vec<u8>;
+    fn echo(&mut self, data: Bytes) -> Bytes;
 }
 
 /// The `null` server.
@@ -38,7 +38,7 @@ impl TxHost for NullServer {
 
 impl Null for NullServer {
     fn ping(&mut self) {}
-    fn echo(&mut self, data: Vec<u8>) -> Vec<u8> {
+    fn echo(&mut self, data: Bytes) -> Bytes {
         data
     }
 }
