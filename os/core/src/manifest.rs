@@ -19,7 +19,14 @@
 //! [[grant]]
 //! client = "*"             # "*" (anyone), "uid:N" (local processes of user N), or a server name
 //! service = "kv"
+//!
+//! [[operator]]             # who may act on the system itself: stop, inject, restart, release, kill
+//! client = "owner"         # "owner" (the user that started the kernel), "uid:N", or "*"
 //! ```
+//!
+//! A manifest with no `[[operator]]` entry makes the owner the only operator; `operator = []`
+//! (a top-level key, before the first table) makes nobody one: the system then stops only by
+//! signal.
 //!
 //! Parsing never panics; every error names the entry and the field, and says what to do.
 
@@ -41,6 +48,9 @@ retry_limit = 2
 [[grant]]
 client = "*"
 service = "kv"
+
+[[operator]]
+client = "owner"
 "#;
 
 /// How a server recovers from a fault.
@@ -180,6 +190,14 @@ pub struct Grant {
     pub service: String,
 }
 
+/// Who may act on the system itself (`Shutdown`, `Inject`, `Restart`, `Release`, `Kill`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Operator {
+    /// `owner` (the user that started the kernel), `uid:N`, or `*`.
+    pub client: String,
+}
+
 /// A whole system.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -193,6 +211,9 @@ pub struct Manifest {
     /// The grants.
     #[serde(default, rename = "grant")]
     pub grants: Vec<Grant>,
+    /// The operators; `None` (no `[[operator]]` entry): the owner only.
+    #[serde(default, rename = "operator")]
+    pub operators: Option<Vec<Operator>>,
 }
 
 fn default_name() -> String {
@@ -374,7 +395,36 @@ impl Manifest {
                 )));
             }
         }
+        for o in self.operators.iter().flatten() {
+            let ok = o.client == "*"
+                || o.client == "owner"
+                || o.client
+                    .strip_prefix("uid:")
+                    .is_some_and(|u| u.parse::<u32>().is_ok());
+            if !ok {
+                return Err(ManifestError::Invalid(format!(
+                    "operator client `{}` is neither `owner`, `uid:N` nor `*`",
+                    o.client
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether `who` may act on the system itself; `owner_uid` is the user that started the
+    /// kernel. Servers never are operators.
+    pub fn is_operator(&self, who: &Principal, owner_uid: u32) -> bool {
+        let Principal::Uid(uid) = who else {
+            return false;
+        };
+        let Some(ops) = &self.operators else {
+            return *uid == owner_uid;
+        };
+        ops.iter().any(|o| match o.client.as_str() {
+            "*" => true,
+            "owner" => *uid == owner_uid,
+            c => c.strip_prefix("uid:") == Some(uid.to_string().as_str()),
+        })
     }
 
     /// The server named `name`, with its index.
@@ -440,6 +490,25 @@ mod tests {
         let grant =
             format!("{base}builtin = \"kv\"\n[[grant]]\nclient = \"bob\"\nservice = \"kv\"\n");
         assert!(err(&grant).contains("neither"));
+    }
+
+    #[test]
+    fn operators_default_to_the_owner() {
+        let base = "[[server]]\nname = \"kv\"\nbuiltin = \"kv\"\npolicy = \"none\"\n";
+        let m = Manifest::parse(base).unwrap();
+        assert!(m.is_operator(&Principal::Uid(7), 7));
+        assert!(!m.is_operator(&Principal::Uid(8), 7));
+        assert!(!m.is_operator(&Principal::Server("kv".into()), 7));
+        let m = Manifest::parse(&format!("operator = []\n{base}")).unwrap();
+        assert!(!m.is_operator(&Principal::Uid(7), 7));
+        let m = Manifest::parse(&format!("{base}[[operator]]\nclient = \"uid:9\"\n")).unwrap();
+        assert!(m.is_operator(&Principal::Uid(9), 7));
+        assert!(!m.is_operator(&Principal::Uid(7), 7));
+        let d = Manifest::default_system();
+        assert!(d.is_operator(&Principal::Uid(1000), 1000));
+        assert!(!d.is_operator(&Principal::Uid(1001), 1000));
+        let bad = format!("{base}[[operator]]\nclient = \"bob\"\n");
+        assert!(err(&bad).contains("operator client `bob`"));
     }
 
     #[test]

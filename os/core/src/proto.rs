@@ -13,11 +13,22 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use crate::manifest::{Policy, Tracking};
 
 /// Protocol version; a client of another version is refused with a clear error.
-pub const PROTO_VERSION: u32 = 1;
+///
+/// Version 2 (additive over 1: new variants at the end of each enum, new fields at the end of
+/// [`ServerInfo`]): [`Request::Restart`], [`Request::Release`], [`Request::Kill`],
+/// [`Request::Status`], [`Response::Status`], [`Response::Released`], the operator grant
+/// ([`ErrorKind::NotOperator`]), and the fault facts of [`ServerInfo`].
+pub const PROTO_VERSION: u32 = 2;
 /// Largest control message.
 pub const MAX_CONTROL_MSG: usize = 256 * 1024;
 
 /// Client → kernel.
+///
+/// `Connect`, `Ps` and `Status` need no operator grant (`Connect` needs the manifest's
+/// `[[grant]]` for the service). Every request that acts on the system itself — `Shutdown`,
+/// `Inject`, `Restart`, `Release`, `Kill` — needs the manifest's operator grant
+/// (`[[operator]]`, by default the user that started the kernel); without it the answer is
+/// [`Response::Error`] with [`ErrorKind::NotOperator`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Open a channel to a server. Answer: [`Response::Connected`] with fds `[channel, doorbell]`.
@@ -32,7 +43,7 @@ pub enum Request {
     /// Stop the system. Answer: [`Response::Ok`], then the socket closes.
     Shutdown,
     /// Arm a fail point in a server: its next request reaching `point` faults with `kind`.
-    /// Answer: [`Response::Ok`].
+    /// Answer: [`Response::Ok`]. Operator only.
     Inject {
         /// The server's name.
         server: String,
@@ -41,6 +52,37 @@ pub enum Request {
         /// Where.
         point: crate::failpoint::FailPoint,
     },
+    /// Restart a server now, bypassing its restart limits. A running server is stopped and
+    /// recovered exactly as after a fault (under `txipc` its in-flight calls are rolled back and
+    /// re-run; under `restart` and `none` it comes back empty and they fail); a `held` or `dead`
+    /// server is released (as [`Request::Release`]). Answer: [`Response::Ok`]. Operator only.
+    /// A server that is `booting` or `recovering` is refused with [`ErrorKind::WrongState`].
+    Restart {
+        /// The server's name.
+        server: String,
+    },
+    /// Take a `held` or `dead` server out of that state and start it again (its restart limits
+    /// start afresh). Its old channels stay dead: clients connect again. A server held because
+    /// its undo log was unusable, or dead under policy `none`, starts empty. Answer:
+    /// [`Response::Released`] with the reason it was held. Operator only. Any other state is
+    /// refused with [`ErrorKind::WrongState`].
+    Release {
+        /// The server's name.
+        server: String,
+    },
+    /// Send signal number `signal` (1..=64) to the server's active incarnation, as `kill(2)`
+    /// would: for demonstrations and tests of fault handling (a SIGKILL is then recovered like
+    /// any death). Answer: [`Response::Ok`]. Operator only. A server with no active incarnation
+    /// is refused with [`ErrorKind::WrongState`].
+    Kill {
+        /// The server's name.
+        server: String,
+        /// The signal number.
+        signal: i32,
+    },
+    /// The system's status: the kernel's pid and uptime and every server. Answer:
+    /// [`Response::Status`].
+    Status,
 }
 
 /// Kernel → client.
@@ -54,6 +96,50 @@ pub enum Response {
     Ok,
     /// Refused or failed.
     Error(KernelError),
+    /// Answer to [`Request::Status`].
+    Status(SystemStatus),
+    /// Answer to [`Request::Release`]: the server left `held`/`dead` and is starting again.
+    Released(Released),
+}
+
+/// The system as [`Request::Status`] reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SystemStatus {
+    /// The system's name.
+    pub system: String,
+    /// The kernel's pid.
+    pub kernel_pid: i32,
+    /// Time since the kernel started, milliseconds.
+    pub uptime_ms: u64,
+    /// The servers, in manifest order (as [`Response::Ps`]).
+    pub servers: Vec<ServerInfo>,
+}
+
+/// What [`Request::Release`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    /// The server's name.
+    pub server: String,
+    /// The state it left: `held` or `dead`.
+    pub was: String,
+    /// Why it was in that state, in words (e.g. `restart storm: 200 restarts within 1000 ms`).
+    pub reason: String,
+    /// Whether it starts with an empty heap (policy `none` or `restart`, or an unusable undo
+    /// log) rather than its recovered state.
+    pub fresh: bool,
+}
+
+/// The last fault of a server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultInfo {
+    /// The cause in words: `SIGSEGV at fail point after-handle`, `panic: <message>`,
+    /// `hang: call ran 2.1 s > deadline 2 s`, `killed by SIGKILL`, `exited with status 3`,
+    /// `restart requested by the operator`.
+    pub cause: String,
+    /// The generation that faulted.
+    pub generation: u64,
+    /// When, in milliseconds of kernel uptime.
+    pub at_ms: u64,
 }
 
 /// A granted channel.
@@ -82,7 +168,8 @@ pub struct ServerInfo {
     pub policy: Policy,
     /// Tracking mode.
     pub tracking: Tracking,
-    /// `running`, `recovering`, `held` (restart storm) or `dead` (policy none).
+    /// `booting`, `running`, `recovering`, `held` (restart storm, unusable undo log) or `dead`
+    /// (policy none).
     pub state: String,
     /// Restarts so far.
     pub restarts: u64,
@@ -96,6 +183,16 @@ pub struct ServerInfo {
     pub channels: u32,
     /// Last recovery time (fault seen → new incarnation serving), microseconds.
     pub last_recovery_us: Option<f64>,
+    /// Pid of the hot standby (0 if none).
+    pub standby_pid: i32,
+    /// Pid of the zygote (0 if none).
+    pub zygote_pid: i32,
+    /// The last fault, if any.
+    pub last_fault: Option<FaultInfo>,
+    /// When the last recovery completed, in milliseconds of kernel uptime.
+    pub last_recovery_at_ms: Option<u64>,
+    /// Why the server is `held` or `dead`, in words; `None` in any other state.
+    pub held_reason: Option<String>,
 }
 
 /// Why the kernel refused.
@@ -120,6 +217,15 @@ pub enum ErrorKind {
     BadRequest,
     /// The kernel failed (out of memory, too many channels...).
     Internal,
+    /// The request acts on the system itself and the manifest grants the client no operator
+    /// access (`[[operator]]`).
+    NotOperator,
+    /// The server is not in a state that allows the request (e.g. `release` of a running
+    /// server); the message says which state it is in.
+    WrongState,
+    /// A limit of the manifest was reached (channels per client or per server); the message
+    /// names the limit and its value.
+    Limit,
 }
 
 /// What a zygote needs to prepare incarnations. Sent once, first; fds `[heap, log, doorbell,

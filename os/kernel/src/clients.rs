@@ -1,9 +1,10 @@
-//! Clients and grants: control connections, their requests, `ps`.
+//! Clients: control connections, reading their requests, answering them (operator controls
+//! and status are in `control`).
 
 use std::os::fd::{AsFd, OwnedFd};
 
 use txipc_core::manifest::Principal;
-use txipc_core::proto::{self, ErrorKind, KernelError as WireError, Request, Response, ServerInfo};
+use txipc_core::proto::{self, ErrorKind, KernelError as WireError, Request, Response};
 use txipc_sys::fdpass;
 
 use crate::channels::Owner;
@@ -74,25 +75,9 @@ impl Kernel {
                         self.connect(id, &service)
                     }
                 }
-                Ok(Request::Ps) => Ok((Response::Ps(self.ps()), None)),
-                Ok(Request::Inject {
-                    server,
-                    kind,
-                    point,
-                }) => match self.manifest.server(&server) {
-                    Some((si, _)) => {
-                        self.servers[si].status.arm(kind as u8, point as u8);
-                        self.log(format!("{server}: fail point armed: {kind:?} at {point:?}"));
-                        Ok((Response::Ok, None))
-                    }
-                    None => Err(WireError {
-                        kind: ErrorKind::UnknownService,
-                        message: format!("no server `{server}`"),
-                    }),
-                },
-                Ok(Request::Shutdown) => {
-                    self.shutting_down = true;
-                    Ok((Response::Ok, None))
+                Ok(req) => {
+                    let who = self.clients[&id].principal.clone();
+                    self.control(&who, req).map(|r| (r, None))
                 }
                 Err(e) => Err(WireError {
                     kind: ErrorKind::BadRequest,
@@ -147,25 +132,5 @@ impl Kernel {
         for (si, ci) in c.channels {
             self.revoke_channel(si, ci);
         }
-    }
-
-    pub(crate) fn ps(&self) -> Vec<ServerInfo> {
-        self.servers
-            .iter()
-            .map(|s| ServerInfo {
-                name: s.spec.name.clone(),
-                pid: s.active.as_ref().map_or(0, |a| a.pid),
-                generation: s.active.as_ref().map_or(0, |a| a.generation),
-                policy: s.spec.policy,
-                tracking: s.spec.tracking,
-                state: s.state.as_str().into(),
-                restarts: s.restarts,
-                aborted_requests: s.aborted,
-                retried_requests: s.retried,
-                calls: s.status.calls(),
-                channels: s.channels.len() as u32,
-                last_recovery_us: s.last_recovery_us,
-            })
-            .collect()
     }
 }

@@ -32,6 +32,8 @@ pub(crate) struct Kernel {
     pub(crate) ready_announced: bool,
     pub(crate) started: Instant,
     pub(crate) buf: Vec<u8>,
+    /// The user that started the kernel: the operator unless the manifest says otherwise.
+    pub(crate) owner_uid: u32,
 }
 
 /// Boots the system and serves until SIGINT/SIGTERM or a `Shutdown` request. `on_ready` is
@@ -142,6 +144,11 @@ impl Kernel {
 
     pub(crate) fn unwatch(&self, fd: std::os::fd::BorrowedFd<'_>) {
         let _ = epoll::delete(&self.epoll, fd);
+    }
+
+    /// Milliseconds since the kernel started.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     pub(crate) fn log(&self, msg: impl std::fmt::Display) {

@@ -7,6 +7,7 @@ use txipc_core::proto::{self, Connected, FromServer, ToServer};
 use txipc_sys::crash::{CrashKind, CrashReport};
 use txipc_sys::{fdpass, process};
 
+use crate::control::fail_point_words;
 use crate::event_loop::{Kernel, T_INC_CTL, T_INC_PID, token};
 use crate::server::SrvState;
 
@@ -117,13 +118,15 @@ impl Kernel {
                     .active
                     .as_ref()
                     .is_some_and(|a| a.generation == generation);
+                let detail = CrashReport::detail(&self.buf[..n]);
                 let what = match report.kind {
-                    CrashKind::Signal(sig) => format!("signal {sig}"),
-                    CrashKind::Panic => "panic".into(),
-                    CrashKind::Integrity => "integrity check".into(),
+                    CrashKind::Signal(sig) => signal_name(sig),
+                    CrashKind::Panic => format!("panic: {detail}"),
+                    CrashKind::Integrity => "integrity check failed".into(),
                 };
                 if is_active {
-                    self.fault(i, &what);
+                    let at = fail_point_words(self.servers[i].fired_fail_point());
+                    self.fault(i, format!("{what}{at}"));
                 } else {
                     // A standby that crashed before activation: replace it.
                     self.log(format!("{}: standby crashed ({what})", s.spec.name));
@@ -146,8 +149,10 @@ impl Kernel {
                         self.spawn_incarnation(i);
                         if let Some(t) = recovered {
                             let us = t.as_secs_f64() * 1e6;
+                            let now_ms = self.now_ms();
                             let s = &mut self.servers[i];
                             s.last_recovery_us = Some(us);
+                            s.last_recovery_at_ms = Some(now_ms);
                             let name = s.spec.name.clone();
                             self.log(format!(
                                 "{name}: generation {g} serving, recovered in {us:.0} µs"
@@ -177,7 +182,16 @@ impl Kernel {
             .as_ref()
             .is_some_and(|a| a.generation == generation)
         {
-            self.fault(i, "death");
+            // Still a zombie (its zygote reaps it only at the next spawn): its exit status says
+            // how it died.
+            let pid = s.active.as_ref().map_or(0, |a| a.pid);
+            let how = match process::zombie_exit(pid) {
+                Some(Err(sig)) => format!("killed by {}", signal_name(sig)),
+                Some(Ok(code)) => format!("exited with status {code}"),
+                None => "died (exit status unknown)".into(),
+            };
+            let at = fail_point_words(s.fired_fail_point());
+            self.fault(i, format!("{how}{at}"));
         } else if s
             .standby
             .as_ref()
@@ -203,4 +217,10 @@ impl Kernel {
         self.unwatch(inc.sock.as_fd());
         self.servers[i].zombies.insert(inc.generation, inc);
     }
+}
+
+/// `SIGSEGV` for 11; `signal 40` for a number with no name.
+pub(crate) fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
 }

@@ -16,13 +16,14 @@
 //!   [`txipc_core::recovery::decide_slot`], tested without processes.
 //!
 //! Layout, one concern per module: `event_loop` (the loop and its tokens), `boot`,
-//! `server` (the record of one server), `clients`, `channels`, `zygotes`, `incarnations`,
+//! `server` (the record of one server), `clients`, `control` (operator controls, `ps`), `channels`, `zygotes`, `incarnations`,
 //! `watchdog`, `recovery`, `shutdown`, `errors`.
 #![forbid(unsafe_code)]
 
 mod boot;
 mod channels;
 mod clients;
+mod control;
 mod errors;
 mod event_loop;
 mod incarnations;

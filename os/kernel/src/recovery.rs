@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 use txipc_chan::{KernelChannel, SlotState, Status};
 use txipc_core::manifest::Policy;
+use txipc_core::proto::FaultInfo;
 use txipc_core::recovery::{
     FailReason, LogState, RestartDecision, SlotAction, TakenSlot, decide_slot,
 };
@@ -15,9 +16,15 @@ use crate::event_loop::Kernel;
 use crate::server::{Server, SrvState};
 
 impl Kernel {
-    /// The active incarnation faulted (crash report, death or hang). Confirms it cannot run,
-    /// recovers shared state, and restarts per policy.
-    pub(crate) fn fault(&mut self, i: usize, cause: &str) {
+    /// The active incarnation faulted (crash report, death or hang); `cause` says how, in words.
+    /// Confirms it cannot run, recovers shared state, and restarts per policy.
+    pub(crate) fn fault(&mut self, i: usize, cause: String) {
+        self.fault_with(i, cause, false);
+    }
+
+    /// As [`Kernel::fault`]; `forced` (an operator's restart) restarts now whatever the restart
+    /// limits say, and under policy `none` restarts empty.
+    pub(crate) fn fault_with(&mut self, i: usize, cause: String, forced: bool) {
         let now = Instant::now();
         let Some(old) = self.servers[i].active.take() else {
             return;
@@ -38,18 +45,51 @@ impl Kernel {
                 }),
             );
         }
+        let now_ms = self.now_ms();
         let s = &mut self.servers[i];
         s.fault_at = Some(now);
         s.state = SrvState::Recovering;
-        let now_ms = self.started.elapsed().as_millis() as u64;
-        let decision = s.governor.on_failure(now_ms);
+        s.last_fault = Some(FaultInfo {
+            cause: cause.clone(),
+            generation: old.generation,
+            at_ms: now_ms,
+        });
+        let mut decision = if forced {
+            RestartDecision::Now
+        } else {
+            s.governor.on_failure(now_ms)
+        };
+        if forced && s.spec.policy == Policy::None {
+            s.reset_heap();
+        }
         let held = matches!(decision, RestartDecision::HoldDown | RestartDecision::Never);
-        let (summary, log_state) = recover_shared_state(s, held);
-        let undone_objects = match log_state {
+        let rec = recover_shared_state(s, held);
+        let mut held_reason = match decision {
+            RestartDecision::HoldDown => Some(format!(
+                "restart storm: {} restarts within {} ms (last fault: {cause})",
+                s.spec.restart.max_restarts, s.spec.restart.window_ms
+            )),
+            RestartDecision::Never => Some(format!(
+                "policy none: a fault is final (last fault: {cause})"
+            )),
+            _ => None,
+        };
+        if let Some(e) = &rec.log_error {
+            // The heap cannot be trusted: hold the server down rather than serve corrupt state.
+            eprintln!("txipc kernel: {name}: undo log unusable ({e}); holding the server down");
+            s.log_unusable = true;
+            if decision != RestartDecision::Never {
+                decision = RestartDecision::HoldDown;
+            }
+            held_reason = Some(format!(
+                "undo log unusable ({e}): the heap cannot be trusted (last fault: {cause})"
+            ));
+        }
+        let undone_objects = match rec.log_state {
             LogState::Active(t) => self.undo_kernel_objects(i, t),
             _ => 0,
         };
-        let summary = format!("{summary}, {undone_objects} kernel objects undone");
+        let summary = format!("{}, {undone_objects} kernel objects undone", rec.summary);
         let old_generation = old.generation;
         self.unwatch(old.sock.as_fd());
         self.servers[i].doomed.push(old);
@@ -71,6 +111,7 @@ impl Kernel {
                 } else {
                     SrvState::Held
                 };
+                s.held_reason = held_reason;
                 s.fault_at = None;
                 for c in s.channels.values() {
                     c.k.mark_dead();
@@ -109,13 +150,23 @@ pub(crate) fn fail_posted(k: &KernelChannel) {
     }
 }
 
-/// Rolls back the heap if needed and settles every TAKEN slot (ARCHITECTURE.md §6). Returns a
-/// one-line summary for the log.
-pub(crate) fn recover_shared_state(s: &mut Server, held: bool) -> (String, LogState) {
+/// What [`recover_shared_state`] found and did.
+pub(crate) struct Recovered {
+    /// One line for the log.
+    pub(crate) summary: String,
+    /// The undo log's state before the rollback.
+    pub(crate) log_state: LogState,
+    /// The undo log could not be read: nothing was rolled back, every TAKEN slot was failed.
+    pub(crate) log_error: Option<String>,
+}
+
+/// Rolls back the heap if needed and settles every TAKEN slot (ARCHITECTURE.md §6).
+pub(crate) fn recover_shared_state(s: &mut Server, held: bool) -> Recovered {
     let policy = s.spec.policy;
     let mut log_state = LogState::Idle;
     let mut batch = Vec::new();
     let mut undone = 0u64;
+    let mut log_error = None;
     match policy {
         Policy::Txipc => match txipc_heap::recover(s.heap_fd.as_fd(), s.log_fd.as_fd()) {
             Ok(r) => {
@@ -129,28 +180,13 @@ pub(crate) fn recover_shared_state(s: &mut Server, held: bool) -> (String, LogSt
                 undone = r.undone.records;
             }
             Err(e) => {
-                // The log is unreadable: the heap cannot be trusted. Hold the server down
-                // rather than serve corrupt state.
-                eprintln!(
-                    "txipc kernel: {}: undo log unusable ({e}); holding the server down",
-                    s.spec.name
-                );
-                for c in s.channels.values() {
-                    c.k.mark_dead();
-                }
-                return (format!("log unusable: {e}"), LogState::Idle);
+                // The log is unreadable: the heap cannot be trusted. The caller holds the
+                // server down; every TAKEN slot is failed below (held), none re-run.
+                log_error = Some(e.to_string());
             }
         },
-        Policy::Restart => {
-            // Restart empty: zero the heap and log (sparse again), the next incarnation formats.
-            let size = s.config.heap_size;
-            let _ = rustix::fs::ftruncate(&s.heap_fd, 0);
-            let _ = rustix::fs::ftruncate(&s.heap_fd, size);
-            let log_size = s.spec.log_mb << 20;
-            let _ = rustix::fs::ftruncate(&s.log_fd, 0);
-            let _ = rustix::fs::ftruncate(&s.log_fd, log_size);
-            s.fresh_next = true;
-        }
+        // Restart empty: zero the heap and log (sparse again), the next incarnation formats.
+        Policy::Restart => s.reset_heap(),
         Policy::None => {}
     }
     // Crash point "after REPLIED, before the wake": the client sleeps on a slot that is
@@ -158,6 +194,7 @@ pub(crate) fn recover_shared_state(s: &mut Server, held: bool) -> (String, LogSt
     for c in s.channels.values() {
         c.k.wake_waiters();
     }
+    let held = held || log_error.is_some();
     let committed = matches!(log_state, LogState::Committed(_));
     let (mut published, mut reposted, mut failed) = (0, 0, 0);
     for (&ci, c) in &s.channels {
@@ -206,10 +243,11 @@ pub(crate) fn recover_shared_state(s: &mut Server, held: bool) -> (String, LogSt
             }
         }
     }
-    (
-        format!(
+    Recovered {
+        summary: format!(
             "log {log_state:?}, {undone} records undone, {published} replies published, {reposted} re-posted, {failed} failed"
         ),
         log_state,
-    )
+        log_error,
+    }
 }

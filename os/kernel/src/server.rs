@@ -5,8 +5,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
 use txipc_chan::Doorbell;
+use txipc_core::failpoint::{FailKind, FailPoint};
 use txipc_core::manifest::ServerSpec;
-use txipc_core::proto::ServerConfig;
+use txipc_core::proto::{FaultInfo, ServerConfig};
 use txipc_core::recovery::RestartGovernor;
 use txipc_sys::status::StatusPage;
 
@@ -77,6 +78,16 @@ pub(crate) struct Server {
     /// Failed incarnations, stopped (or dead), kept until their successor serves: killing them
     /// earlier would put their address-space teardown on the recovery path.
     pub(crate) doomed: Vec<Inc>,
+    /// The fail point the operator armed last and that has not been seen to fire.
+    pub(crate) armed: Option<(FailKind, FailPoint)>,
+    /// The last fault, in words.
+    pub(crate) last_fault: Option<FaultInfo>,
+    /// When the last recovery completed (ms of kernel uptime).
+    pub(crate) last_recovery_at_ms: Option<u64>,
+    /// Why the server is held or dead, in words.
+    pub(crate) held_reason: Option<String>,
+    /// The undo log could not be read at the last recovery: the heap is not trusted.
+    pub(crate) log_unusable: bool,
 }
 
 impl Server {
@@ -144,6 +155,32 @@ impl Server {
             fresh_next: true,
             zombies: HashMap::new(),
             doomed: Vec::new(),
+            armed: None,
+            last_fault: None,
+            last_recovery_at_ms: None,
+            held_reason: None,
+            log_unusable: false,
         })
+    }
+
+    /// Empties the heap and the undo log (sparse again); the next incarnation formats them.
+    pub(crate) fn reset_heap(&mut self) {
+        let size = self.config.heap_size;
+        let _ = rustix::fs::ftruncate(&self.heap_fd, 0);
+        let _ = rustix::fs::ftruncate(&self.heap_fd, size);
+        let log_size = self.spec.log_mb << 20;
+        let _ = rustix::fs::ftruncate(&self.log_fd, 0);
+        let _ = rustix::fs::ftruncate(&self.log_fd, log_size);
+        self.fresh_next = true;
+    }
+
+    /// The armed fail point if the status page shows it fired (the incarnation clears the word
+    /// when it fires); disarms our record either way once it fired.
+    pub(crate) fn fired_fail_point(&mut self) -> Option<(FailKind, FailPoint)> {
+        if self.armed.is_some() && self.status.armed_word() == 0 {
+            self.armed.take()
+        } else {
+            None
+        }
     }
 }

@@ -27,17 +27,18 @@ impl Kernel {
             // clock read.)
             if s.state == SrvState::Running && s.active.is_some() {
                 let busy = s.status.busy();
-                let hung = match self.servers[i].watch {
+                let ran = match self.servers[i].watch {
                     Some((txid, since)) if txid == busy && busy != 0 => {
-                        now.duration_since(since) > Duration::from_millis(s.spec.deadline_ms)
+                        Some(now.duration_since(since))
+                            .filter(|d| *d > Duration::from_millis(s.spec.deadline_ms))
                     }
                     _ => {
                         self.servers[i].watch = (busy != 0).then_some((busy, now));
-                        false
+                        None
                     }
                 };
                 let s = &self.servers[i];
-                if hung {
+                if let Some(ran) = ran {
                     let pid = s.active.as_ref().map_or(0, |a| a.pid);
                     self.log(format!(
                         "{}: call exceeded {} ms deadline (pid {pid}): stopping it",
@@ -46,9 +47,24 @@ impl Kernel {
                     if let Some(a) = &s.active {
                         let _ = process::pidfd_signal(&a.pidfd, Signal::STOP);
                     }
-                    self.fault(i, "hang");
+                    let cause = format!(
+                        "hang: call ran {:.1} s > deadline {} s",
+                        ran.as_secs_f64(),
+                        secs_words(s.spec.deadline_ms)
+                    );
+                    self.fault(i, cause);
                 }
             }
         }
+    }
+}
+
+/// `2` for 2000 ms, `0.25` for 250 ms.
+fn secs_words(ms: u64) -> String {
+    if ms % 1000 == 0 {
+        (ms / 1000).to_string()
+    } else {
+        let s = format!("{:.3}", ms as f64 / 1000.0);
+        s.trim_end_matches('0').to_string()
     }
 }

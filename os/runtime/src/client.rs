@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use txipc_chan::{ChanError, ClientChannel, Status};
-use txipc_core::proto::{self, Connected, ErrorKind, Request, Response, ServerInfo};
+use txipc_core::proto::{
+    self, Connected, ErrorKind, Released, Request, Response, ServerInfo, SystemStatus,
+};
 use txipc_service::{CallError, Transport};
 use txipc_sys::fdpass;
 
@@ -43,11 +45,34 @@ pub enum ClientError {
     /// Booting a system failed.
     #[error("booting the system: {0}")]
     Boot(String),
+    /// The kernel did not answer a control request in time (it may be overloaded or stopped).
+    #[error(
+        "the kernel of system `{system}` did not answer within {timeout:?}: is it stopped or overloaded? (`txipc ps` or the kernel's log)"
+    )]
+    KernelTimeout {
+        /// The system's name.
+        system: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
 }
+
+/// How long a control request ([`System::ps`], [`System::open`], ...) waits for the kernel's
+/// answer unless [`System::set_control_timeout`] says otherwise.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Conn {
     sock: Mutex<OwnedFd>,
+}
+
+fn set_socket_timeout(sock: &OwnedFd, timeout: Duration) -> Result<(), ClientError> {
+    let t = Some(timeout.max(Duration::from_millis(1)));
+    rustix::net::sockopt::set_socket_timeout(sock, rustix::net::sockopt::Timeout::Recv, t)
+        .and_then(|()| {
+            rustix::net::sockopt::set_socket_timeout(sock, rustix::net::sockopt::Timeout::Send, t)
+        })
+        .map_err(|e| ClientError::Io(format!("setting the control timeout: {e}")))
 }
 
 /// A connection to a running system's kernel.
@@ -55,6 +80,7 @@ struct Conn {
 pub struct System {
     name: String,
     conn: Arc<Conn>,
+    timeout: Duration,
 }
 
 impl System {
@@ -80,12 +106,24 @@ impl System {
             }
             Err(e) => return Err(ClientError::Io(format!("connect {}: {e}", path.display()))),
         }
+        set_socket_timeout(&sock, CONTROL_TIMEOUT)?;
         Ok(System {
             name: name.into(),
             conn: Arc::new(Conn {
                 sock: Mutex::new(sock),
             }),
+            timeout: CONTROL_TIMEOUT,
         })
+    }
+
+    /// How long each control request waits for the kernel's answer (default
+    /// [`CONTROL_TIMEOUT`]); past it the request fails with [`ClientError::KernelTimeout`].
+    /// Applies to every handle of this connection.
+    pub fn set_control_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        let sock = self.conn.sock.lock().unwrap_or_else(|p| p.into_inner());
+        set_socket_timeout(&sock, timeout)?;
+        self.timeout = timeout;
+        Ok(())
     }
 
     /// The system's name.
@@ -95,11 +133,23 @@ impl System {
 
     fn request(&self, req: &Request) -> Result<(Response, Vec<OwnedFd>), ClientError> {
         let sock = self.conn.sock.lock().unwrap_or_else(|p| p.into_inner());
-        fdpass::send(&*sock, &proto::encode(req), &[])
-            .map_err(|e| ClientError::Io(e.to_string()))?;
+        let io = |e: fdpass::FdPassError| {
+            // SO_RCVTIMEO/SO_SNDTIMEO expire as EAGAIN.
+            if matches!(&e, fdpass::FdPassError::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::WouldBlock)
+            {
+                ClientError::KernelTimeout {
+                    system: self.name.clone(),
+                    timeout: self.timeout,
+                }
+            } else {
+                ClientError::Io(e.to_string())
+            }
+        };
+        fdpass::send(&*sock, &proto::encode(req), &[]).map_err(io)?;
         let mut buf = vec![0u8; proto::MAX_CONTROL_MSG];
         let (n, fds) = fdpass::recv(&*sock, &mut buf, false)
-            .map_err(|e| ClientError::Io(e.to_string()))?
+            .map_err(io)?
             .ok_or_else(|| ClientError::Io("no answer".into()))?;
         let resp: Response =
             proto::decode(&buf[..n]).map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -154,9 +204,50 @@ impl System {
         }
     }
 
-    /// Asks the kernel to stop the system.
+    /// Asks the kernel to stop the system (operator only).
     pub fn shutdown(&self) -> Result<(), ClientError> {
-        match self.request(&Request::Shutdown)?.0 {
+        self.expect_ok(&Request::Shutdown)
+    }
+
+    /// The kernel's pid and uptime and every server.
+    pub fn status(&self) -> Result<SystemStatus, ClientError> {
+        match self.request(&Request::Status)?.0 {
+            Response::Status(s) => Ok(s),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Restarts `server` now (operator only); see [`Request::Restart`].
+    pub fn restart(&self, server: &str) -> Result<(), ClientError> {
+        self.expect_ok(&Request::Restart {
+            server: server.into(),
+        })
+    }
+
+    /// Takes a held or dead `server` out of that state (operator only); see
+    /// [`Request::Release`].
+    pub fn release(&self, server: &str) -> Result<Released, ClientError> {
+        match self
+            .request(&Request::Release {
+                server: server.into(),
+            })?
+            .0
+        {
+            Response::Released(r) => Ok(r),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Sends signal number `signal` to `server`'s active incarnation (operator only).
+    pub fn kill(&self, server: &str, signal: i32) -> Result<(), ClientError> {
+        self.expect_ok(&Request::Kill {
+            server: server.into(),
+            signal,
+        })
+    }
+
+    fn expect_ok(&self, req: &Request) -> Result<(), ClientError> {
+        match self.request(req)?.0 {
             Response::Ok => Ok(()),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
@@ -360,9 +451,9 @@ impl SystemProcess {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        if let Ok(sys) = System::connect(&self.name) {
-            let _ = sys.shutdown();
-        } else {
+        // Ask (needs the operator grant); else, or if refused, signal it.
+        let asked = System::connect(&self.name).is_ok_and(|sys| sys.shutdown().is_ok());
+        if !asked {
             let _ = txipc_sys::process::kill(child.id() as i32, rustix::process::Signal::TERM);
         }
         let deadline = Instant::now() + Duration::from_secs(10);

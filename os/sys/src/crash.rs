@@ -26,7 +26,12 @@ pub enum CrashKind {
     Integrity,
 }
 
-/// A crash report as sent on the wire: 8 bytes.
+/// Most bytes of detail (a panic's message) a report carries after its 8-byte head.
+pub const MAX_DETAIL: usize = 240;
+
+/// A crash report as sent on the wire: 8 bytes, then optionally up to [`MAX_DETAIL`] bytes of
+/// UTF-8 detail (a panic's message). The detail is an allegation of the crashed process: the
+/// kernel only shows it, lossily decoded and bounded, and never decides anything from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CrashReport {
     /// The kind of fault.
@@ -45,9 +50,10 @@ impl CrashReport {
         [CRASH_MAGIC, k, 0, 0, v[0], v[1], v[2], v[3]]
     }
 
-    /// Decodes a report; `None` if `bytes` is not one.
+    /// Decodes a report; `None` if `bytes` is not one. See [`CrashReport::detail`] for the
+    /// bytes after the head.
     pub fn decode(bytes: &[u8]) -> Option<CrashReport> {
-        if bytes.len() != 8 || bytes[0] != CRASH_MAGIC {
+        if bytes.len() < 8 || bytes.len() > 8 + MAX_DETAIL || bytes[0] != CRASH_MAGIC {
             return None;
         }
         let v = i32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
@@ -58,6 +64,17 @@ impl CrashReport {
             _ => return None,
         };
         Some(CrashReport { kind })
+    }
+
+    /// The detail of an encoded report (empty if none), lossily decoded as UTF-8 with control
+    /// characters replaced, at most [`MAX_DETAIL`] bytes.
+    pub fn detail(bytes: &[u8]) -> String {
+        let tail = bytes.get(8..).unwrap_or_default();
+        let tail = &tail[..tail.len().min(MAX_DETAIL)];
+        String::from_utf8_lossy(tail)
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
     }
 }
 
@@ -74,11 +91,21 @@ const FATAL: [i32; 7] = [
 ];
 
 fn send_report(report: CrashReport) {
+    send_report_with(report, &[]);
+}
+
+/// Sends a report with `detail` appended (truncated to [`MAX_DETAIL`]); builds it in a stack
+/// buffer, so it is async-signal-safe when `detail` is empty.
+fn send_report_with(report: CrashReport, detail: &[u8]) {
     let fd = REPORT_FD.load(Ordering::Acquire);
     if fd < 0 {
         return;
     }
-    let bytes = report.encode();
+    let mut buf = [0u8; 8 + MAX_DETAIL];
+    buf[..8].copy_from_slice(&report.encode());
+    let d = detail.len().min(MAX_DETAIL);
+    buf[8..8 + d].copy_from_slice(&detail[..d]);
+    let bytes = &buf[..8 + d];
     // SAFETY: `bytes` is a live stack buffer of the given length; `send` on a possibly stale fd
     // is harmless (EBADF). send(2) is async-signal-safe.
     unsafe {
@@ -140,9 +167,18 @@ pub fn install(report_fd: std::os::fd::RawFd) -> std::io::Result<()> {
     // backtrace (hundreds of milliseconds with RUST_BACKTRACE set) before the kernel even
     // hears of the fault. The kernel acts on the report once it sees the process stopped.
     std::panic::set_hook(Box::new(|info| {
-        send_report(CrashReport {
-            kind: CrashKind::Panic,
-        });
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        send_report_with(
+            CrashReport {
+                kind: CrashKind::Panic,
+            },
+            msg.as_bytes(),
+        );
         eprintln!("txipc server panicked: {info}");
         stop_self();
         std::process::abort();
@@ -175,6 +211,22 @@ mod tests {
         assert_eq!(CrashReport::decode(&[0u8; 8]), None);
         assert_eq!(
             CrashReport::decode(&[CRASH_MAGIC, 9, 0, 0, 0, 0, 0, 0]),
+            None
+        );
+        let mut with = CrashReport {
+            kind: CrashKind::Panic,
+        }
+        .encode()
+        .to_vec();
+        with.extend_from_slice(b"boom\n\xff");
+        assert_eq!(
+            CrashReport::decode(&with).map(|r| r.kind),
+            Some(CrashKind::Panic)
+        );
+        assert_eq!(CrashReport::detail(&with), "boom \u{fffd}");
+        assert_eq!(CrashReport::detail(&with[..8]), "");
+        assert_eq!(
+            CrashReport::decode(&vec![CRASH_MAGIC; 8 + MAX_DETAIL + 1]),
             None
         );
     }

@@ -70,6 +70,26 @@ pub fn state(pid: i32) -> Option<char> {
     rest.trim_start().chars().next()
 }
 
+/// How a process that has exited but not yet been reaped (a zombie) ended, from the
+/// `exit_code` field of `/proc/PID/stat`: `Some(Ok(status))` for an exit, `Some(Err(signal))`
+/// for a death by signal; `None` if `pid` is not a zombie (gone, reaped, or still running), so a
+/// reused pid is never mistaken for it.
+pub fn zombie_exit(pid: i32) -> Option<Result<i32, i32>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state); exit_code is field 52.
+    if fields.first() != Some(&"Z") {
+        return None;
+    }
+    let code: i32 = fields.get(52 - 3)?.parse().ok()?;
+    Some(if code & 0x7f != 0 {
+        Err(code & 0x7f)
+    } else {
+        Ok((code >> 8) & 0xff)
+    })
+}
+
 /// Waits until `pid` can no longer run user code: stopped (`T`/`t`), zombie or gone. Bounded by
 /// `timeout`; returns whether that state was reached.
 pub fn wait_not_running(pid: i32, timeout: Duration) -> bool {
@@ -224,6 +244,44 @@ mod tests {
         if thread_count().unwrap() > 1 {
             assert!(fork().is_err());
         }
+    }
+
+    const FIVE_S: rustix::time::Timespec = rustix::time::Timespec {
+        tv_sec: 5,
+        tv_nsec: 0,
+    };
+
+    #[test]
+    fn a_zombie_tells_how_it_ended() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert_eq!(zombie_exit(pid), None);
+        let pidfd = pidfd_open(pid).unwrap();
+        pidfd_signal(&pidfd, Signal::KILL).unwrap();
+        let mut fds = [rustix::event::PollFd::new(
+            &pidfd,
+            rustix::event::PollFlags::IN,
+        )];
+        rustix::event::poll(&mut fds, Some(&FIVE_S)).unwrap();
+        assert_eq!(zombie_exit(pid), Some(Err(9)));
+        child.wait().unwrap();
+        assert_eq!(zombie_exit(pid), None);
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let pidfd = pidfd_open(pid).unwrap();
+        let mut fds = [rustix::event::PollFd::new(
+            &pidfd,
+            rustix::event::PollFlags::IN,
+        )];
+        rustix::event::poll(&mut fds, Some(&FIVE_S)).unwrap();
+        assert_eq!(zombie_exit(pid), Some(Ok(3)));
+        child.wait().unwrap();
     }
 
     #[test]

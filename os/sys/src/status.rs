@@ -118,6 +118,11 @@ impl StatusPage {
         self.field(6)
             .store(u64::from(kind) << 8 | u64::from(point), Ordering::Release);
     }
+    /// The raw fail-point word (0 when nothing is armed or the armed point fired). A value the
+    /// incarnation may have written: used only to describe a fault, never to decide one.
+    pub fn armed_word(&self) -> u64 {
+        self.field(6).load(Ordering::Acquire)
+    }
     /// The armed fail point's kind if it is armed at `point`, disarming it (incarnation). One
     /// relaxed load when nothing is armed.
     #[inline]

@@ -1,0 +1,248 @@
+//! Operator controls and status: `Shutdown`, `Inject`, `Restart`, `Release`, `Kill` (each needs
+//! the manifest's operator grant), and `Ps`/`Status` (anyone connected).
+
+use std::time::Instant;
+
+use rustix::process::Signal;
+use txipc_core::failpoint::{FailKind, FailPoint};
+use txipc_core::manifest::Principal;
+use txipc_core::proto::{
+    ErrorKind, KernelError as WireError, Released, Request, Response, ServerInfo, SystemStatus,
+};
+use txipc_core::recovery::RestartGovernor;
+use txipc_sys::process;
+
+use crate::event_loop::Kernel;
+use crate::server::SrvState;
+
+fn refuse(kind: ErrorKind, message: String) -> WireError {
+    WireError { kind, message }
+}
+
+impl Kernel {
+    /// Answers a request that is not `Connect`.
+    pub(crate) fn control(&mut self, who: &Principal, req: Request) -> Result<Response, WireError> {
+        match req {
+            Request::Ps => return Ok(Response::Ps(self.ps())),
+            Request::Status => {
+                return Ok(Response::Status(SystemStatus {
+                    system: self.opts.system.clone(),
+                    kernel_pid: process::getpid(),
+                    uptime_ms: self.now_ms(),
+                    servers: self.ps(),
+                }));
+            }
+            Request::Connect { .. } => unreachable!("Connect is answered by clients.rs"),
+            _ => {}
+        }
+        let what = match &req {
+            Request::Shutdown => "stop the system",
+            Request::Inject { .. } => "inject faults",
+            Request::Restart { .. } => "restart a server",
+            Request::Release { .. } => "release a server",
+            Request::Kill { .. } => "signal a server",
+            _ => "act on the system",
+        };
+        if !self.manifest.is_operator(who, self.owner_uid) {
+            return Err(refuse(
+                ErrorKind::NotOperator,
+                format!(
+                    "permission denied: only an operator may {what}, and the manifest makes {} none (add an [[operator]] entry for it; by default only the user that started the kernel, uid {}, is one)",
+                    principal_words(who),
+                    self.owner_uid
+                ),
+            ));
+        }
+        match req {
+            Request::Shutdown => {
+                self.log("shutdown requested");
+                self.shutting_down = true;
+                Ok(Response::Ok)
+            }
+            Request::Inject {
+                server,
+                kind,
+                point,
+            } => {
+                let i = self.server_index(&server)?;
+                self.servers[i].status.arm(kind as u8, point as u8);
+                self.servers[i].armed = Some((kind, point));
+                self.log(format!("{server}: fail point armed: {kind:?} at {point:?}"));
+                Ok(Response::Ok)
+            }
+            Request::Restart { server } => {
+                let i = self.server_index(&server)?;
+                match self.servers[i].state {
+                    SrvState::Held | SrvState::Dead => {
+                        self.release(i)?;
+                    }
+                    SrvState::Running if self.servers[i].active.is_some() => {
+                        if let Some(a) = &self.servers[i].active {
+                            let _ = process::pidfd_signal(&a.pidfd, Signal::STOP);
+                        }
+                        self.fault_with(i, "restart requested by the operator".into(), true);
+                    }
+                    st => {
+                        return Err(refuse(
+                            ErrorKind::WrongState,
+                            format!(
+                                "server `{server}` is {}: it restarts by itself; try again once it is running, held or dead",
+                                st.as_str()
+                            ),
+                        ));
+                    }
+                }
+                Ok(Response::Ok)
+            }
+            Request::Release { server } => {
+                let i = self.server_index(&server)?;
+                Ok(Response::Released(self.release(i)?))
+            }
+            Request::Kill { server, signal } => {
+                let i = self.server_index(&server)?;
+                let Some(sig) = Signal::from_named_raw(signal) else {
+                    return Err(refuse(
+                        ErrorKind::BadRequest,
+                        format!("signal {signal} is not a named signal (1-31)"),
+                    ));
+                };
+                let s = &self.servers[i];
+                let Some(a) = &s.active else {
+                    return Err(refuse(
+                        ErrorKind::WrongState,
+                        format!(
+                            "server `{server}` is {} and has no running incarnation to signal",
+                            s.state.as_str()
+                        ),
+                    ));
+                };
+                process::pidfd_signal(&a.pidfd, sig).map_err(|e| {
+                    refuse(
+                        ErrorKind::Internal,
+                        format!("signalling pid {}: {e}", a.pid),
+                    )
+                })?;
+                self.log(format!(
+                    "{server}: signal {signal} sent to pid {} at the operator's request",
+                    a.pid
+                ));
+                Ok(Response::Ok)
+            }
+            Request::Ps | Request::Status | Request::Connect { .. } => unreachable!(),
+        }
+    }
+
+    fn server_index(&self, name: &str) -> Result<usize, WireError> {
+        self.manifest.server(name).map(|(i, _)| i).ok_or_else(|| {
+            let known: Vec<&str> = self
+                .manifest
+                .servers
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            refuse(
+                ErrorKind::UnknownService,
+                format!(
+                    "no server `{name}` in system `{}` (it has: {})",
+                    self.opts.system,
+                    known.join(", ")
+                ),
+            )
+        })
+    }
+
+    /// Takes a held or dead server out of that state and starts it again.
+    fn release(&mut self, i: usize) -> Result<Released, WireError> {
+        let s = &mut self.servers[i];
+        if !matches!(s.state, SrvState::Held | SrvState::Dead) {
+            return Err(refuse(
+                ErrorKind::WrongState,
+                format!(
+                    "server `{}` is {}, not held or dead: nothing to release",
+                    s.spec.name,
+                    s.state.as_str()
+                ),
+            ));
+        }
+        let was = s.state.as_str().to_string();
+        let reason = s
+            .held_reason
+            .take()
+            .unwrap_or_else(|| "no reason recorded".into());
+        // Its heap is trusted only if it was recovered under `txipc` from a readable log.
+        let fresh = s.spec.policy != txipc_core::manifest::Policy::Txipc || s.log_unusable;
+        if fresh {
+            s.reset_heap();
+        }
+        s.log_unusable = false;
+        s.governor = RestartGovernor::new(s.spec.policy, s.spec.restart);
+        s.state = SrvState::Recovering;
+        s.fault_at = Some(Instant::now());
+        s.restart_at = None;
+        s.restarts += 1;
+        // The channels were marked dead: their clients connect again.
+        let dead: Vec<u32> = s.channels.keys().copied().collect();
+        for ci in dead {
+            self.revoke_channel(i, ci);
+        }
+        let name = self.servers[i].spec.name.clone();
+        self.log(format!(
+            "{name}: released from {was} ({reason}) at the operator's request; starting{}",
+            if fresh { " empty" } else { "" }
+        ));
+        self.activate_or_spawn(i);
+        Ok(Released {
+            server: name,
+            was,
+            reason,
+            fresh,
+        })
+    }
+
+    pub(crate) fn ps(&self) -> Vec<ServerInfo> {
+        self.servers
+            .iter()
+            .map(|s| ServerInfo {
+                name: s.spec.name.clone(),
+                pid: s.active.as_ref().map_or(0, |a| a.pid),
+                generation: s.active.as_ref().map_or(0, |a| a.generation),
+                policy: s.spec.policy,
+                tracking: s.spec.tracking,
+                state: s.state.as_str().into(),
+                restarts: s.restarts,
+                aborted_requests: s.aborted,
+                retried_requests: s.retried,
+                calls: s.status.calls(),
+                channels: s.channels.len() as u32,
+                last_recovery_us: s.last_recovery_us,
+                standby_pid: s.standby.as_ref().map_or(0, |a| a.pid),
+                zygote_pid: s.zygote.as_ref().map_or(0, |z| z.child.id() as i32),
+                last_fault: s.last_fault.clone(),
+                last_recovery_at_ms: s.last_recovery_at_ms,
+                held_reason: s.held_reason.clone(),
+            })
+            .collect()
+    }
+}
+
+fn principal_words(who: &Principal) -> String {
+    match who {
+        Principal::Uid(u) => format!("uid {u}"),
+        Principal::Server(s) => format!("server `{s}`"),
+    }
+}
+
+/// The cause of a fault at an armed fail point, in words: `at fail point after-handle`.
+pub(crate) fn fail_point_words(armed: Option<(FailKind, FailPoint)>) -> String {
+    match armed {
+        Some((_, p)) => format!(
+            " at fail point {}",
+            match p {
+                FailPoint::BeforeHandle => "before-handle",
+                FailPoint::AfterHandle => "after-handle",
+                FailPoint::AfterCommit => "after-commit",
+            }
+        ),
+        None => String::new(),
+    }
+}
