@@ -18,7 +18,7 @@ mod demo;
 
 /// Every server compiled into this binary.
 fn builtins() -> Vec<Builtin> {
-    let mut v = vec![kv_server::BUILTIN];
+    let mut v = vec![kv_server::BUILTIN, fs_server::BUILTIN];
     v.extend(probe_server::BUILTINS);
     v
 }

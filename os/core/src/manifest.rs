@@ -45,9 +45,26 @@ heap_mb = 256
 deadline_ms = 2000
 retry_limit = 2
 
+[[server]]
+name = "fs"
+builtin = "fs"
+policy = "txipc"
+tracking = "typed"
+heap_mb = 1024
+log_mb = 64
+deadline_ms = 2000
+retry_limit = 10
+slots = 8
+request_max = 139264
+reply_max = 139264
+
 [[grant]]
 client = "*"
 service = "kv"
+
+[[grant]]
+client = "*"
+service = "fs"
 
 [[operator]]
 client = "owner"
@@ -251,7 +268,7 @@ pub enum ManifestError {
 }
 
 /// Built-in server names the txipc binary knows (the binary checks again at boot).
-pub const BUILTINS: &[&str] = &["kv", "null", "faulty"];
+pub const BUILTINS: &[&str] = &["kv", "fs", "null", "faulty"];
 
 const MAX_HEAP_MB: u64 = 64 * 1024;
 
@@ -460,7 +477,8 @@ mod tests {
         assert_eq!(m.name, "default");
         assert_eq!(m.servers[0].policy, Policy::Txipc);
         assert!(m.is_granted(&Principal::Uid(1000), "kv"));
-        assert!(!m.is_granted(&Principal::Uid(1000), "fs"));
+        assert!(m.is_granted(&Principal::Uid(1000), "fs"));
+        assert!(!m.is_granted(&Principal::Uid(1000), "nonexistent"));
     }
 
     fn err(text: &str) -> String {

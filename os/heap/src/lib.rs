@@ -15,7 +15,7 @@
 //!   the transaction changed;
 //! * **typed tracking**: persistent data ([`Persistent`], `#[derive(Persistent)]`) is reached
 //!   by shared reference and changed only by methods that log first ([`PCell`], [`PVec`],
-//!   [`PHashMap`], [`PBTreeMap`], [`PBytes`]);
+//!   [`PHashMap`], [`PBTreeMap`], [`PBytes`], [`PBuf`]);
 //! * **page tracking** ([`Tracking::Page`]): pages are write-protected at begin and their
 //!   pre-image logged on first write (via `txipc-pagetrack`), so unmodified allocator-aware
 //!   collections ([`HeapAlloc`], `hashbrown`) can live in the heap;
@@ -88,6 +88,7 @@ mod recover;
 pub use alloc::{CLASS_SIZES, HeapStats, MAX_SMALL, NCLASS, PAGE};
 pub use cell::{PCell, Persistent};
 pub use collections::btree::{PBTreeMap, Range};
+pub use collections::buf::PBuf;
 pub use collections::bytes::PBytes;
 pub use collections::hashmap::PHashMap;
 pub use collections::vec::PVec;

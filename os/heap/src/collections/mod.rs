@@ -11,6 +11,7 @@
 //! stored as they are; [`PBytes`](crate::PBytes) are created from `&[u8]` and freed by the collection.
 
 pub(crate) mod btree;
+pub(crate) mod buf;
 pub(crate) mod bytes;
 pub(crate) mod hashmap;
 pub(crate) mod vec;

@@ -1,0 +1,141 @@
+//! The fs server as a service of a real system: its calls survive SIGKILLs of the server
+//! (policy txipc) with every byte in place, and the restart baseline loses the tree.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use fs_api::ByteBuf;
+use fs_api::{Caller, Errno, FsClient, ROOT_INO, oflag};
+use txipc_service::Error as SvcError;
+
+fn fs_system(tag: &str, policy: &str) -> txipc_runtime::client::SystemProcess {
+    boot(
+        tag,
+        &(server(
+            "fs",
+            "fs",
+            policy,
+            "retry_limit = 50\nrequest_max = 139264\nreply_max = 139264",
+        ) + &grant("*", "fs")),
+    )
+}
+
+fn name(s: &str) -> ByteBuf {
+    ByteBuf::from(s.as_bytes().to_vec())
+}
+
+#[test]
+fn fs_calls_survive_sigkills_of_the_server() {
+    let sys = fs_system("fs-kill", "txipc");
+    let conn = sys.connect().unwrap();
+    let fs = FsClient::new(open(&conn, "fs"));
+    let c = Caller::root();
+    let dir = fs
+        .mkdir(c.clone(), ROOT_INO, name("d"), 0o755, 0)
+        .unwrap()
+        .ino;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicU32::new(0));
+    let killer = {
+        let (stop, kills, conn) = (stop.clone(), kills.clone(), conn.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let pid = server_pid(&conn, "fs");
+                if pid > 0 && txipc_sys::process::kill(pid, rustix::process::Signal::KILL).is_ok() {
+                    kills.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+
+    // Files of distinct contents, written in pieces at increasing offsets, while the server
+    // is killed over and over.
+    let mut model = Vec::new();
+    let start = Instant::now();
+    for i in 0..400u32 {
+        let cr = fs
+            .create(
+                c.clone(),
+                dir,
+                name(&format!("f{i}")),
+                0o644,
+                0,
+                oflag::O_RDWR,
+            )
+            .unwrap();
+        let content: Vec<u8> = (0..20_000 + i * 997).map(|k| (k * 31 + i) as u8).collect();
+        for (k, piece) in content.chunks(7_000).enumerate() {
+            let n = fs
+                .write(cr.fh, (k * 7_000) as u64, ByteBuf::from(piece.to_vec()))
+                .unwrap();
+            assert_eq!(n as usize, piece.len());
+        }
+        fs.release(cr.fh).unwrap();
+        model.push((cr.attr.ino, content));
+        // Read the previous file back while the killer goes on.
+        if let Some((ino, content)) = model.get(model.len().wrapping_sub(2)) {
+            let fh = fs.open(c.clone(), *ino, oflag::O_RDONLY).unwrap();
+            assert!(fs.read(fh, 0, content.len() as u32).unwrap().as_slice() == content.as_slice());
+            fs.release(fh).unwrap();
+        }
+        let enough = kills.load(Ordering::Relaxed) >= 40 && i >= 40;
+        if enough || start.elapsed() > Duration::from_secs(15) {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    killer.join().unwrap();
+    let restarts = conn.ps().unwrap()[0].restarts;
+    eprintln!(
+        "{} files, {} kills sent, {restarts} recoveries",
+        model.len(),
+        kills.load(Ordering::Relaxed)
+    );
+    assert!(
+        restarts >= 10,
+        "too few kills landed ({restarts} recoveries)"
+    );
+
+    // Every file is there with every byte; the names are exactly the model's.
+    let entries = fs.readdir(c.clone(), dir, 0, 1000).unwrap();
+    assert_eq!(entries.len(), model.len() + 2);
+    for (i, (ino, content)) in model.iter().enumerate() {
+        let a = fs.lookup(c.clone(), dir, name(&format!("f{i}"))).unwrap();
+        assert_eq!(a.ino, *ino);
+        assert_eq!(a.size, content.len() as u64);
+        assert_eq!(a.nlink, 1);
+        let fh = fs.open(c.clone(), *ino, oflag::O_RDONLY).unwrap();
+        let back = fs.read(fh, 0, content.len() as u32).unwrap();
+        assert!(back.as_slice() == content.as_slice(), "f{i} differs");
+        fs.release(fh).unwrap();
+    }
+    drop((fs, conn));
+    sys.shutdown().unwrap();
+}
+
+#[test]
+fn the_restart_baseline_comes_back_empty() {
+    let sys = fs_system("fs-restart", "restart");
+    let conn = sys.connect().unwrap();
+    let fs = FsClient::new(open(&conn, "fs"));
+    let c = Caller::root();
+    fs.mkdir(c.clone(), ROOT_INO, name("d"), 0o755, 0).unwrap();
+    let pid = server_pid(&conn, "fs");
+    txipc_sys::process::kill(pid, rustix::process::Signal::KILL).unwrap();
+    wait_until("a new incarnation", Duration::from_secs(10), || {
+        server_pid(&conn, "fs") != pid
+    });
+    assert_eq!(
+        fs.lookup(c, ROOT_INO, name("d")).unwrap_err(),
+        SvcError::Service(Errno::ENOENT)
+    );
+    drop((fs, conn));
+    sys.shutdown().unwrap();
+}

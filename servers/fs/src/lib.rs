@@ -1,0 +1,200 @@
+//! The file-system server: a POSIX file system whose whole state is in the recoverable heap.
+//!
+//! Design principles:
+//! - **One request, one transaction.** Every method of [`fs_api::Fs`] runs inside the
+//!   transaction the runtime opened for it; under policy `txipc` a fault at any instant rolls
+//!   the request back and it runs again, so a program doing I/O through the FUSE front end
+//!   never sees the fault. Under `none` and `restart` the same code runs with tracking off.
+//! - **Check, then change.** Each operation validates everything (existence, types,
+//!   permissions, limits) before its first write, so an error leaves nothing changed whatever
+//!   the tracking mode; and changes run inside [`FsCore::atomically`], which rolls a request
+//!   that fills the heap back to its start and answers `ENOSPC`.
+//! - **Sparse by construction.** File data is fixed-size blocks keyed by block number; a hole
+//!   is a missing block, a partial write into a block logs only the bytes it overwrites.
+//!
+//! The layout of the state is described in [`state`]; the permission rules in `perm`. The
+//! logic is [`FsCore`], usable in-process over any heap (the unit tests do that); [`FsServer`]
+//! binds it to the runtime.
+#![forbid(unsafe_code)]
+
+mod data;
+mod ops;
+mod perm;
+pub mod state;
+
+use fs_api::{Attr, Caller, Created, Data, DirEntry, Errno, Fs, FsDispatcher, SetAttr, StatFs};
+use serde_bytes::ByteBuf;
+use txipc_runtime::{Builtin, Instance, StartArgs, TxCell, TxHost};
+
+pub use ops::FsCore;
+pub use state::FsRoot;
+
+/// The fs server: [`FsCore`] driven by the runtime's transactions.
+#[derive(Debug)]
+pub struct FsServer {
+    core: FsCore,
+    tx: TxCell,
+}
+
+impl TxHost for FsServer {
+    fn tx_cell(&mut self) -> &mut TxCell {
+        &mut self.tx
+    }
+}
+
+impl Fs for FsServer {
+    fn lookup(&mut self, caller: Caller, parent: u64, name: ByteBuf) -> Result<Attr, Errno> {
+        self.core.lookup(self.tx.tx(), &caller, parent, &name)
+    }
+
+    fn getattr(&mut self, ino: u64) -> Result<Attr, Errno> {
+        self.core.getattr(self.tx.tx(), ino)
+    }
+
+    fn setattr(&mut self, caller: Caller, ino: u64, set: SetAttr) -> Result<Attr, Errno> {
+        self.core.setattr(self.tx.tx(), &caller, ino, &set)
+    }
+
+    fn mknod(
+        &mut self,
+        caller: Caller,
+        parent: u64,
+        name: ByteBuf,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+    ) -> Result<Attr, Errno> {
+        self.core
+            .mknod(self.tx.tx(), &caller, parent, &name, mode, umask, rdev)
+    }
+
+    fn create(
+        &mut self,
+        caller: Caller,
+        parent: u64,
+        name: ByteBuf,
+        mode: u32,
+        umask: u32,
+        flags: u32,
+    ) -> Result<Created, Errno> {
+        self.core
+            .create(self.tx.tx(), &caller, parent, &name, mode, umask, flags)
+    }
+
+    fn mkdir(
+        &mut self,
+        caller: Caller,
+        parent: u64,
+        name: ByteBuf,
+        mode: u32,
+        umask: u32,
+    ) -> Result<Attr, Errno> {
+        self.core
+            .mkdir(self.tx.tx(), &caller, parent, &name, mode, umask)
+    }
+
+    fn unlink(&mut self, caller: Caller, parent: u64, name: ByteBuf) -> Result<(), Errno> {
+        self.core.unlink(self.tx.tx(), &caller, parent, &name)
+    }
+
+    fn rmdir(&mut self, caller: Caller, parent: u64, name: ByteBuf) -> Result<(), Errno> {
+        self.core.rmdir(self.tx.tx(), &caller, parent, &name)
+    }
+
+    fn symlink(
+        &mut self,
+        caller: Caller,
+        parent: u64,
+        name: ByteBuf,
+        target: ByteBuf,
+    ) -> Result<Attr, Errno> {
+        self.core
+            .symlink(self.tx.tx(), &caller, parent, &name, &target)
+    }
+
+    fn readlink(&mut self, ino: u64) -> Result<ByteBuf, Errno> {
+        self.core.readlink(self.tx.tx(), ino).map(ByteBuf::from)
+    }
+
+    fn link(
+        &mut self,
+        caller: Caller,
+        ino: u64,
+        newparent: u64,
+        newname: ByteBuf,
+    ) -> Result<Attr, Errno> {
+        self.core
+            .link(self.tx.tx(), &caller, ino, newparent, &newname)
+    }
+
+    fn rename(
+        &mut self,
+        caller: Caller,
+        parent: u64,
+        name: ByteBuf,
+        newparent: u64,
+        newname: ByteBuf,
+        flags: u32,
+    ) -> Result<(), Errno> {
+        self.core.rename(
+            self.tx.tx(),
+            &caller,
+            parent,
+            &name,
+            newparent,
+            &newname,
+            flags,
+        )
+    }
+
+    fn open(&mut self, caller: Caller, ino: u64, flags: u32) -> Result<u64, Errno> {
+        self.core.open(self.tx.tx(), &caller, ino, flags)
+    }
+
+    fn release(&mut self, fh: u64) -> Result<(), Errno> {
+        self.core.release(self.tx.tx(), fh)
+    }
+
+    fn read(&mut self, fh: u64, offset: u64, size: u32) -> Result<Data, Errno> {
+        self.core
+            .read(self.tx.tx(), fh, offset, size)
+            .map(ByteBuf::from)
+    }
+
+    fn write(&mut self, fh: u64, offset: u64, data: ByteBuf) -> Result<u32, Errno> {
+        self.core.write(self.tx.tx(), fh, offset, &data)
+    }
+
+    fn readdir(
+        &mut self,
+        caller: Caller,
+        ino: u64,
+        offset: u64,
+        max: u32,
+    ) -> Result<Vec<DirEntry>, Errno> {
+        self.core.readdir(self.tx.tx(), &caller, ino, offset, max)
+    }
+
+    fn access(&mut self, caller: Caller, ino: u64, mask: u32) -> Result<(), Errno> {
+        self.core.access(self.tx.tx(), &caller, ino, mask)
+    }
+
+    fn statfs(&mut self) -> StatFs {
+        self.core.statfs()
+    }
+
+    fn fsync(&mut self, fh: u64) -> Result<(), Errno> {
+        self.core.fsync(self.tx.tx(), fh)
+    }
+}
+
+fn start(args: StartArgs<'_>) -> Result<Box<dyn Instance>, String> {
+    let core = FsCore::attach(args.heap).map_err(|e| format!("fs: {e}"))?;
+    Ok(Box::new(FsDispatcher::new(FsServer {
+        core,
+        tx: TxCell::new(),
+    })))
+}
+
+/// The fs server as a built-in of the txipc binary.
+pub const BUILTIN: Builtin = Builtin { name: "fs", start };
