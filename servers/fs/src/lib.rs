@@ -7,7 +7,7 @@
 //!   never sees the fault. Under `none` and `restart` the same code runs with tracking off.
 //! - **Check, then change.** Each operation validates everything (existence, types,
 //!   permissions, limits) before its first write, so an error leaves nothing changed whatever
-//!   the tracking mode; and changes run inside [`FsCore::atomically`], which rolls a request
+//!   the tracking mode; and changes run inside one savepoint of the transaction, which rolls a request
 //!   that fills the heap back to its start and answers `ENOSPC`.
 //! - **Sparse by construction.** File data is fixed-size blocks keyed by block number; a hole
 //!   is a missing block, a partial write into a block logs only the bytes it overwrites.

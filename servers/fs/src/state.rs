@@ -49,7 +49,7 @@ pub struct FsRoot {
 }
 
 impl FsRoot {
-    /// An empty root (the root directory is added by [`crate::Fs::format`]).
+    /// An empty root (the root directory is added by [`crate::FsCore::attach`]).
     pub fn new() -> FsRoot {
         FsRoot {
             inodes: PBTreeMap::new(),
