@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use fs_api::ByteBuf;
 use fs_api::{Caller, Errno, FsClient, ROOT_INO, oflag};
 use txipc_service::Error as SvcError;
 
@@ -24,8 +23,8 @@ fn fs_system(tag: &str, policy: &str) -> txipc_runtime::client::SystemProcess {
     )
 }
 
-fn name(s: &str) -> ByteBuf {
-    ByteBuf::from(s.as_bytes().to_vec())
+fn name(s: &str) -> String {
+    s.to_string()
 }
 
 #[test]
@@ -73,7 +72,7 @@ fn fs_calls_survive_sigkills_of_the_server() {
         let content: Vec<u8> = (0..20_000 + i * 997).map(|k| (k * 31 + i) as u8).collect();
         for (k, piece) in content.chunks(7_000).enumerate() {
             let n = fs
-                .write(cr.fh, (k * 7_000) as u64, ByteBuf::from(piece.to_vec()))
+                .write(cr.fh, (k * 7_000) as u64, piece)
                 .unwrap();
             assert_eq!(n as usize, piece.len());
         }

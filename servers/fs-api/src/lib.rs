@@ -15,7 +15,7 @@
 #![forbid(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
-pub use serde_bytes::ByteBuf;
+pub use txipc_service::Bytes;
 use txipc_service::service;
 
 /// Inode number of the root directory (FUSE's `FUSE_ROOT_ID`).
@@ -292,8 +292,7 @@ pub struct DirEntry {
     /// Type bits of its mode ([`mode::S_IFMT`]).
     pub kind: u32,
     /// Name.
-    #[serde(with = "serde_bytes")]
-    pub name: Vec<u8>,
+    pub name: Bytes,
     /// Position after this entry: pass it as the next `readdir`'s `offset`. Positions stay
     /// valid while entries are added and removed (each entry keeps its own).
     pub next: u64,
@@ -328,7 +327,7 @@ pub struct Created {
 }
 
 /// Data read from a file.
-pub type Data = ByteBuf;
+pub type Data = Bytes;
 
 /// The file-system service.
 ///
@@ -338,7 +337,7 @@ pub type Data = ByteBuf;
 pub trait Fs {
     /// The entry `name` in directory `parent` (search permission on `parent`).
     #[readonly]
-    fn lookup(&mut self, caller: Caller, parent: u64, name: ByteBuf) -> Result<Attr, Errno>;
+    fn lookup(&mut self, caller: Caller, parent: u64, name: Bytes) -> Result<Attr, Errno>;
     /// Attributes of `ino`.
     #[readonly]
     fn getattr(&mut self, ino: u64) -> Result<Attr, Errno>;
@@ -351,7 +350,7 @@ pub trait Fs {
         &mut self,
         caller: Caller,
         parent: u64,
-        name: ByteBuf,
+        name: Bytes,
         mode: u32,
         umask: u32,
         rdev: u32,
@@ -361,7 +360,7 @@ pub trait Fs {
         &mut self,
         caller: Caller,
         parent: u64,
-        name: ByteBuf,
+        name: Bytes,
         mode: u32,
         umask: u32,
         flags: u32,
@@ -371,32 +370,32 @@ pub trait Fs {
         &mut self,
         caller: Caller,
         parent: u64,
-        name: ByteBuf,
+        name: Bytes,
         mode: u32,
         umask: u32,
     ) -> Result<Attr, Errno>;
     /// Removes a non-directory entry; its inode goes when its last link and handle are gone.
-    fn unlink(&mut self, caller: Caller, parent: u64, name: ByteBuf) -> Result<(), Errno>;
+    fn unlink(&mut self, caller: Caller, parent: u64, name: Bytes) -> Result<(), Errno>;
     /// Removes an empty directory.
-    fn rmdir(&mut self, caller: Caller, parent: u64, name: ByteBuf) -> Result<(), Errno>;
+    fn rmdir(&mut self, caller: Caller, parent: u64, name: Bytes) -> Result<(), Errno>;
     /// Creates a symbolic link `name` → `target`.
     fn symlink(
         &mut self,
         caller: Caller,
         parent: u64,
-        name: ByteBuf,
-        target: ByteBuf,
+        name: Bytes,
+        target: Bytes,
     ) -> Result<Attr, Errno>;
     /// The target of a symbolic link.
     #[readonly]
-    fn readlink(&mut self, ino: u64) -> Result<ByteBuf, Errno>;
+    fn readlink(&mut self, ino: u64) -> Result<Bytes, Errno>;
     /// A new hard link `newparent/newname` to `ino` (not a directory).
     fn link(
         &mut self,
         caller: Caller,
         ino: u64,
         newparent: u64,
-        newname: ByteBuf,
+        newname: Bytes,
     ) -> Result<Attr, Errno>;
     /// Renames `parent/name` to `newparent/newname` with POSIX's rules (an existing target
     /// is replaced atomically if compatible; a directory cannot move into itself), plus the
@@ -405,9 +404,9 @@ pub trait Fs {
         &mut self,
         caller: Caller,
         parent: u64,
-        name: ByteBuf,
+        name: Bytes,
         newparent: u64,
-        newname: ByteBuf,
+        newname: Bytes,
         flags: u32,
     ) -> Result<(), Errno>;
     /// Opens `ino` with `open(2)` flags; returns a handle. `O_TRUNC` truncates.
@@ -420,7 +419,7 @@ pub trait Fs {
     fn read(&mut self, fh: u64, offset: u64, size: u32) -> Result<Data, Errno>;
     /// Writes `data` at `offset` (at the end of the file for an `O_APPEND` handle); the file
     /// grows, with a hole if `offset` is past its end. Returns the bytes written (all of them).
-    fn write(&mut self, fh: u64, offset: u64, data: ByteBuf) -> Result<u32, Errno>;
+    fn write(&mut self, fh: u64, offset: u64, data: Bytes) -> Result<u32, Errno>;
     /// Entries of directory `ino` after position `offset` (0: from the start, `.` and `..`
     /// first), at most `max` of them (read permission on the directory).
     #[readonly]

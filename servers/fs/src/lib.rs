@@ -22,8 +22,7 @@ mod ops;
 mod perm;
 pub mod state;
 
-use fs_api::{Attr, Caller, Created, Data, DirEntry, Errno, Fs, FsDispatcher, SetAttr, StatFs};
-use serde_bytes::ByteBuf;
+use fs_api::{Attr, Bytes, Caller, Created, Data, DirEntry, Errno, Fs, FsDispatcher, SetAttr, StatFs};
 use txipc_runtime::{Builtin, Instance, StartArgs, TxCell, TxHost};
 
 pub use ops::FsCore;
@@ -43,7 +42,7 @@ impl TxHost for FsServer {
 }
 
 impl Fs for FsServer {
-    fn lookup(&mut self, caller: Caller, parent: u64, name: ByteBuf) -> Result<Attr, Errno> {
+    fn lookup(&mut self, caller: Caller, parent: u64, name: Bytes) -> Result<Attr, Errno> {
         self.core.lookup(self.tx.tx(), &caller, parent, &name)
     }
 
@@ -59,7 +58,7 @@ impl Fs for FsServer {
         &mut self,
         caller: Caller,
         parent: u64,
-        name: ByteBuf,
+        name: Bytes,
         mode: u32,
         umask: u32,
         rdev: u32,
@@ -72,7 +71,7 @@ impl Fs for FsServer {
         &mut self,
         caller: Caller,
         parent: u64,
-        name: ByteBuf,
+        name: Bytes,
         mode: u32,
         umask: u32,
         flags: u32,
@@ -85,7 +84,7 @@ impl Fs for FsServer {
         &mut self,
         caller: Caller,
         parent: u64,
-        name: ByteBuf,
+        name: Bytes,
         mode: u32,
         umask: u32,
     ) -> Result<Attr, Errno> {
@@ -93,11 +92,11 @@ impl Fs for FsServer {
             .mkdir(self.tx.tx(), &caller, parent, &name, mode, umask)
     }
 
-    fn unlink(&mut self, caller: Caller, parent: u64, name: ByteBuf) -> Result<(), Errno> {
+    fn unlink(&mut self, caller: Caller, parent: u64, name: Bytes) -> Result<(), Errno> {
         self.core.unlink(self.tx.tx(), &caller, parent, &name)
     }
 
-    fn rmdir(&mut self, caller: Caller, parent: u64, name: ByteBuf) -> Result<(), Errno> {
+    fn rmdir(&mut self, caller: Caller, parent: u64, name: Bytes) -> Result<(), Errno> {
         self.core.rmdir(self.tx.tx(), &caller, parent, &name)
     }
 
@@ -105,15 +104,15 @@ impl Fs for FsServer {
         &mut self,
         caller: Caller,
         parent: u64,
-        name: ByteBuf,
-        target: ByteBuf,
+        name: Bytes,
+        target: Bytes,
     ) -> Result<Attr, Errno> {
         self.core
             .symlink(self.tx.tx(), &caller, parent, &name, &target)
     }
 
-    fn readlink(&mut self, ino: u64) -> Result<ByteBuf, Errno> {
-        self.core.readlink(self.tx.tx(), ino).map(ByteBuf::from)
+    fn readlink(&mut self, ino: u64) -> Result<Bytes, Errno> {
+        self.core.readlink(self.tx.tx(), ino).map(Bytes::from)
     }
 
     fn link(
@@ -121,7 +120,7 @@ impl Fs for FsServer {
         caller: Caller,
         ino: u64,
         newparent: u64,
-        newname: ByteBuf,
+        newname: Bytes,
     ) -> Result<Attr, Errno> {
         self.core
             .link(self.tx.tx(), &caller, ino, newparent, &newname)
@@ -131,9 +130,9 @@ impl Fs for FsServer {
         &mut self,
         caller: Caller,
         parent: u64,
-        name: ByteBuf,
+        name: Bytes,
         newparent: u64,
-        newname: ByteBuf,
+        newname: Bytes,
         flags: u32,
     ) -> Result<(), Errno> {
         self.core.rename(
@@ -158,10 +157,10 @@ impl Fs for FsServer {
     fn read(&mut self, fh: u64, offset: u64, size: u32) -> Result<Data, Errno> {
         self.core
             .read(self.tx.tx(), fh, offset, size)
-            .map(ByteBuf::from)
+            .map(Bytes::from)
     }
 
-    fn write(&mut self, fh: u64, offset: u64, data: ByteBuf) -> Result<u32, Errno> {
+    fn write(&mut self, fh: u64, offset: u64, data: Bytes) -> Result<u32, Errno> {
         self.core.write(self.tx.tx(), fh, offset, &data)
     }
 

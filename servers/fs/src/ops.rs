@@ -142,7 +142,7 @@ impl FsCore {
                 out.push(DirEntry {
                     ino: target,
                     kind: mode::S_IFDIR,
-                    name: name.to_vec(),
+                    name: name.into(),
                     next: cookie,
                 });
             }
@@ -162,7 +162,7 @@ impl FsCore {
             out.push(DirEntry {
                 ino: child,
                 kind,
-                name: name.to_vec(),
+                name: name.into(),
                 next: (*k & u128::from(u64::MAX)) as u64,
             });
         }

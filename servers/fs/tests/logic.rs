@@ -102,7 +102,7 @@ impl T {
             out.extend(
                 batch
                     .iter()
-                    .map(|e| String::from_utf8(e.name.clone()).unwrap()),
+                    .map(|e| String::from_utf8(e.name.to_vec()).unwrap()),
             );
         }
         out
