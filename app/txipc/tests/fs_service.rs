@@ -71,9 +71,7 @@ fn fs_calls_survive_sigkills_of_the_server() {
             .unwrap();
         let content: Vec<u8> = (0..20_000 + i * 997).map(|k| (k * 31 + i) as u8).collect();
         for (k, piece) in content.chunks(7_000).enumerate() {
-            let n = fs
-                .write(cr.fh, (k * 7_000) as u64, piece)
-                .unwrap();
+            let n = fs.write(cr.fh, (k * 7_000) as u64, piece).unwrap();
             assert_eq!(n as usize, piece.len());
         }
         fs.release(cr.fh).unwrap();

@@ -22,7 +22,9 @@ mod ops;
 mod perm;
 pub mod state;
 
-use fs_api::{Attr, Bytes, Caller, Created, Data, DirEntry, Errno, Fs, FsDispatcher, SetAttr, StatFs};
+use fs_api::{
+    Attr, Bytes, Caller, Created, Data, DirEntry, Errno, Fs, FsDispatcher, SetAttr, StatFs,
+};
 use txipc_runtime::{Builtin, Instance, StartArgs, TxCell, TxHost};
 
 pub use ops::FsCore;
