@@ -1,10 +1,14 @@
 //! The `txipc bench` subcommands.
+//!
+//! `--json` is the command line's global flag, passed to [`run`]: with it, stdout carries only
+//! the one JSON object and every table goes to stderr (the `table!` macro does that).
 
 use std::path::Path;
 
 use anyhow::Result;
 use clap::Subcommand;
 use txipc_chan::baseline::BenchConfig;
+use txipc_core::vocab::UsageError;
 
 /// What to benchmark.
 #[derive(Subcommand, Debug)]
@@ -18,9 +22,6 @@ pub enum BenchCmd {
         /// Batches (the median is reported).
         #[arg(long, default_value_t = 7)]
         batches: u32,
-        /// Print one JSON object as the last line.
-        #[arg(long)]
-        json: bool,
     },
     /// YCSB core workloads on the kv server under several policies, interleaved in rounds
     /// (the baseline `none` is always measured beside the others).
@@ -65,9 +66,6 @@ pub enum BenchCmd {
         /// CPU of the client threads (`none`: not pinned).
         #[arg(long, default_value = "0")]
         client_cpu: String,
-        /// Print one JSON object as the last line.
-        #[arg(long)]
-        json: bool,
     },
     /// Fault → first reply of the new incarnation, measured by a client, on a kv server whose
     /// heap is filled and mapped: SIGKILL, and self-detected faults (SIGSEGV, panic).
@@ -81,7 +79,7 @@ pub enum BenchCmd {
         /// Fraction of the heap filled with data (and mapped by the server) before the runs.
         #[arg(long, default_value_t = 0.8)]
         fill: f64,
-        /// Fault kinds: sigkill, segv, panic, comma-separated, or `all`.
+        /// Faults: sigkill, segv, panic, comma-separated, or `all` (the names of every `--fault`).
         #[arg(long, default_value = "all")]
         fault: String,
         /// Seed of the random fault instants.
@@ -93,9 +91,6 @@ pub enum BenchCmd {
         /// CPU of the client (`none`: not pinned).
         #[arg(long, default_value = "0")]
         client_cpu: String,
-        /// Print one JSON object as the last line.
-        #[arg(long)]
-        json: bool,
     },
     /// SVG plots (`kv_throughput.svg`, `recovery.svg`) and markdown tables from saved JSON
     /// reports of `bench kv` and `bench recovery`.
@@ -108,15 +103,20 @@ pub enum BenchCmd {
         out_dir: std::path::PathBuf,
     },
     /// Transaction costs inside one process: undo record, page-tracking fault, commit, rollback.
-    Tx {
-        /// Print one JSON object as the last line.
-        #[arg(long)]
-        json: bool,
-    },
+    Tx,
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { f64::NAN }
+}
+
+/// A usage error (exit code 2) unless `ok`.
+fn check(ok: bool, what: impl Into<String>) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(UsageError(what.into()).into())
+    }
 }
 
 fn parse_cpu(s: &str) -> Result<Option<usize>> {
@@ -125,14 +125,31 @@ fn parse_cpu(s: &str) -> Result<Option<usize>> {
     }
     let cpu: usize = s
         .parse()
-        .map_err(|_| anyhow::anyhow!("CPU `{s}`: give a CPU number or `none`"))?;
+        .map_err(|_| UsageError(format!("CPU `{s}`: give a CPU number or `none`")))?;
     let n = txipc_sys::process::cpus_available();
-    anyhow::ensure!(cpu < n, "CPU {cpu}: this machine has CPUs 0..{n}");
+    check(cpu < n, format!("CPU {cpu}: this machine has CPUs 0..{n}"))?;
     Ok(Some(cpu))
 }
 
-/// Runs a benchmark command; `exe` is the txipc binary (to boot systems).
-pub fn run(exe: &Path, cmd: BenchCmd) -> Result<()> {
+/// Writes a table line: to stdout, or to stderr when stdout carries the JSON object.
+macro_rules! table {
+    ($json:expr, $($t:tt)*) => {
+        if $json { eprintln!($($t)*) } else { println!($($t)*) }
+    };
+}
+
+/// Writes preformatted table text (see [`table!`]).
+fn table_text(json: bool, text: &str) {
+    if json {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
+    }
+}
+
+/// Runs a benchmark command; `exe` is the txipc binary (to boot systems). With `json`, stdout
+/// carries exactly one JSON object and the tables go to stderr.
+pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
     match cmd {
         BenchCmd::Kv {
             workload,
@@ -147,21 +164,24 @@ pub fn run(exe: &Path, cmd: BenchCmd) -> Result<()> {
             seed,
             server_cpu,
             client_cpu,
-            json,
         } => {
-            anyhow::ensure!(
+            check(
                 (1..=64).contains(&batch),
-                "--batch must be 1..=64 (batch_max)"
-            );
-            anyhow::ensure!(records >= 1 && ops >= 1 && clients >= 1 && rounds >= 1);
-            anyhow::ensure!(
+                "--batch must be 1..=64 (batch_max)",
+            )?;
+            check(
+                records >= 1 && ops >= 1 && clients >= 1 && rounds >= 1,
+                "--records, --ops, --clients and --rounds must be at least 1",
+            )?;
+            check(
                 value_size <= kv_api::MAX_VALUE,
-                "--value-size is at most {}",
-                kv_api::MAX_VALUE
-            );
+                format!("--value-size is at most {}", kv_api::MAX_VALUE),
+            )?;
             let cfg = crate::kv::KvConfig {
-                workloads: crate::kv::parse_workloads(&workload)?,
-                variants: crate::kv::parse_policies(&policy, batch)?,
+                workloads: crate::kv::parse_workloads(&workload)
+                    .map_err(|e| UsageError(e.to_string()))?,
+                variants: crate::kv::parse_policies(&policy, batch)
+                    .map_err(|e| UsageError(e.to_string()))?,
                 records,
                 ops,
                 clients,
@@ -173,7 +193,7 @@ pub fn run(exe: &Path, cmd: BenchCmd) -> Result<()> {
                 client_cpu: parse_cpu(&client_cpu)?,
             };
             let results = crate::kv::run(exe, &cfg, |m| eprintln!("bench kv: {m}"))?;
-            print!("{}", crate::kv::table(&results));
+            table_text(json, &crate::kv::table(&results));
             if json {
                 println!("{}", crate::kv::json(&cfg, &results));
             }
@@ -182,7 +202,6 @@ pub fn run(exe: &Path, cmd: BenchCmd) -> Result<()> {
         BenchCmd::Ipc {
             iterations,
             batches,
-            json,
         } => {
             let cfg = BenchConfig {
                 warmup: iterations / 4,
@@ -229,10 +248,10 @@ pub fn run(exe: &Path, cmd: BenchCmd) -> Result<()> {
                     s.baselines.unix_socket_rtt_ns.median_ns,
                 ),
             ];
-            println!("| round trip (median ns) | cross-core | same core |");
-            println!("|---|---:|---:|");
+            table!(json, "| round trip (median ns) | cross-core | same core |");
+            table!(json, "|---|---:|---:|");
             for (name, x, y) in rows {
-                println!("| {name} | {x:.0} | {y:.0} |");
+                table!(json, "| {name} | {x:.0} | {y:.0} |");
             }
             let vs_spin = ratio(
                 c.txipc_rtt_ns.median_ns,
@@ -247,8 +266,12 @@ pub fn run(exe: &Path, cmd: BenchCmd) -> Result<()> {
                 c.txipc_rtt_ns.median_ns,
             );
             let get_vs_null = ratio(c.payload.kv_get_rtt_ns.median_ns, c.txipc_rtt_ns.median_ns);
-            println!("kv get of 1000 B / null call (cross-core) = {get_vs_null:.2}x (goal <= 1.5)");
-            println!(
+            table!(
+                json,
+                "kv get of 1000 B / null call (cross-core) = {get_vs_null:.2}x (goal <= 1.5)"
+            );
+            table!(
+                json,
                 "txipc / raw spin (cross-core) = {vs_spin:.2}x (goal <= 1.2); txipc / raw futex (same core) = {vs_futex_same:.2}x (goal <= 1.2); unix socket / txipc (cross-core) = {unix_speedup:.1}x (goal >= 10)"
             );
             if json {
@@ -285,31 +308,24 @@ pub fn run(exe: &Path, cmd: BenchCmd) -> Result<()> {
             seed,
             server_cpu,
             client_cpu,
-            json,
         } => {
             use crate::recovery::Fault;
-            anyhow::ensure!(runs >= 1, "--runs must be at least 1");
-            anyhow::ensure!(
+            check(runs >= 1, "--runs must be at least 1")?;
+            check(
                 (0.0..=0.95).contains(&fill),
-                "--fill is a fraction of the heap, 0..=0.95"
-            );
-            let faults = if fault == "all" {
-                Fault::ALL.to_vec()
-            } else {
-                fault
-                    .split(',')
-                    .map(|f| match f.trim() {
-                        "sigkill" | "kill" => Ok(Fault::Sigkill),
-                        "segv" => Ok(Fault::Segv),
-                        "panic" => Ok(Fault::Panic),
-                        other => {
-                            anyhow::bail!(
-                                "unknown fault `{other}`: use sigkill, segv, panic or all"
-                            )
-                        }
-                    })
-                    .collect::<Result<Vec<_>>>()?
-            };
+                "--fill is a fraction of the heap, 0..=0.95",
+            )?;
+            use txipc_core::vocab::Fault as F;
+            let faults = txipc_core::vocab::parse_faults(&fault, &[F::Sigkill, F::Segv, F::Panic])
+                .map_err(UsageError)?
+                .into_iter()
+                .map(|f| match f {
+                    F::Sigkill => Fault::Sigkill,
+                    F::Segv => Fault::Segv,
+                    F::Panic => Fault::Panic,
+                    other => unreachable!("`{other}` is not in the allowed list"),
+                })
+                .collect();
             let cfg = crate::recovery::RecoveryConfig {
                 heap_mb,
                 runs,
@@ -320,10 +336,13 @@ pub fn run(exe: &Path, cmd: BenchCmd) -> Result<()> {
                 client_cpu: parse_cpu(&client_cpu)?,
             };
             let r = crate::recovery::run(exe, &cfg, |m| eprintln!("bench recovery: {m}"))?;
-            print!("{}", crate::recovery::table(&r));
-            println!(
+            table_text(json, &crate::recovery::table(&r));
+            table!(
+                json,
                 "exactly-once held: {}; call errors: {}; one re-read of the heap: {:.1} ms",
-                r.exactly_once, r.errors, r.rewarm_ms
+                r.exactly_once,
+                r.errors,
+                r.rewarm_ms
             );
             if json {
                 println!("{}", crate::recovery::json(&r));
@@ -332,27 +351,41 @@ pub fn run(exe: &Path, cmd: BenchCmd) -> Result<()> {
         }
         BenchCmd::Plot { files, out_dir } => {
             let md = crate::plot::run(&files, &out_dir)?;
-            print!("{md}");
+            table_text(json, &md);
             eprintln!("bench plot: SVG files written to {}", out_dir.display());
+            if json {
+                let v = serde_json::json!({"ok": true, "out_dir": out_dir, "markdown": md});
+                println!("{v}");
+            }
             Ok(())
         }
-        BenchCmd::Tx { json } => {
+        BenchCmd::Tx => {
             let r = txipc_heap::bench::bench_tx(&txipc_heap::bench::TxBenchOptions::default())?;
-            println!("| transaction cost | ns |");
-            println!("|---|---:|");
-            println!(
+            table!(json, "| transaction cost | ns |");
+            table!(json, "|---|---:|");
+            table!(
+                json,
                 "| one undo record (typed write) | {:.1} |",
                 r.undo_record_ns
             );
-            println!(
+            table!(
+                json,
                 "| page-tracking fault (first write to a page) | {:.0} |",
                 r.page_fault_ns
             );
-            println!("| commit | {:.1} |", r.commit_ns);
-            println!("| rollback, per record | {:.1} |", r.rollback_ns_per_record);
-            println!("| kv put, typed tracking | {:.0} |", r.kv_put_typed_ns);
-            println!("| kv put, tracking off | {:.0} |", r.kv_put_off_ns);
-            println!("| kv get | {:.0} |", r.kv_get_ns);
+            table!(json, "| commit | {:.1} |", r.commit_ns);
+            table!(
+                json,
+                "| rollback, per record | {:.1} |",
+                r.rollback_ns_per_record
+            );
+            table!(
+                json,
+                "| kv put, typed tracking | {:.0} |",
+                r.kv_put_typed_ns
+            );
+            table!(json, "| kv put, tracking off | {:.0} |", r.kv_put_off_ns);
+            table!(json, "| kv get | {:.0} |", r.kv_get_ns);
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             }

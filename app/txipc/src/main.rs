@@ -1,20 +1,32 @@
-//! The `txipc` command: boot a system, call its servers, benchmark, demo.
+//! The `txipc` command: boot a system, call its servers, operate it, benchmark, demo.
 //!
-//! Every reporting command accepts `--json` and then prints one JSON object as its last line
-//! (DESIGN.md §12).
+//! Conventions (every command):
+//! - `--system NAME`, `--service NAME`, `--timeout DURATION`, `--json` and `--quiet` are global:
+//!   they may stand anywhere on the command line.
+//! - With `--json`, stdout carries exactly one JSON object, errors included (`ok: false`,
+//!   `error`, `kind`); tables and progress go to stderr.
+//! - Exit codes: 0 ok, 1 error, 2 usage, 3 not found (no such key, system or server).
+//! - Faults and policies have one vocabulary ([`txipc_core::vocab`]): `sigkill`, `panic`,
+//!   `abort`, `segv`, `hang`, `exit`, ...; `none`, `restart`, `txipc`, `page`.
 #![forbid(unsafe_code)]
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
-use kv_api::KvClient;
+use anyhow::{Context, Result};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use txipc_core::manifest::Manifest;
 use txipc_runtime::Builtin;
-use txipc_runtime::client::System;
 
+mod control;
 mod demo;
+mod kvcmd;
+mod out;
+mod runlog;
+mod values;
+
+use out::{Report, usage};
 
 /// Every server compiled into this binary.
 fn builtins() -> Vec<Builtin> {
@@ -27,49 +39,111 @@ fn builtins() -> Vec<Builtin> {
 #[command(
     name = "txipc",
     version,
-    about = "A multi-server OS personality whose servers recover from faults without losing state"
+    about = "A multi-server OS personality whose servers recover from faults without losing state",
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 not found (no such key, system or server).\n\
+                  With --json, stdout carries exactly one JSON object, errors included."
 )]
 struct Cli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Options every command takes, in any position.
+#[derive(Args, Debug, Clone)]
+struct Global {
+    /// The system to talk to (default `default`); for `run`, the name of the system it boots
+    /// (default: the manifest's `name`).
+    #[arg(long, global = true, value_name = "NAME")]
+    system: Option<String>,
+    /// The server a command addresses (`kv`: default `kv`; `ps`, `top`: only this one).
+    #[arg(long, global = true, value_name = "SERVER")]
+    service: Option<String>,
+    /// Give up on a call or a wait after this long: `500ms`, `5s`, `2m` (a bare number is
+    /// seconds).
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Print exactly one JSON object on stdout (errors included); tables go to stderr.
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress lines or event logs.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+}
+
+impl Global {
+    fn system(&self) -> &str {
+        self.system.as_deref().unwrap_or("default")
+    }
+}
+
+/// `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], s[i..].trim()),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration: use e.g. 500ms, 5s, 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("unknown unit `{other}`: use ms, s, m or h")),
+    };
+    if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
+        return Err(format!("`{s}`: a duration must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Boot a system from a manifest (the built-in default when none is given; `-` reads it
-    /// from standard input) and serve until SIGINT/SIGTERM.
+    /// from standard input) and serve until SIGINT/SIGTERM or `txipc stop`. Its log is also
+    /// kept in the runtime directory while it runs (`txipc logs`).
     Run {
         /// Manifest file (TOML), or `-` for standard input.
         manifest: Option<PathBuf>,
-        /// System name (default: the manifest's `name`).
-        #[arg(long)]
-        system: Option<String>,
-        /// Quiet: do not log recovery events.
-        #[arg(long, short)]
-        quiet: bool,
         /// Exit (taking every server with it) when the parent process dies. Used by programs
         /// that boot a private system (tests, benchmarks, the demo).
         #[arg(long, hide = true)]
         die_with_parent: bool,
     },
-    /// The servers of a running system.
-    Ps {
-        #[arg(long, default_value = "default")]
-        system: String,
-        #[arg(long)]
-        json: bool,
+    /// Stop a running system (all its servers; their state goes with the kernel).
+    Stop,
+    /// This user's running systems.
+    Ls,
+    /// The servers of a running system, with the kernel's pid and uptime.
+    Ps,
+    /// Send a signal to a server's running incarnation (a demonstration fault: the kernel
+    /// recovers the server by its policy).
+    Kill {
+        /// The server (default: `--service`).
+        server: Option<String>,
+        /// The signal: KILL, SEGV, ABRT, TERM, ... or a number.
+        #[arg(long, short, default_value = "KILL")]
+        signal: String,
+    },
+    /// The log of a running system (kernel events, recoveries, servers' messages).
+    Logs {
+        /// How many of the last lines to print.
+        #[arg(long, short = 'n', default_value_t = 50)]
+        lines: usize,
+        /// Keep printing new lines until the system stops (or `--timeout` passes).
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Call the kv server of a running system.
-    Kv {
-        #[arg(long, default_value = "default")]
-        system: String,
-        /// The server's name in the manifest.
-        #[arg(long, default_value = "kv")]
-        service: String,
-        #[arg(long)]
-        json: bool,
+    Kv(kvcmd::KvArgs),
+    /// Check a manifest file, or print the built-in default one.
+    Manifest {
         #[command(subcommand)]
-        op: KvOp,
+        what: ManifestCmd,
     },
     /// Benchmarks (numbers are ratios against baselines measured in the same run).
     Bench {
@@ -78,6 +152,14 @@ enum Cmd {
     },
     /// Boot the default system, run clients, inject faults live, verify the state at the end.
     Demo(demo::DemoArgs),
+    /// Shell completions for bash, zsh, fish, elvish or powershell, from this command's own
+    /// definition (e.g. `txipc completions bash > /etc/bash_completion.d/txipc`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff), from this command's own definition (`txipc man | man -l -`).
+    Man,
     /// Internal: one demo client process (started by `txipc demo`).
     #[command(name = "__client", hide = true)]
     Client(demo::ClientArgs),
@@ -87,26 +169,23 @@ enum Cmd {
 }
 
 #[derive(Subcommand, Debug)]
-enum KvOp {
-    /// The value under KEY.
-    Get { key: String },
-    /// Store VALUE under KEY.
-    Put { key: String, value: String },
-    /// Remove KEY.
-    Del { key: String },
-    /// Add DELTA to the counter under KEY.
-    Incr {
-        key: String,
-        #[arg(allow_hyphen_values = true)]
-        delta: i64,
+enum ManifestCmd {
+    /// Parse and validate FILE (`-`: standard input); the error names the field and what to do.
+    Check {
+        /// The manifest (TOML).
+        file: PathBuf,
     },
-    /// Up to LIMIT entries from START on.
-    Scan {
-        #[arg(default_value = "")]
-        start: String,
-        #[arg(long, default_value_t = 20)]
-        limit: u32,
-    },
+    /// Print the built-in default manifest (a starting point for your own).
+    Default,
+}
+
+/// Whether `--json` appears among the arguments (before a `--`), for errors raised before or
+/// during parsing.
+fn json_in_args() -> bool {
+    std::env::args()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
 }
 
 fn main() {
@@ -114,64 +193,175 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some("__zygote") {
         txipc_runtime::zygote_main(&builtins());
     }
-    let cli = Cli::parse();
-    if let Err(e) = dispatch(cli) {
-        eprintln!("txipc: {e:#}");
-        std::process::exit(1);
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind as K;
+            if matches!(e.kind(), K::DisplayHelp | K::DisplayVersion) || !json_in_args() {
+                e.exit();
+            }
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            let msg = first.strip_prefix("error: ").unwrap_or(first);
+            println!(
+                "{}",
+                serde_json::json!({"ok": false, "error": msg, "kind": "usage", "detail": text})
+            );
+            std::process::exit(2);
+        }
+    };
+    let json = cli.global.json;
+    match dispatch(cli) {
+        Ok(Some(report)) => out::show(&report, json),
+        Ok(None) => {}
+        Err(e) => std::process::exit(out::fail(&e, json)),
     }
 }
 
-fn dispatch(cli: Cli) -> Result<()> {
+/// Runs a command. `None`: the command printed its own output (streams, benches).
+fn dispatch(cli: Cli) -> Result<Option<Report>> {
+    let g = cli.global;
     match cli.cmd {
         Cmd::Run {
             manifest,
-            system,
-            quiet,
             die_with_parent,
         } => {
             if die_with_parent {
                 txipc_sys::process::die_with_parent(txipc_sys::process::getppid())?;
             }
-            run(manifest, system, quiet)
+            run(manifest, g.system.clone(), g.quiet)?;
+            Ok(None)
         }
-        Cmd::Ps { system, json } => ps(&system, json),
-        Cmd::Kv {
-            system,
-            service,
-            json,
-            op,
-        } => kv(&system, &service, json, op),
+        Cmd::Stop => control::stop(g.system(), g.timeout).map(Some),
+        Cmd::Ls => control::ls().map(Some),
+        Cmd::Ps => control::ps(g.system(), g.service.as_deref()).map(Some),
+        Cmd::Kill { server, signal } => {
+            let server = server
+                .or(g.service.clone())
+                .ok_or_else(|| usage("name the server: `txipc kill SERVER`"))?;
+            control::kill(g.system(), &server, &signal).map(Some)
+        }
+        Cmd::Logs { lines, follow } => {
+            control::logs(g.system(), lines, follow, g.json, g.timeout).map(Some)
+        }
+        Cmd::Kv(args) => kvcmd::run(
+            g.system(),
+            g.service.as_deref().unwrap_or("kv"),
+            g.timeout,
+            g.json,
+            args,
+        )
+        .map(Some),
+        Cmd::Manifest { what } => manifest_cmd(what).map(Some),
         Cmd::Bench { what } => {
             let exe = std::env::current_exe().context("locating the txipc binary")?;
-            txipc_bench::cli::run(&exe, what)
+            txipc_bench::cli::run(&exe, what, g.json)?;
+            Ok(None)
         }
-        Cmd::Demo(args) => demo::run(args),
-        Cmd::Client(args) => demo::client_main(args),
+        Cmd::Demo(args) => demo::run(args, &g.demo()).map(Some),
+        Cmd::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "txipc", &mut std::io::stdout());
+            Ok(None)
+        }
+        Cmd::Man => {
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("writing the manual page")?;
+            Ok(None)
+        }
+        Cmd::Client(args) => {
+            demo::client_main(args, g.system())?;
+            Ok(None)
+        }
         Cmd::Zygote => unreachable!("handled before parsing"),
     }
 }
 
-fn load_manifest(path: Option<PathBuf>) -> Result<Manifest> {
-    let text = match path {
-        None => return Ok(Manifest::default_system()),
-        Some(p) if p.as_os_str() == "-" => {
-            let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .context("reading the manifest from standard input")?;
-            s
+impl Global {
+    fn demo(&self) -> demo::Common {
+        demo::Common {
+            system: self.system.clone(),
+            quiet: self.quiet,
         }
-        Some(p) => std::fs::read_to_string(&p)
-            .with_context(|| format!("reading the manifest {}", p.display()))?,
-    };
-    Ok(Manifest::parse(&text)?)
+    }
+}
+
+fn read_manifest_text(path: &std::path::Path) -> Result<String> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the manifest from standard input")?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(path).map_err(|e| {
+            out::Failed {
+                kind: out::Kind::NotFound,
+                message: format!("reading the manifest {}: {e}", path.display()),
+                json: serde_json::json!({"file": path}),
+                text: String::new(),
+            }
+            .into()
+        })
+    }
+}
+
+fn load_manifest(path: Option<PathBuf>) -> Result<Manifest> {
+    match path {
+        None => Ok(Manifest::default_system()),
+        Some(p) => Ok(Manifest::parse(&read_manifest_text(&p)?)?),
+    }
+}
+
+fn manifest_cmd(what: ManifestCmd) -> Result<Report> {
+    match what {
+        ManifestCmd::Default => {
+            let text = txipc_core::manifest::DEFAULT_MANIFEST;
+            Ok(Report::new(
+                serde_json::json!({"ok": true, "manifest": text}),
+                text,
+            ))
+        }
+        ManifestCmd::Check { file } => {
+            let m = Manifest::parse(&read_manifest_text(&file)?)
+                .with_context(|| file.display().to_string())?;
+            let servers: Vec<serde_json::Value> = m
+                .servers
+                .iter()
+                .map(|s| {
+                    serde_json::json!({"name": s.name, "policy": s.policy.as_str(),
+                        "tracking": format!("{:?}", s.tracking).to_lowercase(), "heap_mb": s.heap_mb})
+                })
+                .collect();
+            let names: Vec<String> = m
+                .servers
+                .iter()
+                .map(|s| format!("{} ({})", s.name, s.policy.as_str()))
+                .collect();
+            Ok(Report::new(
+                serde_json::json!({"ok": true, "name": m.name, "servers": servers,
+                                   "grants": m.grants.len()}),
+                format!(
+                    "{}: system `{}` is valid: {} server(s): {}; {} grant(s)",
+                    file.display(),
+                    m.name,
+                    m.servers.len(),
+                    names.join(", "),
+                    m.grants.len()
+                ),
+            ))
+        }
+    }
 }
 
 fn run(manifest: Option<PathBuf>, system: Option<String>, quiet: bool) -> Result<()> {
     let manifest = load_manifest(manifest)?;
     let system = system.unwrap_or_else(|| manifest.name.clone());
     if !txipc_core::paths::valid_system_name(&system) {
-        bail!("system name `{system}` is not valid: use 1-64 letters, digits, '-', '_' or '.'");
+        return Err(usage(format!(
+            "system name `{system}` is not valid: use 1-64 letters, digits, '-', '_' or '.'"
+        )));
     }
     let names: Vec<String> = manifest
         .servers
@@ -183,131 +373,28 @@ fn run(manifest: Option<PathBuf>, system: Option<String>, quiet: bool) -> Result
         system: system.clone(),
         verbose: !quiet,
     };
-    txipc_kernel::run(manifest, opts, |path| {
+    // A verbose system also keeps its log in the runtime directory (`txipc logs`). It starts
+    // before the boot so that the servers' zygotes inherit it too, unless a system of that name
+    // already answers (the kernel will refuse to boot; its log must not be clobbered).
+    let log = if quiet || control::kernel_of(&system).is_ok() {
+        None
+    } else {
+        runlog::RunLog::start(&control::log_path(&system)).ok()
+    };
+    let result = txipc_kernel::run(manifest, opts, |path| {
         // The first line on stdout is the readiness signal (SystemProcess waits for it).
         println!("ready {}", path.display());
         if quiet {
             return;
         }
         eprintln!(
-            "txipc: system `{system}` is running: {}. Try `txipc kv put a 1`, `txipc ps`; Ctrl-C stops it.",
+            "txipc: system `{system}` is running: {}. Try `txipc kv put a 1`, `txipc ps`; `txipc stop` (or Ctrl-C in this terminal) stops it.",
             names.join(", ")
         );
-    })?;
-    Ok(())
-}
-
-fn ps(system: &str, json: bool) -> Result<()> {
-    let list = System::connect(system)?.ps()?;
-    if json {
-        let servers: Vec<serde_json::Value> = list
-            .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "name": s.name, "pid": s.pid, "generation": s.generation,
-                    "policy": s.policy.as_str(), "tracking": format!("{:?}", s.tracking).to_lowercase(),
-                    "state": s.state, "restarts": s.restarts,
-                    "aborted_requests": s.aborted_requests, "retried_requests": s.retried_requests,
-                    "calls": s.calls, "channels": s.channels, "last_recovery_us": s.last_recovery_us,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::json!({ "servers": servers }));
-    } else {
-        println!(
-            "{:<12} {:>8} {:>5} {:<8} {:<10} {:>8} {:>8} {:>8} {:>10} {:>12}",
-            "NAME",
-            "PID",
-            "GEN",
-            "POLICY",
-            "STATE",
-            "RESTARTS",
-            "RETRIED",
-            "ABORTED",
-            "CALLS",
-            "LAST-RECOV"
-        );
-        for s in list {
-            println!(
-                "{:<12} {:>8} {:>5} {:<8} {:<10} {:>8} {:>8} {:>8} {:>10} {:>12}",
-                s.name,
-                s.pid,
-                s.generation,
-                s.policy.as_str(),
-                s.state,
-                s.restarts,
-                s.retried_requests,
-                s.aborted_requests,
-                s.calls,
-                s.last_recovery_us
-                    .map_or("-".into(), |us| format!("{us:.0} µs"))
-            );
-        }
+    });
+    if let Some(log) = log {
+        log.finish();
     }
-    Ok(())
-}
-
-fn kv(system: &str, service: &str, json: bool, op: KvOp) -> Result<()> {
-    let sys = System::connect(system)?;
-    let client = KvClient::new(sys.open(service)?);
-    let show =
-        |v: &Option<kv_api::Bytes>| v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
-    let (text, value) = match op {
-        KvOp::Get { key } => {
-            let v = client.get(key.into_bytes())?;
-            (
-                show(&v).unwrap_or_else(|| "(not found)".into()),
-                serde_json::json!(show(&v)),
-            )
-        }
-        KvOp::Put { key, value } => {
-            let prev = client.put(key.into_bytes(), value.clone().into_bytes())?;
-            (
-                "OK".into(),
-                serde_json::json!({"value": value, "previous": show(&prev)}),
-            )
-        }
-        KvOp::Del { key } => {
-            let prev = client.delete(key.into_bytes())?;
-            (
-                if prev.is_some() {
-                    "deleted"
-                } else {
-                    "(not found)"
-                }
-                .into(),
-                serde_json::json!(show(&prev)),
-            )
-        }
-        KvOp::Incr { key, delta } => {
-            let v = client.incr(key.into_bytes(), delta)?;
-            (v.to_string(), serde_json::json!(v))
-        }
-        KvOp::Scan { start, limit } => {
-            let entries = client.scan(start.into_bytes(), limit)?;
-            let lines: Vec<String> = entries
-                .iter()
-                .map(|(k, v)| {
-                    format!(
-                        "{}\t{}",
-                        String::from_utf8_lossy(k),
-                        String::from_utf8_lossy(v)
-                    )
-                })
-                .collect();
-            let obj: Vec<serde_json::Value> = entries
-                .iter()
-                .map(|(k, v)| {
-                    serde_json::json!([String::from_utf8_lossy(k), String::from_utf8_lossy(v)])
-                })
-                .collect();
-            (lines.join("\n"), serde_json::json!(obj))
-        }
-    };
-    if json {
-        println!("{}", serde_json::json!({ "ok": true, "value": value }));
-    } else {
-        println!("{text}");
-    }
+    result?;
     Ok(())
 }

@@ -7,7 +7,8 @@
 //! - [`recovery`]: what the kernel does with each in-flight slot after an incarnation dies, and
 //!   when it may restart a server (restart-storm bounding);
 //! - [`failpoint`]: faults the kernel arms in a server at a chosen point of the commit protocol;
-//! - [`paths`]: where a running system's socket lives.
+//! - [`paths`]: where a running system's socket lives;
+//! - [`vocab`]: the command line's names of faults and policies, shared by every command.
 #![forbid(unsafe_code)]
 
 pub mod failpoint;
@@ -15,3 +16,4 @@ pub mod manifest;
 pub mod paths;
 pub mod proto;
 pub mod recovery;
+pub mod vocab;

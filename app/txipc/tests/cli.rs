@@ -1,0 +1,468 @@
+//! The `txipc` command as operators use it, driven through the built binary: global flags in
+//! every position, `--json` as exactly one object on stdout (success and error), exit codes,
+//! binary kv values, operator controls, manifests, completions and the man page.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// Runs `txipc ARGS...` (with `stdin` as its input) and returns its output.
+fn txipc_in(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(exe())
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting txipc");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().expect("running txipc")
+}
+
+fn txipc(args: &[&str]) -> Output {
+    txipc_in(args, b"")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited, not killed")
+}
+
+/// Parses stdout as exactly one JSON object on one line.
+fn one_object(args: &[&str], o: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "txipc {args:?}: stdout must be one JSON line, got {stdout:?}\nstderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: Value = serde_json::from_str(lines[0])
+        .unwrap_or_else(|e| panic!("txipc {args:?}: not JSON ({e}): {stdout}"));
+    assert!(v.is_object(), "txipc {args:?}: not an object: {v}");
+    v
+}
+
+/// Runs with `--json` already among `args`, expects exit `want` and one object.
+fn json_run(args: &[&str], want: i32) -> Value {
+    let o = txipc(args);
+    let v = one_object(args, &o);
+    assert_eq!(code(&o), want, "txipc {args:?}: exit code; {v}");
+    if want == 0 {
+        assert_ne!(v["ok"], false, "txipc {args:?}: {v}");
+    } else {
+        assert_eq!(v["ok"], false, "txipc {args:?}: {v}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+        assert!(v["kind"].is_string(), "{v}");
+    }
+    v
+}
+
+fn kv_system(tag: &str) -> txipc_runtime::client::SystemProcess {
+    boot(tag, &(server("kv", "kv", "txipc", "") + &grant("*", "kv")))
+}
+
+/// `--system`, `--json`, `--service`, `--timeout` (and `--quiet`) are accepted before the
+/// command, between the command and its operation, and after the operation's arguments.
+#[test]
+fn global_flags_in_every_position() {
+    let sys = kv_system("flags");
+    let name = sys.name().to_string();
+    let flags: [&[&str]; 5] = [
+        &["--system", &name],
+        &["--json"],
+        &["--service", "kv"],
+        &["--timeout", "20s"],
+        &["-q"],
+    ];
+    // Each command split into its words; a flag set may be inserted at any boundary.
+    let commands: [&[&str]; 4] = [
+        &["kv", "put", "a", "1"],
+        &["kv", "get", "a"],
+        &["kv", "scan"],
+        &["ps"],
+    ];
+    for cmd in commands {
+        for pos in 0..=cmd.len() {
+            // All flags at one position...
+            let mut args: Vec<&str> = cmd[..pos].to_vec();
+            for f in flags {
+                args.extend_from_slice(f);
+            }
+            args.extend_from_slice(&cmd[pos..]);
+            json_run(&args, 0);
+            // ... and `--system` alone there, with `--json` at the far end.
+            let mut args: Vec<&str> = cmd[..pos].to_vec();
+            args.extend_from_slice(&["--system", &name]);
+            args.extend_from_slice(&cmd[pos..]);
+            args.push("--json");
+            let v = json_run(&args, 0);
+            if cmd == ["kv", "get", "a"] {
+                assert_eq!(v["value"], "1", "{args:?}: {v}");
+            }
+        }
+    }
+    // `--service` really chooses the server; `--timeout` is validated.
+    let v = json_run(
+        &[
+            "kv",
+            "get",
+            "a",
+            "--service",
+            "nope",
+            "--system",
+            &name,
+            "--json",
+        ],
+        3,
+    );
+    assert_eq!(v["kind"], "unknown_server", "{v}");
+    let v = json_run(&["--timeout", "soon", "ps", "--json"], 2);
+    assert_eq!(v["kind"], "usage", "{v}");
+    drop(sys);
+}
+
+/// Errors are one JSON object too, with the documented exit codes: 2 usage, 3 not found,
+/// 1 other failures; and without `--json`, nothing but the text goes to stdout.
+#[test]
+fn json_errors_and_exit_codes() {
+    let sys = kv_system("codes");
+    let name = sys.name().to_string();
+    let s = name.as_str();
+    let v = json_run(&["kv", "get", "missing", "--system", s, "--json"], 3);
+    assert_eq!(v["kind"], "not_found");
+    assert_eq!(v["value"], Value::Null);
+    let v = json_run(&["kv", "del", "missing", "--system", s, "--json"], 3);
+    assert_eq!(v["kind"], "not_found");
+    let v = json_run(&["ps", "--system", "t-no-such-system", "--json"], 3);
+    assert_eq!(v["kind"], "not_running");
+    let v = json_run(&["kv", "get", "--system", s, "--json"], 2);
+    assert_eq!(v["kind"], "usage");
+    let v = json_run(&["--json", "no-such-command"], 2);
+    assert_eq!(v["kind"], "usage");
+    let v = json_run(
+        &["kill", "kv", "--signal", "NOPE", "--system", s, "--json"],
+        2,
+    );
+    assert_eq!(v["kind"], "usage");
+    json_run(&["kv", "put", "t", "text", "--system", s, "--json"], 0);
+    let v = json_run(&["kv", "incr", "t", "--system", s, "--json"], 1);
+    assert_eq!(v["kind"], "error");
+    assert!(
+        v["error"].as_str().unwrap().contains("not a counter"),
+        "{v}"
+    );
+    let v = json_run(&["bench", "recovery", "--fault", "kill", "--json"], 2);
+    assert!(
+        v["error"].as_str().unwrap().contains("sigkill"),
+        "one vocabulary: {v}"
+    );
+    // Text mode: a missing key prints nothing on stdout, says so on stderr, exits 3.
+    let o = txipc(&["kv", "get", "missing", "--system", s]);
+    assert_eq!(code(&o), 3);
+    assert!(o.stdout.is_empty(), "{:?}", o.stdout);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no value under key `missing`"));
+    // Usage errors without --json are clap's (exit 2, message on stderr).
+    let o = txipc(&["kv", "--system", s, "frobnicate"]);
+    assert_eq!(code(&o), 2);
+    // Help is not an error.
+    let o = txipc(&["kv", "--help"]);
+    assert_eq!(code(&o), 0);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--hex"));
+    drop(sys);
+}
+
+/// Every byte value survives put/get/scan, given as an argument, in hex, in base64, on
+/// standard input or in a file; counters print as numbers; scan lines stay one per entry.
+#[test]
+fn binary_values_round_trip() {
+    let sys = kv_system("bytes");
+    let name = sys.name().to_string();
+    let s = name.as_str();
+    let all: Vec<u8> = (0..=255u8).collect();
+    let hex: String = all.iter().map(|b| format!("{b:02x}")).collect();
+    // Standard input, exact bytes back with --raw.
+    let o = txipc_in(&["kv", "put", "bin", "-", "--system", s], &all);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let o = txipc(&["kv", "get", "bin", "--raw", "--system", s]);
+    assert_eq!(o.stdout, all);
+    // Hex out and in.
+    let o = txipc(&["kv", "--hex", "get", "bin", "--system", s]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), hex);
+    txipc(&["kv", "put", "bin2", &hex, "--hex", "--system", s]);
+    let o = txipc(&["kv", "get", "bin2", "--raw", "--system", s]);
+    assert_eq!(o.stdout, all);
+    // Base64 out and in; JSON shows non-UTF-8 as base64.
+    let v = json_run(&["kv", "get", "bin", "--system", s, "--json"], 0);
+    let b64 = v["value"]["base64"]
+        .as_str()
+        .expect("base64 in JSON")
+        .to_owned();
+    let o = txipc(&["kv", "get", "bin", "--base64", "--system", s]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), b64);
+    txipc(&["kv", "put", "bin3", "--base64", &b64, "--system", s]);
+    let o = txipc(&["kv", "get", "bin3", "--raw", "--system", s]);
+    assert_eq!(o.stdout, all);
+    // A file.
+    let dir = std::env::temp_dir().join(format!("txipc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("value.bin");
+    std::fs::write(&file, &all[..100]).unwrap();
+    let o = txipc(&[
+        "kv",
+        "put",
+        "f",
+        "--file",
+        file.to_str().unwrap(),
+        "--system",
+        s,
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let o = txipc(&["kv", "get", "f", "--raw", "--system", s]);
+    assert_eq!(o.stdout, &all[..100]);
+    // Text mode escapes what is not printable; counters are numbers.
+    let o = txipc(&["kv", "get", "bin", "--system", s]);
+    let text = String::from_utf8(o.stdout).expect("escaped output is UTF-8");
+    assert!(text.starts_with("\\x00\\x01"), "{text}");
+    txipc(&["kv", "incr", "hits", "41", "--system", s]);
+    let o = txipc(&["kv", "incr", "hits", "--system", s]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "42");
+    let o = txipc(&["kv", "get", "hits", "--system", s]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "42");
+    let v = json_run(&["kv", "get", "hits", "--system", s, "--json"], 0);
+    assert_eq!(v["counter"], 42);
+    // Keys and values with tabs and newlines: one scan line per entry, escapes reversible.
+    txipc_in(&["kv", "put", "k\tey\n2", "-", "--system", s], b"v\ta\nl");
+    let o = txipc(&["kv", "scan", "--limit", "100", "--system", s]);
+    let text = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    assert!(lines.contains(&"k\\tey\\n2\tv\\ta\\nl"), "{text}");
+    assert!(lines.contains(&"hits\t42"), "{text}");
+    // An escaped key as scan prints it reaches the same entry.
+    let o = txipc(&[
+        "kv",
+        "get",
+        "--escaped",
+        "k\\tey\\n2",
+        "--raw",
+        "--system",
+        s,
+    ]);
+    assert_eq!(o.stdout, b"v\ta\nl");
+    let v = json_run(&["kv", "scan", "--system", s, "--json"], 0);
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 6, "{v}");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["key"] == "k\tey\n2" && e["value"] == "v\ta\nl")
+    );
+    // Bad encodings are usage errors, before anything is stored.
+    let v = json_run(
+        &["kv", "put", "x", "--hex", "abc", "--system", s, "--json"],
+        2,
+    );
+    assert!(v["error"].as_str().unwrap().contains("hex"), "{v}");
+    json_run(&["kv", "get", "x", "--system", s, "--json"], 3);
+    drop(sys);
+}
+
+/// A verbose system started by `txipc run` in the background, as the README tour does: `ls`
+/// lists it, `kill` faults its server (which recovers, state kept), `logs` shows the
+/// recovery, `stop` ends it and `ls` no longer lists it.
+#[test]
+fn operator_controls() {
+    let name = unique("ops");
+    let manifest = server("kv", "kv", "txipc", "") + &grant("*", "kv");
+    let mut child = Command::new(exe())
+        .args(["run", "-", "--system", &name, "--die-with-parent"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let guard = Reap(child);
+    let mut first = [0u8; 5];
+    std::io::Read::read_exact(&mut stdout, &mut first).expect("ready line");
+    assert_eq!(&first, b"ready");
+    let s = name.as_str();
+    let v = json_run(&["ls", "--json"], 0);
+    let listed = v["systems"].as_array().unwrap();
+    let me = listed
+        .iter()
+        .find(|x| x["name"] == s)
+        .unwrap_or_else(|| panic!("{s} not listed: {v}"));
+    assert_eq!(me["kernel_pid"], guard.0.id());
+    let v = json_run(&["ps", "--system", s, "--json"], 0);
+    assert_eq!(v["kernel"]["pid"], guard.0.id());
+    let pid = v["servers"][0]["pid"].as_i64().unwrap();
+    json_run(&["kv", "put", "a", "1", "--system", s, "--json"], 0);
+    let v = json_run(
+        &["kill", "kv", "--signal", "KILL", "--system", s, "--json"],
+        0,
+    );
+    assert_eq!(v["pid"], pid);
+    assert_eq!(v["signal"], "SIGKILL");
+    wait_until("kv recovered", Duration::from_secs(20), || {
+        let v = json_run(&["ps", "--system", s, "--json"], 0);
+        v["servers"][0]["generation"] == 2 && v["servers"][0]["state"] == "running"
+    });
+    let o = txipc(&["kv", "get", "a", "--system", s]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "1");
+    wait_until("recovery logged", Duration::from_secs(10), || {
+        let v = json_run(&["logs", "--system", s, "--json"], 0);
+        v["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("generation 2 serving"))
+    });
+    let v = json_run(&["stop", "--system", s, "--json", "--timeout", "20s"], 0);
+    assert_eq!(v["kernel_pid"], guard.0.id());
+    let v = json_run(&["ls", "--json"], 0);
+    assert!(
+        !v["systems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == s),
+        "{v}"
+    );
+    json_run(&["stop", "--system", s, "--json"], 3);
+    let mut guard = guard;
+    let status = guard.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        !txipc_core::paths::runtime_dir()
+            .join(format!("{s}.log"))
+            .exists()
+    );
+}
+
+/// The demo checks its arguments before it prints or starts anything.
+#[test]
+fn demo_refuses_bad_arguments_first() {
+    for bad in [
+        &["--seconds", "0"][..],
+        &["--clients", "0"],
+        &["--policy", "bogus"],
+        &["--fault", "kill"],
+        &["--fault", "bitflip-reg"],
+    ] {
+        let mut args = vec!["demo"];
+        args.extend_from_slice(bad);
+        let o = txipc(&args);
+        assert_eq!(code(&o), 2, "{args:?}");
+        assert!(o.stdout.is_empty(), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !err.contains("txipc demo:"),
+            "{args:?} printed its banner: {err}"
+        );
+        args.push("--json");
+        let v = json_run(&args, 2);
+        assert_eq!(v["kind"], "usage");
+    }
+}
+
+/// A server that stays dead (policy `none`) still gets a report: one JSON object with
+/// `state_verified: false`, and a non-zero exit.
+#[test]
+fn demo_reports_a_server_that_stays_dead() {
+    let args = [
+        "demo",
+        "--policy",
+        "none",
+        "--seconds",
+        "2",
+        "--clients",
+        "1",
+        "--fault",
+        "sigkill",
+        "--fault-interval-ms",
+        "300",
+        "--json",
+        "--quiet",
+    ];
+    let v = json_run(&args, 1);
+    assert_eq!(v["state_verified"], false, "{v}");
+    assert_eq!(v["state_readable"], false, "{v}");
+    assert_eq!(v["kind"], "state_differs", "{v}");
+    assert!(v["faults_injected"].as_u64().unwrap() >= 1, "{v}");
+    // Without --json the verdict is on stdout.
+    let o = txipc(&args[..args.len() - 2]);
+    assert_eq!(code(&o), 1);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("state NOT verified"), "{out}");
+}
+
+/// Manifests: the shipped examples are valid, `manifest default` is what `run` boots, and a
+/// wrong manifest is refused with the cause.
+#[test]
+fn manifests_check_and_default() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests");
+    let mut n = 0;
+    for e in std::fs::read_dir(&root).expect("manifests/ folder") {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            json_run(&["manifest", "check", p.to_str().unwrap(), "--json"], 0);
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "expected example manifests in {}", root.display());
+    let shipped = std::fs::read_to_string(root.join("default.toml")).unwrap();
+    assert_eq!(
+        txipc_core::manifest::Manifest::parse(&shipped).unwrap(),
+        txipc_core::manifest::Manifest::default_system(),
+        "manifests/default.toml must describe the built-in default"
+    );
+    let o = txipc(&["manifest", "default"]);
+    let o = txipc_in(&["manifest", "check", "-"], &o.stdout);
+    assert_eq!(code(&o), 0);
+    let o = txipc_in(&["manifest", "check", "-", "--json"], b"name = \"x\"\n");
+    let v = one_object(&["manifest", "check"], &o);
+    assert_eq!(code(&o), 1);
+    assert_eq!(v["kind"], "manifest");
+    assert!(v["error"].as_str().unwrap().contains("no servers"), "{v}");
+    json_run(&["manifest", "check", "/nonexistent/m.toml", "--json"], 3);
+}
+
+/// Completions and the man page come from the command's own definition.
+#[test]
+fn completions_and_man_page() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = txipc(&["completions", shell]);
+        assert_eq!(code(&o), 0, "{shell}");
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            text.contains("txipc") && text.contains("kv"),
+            "{shell}: {text}"
+        );
+    }
+    let o = txipc(&["man"]);
+    assert_eq!(code(&o), 0);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains(".TH") && text.contains("txipc"), "{text}");
+}
