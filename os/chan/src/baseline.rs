@@ -145,12 +145,27 @@ pub struct Child {
 
 /// Forks a child that runs `f` and `_exit`s with its return value (101 if it panics).
 ///
-/// The child never returns into the caller's code, never runs atexit handlers or the parent's
-/// destructors. Keep `f` simple: in a multi-threaded parent only the forking thread exists in
-/// the child (glibc keeps `malloc` usable after fork, locks held by other threads are not).
-pub fn fork_child(f: impl FnOnce() -> i32) -> Result<Child, BaselineError> {
-    // SAFETY: in the child we run `f` (documented above to be fork-safe) and `_exit` without
-    // returning, so no state duplicated from other threads is unwound or dropped.
+/// The child never returns into the caller's code and never runs atexit handlers; of the
+/// parent's values it drops only what `f` owns, when `f` returns.
+///
+/// # Safety
+///
+/// The caller promises, for everything `f` does in the child:
+/// 1. It waits for no lock or resource another thread of the parent may hold at the instant
+///    of the fork: only the forking thread exists in the child. No `Mutex` shared with other
+///    threads, no `println!`/`eprintln!` (the stdout/stderr locks; a panic message takes the
+///    stderr lock too, so `f` should not panic while other threads may print), no allocator
+///    other than glibc's `malloc` (which resets its locks at fork).
+/// 2. It reads no memory another thread of the parent may have been writing at the fork (it
+///    may be half-written in the child) and does not wait for another thread's progress.
+/// 3. Nothing `f` owns has a destructor whose effect reaches outside the child (killing a
+///    process, removing a file, sending on a socket the parent relies on): the child drops
+///    `f`'s captures when `f` returns.
+pub unsafe fn fork_child(f: impl FnOnce() -> i32) -> Result<Child, BaselineError> {
+    // SAFETY: `fork` is sound when the child runs only async-signal-safe or fork-safe code
+    // until it exits: it runs `f` (fork-safe by the caller's promise, items 1–3) and `_exit`s
+    // without returning into the caller, so no state duplicated from other threads is
+    // unwound or dropped.
     match unsafe { fork() }? {
         ForkResult::Parent { child } => Ok(Child {
             pid: child,
@@ -321,10 +336,14 @@ fn raw_ping_pong(
     let (ccpu, scpu) = placement.cpus();
     let same = placement == Placement::SameCore;
     let shm = Mapping::anonymous_shared(4096)?;
-    let child = fork_child(|| {
-        pin_child(scpu);
-        ping_pong_child(shm.u32_at(0), same, use_futex)
-    })?;
+    // SAFETY (fork_child 1-3): the child pins itself and ping-pongs on one word of a mapping made
+    // before the fork (atomics and futexes only); it owns nothing, takes no lock, never prints.
+    let child = unsafe {
+        fork_child(|| {
+            pin_child(scpu);
+            ping_pong_child(shm.u32_at(0), same, use_futex)
+        })
+    }?;
     let _pin = pin_to(ccpu)?;
     let word = shm.u32_at(0);
     let mut next = 1u32;
@@ -379,21 +398,25 @@ const STOP_MSG: [u8; 8] = [0xff; 8];
 pub fn unix_socket_rtt_ns(placement: Placement, cfg: &BenchConfig) -> Result<Rtt, BaselineError> {
     let (ccpu, scpu) = placement.cpus();
     let (mut a, mut b) = std::os::unix::net::UnixStream::pair()?;
-    let child = fork_child(move || {
-        pin_child(scpu);
-        let mut buf = [0u8; 8];
-        loop {
-            if b.read_exact(&mut buf).is_err() {
-                return 1;
+    // SAFETY (fork_child 1-3): the child pins itself and echoes on its own socket end (moved in;
+    // closing it when the closure returns is what the parent waits for); no lock, no printing.
+    let child = unsafe {
+        fork_child(move || {
+            pin_child(scpu);
+            let mut buf = [0u8; 8];
+            loop {
+                if b.read_exact(&mut buf).is_err() {
+                    return 1;
+                }
+                if buf == STOP_MSG {
+                    return 0;
+                }
+                if b.write_all(&buf).is_err() {
+                    return 1;
+                }
             }
-            if buf == STOP_MSG {
-                return 0;
-            }
-            if b.write_all(&buf).is_err() {
-                return 1;
-            }
-        }
-    })?;
+        })
+    }?;
     // The parent's `b` was dropped with the closure.
     let _pin = pin_to(ccpu)?;
     let mut buf = [0u8; 8];
@@ -436,7 +459,7 @@ pub fn run_echo_server(chans: &[ServerChannel], bell: &Doorbell, spin: Duration)
         }
         // No immediate re-scan: `wait` pauses before it looks, which keeps this loop off the
         // slot lines while the client writes its next request (see `spin`).
-        match bell.wait(|| !chans.iter().any(ServerChannel::has_posted), spin, None) {
+        match bell.wait(chans, spin, None) {
             Wake::Work | Wake::TimedOut => {}
             Wake::Events => {
                 if bell.take_events() & EVENT_STOP != 0 {
@@ -466,13 +489,18 @@ pub fn chan_rtt_ns_with(
     let bell_fd = create_doorbell()?;
     let server = ServerChannel::map(&chan_fd)?;
     let server_bell = Doorbell::map(&bell_fd)?;
-    let child = fork_child(|| {
-        pin_child(scpu);
-        run_echo_server(std::slice::from_ref(&server), &server_bell, server_spin);
-        0
-    })?;
+    // SAFETY (fork_child 1-3): the child pins itself and runs the echo loop, which touches only
+    // the channel and doorbell mappings (atomics, raw copies), a local buffer and futexes; it
+    // owns nothing with an outside effect, takes no lock and never prints.
+    let child = unsafe {
+        fork_child(|| {
+            pin_child(scpu);
+            run_echo_server(std::slice::from_ref(&server), &server_bell, server_spin);
+            0
+        })
+    }?;
     drop(server);
-    let client = ClientChannel::map(&chan_fd, &bell_fd)?.with_spin(spin);
+    let client = ClientChannel::map(&chan_fd)?.with_spin(spin);
     let _pin = pin_to(ccpu)?;
     let req = [7u8; 8];
     let mut reply = Vec::with_capacity(64);

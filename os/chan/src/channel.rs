@@ -34,11 +34,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use crate::ChanError;
-use crate::doorbell::Doorbell;
 use crate::futex;
 use crate::layout::{
-    CHANNEL_MAGIC, CHANNEL_VERSION, ChannelLayout, FLAG_DEAD, FLAG_REVOKED, PAGE, SlotState,
-    Status, ctl, hdr, st,
+    CHANNEL_MAGIC, CHANNEL_VERSION, ChannelLayout, FLAG_DEAD, FLAG_REVOKED, NO_CPU, PAGE,
+    SlotState, Status, bell, ctl, hdr, st,
 };
 use crate::mem::{Mapping, check_fd, create_sealed};
 use crate::spin::{SpinConfig, SpinMode, Spinner};
@@ -56,13 +55,15 @@ pub fn create_channel(name: &str, layout: ChannelLayout) -> Result<OwnedFd, Chan
         m.u32_at(hdr::NSLOTS).store(layout.nslots, Relaxed);
         m.u32_at(hdr::REQ_CAP).store(layout.req_cap, Relaxed);
         m.u32_at(hdr::REPLY_CAP).store(layout.reply_cap, Relaxed);
+        m.u32_at(bell::SERVER_CPU).store(NO_CPU, Relaxed);
+        m.u32_at(bell::CLIENT_CPU).store(NO_CPU, Relaxed);
         // Everything else starts zeroed: generation 0, no flags, every slot FREE with seq 0.
     })
 }
 
 /// One mapped channel with the layout read (once) from its header.
 #[derive(Debug)]
-struct Chan {
+pub(crate) struct Chan {
     map: Mapping,
     layout: ChannelLayout,
     nslots: usize,
@@ -210,6 +211,50 @@ impl Chan {
         self.map.u64_at(hdr::GENERATION)
     }
 
+    /// The bell word the sleeping server waits on for this channel.
+    #[inline]
+    pub(crate) fn bell_word(&self) -> &AtomicU32 {
+        self.map.u32_at(bell::WORD)
+    }
+
+    #[inline]
+    pub(crate) fn server_sleeping(&self) -> &AtomicU32 {
+        self.map.u32_at(bell::SERVER_SLEEPING)
+    }
+
+    #[inline]
+    pub(crate) fn server_cpu(&self) -> &AtomicU32 {
+        self.map.u32_at(bell::SERVER_CPU)
+    }
+
+    #[inline]
+    pub(crate) fn client_cpu(&self) -> &AtomicU32 {
+        self.map.u32_at(bell::CLIENT_CPU)
+    }
+
+    /// Client side, right after the SeqCst POSTED CAS: wake the server if it announced that it
+    /// sleeps (the store–load handshake of the doorbell module docs, on this channel's own
+    /// bell line).
+    #[inline]
+    fn ring(&self) {
+        if self.server_sleeping().load(SeqCst) != 0 {
+            self.bell_word().fetch_add(1, Release);
+            futex::wake_all(self.bell_word());
+        }
+    }
+
+    /// Client side: records the client's CPU (for the server's spin policy) and returns
+    /// whether the server was last seen on the same CPU (spinning would be useless).
+    #[inline]
+    fn client_note_cpu(&self) -> bool {
+        let cpu = rustix::thread::sched_getcpu() as u32;
+        let w = self.client_cpu();
+        if w.load(Relaxed) != cpu {
+            w.store(cpu, Relaxed);
+        }
+        self.server_cpu().load(Relaxed) == cpu
+    }
+
     #[inline]
     fn check_flags(&self) -> Result<(), ChanError> {
         let f = self.flags().load(Acquire);
@@ -250,7 +295,6 @@ pub struct Reply {
 #[derive(Debug)]
 pub struct ClientChannel {
     chan: Chan,
-    bell: Doorbell,
     spin: SpinConfig,
     /// Slot to try first: the one most recently freed (warm in both caches).
     hint: AtomicUsize,
@@ -260,11 +304,11 @@ pub struct ClientChannel {
 }
 
 impl ClientChannel {
-    /// Maps a channel memfd and the doorbell memfd of its server.
-    pub fn map(chan: impl AsFd, doorbell: impl AsFd) -> Result<Self, ChanError> {
+    /// Maps a channel memfd. The client needs nothing else: it wakes the server through the
+    /// channel's own bell line, never through memory another client can write.
+    pub fn map(chan: impl AsFd) -> Result<Self, ChanError> {
         Ok(Self {
             chan: Chan::map(chan.as_fd())?,
-            bell: Doorbell::map(doorbell)?,
             spin: SpinConfig::default(),
             hint: AtomicUsize::new(0),
             abandoned: Mutex::new(Vec::new()),
@@ -334,7 +378,7 @@ impl ClientChannel {
         self.chan
             .map
             .copy_in(layout.req_bytes_offset(slot, request.len()), request);
-        let same_cpu = self.bell.client_note_cpu();
+        let same_cpu = self.chan.client_note_cpu();
 
         // CLAIMED → POSTED. Release: the server's acquire CAS sees every field written above.
         // SeqCst: it is the store half of the doorbell's store–load handshake (`ring`).
@@ -343,7 +387,7 @@ impl ClientChannel {
                 "a slot the client had claimed was changed",
             ));
         }
-        self.bell.ring();
+        self.chan.ring();
         self.wait_reply(slot, reply, deadline, same_cpu)
     }
 
@@ -603,8 +647,14 @@ impl ServerChannel {
         self.chan.flags().load(Acquire) & (FLAG_DEAD | FLAG_REVOKED) != 0
     }
 
-    /// Whether some slot is POSTED. Loads every state word: suitable as (part of) the
-    /// `still_idle` check of [`Doorbell::wait`].
+    /// The mapped channel, for the doorbell's sleep (bell line).
+    #[inline]
+    pub(crate) fn raw(&self) -> &Chan {
+        &self.chan
+    }
+
+    /// Whether some slot is POSTED. Loads every state word (the doorbell's sleep re-checks it
+    /// after announcing that the server sleeps).
     #[inline]
     pub fn has_posted(&self) -> bool {
         (0..self.chan.nslots)

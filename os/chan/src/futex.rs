@@ -54,3 +54,57 @@ pub fn wake(word: &AtomicU32, n: u32) -> usize {
 pub fn wake_all(word: &AtomicU32) -> usize {
     wake(word, i32::MAX as u32)
 }
+
+/// Most words one [`wait_any`] can wait on (the kernel's `FUTEX_WAITV_MAX`).
+pub const WAIT_ANY_MAX: usize = 128;
+
+/// Sleeps while *every* `word == expected` of `words` holds (`futex_waitv`, Linux ≥ 5.16), at
+/// most `timeout` when given. Returns as soon as any word is woken or does not hold its
+/// expected value. Uses the first [`WAIT_ANY_MAX`] words only; callers with more bound their
+/// sleep with a timeout.
+///
+/// Like [`wait`], comparing and enqueueing are atomic with respect to [`wake`] on each word.
+pub fn wait_any(words: &[(&AtomicU32, u32)], timeout: Option<Duration>) -> FutexWait {
+    if words.is_empty() {
+        // Nothing to wait on: sleep out the timeout (bounded by callers).
+        if let Some(t) = timeout {
+            std::thread::sleep(t);
+        }
+        return FutexWait::TimedOut;
+    }
+    let waiters: Vec<futex::Wait> = words
+        .iter()
+        .take(WAIT_ANY_MAX)
+        .map(|&(w, expected)| {
+            let mut x = futex::Wait::new();
+            x.val = u64::from(expected);
+            x.uaddr = futex::WaitPtr::new(w.as_ptr().cast());
+            x.flags = futex::WaitFlags::SIZE_U32;
+            x
+        })
+        .collect();
+    // `futex_waitv` takes an absolute time on the given clock.
+    let deadline = timeout.map(|d| {
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let ns = now.tv_nsec as u64 + u64::from(d.subsec_nanos());
+        futex::Timespec {
+            tv_sec: now
+                .tv_sec
+                .saturating_add(d.as_secs().min(i64::MAX as u64 / 2) as i64)
+                .saturating_add((ns / 1_000_000_000) as i64),
+            tv_nsec: (ns % 1_000_000_000) as _,
+        }
+    });
+    match futex::waitv(
+        &waiters,
+        futex::WaitvFlags::empty(),
+        deadline.as_ref(),
+        rustix::time::ClockId::Monotonic,
+    ) {
+        Ok(_) => FutexWait::Woken,
+        Err(Errno::AGAIN) => FutexWait::ValueChanged,
+        Err(Errno::TIMEDOUT) => FutexWait::TimedOut,
+        Err(Errno::INTR) => FutexWait::Interrupted,
+        Err(_) => FutexWait::Woken,
+    }
+}

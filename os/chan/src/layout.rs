@@ -11,7 +11,7 @@ use crate::ChanError;
 /// `b"TXIPCCH1"` read as a little-endian `u64`: first word of every channel memfd.
 pub const CHANNEL_MAGIC: u64 = u64::from_le_bytes(*b"TXIPCCH1");
 /// Version of the channel layout written by this build.
-pub const CHANNEL_VERSION: u32 = 1;
+pub const CHANNEL_VERSION: u32 = 2;
 /// Most slots a channel may have.
 pub const MAX_SLOTS: u32 = 1024;
 /// Largest request or reply area of one slot (16 MiB).
@@ -29,7 +29,10 @@ const _: () = assert!(ctl::INLINE_REPLY + INLINE_REPLY_MAX == LINE);
 /// Page size the total is rounded to.
 pub(crate) const PAGE: usize = 4096;
 
-/// Byte offsets inside the channel header (one cache line at offset 0).
+/// Size of the channel header: the read-mostly line and the bell line.
+pub(crate) const HEADER: usize = 2 * LINE;
+
+/// Byte offsets inside the channel header (read-mostly line at offset 0).
 pub(crate) mod hdr {
     pub const MAGIC: usize = 0; // u64
     pub const VERSION: usize = 8; // u32
@@ -39,6 +42,24 @@ pub(crate) mod hdr {
     pub const GENERATION: usize = 24; // AtomicU64
     pub const FLAGS: usize = 32; // AtomicU32
 }
+
+/// Byte offsets of the channel's bell line (offset 64): how this channel's client wakes the
+/// server. Only this channel's client and its server (and the kernel) map it, so a client that
+/// scribbles on it can only stop its own wake-ups.
+pub(crate) mod bell {
+    /// AtomicU32: a futex word the sleeping server waits on (with every other channel's and
+    /// the doorbell's, in one `futex_waitv`); the client bumps it when it rings.
+    pub const WORD: usize = 64;
+    /// AtomicU32: 1 while the server is (about to be) asleep; server writes, client reads.
+    pub const SERVER_SLEEPING: usize = 68;
+    /// AtomicU32: CPU the server last ran on (spin hint for the client); server writes.
+    pub const SERVER_CPU: usize = 72;
+    /// AtomicU32: CPU the client last ran on (spin hint for the server); client writes.
+    pub const CLIENT_CPU: usize = 76;
+}
+
+/// A CPU hint meaning "not known yet".
+pub(crate) const NO_CPU: u32 = u32::MAX;
 
 /// Byte offsets inside a slot control block (one cache line per slot).
 pub(crate) mod ctl {
@@ -230,7 +251,7 @@ impl ChannelLayout {
         // With the limits above every product fits a u64; check the total in u64.
         let per_slot = round_up(self.req_cap as usize, LINE) as u64
             + round_up(self.reply_cap as usize, LINE) as u64;
-        let total = LINE as u64 + (LINE as u64 + per_slot) * self.nslots as u64;
+        let total = HEADER as u64 + (LINE as u64 + per_slot) * self.nslots as u64;
         if total > MAX_CHANNEL_BYTES as u64 {
             return Err(ChanError::BadLayout("channel larger than 1 GiB"));
         }
@@ -252,7 +273,7 @@ impl ChannelLayout {
     /// Offset of slot `i`'s control block.
     #[inline]
     pub(crate) fn ctl_offset(&self, i: usize) -> usize {
-        LINE + i * LINE
+        HEADER + i * LINE
     }
 
     /// Where slot `i`'s request of `len` bytes lives (inline or in the request area).
@@ -278,7 +299,7 @@ impl ChannelLayout {
     /// Offset of slot `i`'s request area.
     #[inline]
     pub(crate) fn req_offset(&self, i: usize) -> usize {
-        LINE + self.nslots as usize * LINE + i * (self.req_stride() + self.reply_stride())
+        HEADER + self.nslots as usize * LINE + i * (self.req_stride() + self.reply_stride())
     }
 
     /// Offset of slot `i`'s reply area.
@@ -335,15 +356,15 @@ mod tests {
             reply_cap: 1,
         };
         l.validate().unwrap();
-        assert_eq!(l.ctl_offset(0), 64);
-        assert_eq!(l.req_offset(0), 64 + 3 * 64);
+        assert_eq!(l.ctl_offset(0), 128);
+        assert_eq!(l.req_offset(0), 128 + 3 * 64);
         assert_eq!(l.reply_offset(0), l.req_offset(0) + 128);
         assert_eq!(l.req_offset(1), l.reply_offset(0) + 64);
         assert!(l.reply_offset(2) + l.reply_stride() <= l.total_size());
         assert_eq!(l.total_size() % PAGE, 0);
-        assert_eq!(l.req_bytes_offset(1, 16), 128 + 36);
+        assert_eq!(l.req_bytes_offset(1, 16), 192 + 36);
         assert_eq!(l.req_bytes_offset(1, 17), l.req_offset(1));
-        assert_eq!(l.reply_bytes_offset(2, 12), 192 + 52);
+        assert_eq!(l.reply_bytes_offset(2, 12), 256 + 52);
         assert_eq!(l.reply_bytes_offset(2, 13), l.reply_offset(2));
         for i in 0..3 {
             assert_eq!(l.req_offset(i) % LINE, 0);

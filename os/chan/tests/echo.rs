@@ -39,29 +39,41 @@ fn echo_many_threads_and_processes_one_channel() {
     let bell = create_doorbell().unwrap();
     let server = ServerChannel::map(&chan).unwrap();
     let sbell = Doorbell::map(&bell).unwrap();
-    let srv = fork_child(|| {
-        let n = run_echo_server(
-            std::slice::from_ref(&server),
-            &sbell,
-            Duration::from_micros(20),
-        );
-        // 3 processes and 4 threads, CALLS each.
-        if n == 7 * CALLS as u64 { 0 } else { 4 }
-    })
+    // SAFETY (fork_child 1-3): the test thread forks while the harness's other threads run; the
+    // child only uses channel/doorbell mappings made before the fork (atomics, raw copies, futexes)
+    // and returns a code: it takes no lock, owns nothing with an outside effect, and prints only
+    // in a panic, that is when the test fails anyway.
+    let srv = unsafe {
+        fork_child(|| {
+            let n = run_echo_server(
+                std::slice::from_ref(&server),
+                &sbell,
+                Duration::from_micros(20),
+            );
+            // 3 processes and 4 threads, CALLS each.
+            if n == 7 * CALLS as u64 { 0 } else { 4 }
+        })
+    }
     .unwrap();
     drop(server);
 
     let procs: Vec<_> = (0..3u32)
         .map(|p| {
-            fork_child(|| match ClientChannel::map(&chan, &bell) {
-                Ok(c) => client_loop(&c, 100 + p, CALLS),
-                Err(_) => 5,
-            })
+            // SAFETY (fork_child 1-3): the test thread forks while the harness's other threads run; the
+            // child only uses channel/doorbell mappings made before the fork (atomics, raw copies, futexes)
+            // and returns a code: it takes no lock, owns nothing with an outside effect, and prints only
+            // in a panic, that is when the test fails anyway.
+            unsafe {
+                fork_child(|| match ClientChannel::map(&chan) {
+                    Ok(c) => client_loop(&c, 100 + p, CALLS),
+                    Err(_) => 5,
+                })
+            }
             .unwrap()
         })
         .collect();
 
-    let client = ClientChannel::map(&chan, &bell).unwrap();
+    let client = ClientChannel::map(&chan).unwrap();
     std::thread::scope(|s| {
         for t in 0..4u32 {
             let client = &client;
@@ -90,12 +102,18 @@ fn echo_across_inline_and_area_sizes_and_too_large() {
     let bell = create_doorbell().unwrap();
     let server = ServerChannel::map(&chan).unwrap();
     let sbell = Doorbell::map(&bell).unwrap();
-    let srv = fork_child(|| {
-        run_echo_server(std::slice::from_ref(&server), &sbell, Duration::ZERO);
-        0
-    })
+    // SAFETY (fork_child 1-3): the test thread forks while the harness's other threads run; the
+    // child only uses channel/doorbell mappings made before the fork (atomics, raw copies, futexes)
+    // and returns a code: it takes no lock, owns nothing with an outside effect, and prints only
+    // in a panic, that is when the test fails anyway.
+    let srv = unsafe {
+        fork_child(|| {
+            run_echo_server(std::slice::from_ref(&server), &sbell, Duration::ZERO);
+            0
+        })
+    }
     .unwrap();
-    let client = ClientChannel::map(&chan, &bell).unwrap();
+    let client = ClientChannel::map(&chan).unwrap();
     let mut reply = Vec::new();
     for len in 0..=64usize {
         let req: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();

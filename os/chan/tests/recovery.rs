@@ -45,32 +45,44 @@ const SPINNER: SpinConfig = SpinConfig {
 fn take_and_hang(s: &Setup, write_reply: bool) -> txipc_chan::baseline::Child {
     let server = ServerChannel::map(&s.chan).unwrap();
     let bell = Doorbell::map(&s.bell).unwrap();
-    fork_child(move || {
-        let mut buf = Vec::new();
-        loop {
-            if let Some(t) = server.take_into(&mut buf) {
-                if write_reply {
-                    let mut r = b"committed:".to_vec();
-                    r.extend_from_slice(&buf);
-                    let _ = server.write_reply(t.slot, Status::Ok, &r);
+    // SAFETY (fork_child 1-3): the test thread forks while the harness's other threads run; the
+    // child only uses channel/doorbell mappings made before the fork (atomics, raw copies, futexes)
+    // and returns a code: it takes no lock, owns nothing with an outside effect, and prints only
+    // in a panic, that is when the test fails anyway.
+    unsafe {
+        fork_child(move || {
+            let mut buf = Vec::new();
+            loop {
+                if let Some(t) = server.take_into(&mut buf) {
+                    if write_reply {
+                        let mut r = b"committed:".to_vec();
+                        r.extend_from_slice(&buf);
+                        let _ = server.write_reply(t.slot, Status::Ok, &r);
+                    }
+                    loop {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
                 }
-                loop {
-                    std::thread::sleep(Duration::from_secs(1));
-                }
+                bell.wait([&server], Duration::ZERO, None);
             }
-            bell.wait(|| !server.has_posted(), Duration::ZERO, None);
-        }
-    })
+        })
+    }
     .unwrap()
 }
 
 fn echo_server(s: &Setup) -> (txipc_chan::baseline::Child, Doorbell) {
     let server = ServerChannel::map(&s.chan).unwrap();
     let bell = Doorbell::map(&s.bell).unwrap();
-    let child = fork_child(|| {
-        run_echo_server(std::slice::from_ref(&server), &bell, Duration::ZERO);
-        0
-    })
+    // SAFETY (fork_child 1-3): the test thread forks while the harness's other threads run; the
+    // child only uses channel/doorbell mappings made before the fork (atomics, raw copies, futexes)
+    // and returns a code: it takes no lock, owns nothing with an outside effect, and prints only
+    // in a panic, that is when the test fails anyway.
+    let child = unsafe {
+        fork_child(|| {
+            run_echo_server(std::slice::from_ref(&server), &bell, Duration::ZERO);
+            0
+        })
+    }
     .unwrap();
     (child, bell)
 }
@@ -83,9 +95,7 @@ fn state(k: &KernelChannel, slot: usize) -> SlotState {
 fn taken_slot_is_reposted_with_attempt_raised_and_taken_again() {
     let s = setup(2);
     let k = KernelChannel::map(&s.chan).unwrap();
-    let client = ClientChannel::map(&s.chan, &s.bell)
-        .unwrap()
-        .with_spin(SLEEPER);
+    let client = ClientChannel::map(&s.chan).unwrap().with_spin(SLEEPER);
     std::thread::scope(|sc| {
         let call = sc.spawn(|| {
             let mut reply = Vec::new();
@@ -127,9 +137,7 @@ fn fail_delivers_status(spin: SpinConfig, sleeping: bool) {
     let s = setup(1);
     let k = KernelChannel::map(&s.chan).unwrap();
     let raw = RawMap::new(&s.chan, s.layout.total_size());
-    let client = ClientChannel::map(&s.chan, &s.bell)
-        .unwrap()
-        .with_spin(spin);
+    let client = ClientChannel::map(&s.chan).unwrap().with_spin(spin);
     std::thread::scope(|sc| {
         let call = sc.spawn(|| client.call(1, b"poison", &mut Vec::new(), None));
         // A server takes it and dies with it.
@@ -170,9 +178,7 @@ fn fail_delivers_status_to_a_spinning_client() {
 fn fail_works_on_posted_slots_while_no_server_runs() {
     let s = setup(1);
     let k = KernelChannel::map(&s.chan).unwrap();
-    let client = ClientChannel::map(&s.chan, &s.bell)
-        .unwrap()
-        .with_spin(SLEEPER);
+    let client = ClientChannel::map(&s.chan).unwrap().with_spin(SLEEPER);
     std::thread::scope(|sc| {
         let call = sc.spawn(|| client.call(1, b"anyone?", &mut Vec::new(), None));
         wait_until("POSTED", || state(&k, 0) == SlotState::Posted);
@@ -186,9 +192,7 @@ fn fail_works_on_posted_slots_while_no_server_runs() {
 fn publish_written_delivers_a_committed_reply() {
     let s = setup(1);
     let k = KernelChannel::map(&s.chan).unwrap();
-    let client = ClientChannel::map(&s.chan, &s.bell)
-        .unwrap()
-        .with_spin(SLEEPER);
+    let client = ClientChannel::map(&s.chan).unwrap().with_spin(SLEEPER);
     std::thread::scope(|sc| {
         let call = sc.spawn(|| {
             let mut reply = Vec::new();
@@ -212,9 +216,7 @@ fn close_wakes(spin: SpinConfig, dead: bool) {
     let s = setup(2);
     let k = KernelChannel::map(&s.chan).unwrap();
     let raw = RawMap::new(&s.chan, s.layout.total_size());
-    let client = ClientChannel::map(&s.chan, &s.bell)
-        .unwrap()
-        .with_spin(spin);
+    let client = ClientChannel::map(&s.chan).unwrap().with_spin(spin);
     std::thread::scope(|sc| {
         let call = sc.spawn(|| client.call(1, b"wait forever?", &mut Vec::new(), None));
         wait_until("POSTED", || k.slots().any(|x| x.state == SlotState::Posted));
@@ -263,9 +265,7 @@ fn mark_revoked_wakes_a_sleeping_client_with_an_error() {
 fn timeout_retracts_an_untaken_request() {
     let s = setup(1);
     let k = KernelChannel::map(&s.chan).unwrap();
-    let client = ClientChannel::map(&s.chan, &s.bell)
-        .unwrap()
-        .with_spin(SLEEPER);
+    let client = ClientChannel::map(&s.chan).unwrap().with_spin(SLEEPER);
     let e = client
         .call(
             1,
@@ -291,9 +291,7 @@ fn timeout_retracts_an_untaken_request() {
 fn timeout_leaves_a_taken_slot_that_is_reused_once_replied() {
     let s = setup(1);
     let k = KernelChannel::map(&s.chan).unwrap();
-    let client = ClientChannel::map(&s.chan, &s.bell)
-        .unwrap()
-        .with_spin(SLEEPER);
+    let client = ClientChannel::map(&s.chan).unwrap().with_spin(SLEEPER);
     let hung = take_and_hang(&s, false);
     let e = client
         .call(1, b"slow", &mut Vec::new(), Some(Duration::from_millis(50)))
@@ -330,9 +328,7 @@ fn wake_waiters_rescues_a_client_whose_server_died_before_waking_it() {
     let k = KernelChannel::map(&s.chan).unwrap();
     let raw = RawMap::new(&s.chan, s.layout.total_size());
     let server = ServerChannel::map(&s.chan).unwrap();
-    let client = ClientChannel::map(&s.chan, &s.bell)
-        .unwrap()
-        .with_spin(SLEEPER);
+    let client = ClientChannel::map(&s.chan).unwrap().with_spin(SLEEPER);
     std::thread::scope(|sc| {
         let call = sc.spawn(|| {
             let mut reply = Vec::new();

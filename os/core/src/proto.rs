@@ -31,7 +31,7 @@ pub const MAX_CONTROL_MSG: usize = 256 * 1024;
 /// [`Response::Error`] with [`ErrorKind::NotOperator`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// Open a channel to a server. Answer: [`Response::Connected`] with fds `[channel, doorbell]`.
+    /// Open a channel to a server. Answer: [`Response::Connected`] with fds `[channel]` (the client gets no doorbell: it wakes the server through its own channel).
     Connect {
         /// Protocol version of the client.
         version: u32,
@@ -88,7 +88,7 @@ pub enum Request {
 /// Kernel → client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
-    /// A channel was created; fds `[channel, doorbell]` ride along.
+    /// A channel was created; fds `[channel]` ride along.
     Connected(Connected),
     /// The servers.
     Ps(Vec<ServerInfo>),
@@ -314,7 +314,7 @@ pub enum ToServer {
     Shutdown,
     /// A channel this server opened to another service (answer to [`FromServer::Connect`], or,
     /// at spawn, one opened by an earlier incarnation in a committed transaction); fds
-    /// `[channel, doorbell]` ride along.
+    /// `[channel]` ride along.
     Connected(Connected),
     /// The kernel refused [`FromServer::Connect`].
     ConnectRefused {

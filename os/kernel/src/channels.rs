@@ -136,7 +136,7 @@ impl Kernel {
         let _ = match &result {
             Ok((ti, info)) => {
                 let t = &self.servers[*ti];
-                let fds = [t.channels[&info.channel].fd.as_fd(), t.doorbell_fd.as_fd()];
+                let fds = [t.channels[&info.channel].fd.as_fd()];
                 // The standby inherits it at once; if the transaction rolls back, the channel
                 // is revoked and the standby's runtime drops it when it finds it revoked.
                 if let Some(sb) = s.standby.as_ref().filter(|sb| sb.generation != generation) {

@@ -89,11 +89,7 @@ impl Kernel {
                 Ok((r, Some(si_ci))) => {
                     let (si, ci) = si_ci;
                     let s = &self.servers[si];
-                    fdpass::send(
-                        &c.sock,
-                        &proto::encode(&r),
-                        &[s.channels[&ci].fd.as_fd(), s.doorbell_fd.as_fd()],
-                    )
+                    fdpass::send(&c.sock, &proto::encode(&r), &[s.channels[&ci].fd.as_fd()])
                 }
                 Ok((r, None)) => fdpass::send(&c.sock, &proto::encode(&r), &[]),
                 Err(e) => fdpass::send(&c.sock, &proto::encode(&Response::Error(e)), &[]),

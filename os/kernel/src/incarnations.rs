@@ -59,7 +59,7 @@ impl Kernel {
             let _ = fdpass::send(
                 &inc.sock,
                 &proto::encode(&ToServer::Connected(info)),
-                &[t.channels[&ci].fd.as_fd(), t.doorbell_fd.as_fd()],
+                &[t.channels[&ci].fd.as_fd()],
             );
         }
         let s = &mut self.servers[i];

@@ -269,14 +269,15 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// Maps a granted channel from its descriptors `[channel, doorbell]` (a server's own
-    /// channels, handed over its control socket).
+    /// Maps a granted channel from its descriptors `[channel]` (a server's own channels,
+    /// handed over its control socket). A client gets its channel and nothing else: no memory
+    /// another client of the server can write.
     pub(crate) fn from_fds(fds: Vec<OwnedFd>, info: Connected) -> Result<Channel, ClientError> {
-        let [chan_fd, doorbell_fd]: [OwnedFd; 2] = fds
+        let [chan_fd]: [OwnedFd; 1] = fds
             .try_into()
-            .map_err(|_| ClientError::Protocol("a channel grant carries 2 descriptors".into()))?;
-        let chan = ClientChannel::map(chan_fd.as_fd(), doorbell_fd.as_fd())
-            .map_err(|e| ClientError::Channel(e.to_string()))?;
+            .map_err(|_| ClientError::Protocol("a channel grant carries 1 descriptor".into()))?;
+        let chan =
+            ClientChannel::map(chan_fd.as_fd()).map_err(|e| ClientError::Channel(e.to_string()))?;
         Ok(Channel {
             chan,
             info,

@@ -484,13 +484,8 @@ impl Loop<'_> {
                 self.drain_control();
             }
             if self.serve_batch() == 0 {
-                let chans = &self.chans;
-                let doorbell = &self.doorbell;
-                self.doorbell.wait(
-                    || doorbell.pending_events() == 0 && !chans.iter().any(|c| c.chan.has_posted()),
-                    SERVER_SPIN,
-                    None,
-                );
+                self.doorbell
+                    .wait(self.chans.iter().map(|c| &c.chan), SERVER_SPIN, None);
             }
         }
     }

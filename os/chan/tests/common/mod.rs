@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Offsets from ARCHITECTURE.md §4, restated here on purpose: the tests check the document.
-pub const HDR: usize = 64;
+pub const HDR: usize = 128;
+/// The bell line (second header line): the client's wake word, the server's sleeping flag.
+pub const BELL: usize = 64;
+pub const SERVER_SLEEPING: usize = 68;
 pub const CTL: usize = 64;
 pub const STATE: usize = 0;
 pub const CLIENT_WAITING: usize = 4;
