@@ -14,9 +14,11 @@
 //!   reply, publish — two steps, so the transactional runtime can put its commit point between
 //!   them) and [`KernelChannel`] (recovery while the server is confirmed dead: re-post, fail,
 //!   publish a committed reply, mark DEAD/REVOKED).
-//! - One **doorbell** per server ([`Doorbell`]): the server sleeps on one futex for all its
-//!   channels, clients pay for a wake-up syscall only when it sleeps, the kernel delivers
-//!   control events through it.
+//! - **Waking the server** ([`Doorbell`]): each channel has a bell line that only its client
+//!   and the server map; the server sleeps in one `futex_waitv` on every channel's bell and on
+//!   its doorbell (kernel control events; never given to clients). A client pays for a wake-up
+//!   syscall only when the server sleeps, and no word one client can write decides whether
+//!   another is served (doorbell module docs).
 //! - **Adaptive waiting** ([`SpinConfig`]): spin briefly (a hand-off between spinning cores
 //!   costs ~0.1–0.4 µs, a cross-core futex wake 15–45 µs on this class of machine), `sched_yield`
 //!   instead when the peer shares the CPU (spinning there only burns the slice the peer needs),
