@@ -336,7 +336,7 @@ fn raw_ping_pong(
     let (ccpu, scpu) = placement.cpus();
     let same = placement == Placement::SameCore;
     let shm = Mapping::anonymous_shared(4096)?;
-    // SAFETY (fork_child 1-3): the child pins itself and ping-pongs on one word of a mapping made
+    // SAFETY: fork_child items 1-3: the child pins itself and ping-pongs on one word of a mapping made
     // before the fork (atomics and futexes only); it owns nothing, takes no lock, never prints.
     let child = unsafe {
         fork_child(|| {
@@ -398,7 +398,7 @@ const STOP_MSG: [u8; 8] = [0xff; 8];
 pub fn unix_socket_rtt_ns(placement: Placement, cfg: &BenchConfig) -> Result<Rtt, BaselineError> {
     let (ccpu, scpu) = placement.cpus();
     let (mut a, mut b) = std::os::unix::net::UnixStream::pair()?;
-    // SAFETY (fork_child 1-3): the child pins itself and echoes on its own socket end (moved in;
+    // SAFETY: fork_child items 1-3: the child pins itself and echoes on its own socket end (moved in;
     // closing it when the closure returns is what the parent waits for); no lock, no printing.
     let child = unsafe {
         fork_child(move || {
@@ -489,7 +489,7 @@ pub fn chan_rtt_ns_with(
     let bell_fd = create_doorbell()?;
     let server = ServerChannel::map(&chan_fd)?;
     let server_bell = Doorbell::map(&bell_fd)?;
-    // SAFETY (fork_child 1-3): the child pins itself and runs the echo loop, which touches only
+    // SAFETY: fork_child items 1-3: the child pins itself and runs the echo loop, which touches only
     // the channel and doorbell mappings (atomics, raw copies), a local buffer and futexes; it
     // owns nothing with an outside effect, takes no lock and never prints.
     let child = unsafe {

@@ -31,7 +31,7 @@ fn doorbell_and_reply_wakeups_are_never_lost_with_zero_spin() {
     let server = ServerChannel::map(&chan).unwrap();
     let sbell = Doorbell::map(&bell).unwrap();
     // Server: zero spin, so it sleeps between nearly all requests.
-    // SAFETY (fork_child 1-3): the test thread forks while the harness's other threads run; the
+    // SAFETY: fork_child items 1-3: the test thread forks while the harness's other threads run; the
     // child only uses channel/doorbell mappings made before the fork (atomics, raw copies, futexes)
     // and returns a code: it takes no lock, owns nothing with an outside effect, and prints only
     // in a panic, that is when the test fails anyway.
@@ -45,7 +45,7 @@ fn doorbell_and_reply_wakeups_are_never_lost_with_zero_spin() {
     // Two client processes and this thread, all with zero spin.
     let clients: Vec<_> = (0..2u32)
         .map(|p| {
-            // SAFETY (fork_child 1-3): the test thread forks while the harness's other threads run; the
+            // SAFETY: fork_child items 1-3: the test thread forks while the harness's other threads run; the
             // child only uses channel/doorbell mappings made before the fork (atomics, raw copies, futexes)
             // and returns a code: it takes no lock, owns nothing with an outside effect, and prints only
             // in a panic, that is when the test fails anyway.
@@ -104,7 +104,7 @@ fn a_client_scribbling_on_its_channel_cannot_stop_anothers_wakeups() {
         ServerChannel::map(&hostile_fd).unwrap(),
     ];
     let sbell = Doorbell::map(&bell).unwrap();
-    // SAFETY (fork_child 1-3): the echo server child touches only mappings made before the
+    // SAFETY: fork_child items 1-3: the echo server child touches only mappings made before the
     // fork (atomics, raw copies, futexes) and returns a code; no lock, nothing it owns has an
     // outside effect, and it prints only in a panic, when the test fails anyway.
     let srv = unsafe {
@@ -116,7 +116,7 @@ fn a_client_scribbling_on_its_channel_cannot_stop_anothers_wakeups() {
     .unwrap();
     let hostile_map = common::RawMap::new(&hostile_fd, 4096);
     let stop = common::RawMap::new(make_shm(), 4096);
-    // SAFETY (fork_child 1-3): the hostile child only stores to two mappings made before the
+    // SAFETY: fork_child items 1-3: the hostile child only stores to two mappings made before the
     // fork, in a loop bounded by a flag and a time limit, and returns.
     let hostile = unsafe {
         fork_child(|| {
@@ -162,7 +162,7 @@ fn notify_wakes_a_sleeping_server() {
     let bell = create_doorbell().unwrap();
     let sbell = Doorbell::map(&bell).unwrap();
     let srv =
-        // SAFETY (fork_child 1-3): the test thread forks while the harness's other threads run; the
+        // SAFETY: fork_child items 1-3: the test thread forks while the harness's other threads run; the
         // child only uses channel/doorbell mappings made before the fork (atomics, raw copies, futexes)
         // and returns a code: it takes no lock, owns nothing with an outside effect, and prints only
     // in a panic, that is when the test fails anyway.

@@ -39,7 +39,7 @@ fn echo_many_threads_and_processes_one_channel() {
     let bell = create_doorbell().unwrap();
     let server = ServerChannel::map(&chan).unwrap();
     let sbell = Doorbell::map(&bell).unwrap();
-    // SAFETY (fork_child 1-3): the test thread forks while the harness's other threads run; the
+    // SAFETY: fork_child items 1-3: the test thread forks while the harness's other threads run; the
     // child only uses channel/doorbell mappings made before the fork (atomics, raw copies, futexes)
     // and returns a code: it takes no lock, owns nothing with an outside effect, and prints only
     // in a panic, that is when the test fails anyway.
@@ -59,7 +59,7 @@ fn echo_many_threads_and_processes_one_channel() {
 
     let procs: Vec<_> = (0..3u32)
         .map(|p| {
-            // SAFETY (fork_child 1-3): the test thread forks while the harness's other threads run; the
+            // SAFETY: fork_child items 1-3: the test thread forks while the harness's other threads run; the
             // child only uses channel/doorbell mappings made before the fork (atomics, raw copies, futexes)
             // and returns a code: it takes no lock, owns nothing with an outside effect, and prints only
             // in a panic, that is when the test fails anyway.
@@ -102,7 +102,7 @@ fn echo_across_inline_and_area_sizes_and_too_large() {
     let bell = create_doorbell().unwrap();
     let server = ServerChannel::map(&chan).unwrap();
     let sbell = Doorbell::map(&bell).unwrap();
-    // SAFETY (fork_child 1-3): the test thread forks while the harness's other threads run; the
+    // SAFETY: fork_child items 1-3: the test thread forks while the harness's other threads run; the
     // child only uses channel/doorbell mappings made before the fork (atomics, raw copies, futexes)
     // and returns a code: it takes no lock, owns nothing with an outside effect, and prints only
     // in a panic, that is when the test fails anyway.

@@ -28,7 +28,7 @@ fn garbage_in_one_channel_is_answered_malformed_or_ignored_and_harms_no_other() 
         ServerChannel::map(&good_fd).unwrap(),
     ];
     let sbell = Doorbell::map(&bell).unwrap();
-    // SAFETY (fork_child 1-3): the test thread forks while the harness's other threads run; the
+    // SAFETY: fork_child items 1-3: the test thread forks while the harness's other threads run; the
     // child only uses channel/doorbell mappings made before the fork (atomics, raw copies, futexes)
     // and returns a code: it takes no lock, owns nothing with an outside effect, and prints only
     // in a panic, that is when the test fails anyway.

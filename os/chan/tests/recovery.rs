@@ -45,7 +45,7 @@ const SPINNER: SpinConfig = SpinConfig {
 fn take_and_hang(s: &Setup, write_reply: bool) -> txipc_chan::baseline::Child {
     let server = ServerChannel::map(&s.chan).unwrap();
     let bell = Doorbell::map(&s.bell).unwrap();
-    // SAFETY (fork_child 1-3): the test thread forks while the harness's other threads run; the
+    // SAFETY: fork_child items 1-3: the test thread forks while the harness's other threads run; the
     // child only uses channel/doorbell mappings made before the fork (atomics, raw copies, futexes)
     // and returns a code: it takes no lock, owns nothing with an outside effect, and prints only
     // in a panic, that is when the test fails anyway.
@@ -73,7 +73,7 @@ fn take_and_hang(s: &Setup, write_reply: bool) -> txipc_chan::baseline::Child {
 fn echo_server(s: &Setup) -> (txipc_chan::baseline::Child, Doorbell) {
     let server = ServerChannel::map(&s.chan).unwrap();
     let bell = Doorbell::map(&s.bell).unwrap();
-    // SAFETY (fork_child 1-3): the test thread forks while the harness's other threads run; the
+    // SAFETY: fork_child items 1-3: the test thread forks while the harness's other threads run; the
     // child only uses channel/doorbell mappings made before the fork (atomics, raw copies, futexes)
     // and returns a code: it takes no lock, owns nothing with an outside effect, and prints only
     // in a panic, that is when the test fails anyway.
