@@ -108,6 +108,16 @@ pub trait Faulty {
         fault: Fault,
         fault_attempts: u32,
     ) -> Result<u32, FaultyError>;
+    /// Calls `add(index, delta)` on the faulty service `service` (a nested call, part of this
+    /// request's transaction), then faults as `add` does. Returns the callee's new value.
+    fn relay(
+        &mut self,
+        service: String,
+        index: u32,
+        delta: i64,
+        fault: Fault,
+        fault_attempts: u32,
+    ) -> Result<i64, FaultyError>;
 }
 
 /// The faulty server's state in the heap.
@@ -205,6 +215,24 @@ impl Faulty for FaultyServer {
             do_fault(fault);
         }
         Ok(index)
+    }
+
+    fn relay(
+        &mut self,
+        service: String,
+        index: u32,
+        delta: i64,
+        fault: Fault,
+        fault_attempts: u32,
+    ) -> Result<i64, FaultyError> {
+        let ch = txipc_runtime::connect(&service).map_err(|e| FaultyError::Link(e.to_string()))?;
+        let v = FaultyClient::new(ch)
+            .add(index, delta, Fault::None, 0)
+            .map_err(|e| FaultyError::Link(e.to_string()))?;
+        if txipc_runtime::current_attempt() < fault_attempts {
+            do_fault(fault);
+        }
+        Ok(v)
     }
 }
 
