@@ -580,6 +580,21 @@ impl ClientChannel {
         }
     }
 
+    /// Takes over the slots an earlier user of this channel left behind (a server's previous
+    /// incarnation that died inside a call through it): every slot that is not FREE is treated
+    /// as abandoned and reclaimed once it is REPLIED (the kernel fails the POSTED ones of a dead
+    /// caller; a TAKEN one is answered by its server). Call it before the first call.
+    pub fn adopt_slots(&self) {
+        let mut list = self.abandoned.lock().unwrap_or_else(|e| e.into_inner());
+        for i in 0..self.chan.nslots {
+            let w = self.chan.ctl(i).state().load(Acquire);
+            if w & st::MASK != st::FREE && !list.contains(&i) {
+                list.push(i);
+                self.n_abandoned.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
     fn reclaim_abandoned(&self) -> Option<usize> {
         let mut list = self.abandoned.lock().unwrap_or_else(|e| e.into_inner());
         let pos = list.iter().position(|&i| {

@@ -50,6 +50,14 @@ pub enum FailPoint {
     AfterHandle = 2,
     /// Committed, reply not yet published (the kernel must publish it, not re-run it).
     AfterCommit = 3,
+    /// Nested transactions, coordinator: committed and published, the participants not yet
+    /// told (the kernel tells them: commit).
+    AfterPublish = 4,
+    /// Nested transactions, participant: a reply to a nested call published, the
+    /// sub-transaction prepared, the root undecided (the root aborts unless it committed).
+    Prepared = 5,
+    /// Nested transactions, participant: the root's decision received, not yet applied.
+    OnDecide = 6,
 }
 
 impl FailPoint {
@@ -58,5 +66,12 @@ impl FailPoint {
         FailPoint::BeforeHandle,
         FailPoint::AfterHandle,
         FailPoint::AfterCommit,
+    ];
+    /// The points of nested transactions (ARCHITECTURE.md §11), fired only by servers that
+    /// take part in one.
+    pub const NESTED: [FailPoint; 3] = [
+        FailPoint::AfterPublish,
+        FailPoint::Prepared,
+        FailPoint::OnDecide,
     ];
 }

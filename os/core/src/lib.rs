@@ -13,6 +13,7 @@
 
 pub mod failpoint;
 pub mod manifest;
+pub mod nested;
 pub mod paths;
 pub mod proto;
 pub mod recovery;

@@ -257,6 +257,12 @@ pub struct ServerConfig {
     pub batch_max: u32,
     /// Pin to this CPU.
     pub cpu: Option<usize>,
+    /// The server's index in the manifest: its identity as the coordinator of nested
+    /// transactions (the root `(index, txid)` every nested call carries).
+    pub index: u32,
+    /// The manifest's per-call deadline: a prepared participant asks the kernel for its root's
+    /// decision, and answers calls of other roots with a conflict, after a quarter of it.
+    pub deadline_ms: u64,
 }
 
 /// Kernel → zygote.
@@ -316,6 +322,17 @@ pub enum ToServer {
     /// at spawn, one opened by an earlier incarnation in a committed transaction); fds
     /// `[channel]` ride along.
     Connected(Connected),
+    /// How root `(server, txid)` ended (nested transactions, ARCHITECTURE.md §11): sent to a
+    /// participant that asked ([`FromServer::Resolve`]), and to every server when the kernel
+    /// settles a root while recovering its coordinator or a participant.
+    Decided {
+        /// The root's coordinator (server index).
+        server: u32,
+        /// The root transaction's id.
+        txid: u64,
+        /// Whether it committed.
+        commit: bool,
+    },
     /// The kernel refused [`FromServer::Connect`].
     ConnectRefused {
         /// The service asked for.
@@ -341,6 +358,14 @@ pub enum FromServer {
         /// The service's name.
         service: String,
         /// The transaction the connection belongs to.
+        txid: u64,
+    },
+    /// A prepared participant waited long for the decision of root `(server, txid)`: the
+    /// kernel answers [`ToServer::Decided`] once it is known.
+    Resolve {
+        /// The root's coordinator (server index).
+        server: u32,
+        /// The root transaction's id.
         txid: u64,
     },
     /// Could not start (bad heap, mapping conflict...): the server is not restartable as is.

@@ -352,6 +352,16 @@ impl Heap {
     /// [`HeapError::TxOpen`] if a transaction is open; [`HeapError::Invalid`] for a too-large
     /// txid; page-tracking errors.
     pub fn begin(&self, txid: u64) -> Result<Tx<'_>, HeapError> {
+        self.begin_in(txid, None)
+    }
+
+    /// Opens transaction `txid` as a participant of `root` (a nested call from another
+    /// server's transaction), or as its own root when `root` is `None`. The root is in the log
+    /// header before the state says ACTIVE, so recovery finds it (ARCHITECTURE.md §11).
+    ///
+    /// # Errors
+    /// As [`Heap::begin`].
+    pub fn begin_in(&self, txid: u64, root: Option<crate::RootId>) -> Result<Tx<'_>, HeapError> {
         if txid > MAX_TXID {
             return Err(HeapError::Invalid("txid must fit in 62 bits"));
         }
@@ -368,7 +378,7 @@ impl Heap {
         // SAFETY: `open` guarantees no other Tx exists; the page sink cannot run (no tracked
         // write happens during begin), so this is the only access to the writer.
         unsafe {
-            (*w).begin(txid);
+            (*w).begin(txid, root);
         }
         Ok(Tx {
             heap: self,
@@ -584,6 +594,14 @@ impl<'h> Tx<'h> {
     pub fn add_batch_entry(&mut self, e: BatchEntry) -> Result<(), HeapError> {
         // SAFETY: &mut self: the only access to the writer on this thread.
         unsafe { (*self.core.w).add_batch(e) }
+    }
+
+    /// Records that one more reply of this transaction is about to be published before its
+    /// commit (a participant's prepared reply to a nested call). Call it before publishing:
+    /// recovery then knows the caller may have seen the transaction's effects.
+    pub fn mark_prepared(&mut self) {
+        // SAFETY: &mut self: the only access to the writer on this thread.
+        unsafe { (*self.core.w).add_prepared() }
     }
 
     /// The commit point: the log header becomes `COMMITTED(txid)` in one atomic store, after

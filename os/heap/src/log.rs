@@ -9,6 +9,10 @@
 //!   nrec: u64    number of published records
 //!   nbatch: u64  number of published batch entries
 //!   batch[64]:   { chan: u32, slot: u32, seq: u64 }
+//!   root_server: u64  (server index + 1) of the root transaction's coordinator; 0: this
+//!                     transaction is its own root
+//!   root_txid: u64    the root transaction's id (meaningful only when root_server != 0)
+//!   prepared: u64     replies this (sub-)transaction already published before its commit
 //! offset 4096  records, back to back, each 8-aligned:
 //!   { heap_off: u64, len: u32, kind: u32 }  then `len` bytes of pre-image (PREIMAGE) or
 //!   nothing (ZERO: "these bytes were zero"), padded to 8
@@ -22,6 +26,8 @@
 //! | state | server: begin (ACTIVE), commit (COMMITTED), in-place abort (ABORTED); kernel: recovery (ABORTED) | the server only while alive; the kernel only once the server is dead or stopped |
 //! | nrec, records | server, between begin and the end of the transaction | a record's bytes before `nrec` counts it (release) |
 //! | nbatch, batch | server, between begin and commit | an entry's fields before `nbatch` counts it (release) |
+//! | root_server, root_txid | server, in `begin` | before the state becomes ACTIVE: read only while ACTIVE |
+//! | prepared | server, while ACTIVE | raised before each reply published ahead of the commit (nested calls) |
 //!
 //! The crash-consistency argument is in ARCHITECTURE.md §5.1.
 
@@ -128,10 +134,24 @@ pub(crate) struct LogHeader {
     nbatch: AtomicU64,
     _reserved: [AtomicU64; 2],
     batch: [BatchSlot; MAX_BATCH],
+    root_server: AtomicU64,
+    root_txid: AtomicU64,
+    prepared: AtomicU64,
 }
 
 const _: () = assert!(std::mem::size_of::<LogHeader>() <= LOG_AREA_OFFSET);
-const _: () = assert!(std::mem::size_of::<LogHeader>() == 64 + 16 * MAX_BATCH);
+const _: () = assert!(std::mem::size_of::<LogHeader>() == 64 + 16 * MAX_BATCH + 24);
+
+/// The root of a nested transaction: the coordinator server (its index in the manifest) and
+/// the root transaction's id in that server's log. Every sub-transaction of one client
+/// request's call tree carries the same root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RootId {
+    /// The coordinator's server index.
+    pub server: u32,
+    /// The root transaction's id in the coordinator's log.
+    pub txid: u64,
+}
 
 /// What [`read_log`](crate::read_log) sees: the log header, copied out.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +167,13 @@ pub struct LogSnapshot {
     pub overflow: bool,
     /// Size of the log memfd.
     pub size: usize,
+    /// The root this transaction belongs to when it is a participant of another server's
+    /// transaction (a nested call); `None` when it is its own root. Meaningful only while
+    /// `state` is `Active`.
+    pub root: Option<RootId>,
+    /// Replies the transaction published before its commit (a participant's prepared
+    /// replies). Meaningful only while `state` is `Active`.
+    pub prepared: u64,
 }
 
 /// A view of a mapped log: header plus record area. Does not own the mapping.
@@ -249,6 +276,14 @@ impl LogView {
             batch,
             overflow: h.flags.load(Ordering::Relaxed) & FLAG_OVERFLOW != 0,
             size,
+            root: match h.root_server.load(Ordering::Acquire) {
+                0 => None,
+                s => Some(RootId {
+                    server: (s - 1) as u32,
+                    txid: h.root_txid.load(Ordering::Relaxed),
+                }),
+            },
+            prepared: h.prepared.load(Ordering::Acquire),
         }
     }
 
@@ -389,12 +424,20 @@ impl LogWriter {
     /// then the state becomes ACTIVE (zero records: nothing to undo), and only then is the batch
     /// descriptor cleared — clearing it first would let a crash show COMMITTED(prev) with an
     /// empty batch, and the kernel would re-run requests that prev already answered.
-    pub(crate) fn begin(&mut self, txid: u64) {
+    ///
+    /// The root (nested transactions) is written while the state still says the previous
+    /// transaction ended, so a reader that sees ACTIVE(txid) sees this transaction's root.
+    pub(crate) fn begin(&mut self, txid: u64, root: Option<RootId>) {
         self.limit = u64::MAX;
         self.used = 0;
         self.nrec = 0;
         let h = self.view.hdr();
         h.nrec.store(0, Ordering::Release);
+        h.prepared.store(0, Ordering::Relaxed);
+        h.root_txid
+            .store(root.map_or(0, |r| r.txid), Ordering::Relaxed);
+        h.root_server
+            .store(root.map_or(0, |r| u64::from(r.server) + 1), Ordering::Release);
         self.view.set_state(TxState::Active(txid));
         h.nbatch.store(0, Ordering::Release);
         compiler_fence(Ordering::SeqCst);
@@ -481,6 +524,14 @@ impl LogWriter {
         h.batch[n].seq.store(e.seq, Ordering::Relaxed);
         h.nbatch.store(n as u64 + 1, Ordering::Release);
         Ok(())
+    }
+
+    /// Counts one more reply published before the commit (release: before the reply).
+    pub(crate) fn add_prepared(&self) {
+        let h = self.view.hdr();
+        let n = h.prepared.load(Ordering::Relaxed);
+        h.prepared.store(n + 1, Ordering::Release);
+        compiler_fence(Ordering::SeqCst);
     }
 
     pub(crate) fn set_overflow(&self) {

@@ -137,6 +137,25 @@ pub fn recover(heap_fd: BorrowedFd<'_>, log_fd: BorrowedFd<'_>) -> Result<Recove
     })
 }
 
+/// Commits a dead participant's prepared transaction: if the log says `ACTIVE(t)`, it becomes
+/// `COMMITTED(t)` and the heap keeps every update (the root of `t` committed: ARCHITECTURE.md
+/// §11). Returns `t`, or `None` when the log was not active (nothing changed).
+///
+/// The caller must guarantee, as for [`recover`], that no process writes the log meanwhile.
+///
+/// # Errors
+/// [`HeapError::BadLog`] if the memfd is not a log; system errors.
+pub fn commit_prepared(log_fd: BorrowedFd<'_>) -> Result<Option<u64>, HeapError> {
+    let (_lm, view) = map_log(log_fd)?;
+    match view.state() {
+        TxState::Active(t) => {
+            view.set_state(TxState::Committed(t));
+            Ok(Some(t))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Copies the whole heap out (for tests and tools: compare heaps byte for byte).
 ///
 /// # Errors

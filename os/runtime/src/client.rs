@@ -286,6 +286,12 @@ impl Channel {
         })
     }
 
+    /// Takes over the slots a previous incarnation of this server left in the channel
+    /// (see [`ClientChannel::adopt_slots`]).
+    pub(crate) fn adopt_slots(&self) {
+        self.chan.adopt_slots();
+    }
+
     /// What the kernel said when granting it.
     pub fn info(&self) -> &Connected {
         &self.info

@@ -4,7 +4,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use txipc_chan::{Doorbell, ServerChannel, Status};
 use txipc_core::failpoint::FailPoint;
@@ -12,10 +12,11 @@ use txipc_core::manifest::{Policy, Tracking as ManifestTracking};
 use txipc_core::proto::{
     self, FromServer, FromZygote, ServerConfig, ToServer, ToZygote, ZygoteInit,
 };
-use txipc_heap::{BatchEntry, Heap, Tracking, Tx};
+use txipc_heap::{BatchEntry, Heap, RootId, Tracking, Tx};
 use txipc_service::{CallError, Dispatch, DispatchError, Transport};
 
 use crate::client::{Channel, ClientError};
+use crate::nested;
 use txipc_sys::{fdpass, process, status::StatusPage};
 
 /// Where the runtime lends the running transaction to the server while it handles a request.
@@ -121,6 +122,8 @@ thread_local! {
     static CTL: RefCell<Option<Rc<OwnedFd>>> = const { RefCell::new(None) };
     /// Channels this server opened to other services, by service name.
     static OUTGOING: RefCell<HashMap<String, Outgoing>> = RefCell::new(HashMap::new());
+    /// Whether this server's calls to others are nested transactions (policy txipc).
+    static NESTED_ON: Cell<bool> = const { Cell::new(false) };
     /// Control messages that arrived while a handler waited for the kernel.
     static PENDING: RefCell<VecDeque<(Vec<u8>, Vec<OwnedFd>)>> = const { RefCell::new(VecDeque::new()) };
 }
@@ -137,8 +140,14 @@ impl Outgoing {
 }
 
 impl Transport for Outgoing {
+    /// Under policy txipc, a call made from inside a handler is part of the handler's
+    /// transaction (a nested call, ARCHITECTURE.md §11); otherwise an ordinary call.
     fn call(&self, method: u32, request: &[u8], reply: &mut Vec<u8>) -> Result<(), CallError> {
-        self.0.call(method, request, reply)
+        if NESTED_ON.with(Cell::get) {
+            nested::call(&self.0, TXID.with(Cell::get), method, request, reply)
+        } else {
+            self.0.call(method, request, reply)
+        }
     }
 }
 
@@ -381,10 +390,19 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
             Ok(ToServer::RemoveChannel { index }) => chans.retain(|c| c.index != index),
             Ok(ToServer::Activate { generation, fresh }) => break (generation, fresh),
             Ok(ToServer::Connected(info)) => restore_outgoing(info, fds_in),
-            Ok(ToServer::ConnectRefused { .. }) => {}
+            Ok(ToServer::ConnectRefused { .. }) | Ok(ToServer::Decided { .. }) => {}
             Ok(ToServer::Shutdown) | Err(_) => std::process::exit(0),
         }
     };
+    // The previous incarnation may have died inside calls to other servers: the slots of the
+    // inherited channels it left behind are reclaimed once their replies are in.
+    OUTGOING.with(|o| {
+        for out in o.borrow().values() {
+            out.0.adopt_slots();
+        }
+    });
+    NESTED_ON.with(|n| n.set(config.policy == Policy::Txipc));
+    nested::set_me(config.index);
     let heap_fd = fds
         .heap
         .try_clone()
@@ -430,6 +448,9 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
         bufs: Vec::new(),
         reply: Vec::with_capacity(4096),
         ctl_buf: buf,
+        backlog: VecDeque::new(),
+        decided: Vec::new(),
+        aborted_roots: VecDeque::new(),
     };
     lp.run()
 }
@@ -470,6 +491,13 @@ struct Loop<'a> {
     bufs: Vec<Vec<u8>>,
     reply: Vec<u8>,
     ctl_buf: Vec<u8>,
+    /// Requests taken but not yet served (taken while prepared for another root, or a
+    /// nested call or decision found in a batch).
+    backlog: VecDeque<(Taken, Vec<u8>)>,
+    /// Decisions the kernel sent (root, commit), not yet applied.
+    decided: Vec<(RootId, bool)>,
+    /// Roots the kernel said were rolled back (bounded): nested calls of them are refused.
+    aborted_roots: VecDeque<RootId>,
 }
 
 /// How long the server spins for work before sleeping on its doorbell.
@@ -513,13 +541,31 @@ impl Loop<'_> {
                 Ok(ToServer::RemoveChannel { index }) => self.chans.retain(|c| c.index != index),
                 Ok(ToServer::Shutdown) | Err(_) => std::process::exit(0),
                 Ok(ToServer::Activate { .. }) => {}
+                Ok(ToServer::Decided {
+                    server,
+                    txid,
+                    commit,
+                }) => {
+                    let root = RootId { server, txid };
+                    if !commit && !self.aborted_roots.contains(&root) {
+                        if self.aborted_roots.len() >= 64 {
+                            self.aborted_roots.pop_front();
+                        }
+                        self.aborted_roots.push_back(root);
+                    }
+                    self.decided.push((root, commit));
+                }
             }
         }
     }
 
     /// Takes up to `batch_max` posted requests and runs them as one transaction. Returns how
-    /// many were served.
+    /// many were served. Nested calls and decisions (ARCHITECTURE.md §11) are served one at a
+    /// time, each by its own path.
     fn serve_batch(&mut self) -> usize {
+        if let Some((t, buf)) = self.backlog.pop_front() {
+            return self.serve_taken(t, buf);
+        }
         let max = self.config.batch_max.max(1) as usize;
         self.batch.clear();
         let nchans = self.chans.len();
@@ -554,23 +600,98 @@ impl Loop<'_> {
         if n == 0 {
             return 0;
         }
-        self.txid += 1;
-        TXID.with(|t| t.set(self.txid));
-        self.status.set_busy(self.txid);
-        self.begin();
-        self.fail_point(FailPoint::BeforeHandle);
-        for i in 0..n {
-            self.run_one(i);
+        if self.batch.iter().any(|t| is_nested_protocol(t.method)) {
+            // Serve them one by one, each by its own path.
+            for (i, t) in std::mem::take(&mut self.batch).into_iter().enumerate() {
+                let buf = std::mem::take(&mut self.bufs[i]);
+                self.backlog.push_back((t, buf));
+            }
+            return n;
         }
-        self.fail_point(FailPoint::AfterHandle);
-        // The commit point: after every reply of the batch is written, before any is published.
-        match self.instance.tx_cell().take().map(Tx::commit) {
-            Some(Ok(())) => {}
-            _ => txipc_sys::crash::report_and_stop(txipc_sys::crash::CrashKind::Integrity),
-        }
-        self.fail_point(FailPoint::AfterCommit);
-        for t in &self.batch {
+        self.run_roots(n);
+        n
+    }
+
+    /// Serves one request taken earlier.
+    fn serve_taken(&mut self, t: Taken, buf: Vec<u8>) -> usize {
+        if !t.malformed && t.method == nested::DECIDE {
+            // A decision for a root this server is not prepared for (any more): it applied it
+            // already, or the kernel settled it. Acknowledge.
+            let _ = self.chans[t.chan].chan.write_reply(t.slot, Status::Ok, &[]);
             let _ = self.chans[t.chan].chan.publish(t.slot);
+            return 1;
+        }
+        if !t.malformed && t.method & nested::NESTED_BIT != 0 && self.config.policy == Policy::Txipc
+        {
+            self.serve_nested(t, buf);
+            return 1;
+        }
+        self.batch.clear();
+        self.batch.push(t);
+        if self.bufs.is_empty() {
+            self.bufs.push(Vec::new());
+        }
+        self.bufs[0] = buf;
+        self.run_roots(1);
+        1
+    }
+
+    /// Runs the `n` requests of `self.batch` as one transaction that is its own root: the
+    /// coordinator's side of nested transactions. A root whose nested call failed is rolled
+    /// back in place and run again after a back-off; after [`nested::MAX_ROOT_RETRIES`] its
+    /// requests fail alone with `Aborted`.
+    fn run_roots(&mut self, n: usize) {
+        let mut retry = 0u32;
+        loop {
+            self.txid += 1;
+            TXID.with(|t| t.set(self.txid));
+            self.status.set_busy(self.txid);
+            nested::start(None);
+            self.begin(None);
+            self.fail_point(FailPoint::BeforeHandle);
+            for i in 0..n {
+                self.run_one(i);
+            }
+            self.fail_point(FailPoint::AfterHandle);
+            let root = RootId {
+                server: self.config.index,
+                txid: self.txid,
+            };
+            if nested::doomed() {
+                let touched = nested::touched();
+                if let Some(tx) = self.instance.tx_cell().take() {
+                    let _ = tx.abort();
+                }
+                nested::decide_all(&touched, root, false);
+                if retry < nested::MAX_ROOT_RETRIES {
+                    std::thread::sleep(nested::backoff(retry, self.txid));
+                    retry += 1;
+                    continue;
+                }
+                // The poison request: it keeps failing; fail it alone.
+                for t in &self.batch {
+                    let chan = &self.chans[t.chan].chan;
+                    let _ = chan.write_reply(t.slot, Status::Aborted, &[]);
+                    let _ = chan.publish(t.slot);
+                }
+                break;
+            }
+            // The commit point: after every reply of the batch is written, before any is
+            // published. For a root with participants it is also the decision record.
+            match self.instance.tx_cell().take().map(Tx::commit) {
+                Some(Ok(())) => {}
+                _ => txipc_sys::crash::report_and_stop(txipc_sys::crash::CrashKind::Integrity),
+            }
+            self.fail_point(FailPoint::AfterCommit);
+            for t in &self.batch {
+                let _ = self.chans[t.chan].chan.publish(t.slot);
+            }
+            let touched = nested::touched();
+            if !touched.is_empty() {
+                self.fail_point(FailPoint::AfterPublish);
+                nested::decide_all(&touched, root, true);
+            }
+            break;
         }
         TXID.with(|t| t.set(0));
         self.calls += n as u64;
@@ -578,7 +699,201 @@ impl Loop<'_> {
         if PENDING.with(|p| !p.borrow().is_empty()) {
             self.drain_control();
         }
-        n
+    }
+
+    /// Handles the nested call `t` (a participant's side): runs it as a sub-transaction of
+    /// its root, publishes the reply before committing (prepared), then serves only calls of
+    /// the same root until the root decides.
+    fn serve_nested(&mut self, t: Taken, buf: Vec<u8>) {
+        let Some((root, _)) = nested::decode_ctx(&buf) else {
+            let chan = &self.chans[t.chan].chan;
+            let _ = chan.write_reply(t.slot, Status::Malformed, &[]);
+            let _ = chan.publish(t.slot);
+            return;
+        };
+        if root.server == self.config.index || self.aborted_roots.contains(&root) {
+            // A call to itself would wait for itself; a rolled-back root runs no more.
+            let code = if root.server == self.config.index {
+                nested::CODE_CONFLICT
+            } else {
+                nested::CODE_ROOT_ABORTED
+            };
+            let chan = &self.chans[t.chan].chan;
+            let _ = chan.write_reply(t.slot, Status::Ok, &[code]);
+            let _ = chan.publish(t.slot);
+            return;
+        }
+        self.txid += 1;
+        TXID.with(|x| x.set(self.txid));
+        nested::start(Some(root));
+        self.batch.clear();
+        self.begin(Some(root));
+        if !self.nested_call(&t, &buf) {
+            self.finish_sub(root, false);
+            return;
+        }
+        self.prepared(root);
+    }
+
+    /// Runs one nested call of the open sub-transaction and publishes its reply (prepared).
+    /// Returns false when the call doomed the root (the sub-transaction must roll back; the
+    /// caller has been told).
+    fn nested_call(&mut self, t: &Taken, buf: &[u8]) -> bool {
+        self.status.set_busy(self.txid);
+        self.fail_point(FailPoint::BeforeHandle);
+        ATTEMPT.with(|a| a.set(t.attempt));
+        let req = &buf[nested::CTX_LEN..];
+        let mut out = vec![nested::CODE_OK];
+        let status = match self
+            .instance
+            .handle(t.method & !nested::NESTED_BIT, req, &mut self.reply)
+        {
+            Ok(()) => {
+                out.extend_from_slice(&self.reply);
+                Status::Ok
+            }
+            Err(DispatchError::Malformed { .. }) => Status::Malformed,
+            Err(DispatchError::UnknownMethod { .. }) => Status::UnknownMethod,
+        };
+        self.fail_point(FailPoint::AfterHandle);
+        let chan = &self.chans[t.chan].chan;
+        if nested::doomed() || status != Status::Ok {
+            let reply = if status == Status::Ok {
+                vec![nested::CODE_ROOT_ABORTED]
+            } else {
+                Vec::new()
+            };
+            let _ = chan.write_reply(t.slot, status, &reply);
+            let _ = chan.publish(t.slot);
+            self.status.set_idle(self.calls);
+            return false;
+        }
+        self.instance.tx_cell().tx().mark_prepared();
+        if chan.write_reply(t.slot, Status::Ok, &out).is_err() {
+            let _ = chan.write_reply(t.slot, Status::TooLarge, &[]);
+        }
+        let _ = chan.publish(t.slot);
+        self.calls += 1;
+        self.status.set_idle(self.calls);
+        self.fail_point(FailPoint::Prepared);
+        true
+    }
+
+    /// Ends the open sub-transaction of `root`: tells this server's own participants first,
+    /// then commits or rolls back.
+    fn finish_sub(&mut self, root: RootId, commit: bool) {
+        let touched = nested::touched();
+        nested::decide_all(&touched, root, commit);
+        if let Some(tx) = self.instance.tx_cell().take() {
+            if commit {
+                let _ = tx.commit();
+                self.fail_point(FailPoint::AfterCommit);
+            } else {
+                let _ = tx.abort();
+            }
+        }
+        TXID.with(|x| x.set(0));
+    }
+
+    /// Prepared for `root`: serve its calls and wait for its decision (from the coordinator,
+    /// or from the kernel). Other requests wait in the backlog; nested calls of other roots
+    /// that wait longer than a quarter of the deadline are refused as conflicts (a cycle, or
+    /// a root that holds this server too long), and the kernel is asked for the decision.
+    fn prepared(&mut self, root: RootId) {
+        let bound = Duration::from_millis((self.config.deadline_ms / 4).clamp(1, 500));
+        let mut asked = Instant::now();
+        let mut others: Vec<(Taken, Vec<u8>, Instant)> = Vec::new();
+        let outcome = 'wait: loop {
+            if self.doorbell.pending_events() != 0 && self.doorbell.take_events() != 0 {
+                self.drain_control();
+            }
+            if let Some(k) = self.decided.iter().position(|d| d.0 == root) {
+                let commit = self.decided.swap_remove(k).1;
+                self.fail_point(FailPoint::OnDecide);
+                break 'wait commit;
+            }
+            let mut did = false;
+            for ci in 0..self.chans.len() {
+                loop {
+                    let mut buf = Vec::new();
+                    let Some(x) = self.chans[ci].chan.take_into(&mut buf) else {
+                        break;
+                    };
+                    did = true;
+                    let t = Taken {
+                        chan: ci,
+                        slot: x.slot,
+                        seq: x.seq,
+                        method: x.method,
+                        attempt: x.attempt,
+                        malformed: x.malformed,
+                    };
+                    if t.malformed {
+                        self.backlog.push_back((t, buf));
+                    } else if t.method == nested::DECIDE {
+                        match nested::decode_decide(&buf) {
+                            Some((r, commit)) if r == root => {
+                                self.fail_point(FailPoint::OnDecide);
+                                self.finish_sub(root, commit);
+                                let chan = &self.chans[t.chan].chan;
+                                let _ = chan.write_reply(t.slot, Status::Ok, &[]);
+                                let _ = chan.publish(t.slot);
+                                self.requeue(others);
+                                return;
+                            }
+                            _ => self.backlog.push_front((t, buf)),
+                        }
+                    } else if t.method & nested::NESTED_BIT != 0 {
+                        match nested::decode_ctx(&buf) {
+                            Some((r, _)) if r == root => {
+                                if !self.nested_call(&t, &buf) {
+                                    break 'wait false;
+                                }
+                            }
+                            _ => others.push((t, buf, Instant::now())),
+                        }
+                    } else {
+                        self.backlog.push_back((t, buf));
+                    }
+                }
+            }
+            // Calls of other roots that waited too long: refuse them (their roots retry).
+            others.retain(|(t, _, since)| {
+                if since.elapsed() < bound {
+                    return true;
+                }
+                let chan = &self.chans[t.chan].chan;
+                let _ = chan.write_reply(t.slot, Status::Ok, &[nested::CODE_CONFLICT]);
+                let _ = chan.publish(t.slot);
+                false
+            });
+            if asked.elapsed() >= bound {
+                asked = Instant::now();
+                let msg = FromServer::Resolve {
+                    server: root.server,
+                    txid: root.txid,
+                };
+                let _ = fdpass::send(&*self.ctl, &proto::encode(&msg), &[]);
+            }
+            if !did {
+                let chans = &self.chans;
+                let doorbell = &self.doorbell;
+                doorbell.wait(
+                    || doorbell.pending_events() == 0 && !chans.iter().any(|c| c.chan.has_posted()),
+                    SERVER_SPIN,
+                    Some(Duration::from_millis(1)),
+                );
+            }
+        };
+        self.finish_sub(root, outcome);
+        self.requeue(others);
+    }
+
+    /// Puts nested calls of other roots, taken while prepared, in front of the backlog.
+    fn requeue(&mut self, others: Vec<(Taken, Vec<u8>, Instant)>) {
+        for (t, buf, _) in others.into_iter().rev() {
+            self.backlog.push_front((t, buf));
+        }
     }
 
     /// Fires the fail point armed at `point`, if any (one relaxed load otherwise).
@@ -589,9 +904,10 @@ impl Loop<'_> {
         }
     }
 
-    /// Opens the transaction of the batch and records which requests it serves.
-    fn begin(&mut self) {
-        let mut tx = match self.heap.begin(self.txid) {
+    /// Opens the transaction of the batch (a participant's sub-transaction of `root`, or its
+    /// own root) and records which requests it serves.
+    fn begin(&mut self, root: Option<RootId>) {
+        let mut tx = match self.heap.begin_in(self.txid, root) {
             Ok(tx) => tx,
             Err(_) => txipc_sys::crash::report_and_stop(txipc_sys::crash::CrashKind::Integrity),
         };
@@ -635,4 +951,9 @@ impl Loop<'_> {
             let _ = chan.write_reply(t.slot, Status::TooLarge, &[]);
         }
     }
+}
+
+/// Whether `method` belongs to the nested-transaction protocol (a nested call or a decision).
+fn is_nested_protocol(method: u32) -> bool {
+    method == nested::DECIDE || method & nested::NESTED_BIT != 0
 }
