@@ -32,6 +32,7 @@ use out::{Report, usage};
 fn builtins() -> Vec<Builtin> {
     let mut v = vec![kv_server::BUILTIN, fs_server::BUILTIN];
     v.extend(probe_server::BUILTINS);
+    v.extend([bank_server::BUILTIN, account_server::BUILTIN]);
     v
 }
 

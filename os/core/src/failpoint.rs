@@ -67,7 +67,7 @@ impl FailPoint {
         FailPoint::AfterHandle,
         FailPoint::AfterCommit,
     ];
-    /// The points of nested transactions (ARCHITECTURE.md §11), fired only by servers that
+    /// The points of nested transactions (ARCHITECTURE.md §13), fired only by servers that
     /// take part in one.
     pub const NESTED: [FailPoint; 3] = [
         FailPoint::AfterPublish,

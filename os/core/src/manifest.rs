@@ -268,7 +268,7 @@ pub enum ManifestError {
 }
 
 /// Built-in server names the txipc binary knows (the binary checks again at boot).
-pub const BUILTINS: &[&str] = &["kv", "fs", "null", "faulty"];
+pub const BUILTINS: &[&str] = &["kv", "fs", "null", "faulty", "bank", "account"];
 
 const MAX_HEAP_MB: u64 = 64 * 1024;
 

@@ -1,6 +1,6 @@
 //! Nested transactions across servers: the kernel's decisions, as pure functions.
 //!
-//! A client request's call tree is one transaction (ARCHITECTURE.md §11). The server that took
+//! A client request's call tree is one transaction (ARCHITECTURE.md §13). The server that took
 //! the client's request is the *coordinator*; its transaction is the *root* `(server, txid)`.
 //! Every server that handles a nested call of the root runs a *sub-transaction* that carries
 //! the root in its undo-log header, publishes its replies before it commits (it is then
@@ -137,7 +137,10 @@ mod tests {
                 settle_participant(1, 5, Some(Outcome::Abort), coord),
                 Settle::Abort
             );
-            assert_eq!(resolve(5, Some(Outcome::Abort), coord), Some(Outcome::Abort));
+            assert_eq!(
+                resolve(5, Some(Outcome::Abort), coord),
+                Some(Outcome::Abort)
+            );
         }
     }
 

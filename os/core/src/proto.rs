@@ -322,7 +322,7 @@ pub enum ToServer {
     /// at spawn, one opened by an earlier incarnation in a committed transaction); fds
     /// `[channel]` ride along.
     Connected(Connected),
-    /// How root `(server, txid)` ended (nested transactions, ARCHITECTURE.md §11): sent to a
+    /// How root `(server, txid)` ended (nested transactions, ARCHITECTURE.md §13): sent to a
     /// participant that asked ([`FromServer::Resolve`]), and to every server when the kernel
     /// settles a root while recovering its coordinator or a participant.
     Decided {

@@ -357,7 +357,7 @@ impl Heap {
 
     /// Opens transaction `txid` as a participant of `root` (a nested call from another
     /// server's transaction), or as its own root when `root` is `None`. The root is in the log
-    /// header before the state says ACTIVE, so recovery finds it (ARCHITECTURE.md §11).
+    /// header before the state says ACTIVE, so recovery finds it (ARCHITECTURE.md §13).
     ///
     /// # Errors
     /// As [`Heap::begin`].

@@ -436,8 +436,10 @@ impl LogWriter {
         h.prepared.store(0, Ordering::Relaxed);
         h.root_txid
             .store(root.map_or(0, |r| r.txid), Ordering::Relaxed);
-        h.root_server
-            .store(root.map_or(0, |r| u64::from(r.server) + 1), Ordering::Release);
+        h.root_server.store(
+            root.map_or(0, |r| u64::from(r.server) + 1),
+            Ordering::Release,
+        );
         self.view.set_state(TxState::Active(txid));
         h.nbatch.store(0, Ordering::Release);
         compiler_fence(Ordering::SeqCst);

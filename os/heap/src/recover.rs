@@ -139,7 +139,7 @@ pub fn recover(heap_fd: BorrowedFd<'_>, log_fd: BorrowedFd<'_>) -> Result<Recove
 
 /// Commits a dead participant's prepared transaction: if the log says `ACTIVE(t)`, it becomes
 /// `COMMITTED(t)` and the heap keeps every update (the root of `t` committed: ARCHITECTURE.md
-/// §11). Returns `t`, or `None` when the log was not active (nothing changed).
+/// §13). Returns `t`, or `None` when the log was not active (nothing changed).
 ///
 /// The caller must guarantee, as for [`recover`], that no process writes the log meanwhile.
 ///

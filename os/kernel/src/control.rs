@@ -241,6 +241,9 @@ pub(crate) fn fail_point_words(armed: Option<(FailKind, FailPoint)>) -> String {
                 FailPoint::BeforeHandle => "before-handle",
                 FailPoint::AfterHandle => "after-handle",
                 FailPoint::AfterCommit => "after-commit",
+                FailPoint::AfterPublish => "after-publish",
+                FailPoint::Prepared => "prepared",
+                FailPoint::OnDecide => "on-decide",
             }
         ),
         None => String::new(),

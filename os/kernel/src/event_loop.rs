@@ -34,6 +34,8 @@ pub(crate) struct Kernel {
     pub(crate) buf: Vec<u8>,
     /// The user that started the kernel: the operator unless the manifest says otherwise.
     pub(crate) owner_uid: u32,
+    /// How roots of nested transactions ended, as learnt while recovering (`nested`).
+    pub(crate) decisions: txipc_core::nested::Decisions,
 }
 
 /// Boots the system and serves until SIGINT/SIGTERM or a `Shutdown` request. `on_ready` is

@@ -160,6 +160,9 @@ impl Kernel {
                         }
                     }
                 }
+                Ok(FromServer::Resolve { server, txid }) => {
+                    self.resolve_root(i, txipc_heap::RootId { server, txid });
+                }
                 Ok(FromServer::Connect { service, txid }) => {
                     self.server_connect(i, generation, &service, txid);
                 }

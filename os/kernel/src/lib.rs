@@ -17,7 +17,7 @@
 //!
 //! Layout, one concern per module: `event_loop` (the loop and its tokens), `boot`,
 //! `server` (the record of one server), `clients`, `control` (operator controls, `ps`), `channels`, `zygotes`, `incarnations`,
-//! `watchdog`, `recovery`, `shutdown`, `errors`.
+//! `watchdog`, `recovery`, `nested` (transactions across servers), `shutdown`, `errors`.
 #![forbid(unsafe_code)]
 
 mod boot;
@@ -27,6 +27,7 @@ mod control;
 mod errors;
 mod event_loop;
 mod incarnations;
+mod nested;
 mod recovery;
 mod server;
 mod shutdown;

@@ -45,6 +45,8 @@ impl Kernel {
                 }),
             );
         }
+        // Nested transactions: a sub-transaction of another server's root is decided first.
+        self.settle_dead_participant(i);
         let now_ms = self.now_ms();
         let s = &mut self.servers[i];
         s.fault_at = Some(now);
@@ -89,6 +91,8 @@ impl Kernel {
             LogState::Active(t) => self.undo_kernel_objects(i, t),
             _ => 0,
         };
+        // Nested transactions: this server's own root is decided; its participants are told.
+        self.settle_dead_coordinator(i, rec.log_state);
         let summary = format!("{}, {undone_objects} kernel objects undone", rec.summary);
         let old_generation = old.generation;
         self.unwatch(old.sock.as_fd());

@@ -126,6 +126,8 @@ impl Server {
             heap_size,
             batch_max: spec.batch_max,
             cpu: spec.cpu,
+            index: i as u32,
+            deadline_ms: spec.deadline_ms,
         };
         Ok(Server {
             spec: spec.clone(),

@@ -22,6 +22,7 @@ pub mod client;
 pub mod nested;
 mod server;
 
+pub use nested::rollback_request;
 pub use server::{
     Builtin, Instance, Outgoing, StartArgs, TxCell, TxHost, connect, current_attempt, zygote_main,
 };

@@ -1,4 +1,4 @@
-//! Nested transactions across servers, runtime side (ARCHITECTURE.md §11).
+//! Nested transactions across servers, runtime side (ARCHITECTURE.md §13).
 //!
 //! A call a server makes from inside a handler ([`crate::Outgoing`]) carries the root of the
 //! running transaction: `(coordinator index, root txid)`. The callee runs it as a
@@ -56,6 +56,22 @@ thread_local! {
     static TOUCHED: RefCell<Vec<Rc<Channel>>> = const { RefCell::new(Vec::new()) };
     /// A nested call of the running transaction failed: the root must roll back.
     static DOOMED: Cell<bool> = const { Cell::new(false) };
+    /// The handler asked for its request's updates to be rolled back ([`rollback_request`]).
+    static ROLLBACK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Rolls back every update of the request being handled — in this server and in every server
+/// it called — once the handler returns; the handler's reply is still sent. For a request that
+/// finds, half-way through its nested calls, that it must fail (a bank transfer whose credit is
+/// refused after the debit was applied). The whole transaction is rolled back, so a server
+/// that uses it should run with `batch_max = 1` (with more, the other requests of the batch are
+/// re-run alone).
+pub fn rollback_request() {
+    ROLLBACK.with(|r| r.set(true));
+}
+
+pub(crate) fn take_rollback() -> bool {
+    ROLLBACK.with(|r| r.replace(false))
 }
 
 pub(crate) fn set_me(index: u32) {
@@ -66,6 +82,7 @@ pub(crate) fn set_me(index: u32) {
 pub(crate) fn start(root: Option<RootId>) {
     ROOT.with(|r| r.set(root));
     DOOMED.with(|d| d.set(false));
+    ROLLBACK.with(|r| r.set(false));
     TOUCHED.with(|t| t.borrow_mut().clear());
 }
 

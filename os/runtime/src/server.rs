@@ -141,7 +141,7 @@ impl Outgoing {
 
 impl Transport for Outgoing {
     /// Under policy txipc, a call made from inside a handler is part of the handler's
-    /// transaction (a nested call, ARCHITECTURE.md §11); otherwise an ordinary call.
+    /// transaction (a nested call, ARCHITECTURE.md §13); otherwise an ordinary call.
     fn call(&self, method: u32, request: &[u8], reply: &mut Vec<u8>) -> Result<(), CallError> {
         if NESTED_ON.with(Cell::get) {
             nested::call(&self.0, TXID.with(Cell::get), method, request, reply)
@@ -560,7 +560,7 @@ impl Loop<'_> {
     }
 
     /// Takes up to `batch_max` posted requests and runs them as one transaction. Returns how
-    /// many were served. Nested calls and decisions (ARCHITECTURE.md §11) are served one at a
+    /// many were served. Nested calls and decisions (ARCHITECTURE.md §13) are served one at a
     /// time, each by its own path.
     fn serve_batch(&mut self) -> usize {
         if let Some((t, buf)) = self.backlog.pop_front() {
@@ -657,6 +657,33 @@ impl Loop<'_> {
                 server: self.config.index,
                 txid: self.txid,
             };
+            let rollback = nested::take_rollback();
+            if rollback && !nested::doomed() {
+                // The handler gave up: roll everything back, answer what it replied.
+                let touched = nested::touched();
+                if let Some(tx) = self.instance.tx_cell().take() {
+                    let _ = tx.abort();
+                }
+                nested::decide_all(&touched, root, false);
+                if n == 1 {
+                    let t = &self.batch[0];
+                    let _ = self.chans[t.chan].chan.publish(t.slot);
+                } else {
+                    // The other requests of the batch must not share its fate: run each alone.
+                    for (i, t) in std::mem::take(&mut self.batch)
+                        .into_iter()
+                        .enumerate()
+                        .rev()
+                    {
+                        let buf = std::mem::take(&mut self.bufs[i]);
+                        self.backlog.push_front((t, buf));
+                    }
+                    TXID.with(|t| t.set(0));
+                    self.status.set_idle(self.calls);
+                    return;
+                }
+                break;
+            }
             if nested::doomed() {
                 let touched = nested::touched();
                 if let Some(tx) = self.instance.tx_cell().take() {
@@ -744,20 +771,21 @@ impl Loop<'_> {
         ATTEMPT.with(|a| a.set(t.attempt));
         let req = &buf[nested::CTX_LEN..];
         let mut out = vec![nested::CODE_OK];
-        let status = match self
-            .instance
-            .handle(t.method & !nested::NESTED_BIT, req, &mut self.reply)
-        {
-            Ok(()) => {
-                out.extend_from_slice(&self.reply);
-                Status::Ok
-            }
-            Err(DispatchError::Malformed { .. }) => Status::Malformed,
-            Err(DispatchError::UnknownMethod { .. }) => Status::UnknownMethod,
-        };
+        let status =
+            match self
+                .instance
+                .handle(t.method & !nested::NESTED_BIT, req, &mut self.reply)
+            {
+                Ok(()) => {
+                    out.extend_from_slice(&self.reply);
+                    Status::Ok
+                }
+                Err(DispatchError::Malformed { .. }) => Status::Malformed,
+                Err(DispatchError::UnknownMethod { .. }) => Status::UnknownMethod,
+            };
         self.fail_point(FailPoint::AfterHandle);
         let chan = &self.chans[t.chan].chan;
-        if nested::doomed() || status != Status::Ok {
+        if nested::take_rollback() || nested::doomed() || status != Status::Ok {
             let reply = if status == Status::Ok {
                 vec![nested::CODE_ROOT_ABORTED]
             } else {
@@ -773,15 +801,19 @@ impl Loop<'_> {
             let _ = chan.write_reply(t.slot, Status::TooLarge, &[]);
         }
         let _ = chan.publish(t.slot);
-        self.calls += 1;
-        self.status.set_idle(self.calls);
         self.fail_point(FailPoint::Prepared);
+        self.calls += 1;
+        // Waiting for the root's decision is not a hang: the kernel's watchdog watches the
+        // coordinator, whose deadline bounds the wait.
+        self.status.set_idle(self.calls);
         true
     }
 
     /// Ends the open sub-transaction of `root`: tells this server's own participants first,
     /// then commits or rolls back.
     fn finish_sub(&mut self, root: RootId, commit: bool) {
+        self.status.set_busy(self.txid);
+        self.fail_point(FailPoint::OnDecide);
         let touched = nested::touched();
         nested::decide_all(&touched, root, commit);
         if let Some(tx) = self.instance.tx_cell().take() {
@@ -793,6 +825,7 @@ impl Loop<'_> {
             }
         }
         TXID.with(|x| x.set(0));
+        self.status.set_idle(self.calls);
     }
 
     /// Prepared for `root`: serve its calls and wait for its decision (from the coordinator,
@@ -809,7 +842,6 @@ impl Loop<'_> {
             }
             if let Some(k) = self.decided.iter().position(|d| d.0 == root) {
                 let commit = self.decided.swap_remove(k).1;
-                self.fail_point(FailPoint::OnDecide);
                 break 'wait commit;
             }
             let mut did = false;
@@ -833,7 +865,6 @@ impl Loop<'_> {
                     } else if t.method == nested::DECIDE {
                         match nested::decode_decide(&buf) {
                             Some((r, commit)) if r == root => {
-                                self.fail_point(FailPoint::OnDecide);
                                 self.finish_sub(root, commit);
                                 let chan = &self.chans[t.chan].chan;
                                 let _ = chan.write_reply(t.slot, Status::Ok, &[]);
