@@ -907,10 +907,8 @@ impl Loop<'_> {
                 let _ = fdpass::send(&*self.ctl, &proto::encode(&msg), &[]);
             }
             if !did {
-                let chans = &self.chans;
-                let doorbell = &self.doorbell;
-                doorbell.wait(
-                    || doorbell.pending_events() == 0 && !chans.iter().any(|c| c.chan.has_posted()),
+                self.doorbell.wait(
+                    self.chans.iter().map(|c| &c.chan),
                     SERVER_SPIN,
                     Some(Duration::from_millis(1)),
                 );
