@@ -22,6 +22,7 @@ use txipc_runtime::Builtin;
 mod control;
 mod demo;
 mod kvcmd;
+mod mount;
 mod out;
 mod runlog;
 mod values;
@@ -151,6 +152,9 @@ enum Cmd {
         #[command(subcommand)]
         what: txipc_bench::cli::BenchCmd,
     },
+    /// Mount the fs service through FUSE and serve it in the foreground (until SIGINT/SIGTERM,
+    /// an unmount, or the end of the system).
+    Mount(mount::MountArgs),
     /// Boot the default system, run clients, inject faults live, verify the state at the end.
     Demo(demo::DemoArgs),
     /// Shell completions for bash, zsh, fish, elvish or powershell, from this command's own
@@ -273,6 +277,10 @@ fn dispatch(cli: Cli) -> Result<Option<Report>> {
         }
         Cmd::Client(args) => {
             demo::client_main(args, g.system())?;
+            Ok(None)
+        }
+        Cmd::Mount(args) => {
+            mount::run(args, g.system(), g.service.as_deref().unwrap_or("fs"))?;
             Ok(None)
         }
         Cmd::Zygote => unreachable!("handled before parsing"),

@@ -1,0 +1,417 @@
+//! The fs service on a real FUSE mount, used by ordinary system calls and programs: file and
+//! directory semantics, errno values, permissions as a non-root user, rename and link edge
+//! cases, sparse and large files, concurrent writers, and SIGKILLs of the fs server while a
+//! tree is copied (zero errors, every byte checked). Every mount is gone when a test ends,
+//! failed or not (`Mounted`'s Drop).
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use txipc_runtime::client::SystemProcess;
+
+fn fs_manifest(policy: &str) -> String {
+    format!(
+        "[[server]]\nname = \"fs\"\nbuiltin = \"fs\"\npolicy = \"{policy}\"\nheap_mb = 256\nlog_mb = 32\nretry_limit = 50\nslots = 8\nrequest_max = 139264\nreply_max = 139264\n"
+    ) + &grant("*", "fs")
+}
+
+/// A system with an fs server, mounted on a fresh directory by a `txipc mount` child.
+struct Mounted {
+    sys: Option<SystemProcess>,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl Mounted {
+    fn new(tag: &str, policy: &str) -> Mounted {
+        let sys = boot(tag, &fs_manifest(policy));
+        let dir = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir(&dir).unwrap();
+        let mut m = Mounted {
+            sys: Some(sys),
+            child: None,
+            dir,
+        };
+        m.start_front_end();
+        m
+    }
+
+    fn start_front_end(&mut self) {
+        let name = self.sys.as_ref().unwrap().name().to_string();
+        let child = Command::new(exe())
+            .args(["mount", "--system", &name])
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let dir = self.dir.clone();
+        wait_until("the mount", Duration::from_secs(20), || {
+            fs_fuse::is_fuse_mount(&dir)
+        });
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.join(p)
+    }
+
+    fn system(&self) -> txipc_runtime::client::System {
+        self.sys.as_ref().unwrap().connect().unwrap()
+    }
+
+    /// Waits (bounded) for the front end to exit; returns its stderr-independent status.
+    fn wait_front_end(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("front end running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "the front end did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = txipc_sys::process::kill(c.id() as i32, rustix::process::Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Last resort: a lazy unmount never blocks.
+        if fs_fuse::is_fuse_mount(&self.dir) {
+            let _ = rustix_unmount_lazy(&self.dir);
+        }
+        drop(self.sys.take());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn rustix_unmount_lazy(dir: &Path) -> std::io::Result<()> {
+    let st = Command::new("umount").arg("-l").arg(dir).status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("umount -l failed"))
+    }
+}
+
+fn errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.unwrap_err().raw_os_error().unwrap_or(-1)
+}
+
+#[test]
+fn file_and_directory_semantics_on_a_real_mount() {
+    let mut m = Mounted::new("fsm-posix", "txipc");
+    let f = m.path("f");
+    std::fs::write(&f, b"hello").unwrap();
+    assert_eq!(std::fs::read(&f).unwrap(), b"hello");
+    // Append, positioned writes and reads, truncate.
+    let mut h = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+    h.write_all(b" world").unwrap();
+    drop(h);
+    let h = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&f)
+        .unwrap();
+    h.write_all_at(b"J", 0).unwrap();
+    let mut buf = [0u8; 5];
+    h.read_exact_at(&mut buf, 6).unwrap();
+    assert_eq!(&buf, b"world");
+    h.set_len(3).unwrap();
+    drop(h);
+    assert_eq!(std::fs::read(&f).unwrap(), b"Jel");
+    // errno values.
+    assert_eq!(errno(std::fs::read(m.path("missing"))), 2); // ENOENT
+    assert_eq!(
+        errno(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&f)
+        ),
+        17
+    ); // EEXIST
+    std::fs::create_dir(m.path("d")).unwrap();
+    std::fs::write(m.path("d/inner"), b"x").unwrap();
+    assert_eq!(errno(std::fs::remove_dir(m.path("d"))), 39); // ENOTEMPTY
+    assert_eq!(
+        errno(std::fs::OpenOptions::new().write(true).open(m.path("d"))),
+        21
+    ); // EISDIR
+    assert_eq!(errno(std::fs::read(m.path("f/x"))), 20); // ENOTDIR
+    assert_eq!(errno(std::fs::remove_file(m.path("d"))), 21); // EISDIR (unlink of a dir)
+    assert_eq!(errno(std::fs::create_dir(m.path(&"n".repeat(256)))), 36); // ENAMETOOLONG
+    // Rename: over an existing file, a directory into itself, across directories.
+    std::fs::write(m.path("g"), b"g").unwrap();
+    std::fs::rename(m.path("g"), &f).unwrap();
+    assert_eq!(std::fs::read(&f).unwrap(), b"g");
+    assert_eq!(errno(std::fs::rename(m.path("d"), m.path("d/sub"))), 22); // EINVAL
+    std::fs::create_dir(m.path("e")).unwrap();
+    std::fs::rename(m.path("d"), m.path("e/d")).unwrap();
+    assert_eq!(std::fs::read(m.path("e/d/inner")).unwrap(), b"x");
+    assert_eq!(std::fs::metadata(m.path("e")).unwrap().nlink(), 3);
+    std::fs::create_dir(m.path("full")).unwrap();
+    std::fs::write(m.path("full/x"), b"").unwrap();
+    assert_eq!(errno(std::fs::rename(m.path("e/d"), m.path("full"))), 39); // ENOTEMPTY
+    // Hard links and symlinks.
+    std::fs::hard_link(&f, m.path("f2")).unwrap();
+    assert_eq!(std::fs::metadata(&f).unwrap().nlink(), 2);
+    assert_eq!(
+        std::fs::metadata(&f).unwrap().ino(),
+        std::fs::metadata(m.path("f2")).unwrap().ino()
+    );
+    std::os::unix::fs::symlink("e/d/inner", m.path("s")).unwrap();
+    assert_eq!(
+        std::fs::read_link(m.path("s")).unwrap(),
+        Path::new("e/d/inner")
+    );
+    assert_eq!(std::fs::read(m.path("s")).unwrap(), b"x");
+    // An unlinked file stays readable through an open descriptor.
+    let mut open = std::fs::File::open(m.path("f2")).unwrap();
+    std::fs::remove_file(m.path("f2")).unwrap();
+    std::fs::remove_file(&f).unwrap();
+    let mut s = String::new();
+    open.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "g");
+    drop(open);
+    // A directory with many entries lists completely, also while it is emptied.
+    std::fs::create_dir(m.path("many")).unwrap();
+    for i in 0..300 {
+        std::fs::write(
+            m.path(&format!("many/entry-with-a-longish-name-{i:04}")),
+            b"",
+        )
+        .unwrap();
+    }
+    assert_eq!(std::fs::read_dir(m.path("many")).unwrap().count(), 300);
+    std::fs::remove_dir_all(m.path("many")).unwrap();
+    assert!(!m.path("many").exists());
+    // chmod, chown.
+    std::fs::set_permissions(m.path("e"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(
+        std::fs::metadata(m.path("e")).unwrap().mode() & 0o7777,
+        0o700
+    );
+    std::os::unix::fs::chown(m.path("e"), Some(1234), Some(5678)).unwrap();
+    let md = std::fs::metadata(m.path("e")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    // Sparse and large files.
+    let sp = m.path("sparse");
+    let mut h = std::fs::File::create(&sp).unwrap();
+    h.seek(SeekFrom::Start(1 << 30)).unwrap();
+    h.write_all(b"end").unwrap();
+    drop(h);
+    let md = std::fs::metadata(&sp).unwrap();
+    assert_eq!(md.len(), (1 << 30) + 3);
+    assert!(
+        md.blocks() <= 16,
+        "a sparse file costs its written blocks ({})",
+        md.blocks()
+    );
+    let h = std::fs::File::open(&sp).unwrap();
+    let mut hole = vec![1u8; 8192];
+    h.read_exact_at(&mut hole, 1 << 29).unwrap();
+    assert!(hole.iter().all(|&b| b == 0));
+    let big: Vec<u8> = (0..(24u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    std::fs::write(m.path("big"), &big).unwrap();
+    assert!(std::fs::read(m.path("big")).unwrap() == big);
+    // statfs works.
+    let out = Command::new("df").arg(&m.dir).output().unwrap();
+    assert!(out.status.success());
+    // SIGTERM unmounts and exits cleanly.
+    let pid = m.child.as_ref().unwrap().id() as i32;
+    txipc_sys::process::kill(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(m.wait_front_end().success());
+    assert!(!fs_fuse::is_fuse_mount(&m.dir));
+}
+
+/// Runs `script` with `sh -c` as uid/gid 65534 (nobody) with no supplementary groups.
+fn as_nobody(script: &str) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .expect("setpriv (util-linux) runs")
+}
+
+#[test]
+fn permissions_as_a_non_root_user_and_concurrent_writers() {
+    let mut m = Mounted::new("fsm-perm", "txipc");
+    std::fs::create_dir(m.path("rootonly")).unwrap();
+    std::fs::write(m.path("rootonly/secret"), b"s").unwrap();
+    std::fs::set_permissions(
+        m.path("rootonly/secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::create_dir(m.path("tmp")).unwrap();
+    std::fs::set_permissions(m.path("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::write(m.path("tmp/roots"), b"r").unwrap();
+    std::fs::set_permissions(m.path("tmp/roots"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let d = m.dir.display();
+    let denied = |script: String| {
+        let out = as_nobody(&script);
+        assert!(!out.status.success(), "{script} succeeded as nobody");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("Permission denied") || err.contains("Operation not permitted"),
+            "{script}: {err}"
+        );
+    };
+    denied(format!("echo x > {d}/rootonly/new"));
+    denied(format!("cat {d}/rootonly/secret"));
+    denied(format!("rm -f {d}/tmp/roots"));
+    denied(format!("chmod 777 {d}/tmp/roots"));
+    let ok = as_nobody(&format!(
+        "echo mine > {d}/tmp/mine && cat {d}/tmp/mine && echo more >> {d}/tmp/roots && mkdir {d}/tmp/sub && mv {d}/tmp/mine {d}/tmp/sub/ && ls {d}/tmp/sub"
+    ));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "mine\nmine\n");
+    let md = std::fs::metadata(m.path("tmp/sub/mine")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (65534, 65534));
+    assert_eq!(std::fs::read(m.path("tmp/roots")).unwrap(), b"rmore\n");
+
+    // Concurrent writers: threads on their own files and on disjoint regions of one file.
+    let shared = Arc::new(std::fs::File::create(m.path("shared")).unwrap());
+    let threads: Vec<_> = (0..6u8)
+        .map(|t| {
+            let (own, shared) = (m.path(&format!("own{t}")), shared.clone());
+            std::thread::spawn(move || {
+                let mut f = std::fs::File::create(&own).unwrap();
+                for k in 0..200u32 {
+                    f.write_all(&[t; 1000]).unwrap();
+                    shared
+                        .write_all_at(&[t + 1; 512], (u64::from(k) * 6 + u64::from(t)) * 512)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for t in 0..6u8 {
+        assert!(std::fs::read(m.path(&format!("own{t}"))).unwrap() == vec![t; 200_000]);
+    }
+    let all = std::fs::read(m.path("shared")).unwrap();
+    assert_eq!(all.len(), 200 * 6 * 512);
+    for (i, chunk) in all.chunks(512).enumerate() {
+        assert!(chunk.iter().all(|&b| b == (i % 6) as u8 + 1), "chunk {i}");
+    }
+    drop(shared);
+    // An unmount from outside ends the front end cleanly.
+    fs_fuse::unmount(&m.dir).unwrap();
+    assert!(m.wait_front_end().success());
+}
+
+/// Makes a tree of files with varied sizes (some empty, some sparse-looking) under `root`.
+fn make_tree(root: &Path, files: u32) {
+    for i in 0..files {
+        let dir = root.join(format!("d{}", i % 7)).join(format!("e{}", i % 3));
+        std::fs::create_dir_all(&dir).unwrap();
+        let len = (i * 7919) % 200_000;
+        let data: Vec<u8> = (0..len).map(|k| (k ^ (k >> 7) ^ i) as u8).collect();
+        std::fs::write(dir.join(format!("file{i}")), data).unwrap();
+    }
+}
+
+/// Every file under `a` is under `b` with the same bytes, and nothing else is.
+fn same_tree(a: &Path, b: &Path) {
+    let out = Command::new("diff")
+        .arg("-r")
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "trees differ: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn sigkills_of_the_fs_server_while_a_tree_is_copied() {
+    let mut m = Mounted::new("fsm-kill", "txipc");
+    let src = std::env::temp_dir().join(unique("fsm-src"));
+    make_tree(&src, 150);
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(src.clone());
+
+    let sys = m.system();
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicU32::new(0));
+    let killer = {
+        let (stop, kills, sys) = (stop.clone(), kills.clone(), sys.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let pid = server_pid(&sys, "fs");
+                if txipc_sys::process::kill(pid, rustix::process::Signal::KILL).is_ok() {
+                    kills.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // Copy the tree three times under fire; each copy is checked byte for byte.
+    for round in 0..3 {
+        let dst = m.path(&format!("copy{round}"));
+        let st = Command::new("cp")
+            .arg("-r")
+            .arg(&src)
+            .arg(&dst)
+            .status()
+            .unwrap();
+        assert!(st.success(), "cp failed in round {round}");
+        same_tree(&src, &dst);
+    }
+    stop.store(true, Ordering::Relaxed);
+    killer.join().unwrap();
+    let restarts = sys.ps().unwrap()[0].restarts;
+    eprintln!(
+        "{} kills sent, {restarts} recoveries",
+        kills.load(Ordering::Relaxed)
+    );
+    assert!(restarts >= 10, "too few kills landed ({restarts})");
+    // Stopping the system ends the front end cleanly.
+    drop(sys);
+    m.sys.take().unwrap().shutdown().unwrap();
+    assert!(m.wait_front_end().success());
+    assert!(!fs_fuse::is_fuse_mount(&m.dir));
+}
