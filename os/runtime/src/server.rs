@@ -367,6 +367,10 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
     if let Some(cpu) = config.cpu {
         let _ = process::pin_to_cpu(cpu);
     }
+    // A process sharing this address space, so that a SIGKILL of this incarnation is noticed
+    // without first tearing down its heap mappings (txipc_sys::keeper). Without it recovery
+    // still works, only slower for a large heap.
+    let _ = txipc_sys::keeper::spawn();
     let doorbell = Doorbell::map(fds.doorbell.as_fd())
         .unwrap_or_else(|e| fatal(&ctl, format!("doorbell: {e}")));
     let status =

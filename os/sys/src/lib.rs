@@ -10,6 +10,8 @@
 //! - [`crash`]: the crash reporter a server installs on entry: on a fatal signal or a panic it
 //!   tells the kernel and stops itself (SIGSTOP), so the kernel recovers the server *before* the
 //!   dead incarnation's address space is torn down;
+//! - [`keeper`]: a process sharing a server's address space, so that a SIGKILLed server's
+//!   memory is torn down after recovery, at nice 19, instead of before its death is noticed;
 //! - [`status`]: the status page, a small shared-memory record per server that the kernel's
 //!   watchdog reads (busy-since timestamp for per-call deadlines, served-call counters);
 //! - [`time`]: the monotonic clock in nanoseconds.
@@ -17,6 +19,7 @@
 
 pub mod crash;
 pub mod fdpass;
+pub mod keeper;
 pub mod process;
 pub mod status;
 pub mod time;
