@@ -1,8 +1,10 @@
-//! Operator commands on running systems: `ps`, `ls`, `stop`, `kill`, `logs`.
+//! Operator commands on running systems: `ps`, `ls`, `stop`, `restart`, `release`, `kill`,
+//! `logs`.
 //!
 //! A running system is its kernel process and the socket it listens on in this user's runtime
-//! directory. The kernel's pid is read from the socket itself (`SO_PEERCRED`), so it is the
-//! process that answers, not a pid file that may be stale.
+//! directory. `ps` and `ls` ask the kernel for its status; `stop`, `restart`, `release` and
+//! `kill` are control requests the kernel grants only to the manifest's operators (by default
+//! the user who started the system).
 
 use std::io::{BufRead, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -14,6 +16,15 @@ use txipc_core::proto::ServerInfo;
 use txipc_runtime::client::{ClientError, System};
 
 use crate::out::{Report, usage};
+
+/// Connects to system `name`, with `timeout` for the kernel's answers if given.
+pub fn connect(name: &str, timeout: Option<Duration>) -> Result<System> {
+    let mut sys = System::connect(name)?;
+    if let Some(t) = timeout {
+        sys.set_control_timeout(t)?;
+    }
+    Ok(sys)
+}
 
 /// The kernel process of a running system.
 #[derive(Debug, Clone, Copy)]
@@ -85,45 +96,52 @@ pub fn human_duration(s: f64) -> String {
 }
 
 /// One server as JSON (the `ps` contract: name, pid, generation, policy, restarts,
-/// aborted_requests, and more).
-pub fn server_json(s: &ServerInfo) -> Value {
+/// aborted_requests, and more). `uptime_ms` is the kernel's, to say how long ago things were.
+pub fn server_json(s: &ServerInfo, uptime_ms: u64) -> Value {
+    let ago = |at_ms: u64| uptime_ms.saturating_sub(at_ms) as f64 / 1000.0;
     json!({
         "name": s.name, "pid": s.pid, "generation": s.generation,
         "policy": s.policy.as_str(), "tracking": format!("{:?}", s.tracking).to_lowercase(),
         "state": s.state, "restarts": s.restarts,
         "aborted_requests": s.aborted_requests, "retried_requests": s.retried_requests,
         "calls": s.calls, "channels": s.channels, "last_recovery_us": s.last_recovery_us,
+        "last_recovery_ago_s": s.last_recovery_at_ms.map(ago),
+        "standby_pid": s.standby_pid, "zygote_pid": s.zygote_pid,
+        "last_fault": s.last_fault.as_ref().map(|f| json!({
+            "cause": f.cause, "generation": f.generation, "at_ms": f.at_ms, "ago_s": ago(f.at_ms),
+        })),
+        "held_reason": s.held_reason,
     })
 }
 
-/// The servers of `sys`, only `service` if given (an unknown name is "not found").
-fn servers(sys: &System, service: Option<&str>) -> Result<Vec<ServerInfo>> {
-    let mut list = sys.ps()?;
-    if let Some(name) = service {
-        list.retain(|s| s.name == name);
-        if list.is_empty() {
-            return Err(ClientError::Refused {
-                kind: txipc_core::proto::ErrorKind::UnknownService,
-                message: format!(
-                    "system `{}` has no server `{name}` (see `txipc ps`)",
-                    sys.name()
-                ),
-            }
-            .into());
+/// The servers of a status, only `service` if given (an unknown name is "not found").
+fn servers(all: &[ServerInfo], system: &str, service: Option<&str>) -> Result<Vec<ServerInfo>> {
+    let list: Vec<ServerInfo> = all
+        .iter()
+        .filter(|s| service.is_none_or(|n| s.name == n))
+        .cloned()
+        .collect();
+    match service {
+        Some(name) if list.is_empty() => Err(ClientError::Refused {
+            kind: txipc_core::proto::ErrorKind::UnknownService,
+            message: format!("system `{system}` has no server `{name}` (see `txipc ps`)"),
         }
+        .into()),
+        _ => Ok(list),
     }
-    Ok(list)
 }
 
-/// `txipc ps`.
-pub fn ps(system: &str, service: Option<&str>) -> Result<Report> {
-    let sys = System::connect(system)?;
-    let kernel = kernel_of(system)?;
-    let list = servers(&sys, service)?;
+/// `txipc ps`: the kernel's pid and uptime; per server its processes, generation, state,
+/// policy, counters, and the cause of its last fault in words.
+pub fn ps(system: &str, service: Option<&str>, timeout: Option<Duration>) -> Result<Report> {
+    let sys = connect(system, timeout)?;
+    let status = sys.status()?;
+    let list = servers(&status.servers, system, service)?;
+    let up = status.uptime_ms;
     let mut text = format!(
         "system `{system}`: kernel pid {}, up {}\n",
-        kernel.pid,
-        human_duration(kernel.uptime_s)
+        status.kernel_pid,
+        human_duration(up as f64 / 1000.0)
     );
     text.push_str(&format!(
         "{:<12} {:>8} {:>5} {:<8} {:<6} {:<10} {:>8} {:>8} {:>8} {:>10} {:>12}\n",
@@ -156,11 +174,31 @@ pub fn ps(system: &str, service: Option<&str>) -> Result<Report> {
                 .map_or("-".into(), |us| format!("{us:.0} µs"))
         ));
     }
-    let servers: Vec<Value> = list.iter().map(server_json).collect();
+    // What happened, in words, like `systemctl status`.
+    for s in &list {
+        if let Some(f) = &s.last_fault {
+            let ago = human_duration(up.saturating_sub(f.at_ms) as f64 / 1000.0);
+            text.push_str(&format!(
+                "{}: last fault {ago} ago, generation {}: {}",
+                s.name, f.generation, f.cause
+            ));
+            if let Some(us) = s.last_recovery_us {
+                text.push_str(&format!("; recovered in {us:.0} µs"));
+            }
+            text.push('\n');
+        }
+        if let Some(why) = &s.held_reason {
+            text.push_str(&format!(
+                "{}: {} because {why}; `txipc release {}` starts it again\n",
+                s.name, s.state, s.name
+            ));
+        }
+    }
+    let servers: Vec<Value> = list.iter().map(|s| server_json(s, up)).collect();
     Ok(Report::new(
         json!({
             "ok": true, "system": system,
-            "kernel": {"pid": kernel.pid, "uptime_s": kernel.uptime_s},
+            "kernel": {"pid": status.kernel_pid, "uptime_s": up as f64 / 1000.0},
             "servers": servers,
         }),
         text,
@@ -192,13 +230,15 @@ pub fn ls() -> Result<Report> {
     );
     let mut stale = Vec::new();
     for name in names {
-        let (Ok(sys), Ok(k)) = (System::connect(&name), kernel_of(&name)) else {
+        let Ok(status) = connect(&name, Some(Duration::from_secs(2))).and_then(|s| Ok(s.status()?))
+        else {
             stale.push(name);
             continue;
         };
-        let Ok(list) = sys.ps() else {
-            stale.push(name);
-            continue;
+        let list = &status.servers;
+        let k = KernelInfo {
+            pid: status.kernel_pid,
+            uptime_s: status.uptime_ms as f64 / 1000.0,
         };
         let servers: Vec<&str> = list.iter().map(|s| s.name.as_str()).collect();
         text.push_str(&format!(
@@ -224,8 +264,11 @@ pub fn ls() -> Result<Report> {
 
 /// `txipc stop`: asks the kernel to shut the system down and waits (bounded) until it is gone.
 pub fn stop(system: &str, timeout: Option<Duration>) -> Result<Report> {
-    let kernel = kernel_of(system)?;
-    let sys = System::connect(system)?;
+    let sys = connect(system, timeout)?;
+    let kernel = KernelInfo {
+        pid: sys.status()?.kernel_pid,
+        uptime_s: 0.0,
+    };
     sys.shutdown()?;
     drop(sys);
     let timeout = timeout.unwrap_or(Duration::from_secs(10));
@@ -289,27 +332,100 @@ pub fn parse_signal(s: &str) -> Result<(String, rustix::process::Signal)> {
         })
 }
 
-/// `txipc kill SERVER [--signal S]`: sends a signal to the server's running incarnation (for
-/// demonstrations: the kernel sees the fault and recovers the server by its policy).
-pub fn kill(system: &str, server: &str, signal: &str) -> Result<Report> {
+/// `txipc kill SERVER [--signal S]`: the kernel sends a signal to the server's active
+/// incarnation (for demonstrations: it then recovers the server by its policy).
+pub fn kill(system: &str, server: &str, signal: &str, timeout: Option<Duration>) -> Result<Report> {
     let (name, sig) = parse_signal(signal)?;
-    let sys = System::connect(system)?;
-    let s = servers(&sys, Some(server))?.remove(0);
-    if s.pid <= 0 {
-        bail!(
-            "server `{server}` has no running incarnation (state {}): nothing to signal",
-            s.state
-        );
-    }
-    let pid = rustix::process::Pid::from_raw(s.pid).context("bad pid")?;
-    rustix::process::kill_process(pid, sig)
-        .with_context(|| format!("sending {name} to `{server}` (pid {})", s.pid))?;
+    let sys = connect(system, timeout)?;
+    let status = sys.status()?;
+    let s = servers(&status.servers, system, Some(server))?.remove(0);
+    sys.kill(server, sig.as_raw())
+        .with_context(|| format!("sending {name} to `{server}`"))?;
     Ok(Report::new(
         json!({"ok": true, "server": server, "pid": s.pid, "generation": s.generation,
                "signal": name}),
         format!(
             "sent {name} to `{server}` (pid {}, generation {})",
             s.pid, s.generation
+        ),
+    ))
+}
+
+/// Waits (bounded) until `server` runs a generation above `above` and returns its info.
+fn wait_running(
+    sys: &System,
+    server: &str,
+    above: u64,
+    timeout: Duration,
+) -> Result<Option<ServerInfo>> {
+    let start = Instant::now();
+    loop {
+        let s = sys.ps()?.into_iter().find(|s| s.name == server);
+        if let Some(s) = s.filter(|s| s.state == "running" && s.generation > above) {
+            return Ok(Some(s));
+        }
+        if start.elapsed() >= timeout {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `txipc restart SERVER`: recovers a running server as after a fault (under `txipc` its state
+/// is kept), or starts a `held` or `dead` one again; waits (bounded) until it serves.
+pub fn restart(system: &str, server: &str, timeout: Option<Duration>) -> Result<Report> {
+    let sys = connect(system, timeout)?;
+    let status = sys.status()?;
+    let before = servers(&status.servers, system, Some(server))?.remove(0);
+    sys.restart(server)?;
+    let wait = timeout.unwrap_or(Duration::from_secs(10));
+    let after = wait_running(&sys, server, before.generation, wait)?;
+    let state = after.as_ref().map_or("starting", |_| "running");
+    Ok(Report::new(
+        json!({"ok": true, "server": server, "was": before.state,
+               "previous_generation": before.generation,
+               "generation": after.as_ref().map(|s| s.generation),
+               "pid": after.as_ref().map(|s| s.pid), "state": state}),
+        match &after {
+            Some(s) => format!(
+                "`{server}` restarted: generation {} → {} (pid {}), was {}",
+                before.generation, s.generation, s.pid, before.state
+            ),
+            None => format!(
+                "`{server}` restart requested (was {}); it is not serving yet after {wait:?}: see `txipc ps`",
+                before.state
+            ),
+        },
+    ))
+}
+
+/// `txipc release SERVER`: takes a `held` or `dead` server out of that state (with the reason
+/// it was in it) and starts it again; waits (bounded) until it serves.
+pub fn release(system: &str, server: &str, timeout: Option<Duration>) -> Result<Report> {
+    let sys = connect(system, timeout)?;
+    let status = sys.status()?;
+    let before = servers(&status.servers, system, Some(server))?.remove(0);
+    let r = sys.release(server)?;
+    let wait = timeout.unwrap_or(Duration::from_secs(10));
+    let after = wait_running(&sys, server, before.generation, wait)?;
+    Ok(Report::new(
+        json!({"ok": true, "server": server, "was": r.was, "reason": r.reason,
+               "fresh": r.fresh, "generation": after.as_ref().map(|s| s.generation),
+               "pid": after.as_ref().map(|s| s.pid),
+               "state": after.as_ref().map_or("starting", |_| "running")}),
+        format!(
+            "`{server}` released: it was {} because {}; {}{}",
+            r.was,
+            r.reason,
+            if r.fresh {
+                "it starts empty"
+            } else {
+                "it starts on its recovered state"
+            },
+            match &after {
+                Some(s) => format!(", now generation {} (pid {})", s.generation, s.pid),
+                None => format!(", not serving yet after {wait:?} (see `txipc ps`)"),
+            }
         ),
     ))
 }

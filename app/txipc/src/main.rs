@@ -25,6 +25,7 @@ mod kvcmd;
 mod mount;
 mod out;
 mod runlog;
+mod top;
 mod values;
 
 use out::{Report, usage};
@@ -78,10 +79,16 @@ impl Global {
     fn system(&self) -> &str {
         self.system.as_deref().unwrap_or("default")
     }
+
+    /// The server a command names: its argument, else `--service`.
+    fn server(&self, arg: Option<String>, cmd: &str) -> Result<String> {
+        arg.or_else(|| self.service.clone())
+            .ok_or_else(|| usage(format!("name the server: `txipc {cmd} SERVER`")))
+    }
 }
 
 /// `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
         Some(i) => (&s[..i], s[i..].trim()),
@@ -111,6 +118,10 @@ enum Cmd {
     Run {
         /// Manifest file (TOML), or `-` for standard input.
         manifest: Option<PathBuf>,
+        /// Run in the background: return once every server serves (or with the boot's error),
+        /// leaving the system running until `txipc stop`. Its log is `txipc logs`.
+        #[arg(long, short)]
+        detach: bool,
         /// Exit (taking every server with it) when the parent process dies. Used by programs
         /// that boot a private system (tests, benchmarks, the demo).
         #[arg(long, hide = true)]
@@ -122,8 +133,20 @@ enum Cmd {
     Ls,
     /// The servers of a running system, with the kernel's pid and uptime.
     Ps,
-    /// Send a signal to a server's running incarnation (a demonstration fault: the kernel
-    /// recovers the server by its policy).
+    /// Restart a server: a running one is recovered as after a fault (under `txipc` it keeps
+    /// its state); a `held` or `dead` one starts again. Needs the operator grant.
+    Restart {
+        /// The server (default: `--service`).
+        server: Option<String>,
+    },
+    /// Take a `held` or `dead` server out of that state (says why it was held) and start it
+    /// again. Needs the operator grant.
+    Release {
+        /// The server (default: `--service`).
+        server: Option<String>,
+    },
+    /// Have the kernel send a signal to a server's running incarnation (a demonstration fault:
+    /// the kernel recovers the server by its policy). Needs the operator grant.
     Kill {
         /// The server (default: `--service`).
         server: Option<String>,
@@ -131,6 +154,9 @@ enum Cmd {
         #[arg(long, short, default_value = "KILL")]
         signal: String,
     },
+    /// A live view of a running system: per server state, calls/s, restarts, the last fault;
+    /// the recent log. Full screen on a terminal (`q` quits), plain lines otherwise.
+    Top(top::TopArgs),
     /// The log of a running system (kernel events, recoveries, servers' messages).
     Logs {
         /// How many of the last lines to print.
@@ -229,7 +255,13 @@ fn dispatch(cli: Cli) -> Result<Option<Report>> {
     match cli.cmd {
         Cmd::Run {
             manifest,
+            detach: true,
+            ..
+        } => detach(manifest, g.system.clone(), g.timeout).map(Some),
+        Cmd::Run {
+            manifest,
             die_with_parent,
+            ..
         } => {
             if die_with_parent {
                 txipc_sys::process::die_with_parent(txipc_sys::process::getppid())?;
@@ -239,13 +271,24 @@ fn dispatch(cli: Cli) -> Result<Option<Report>> {
         }
         Cmd::Stop => control::stop(g.system(), g.timeout).map(Some),
         Cmd::Ls => control::ls().map(Some),
-        Cmd::Ps => control::ps(g.system(), g.service.as_deref()).map(Some),
-        Cmd::Kill { server, signal } => {
-            let server = server
-                .or(g.service.clone())
-                .ok_or_else(|| usage("name the server: `txipc kill SERVER`"))?;
-            control::kill(g.system(), &server, &signal).map(Some)
+        Cmd::Ps => control::ps(g.system(), g.service.as_deref(), g.timeout).map(Some),
+        Cmd::Restart { server } => {
+            control::restart(g.system(), &g.server(server, "restart")?, g.timeout).map(Some)
         }
+        Cmd::Release { server } => {
+            control::release(g.system(), &g.server(server, "release")?, g.timeout).map(Some)
+        }
+        Cmd::Kill { server, signal } => {
+            control::kill(g.system(), &g.server(server, "kill")?, &signal, g.timeout).map(Some)
+        }
+        Cmd::Top(args) => top::run(
+            g.system(),
+            g.service.as_deref(),
+            g.timeout,
+            g.json,
+            g.quiet,
+            args,
+        ),
         Cmd::Logs { lines, follow } => {
             control::logs(g.system(), lines, follow, g.json, g.timeout).map(Some)
         }
@@ -361,6 +404,90 @@ fn manifest_cmd(what: ManifestCmd) -> Result<Report> {
                 ),
             ))
         }
+    }
+}
+
+/// `txipc run --detach`: checks the manifest here, then starts `txipc run -` in its own
+/// process group (so the terminal's Ctrl-C does not reach it) and waits until its kernel
+/// answers with every server serving, or until it exits (its error is shown).
+fn detach(
+    manifest: Option<PathBuf>,
+    system: Option<String>,
+    timeout: Option<Duration>,
+) -> Result<Report> {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    let text = match &manifest {
+        None => txipc_core::manifest::DEFAULT_MANIFEST.to_string(),
+        Some(p) => read_manifest_text(p)?,
+    };
+    let m = Manifest::parse(&text)?;
+    let system = system.unwrap_or_else(|| m.name.clone());
+    if !txipc_core::paths::valid_system_name(&system) {
+        return Err(usage(format!(
+            "system name `{system}` is not valid: use 1-64 letters, digits, '-', '_' or '.'"
+        )));
+    }
+    if control::kernel_of(&system).is_ok() {
+        anyhow::bail!(
+            "a system named `{system}` is already running: stop it first (`txipc stop --system {system}`), or pick another --system name"
+        );
+    }
+    let exe = std::env::current_exe().context("locating the txipc binary")?;
+    let mut child = std::process::Command::new(&exe)
+        .args(["run", "-", "--system", &system])
+        .process_group(0)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the kernel")?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(text.as_bytes())
+        .context("handing the manifest to the kernel")?;
+    // Collect what it says until it is up; if it exits first, that is the error.
+    let mut err = child.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut buf);
+        let _ = tx.send(buf);
+    });
+    let wait = timeout.unwrap_or(Duration::from_secs(30));
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let said = rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
+            anyhow::bail!(
+                "system `{system}` did not start ({status}): {}",
+                String::from_utf8_lossy(&said).trim()
+            );
+        }
+        let up = txipc_runtime::client::System::connect(&system)
+            .and_then(|s| s.status())
+            .ok()
+            .filter(|st| st.servers.iter().all(|s| s.state == "running"));
+        if let Some(st) = up {
+            let names: Vec<&str> = st.servers.iter().map(|s| s.name.as_str()).collect();
+            return Ok(Report::new(
+                serde_json::json!({"ok": true, "system": system, "kernel_pid": st.kernel_pid,
+                                   "servers": names, "log": control::log_path(&system)}),
+                format!(
+                    "system `{system}` is running in the background (kernel pid {}): {}. `txipc logs` shows its log, `txipc stop` stops it.",
+                    st.kernel_pid,
+                    names.join(", ")
+                ),
+            ));
+        }
+        if start.elapsed() >= wait {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("system `{system}` was not serving within {wait:?}; it was stopped");
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -50,6 +50,12 @@ pub enum Kind {
     Unavailable,
     /// No answer in time (exit 1).
     Timeout,
+    /// The manifest makes this user no operator of the system (exit 1).
+    NotOperator,
+    /// The server is not in a state that allows the request (exit 1).
+    WrongState,
+    /// A limit of the manifest was reached (exit 1).
+    Limit,
     /// The demo's state read back differs from the clients' model (exit 1).
     StateDiffers,
     /// A manifest was refused (exit 1).
@@ -69,6 +75,9 @@ impl Kind {
             Kind::NotGranted => "not_granted",
             Kind::Unavailable => "unavailable",
             Kind::Timeout => "timeout",
+            Kind::NotOperator => "not_operator",
+            Kind::WrongState => "wrong_state",
+            Kind::Limit => "limit",
             Kind::StateDiffers => "state_differs",
             Kind::Manifest => "manifest",
             Kind::Error => "error",
@@ -143,8 +152,12 @@ pub fn classify(e: &anyhow::Error) -> Kind {
                     ErrorKind::UnknownService => Kind::UnknownServer,
                     ErrorKind::NotGranted => Kind::NotGranted,
                     ErrorKind::Unavailable => Kind::Unavailable,
+                    ErrorKind::NotOperator => Kind::NotOperator,
+                    ErrorKind::WrongState => Kind::WrongState,
+                    ErrorKind::Limit => Kind::Limit,
                     _ => Kind::Error,
                 },
+                ClientError::KernelTimeout { .. } => Kind::Timeout,
                 _ => Kind::Error,
             };
         }

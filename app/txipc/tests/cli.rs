@@ -466,3 +466,172 @@ fn completions_and_man_page() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains(".TH") && text.contains("txipc"), "{text}");
 }
+
+/// `restart` and `release` through the binary: a server held after a restart storm says why
+/// in `ps`, `release` brings it back on its recovered state, `restart` recovers a running one
+/// (state kept under txipc), and both refuse what does not apply.
+#[test]
+fn restart_and_release_a_held_server() {
+    let sys = boot(
+        "held",
+        &(server(
+            "kv",
+            "kv",
+            "txipc",
+            "[server.restart]\nmax_restarts = 1\nwindow_ms = 600000",
+        ) + &grant("*", "kv")),
+    );
+    let name = sys.name().to_string();
+    let s = name.as_str();
+    let ps = |s: &str| json_run(&["ps", "--system", s, "--json"], 0)["servers"][0].clone();
+    json_run(&["kv", "put", "a", "1", "--system", s, "--json"], 0);
+    let v = json_run(&["release", "kv", "--system", s, "--json"], 1);
+    assert_eq!(v["kind"], "wrong_state", "{v}");
+    json_run(&["kill", "kv", "--system", s, "--json"], 0);
+    wait_until("generation 2", Duration::from_secs(20), || {
+        let k = ps(s);
+        k["generation"] == 2 && k["state"] == "running"
+    });
+    json_run(
+        &[
+            "--system",
+            s,
+            "kill",
+            "--service",
+            "kv",
+            "-s",
+            "SEGV",
+            "--json",
+        ],
+        0,
+    );
+    wait_until("held", Duration::from_secs(20), || ps(s)["state"] == "held");
+    let k = ps(s);
+    let reason = k["held_reason"].as_str().expect("held reason").to_owned();
+    assert!(reason.contains("restart storm"), "{k}");
+    assert!(
+        k["last_fault"]["cause"]
+            .as_str()
+            .unwrap()
+            .contains("SIGSEGV"),
+        "{k}"
+    );
+    let o = txipc(&["ps", "--system", s]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("held because restart storm"), "{text}");
+    assert!(text.contains("txipc release kv"), "{text}");
+    let v = json_run(&["kv", "get", "a", "--system", s, "--json"], 1);
+    assert!(v["error"].as_str().unwrap().contains("held"), "{v}");
+    json_run(&["restart", "--system", s, "--json"], 2);
+    let v = json_run(&["release", "kv", "--system", s, "--json"], 0);
+    assert_eq!(v["was"], "held", "{v}");
+    assert_eq!(v["reason"], reason, "{v}");
+    assert_eq!(v["fresh"], false, "{v}");
+    assert_eq!(v["state"], "running", "{v}");
+    let o = txipc(&["kv", "get", "a", "--system", s]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "1", "state kept");
+    let before = ps(s)["generation"].as_u64().unwrap();
+    let v = json_run(&["restart", "kv", "--system", s, "--json"], 0);
+    assert_eq!(v["was"], "running", "{v}");
+    assert!(v["generation"].as_u64().unwrap() > before, "{v}");
+    let o = txipc(&["kv", "get", "a", "--system", s]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "1", "state kept");
+    assert!(
+        ps(s)["last_fault"]["cause"]
+            .as_str()
+            .unwrap()
+            .contains("operator"),
+    );
+    json_run(&["restart", "nope", "--system", s, "--json"], 3);
+    drop(sys);
+}
+
+/// `top` off a terminal: plain lines per server per refresh, bounded by `--iterations`; one
+/// object with `--json`; and it ends by itself when the system stops.
+#[test]
+fn top_plain_lines_json_and_end() {
+    let sys = kv_system("top");
+    let name = sys.name().to_string();
+    let s = name.as_str();
+    json_run(&["kv", "incr", "n", "--system", s, "--json"], 0);
+    let o = txipc(&["top", "-n", "2", "--interval", "100ms", "--system", s]);
+    assert_eq!(code(&o), 0);
+    let text = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines.iter().all(|l| l.contains(" kv running gen 1 ")),
+        "{text}"
+    );
+    let v = json_run(&["top", "--json", "-i", "100ms", "--system", s], 0);
+    assert_eq!(v["servers"][0]["name"], "kv", "{v}");
+    assert!(v["servers"][0]["calls_per_sec"].is_number(), "{v}");
+    json_run(&["top", "--json", "--service", "nope", "--system", s], 3);
+    // Unbounded, it stops with the system.
+    let top = Command::new(exe())
+        .args(["top", "-i", "100ms", "--system", s])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut top = Reap(top);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(sys);
+    wait_until("top to end", Duration::from_secs(10), || {
+        top.0.try_wait().unwrap().is_some()
+    });
+    assert!(top.0.wait().unwrap().success());
+}
+
+/// `run --detach` returns once the system serves (the README tour starts this way), refuses a
+/// second system of the same name, reports a bad manifest in the foreground, and `stop` ends
+/// the detached system with its log.
+#[test]
+fn run_detach_then_stop() {
+    let name = unique("detach");
+    let s = name.as_str();
+    let manifest = server("kv", "kv", "txipc", "") + &grant("*", "kv");
+    let o = txipc_in(
+        &["run", "--detach", "-", "--system", s, "--json"],
+        manifest.as_bytes(),
+    );
+    let v = one_object(&["run", "--detach"], &o);
+    assert_eq!(code(&o), 0, "{v}");
+    /// Kills the detached kernel (its servers die with it) if the test fails before `stop`.
+    struct Kernel(i32);
+    impl Drop for Kernel {
+        fn drop(&mut self) {
+            let _ = txipc_sys::process::kill(self.0, rustix::process::Signal::KILL);
+        }
+    }
+    let kernel = Kernel(v["kernel_pid"].as_i64().unwrap() as i32);
+    json_run(&["kv", "put", "a", "1", "--system", s, "--json"], 0);
+    let o = txipc_in(
+        &["run", "-d", "-", "--system", s, "--json"],
+        manifest.as_bytes(),
+    );
+    let v = one_object(&["run", "-d"], &o);
+    assert_eq!(code(&o), 1, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("already running"),
+        "{v}"
+    );
+    let v = json_run(&["logs", "--system", s, "--json"], 0);
+    assert!(!v["lines"].as_array().unwrap().is_empty(), "{v}");
+    let o = txipc_in(
+        &["run", "-d", "-", "--system", "t-bad", "--json"],
+        b"name = \"x\"\n",
+    );
+    assert_eq!(code(&o), 1);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no servers"));
+    json_run(&["stop", "--system", s, "--json"], 0);
+    assert!(txipc_sys::process::state(kernel.0).is_none_or(|c| c == 'Z'));
+    json_run(&["ps", "--system", s, "--json"], 3);
+}
