@@ -368,12 +368,19 @@ pub struct DemoReport {
 /// external SIGKILL from a request that makes the server exit: a lower limit would, in a
 /// storm, fail a request that was merely unlucky enough to be in flight at several kills.
 fn manifest(system: &str, policy: PolicyName) -> String {
+    let builtin = policy.kv_builtin();
+    // Under companion: checkpoints every 100 ms keep the log a fault replays short.
+    let checkpoints = if policy == PolicyName::Companion {
+        "checkpoint_every = 20000\ncheckpoint_ms = 100\n"
+    } else {
+        ""
+    };
     let (policy, tracking) = policy.manifest();
     let (policy, tracking) = (policy.as_str(), format!("{tracking:?}").to_lowercase());
     format!(
         "name = \"{system}\"\n\
-         [[server]]\nname = \"kv\"\nbuiltin = \"kv\"\npolicy = \"{policy}\"\ntracking = \"{tracking}\"\n\
-         heap_mb = 256\ndeadline_ms = 300\nretry_limit = 10\n\
+         [[server]]\nname = \"kv\"\nbuiltin = \"{builtin}\"\npolicy = \"{policy}\"\ntracking = \"{tracking}\"\n\
+         heap_mb = 256\ndeadline_ms = 300\nretry_limit = 10\n{checkpoints}\
          [server.restart]\nmin_interval_ms = 0\nmax_restarts = 1000\nwindow_ms = 1000\n\
          [[grant]]\nclient = \"*\"\nservice = \"kv\"\n"
     )

@@ -222,7 +222,10 @@ fn json_in_args() -> bool {
 fn main() {
     // The zygote path first: it must not pay for anything else.
     if std::env::args().nth(1).as_deref() == Some("__zygote") {
-        txipc_runtime::zygote_main(&builtins());
+        txipc_runtime::zygote_main_with(
+            &builtins(),
+            &[kv_plain::builtin(), kv_plain::faulty_builtin()],
+        );
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -718,6 +718,31 @@ impl ServerChannel {
         None
     }
 
+    /// The slots that are TAKEN, with their fields copied as [`Self::try_take`] copies them.
+    /// For a server incarnation that inherits the slots its failed predecessor took (policy
+    /// `companion`: the kernel leaves them TAKEN, and the successor answers them); meaningful
+    /// only while no other incarnation of the server can run.
+    pub fn taken_slots(&self) -> Vec<Taken> {
+        (0..self.chan.nslots)
+            .filter_map(|i| {
+                let c = self.chan.ctl(i);
+                if c.state().load(Acquire) & st::MASK != st::TAKEN {
+                    return None;
+                }
+                let raw_len = c.req_len().load(Relaxed);
+                let malformed = raw_len > self.chan.layout.req_cap;
+                Some(Taken {
+                    slot: i,
+                    seq: c.seq().load(Relaxed),
+                    method: c.method().load(Relaxed),
+                    attempt: c.attempt().load(Relaxed),
+                    len: if malformed { 0 } else { raw_len as usize },
+                    malformed,
+                })
+            })
+            .collect()
+    }
+
     /// Copies the request of `taken` into `buf` (its capacity reused). Leaves `buf` empty for a
     /// malformed request or a `Taken` that does not fit this channel.
     #[inline]

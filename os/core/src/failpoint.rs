@@ -17,6 +17,9 @@ pub enum FailKind {
     Hang = 4,
     /// `exit(3)`: a death the server does not report.
     Exit = 5,
+    /// Flip a byte of what is being written, after its checksum was computed (a wild write):
+    /// only at [`FailPoint::Checkpoint`], where it corrupts the snapshot a companion writes.
+    Corrupt = 6,
 }
 
 impl FailKind {
@@ -36,6 +39,7 @@ impl FailKind {
             FailKind::Abort => "abort",
             FailKind::Hang => "hang",
             FailKind::Exit => "exit",
+            FailKind::Corrupt => "corrupt",
         }
     }
 }
@@ -58,6 +62,10 @@ pub enum FailPoint {
     Prepared = 5,
     /// Nested transactions, participant: the root's decision received, not yet applied.
     OnDecide = 6,
+    /// Policy companion: in the checkpoint child, after the snapshot is distilled and
+    /// checksummed, before it is written and sealed. Not in [`FailPoint::ALL`] (those are the
+    /// points of a call).
+    Checkpoint = 7,
 }
 
 impl FailPoint {

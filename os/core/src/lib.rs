@@ -6,11 +6,14 @@
 //!   incarnations (postcard over SEQPACKET sockets; the data path never uses them);
 //! - [`recovery`]: what the kernel does with each in-flight slot after an incarnation dies, and
 //!   when it may restart a server (restart-storm bounding);
+//! - [`companion`]: the companion policy's message-log records and snapshot files (formats,
+//!   checksums, the log reader that tells a torn tail from corruption);
 //! - [`failpoint`]: faults the kernel arms in a server at a chosen point of the commit protocol;
 //! - [`paths`]: where a running system's socket lives;
 //! - [`vocab`]: the command line's names of faults and policies, shared by every command.
 #![forbid(unsafe_code)]
 
+pub mod companion;
 pub mod failpoint;
 pub mod manifest;
 pub mod nested;

@@ -6,11 +6,13 @@
 //! [[server]]
 //! name = "kv"              # how clients ask for it
 //! builtin = "kv"           # a server compiled into the txipc binary (or: exec = "/path")
-//! policy = "txipc"         # none | restart | txipc
+//! policy = "txipc"         # none | restart | txipc | companion
 //! tracking = "typed"       # typed | page   (policy txipc)
 //! heap_mb = 64             # recoverable heap (sparse: costs nothing until touched)
 //! deadline_ms = 2000       # a call running longer is a hang: the incarnation is killed
 //! retry_limit = 2          # faults a request may cause before it is failed as poison
+//! checkpoint_every = 50000 # policy companion: checkpoint after this many logged requests ...
+//! checkpoint_ms = 1000     # ... or this long after the last one (whichever comes first)
 //! [server.restart]
 //! min_interval_ms = 0      # at least this long between two restarts
 //! max_restarts = 200       # at most this many restarts ...
@@ -80,6 +82,10 @@ pub enum Policy {
     Restart,
     /// Every call is a transaction; a fault rolls it back and the call is re-executed.
     Txipc,
+    /// Singularity's companion: every state-changing request is logged outside the server
+    /// before it runs, the server's ordinary Rust state is checkpointed now and then, and a
+    /// fault restarts it from the last checkpoint and replays the log.
+    Companion,
 }
 
 impl Policy {
@@ -89,6 +95,7 @@ impl Policy {
             Policy::None => "none",
             Policy::Restart => "restart",
             Policy::Txipc => "txipc",
+            Policy::Companion => "companion",
         }
     }
 }
@@ -173,6 +180,13 @@ pub struct ServerSpec {
     /// Restart-storm bounds.
     #[serde(default)]
     pub restart: RestartLimits,
+    /// Policy companion: take a checkpoint after this many logged (state-changing) requests.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// Policy companion: take a checkpoint this many milliseconds after the previous one, if
+    /// anything was logged since (0: only by count and by a full log).
+    #[serde(default = "default_checkpoint_ms")]
+    pub checkpoint_ms: u64,
 }
 
 fn default_heap_mb() -> u64 {
@@ -195,6 +209,12 @@ fn default_msg_max() -> u32 {
 }
 fn default_batch() -> u32 {
     1
+}
+fn default_checkpoint_every() -> u64 {
+    50_000
+}
+fn default_checkpoint_ms() -> u64 {
+    1000
 }
 
 /// Who may connect to what.
@@ -268,7 +288,20 @@ pub enum ManifestError {
 }
 
 /// Built-in server names the txipc binary knows (the binary checks again at boot).
-pub const BUILTINS: &[&str] = &["kv", "fs", "null", "faulty", "bank", "account"];
+pub const BUILTINS: &[&str] = &[
+    "kv",
+    "fs",
+    "null",
+    "faulty",
+    "bank",
+    "account",
+    "kv-plain",
+    "kv-plain-faulty",
+];
+
+/// Built-in servers whose state is ordinary Rust data with a distillation (they can run under
+/// policy `companion`, and only under it or the baselines).
+pub const COMPANION_BUILTINS: &[&str] = &["kv-plain", "kv-plain-faulty"];
 
 const MAX_HEAP_MB: u64 = 64 * 1024;
 
@@ -383,6 +416,31 @@ impl Manifest {
                 return Err(field(
                     "batch_max",
                     format!("must be 1..=64, got {}", s.batch_max),
+                ));
+            }
+            if let Some(b) = &s.builtin {
+                let plain = COMPANION_BUILTINS.contains(&b.as_str());
+                if s.policy == Policy::Companion && !plain {
+                    return Err(field(
+                        "policy",
+                        format!(
+                            "`companion` needs a server whose state is ordinary Rust data with a distillation; built-in `{b}` keeps its state in the recoverable heap: use one of {COMPANION_BUILTINS:?} (`kv-plain` serves the same Kv interface), or policy `txipc`"
+                        ),
+                    ));
+                }
+                if s.policy == Policy::Txipc && plain {
+                    return Err(field(
+                        "policy",
+                        format!(
+                            "`txipc` needs a server whose state is in the recoverable heap; built-in `{b}` keeps ordinary Rust data: use policy `companion` (or `kv` for the Kv interface under txipc)"
+                        ),
+                    ));
+                }
+            }
+            if s.policy == Policy::Companion && s.checkpoint_every == 0 {
+                return Err(field(
+                    "checkpoint_every",
+                    "must be at least 1 (logged requests between two checkpoints)".into(),
                 ));
             }
             if s.restart.max_restarts == 0 || s.restart.window_ms == 0 {

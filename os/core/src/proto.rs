@@ -193,6 +193,29 @@ pub struct ServerInfo {
     pub last_recovery_at_ms: Option<u64>,
     /// Why the server is `held` or `dead`, in words; `None` in any other state.
     pub held_reason: Option<String>,
+    /// Policy companion: checkpoints and the log.
+    pub companion: Option<CompanionInfo>,
+}
+
+/// A companion server's checkpoints and log, as the kernel saw them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct CompanionInfo {
+    /// Checkpoints received.
+    pub checkpoints: u64,
+    /// The last logged request of the newest checkpoint.
+    pub checkpoint_index: u64,
+    /// Size of the newest snapshot.
+    pub snapshot_bytes: u64,
+    /// Log bytes behind the newest checkpoint.
+    pub log_bytes: u64,
+    /// Longest service stall a checkpoint caused (the fork), microseconds.
+    pub max_stall_us: u64,
+    /// Stall of the newest checkpoint, microseconds.
+    pub last_stall_us: u64,
+    /// Records replayed at the last recovery.
+    pub last_replayed: u64,
+    /// Time the last recovery spent restoring the snapshot and replaying, microseconds.
+    pub last_replay_us: u64,
 }
 
 /// Why the kernel refused.
@@ -263,6 +286,13 @@ pub struct ServerConfig {
     /// The manifest's per-call deadline: a prepared participant asks the kernel for its root's
     /// decision, and answers calls of other roots with a conflict, after a quarter of it.
     pub deadline_ms: u64,
+    /// Policy companion: checkpoint after this many logged requests.
+    pub checkpoint_every: u64,
+    /// Policy companion: checkpoint this long after the previous one (0: never by time).
+    pub checkpoint_ms: u64,
+    /// Policy companion: most bytes of message log behind the last checkpoint; a log this full
+    /// forces a checkpoint (and waits for it).
+    pub log_cap: u64,
 }
 
 /// Kernel → zygote.
@@ -340,6 +370,43 @@ pub enum ToServer {
         /// Why.
         message: String,
     },
+    /// Policy companion: start serving as `generation` after reconstituting the server from
+    /// the last checkpoint (fd `[snapshot]` rides along when `snapshot` is true) and replaying
+    /// the message log behind it (see `crate::companion`).
+    ActivateCompanion(CompanionStart),
+}
+
+/// What a companion incarnation needs to reconstitute its server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompanionStart {
+    /// The generation.
+    pub generation: u64,
+    /// A sealed snapshot memfd rides along; without one the server starts empty and replays
+    /// the log from its start.
+    pub snapshot: bool,
+    /// Where replay starts when there is no snapshot (0, or where the log was reset).
+    pub log_start: u64,
+    /// Log offsets at which an incarnation started appending, ascending: a record cut short by
+    /// the death of its writer ends at the next of them.
+    pub segments: Vec<u64>,
+    /// Requests `(channel, slot, seq)` failed by the kernel (poison, or the server held down):
+    /// replay skips their records, so their effects are absent.
+    pub skip: Vec<(u32, u32, u64)>,
+}
+
+/// A checkpoint taken by a companion server (its forked child).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    /// The last logged request the snapshot includes.
+    pub index: u64,
+    /// Log offset just after that request's record.
+    pub log_offset: u64,
+    /// Snapshot size in bytes (header included).
+    pub bytes: u64,
+    /// How long the server stopped serving for it (the fork), microseconds.
+    pub stall_us: u64,
+    /// How long the child took to distill, checksum and write it, microseconds.
+    pub write_us: u64,
 }
 
 /// Incarnation → kernel.
@@ -371,6 +438,25 @@ pub enum FromServer {
     /// Could not start (bad heap, mapping conflict...): the server is not restartable as is.
     Fatal {
         /// Why, and what to do.
+        message: String,
+    },
+    /// Policy companion: a checkpoint was written; fd `[snapshot memfd, sealed]` rides along.
+    /// Sent by the server's checkpoint child.
+    Checkpoint(CheckpointInfo),
+    /// Policy companion: the server reconstituted itself and replayed its log; sent before
+    /// `Active`.
+    Replayed {
+        /// Log records replayed.
+        records: u64,
+        /// Snapshot bytes restored.
+        snapshot_bytes: u64,
+        /// Time to restore the snapshot and replay, microseconds.
+        us: u64,
+    },
+    /// Policy companion: the server cannot be served correctly (a corrupt log record or
+    /// snapshot, a divergent replay): hold it down and tell the operator why.
+    Hold {
+        /// What was found, and what to do.
         message: String,
     },
 }

@@ -73,11 +73,52 @@ pub fn decide_slot(
         Policy::None => SlotAction::Fail(FailReason::Unavailable),
         Policy::Restart if held_down => SlotAction::Fail(FailReason::Unavailable),
         Policy::Restart => SlotAction::Fail(FailReason::Restarted),
-        Policy::Txipc if slot.attempt >= retry_limit => SlotAction::Fail(FailReason::Poison {
-            attempts: slot.attempt + 1,
-        }),
-        Policy::Txipc if held_down => SlotAction::Fail(FailReason::Unavailable),
-        Policy::Txipc => SlotAction::Repost,
+        // Companion servers are settled by `decide_companion_slot` (their requests are not
+        // rolled back but logged); as a TAKEN slot it would be re-posted like txipc's.
+        Policy::Txipc | Policy::Companion if slot.attempt >= retry_limit => {
+            SlotAction::Fail(FailReason::Poison {
+                attempts: slot.attempt + 1,
+            })
+        }
+        Policy::Txipc | Policy::Companion if held_down => SlotAction::Fail(FailReason::Unavailable),
+        Policy::Txipc | Policy::Companion => SlotAction::Repost,
+    }
+}
+
+/// Facts about one request of a companion server that still waits for its reply (its slot
+/// POSTED or TAKEN with its seq) when an incarnation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompanionSlot {
+    /// Faults charged to this request so far, this one included (the busy word named it).
+    pub charged: u32,
+}
+
+/// What the kernel does with a waiting request of a companion server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompanionAction {
+    /// Leave it: the next incarnation answers it (from its replay if the request is in the
+    /// log, by running it otherwise).
+    Leave,
+    /// Fail it with this reason, and have every later replay skip its log record (if it has
+    /// one), so that the failure tells the truth: its effects are absent.
+    FailAndSkip(FailReason),
+}
+
+/// Decides the fate of one waiting request of a companion server. `held_down`: the server
+/// will not run again soon.
+pub fn decide_companion_slot(
+    retry_limit: u32,
+    held_down: bool,
+    slot: CompanionSlot,
+) -> CompanionAction {
+    if slot.charged > retry_limit {
+        CompanionAction::FailAndSkip(FailReason::Poison {
+            attempts: slot.charged,
+        })
+    } else if held_down {
+        CompanionAction::FailAndSkip(FailReason::Unavailable)
+    } else {
+        CompanionAction::Leave
     }
 }
 
@@ -201,6 +242,32 @@ mod tests {
         assert_eq!(
             decide_slot(Policy::None, 2, false, T),
             SlotAction::Fail(FailReason::Unavailable)
+        );
+    }
+
+    #[test]
+    fn companion_requests_wait_until_poison_or_held() {
+        let s = |charged| CompanionSlot { charged };
+        assert_eq!(
+            decide_companion_slot(2, false, s(0)),
+            CompanionAction::Leave
+        );
+        assert_eq!(
+            decide_companion_slot(2, false, s(2)),
+            CompanionAction::Leave
+        );
+        assert_eq!(
+            decide_companion_slot(2, false, s(3)),
+            CompanionAction::FailAndSkip(FailReason::Poison { attempts: 3 })
+        );
+        assert_eq!(
+            decide_companion_slot(2, true, s(0)),
+            CompanionAction::FailAndSkip(FailReason::Unavailable)
+        );
+        // Poison wins over held: the client learns its request was the cause.
+        assert_eq!(
+            decide_companion_slot(0, true, s(1)),
+            CompanionAction::FailAndSkip(FailReason::Poison { attempts: 1 })
         );
     }
 

@@ -153,15 +153,18 @@ pub enum PolicyName {
     Txipc,
     /// TxIPC with page tracking.
     Page,
+    /// Singularity's companion (message log, checkpoints, replay) over ordinary Rust state.
+    Companion,
 }
 
 impl PolicyName {
     /// Every policy name.
-    pub const ALL: [PolicyName; 4] = [
+    pub const ALL: [PolicyName; 5] = [
         PolicyName::None,
         PolicyName::Restart,
         PolicyName::Txipc,
         PolicyName::Page,
+        PolicyName::Companion,
     ];
 
     /// The command-line name.
@@ -171,6 +174,7 @@ impl PolicyName {
             PolicyName::Restart => "restart",
             PolicyName::Txipc => "txipc",
             PolicyName::Page => "page",
+            PolicyName::Companion => "companion",
         }
     }
 
@@ -195,6 +199,16 @@ impl PolicyName {
             PolicyName::Restart => (Policy::Restart, Tracking::Typed),
             PolicyName::Txipc => (Policy::Txipc, Tracking::Typed),
             PolicyName::Page => (Policy::Txipc, Tracking::Page),
+            PolicyName::Companion => (Policy::Companion, Tracking::Typed),
+        }
+    }
+
+    /// The built-in that serves the Kv interface under this policy: `kv` (state in the
+    /// recoverable heap) or, under `companion`, `kv-plain` (ordinary Rust collections).
+    pub fn kv_builtin(self) -> &'static str {
+        match self {
+            PolicyName::Companion => "kv-plain",
+            _ => "kv",
         }
     }
 }

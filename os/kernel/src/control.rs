@@ -220,6 +220,7 @@ impl Kernel {
                 last_fault: s.last_fault.clone(),
                 last_recovery_at_ms: s.last_recovery_at_ms,
                 held_reason: s.held_reason.clone(),
+                companion: s.companion.as_ref().map(|c| c.info.clone()),
             })
             .collect()
     }
@@ -244,6 +245,7 @@ pub(crate) fn fail_point_words(armed: Option<(FailKind, FailPoint)>) -> String {
                 FailPoint::AfterPublish => "after-publish",
                 FailPoint::Prepared => "prepared",
                 FailPoint::OnDecide => "on-decide",
+                FailPoint::Checkpoint => "checkpoint",
             }
         ),
         None => String::new(),

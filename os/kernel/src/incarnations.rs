@@ -87,11 +87,22 @@ impl Kernel {
             c.k.set_generation(generation);
         }
         let fresh = std::mem::replace(&mut s.fresh_next, false);
-        let sent = fdpass::send(
-            &inc.sock,
-            &proto::encode(&ToServer::Activate { generation, fresh }),
-            &[],
-        );
+        let sent = match &mut s.companion {
+            Some(c) => {
+                let (start, snap) = c.start_message(generation);
+                let fds: Vec<_> = snap.map(|f| f.as_fd()).into_iter().collect();
+                fdpass::send(
+                    &inc.sock,
+                    &proto::encode(&ToServer::ActivateCompanion(start)),
+                    &fds,
+                )
+            }
+            None => fdpass::send(
+                &inc.sock,
+                &proto::encode(&ToServer::Activate { generation, fresh }),
+                &[],
+            ),
+        };
         s.active = Some(inc);
         // The next standby is forked once this one serves (`Active`), so that the fork does
         // not compete with the activation for the CPU. If the send failed, the incarnation
@@ -105,7 +116,7 @@ impl Kernel {
             let Some(inc) = s.incarnation(generation) else {
                 return;
             };
-            let (n, _fds) = match fdpass::recv(&inc.sock, &mut self.buf, true) {
+            let (n, mut fds) = match fdpass::recv(&inc.sock, &mut self.buf, true) {
                 Ok(Some(m)) => m,
                 Ok(None) => return,
                 Err(_) => {
@@ -162,6 +173,20 @@ impl Kernel {
                 }
                 Ok(FromServer::Resolve { server, txid }) => {
                     self.resolve_root(i, txipc_heap::RootId { server, txid });
+                }
+                Ok(FromServer::Checkpoint(info)) if fds.len() == 1 => {
+                    let fd = fds.pop().expect("one fd");
+                    self.companion_checkpoint(i, info, fd);
+                }
+                Ok(FromServer::Replayed { records, us, .. }) => {
+                    if let Some(c) = &mut self.servers[i].companion {
+                        c.info.last_replayed = records;
+                        c.info.last_replay_us = us;
+                    }
+                }
+                Ok(FromServer::Hold { message }) => {
+                    self.companion_hold(i, generation, message);
+                    return;
                 }
                 Ok(FromServer::Connect { service, txid }) => {
                     self.server_connect(i, generation, &service, txid);

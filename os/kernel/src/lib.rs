@@ -23,6 +23,7 @@
 mod boot;
 mod channels;
 mod clients;
+mod companion;
 mod control;
 mod errors;
 mod event_loop;

@@ -192,6 +192,7 @@ pub(crate) fn recover_shared_state(s: &mut Server, held: bool) -> Recovered {
         // Restart empty: zero the heap and log (sparse again), the next incarnation formats.
         Policy::Restart => s.reset_heap(),
         Policy::None => {}
+        Policy::Companion => return crate::companion::settle(s, held),
     }
     // Crash point "after REPLIED, before the wake": the client sleeps on a slot that is
     // already answered. Wake every sleeper; each re-checks its slot.

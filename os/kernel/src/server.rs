@@ -88,6 +88,8 @@ pub(crate) struct Server {
     pub(crate) held_reason: Option<String>,
     /// The undo log could not be read at the last recovery: the heap is not trusted.
     pub(crate) log_unusable: bool,
+    /// Policy companion: the message log and the newest checkpoint.
+    pub(crate) companion: Option<crate::companion::CompanionLog>,
 }
 
 impl Server {
@@ -128,6 +130,15 @@ impl Server {
             cpu: spec.cpu,
             index: i as u32,
             deadline_ms: spec.deadline_ms,
+            checkpoint_every: spec.checkpoint_every,
+            checkpoint_ms: spec.checkpoint_ms,
+            log_cap: spec.log_mb << 20,
+        };
+        let companion = match spec.policy {
+            txipc_core::manifest::Policy::Companion => Some(
+                crate::companion::CompanionLog::create(name, spec.log_mb << 20)?,
+            ),
+            _ => None,
         };
         Ok(Server {
             spec: spec.clone(),
@@ -162,6 +173,7 @@ impl Server {
             last_recovery_at_ms: None,
             held_reason: None,
             log_unusable: false,
+            companion,
         })
     }
 
@@ -173,6 +185,9 @@ impl Server {
         let log_size = self.spec.log_mb << 20;
         let _ = rustix::fs::ftruncate(&self.log_fd, 0);
         let _ = rustix::fs::ftruncate(&self.log_fd, log_size);
+        if let Some(c) = &mut self.companion {
+            c.reset();
+        }
         self.fresh_next = true;
     }
 

@@ -56,16 +56,14 @@ impl Kernel {
         let init = ZygoteInit {
             config: s.config.clone(),
         };
-        fdpass::send(
-            &ours,
-            &proto::encode(&init),
-            &[
-                s.heap_fd.as_fd(),
-                s.log_fd.as_fd(),
-                s.doorbell_fd.as_fd(),
-                s.status_fd.as_fd(),
-            ],
-        )
+        let mut fds = vec![
+            s.heap_fd.as_fd(),
+            s.log_fd.as_fd(),
+            s.doorbell_fd.as_fd(),
+            s.status_fd.as_fd(),
+        ];
+        fds.extend(crate::companion::zygote_fds(s));
+        fdpass::send(&ours, &proto::encode(&init), &fds)
         .map_err(|e| KernelError::ServerStart {
             server: s.spec.name.clone(),
             reason: format!(

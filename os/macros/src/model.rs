@@ -30,6 +30,8 @@ pub struct Method {
     /// Starting at 1.
     pub id: u32,
     pub readonly: bool,
+    /// `#[capture(..)]`: where the companion may checkpoint after this method.
+    pub capture: Capture,
     pub args: Vec<Arg>,
     pub ret: Ret,
     /// The method's `#[doc]` attributes, repeated on the client method.
@@ -38,6 +40,14 @@ pub struct Method {
     /// (which has the same parameters, so the same lints).
     pub passthrough: Vec<Attribute>,
     pub deprecated: bool,
+}
+
+/// A method's `#[capture(..)]` annotation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Capture {
+    Allowed,
+    Now,
+    Defer,
 }
 
 pub struct Arg {
@@ -216,6 +226,7 @@ fn check_trait_header(item: &ItemTrait, errors: &mut Errors) {
 fn read_method(f: &mut TraitItemFn, id: u32, errors: &mut Errors) -> Option<Method> {
     let mut local = Errors::default();
     let readonly = take_readonly(&mut f.attrs, &mut local);
+    let capture = take_capture(&mut f.attrs, readonly, &mut local);
 
     for attr in &f.attrs {
         if attr.path().is_ident("cfg") || attr.path().is_ident("cfg_attr") {
@@ -349,6 +360,7 @@ fn read_method(f: &mut TraitItemFn, id: u32, errors: &mut Errors) -> Option<Meth
         ident: sig.ident.clone(),
         id,
         readonly,
+        capture,
         args,
         ret,
         docs,
@@ -382,6 +394,47 @@ fn take_readonly(attrs: &mut Vec<Attribute>, errors: &mut Errors) -> bool {
         false
     });
     found
+}
+
+/// Removes `#[capture(now)]` / `#[capture(defer)]` from `attrs` and returns it.
+fn take_capture(attrs: &mut Vec<Attribute>, readonly: bool, errors: &mut Errors) -> Capture {
+    const WHAT: &str = "write `#[capture(now)]` (take a checkpoint right after this method) or `#[capture(defer)]` (never right after it: the state is mid-protocol until another method runs)";
+    let mut found: Option<Capture> = None;
+    attrs.retain(|attr| {
+        if !attr.path().is_ident("capture") {
+            return true;
+        }
+        let parsed = match &attr.meta {
+            syn::Meta::List(l) => match syn::parse2::<Ident>(l.tokens.clone()) {
+                Ok(id) if id == "now" => Some(Capture::Now),
+                Ok(id) if id == "defer" => Some(Capture::Defer),
+                _ => {
+                    errors.spanned(
+                        &l.tokens,
+                        format_args!("unknown capture point `{}`: {WHAT}", l.tokens),
+                    );
+                    None
+                }
+            },
+            other => {
+                errors.spanned(other, format_args!("`#[capture]` needs its point: {WHAT}"));
+                None
+            }
+        };
+        if found.is_some() {
+            errors.spanned(attr, "`#[capture]` is given twice: keep one");
+        } else if readonly && parsed.is_some() {
+            errors.spanned(
+                attr,
+                "`#[capture]` on a `#[readonly]` method: a readonly method changes no state and is never logged, so there is no state to capture after it; remove one of the two",
+            );
+        }
+        if found.is_none() {
+            found = parsed;
+        }
+        false
+    });
+    found.unwrap_or(Capture::Allowed)
 }
 
 fn check_receiver(r: &syn::Receiver, errors: &mut Errors) {

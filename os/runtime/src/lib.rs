@@ -19,10 +19,13 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod companion;
 pub mod nested;
 mod server;
 
+pub use companion::{PlainBuiltin, PlainInstance, current_session};
 pub use nested::rollback_request;
 pub use server::{
     Builtin, Instance, Outgoing, StartArgs, TxCell, TxHost, connect, current_attempt, zygote_main,
+    zygote_main_with,
 };

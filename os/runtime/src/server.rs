@@ -224,6 +224,13 @@ fn die(msg: &str) -> ! {
 /// status]`, answer `Ready`; then for every `Spawn` fork a standby incarnation and answer
 /// `Spawned` with its pidfd.
 pub fn zygote_main(builtins: &[Builtin]) -> ! {
+    zygote_main_with(builtins, &[])
+}
+
+/// [`zygote_main`] for a binary that also has servers with ordinary Rust state
+/// ([`crate::PlainBuiltin`]: they run under `none`, `restart` and `companion`). Under policy
+/// `companion` the init message carries two more fds, `[log (append), log (read)]`.
+pub fn zygote_main_with(builtins: &[Builtin], plain: &[crate::PlainBuiltin]) -> ! {
     let fd: i32 = std::env::var("TXIPC_CTRL_FD")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -241,21 +248,52 @@ pub fn zygote_main(builtins: &[Builtin]) -> ! {
         Err(e) => die(&format!("init: {e}")),
     };
     let init: ZygoteInit = proto::decode(&buf[..n]).unwrap_or_else(|e| die(&e.to_string()));
+    let mut fds = fds;
+    let companion_fds = if init.config.policy == Policy::Companion {
+        if fds.len() != 6 {
+            die("a companion server's init must carry 6 descriptors");
+        }
+        let read = fds.pop().expect("6 fds");
+        let append = fds.pop().expect("6 fds");
+        Some(crate::companion::LogFds { append, read })
+    } else {
+        None
+    };
     let [heap_fd, log_fd, doorbell_fd, status_fd]: [OwnedFd; 4] = fds
         .try_into()
         .unwrap_or_else(|_| die("init must carry 4 descriptors"));
-    let Some(builtin) = builtins
+    let found = builtins
         .iter()
         .find(|b| b.name == init.config.builtin)
         .copied()
-    else {
+        .map(Which::Heap)
+        .or_else(|| {
+            plain
+                .iter()
+                .find(|b| b.name == init.config.builtin)
+                .copied()
+                .map(Which::Plain)
+        });
+    let problem = match (&found, init.config.policy) {
+        (None, _) => Some(format!(
+            "no built-in server `{}` in this binary",
+            init.config.builtin
+        )),
+        (Some(Which::Heap(_)), Policy::Companion) => Some(format!(
+            "built-in `{}` keeps its state in the recoverable heap and cannot run under policy `companion`",
+            init.config.builtin
+        )),
+        (Some(Which::Plain(_)), Policy::Txipc) => Some(format!(
+            "built-in `{}` keeps ordinary Rust state and cannot run under policy `txipc`; use `companion`",
+            init.config.builtin
+        )),
+        _ => None,
+    };
+    let Some(which) = found.filter(|_| problem.is_none()) else {
         let _ = fdpass::send(
             &ctl,
             &proto::encode(&FromZygote::Failed {
-                message: format!(
-                    "no built-in server `{}` in this binary",
-                    init.config.builtin
-                ),
+                message: problem.unwrap_or_default(),
             }),
             &[],
         );
@@ -285,7 +323,19 @@ pub fn zygote_main(builtins: &[Builtin]) -> ! {
                             doorbell: &doorbell_fd,
                             status: &status_fd,
                         };
-                        incarnation_main(&init.config, builtin, fds, inc_sock);
+                        match which {
+                            Which::Heap(builtin) => {
+                                incarnation_main(&init.config, builtin, fds, inc_sock)
+                            }
+                            Which::Plain(builtin) => crate::companion::incarnation_main(
+                                &init.config,
+                                builtin,
+                                fds.doorbell,
+                                fds.status,
+                                companion_fds.as_ref(),
+                                inc_sock,
+                            ),
+                        }
                     }
                     Ok(process::Forked::Parent { child }) => {
                         drop(inc_sock);
@@ -335,6 +385,12 @@ pub fn zygote_main(builtins: &[Builtin]) -> ! {
     }
 }
 
+#[derive(Clone, Copy)]
+enum Which {
+    Heap(Builtin),
+    Plain(crate::PlainBuiltin),
+}
+
 struct IncFds<'a> {
     heap: &'a OwnedFd,
     log: &'a OwnedFd,
@@ -350,9 +406,9 @@ fn tracking_for(policy: Policy, tracking: ManifestTracking) -> Tracking {
     }
 }
 
-struct Chan {
-    index: u32,
-    chan: ServerChannel,
+pub(crate) struct Chan {
+    pub(crate) index: u32,
+    pub(crate) chan: ServerChannel,
 }
 
 /// One incarnation: standby until activated, then serving. Never returns.
@@ -379,24 +435,12 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
     let mut buf = vec![0u8; proto::MAX_CONTROL_MSG];
     let ctl = Rc::new(ctl);
     CTL.with(|c| *c.borrow_mut() = Some(ctl.clone()));
-    let _ = fdpass::send(&*ctl, &proto::encode(&FromServer::Standby), &[]);
-    // Standby: map channels as they come, until activated.
-    let (generation, fresh) = loop {
-        let (n, fds_in) = match fdpass::recv(&*ctl, &mut buf, false) {
-            Ok(Some(m)) => m,
-            Ok(None) => continue,
-            Err(_) => std::process::exit(0),
-        };
-        match proto::decode::<ToServer>(&buf[..n]) {
-            Ok(ToServer::AddChannels { indices }) => {
-                add_channels(&mut chans, indices, fds_in);
-            }
-            Ok(ToServer::RemoveChannel { index }) => chans.retain(|c| c.index != index),
-            Ok(ToServer::Activate { generation, fresh }) => break (generation, fresh),
-            Ok(ToServer::Connected(info)) => restore_outgoing(info, fds_in),
-            Ok(ToServer::ConnectRefused { .. }) | Ok(ToServer::Decided { .. }) => {}
-            Ok(ToServer::Shutdown) | Err(_) => std::process::exit(0),
-        }
+    let (generation, fresh) = match standby(&ctl, &mut chans, &mut buf) {
+        Activation::Txipc { generation, fresh } => (generation, fresh),
+        Activation::Companion(..) => fatal(
+            &ctl,
+            "told to activate as a companion server, but this server keeps its state in the recoverable heap".into(),
+        ),
     };
     // The previous incarnation may have died inside calls to other servers: the slots of the
     // inherited channels it left behind are reclaimed once their replies are in.
@@ -459,7 +503,42 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
     lp.run()
 }
 
-fn add_channels(chans: &mut Vec<Chan>, indices: Vec<u32>, fds: Vec<OwnedFd>) {
+/// How the kernel activated a standby.
+pub(crate) enum Activation {
+    /// Attach the heap (`fresh`: format it) and serve.
+    Txipc { generation: u64, fresh: bool },
+    /// Reconstitute from the snapshot (fd, if any) and the log, then serve.
+    Companion(proto::CompanionStart, Option<OwnedFd>),
+}
+
+/// The standby phase of an incarnation: says `Standby`, maps channels as they come, until
+/// activated. Exits on `Shutdown` or when the kernel is gone.
+pub(crate) fn standby(ctl: &Rc<OwnedFd>, chans: &mut Vec<Chan>, buf: &mut [u8]) -> Activation {
+    let _ = fdpass::send(&**ctl, &proto::encode(&FromServer::Standby), &[]);
+    loop {
+        let (n, mut fds_in) = match fdpass::recv(&**ctl, buf, false) {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(_) => std::process::exit(0),
+        };
+        match proto::decode::<ToServer>(&buf[..n]) {
+            Ok(ToServer::AddChannels { indices }) => add_channels(chans, indices, fds_in),
+            Ok(ToServer::RemoveChannel { index }) => chans.retain(|c| c.index != index),
+            Ok(ToServer::Activate { generation, fresh }) => {
+                return Activation::Txipc { generation, fresh };
+            }
+            Ok(ToServer::ActivateCompanion(start)) => {
+                let snap = if start.snapshot { fds_in.pop() } else { None };
+                return Activation::Companion(start, snap);
+            }
+            Ok(ToServer::Connected(info)) => restore_outgoing(info, fds_in),
+            Ok(ToServer::ConnectRefused { .. }) | Ok(ToServer::Decided { .. }) => {}
+            Ok(ToServer::Shutdown) | Err(_) => std::process::exit(0),
+        }
+    }
+}
+
+pub(crate) fn add_channels(chans: &mut Vec<Chan>, indices: Vec<u32>, fds: Vec<OwnedFd>) {
     for (index, fd) in indices.into_iter().zip(fds) {
         // A channel that does not map is skipped: it is the client's object to corrupt, and the
         // client will find its calls unanswered only if it broke its own channel.
@@ -544,7 +623,7 @@ impl Loop<'_> {
                 }
                 Ok(ToServer::RemoveChannel { index }) => self.chans.retain(|c| c.index != index),
                 Ok(ToServer::Shutdown) | Err(_) => std::process::exit(0),
-                Ok(ToServer::Activate { .. }) => {}
+                Ok(ToServer::Activate { .. } | ToServer::ActivateCompanion(_)) => {}
                 Ok(ToServer::Decided {
                     server,
                     txid,

@@ -186,6 +186,20 @@ pub fn install(report_fd: std::os::fd::RawFd) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Undoes [`install`] in a child forked from a server (a companion's checkpoint writer): its
+/// faults must not be reported as the server's. Fatal signals get their default action back and
+/// a panic exits the child quietly with status 70.
+pub fn disarm() {
+    REPORT_FD.store(-1, Ordering::Release);
+    for sig in FATAL {
+        // SAFETY: restoring the default disposition of a signal has no preconditions.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    std::panic::set_hook(Box::new(|_| std::process::exit(70)));
+}
+
 /// Reports a crash of the given kind and stops the process; if it is ever continued, it aborts.
 /// Used for panics and failed integrity checks.
 pub fn report_and_stop(kind: CrashKind) -> ! {

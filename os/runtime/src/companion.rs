@@ -1,0 +1,762 @@
+//! Servers with ordinary Rust state, and the companion that makes them recoverable.
+//!
+//! A [`PlainBuiltin`] is a `#[service]` server whose state is plain Rust data with a
+//! [`Distill`](txipc_service::Distill) implementation, run through the generated
+//! `<Trait>Companion<S>` dispatcher. Under policies `none` and `restart` this loop simply
+//! serves. Under policy `companion` it is the in-process half of the companion (ARCHITECTURE.md
+//! "Companion policy"):
+//!
+//! - every state-changing request (a known method not declared `#[readonly]`) is appended to the
+//!   message log **before** the handler sees it, with one `write(2)` on an append-only
+//!   descriptor of a memfd the kernel owns; the server never maps the log, so a wild write in
+//!   it cannot reach a record; each record is checksummed and carries the digest of the
+//!   previous request's reply;
+//! - every N logged requests or T ms (and when the log nears its cap) the server forks; the
+//!   child distills the state into a checksummed, versioned snapshot in a new memfd, seals it
+//!   against every write and hands it to the kernel, while the parent goes on serving (the
+//!   stall is the fork);
+//! - an incarnation activated after a fault reconstitutes the server from the kernel's last
+//!   snapshot, replays the log behind it in order (comparing reply digests: a divergent replay
+//!   holds the server instead of serving different state), answers the requests whose clients
+//!   still wait, and skips the ones the kernel failed (poison requests).
+//!
+//! Handlers must be deterministic. A companion server may not call other servers (their
+//! replies are not logged yet, so a replay would send those calls again).
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use txipc_chan::{Doorbell, Status, Taken};
+use txipc_core::companion::{
+    self as fmt, LogScan, RecordMeta, SNAPSHOT_HEADER, SnapshotMeta, busy_word, reply_digest,
+};
+use txipc_core::failpoint::{FailKind, FailPoint};
+use txipc_core::manifest::Policy;
+use txipc_core::proto::{self, CheckpointInfo, FromServer, ServerConfig, ToServer};
+use txipc_service::{Capture, Companion, DispatchError, DistillError};
+use txipc_sys::{fdpass, process, status::StatusPage};
+
+use crate::server::{Activation, Chan, add_channels, standby};
+
+/// A server instance as the plain loop drives it: every generated `<Trait>Companion<S>` is one.
+pub trait PlainInstance {
+    /// Runs one request; `reply` is filled with the encoded reply.
+    fn handle(
+        &mut self,
+        method: u32,
+        request: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<(), DispatchError>;
+    /// True if `method` exists and may change state (such requests are logged).
+    fn is_logged(&self, method: u32) -> bool;
+    /// The method's name, for reports.
+    fn method_name(&self, method: u32) -> Option<&'static str>;
+    /// Where a checkpoint may follow `method`.
+    fn capture(&self, method: u32) -> Capture;
+    /// Appends the distilled state to `out`.
+    fn distill(&self, out: &mut Vec<u8>) -> Result<(), DistillError>;
+}
+
+impl<D: Companion> PlainInstance for D {
+    fn handle(
+        &mut self,
+        method: u32,
+        request: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<(), DispatchError> {
+        self.dispatch(method, request, reply)
+    }
+    fn is_logged(&self, method: u32) -> bool {
+        D::method_name(method).is_some() && !D::is_readonly(method)
+    }
+    fn method_name(&self, method: u32) -> Option<&'static str> {
+        D::method_name(method)
+    }
+    fn capture(&self, method: u32) -> Capture {
+        D::capture(method)
+    }
+    fn distill(&self, out: &mut Vec<u8>) -> Result<(), DistillError> {
+        self.distill_into(out)
+    }
+}
+
+/// A server with ordinary Rust state compiled into the binary.
+#[derive(Debug, Clone, Copy)]
+pub struct PlainBuiltin {
+    /// Its name in manifests (`builtin = "..."`).
+    pub name: &'static str,
+    /// The server's `Distill::VERSION`.
+    pub state_version: u32,
+    /// A server that never ran.
+    pub fresh: fn() -> Box<dyn PlainInstance>,
+    /// A server reconstituted from a snapshot's payload.
+    pub reconstitute: Reconstitute,
+}
+
+/// How a [`PlainBuiltin`] is reconstituted from a snapshot's payload.
+pub type Reconstitute = fn(&[u8]) -> Result<Box<dyn PlainInstance>, DistillError>;
+
+impl PlainBuiltin {
+    /// The built-in `name` served by the generated companion dispatcher `D`.
+    pub fn of<D: Companion + 'static>(name: &'static str) -> PlainBuiltin {
+        fn fresh<D: Companion + 'static>() -> Box<dyn PlainInstance> {
+            Box::new(D::fresh())
+        }
+        fn reconstitute<D: Companion + 'static>(
+            payload: &[u8],
+        ) -> Result<Box<dyn PlainInstance>, DistillError> {
+            Ok(Box::new(D::reconstitute_from(payload)?))
+        }
+        PlainBuiltin {
+            name,
+            state_version: D::STATE_VERSION,
+            fresh: fresh::<D>,
+            reconstitute: reconstitute::<D>,
+        }
+    }
+}
+
+thread_local! {
+    static SESSION: Cell<u32> = const { Cell::new(u32::MAX) };
+}
+
+/// The session (connection) of the request being handled: the index of its channel, stable
+/// for the life of the connection and across every restart of the server (a replayed request
+/// runs in the session it first ran in). Per-connection state (open handles, cursors) is kept
+/// in the server's state keyed by it, so it is distilled and survives with the rest.
+/// `u32::MAX` outside a handler.
+pub fn current_session() -> u32 {
+    SESSION.with(Cell::get)
+}
+
+/// The two descriptors of the message log a companion server holds.
+#[derive(Debug)]
+pub struct LogFds {
+    /// `O_WRONLY | O_APPEND`: every write lands at the end; the memfd cannot shrink.
+    pub append: OwnedFd,
+    /// `O_RDONLY`, for replay.
+    pub read: OwnedFd,
+}
+
+fn fatal(ctl: &OwnedFd, message: String) -> ! {
+    let _ = fdpass::send(ctl, &proto::encode(&FromServer::Fatal { message }), &[]);
+    std::process::exit(74)
+}
+
+/// Tells the kernel the server cannot be served correctly, then waits to be killed (exiting
+/// would look like a new fault).
+fn hold(ctl: &OwnedFd, message: String) -> ! {
+    let _ = fdpass::send(ctl, &proto::encode(&FromServer::Hold { message }), &[]);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match fdpass::recv(ctl, &mut buf, false) {
+            Ok(Some(_)) | Ok(None) => {}
+            Err(_) => std::process::exit(0),
+        }
+    }
+}
+
+fn read_all(fd: &OwnedFd, from: u64) -> std::io::Result<Vec<u8>> {
+    let size = rustix::fs::fstat(fd)?.st_size as u64;
+    let len = size.saturating_sub(from) as usize;
+    let mut out = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        let n = rustix::io::pread(fd, &mut out[done..], from + done as u64)?;
+        if n == 0 {
+            out.truncate(done);
+            break;
+        }
+        done += n;
+    }
+    Ok(out)
+}
+
+fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        match rustix::io::write(fd, bytes) {
+            Ok(0) => return Err(std::io::Error::other("write returned 0")),
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// One incarnation of a plain server. Never returns.
+pub(crate) fn incarnation_main(
+    config: &ServerConfig,
+    builtin: PlainBuiltin,
+    doorbell_fd: &OwnedFd,
+    status_fd: &OwnedFd,
+    log: Option<&LogFds>,
+    ctl: OwnedFd,
+) -> ! {
+    if let Err(e) = txipc_sys::crash::install(ctl.as_raw_fd()) {
+        fatal(&ctl, format!("cannot install the crash reporter: {e}"));
+    }
+    if let Some(cpu) = config.cpu {
+        let _ = process::pin_to_cpu(cpu);
+    }
+    let doorbell = Doorbell::map(doorbell_fd.as_fd())
+        .unwrap_or_else(|e| fatal(&ctl, format!("doorbell: {e}")));
+    let status =
+        StatusPage::map(status_fd.as_fd()).unwrap_or_else(|e| fatal(&ctl, format!("status: {e}")));
+    let mut chans: Vec<Chan> = Vec::new();
+    let mut buf = vec![0u8; proto::MAX_CONTROL_MSG];
+    let ctl = Rc::new(ctl);
+    let activation = standby(&ctl, &mut chans, &mut buf);
+    let calls = status.calls();
+    let mut lp = PlainLoop {
+        config,
+        instance: (builtin.fresh)(),
+        chans,
+        doorbell,
+        status,
+        ctl,
+        calls,
+        next_chan: 0,
+        req: Vec::with_capacity(4096),
+        reply: Vec::with_capacity(4096),
+        ctl_buf: buf,
+        log: None,
+    };
+    let (generation, inherited) = match activation {
+        Activation::Txipc { generation, .. } if config.policy != Policy::Companion => {
+            (generation, Vec::new())
+        }
+        Activation::Companion(start, snapshot) if config.policy == Policy::Companion => {
+            let Some(fds) = log else {
+                fatal(&lp.ctl, "policy companion without a message log".into())
+            };
+            let generation = start.generation;
+            let inherited = lp.reconstitute(builtin, &start, snapshot, fds);
+            (generation, inherited)
+        }
+        _ => fatal(
+            &lp.ctl,
+            "activated for another policy than the manifest's".into(),
+        ),
+    };
+    let _ = fdpass::send(
+        &*lp.ctl,
+        &proto::encode(&FromServer::Active { generation }),
+        &[],
+    );
+    // Requests the failed incarnation took but never logged (or readonly ones): they had not
+    // run, so they run now, as if just taken.
+    for (ci, t) in inherited {
+        lp.chans[ci].chan.read_request(&t, &mut lp.req);
+        lp.run(ci, &t);
+    }
+    lp.serve()
+}
+
+/// The message log as this incarnation appends to it.
+struct LogWriter {
+    fds_append: OwnedFd,
+    /// Index the next record gets.
+    next_index: u64,
+    /// Log offset where the next record lands.
+    end: u64,
+    /// Digest of the last logged request's reply (None: unknown, e.g. after a skipped one).
+    prev_digest: Option<u64>,
+    rec: Vec<u8>,
+    /// Logged since the state the last checkpoint (started) captured.
+    since: u64,
+    /// Offset just after the last record of the last completed checkpoint: the log behind it
+    /// is the kernel's to drop, the log after it counts against `log_cap`.
+    base: u64,
+    /// When the last checkpoint was started.
+    at: Instant,
+    /// The checkpoint child at work: (pid, log offset it captures, started).
+    child: Option<(i32, u64, Instant)>,
+    /// The last request was `#[capture(defer)]`.
+    deferred: bool,
+    /// Take a checkpoint at the first chance (the log was just replayed).
+    urgent: bool,
+}
+
+struct PlainLoop<'a> {
+    config: &'a ServerConfig,
+    instance: Box<dyn PlainInstance>,
+    chans: Vec<Chan>,
+    doorbell: Doorbell,
+    status: StatusPage,
+    ctl: Rc<OwnedFd>,
+    calls: u64,
+    next_chan: usize,
+    req: Vec<u8>,
+    reply: Vec<u8>,
+    ctl_buf: Vec<u8>,
+    log: Option<LogWriter>,
+}
+
+/// How long the server spins for work before sleeping on its doorbell.
+const SERVER_SPIN: Duration = Duration::from_micros(50);
+/// A checkpoint child that has not finished after this long is killed (and a new one started
+/// when one is due).
+const CHILD_DEADLINE: Duration = Duration::from_secs(20);
+
+impl PlainLoop<'_> {
+    fn serve(&mut self) -> ! {
+        loop {
+            if self.doorbell.pending_events() != 0 && self.doorbell.take_events() != 0 {
+                self.drain_control();
+            }
+            if !self.serve_one() {
+                if let Some(w) = &self.log
+                    && w.child.is_some()
+                {
+                    self.reap(false);
+                }
+                self.maybe_checkpoint(Capture::Allowed, true);
+                let timeout = self.log.as_ref().and_then(|w| {
+                    (w.since > 0 && self.config.checkpoint_ms > 0)
+                        .then(|| Duration::from_millis(self.config.checkpoint_ms))
+                });
+                self.doorbell
+                    .wait(self.chans.iter().map(|c| &c.chan), SERVER_SPIN, timeout);
+            }
+        }
+    }
+
+    fn drain_control(&mut self) {
+        loop {
+            let (n, fds) = match fdpass::recv(&*self.ctl, &mut self.ctl_buf, true) {
+                Ok(Some(m)) => m,
+                Ok(None) => return,
+                Err(_) => std::process::exit(0),
+            };
+            match proto::decode::<ToServer>(&self.ctl_buf[..n]) {
+                Ok(ToServer::AddChannels { indices }) => {
+                    add_channels(&mut self.chans, indices, fds)
+                }
+                Ok(ToServer::RemoveChannel { index }) => self.chans.retain(|c| c.index != index),
+                Ok(ToServer::Shutdown) | Err(_) => std::process::exit(0),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Takes and serves one posted request, round robin over the channels.
+    fn serve_one(&mut self) -> bool {
+        let n = self.chans.len();
+        for k in 0..n {
+            let ci = (self.next_chan + k) % n;
+            if let Some(t) = self.chans[ci].chan.take_into(&mut self.req) {
+                self.next_chan = (ci + 1) % n;
+                self.run(ci, &t);
+                return true;
+            }
+        }
+        false
+    }
+
+    #[inline]
+    fn fail_point(&self, point: FailPoint) {
+        if let Some(kind) = self.status.fire(point as u8) {
+            txipc_sys::crash::inject(kind);
+        }
+    }
+
+    /// Runs the request taken in `t` (its bytes in `self.req`): log, handle, reply, publish.
+    fn run(&mut self, ci: usize, t: &Taken) {
+        let chan_index = self.chans[ci].index;
+        self.status
+            .set_busy(busy_word(chan_index, t.slot as u32, t.seq));
+        let logged = !t.malformed && self.log.is_some() && self.instance.is_logged(t.method);
+        if logged {
+            self.append(chan_index, t);
+        }
+        self.fail_point(FailPoint::BeforeHandle);
+        let status = if t.malformed {
+            self.reply.clear();
+            Status::Malformed
+        } else {
+            SESSION.with(|s| s.set(chan_index));
+            let r = self.instance.handle(t.method, &self.req, &mut self.reply);
+            SESSION.with(|s| s.set(u32::MAX));
+            to_status(r, &mut self.reply)
+        };
+        if logged && let Some(w) = &mut self.log {
+            w.prev_digest = Some(reply_digest(status.to_wire(), &self.reply));
+        }
+        self.fail_point(FailPoint::AfterHandle);
+        let chan = &self.chans[ci].chan;
+        if chan.write_reply(t.slot, status, &self.reply).is_err() {
+            let _ = chan.write_reply(t.slot, Status::TooLarge, &[]);
+        }
+        self.fail_point(FailPoint::AfterCommit);
+        let _ = chan.publish(t.slot);
+        self.calls += 1;
+        self.status.set_idle(self.calls);
+        if logged {
+            let capture = self.instance.capture(t.method);
+            self.maybe_checkpoint(capture, false);
+        }
+    }
+
+    /// Appends the record of the request in `self.req` (taken in `t` on channel `chan`), first
+    /// making room if the log is full.
+    fn append(&mut self, chan: u32, t: &Taken) {
+        let cap = self.config.log_cap;
+        let need = (fmt::RECORD_HEADER + self.req.len()) as u64;
+        let full = {
+            let w = self.log.as_ref().expect("logging");
+            w.end + need - w.base > cap
+        };
+        if full {
+            // A full log forces a checkpoint, and this request waits for it: the log behind
+            // a checkpoint is what the kernel may drop.
+            self.force_checkpoint();
+        }
+        let w = self.log.as_mut().expect("logging");
+        let meta = RecordMeta {
+            index: w.next_index,
+            chan,
+            slot: t.slot as u32,
+            seq: t.seq,
+            method: t.method,
+            prev_digest: w.prev_digest,
+        };
+        w.rec.clear();
+        fmt::encode_record(&meta, &self.req, &mut w.rec);
+        if write_all(&w.fds_append, &w.rec).is_err() {
+            // The record may be cut short; the request has not run. Stop as a fault: the
+            // kernel starts a new segment after whatever was written.
+            txipc_sys::crash::report_and_stop(txipc_sys::crash::CrashKind::Integrity);
+        }
+        w.next_index += 1;
+        w.end += w.rec.len() as u64;
+        w.since += 1;
+    }
+
+    /// Reaps the checkpoint child if it is done (or, `block`, waits for it). A child that
+    /// exited 0 handed its snapshot to the kernel: the log behind it no longer counts.
+    fn reap(&mut self, block: bool) {
+        let Some(w) = &mut self.log else { return };
+        let Some((pid, offset, started)) = w.child else {
+            return;
+        };
+        let Some(p) = rustix::process::Pid::from_raw(pid) else {
+            w.child = None;
+            return;
+        };
+        let opts = if block {
+            rustix::process::WaitOptions::empty()
+        } else {
+            rustix::process::WaitOptions::NOHANG
+        };
+        match rustix::process::waitpid(Some(p), opts) {
+            Ok(Some((_, st))) => {
+                w.child = None;
+                if st.exit_status() == Some(0) {
+                    w.base = offset;
+                }
+            }
+            Ok(None) => {
+                if started.elapsed() > CHILD_DEADLINE {
+                    let _ = process::kill(pid, nix_kill());
+                    let _ =
+                        rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
+                    w.child = None;
+                }
+            }
+            Err(_) => w.child = None,
+        }
+    }
+
+    /// Makes room in a full log: waits for the checkpoint at work, or takes one and waits.
+    fn force_checkpoint(&mut self) {
+        for _ in 0..3 {
+            self.reap(true);
+            let fits = {
+                let w = self.log.as_ref().expect("logging");
+                w.end + (fmt::RECORD_HEADER + self.req.len()) as u64 - w.base <= self.config.log_cap
+            };
+            if fits {
+                return;
+            }
+            self.start_checkpoint();
+        }
+        self.reap(true);
+        // Still full (the checkpoints failed, or one request is larger than the log): give up
+        // on this request as a fault rather than log past what the kernel keeps.
+        txipc_sys::crash::report_and_stop(txipc_sys::crash::CrashKind::Integrity);
+    }
+
+    /// Takes a checkpoint if one is due and allowed here.
+    fn maybe_checkpoint(&mut self, capture: Capture, idle: bool) {
+        let every = self.config.checkpoint_every;
+        let ms = self.config.checkpoint_ms;
+        let cap = self.config.log_cap;
+        let Some(w) = &mut self.log else { return };
+        if !idle {
+            w.deferred = capture == Capture::Defer;
+        }
+        if w.deferred || (w.since == 0 && !w.urgent) {
+            return;
+        }
+        if w.child.is_some() {
+            self.reap(false);
+        }
+        let w = self.log.as_ref().expect("logging");
+        if w.child.is_some() {
+            return;
+        }
+        let due = (!idle && capture == Capture::Now)
+            || w.urgent
+            || w.since >= every
+            || (ms > 0 && w.at.elapsed() >= Duration::from_millis(ms))
+            || (w.end - w.base) * 4 >= cap * 3;
+        if due {
+            self.start_checkpoint();
+        }
+    }
+
+    /// Forks the checkpoint child (between requests: the state is exactly that of every
+    /// logged request so far).
+    fn start_checkpoint(&mut self) {
+        let started = Instant::now();
+        match process::fork() {
+            Ok(process::Forked::Child) => self.checkpoint_child(started),
+            Ok(process::Forked::Parent { child }) => {
+                let w = self.log.as_mut().expect("logging");
+                w.child = Some((child, w.end, started));
+                w.since = 0;
+                w.urgent = false;
+                w.at = Instant::now();
+            }
+            Err(_) => {
+                // Could not fork (out of memory): try again at the next trigger.
+                let w = self.log.as_mut().expect("logging");
+                w.at = Instant::now();
+            }
+        }
+    }
+
+    /// In the forked child: distill, checksum, write, seal, hand to the kernel, exit.
+    fn checkpoint_child(&mut self, fork_started: Instant) -> ! {
+        let stall_us = fork_started.elapsed().as_micros() as u64;
+        txipc_sys::crash::disarm();
+        let parent = process::getppid();
+        if process::die_with_parent(parent).is_err() {
+            std::process::exit(71);
+        }
+        let t0 = Instant::now();
+        let w = self.log.as_ref().expect("logging");
+        let meta = SnapshotMeta {
+            state_version: 0,
+            index: w.next_index - 1,
+            log_offset: w.end,
+            last_digest: w.prev_digest,
+        };
+        let mut payload = Vec::new();
+        if self.instance.distill(&mut payload).is_err() {
+            std::process::exit(75);
+        }
+        let meta = SnapshotMeta {
+            state_version: self.state_version(),
+            ..meta
+        };
+        let header = fmt::snapshot_header(&meta, &payload);
+        match self.status.fire(FailPoint::Checkpoint as u8) {
+            Some(k) if k == FailKind::Corrupt as u8 => {
+                // A wild write after the checksum: the restore must notice.
+                let mid = payload.len() / 2;
+                if let Some(b) = payload.get_mut(mid) {
+                    *b ^= 0x5A;
+                }
+            }
+            Some(k) => txipc_sys::crash::inject(k),
+            None => {}
+        }
+        let name = format!("txipc-snap-{}", self.config.name);
+        let Ok(fd) = rustix::fs::memfd_create(
+            name.as_str(),
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        ) else {
+            std::process::exit(76)
+        };
+        if write_all(&fd, &header).is_err() || write_all(&fd, &payload).is_err() {
+            std::process::exit(77);
+        }
+        let seals = rustix::fs::SealFlags::SHRINK
+            | rustix::fs::SealFlags::GROW
+            | rustix::fs::SealFlags::WRITE
+            | rustix::fs::SealFlags::SEAL;
+        if rustix::fs::fcntl_add_seals(&fd, seals).is_err() {
+            std::process::exit(78);
+        }
+        let info = CheckpointInfo {
+            index: meta.index,
+            log_offset: meta.log_offset,
+            bytes: (SNAPSHOT_HEADER + payload.len()) as u64,
+            stall_us,
+            write_us: t0.elapsed().as_micros() as u64,
+        };
+        let sent = fdpass::send(
+            &*self.ctl,
+            &proto::encode(&FromServer::Checkpoint(info)),
+            &[fd.as_fd()],
+        );
+        std::process::exit(if sent.is_ok() { 0 } else { 79 })
+    }
+
+    fn state_version(&self) -> u32 {
+        STATE_VERSION.with(Cell::get)
+    }
+
+    /// Reconstitutes the server from the snapshot and the log (ActivateCompanion), answering
+    /// every waiting request the log holds. Returns the inherited TAKEN slots it did not answer
+    /// (not in the log: they have not run).
+    fn reconstitute(
+        &mut self,
+        builtin: PlainBuiltin,
+        start: &proto::CompanionStart,
+        snapshot: Option<OwnedFd>,
+        fds: &LogFds,
+    ) -> Vec<(usize, Taken)> {
+        let t0 = Instant::now();
+        STATE_VERSION.with(|v| v.set(builtin.state_version));
+        let ctl = self.ctl.clone();
+        let mut snap_meta = SnapshotMeta {
+            state_version: builtin.state_version,
+            index: 0,
+            log_offset: start.log_start,
+            last_digest: None,
+        };
+        let mut snapshot_bytes = 0;
+        if let Some(fd) = snapshot {
+            let bytes = read_all(&fd, 0)
+                .unwrap_or_else(|e| fatal(&ctl, format!("reading the snapshot: {e}")));
+            snapshot_bytes = bytes.len() as u64;
+            let (meta, payload) = fmt::decode_snapshot(&bytes, builtin.state_version)
+                .unwrap_or_else(|e| hold(&ctl, e.to_string()));
+            self.instance = (builtin.reconstitute)(payload).unwrap_or_else(|e| {
+                hold(
+                    &ctl,
+                    format!("the snapshot passed its checksum but {e}: the state cannot be reconstituted"),
+                )
+            });
+            snap_meta = meta;
+        }
+        let bytes = read_all(&fds.read, snap_meta.log_offset)
+            .unwrap_or_else(|e| fatal(&ctl, format!("reading the message log: {e}")));
+        let scan: LogScan<'_> = fmt::read_log(
+            &bytes,
+            snap_meta.log_offset,
+            &start.segments,
+            snap_meta.index + 1,
+        )
+        .unwrap_or_else(|e| hold(&ctl, e.to_string()));
+        let mut waiting: HashMap<(u32, u32), (usize, Taken)> = HashMap::new();
+        for (ci, c) in self.chans.iter().enumerate() {
+            for t in c.chan.taken_slots() {
+                waiting.insert((c.index, t.slot as u32), (ci, t));
+            }
+        }
+        let mut prev = snap_meta.last_digest;
+        let mut last: Option<(u64, u32)> = None;
+        for rec in &scan.records {
+            let m = rec.meta;
+            if let (Some(ours), Some(logged), Some((index, method))) = (prev, m.prev_digest, last)
+                && ours != logged
+            {
+                let name = self.instance.method_name(method).unwrap_or("?");
+                hold(
+                    &ctl,
+                    format!(
+                        "divergent replay: logged request {index} (method `{name}`) gave a different reply than when it first ran (digest {ours:#018x}, logged {logged:#018x}); its handler is not deterministic, so the replayed state cannot be trusted: the server is held. Make the handler deterministic (no clocks, randomness or hash-order iteration)"
+                    ),
+                );
+            }
+            if start.skip.contains(&(m.chan, m.slot, m.seq)) {
+                prev = None;
+                last = None;
+                continue;
+            }
+            self.status.set_busy(busy_word(m.chan, m.slot, m.seq));
+            SESSION.with(|s| s.set(m.chan));
+            let r = self.instance.handle(m.method, rec.request, &mut self.reply);
+            SESSION.with(|s| s.set(u32::MAX));
+            let status = to_status(r, &mut self.reply);
+            prev = Some(reply_digest(status.to_wire(), &self.reply));
+            last = Some((m.index, m.method));
+            if let Some((ci, t)) = waiting.get(&(m.chan, m.slot))
+                && t.seq == m.seq
+            {
+                let chan = &self.chans[*ci].chan;
+                if chan.write_reply(t.slot, status, &self.reply).is_err() {
+                    let _ = chan.write_reply(t.slot, Status::TooLarge, &[]);
+                }
+                let _ = chan.publish(t.slot);
+                waiting.remove(&(m.chan, m.slot));
+            }
+        }
+        self.status.set_idle(self.calls);
+        let end = rustix::fs::fstat(&fds.append)
+            .map(|s| s.st_size as u64)
+            .unwrap_or_else(|e| fatal(&ctl, format!("log: {e}")));
+        let replayed = scan.records.len() as u64;
+        let append = fds
+            .append
+            .try_clone()
+            .unwrap_or_else(|e| fatal(&ctl, format!("dup: {e}")));
+        self.log = Some(LogWriter {
+            fds_append: append,
+            next_index: snap_meta.index + replayed + 1,
+            end,
+            prev_digest: prev,
+            rec: Vec::with_capacity(4096),
+            since: replayed,
+            base: snap_meta.log_offset,
+            at: Instant::now(),
+            // A log that had to be replayed is checkpointed at the first chance, so that the
+            // next recovery does not replay it again (and a server faulting often still makes
+            // progress).
+            urgent: replayed > 0,
+            child: None,
+            deferred: false,
+        });
+        let _ = fdpass::send(
+            &*ctl,
+            &proto::encode(&FromServer::Replayed {
+                records: replayed,
+                snapshot_bytes,
+                us: t0.elapsed().as_micros() as u64,
+            }),
+            &[],
+        );
+        let mut rest: Vec<(usize, Taken)> = waiting.into_values().collect();
+        rest.sort_by_key(|(ci, t)| (*ci, t.slot));
+        rest
+    }
+}
+
+thread_local! {
+    static STATE_VERSION: Cell<u32> = const { Cell::new(0) };
+}
+
+fn nix_kill() -> rustix::process::Signal {
+    rustix::process::Signal::KILL
+}
+
+fn to_status(r: Result<(), DispatchError>, reply: &mut Vec<u8>) -> Status {
+    match r {
+        Ok(()) => Status::Ok,
+        Err(DispatchError::Malformed { .. }) => {
+            reply.clear();
+            Status::Malformed
+        }
+        Err(DispatchError::UnknownMethod { .. }) => {
+            reply.clear();
+            Status::UnknownMethod
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The key-value server with its state in ordinary Rust collections.
+//!
+//! The same [`Kv`] interface as `kv-server`, but the state is a `std` [`BTreeMap`] and a
+//! counter in the process's own memory: no recoverable heap, no transactions. It runs under
+//! policies `none` and `restart`, and under `companion`, where its [`Distill`] implementation
+//! lets the companion checkpoint the state and reconstitute it after a fault (the generated
+//! `KvCompanion` dispatcher logs every state-changing request before it runs).
+//!
+//! Every handler is deterministic (the map is ordered; nothing reads a clock or a random
+//! source), as replay requires. [`KvPlainFaulty`] is the same server with two deliberate faults,
+//! for tests: a `put` under a key starting with `poison/` panics after changing the map, and an
+//! `incr` of a key starting with `nondet/` adds a clock-dependent amount (a non-deterministic
+//! handler, which the companion must detect on replay).
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use kv_api::{CasOutcome, Kv, KvCompanion, KvError, KvStats, MAX_KEY, MAX_SCAN, MAX_VALUE};
+use serde::{Deserialize, Serialize};
+use txipc_runtime::PlainBuiltin;
+use txipc_service::{Bytes, Distill};
+
+/// The kv server's whole state: what a checkpoint holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct KvState {
+    map: BTreeMap<Bytes, Bytes>,
+    /// Requests that changed state.
+    updates: u64,
+    /// Bytes of keys and values stored.
+    bytes: u64,
+}
+
+/// The kv server with ordinary Rust state.
+#[derive(Debug, Default)]
+pub struct KvPlain {
+    state: KvState,
+}
+
+impl Distill for KvPlain {
+    const VERSION: u32 = 1;
+    type Snapshot = KvState;
+    fn distill(&self) -> &KvState {
+        &self.state
+    }
+    fn reconstitute(state: KvState) -> Self {
+        KvPlain { state }
+    }
+}
+
+fn check_key(key: &[u8]) -> Result<(), KvError> {
+    if key.len() > MAX_KEY {
+        return Err(KvError::KeyTooLarge { len: key.len() });
+    }
+    Ok(())
+}
+
+fn check_value(v: &[u8]) -> Result<(), KvError> {
+    if v.len() > MAX_VALUE {
+        return Err(KvError::ValueTooLarge { len: v.len() });
+    }
+    Ok(())
+}
+
+impl KvPlain {
+    fn current(&self, key: &[u8]) -> Option<Bytes> {
+        self.state.map.get(key).cloned()
+    }
+
+    fn store(&mut self, key: Bytes, value: Option<Bytes>) {
+        let s = &mut self.state;
+        let klen = key.len() as u64;
+        let old = match value {
+            Some(v) => {
+                s.bytes += klen + v.len() as u64;
+                s.map.insert(key, v)
+            }
+            None => s.map.remove(&key[..]),
+        };
+        if let Some(o) = old {
+            s.bytes -= klen + o.len() as u64;
+        }
+        s.updates += 1;
+    }
+}
+
+impl Kv for KvPlain {
+    fn get(&mut self, key: Bytes) -> Result<Option<Bytes>, KvError> {
+        check_key(&key)?;
+        Ok(self.current(&key))
+    }
+
+    fn put(&mut self, key: Bytes, value: Bytes) -> Result<Option<Bytes>, KvError> {
+        check_key(&key)?;
+        check_value(&value)?;
+        let prev = self.current(&key);
+        self.store(key, Some(value));
+        Ok(prev)
+    }
+
+    fn delete(&mut self, key: Bytes) -> Result<Option<Bytes>, KvError> {
+        check_key(&key)?;
+        let prev = self.current(&key);
+        if prev.is_some() {
+            self.store(key, None);
+        }
+        Ok(prev)
+    }
+
+    fn cas(
+        &mut self,
+        key: Bytes,
+        expected: Option<Bytes>,
+        new: Option<Bytes>,
+    ) -> Result<CasOutcome, KvError> {
+        check_key(&key)?;
+        if let Some(v) = &new {
+            check_value(v)?;
+        }
+        let current = self.current(&key);
+        if current != expected {
+            return Ok(CasOutcome {
+                swapped: false,
+                current,
+            });
+        }
+        if current.is_some() || new.is_some() {
+            self.store(key, new.clone());
+        }
+        Ok(CasOutcome {
+            swapped: true,
+            current: new,
+        })
+    }
+
+    fn incr(&mut self, key: Bytes, delta: i64) -> Result<i64, KvError> {
+        check_key(&key)?;
+        let now = match self.state.map.get(&key[..]) {
+            None => 0,
+            Some(b) => kv_api::counter_value(b).ok_or(KvError::NotACounter)?,
+        };
+        let next = now.checked_add(delta).ok_or(KvError::Overflow)?;
+        self.store(key, Some(Bytes::from(next.to_le_bytes())));
+        Ok(next)
+    }
+
+    fn scan(&mut self, start: Bytes, limit: u32) -> Result<kv_api::Entries, KvError> {
+        check_key(&start)?;
+        Ok(self
+            .state
+            .map
+            .range::<[u8], _>((Bound::Included(&start[..]), Bound::Unbounded))
+            .take(limit.min(MAX_SCAN) as usize)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn stats(&mut self) -> KvStats {
+        KvStats {
+            keys: self.state.map.len() as u64,
+            heap_used: self.state.bytes,
+            heap_size: 0,
+            updates: self.state.updates,
+        }
+    }
+}
+
+/// [`KvPlain`] with two deliberate faults, for tests (see the crate docs).
+#[derive(Debug, Default)]
+pub struct KvPlainFaulty(KvPlain);
+
+impl Distill for KvPlainFaulty {
+    const VERSION: u32 = 1;
+    type Snapshot = KvState;
+    fn distill(&self) -> &KvState {
+        &self.0.state
+    }
+    fn reconstitute(state: KvState) -> Self {
+        KvPlainFaulty(KvPlain { state })
+    }
+}
+
+impl Kv for KvPlainFaulty {
+    fn get(&mut self, key: Bytes) -> Result<Option<Bytes>, KvError> {
+        self.0.get(key)
+    }
+    fn put(&mut self, key: Bytes, value: Bytes) -> Result<Option<Bytes>, KvError> {
+        let poison = key.starts_with(b"poison/");
+        let prev = self.0.put(key, value)?;
+        if poison {
+            panic!("kv-plain-faulty: a poison request (its put already changed the map)");
+        }
+        Ok(prev)
+    }
+    fn delete(&mut self, key: Bytes) -> Result<Option<Bytes>, KvError> {
+        self.0.delete(key)
+    }
+    fn cas(
+        &mut self,
+        key: Bytes,
+        expected: Option<Bytes>,
+        new: Option<Bytes>,
+    ) -> Result<CasOutcome, KvError> {
+        self.0.cas(key, expected, new)
+    }
+    fn incr(&mut self, key: Bytes, delta: i64) -> Result<i64, KvError> {
+        let delta = if key.starts_with(b"nondet/") {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            delta + i64::from(nanos % 1000) + 1
+        } else {
+            delta
+        };
+        self.0.incr(key, delta)
+    }
+    fn scan(&mut self, start: Bytes, limit: u32) -> Result<kv_api::Entries, KvError> {
+        self.0.scan(start, limit)
+    }
+    fn stats(&mut self) -> KvStats {
+        self.0.stats()
+    }
+}
+
+/// The server as the built-in `kv-plain` of the txipc binary.
+pub fn builtin() -> PlainBuiltin {
+    PlainBuiltin::of::<KvCompanion<KvPlain>>("kv-plain")
+}
+
+/// The faulty variant as the built-in `kv-plain-faulty` (tests only).
+pub fn faulty_builtin() -> PlainBuiltin {
+    PlainBuiltin::of::<KvCompanion<KvPlainFaulty>>("kv-plain-faulty")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use txipc_service::Companion;
+
+    #[test]
+    fn distill_and_reconstitute_roundtrip() {
+        let mut kv = KvCompanion::new(KvPlain::default());
+        let mut reply = Vec::new();
+        for i in 0..100u32 {
+            let mut req = Vec::new();
+            req.extend(postcard::to_stdvec(&Bytes::from(i.to_le_bytes())).unwrap());
+            req.extend(postcard::to_stdvec(&Bytes::from(vec![i as u8; 100])).unwrap());
+            txipc_service::Dispatch::dispatch(
+                &mut kv,
+                kv_api::KvMethod::Put.id(),
+                &req,
+                &mut reply,
+            )
+            .unwrap();
+        }
+        let mut snap = Vec::new();
+        kv.distill_into(&mut snap).unwrap();
+        // One length and one copy per byte string (`Bytes` serialises as bytes).
+        assert!(snap.len() < 100 * (4 + 100 + 4) + 16, "{}", snap.len());
+        let back = KvCompanion::<KvPlain>::reconstitute_from(&snap).unwrap();
+        assert_eq!(back.into_inner().state, kv.into_inner().state);
+        assert!(KvCompanion::<KvPlain>::reconstitute_from(&snap[..snap.len() - 3]).is_err());
+    }
+}
