@@ -326,7 +326,12 @@ fn dispatch(cli: Cli) -> Result<Option<Report>> {
             Ok(None)
         }
         Cmd::Mount(args) => {
-            mount::run(args, g.system(), g.service.as_deref().unwrap_or("fs"))?;
+            mount::run(
+                args,
+                g.system(),
+                g.service.as_deref().unwrap_or("fs"),
+                g.quiet,
+            )?;
             Ok(None)
         }
         Cmd::Zygote => unreachable!("handled before parsing"),

@@ -17,24 +17,34 @@ pub struct MountArgs {
 /// Mounts service `service` (the global `--service`, default `fs`) of system `system` (the
 /// global `--system`), serves until SIGINT/SIGTERM, an unmount or the end of the system,
 /// unmounts.
-pub fn run(args: MountArgs, system: &str, service: &str) -> Result<()> {
+pub fn run(args: MountArgs, system: &str, service: &str, quiet: bool) -> Result<()> {
     let opts = fs_fuse::MountOptions {
         dir: args.dir,
         system: system.into(),
         service: service.into(),
         threads: args.threads,
     };
-    let ended = fs_fuse::run(&opts, || {
+    let ended = fs_fuse::run(&opts, |start| {
         // The first line on stdout is the readiness signal for scripts and tests.
         println!("ready {}", opts.dir.display());
+        if quiet {
+            return;
+        }
         eprintln!(
-            "txipc: service `{}` of system `{}` mounted on {}; Ctrl-C (or `umount {}`) unmounts.",
+            "txipc: service `{}` of system `{}` {} {}; Ctrl-C (or `umount {}`) unmounts.",
             opts.service,
             opts.system,
+            match start {
+                fs_fuse::Start::Mounted => "mounted on",
+                fs_fuse::Start::Adopted => "adopted (requests in flight re-sent) on",
+            },
             opts.dir.display(),
             opts.dir.display()
         );
     })?;
+    if quiet {
+        return Ok(());
+    }
     eprintln!(
         "txipc: {} unmounted ({})",
         opts.dir.display(),

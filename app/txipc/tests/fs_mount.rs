@@ -46,19 +46,31 @@ impl Mounted {
 
     fn start_front_end(&mut self) {
         let name = self.sys.as_ref().unwrap().name().to_string();
-        let child = Command::new(exe())
-            .args(["mount", "--system", &name])
+        let mut child = Command::new(exe())
+            .args(["mount", "--quiet", "--system", &name])
             .arg(&self.dir)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
+        // Its first line says it serves ("ready DIR"); read it on a thread so the wait is
+        // bounded.
+        let out = child.stdout.take().unwrap();
         self.child = Some(child);
-        let dir = self.dir.clone();
-        wait_until("the mount", Duration::from_secs(20), || {
-            fs_fuse::is_fuse_mount(&dir)
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(out).lines();
+            let _ = tx.send(lines.next().and_then(Result::ok));
+            for _ in lines {}
         });
+        let line = rx.recv_timeout(Duration::from_secs(20));
+        assert!(
+            matches!(&line, Ok(Some(l)) if l.starts_with("ready")),
+            "the front end did not come up: {line:?}"
+        );
+        assert!(fs_fuse::is_fuse_mount(&self.dir));
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -412,6 +424,60 @@ fn sigkills_of_the_fs_server_while_a_tree_is_copied() {
     // Stopping the system ends the front end cleanly.
     drop(sys);
     m.sys.take().unwrap().shutdown().unwrap();
+    assert!(m.wait_front_end().success());
+    assert!(!fs_fuse::is_fuse_mount(&m.dir));
+}
+
+#[test]
+fn the_front_end_survives_its_own_death() {
+    let mut m = Mounted::new("fsm-fe", "txipc");
+    let src = std::env::temp_dir().join(unique("fsm-fe-src"));
+    make_tree(&src, 120);
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(src.clone());
+    // The copier is an ordinary program; it must see no error while its file system's front
+    // end is SIGKILLed and replaced under it, over and over.
+    let copier = {
+        let (src, dir) = (src.clone(), m.dir.clone());
+        std::thread::spawn(move || {
+            for round in 0..3 {
+                let dst = dir.join(format!("copy{round}"));
+                let st = Command::new("cp")
+                    .arg("-r")
+                    .arg(&src)
+                    .arg(&dst)
+                    .status()
+                    .unwrap();
+                assert!(st.success(), "cp failed in round {round}");
+                same_tree(&src, &dst);
+            }
+        })
+    };
+    let mut replaced = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !copier.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(120));
+        let mut old = m.child.take().unwrap();
+        txipc_sys::process::kill(old.id() as i32, rustix::process::Signal::KILL).unwrap();
+        old.wait().unwrap();
+        // The mount stays: the kernel keeps the connection.
+        assert!(fs_fuse::is_fuse_mount(&m.dir));
+        m.start_front_end();
+        replaced += 1;
+    }
+    copier.join().expect("the copies saw no error");
+    eprintln!("front end replaced {replaced} times");
+    assert!(
+        replaced >= 3,
+        "the copy ended before the front end was replaced enough"
+    );
+    let pid = m.child.as_ref().unwrap().id() as i32;
+    txipc_sys::process::kill(pid, rustix::process::Signal::TERM).unwrap();
     assert!(m.wait_front_end().success());
     assert!(!fs_fuse::is_fuse_mount(&m.dir));
 }

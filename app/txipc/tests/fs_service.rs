@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use fs_api::{Caller, Errno, FsClient, ROOT_INO, oflag};
+use fs_api::{Caller, Errno, FsClient, ROOT_INO, RequestId, oflag};
 use txipc_service::Error as SvcError;
 
 fn fs_system(tag: &str, policy: &str) -> txipc_runtime::client::SystemProcess {
@@ -71,16 +71,18 @@ fn fs_calls_survive_sigkills_of_the_server() {
             .unwrap();
         let content: Vec<u8> = (0..20_000 + i * 997).map(|k| (k * 31 + i) as u8).collect();
         for (k, piece) in content.chunks(7_000).enumerate() {
-            let n = fs.write(cr.fh, (k * 7_000) as u64, piece).unwrap();
+            let n = fs
+                .write(c.clone(), cr.fh, (k * 7_000) as u64, piece)
+                .unwrap();
             assert_eq!(n as usize, piece.len());
         }
-        fs.release(cr.fh).unwrap();
+        fs.release(c.clone(), cr.fh).unwrap();
         model.push((cr.attr.ino, content));
         // Read the previous file back while the killer goes on.
         if let Some((ino, content)) = model.get(model.len().wrapping_sub(2)) {
             let fh = fs.open(c.clone(), *ino, oflag::O_RDONLY).unwrap();
             assert!(fs.read(fh, 0, content.len() as u32).unwrap().as_slice() == content.as_slice());
-            fs.release(fh).unwrap();
+            fs.release(c.clone(), fh).unwrap();
         }
         let enough = kills.load(Ordering::Relaxed) >= 40 && i >= 40;
         if enough || start.elapsed() > Duration::from_secs(15) {
@@ -111,7 +113,7 @@ fn fs_calls_survive_sigkills_of_the_server() {
         let fh = fs.open(c.clone(), *ino, oflag::O_RDONLY).unwrap();
         let back = fs.read(fh, 0, content.len() as u32).unwrap();
         assert!(back.as_slice() == content.as_slice(), "f{i} differs");
-        fs.release(fh).unwrap();
+        fs.release(c.clone(), fh).unwrap();
     }
     drop((fs, conn));
     sys.shutdown().unwrap();
@@ -132,6 +134,64 @@ fn the_restart_baseline_comes_back_empty() {
     assert_eq!(
         fs.lookup(c, ROOT_INO, name("d")).unwrap_err(),
         SvcError::Service(Errno::ENOENT)
+    );
+    drop((fs, conn));
+    sys.shutdown().unwrap();
+}
+
+#[test]
+fn a_resent_request_answers_its_recorded_result() {
+    let sys = fs_system("fs-replay", "txipc");
+    let conn = sys.connect().unwrap();
+    let fs = FsClient::new(open(&conn, "fs"));
+    let mut c = Caller::root();
+    c.request = Some(RequestId {
+        session: 7,
+        unique: 42,
+        resent: false,
+    });
+    let first = fs.mkdir(c.clone(), ROOT_INO, name("d"), 0o755, 0).unwrap();
+    // The same request again, as a successor front end re-sends it: the recorded success.
+    let mut again = c.clone();
+    again.request = Some(RequestId {
+        resent: true,
+        ..c.request.unwrap()
+    });
+    assert_eq!(
+        fs.mkdir(again, ROOT_INO, name("d"), 0o755, 0).unwrap(),
+        first
+    );
+    // A new request doing the same is a new mkdir: EEXIST.
+    let mut other = c.clone();
+    other.request = Some(RequestId {
+        session: 7,
+        unique: 44,
+        resent: true,
+    });
+    assert_eq!(
+        fs.mkdir(other, ROOT_INO, name("d"), 0o755, 0).unwrap_err(),
+        SvcError::Service(Errno::EEXIST)
+    );
+    // Recorded errors replay too, and the ring forgets the oldest results.
+    for u in 100..100 + fs_api::REPLAY_SLOTS as u64 + 10 {
+        let mut x = c.clone();
+        x.request = Some(RequestId {
+            session: 7,
+            unique: u,
+            resent: false,
+        });
+        fs.mkdir(x, ROOT_INO, name(&format!("m{u}")), 0o755, 0)
+            .unwrap();
+    }
+    let mut old = c.clone();
+    old.request = Some(RequestId {
+        session: 7,
+        unique: 42,
+        resent: true,
+    });
+    assert_eq!(
+        fs.mkdir(old, ROOT_INO, name("d"), 0o755, 0).unwrap_err(),
+        SvcError::Service(Errno::EEXIST)
     );
     drop((fs, conn));
     sys.shutdown().unwrap();

@@ -83,6 +83,33 @@ pub enum Request {
     /// The system's status: the kernel's pid and uptime and every server. Answer:
     /// [`Response::Status`].
     Status,
+    /// Keep a FUSE connection (the `/dev/fuse` fd rides along; none to only update `minor`)
+    /// for the front end serving `mountpoint`, so the mount outlives the front end. The
+    /// connection is held by this client until its control connection closes. Answer:
+    /// [`Response::Ok`]. Operator only. Refused with [`ErrorKind::WrongState`] while another
+    /// live front end holds `mountpoint`.
+    FuseKeep {
+        /// The mount point (canonical path).
+        mountpoint: String,
+        /// The negotiated FUSE protocol minor (0: `INIT` not answered yet).
+        minor: u32,
+        /// The front end's session tag (request ids for exactly-once replay embed it).
+        session: u64,
+    },
+    /// Adopt the kept connection of `mountpoint` after its front end died. Answer:
+    /// [`Response::Fuse`] with the fd; this client holds it from now on. Operator only.
+    /// Refused with [`ErrorKind::WrongState`] if none is kept or while its front end
+    /// is alive.
+    FuseAdopt {
+        /// The mount point (canonical path).
+        mountpoint: String,
+    },
+    /// Forget the kept connection of `mountpoint` (its front end unmounted it). Answer:
+    /// [`Response::Ok`]. Operator only.
+    FuseForget {
+        /// The mount point (canonical path).
+        mountpoint: String,
+    },
 }
 
 /// Kernel → client.
@@ -100,6 +127,19 @@ pub enum Response {
     Status(SystemStatus),
     /// Answer to [`Request::Release`]: the server left `held`/`dead` and is starting again.
     Released(Released),
+    /// Answer to [`Request::FuseAdopt`]: the kept connection; its fd rides along.
+    Fuse(KeptFuse),
+}
+
+/// A FUSE connection the kernel keeps for a mount point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptFuse {
+    /// The mount point.
+    pub mountpoint: String,
+    /// The negotiated protocol minor (0: `INIT` was never answered).
+    pub minor: u32,
+    /// The session tag of the front end that mounted it.
+    pub session: u64,
 }
 
 /// The system as [`Request::Status`] reports it.

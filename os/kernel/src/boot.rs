@@ -106,6 +106,7 @@ impl Kernel {
             buf: vec![0u8; proto::MAX_CONTROL_MSG],
             owner_uid: rustix::process::getuid().as_raw(),
             decisions: Default::default(),
+            fuse: Default::default(),
         };
         k.watch(k.listener.as_fd(), token(T_LISTEN, 0, 0))?;
         k.watch(k.sigfd.as_fd(), token(T_SIGNAL, 0, 0))?;

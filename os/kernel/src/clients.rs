@@ -53,7 +53,7 @@ impl Kernel {
                 return;
             };
             let msg = fdpass::recv(&c.sock, &mut self.buf, true);
-            let (n, _fds) = match msg {
+            let (n, fds) = match msg {
                 Ok(Some(m)) => m,
                 Ok(None) => return,
                 Err(_) => {
@@ -74,6 +74,31 @@ impl Kernel {
                     } else {
                         self.connect(id, &service)
                     }
+                }
+                Ok(
+                    req @ (Request::FuseKeep { .. }
+                    | Request::FuseAdopt { .. }
+                    | Request::FuseForget { .. }),
+                ) => {
+                    // They carry an fd one way or the other: answered and sent here.
+                    let who = self.clients[&id].principal.clone();
+                    let r = self.fuse_request(id, &who, req, fds);
+                    let c = &self.clients[&id];
+                    let sent = match &r {
+                        Ok((resp, fd)) => fdpass::send(
+                            &c.sock,
+                            &proto::encode(resp),
+                            &fd.iter().map(|f| f.as_fd()).collect::<Vec<_>>(),
+                        ),
+                        Err(e) => {
+                            fdpass::send(&c.sock, &proto::encode(&Response::Error(e.clone())), &[])
+                        }
+                    };
+                    if sent.is_err() {
+                        self.drop_client(id);
+                        return;
+                    }
+                    continue;
                 }
                 Ok(req) => {
                     let who = self.clients[&id].principal.clone();
@@ -125,6 +150,7 @@ impl Kernel {
             return;
         };
         self.unwatch(c.sock.as_fd());
+        self.fuse_client_gone(id);
         for (si, ci) in c.channels {
             self.revoke_channel(si, ci);
         }

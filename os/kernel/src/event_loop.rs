@@ -36,6 +36,8 @@ pub(crate) struct Kernel {
     pub(crate) owner_uid: u32,
     /// How roots of nested transactions ended, as learnt while recovering (`nested`).
     pub(crate) decisions: txipc_core::nested::Decisions,
+    /// FUSE connections kept for their mount points (`fuse`).
+    pub(crate) fuse: crate::fuse::KeptMap,
 }
 
 /// Boots the system and serves until SIGINT/SIGTERM or a `Shutdown` request. `on_ready` is

@@ -27,6 +27,7 @@ mod companion;
 mod control;
 mod errors;
 mod event_loop;
+mod fuse;
 mod incarnations;
 mod nested;
 mod recovery;

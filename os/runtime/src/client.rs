@@ -1,7 +1,7 @@
 //! The client library: reach a running system, open channels to its servers.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -132,6 +132,14 @@ impl System {
     }
 
     fn request(&self, req: &Request) -> Result<(Response, Vec<OwnedFd>), ClientError> {
+        self.request_with(req, &[])
+    }
+
+    fn request_with(
+        &self,
+        req: &Request,
+        send_fds: &[BorrowedFd<'_>],
+    ) -> Result<(Response, Vec<OwnedFd>), ClientError> {
         let sock = self.conn.sock.lock().unwrap_or_else(|p| p.into_inner());
         let io = |e: fdpass::FdPassError| {
             // SO_RCVTIMEO/SO_SNDTIMEO expire as EAGAIN.
@@ -146,7 +154,7 @@ impl System {
                 ClientError::Io(e.to_string())
             }
         };
-        fdpass::send(&*sock, &proto::encode(req), &[]).map_err(io)?;
+        fdpass::send(&*sock, &proto::encode(req), send_fds).map_err(io)?;
         let mut buf = vec![0u8; proto::MAX_CONTROL_MSG];
         let (n, fds) = fdpass::recv(&*sock, &mut buf, false)
             .map_err(io)?
@@ -174,6 +182,55 @@ impl System {
         let mut ch = Channel::from_fds(fds, info)?;
         ch._conn = Some(self.conn.clone());
         Ok(ch)
+    }
+
+    /// Hands the kernel the `/dev/fuse` fd of the mount at `mountpoint` (or, with `fd` `None`,
+    /// updates the negotiated `minor`), so the mount outlives this front end; this connection
+    /// holds it until it closes. Operator only.
+    pub fn fuse_keep(
+        &self,
+        mountpoint: &str,
+        minor: u32,
+        session: u64,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), ClientError> {
+        let req = Request::FuseKeep {
+            mountpoint: mountpoint.into(),
+            minor,
+            session,
+        };
+        match self.request_with(&req, fd.as_slice())?.0 {
+            Response::Ok => Ok(()),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Adopts the kept FUSE connection of `mountpoint` (its front end died): its protocol
+    /// state and the fd. Operator only.
+    pub fn fuse_adopt(
+        &self,
+        mountpoint: &str,
+    ) -> Result<(txipc_core::proto::KeptFuse, OwnedFd), ClientError> {
+        let (resp, mut fds) = self.request(&Request::FuseAdopt {
+            mountpoint: mountpoint.into(),
+        })?;
+        match (resp, fds.pop()) {
+            (Response::Fuse(k), Some(fd)) => Ok((k, fd)),
+            (other, _) => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Tells the kernel to drop the kept connection of `mountpoint` (it was unmounted).
+    pub fn fuse_forget(&self, mountpoint: &str) -> Result<(), ClientError> {
+        match self
+            .request(&Request::FuseForget {
+                mountpoint: mountpoint.into(),
+            })?
+            .0
+        {
+            Response::Ok => Ok(()),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
     }
 
     /// The servers of the system.

@@ -177,7 +177,7 @@ impl std::fmt::Display for Errno {
 impl std::error::Error for Errno {}
 
 /// Who makes a call: the credentials permission checks use (FUSE passes the calling process's
-/// fsuid and fsgid; the front end adds its supplementary groups).
+/// fsuid and fsgid; the front end adds its supplementary groups), and which request it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Caller {
     /// File-system user id (0: superuser, passes every permission check).
@@ -186,24 +186,46 @@ pub struct Caller {
     pub gid: u32,
     /// Supplementary groups.
     pub groups: Vec<u32>,
+    /// The request this call serves, for exactly-once replay (see [`RequestId`]); `None` for
+    /// callers that never re-send.
+    pub request: Option<RequestId>,
 }
+
+/// Names a request of a client that may send it again after its own crash (the FUSE front
+/// end: a successor re-sends the requests the kernel had given the dead one).
+///
+/// The server records the result of every changing call that names its request, in the same
+/// transaction, in a ring of the last [`REPLAY_SLOTS`] results. A call marked `resent` whose
+/// request is in the ring is not executed again: it answers the recorded result. So a
+/// `mkdir` that ran and committed just before its front end died answers the successor's
+/// re-sent `mkdir` with its original success, not `EEXIST`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    /// The client's session (for FUSE: one per mount, kept with the connection).
+    pub session: u64,
+    /// The request's number in the session (for FUSE: the kernel's `unique`).
+    pub unique: u64,
+    /// Whether this is a re-sent request (look for a recorded result first).
+    pub resent: bool,
+}
+
+/// How many recent results the server keeps for [`RequestId`] replay (more than the requests
+/// a front end can have in flight).
+pub const REPLAY_SLOTS: usize = 256;
 
 impl Caller {
     /// The superuser.
     pub fn root() -> Caller {
-        Caller {
-            uid: 0,
-            gid: 0,
-            groups: Vec::new(),
-        }
+        Caller::user(0, 0)
     }
 
-    /// A caller with no supplementary groups.
+    /// A caller with no supplementary groups, naming no request.
     pub fn user(uid: u32, gid: u32) -> Caller {
         Caller {
             uid,
             gid,
             groups: Vec::new(),
+            request: None,
         }
     }
 
@@ -412,14 +434,14 @@ pub trait Fs {
     /// Opens `ino` with `open(2)` flags; returns a handle. `O_TRUNC` truncates.
     fn open(&mut self, caller: Caller, ino: u64, flags: u32) -> Result<u64, Errno>;
     /// Closes a handle (an unlinked inode goes with its last handle).
-    fn release(&mut self, fh: u64) -> Result<(), Errno>;
+    fn release(&mut self, caller: Caller, fh: u64) -> Result<(), Errno>;
     /// Up to `size` bytes at `offset` through handle `fh` (fewer at the end of the file;
     /// holes read as zeros).
     #[readonly]
     fn read(&mut self, fh: u64, offset: u64, size: u32) -> Result<Data, Errno>;
     /// Writes `data` at `offset` (at the end of the file for an `O_APPEND` handle); the file
     /// grows, with a hole if `offset` is past its end. Returns the bytes written (all of them).
-    fn write(&mut self, fh: u64, offset: u64, data: Bytes) -> Result<u32, Errno>;
+    fn write(&mut self, caller: Caller, fh: u64, offset: u64, data: Bytes) -> Result<u32, Errno>;
     /// Entries of directory `ino` after position `offset` (0: from the start, `.` and `..`
     /// first), at most `max` of them (read permission on the directory).
     #[readonly]

@@ -21,5 +21,5 @@ pub mod abi;
 pub mod mount;
 pub mod session;
 
-pub use mount::{Ended, MountError, MountOptions, is_fuse_mount, run, unmount};
+pub use mount::{Ended, MountError, MountOptions, Start, is_fuse_mount, mount_path, run, unmount};
 pub use session::Session;

@@ -78,11 +78,35 @@ pub enum Ended {
     SystemStopped,
 }
 
-/// Whether `dir` is a mount point of a FUSE file system (from `/proc/self/mountinfo`).
-pub fn is_fuse_mount(dir: &Path) -> bool {
-    let Ok(dir) = dir.canonicalize() else {
-        return false;
+/// The absolute path of mount point `dir` without touching `dir` itself: a FUSE mount whose
+/// front end is dead (and not yet replaced) would block a `stat` of it. The parent is
+/// resolved (symlinks too), the last component is kept as given.
+pub fn mount_path(dir: &Path) -> PathBuf {
+    let abs = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(dir)
     };
+    let mut clean = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => clean.push(other),
+        }
+    }
+    match (clean.parent(), clean.file_name()) {
+        (Some(p), Some(name)) => p.canonicalize().unwrap_or(p.to_path_buf()).join(name),
+        _ => clean,
+    }
+}
+
+/// Whether `dir` is a mount point of a FUSE file system (from `/proc/self/mountinfo`; never
+/// touches `dir`).
+pub fn is_fuse_mount(dir: &Path) -> bool {
+    let dir = mount_path(dir);
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
@@ -193,10 +217,12 @@ fn connect(opts: &MountOptions) -> Result<(System, FsClient<Channel>), MountErro
 }
 
 /// Serves requests on `session` with `threads` readers until a stop condition; reports why.
+/// `keep` is called with the negotiated minor once `INIT` has been answered.
 fn serve(
     session: Arc<Session<Channel>>,
     sys: &System,
     threads: usize,
+    mut keep: impl FnMut(u32),
 ) -> Result<Ended, MountError> {
     // SIGINT/SIGTERM arrive on a signalfd; the mask is inherited by the readers.
     let mut mask = SigSet::empty();
@@ -228,6 +254,7 @@ fn serve(
     }
     drop(done_tx);
 
+    let mut kept_minor = session.minor();
     let mut last_check = Instant::now();
     loop {
         let mut fds = [rustix::event::PollFd::new(
@@ -236,7 +263,7 @@ fn serve(
         )];
         let timeout = rustix::time::Timespec {
             tv_sec: 0,
-            tv_nsec: 200_000_000,
+            tv_nsec: 100_000_000,
         };
         let _ = rustix::event::poll(&mut fds, Some(&timeout));
         if let Ok(Some(_)) = sigfd.read_signal() {
@@ -248,6 +275,10 @@ fn serve(
         }
         if session.system_gone() {
             return Ok(Ended::SystemStopped);
+        }
+        if session.minor() != kept_minor {
+            kept_minor = session.minor();
+            keep(kept_minor);
         }
         if last_check.elapsed() > Duration::from_millis(500) {
             last_check = Instant::now();
@@ -276,19 +307,115 @@ fn reader(s: &Session<Channel>) -> Next {
     }
 }
 
-/// `txipc mount`: mounts the fs service on `opts.dir` and serves it in the foreground until
+/// A session tag unlikely to repeat (time and pid).
+fn new_session_tag() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (t.as_nanos() as u64).rotate_left(17) ^ u64::from(std::process::id())
+}
+
+/// How this front end got its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// It mounted the file system.
+    Mounted,
+    /// It adopted the kept connection of a dead front end and had the kernel re-send the
+    /// requests that one had not answered.
+    Adopted,
+}
+
+/// `txipc mount`: mounts the fs service on `opts.dir` (or adopts the connection the kernel
+/// kept for it when its previous front end died) and serves it in the foreground until
 /// SIGINT/SIGTERM, an unmount from outside, or the end of the system; then unmounts.
 ///
-/// `ready` is called once the mount is up.
-pub fn run(opts: &MountOptions, ready: impl FnOnce()) -> Result<Ended, MountError> {
+/// `ready` is called once requests are served.
+pub fn run(opts: &MountOptions, ready: impl FnOnce(Start)) -> Result<Ended, MountError> {
     let (sys, fs) = connect(opts)?;
-    let dev = Arc::new(mount(&opts.dir)?);
-    let session = Arc::new(Session::new(dev, fs, 0));
-    ready();
-    let ended = serve(session, &sys, opts.threads);
-    // Whatever happened, the mount goes (it may already be gone: unmounted from outside).
-    if is_fuse_mount(&opts.dir) {
-        unmount(&opts.dir)?;
+    let mp = mount_path(&opts.dir);
+    let mps = mp.to_string_lossy().into_owned();
+    let sys_err = |what: &str, e: txipc_runtime::client::ClientError| MountError::Service {
+        system: opts.system.clone(),
+        service: opts.service.clone(),
+        detail: format!("{what}: {e}"),
+    };
+
+    // A connection kept for this mount point, whose front end died: adopt it.
+    let mut adopted = None;
+    // A front end that just died may not have been noticed by the kernel yet: ask again for a
+    // moment before calling it alive.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match sys.fuse_adopt(&mps) {
+            Ok((kept, fd)) => {
+                if is_fuse_mount(&mp) {
+                    adopted = Some((kept, fd));
+                } else {
+                    // Unmounted since (its front end died after the unmount, before forgetting).
+                    let _ = sys.fuse_forget(&mps);
+                }
+            }
+            Err(txipc_runtime::client::ClientError::Refused { message, .. })
+                if message.contains("is alive") =>
+            {
+                if Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                return Err(MountError::MountPoint {
+                    dir: mp,
+                    detail: format!("{message}: stop it first"),
+                });
+            }
+            Err(_) => {}
+        }
+        break;
     }
+
+    let (session, start) = match adopted {
+        Some((kept, fd)) => {
+            let s = Arc::new(Session::new(Arc::new(fd), fs, kept.minor, kept.session));
+            // Every request the dead front end read and did not answer comes again.
+            s.notify_resend().map_err(|e| MountError::Sys {
+                op: "FUSE_NOTIFY_RESEND (needs Linux 6.9 or later)",
+                source: e,
+            })?;
+            (s, Start::Adopted)
+        }
+        None => {
+            let dev = mount(&mp)?;
+            let tag = new_session_tag();
+            if let Err(e) = sys.fuse_keep(&mps, 0, tag, Some(dev.as_fd())) {
+                eprintln!(
+                    "txipc: warning: the kernel does not keep this mount's connection ({e}); the mount will not survive the death of this front end"
+                );
+            }
+            (
+                Arc::new(Session::new(Arc::new(dev), fs, 0, tag)),
+                Start::Mounted,
+            )
+        }
+    };
+    ready(start);
+    let tag = session.session();
+    let ended = serve(session, &sys, opts.threads, |minor| {
+        let _ = sys.fuse_keep(&mps, minor, tag, None);
+    });
+    // Whatever happened, the mount goes (it may already be gone: unmounted from outside),
+    // and the kernel forgets the connection.
+    let unmounted = if is_fuse_mount(&mp) {
+        unmount(&mp)
+    } else {
+        Ok(())
+    };
+    if let Err(e) = sys.fuse_forget(&mps)
+        && !matches!(ended, Ok(Ended::SystemStopped))
+    {
+        eprintln!(
+            "txipc: warning: {}",
+            sys_err("forgetting the connection", e)
+        );
+    }
+    unmounted?;
     ended
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use fs_api::{Attr, Caller, DirEntry, Errno, FsClient, SetAttr, TimeSet, Timespec};
+use fs_api::{Attr, Caller, DirEntry, Errno, FsClient, RequestId, SetAttr, TimeSet, Timespec};
 use txipc_service::{CallError, Error as SvcError, Transport};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -38,6 +38,8 @@ pub struct Session<T: Transport> {
     dev: Arc<OwnedFd>,
     fs: FsClient<T>,
     minor: AtomicU32,
+    /// Tag of this connection's requests for exactly-once replay (`fs_api::RequestId`).
+    session: u64,
     /// Set when the system behind the service is gone (the mount should end).
     system_gone: AtomicBool,
 }
@@ -114,8 +116,16 @@ fn groups_of(pid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-fn caller(h: &abi::InHeader) -> Caller {
+/// Bit the kernel sets in `unique` of a request it re-sends after `FUSE_NOTIFY_RESEND`.
+pub const UNIQUE_RESEND: u64 = 1 << 63;
+
+fn caller(h: &abi::InHeader, session: u64) -> Caller {
     Caller {
+        request: Some(RequestId {
+            session,
+            unique: h.unique & !UNIQUE_RESEND,
+            resent: h.unique & UNIQUE_RESEND != 0,
+        }),
         uid: h.uid,
         gid: h.gid,
         // The superuser passes every check: no need to look its groups up.
@@ -129,12 +139,14 @@ fn caller(h: &abi::InHeader) -> Caller {
 
 impl<T: Transport> Session<T> {
     /// A session on the FUSE device `dev` serving through `fs`. `minor` is the negotiated
-    /// protocol minor of an adopted connection (0: not negotiated yet, an `INIT` will come).
-    pub fn new(dev: Arc<OwnedFd>, fs: FsClient<T>, minor: u32) -> Session<T> {
+    /// protocol minor of an adopted connection (0: not negotiated yet, an `INIT` will come);
+    /// `session` tags its requests (the same for every front end of one connection).
+    pub fn new(dev: Arc<OwnedFd>, fs: FsClient<T>, minor: u32, session: u64) -> Session<T> {
         Session {
             dev,
             fs,
             minor: AtomicU32::new(minor),
+            session,
             system_gone: AtomicBool::new(false),
         }
     }
@@ -142,6 +154,11 @@ impl<T: Transport> Session<T> {
     /// The negotiated protocol minor (0 before `INIT`).
     pub fn minor(&self) -> u32 {
         self.minor.load(Ordering::Acquire)
+    }
+
+    /// The session tag.
+    pub fn session(&self) -> u64 {
+        self.session
     }
 
     /// Whether a call found the system gone.
@@ -291,7 +308,7 @@ impl<T: Transport> Session<T> {
         match h.opcode {
             op::LOOKUP => {
                 let name = take_name(&mut b)?;
-                let a = self.errno(fs.lookup(caller(h), ino, name))?;
+                let a = self.errno(fs.lookup(caller(h, self.session), ino, name))?;
                 self.ok(u, entry(&a).as_bytes());
             }
             op::GETATTR => {
@@ -332,7 +349,7 @@ impl<T: Transport> Session<T> {
                     ),
                     fh: (v & abi::fattr::FH != 0).then_some(s.fh),
                 };
-                let a = self.errno(fs.setattr(caller(h), ino, set))?;
+                let a = self.errno(fs.setattr(caller(h, self.session), ino, set))?;
                 self.ok(u, attr_out(&a).as_bytes());
             }
             op::READLINK => {
@@ -342,29 +359,37 @@ impl<T: Transport> Session<T> {
             op::SYMLINK => {
                 let name = take_name(&mut b)?;
                 let target = take_name(&mut b)?;
-                let a = self.errno(fs.symlink(caller(h), ino, name, target))?;
+                let a = self.errno(fs.symlink(caller(h, self.session), ino, name, target))?;
                 self.ok(u, entry(&a).as_bytes());
             }
             op::MKNOD => {
                 let m = take::<abi::MknodIn>(&mut b)?;
                 let name = take_name(&mut b)?;
-                let a = self.errno(fs.mknod(caller(h), ino, name, m.mode, m.umask, m.rdev))?;
+                let a = self.errno(fs.mknod(
+                    caller(h, self.session),
+                    ino,
+                    name,
+                    m.mode,
+                    m.umask,
+                    m.rdev,
+                ))?;
                 self.ok(u, entry(&a).as_bytes());
             }
             op::MKDIR => {
                 let m = take::<abi::MkdirIn>(&mut b)?;
                 let name = take_name(&mut b)?;
-                let a = self.errno(fs.mkdir(caller(h), ino, name, m.mode, m.umask))?;
+                let a =
+                    self.errno(fs.mkdir(caller(h, self.session), ino, name, m.mode, m.umask))?;
                 self.ok(u, entry(&a).as_bytes());
             }
             op::UNLINK => {
                 let name = take_name(&mut b)?;
-                self.errno(fs.unlink(caller(h), ino, name))?;
+                self.errno(fs.unlink(caller(h, self.session), ino, name))?;
                 self.ok(u, &[]);
             }
             op::RMDIR => {
                 let name = take_name(&mut b)?;
-                self.errno(fs.rmdir(caller(h), ino, name))?;
+                self.errno(fs.rmdir(caller(h, self.session), ino, name))?;
                 self.ok(u, &[]);
             }
             op::RENAME | op::RENAME2 => {
@@ -376,18 +401,18 @@ impl<T: Transport> Session<T> {
                 };
                 let old = take_name(&mut b)?;
                 let new = take_name(&mut b)?;
-                self.errno(fs.rename(caller(h), ino, old, newdir, new, flags))?;
+                self.errno(fs.rename(caller(h, self.session), ino, old, newdir, new, flags))?;
                 self.ok(u, &[]);
             }
             op::LINK => {
                 let l = take::<abi::LinkIn>(&mut b)?;
                 let name = take_name(&mut b)?;
-                let a = self.errno(fs.link(caller(h), l.oldnodeid, ino, name))?;
+                let a = self.errno(fs.link(caller(h, self.session), l.oldnodeid, ino, name))?;
                 self.ok(u, entry(&a).as_bytes());
             }
             op::OPEN => {
                 let o = take::<abi::OpenIn>(&mut b)?;
-                let fh = self.errno(fs.open(caller(h), ino, o.flags))?;
+                let fh = self.errno(fs.open(caller(h, self.session), ino, o.flags))?;
                 let out = abi::OpenOut {
                     fh,
                     open_flags: 0,
@@ -398,7 +423,14 @@ impl<T: Transport> Session<T> {
             op::CREATE => {
                 let c = take::<abi::CreateIn>(&mut b)?;
                 let name = take_name(&mut b)?;
-                let cr = self.errno(fs.create(caller(h), ino, name, c.mode, c.umask, c.flags))?;
+                let cr = self.errno(fs.create(
+                    caller(h, self.session),
+                    ino,
+                    name,
+                    c.mode,
+                    c.umask,
+                    c.flags,
+                ))?;
                 let out = abi::OpenOut {
                     fh: cr.fh,
                     open_flags: 0,
@@ -414,7 +446,7 @@ impl<T: Transport> Session<T> {
             op::WRITE => {
                 let w = take::<abi::WriteIn>(&mut b)?;
                 let data = b.get(..w.size as usize).ok_or(Errno::EINVAL)?;
-                let n = self.errno(fs.write(w.fh, w.offset, data))?;
+                let n = self.errno(fs.write(caller(h, self.session), w.fh, w.offset, data))?;
                 let out = abi::WriteOut {
                     size: n,
                     padding: 0,
@@ -423,7 +455,7 @@ impl<T: Transport> Session<T> {
             }
             op::RELEASE => {
                 let r = take::<abi::ReleaseIn>(&mut b)?;
-                self.errno(fs.release(r.fh))?;
+                self.errno(fs.release(caller(h, self.session), r.fh))?;
                 self.ok(u, &[]);
             }
             op::FLUSH | op::RELEASEDIR | op::FSYNCDIR => self.ok(u, &[]),
@@ -434,7 +466,7 @@ impl<T: Transport> Session<T> {
             }
             op::OPENDIR => {
                 // Read permission is checked by readdir; the handle carries nothing.
-                self.errno(fs.access(caller(h), ino, 0))?;
+                self.errno(fs.access(caller(h, self.session), ino, 0))?;
                 let out = abi::OpenOut {
                     fh: 0,
                     open_flags: 0,
@@ -445,7 +477,8 @@ impl<T: Transport> Session<T> {
             op::READDIR => {
                 let r = take::<abi::ReadIn>(&mut b)?;
                 let max = (r.size / 32).max(1);
-                let entries = self.errno(fs.readdir(caller(h), ino, r.offset, max))?;
+                let entries =
+                    self.errno(fs.readdir(caller(h, self.session), ino, r.offset, max))?;
                 self.ok(u, &pack_dirents(&entries, r.size as usize));
             }
             op::STATFS => {
@@ -466,7 +499,7 @@ impl<T: Transport> Session<T> {
             }
             op::ACCESS => {
                 let a = take::<abi::AccessIn>(&mut b)?;
-                self.errno(fs.access(caller(h), ino, a.mask))?;
+                self.errno(fs.access(caller(h, self.session), ino, a.mask))?;
                 self.ok(u, &[]);
             }
             // Extended attributes, locks (the kernel keeps them locally), fallocate, ioctl,

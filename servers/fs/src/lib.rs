@@ -25,6 +25,9 @@ pub mod state;
 use fs_api::{
     Attr, Bytes, Caller, Created, Data, DirEntry, Errno, Fs, FsDispatcher, SetAttr, StatFs,
 };
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use txipc_heap::Tx;
 use txipc_runtime::{Builtin, Instance, StartArgs, TxCell, TxHost};
 
 pub use ops::FsCore;
@@ -35,6 +38,39 @@ pub use state::FsRoot;
 pub struct FsServer {
     core: FsCore,
     tx: TxCell,
+}
+
+impl FsServer {
+    /// Runs a changing call exactly once per named request: a re-sent request whose result is
+    /// recorded answers that result; otherwise the call runs and its result is recorded in the
+    /// same transaction (see `fs_api::RequestId`).
+    fn once<T: Serialize + DeserializeOwned>(
+        &mut self,
+        caller: &Caller,
+        f: impl FnOnce(&FsCore, &mut Tx<'static>, &Caller) -> Result<T, Errno>,
+    ) -> Result<T, Errno> {
+        let core = self.core;
+        let tx = self.tx.tx();
+        if let Some(r) = caller.request
+            && r.resent
+            && let Some(bytes) = core.root().replayed(tx, r.session, r.unique)
+            && let Ok(v) = txipc_service::decode::<Result<T, Errno>>(&bytes)
+        {
+            return v;
+        }
+        let out = f(&core, tx, caller);
+        if let Some(r) = caller.request {
+            let mut bytes = Vec::new();
+            if txipc_service::encode(&out, &mut bytes).is_ok() {
+                // A full heap or log here only loses the record (the result stands).
+                let sp = tx.savepoint().expect("savepoint");
+                if core.root().record(tx, r.session, r.unique, &bytes).is_err() {
+                    let _ = tx.rollback_to(sp);
+                }
+            }
+        }
+        out
+    }
 }
 
 impl TxHost for FsServer {
@@ -53,7 +89,7 @@ impl Fs for FsServer {
     }
 
     fn setattr(&mut self, caller: Caller, ino: u64, set: SetAttr) -> Result<Attr, Errno> {
-        self.core.setattr(self.tx.tx(), &caller, ino, &set)
+        self.once(&caller, |fs, tx, c| fs.setattr(tx, c, ino, &set))
     }
 
     fn mknod(
@@ -65,8 +101,9 @@ impl Fs for FsServer {
         umask: u32,
         rdev: u32,
     ) -> Result<Attr, Errno> {
-        self.core
-            .mknod(self.tx.tx(), &caller, parent, &name, mode, umask, rdev)
+        self.once(&caller, |fs, tx, c| {
+            fs.mknod(tx, c, parent, &name, mode, umask, rdev)
+        })
     }
 
     fn create(
@@ -78,8 +115,9 @@ impl Fs for FsServer {
         umask: u32,
         flags: u32,
     ) -> Result<Created, Errno> {
-        self.core
-            .create(self.tx.tx(), &caller, parent, &name, mode, umask, flags)
+        self.once(&caller, |fs, tx, c| {
+            fs.create(tx, c, parent, &name, mode, umask, flags)
+        })
     }
 
     fn mkdir(
@@ -90,16 +128,17 @@ impl Fs for FsServer {
         mode: u32,
         umask: u32,
     ) -> Result<Attr, Errno> {
-        self.core
-            .mkdir(self.tx.tx(), &caller, parent, &name, mode, umask)
+        self.once(&caller, |fs, tx, c| {
+            fs.mkdir(tx, c, parent, &name, mode, umask)
+        })
     }
 
     fn unlink(&mut self, caller: Caller, parent: u64, name: Bytes) -> Result<(), Errno> {
-        self.core.unlink(self.tx.tx(), &caller, parent, &name)
+        self.once(&caller, |fs, tx, c| fs.unlink(tx, c, parent, &name))
     }
 
     fn rmdir(&mut self, caller: Caller, parent: u64, name: Bytes) -> Result<(), Errno> {
-        self.core.rmdir(self.tx.tx(), &caller, parent, &name)
+        self.once(&caller, |fs, tx, c| fs.rmdir(tx, c, parent, &name))
     }
 
     fn symlink(
@@ -109,8 +148,9 @@ impl Fs for FsServer {
         name: Bytes,
         target: Bytes,
     ) -> Result<Attr, Errno> {
-        self.core
-            .symlink(self.tx.tx(), &caller, parent, &name, &target)
+        self.once(&caller, |fs, tx, c| {
+            fs.symlink(tx, c, parent, &name, &target)
+        })
     }
 
     fn readlink(&mut self, ino: u64) -> Result<Bytes, Errno> {
@@ -124,8 +164,9 @@ impl Fs for FsServer {
         newparent: u64,
         newname: Bytes,
     ) -> Result<Attr, Errno> {
-        self.core
-            .link(self.tx.tx(), &caller, ino, newparent, &newname)
+        self.once(&caller, |fs, tx, c| {
+            fs.link(tx, c, ino, newparent, &newname)
+        })
     }
 
     fn rename(
@@ -137,23 +178,17 @@ impl Fs for FsServer {
         newname: Bytes,
         flags: u32,
     ) -> Result<(), Errno> {
-        self.core.rename(
-            self.tx.tx(),
-            &caller,
-            parent,
-            &name,
-            newparent,
-            &newname,
-            flags,
-        )
+        self.once(&caller, |fs, tx, c| {
+            fs.rename(tx, c, parent, &name, newparent, &newname, flags)
+        })
     }
 
     fn open(&mut self, caller: Caller, ino: u64, flags: u32) -> Result<u64, Errno> {
-        self.core.open(self.tx.tx(), &caller, ino, flags)
+        self.once(&caller, |fs, tx, c| fs.open(tx, c, ino, flags))
     }
 
-    fn release(&mut self, fh: u64) -> Result<(), Errno> {
-        self.core.release(self.tx.tx(), fh)
+    fn release(&mut self, caller: Caller, fh: u64) -> Result<(), Errno> {
+        self.once(&caller, |fs, tx, _| fs.release(tx, fh))
     }
 
     fn read(&mut self, fh: u64, offset: u64, size: u32) -> Result<Data, Errno> {
@@ -162,8 +197,8 @@ impl Fs for FsServer {
             .map(Bytes::from)
     }
 
-    fn write(&mut self, fh: u64, offset: u64, data: Bytes) -> Result<u32, Errno> {
-        self.core.write(self.tx.tx(), fh, offset, &data)
+    fn write(&mut self, caller: Caller, fh: u64, offset: u64, data: Bytes) -> Result<u32, Errno> {
+        self.once(&caller, |fs, tx, _| fs.write(tx, fh, offset, &data))
     }
 
     fn readdir(

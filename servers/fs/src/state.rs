@@ -23,7 +23,7 @@
 //! zeroes the tail of the block it cuts), so growing a file again never shows old data.
 
 use fs_api::{Attr, BLOCK_SIZE, Errno, Timespec, mode};
-use txipc_heap::{HeapError, PBTreeMap, PBuf, PBytes, PCell, Persistent, Tx};
+use txipc_heap::{HeapError, PBTreeMap, PBuf, PBytes, PCell, PVec, Persistent, Tx};
 
 /// Cookie of `.` in a directory listing.
 pub(crate) const COOKIE_DOT: u64 = 1;
@@ -46,6 +46,23 @@ pub struct FsRoot {
     pub(crate) next_fh: PCell<u64>,
     /// Requests that changed state (committed ones only, so exactly once per request).
     pub(crate) updates: PCell<u64>,
+    /// Results of the last requests that named themselves (`fs_api::RequestId`), a ring.
+    pub(crate) replay: PVec<Replay>,
+    pub(crate) replay_next: PCell<u64>,
+}
+
+/// Most bytes of a recorded result (the encoding of `Result<Created, Errno>` is under 200).
+pub(crate) const REPLAY_BYTES: usize = 232;
+
+/// One recorded result.
+#[derive(Persistent, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct Replay {
+    pub(crate) session: u64,
+    pub(crate) unique: u64,
+    pub(crate) len: u32,
+    pub(crate) _pad: u32,
+    pub(crate) bytes: [u8; REPLAY_BYTES],
 }
 
 impl FsRoot {
@@ -61,6 +78,8 @@ impl FsRoot {
             next_ino: PCell::new(fs_api::ROOT_INO + 1),
             next_fh: PCell::new(1),
             updates: PCell::new(0),
+            replay: PVec::new(),
+            replay_next: PCell::new(0),
         }
     }
 }
@@ -338,6 +357,39 @@ impl FsRoot {
         i.ctime = t;
         self.put_inode(tx, ino, &i)?;
         self.reap(tx, ino, &i)
+    }
+
+    /// The recorded result of request `(session, unique)`, if it is in the ring.
+    pub(crate) fn replayed(&self, tx: &Tx<'_>, session: u64, unique: u64) -> Option<Vec<u8>> {
+        self.replay
+            .iter(tx)
+            .find(|r| r.len > 0 && r.session == session && r.unique == unique)
+            .map(|r| r.bytes[..r.len as usize].to_vec())
+    }
+
+    /// Records the result of request `(session, unique)` (a result too long is not recorded:
+    /// none is, today).
+    pub(crate) fn record(&self, tx: &mut Tx<'_>, session: u64, unique: u64, bytes: &[u8]) -> R<()> {
+        if bytes.is_empty() || bytes.len() > REPLAY_BYTES {
+            return Ok(());
+        }
+        let mut r = Replay {
+            session,
+            unique,
+            len: bytes.len() as u32,
+            _pad: 0,
+            bytes: [0; REPLAY_BYTES],
+        };
+        r.bytes[..bytes.len()].copy_from_slice(bytes);
+        let n = self.replay_next.get();
+        let i = (n % fs_api::REPLAY_SLOTS as u64) as usize;
+        if self.replay.len() < fs_api::REPLAY_SLOTS {
+            self.replay.push(tx, r)?;
+        } else {
+            self.replay.set(tx, i, r)?;
+        }
+        self.replay_next.set(tx, n + 1)?;
+        Ok(())
     }
 
     /// Frees `ino` if it has neither links nor handles.
