@@ -635,3 +635,44 @@ fn run_detach_then_stop() {
     assert!(txipc_sys::process::state(kernel.0).is_none_or(|c| c == 'Z'));
     json_run(&["ps", "--system", s, "--json"], 3);
 }
+
+/// Every process of a server is named by server, system and role: `txipc kv@NAME g1` for the
+/// incarnation, `... standby`, `... zygote` (command line), and `kv@NAME ...` as the command
+/// name (cut to 15 bytes) that `top` shows.
+#[test]
+fn process_names_say_what_runs() {
+    let sys = kv_system("names");
+    let name = sys.name().to_string();
+    let conn = sys.connect().unwrap();
+    let who = format!("kv@{name}");
+    let cmdline = |pid: i32| {
+        let b = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let s = String::from_utf8_lossy(&b).replace('\0', " ");
+        s.trim().to_string()
+    };
+    let comm = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    wait_until("a standby", Duration::from_secs(10), || {
+        conn.ps().unwrap()[0].standby_pid > 0
+    });
+    let s = conn.ps().unwrap().remove(0);
+    assert_eq!(cmdline(s.pid), format!("txipc {who} g1"));
+    assert_eq!(cmdline(s.zygote_pid), format!("txipc {who} zygote"));
+    assert_eq!(cmdline(s.standby_pid), format!("txipc {who} standby"));
+    let short: String = who.chars().take(15).collect();
+    assert!(
+        comm(s.pid).starts_with(&short[..short.len().min(12)]),
+        "{}",
+        comm(s.pid)
+    );
+    assert_eq!(
+        comm(s.zygote_pid),
+        format!("{who} zyg").chars().take(15).collect::<String>()
+    );
+    drop(conn);
+    drop(sys);
+}

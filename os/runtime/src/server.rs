@@ -299,6 +299,7 @@ pub fn zygote_main_with(builtins: &[Builtin], plain: &[crate::PlainBuiltin]) -> 
         );
         std::process::exit(72);
     };
+    name_process(&init.config, "zygote");
     let _ = fdpass::send(&ctl, &proto::encode(&FromZygote::Ready), &[]);
     let my_pid = process::getpid();
     loop {
@@ -411,6 +412,20 @@ pub(crate) struct Chan {
     pub(crate) chan: ServerChannel,
 }
 
+/// Names this process after its server, system and role (`ps` shows `txipc kv@default g3`,
+/// `top` shows `kv@default g3`). Best effort: a name that cannot be set changes nothing else.
+/// Called only while the process has a single thread (zygote, fresh fork, before serving).
+fn name_process(config: &ServerConfig, role: &str) {
+    let who = format!("{}@{}", config.name, config.system);
+    let comm = match role {
+        "zygote" => format!("{who} zyg"),
+        "standby" => format!("{who} sb"),
+        "keeper" => format!("{who} kp"),
+        _ => format!("{who} {role}"),
+    };
+    let _ = txipc_sys::title::set(&comm, &format!("txipc {who} {role}"));
+}
+
 /// One incarnation: standby until activated, then serving. Never returns.
 fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ctl: OwnedFd) -> ! {
     let fatal = |ctl: &OwnedFd, message: String| -> ! {
@@ -426,7 +441,10 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
     // A process sharing this address space, so that a SIGKILL of this incarnation is noticed
     // without first tearing down its heap mappings (txipc_sys::keeper). Without it recovery
     // still works, only slower for a large heap.
+    // (Named first so that `ps` tells the keeper from the incarnation: it inherits the name.)
+    name_process(config, "keeper");
     let _ = txipc_sys::keeper::spawn();
+    name_process(config, "standby");
     let doorbell = Doorbell::map(fds.doorbell.as_fd())
         .unwrap_or_else(|e| fatal(&ctl, format!("doorbell: {e}")));
     let status =
@@ -442,6 +460,7 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
             "told to activate as a companion server, but this server keeps its state in the recoverable heap".into(),
         ),
     };
+    name_process(config, &format!("g{generation}"));
     // The previous incarnation may have died inside calls to other servers: the slots of the
     // inherited channels it left behind are reclaimed once their replies are in.
     OUTGOING.with(|o| {

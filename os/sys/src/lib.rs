@@ -14,7 +14,8 @@
 //!   memory is torn down after recovery, at nice 19, instead of before its death is noticed;
 //! - [`status`]: the status page, a small shared-memory record per server that the kernel's
 //!   watchdog reads (busy-since timestamp for per-call deadlines, served-call counters);
-//! - [`time`]: the monotonic clock in nanoseconds.
+//! - [`time`]: the monotonic clock in nanoseconds;
+//! - [`title`]: process names (`comm` and the command line) that say which server runs.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod crash;
@@ -23,5 +24,6 @@ pub mod keeper;
 pub mod process;
 pub mod status;
 pub mod time;
+pub mod title;
 
 pub use rustix::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
