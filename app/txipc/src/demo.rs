@@ -55,6 +55,11 @@ pub struct DemoArgs {
     /// Seed of the fault schedule and the clients' operation mix.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// What the clients do: `kv` (counters, compare-and-swap chains, puts on the kv server) or
+    /// `bank` (transfers through a bank server across two account servers, faults in all
+    /// three).
+    #[arg(long, default_value = "kv")]
+    pub workload: String,
 }
 
 /// The global options the demo uses.
@@ -458,6 +463,15 @@ fn plan(args: &DemoArgs, common: &Common) -> Result<Plan> {
 /// Runs the demo: the verdict is the report's text (stdout); with `--json`, the report. A
 /// state that is not verified is a failure (exit code 1) that still carries the whole report.
 pub fn run(args: DemoArgs, common: &Common) -> Result<Report> {
+    match args.workload.as_str() {
+        "kv" => {}
+        "bank" => return crate::bankdemo::run(&args, common),
+        w => {
+            return Err(usage(format!(
+                "--workload `{w}`: the workloads are kv and bank"
+            )));
+        }
+    }
     let exe: PathBuf = std::env::current_exe().context("locating the txipc binary")?;
     let plan = plan(&args, common)?;
     let report = run_demo(&exe, &args, &plan, common.quiet)?;

@@ -19,6 +19,8 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use txipc_core::manifest::Manifest;
 use txipc_runtime::Builtin;
 
+mod bank;
+mod bankdemo;
 mod control;
 mod demo;
 mod kvcmd;
@@ -191,9 +193,14 @@ enum Cmd {
     },
     /// The manual page (roff), from this command's own definition (`txipc man | man -l -`).
     Man,
+    /// Call the bank example (a `bank` server and its account servers).
+    Bank(bank::BankArgs),
     /// Internal: one demo client process (started by `txipc demo`).
     #[command(name = "__client", hide = true)]
     Client(demo::ClientArgs),
+    /// Internal: one bank demo client process (started by `txipc demo --workload bank`).
+    #[command(name = "__bank-client", hide = true)]
+    BankClient(bankdemo::BankClientArgs),
     /// Internal: the zygote of a server (started by the kernel).
     #[command(name = "__zygote", hide = true)]
     Zygote,
@@ -332,6 +339,17 @@ fn dispatch(cli: Cli) -> Result<Option<Report>> {
                 g.service.as_deref().unwrap_or("fs"),
                 g.quiet,
             )?;
+            Ok(None)
+        }
+        Cmd::Bank(args) => bank::run(
+            g.system(),
+            g.service.as_deref().unwrap_or("bank"),
+            g.timeout,
+            args,
+        )
+        .map(Some),
+        Cmd::BankClient(args) => {
+            bankdemo::client_main(args, g.system())?;
             Ok(None)
         }
         Cmd::Zygote => unreachable!("handled before parsing"),

@@ -235,6 +235,10 @@ pub struct ServerInfo {
     pub held_reason: Option<String>,
     /// Policy companion: checkpoints and the log.
     pub companion: Option<CompanionInfo>,
+    /// The server holds a prepared sub-transaction of another server's root, not yet decided
+    /// (nested transactions, ARCHITECTURE.md §13): its log says ACTIVE with a root and a
+    /// published reply.
+    pub prepared: bool,
 }
 
 /// A companion server's checkpoints and log, as the kernel saw them.

@@ -224,6 +224,7 @@ impl Kernel {
                 last_recovery_at_ms: s.last_recovery_at_ms,
                 held_reason: s.held_reason.clone(),
                 companion: s.companion.as_ref().map(|c| c.info.clone()),
+                prepared: crate::nested::holds_prepared(s),
             })
             .collect()
     }

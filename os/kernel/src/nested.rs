@@ -30,6 +30,14 @@ fn log_state(s: TxState) -> LogState {
     }
 }
 
+/// Whether server `s` holds a prepared, undecided sub-transaction (for `ps`).
+pub(crate) fn holds_prepared(s: &crate::server::Server) -> bool {
+    s.spec.policy == Policy::Txipc
+        && txipc_heap::read_log(s.log_fd.as_fd()).is_ok_and(|l| {
+            matches!(l.state, TxState::Active(_)) && l.root.is_some() && l.prepared > 0
+        })
+}
+
 impl Kernel {
     fn read_log_of(&self, i: usize) -> Option<LogSnapshot> {
         let s = self.servers.get(i)?;
