@@ -599,7 +599,7 @@ pub fn table(results: &[KvResult]) -> String {
     t
 }
 
-/// The JSON report (DESIGN.md §12 contract): the top-level `ops_per_sec`, `p50_ns`, `p99_ns`,
+/// The JSON report (the command-line contract, ARCHITECTURE.md §14): the top-level `ops_per_sec`, `p50_ns`, `p99_ns`,
 /// `policy`, `workload` (and `loss_vs_none_pct`) are those of the *headline* result — the first
 /// workload under the first requested policy other than the `none` baseline (`txipc` for
 /// `all`; `none` itself when only `none` was asked for). `results` holds every workload ×

@@ -476,7 +476,7 @@ pub fn table(r: &RecoveryReport) -> String {
     t
 }
 
-/// The JSON report (DESIGN.md §12 contract): top-level `p50_us`, `p99_us` over every run of
+/// The JSON report (the command-line contract, ARCHITECTURE.md §14): top-level `p50_us`, `p99_us` over every run of
 /// every fault kind, `heap_mb`; per-kind detail under `sigkill`, `segv`, `panic`, and
 /// `self_detected` (segv and panic together); every sample under `samples`.
 pub fn json(r: &RecoveryReport) -> serde_json::Value {

@@ -1,5 +1,5 @@
 //! `txipc bench kv` and `txipc bench recovery` through the built binary, small: the JSON
-//! contract (DESIGN.md §12) holds and the values are sane. Speed is never asserted here.
+//! contract (ARCHITECTURE.md §14) holds and the values are sane. Speed is never asserted here.
 
 use std::process::Command;
 

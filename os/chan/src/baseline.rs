@@ -3,7 +3,7 @@
 //! Each function forks a child (reaped on return, SIGKILLed and reaped if the parent panics),
 //! pins the calling thread and the child according to a [`Placement`], warms up, then times
 //! `batches` batches of `iterations` round trips and reports the median batch mean. These are
-//! the numbers `txipc bench ipc` puts beside its own (DESIGN.md §12–§13).
+//! the numbers `txipc bench ipc` puts beside its own (ARCHITECTURE.md §14–§15).
 //!
 //! | function | mechanism |
 //! | --- | --- |

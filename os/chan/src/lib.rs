@@ -46,10 +46,10 @@
 //! | same core (both CPU 0) | 1,102 | 1,733 | 3,174 | **1,244** | 1.13 | 0.72 | 2.6 |
 //!
 //! "Raw spin" on one core spins with `sched_yield` (pure spinning there measures the scheduler
-//! tick: ~23 µs, as the channel with `SpinMode::Pure` does). Against the DESIGN.md §13 targets:
+//! tick: ~23 µs, as the channel with `SpinMode::Pure` does). Against the targets (ARCHITECTURE.md §15):
 //! same core ≤ 1.2× raw futex — met (0.72×: the `Auto` policy yields instead of spinning);
 //! ≥ 10× faster than a Unix socket across cores — met (~200×); ≤ 1.2× raw spin across cores —
-//! **not met on this machine**: raw spin is 0.12–0.13 µs here (DESIGN.md expected 0.4 µs), and
+//! **not met on this machine**: raw spin is 0.12–0.13 µs here (the targets assumed 0.4 µs), and
 //! the slot protocol's fixed extra cost (~0.1–0.14 µs: the TAKEN CAS is one more ownership
 //! transfer of the slot line, each side polls only every ~100 ns so as not to steal the line
 //! from a writer, plus claim/validate/copy) does not shrink with it. History of the cross-core

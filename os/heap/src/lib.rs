@@ -4,7 +4,7 @@
 //! # What it is for
 //!
 //! Under the TxIPC policy every request a server handles is a transaction over the server's
-//! state (DESIGN.md §4, §6). That state lives here:
+//! state (ARCHITECTURE.md §5). That state lives here:
 //!
 //! * a **heap**: a memfd mapped at the same fixed address in every incarnation
 //!   ([`Heap::attach`]), with a header, a root object ([`Heap::root_or_init`]) and a

@@ -4,7 +4,7 @@
 //! # What it is for
 //!
 //! Under the TxIPC policy every request a server handles is a transaction over its recoverable
-//! heap. In the *page* tracking mode (DESIGN.md §6) the server's code is not rewritten to log its
+//! heap. In the *page* tracking mode (ARCHITECTURE.md §5.3) the server's code is not rewritten to log its
 //! writes; instead this crate makes logging transparent:
 //!
 //! 1. [`PageTracker::begin`] write-protects every page dirtied since the previous `begin` (all
@@ -74,7 +74,7 @@
 //! The cost is dominated by the kernel: signal delivery and `sigreturn`, and the `mprotect` that
 //! splits/merges a VMA and flushes the TLB entry; the handler itself is a few atomics and a
 //! 4 KiB copy. Larger transactions cost more per page (TLB and cache misses on the page tables and
-//! on the region itself — see the plain write). DESIGN.md's reference (~6–7 µs) is the same
+//! on the region itself — see the plain write). The project's reference (~6–7 µs) is the same
 //! mechanism on the same class of machine; `begin` is negligible beside it because dirty pages
 //! form runs and each run is one syscall.
 //!
@@ -111,7 +111,7 @@
 //! undo log holds nothing, so the kernel must learn which pages an aborted transaction wrote —
 //! possible with `PAGEMAP_SCAN` on `/proc/<pid>/pagemap` of a *stopped* incarnation, impossible
 //! once it is dead (SIGKILL, OOM), leaving a whole-heap restore from the shadow whose cost grows
-//! with the heap (against DESIGN.md §13's recovery target). It is a different contract (shadow
+//! with the heap (against the recovery target of ARCHITECTURE.md §15). It is a different contract (shadow
 //! paging, pages known at commit, not at first write) that the heap could adopt as a third
 //! tracking mode; it does not fit behind [`PreimageSink`], so no `Backend` enum here.
 //!
