@@ -630,7 +630,7 @@ pub struct Taken {
 }
 
 /// The server's view of a channel. Cheap to scan: the runtime holds a `Vec<ServerChannel>` and
-/// one [`Doorbell`].
+/// one [`Doorbell`](crate::Doorbell).
 #[derive(Debug)]
 pub struct ServerChannel {
     chan: Chan,
