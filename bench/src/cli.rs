@@ -104,6 +104,19 @@ pub enum BenchCmd {
     },
     /// Transaction costs inside one process: undo record, page-tracking fault, commit, rollback.
     Tx,
+    /// A bank transfer as one transaction across three servers against the same two calls
+    /// without a transaction, at several client counts (`bench/src/nested.rs`).
+    Nested {
+        /// Client threads, comma-separated.
+        #[arg(long, default_value = "1,2,8")]
+        clients: String,
+        /// Transfers per client per measurement.
+        #[arg(long, default_value_t = 2000)]
+        ops: u64,
+        /// Rounds (medians are reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+    },
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -151,6 +164,37 @@ fn table_text(json: bool, text: &str) {
 /// carries exactly one JSON object and the tables go to stderr.
 pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
     match cmd {
+        BenchCmd::Nested {
+            clients,
+            ops,
+            rounds,
+        } => {
+            let clients: Vec<u32> = clients
+                .split(',')
+                .map(|c| {
+                    c.trim()
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|&n| (1..=64).contains(&n))
+                })
+                .collect::<Option<_>>()
+                .ok_or_else(|| UsageError("--clients is a list of 1..=64, e.g. 1,2,8".into()))?;
+            check(
+                ops >= 1 && rounds >= 1,
+                "--ops and --rounds must be at least 1",
+            )?;
+            let cfg = crate::nested::NestedConfig {
+                clients,
+                ops,
+                rounds,
+            };
+            let rows = crate::nested::run(exe, &cfg, |m| eprintln!("bench nested: {m}"))?;
+            table_text(json, &crate::nested::table(&rows, &cfg.clients));
+            if json {
+                println!("{}", crate::nested::json(&rows, &cfg.clients));
+            }
+            Ok(())
+        }
         BenchCmd::Kv {
             workload,
             policy,

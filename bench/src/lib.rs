@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod ipc;
 pub mod kv;
+pub mod nested;
 pub mod plot;
 pub mod recovery;
 pub mod ycsb;

@@ -31,7 +31,8 @@ fn a_fault_after_a_nested_call_counts_once() {
         .enumerate()
     {
         assert_eq!(
-            f.relay("g".into(), i as u32, 1, kind, 1).unwrap(),
+            f.relay("g".into(), i as u32, 1, Fault::None, kind, 1)
+                .unwrap(),
             1,
             "{kind:?}"
         );
@@ -357,4 +358,113 @@ fn bank_storm_10k_faults() {
     ]);
     println!("{v}");
     check_bank_storm(&v, 10_000);
+}
+
+/// A root whose nested call faults its callee on every attempt is the poison request: it fails
+/// alone with `Aborted`, leaves no trace in either server, and a bystander is served meanwhile.
+#[test]
+fn a_root_that_keeps_failing_is_failed_alone() {
+    let sys = pair(
+        "nested-poison",
+        "retry_limit = 2\n[server.restart]\nmax_restarts = 1000\nwindow_ms = 1000",
+    );
+    let conn = sys.connect().unwrap();
+    let f = FaultyClient::new(open(&conn, "f"));
+    let other = FaultyClient::new(open(&conn, "f"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let bystander = std::thread::spawn(move || {
+        let mut n = 0;
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            n += 1;
+            assert_eq!(
+                other
+                    .relay("g".into(), 7, 1, Fault::None, Fault::None, 0)
+                    .unwrap(),
+                n
+            );
+        }
+        n
+    });
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    match f.relay("g".into(), 0, 100, Fault::Segv, Fault::None, 0) {
+        Err(txipc_service::Error::Call(txipc_service::CallError::Aborted { .. }))
+        | Err(txipc_service::Error::Service(probe_server::FaultyError::Link(_))) => {}
+        other => panic!("expected the poison request to fail, got {other:?}"),
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = bystander.join().unwrap();
+    let g = FaultyClient::new(open(&conn, "g"));
+    assert_eq!(g.get(0).unwrap(), 0, "the poison request left no trace");
+    assert_eq!(g.get(7).unwrap(), n, "every bystander request counted once");
+    let ps = conn.ps().unwrap();
+    assert!(
+        ps.iter().all(|s| s.state == "running" && !s.prepared),
+        "{ps:?}"
+    );
+    drop((f, g, conn));
+    sys.shutdown().unwrap();
+}
+
+/// Two coordinators whose transfers cross (each holds one account server prepared and wants
+/// the other's): the wait is bounded, one root aborts and retries with back-off, every
+/// transfer completes once.
+#[test]
+fn crossing_roots_abort_one_and_retry() {
+    let m = server("bank", "bank", "txipc", "deadline_ms = 200")
+        + &server("bank2", "bank", "txipc", "deadline_ms = 200")
+        + &server("account-0", "account", "txipc", "deadline_ms = 200")
+        + &server("account-1", "account", "txipc", "deadline_ms = 200")
+        + &grant("*", "bank")
+        + &grant("*", "bank2")
+        + &grant("bank", "account-0")
+        + &grant("bank", "account-1")
+        + &grant("bank2", "account-0")
+        + &grant("bank2", "account-1");
+    let sys = boot("nested-cross", &m);
+    let conn = sys.connect().unwrap();
+    let bank = BankClient::new(open(&conn, "bank"));
+    let accts = open_accounts(&bank, 8);
+    let on0: Vec<String> = accts
+        .iter()
+        .filter(|a| a.1 == 0)
+        .map(|a| a.0.clone())
+        .collect();
+    let on1: Vec<String> = accts
+        .iter()
+        .filter(|a| a.1 == 1)
+        .map(|a| a.0.clone())
+        .collect();
+    let mut done = Vec::new();
+    let threads: Vec<_> = [("bank", 0u64), ("bank2", 1)]
+        .into_iter()
+        .map(|(b, k)| {
+            let ch = open(&conn, b);
+            let (on0, on1) = (on0.clone(), on1.clone());
+            std::thread::spawn(move || {
+                let bank = BankClient::new(ch);
+                let mut done = Vec::new();
+                for i in 0..40u64 {
+                    let id = (k + 1) << 32 | (i + 1);
+                    // bank debits on account-0 and credits on account-1; bank2 the reverse.
+                    let (from, to) = if k == 0 {
+                        (on0[i as usize % on0.len()].clone(), on1[0].clone())
+                    } else {
+                        (on1[i as usize % on1.len()].clone(), on0[0].clone())
+                    };
+                    bank.transfer(id, from.clone(), to.clone(), 1)
+                        .unwrap_or_else(|e| panic!("transfer {id}: {e}"));
+                    done.push((id, from, to));
+                }
+                done
+            })
+        })
+        .collect();
+    for t in threads {
+        done.extend(t.join().unwrap());
+    }
+    assert_eq!(bank.total().unwrap(), 8000);
+    check_ledgers(&bank, &accts, &done);
+    drop((bank, conn));
+    sys.shutdown().unwrap();
 }

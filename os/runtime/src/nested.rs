@@ -56,6 +56,8 @@ thread_local! {
     static TOUCHED: RefCell<Vec<Rc<Channel>>> = const { RefCell::new(Vec::new()) };
     /// A nested call of the running transaction failed: the root must roll back.
     static DOOMED: Cell<bool> = const { Cell::new(false) };
+    /// A nested call failed as a poison request at its callee: re-running the root is futile.
+    static POISONED: Cell<bool> = const { Cell::new(false) };
     /// The handler asked for its request's updates to be rolled back ([`rollback_request`]).
     static ROLLBACK: Cell<bool> = const { Cell::new(false) };
 }
@@ -82,12 +84,19 @@ pub(crate) fn set_me(index: u32) {
 pub(crate) fn start(root: Option<RootId>) {
     ROOT.with(|r| r.set(root));
     DOOMED.with(|d| d.set(false));
+    POISONED.with(|d| d.set(false));
     ROLLBACK.with(|r| r.set(false));
     TOUCHED.with(|t| t.borrow_mut().clear());
 }
 
 pub(crate) fn doomed() -> bool {
     DOOMED.with(Cell::get)
+}
+
+/// Whether a nested call of the doomed root failed as a poison request at its callee (it
+/// faulted its server more often than the callee's retry limit allows).
+pub(crate) fn poisoned() -> bool {
+    POISONED.with(Cell::get)
 }
 
 pub(crate) fn touched() -> Vec<Rc<Channel>> {
@@ -163,6 +172,9 @@ pub(crate) fn call(
     if let Err(e) = ch.call(method | NESTED_BIT, &req, reply) {
         // Whatever happened at the callee, this root cannot commit on it.
         let _ = doom("a nested call failed");
+        if matches!(e, CallError::Aborted { .. }) {
+            POISONED.with(|p| p.set(true));
+        }
         return Err(e);
     }
     match reply.first().copied() {

@@ -792,7 +792,9 @@ impl Loop<'_> {
                     let _ = tx.abort();
                 }
                 nested::decide_all(&touched, root, false);
-                if retry < nested::MAX_ROOT_RETRIES {
+                // A callee that failed the call as poison has retried it already: the root
+                // is the poison request, failed alone.
+                if retry < nested::MAX_ROOT_RETRIES && !nested::poisoned() {
                     std::thread::sleep(nested::backoff(retry, self.txid));
                     retry += 1;
                     continue;

@@ -108,13 +108,15 @@ pub trait Faulty {
         fault: Fault,
         fault_attempts: u32,
     ) -> Result<u32, FaultyError>;
-    /// Calls `add(index, delta)` on the faulty service `service` (a nested call, part of this
-    /// request's transaction), then faults as `add` does. Returns the callee's new value.
+    /// Calls `add(index, delta, callee_fault, every attempt)` on the faulty service `service` (a
+    /// nested call, part of this request's transaction), then faults as `add` does. Returns
+    /// the callee's new value.
     fn relay(
         &mut self,
         service: String,
         index: u32,
         delta: i64,
+        callee_fault: Fault,
         fault: Fault,
         fault_attempts: u32,
     ) -> Result<i64, FaultyError>;
@@ -222,12 +224,13 @@ impl Faulty for FaultyServer {
         service: String,
         index: u32,
         delta: i64,
+        callee_fault: Fault,
         fault: Fault,
         fault_attempts: u32,
     ) -> Result<i64, FaultyError> {
         let ch = txipc_runtime::connect(&service).map_err(|e| FaultyError::Link(e.to_string()))?;
         let v = FaultyClient::new(ch)
-            .add(index, delta, Fault::None, 0)
+            .add(index, delta, callee_fault, u32::MAX)
             .map_err(|e| FaultyError::Link(e.to_string()))?;
         if txipc_runtime::current_attempt() < fault_attempts {
             do_fault(fault);
