@@ -8,6 +8,8 @@
 //!   when it may restart a server (restart-storm bounding);
 //! - [`companion`]: the companion policy's message-log records and snapshot files (formats,
 //!   checksums, the log reader that tells a torn tail from corruption);
+//! - [`lifecycle`]: the life of one server as a pure state machine (events in, commands out),
+//!   proptested over random event orders;
 //! - [`failpoint`]: faults the kernel arms in a server at a chosen point of the commit protocol;
 //! - [`paths`]: where a running system's socket lives;
 //! - [`vocab`]: the command line's names of faults and policies, shared by every command.
@@ -15,6 +17,7 @@
 
 pub mod companion;
 pub mod failpoint;
+pub mod lifecycle;
 pub mod manifest;
 pub mod nested;
 pub mod paths;

@@ -13,7 +13,7 @@ use txipc_core::proto;
 use txipc_sys::process;
 
 use crate::errors::{KernelError, os};
-use crate::event_loop::{Kernel, T_LISTEN, T_SIGNAL, T_TIMER, token};
+use crate::event_loop::{Kernel, T_CONFIRM, T_LISTEN, T_SIGNAL, T_TIMER, token};
 use crate::server::Server;
 
 /// How the kernel is run.
@@ -86,9 +86,17 @@ impl Kernel {
         .map_err(os("timerfd"))?;
 
         let mut servers = Vec::new();
+        let mut first = Vec::new();
         for (i, spec) in manifest.servers.iter().enumerate() {
-            servers.push(Server::create(i, spec, &opts.system)?);
+            let (s, cmds) = Server::create(i, spec, &opts.system, 0)?;
+            servers.push(s);
+            first.push(cmds);
         }
+        let confirm_timer = rustix::time::timerfd_create(
+            rustix::time::TimerfdClockId::Monotonic,
+            rustix::time::TimerfdFlags::CLOEXEC | rustix::time::TimerfdFlags::NONBLOCK,
+        )
+        .map_err(os("timerfd"))?;
         let mut k = Kernel {
             manifest,
             opts,
@@ -107,10 +115,13 @@ impl Kernel {
             owner_uid: rustix::process::getuid().as_raw(),
             decisions: Default::default(),
             fuse: Default::default(),
+            confirm_timer,
+            fatal: None,
         };
         k.watch(k.listener.as_fd(), token(T_LISTEN, 0, 0))?;
         k.watch(k.sigfd.as_fd(), token(T_SIGNAL, 0, 0))?;
         k.watch(k.timer.as_fd(), token(T_TIMER, 0, 0))?;
+        k.watch(k.confirm_timer.as_fd(), token(T_CONFIRM, 0, 0))?;
         let tick = k
             .servers
             .iter()
@@ -131,7 +142,9 @@ impl Kernel {
             },
         )
         .map_err(os("timerfd_settime"))?;
-        for i in 0..k.servers.len() {
+        for (i, cmds) in first.into_iter().enumerate() {
+            // The lifecycle's first command: start the zygote.
+            debug_assert_eq!(cmds, vec![txipc_core::lifecycle::Command::StartZygote]);
             if let Err(e) = k.start_zygote(i) {
                 // Stop the zygotes already started and remove the socket: a failed boot leaves
                 // nothing behind.

@@ -3,13 +3,14 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use txipc_chan::{ChannelLayout, KernelChannel};
+use txipc_core::lifecycle::{Event, Phase};
 use txipc_core::manifest::Principal;
 use txipc_core::proto::{self, Connected, ErrorKind, KernelError as WireError, ToServer};
 use txipc_sys::fdpass;
 
 use crate::errors::internal;
 use crate::event_loop::Kernel;
-use crate::server::{CONTROL_EVENT, SrvState};
+use crate::server::CONTROL_EVENT;
 
 /// Who holds the client end of a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,12 +63,13 @@ impl Kernel {
             });
         }
         let s = &mut self.servers[si];
-        if matches!(s.state, SrvState::Dead | SrvState::Held) {
+        if matches!(s.phase(), Phase::Dead | Phase::Held) {
             return Err(WireError {
                 kind: ErrorKind::Unavailable,
                 message: format!(
-                    "service `{service}` is {} and takes no new connections",
-                    s.state.as_str()
+                    "service `{service}` is {} and takes no new connections ({}); an operator can `release` it",
+                    s.phase().as_str(),
+                    s.held_reason.as_deref().unwrap_or("no reason recorded")
                 ),
             });
         }
@@ -80,23 +82,29 @@ impl Kernel {
         let fd = txipc_chan::create_channel(&format!("txipc-chan-{service}-{index}"), layout)
             .map_err(internal)?;
         let k = KernelChannel::map(fd.as_fd()).map_err(internal)?;
-        let generation = s
-            .active
-            .as_ref()
-            .map_or(s.next_gen.saturating_sub(1), |a| a.generation);
+        let generation = s.life.active().unwrap_or(0);
         k.set_generation(generation);
         s.next_chan += 1;
-        for inc in [&s.active, &s.standby].into_iter().flatten() {
-            let _ = fdpass::send(
+        let mut full = Vec::new();
+        for inc in [s.active(), s.standby()].into_iter().flatten() {
+            if is_full(fdpass::send(
                 &inc.sock,
                 &proto::encode(&ToServer::AddChannels {
                     indices: vec![index],
                 }),
                 &[fd.as_fd()],
-            );
+            )) {
+                full.push(inc.generation);
+            }
         }
         s.doorbell.notify(CONTROL_EVENT);
         s.channels.insert(index, Chan { fd, k, owner });
+        // An incarnation whose socket stays full does not read it: it is hung (the kernel
+        // never waits for it). Its successor gets every channel at spawn.
+        for g in full {
+            self.feed(si, Event::Hang(g));
+        }
+        let s = &self.servers[si];
         Ok((
             si,
             Connected {
@@ -114,14 +122,20 @@ impl Kernel {
         let s = &mut self.servers[si];
         if let Some(ch) = s.channels.remove(&ci) {
             ch.k.mark_revoked();
-            for inc in [&s.active, &s.standby].into_iter().flatten() {
-                let _ = fdpass::send(
+            let mut full = Vec::new();
+            for inc in [s.active(), s.standby()].into_iter().flatten() {
+                if is_full(fdpass::send(
                     &inc.sock,
                     &proto::encode(&ToServer::RemoveChannel { index: ci }),
                     &[],
-                );
+                )) {
+                    full.push(inc.generation);
+                }
             }
             s.doorbell.notify(CONTROL_EVENT);
+            for g in full {
+                self.feed(si, Event::Hang(g));
+            }
         }
     }
 
@@ -139,7 +153,7 @@ impl Kernel {
                 let fds = [t.channels[&info.channel].fd.as_fd()];
                 // The standby inherits it at once; if the transaction rolls back, the channel
                 // is revoked and the standby's runtime drops it when it finds it revoked.
-                if let Some(sb) = s.standby.as_ref().filter(|sb| sb.generation != generation) {
+                if let Some(sb) = s.standby().filter(|sb| sb.generation != generation) {
                     let _ = fdpass::send(
                         &sb.sock,
                         &proto::encode(&ToServer::Connected(info.clone())),
@@ -205,4 +219,10 @@ impl Kernel {
         }
         doomed.len()
     }
+}
+
+/// Whether a send failed because the peer's socket is full (it does not read).
+pub(crate) fn is_full(r: Result<(), fdpass::FdPassError>) -> bool {
+    matches!(r, Err(fdpass::FdPassError::Io { source, .. })
+        if source.kind() == std::io::ErrorKind::WouldBlock)
 }

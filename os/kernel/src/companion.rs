@@ -22,8 +22,8 @@ use txipc_core::recovery::{
 
 use crate::errors::{KernelError, os};
 use crate::event_loop::Kernel;
-use crate::recovery::{Recovered, fail_posted};
-use crate::server::{Server, SrvState};
+use crate::recovery::Recovered;
+use crate::server::Server;
 
 /// A companion server's log and checkpoint, held by the kernel.
 #[derive(Debug)]
@@ -258,25 +258,16 @@ pub(crate) fn settle(s: &mut Server, held: bool) -> Recovered {
 
 impl Kernel {
     /// A companion incarnation reported why it cannot serve correctly: hold the server.
+    /// (The lifecycle kills it and holds the server; the reason shown is `message`.)
     pub(crate) fn companion_hold(&mut self, i: usize, generation: u64, message: String) {
         let s = &mut self.servers[i];
         let name = s.spec.name.clone();
         eprintln!("txipc kernel: server `{name}` held: {message}");
-        s.state = SrvState::Held;
-        s.held_reason = Some(message);
-        s.fault_at = None;
-        let _ = settle_held(s);
-        for c in s.channels.values() {
-            c.k.mark_dead();
-            fail_posted(&c.k);
+        s.hold_message = Some(message.clone());
+        if s.life.active() == Some(generation) {
+            self.fault_starts(i, generation, format!("held by the server: {message}"));
         }
-        if let Some(inc) = s.active.take_if(|a| a.generation == generation) {
-            self.retire(i, inc);
-        }
-        if let Some(sb) = self.servers[i].standby.take() {
-            self.retire(i, sb);
-        }
-        self.kill_doomed(i);
+        self.feed(i, txipc_core::lifecycle::Event::Unservable(generation));
     }
 
     /// A checkpoint from server `i`'s child.
@@ -301,7 +292,7 @@ impl Kernel {
 
 /// Fails every waiting request of a server being held (its replay skips them if it is ever
 /// released).
-fn settle_held(s: &mut Server) -> Recovered {
+pub(crate) fn settle_held(s: &mut Server) -> Recovered {
     let Some(log) = s.companion.as_mut() else {
         return settle(s, true);
     };

@@ -5,15 +5,15 @@ use std::time::Instant;
 
 use rustix::process::Signal;
 use txipc_core::failpoint::{FailKind, FailPoint};
+use txipc_core::lifecycle::{Event, Phase};
+use txipc_core::manifest::Policy;
 use txipc_core::manifest::Principal;
 use txipc_core::proto::{
     ErrorKind, KernelError as WireError, Released, Request, Response, ServerInfo, SystemStatus,
 };
-use txipc_core::recovery::RestartGovernor;
 use txipc_sys::process;
 
 use crate::event_loop::Kernel;
-use crate::server::SrvState;
 
 fn refuse(kind: ErrorKind, message: String) -> WireError {
     WireError { kind, message }
@@ -72,24 +72,29 @@ impl Kernel {
             }
             Request::Restart { server } => {
                 let i = self.server_index(&server)?;
-                match self.servers[i].state {
-                    SrvState::Held | SrvState::Dead => {
+                match self.servers[i].phase() {
+                    Phase::Held | Phase::Dead => {
                         self.release(i)?;
                     }
-                    SrvState::Running if self.servers[i].active.is_some() => {
-                        if let Some(a) = &self.servers[i].active {
-                            let _ = process::pidfd_signal(&a.pidfd, Signal::STOP);
+                    _ => {
+                        let g = self.servers[i].life.serving();
+                        if self.servers[i].spec.policy == Policy::None {
+                            // Nothing to roll back from: restart empty.
+                            self.servers[i].empty_on_rollback = true;
                         }
-                        self.fault_with(i, "restart requested by the operator".into(), true);
-                    }
-                    st => {
-                        return Err(refuse(
-                            ErrorKind::WrongState,
-                            format!(
-                                "server `{server}` is {}: it restarts by itself; try again once it is running, held or dead",
-                                st.as_str()
-                            ),
-                        ));
+                        if let Err(p) = self.feed_checked(i, Event::OperatorRestart) {
+                            self.servers[i].empty_on_rollback = false;
+                            return Err(refuse(
+                                ErrorKind::WrongState,
+                                format!(
+                                    "server `{server}` is {}: it restarts by itself; try again once it is running, held or dead",
+                                    p.as_str()
+                                ),
+                            ));
+                        }
+                        if let Some(g) = g {
+                            self.fault_starts(i, g, "restart requested by the operator".into());
+                        }
                     }
                 }
                 Ok(Response::Ok)
@@ -107,12 +112,12 @@ impl Kernel {
                     ));
                 };
                 let s = &self.servers[i];
-                let Some(a) = &s.active else {
+                let Some(a) = s.active() else {
                     return Err(refuse(
                         ErrorKind::WrongState,
                         format!(
                             "server `{server}` is {} and has no running incarnation to signal",
-                            s.state.as_str()
+                            s.phase().as_str()
                         ),
                     ));
                 };
@@ -157,31 +162,28 @@ impl Kernel {
     /// Takes a held or dead server out of that state and starts it again.
     fn release(&mut self, i: usize) -> Result<Released, WireError> {
         let s = &mut self.servers[i];
-        if !matches!(s.state, SrvState::Held | SrvState::Dead) {
+        let phase = s.phase();
+        if !matches!(phase, Phase::Held | Phase::Dead) {
             return Err(refuse(
                 ErrorKind::WrongState,
                 format!(
                     "server `{}` is {}, not held or dead: nothing to release",
                     s.spec.name,
-                    s.state.as_str()
+                    phase.as_str()
                 ),
             ));
         }
-        let was = s.state.as_str().to_string();
         let reason = s
             .held_reason
             .take()
             .unwrap_or_else(|| "no reason recorded".into());
         // Its heap is trusted only if it was recovered under `txipc` from a readable log.
-        let fresh = s.spec.policy != txipc_core::manifest::Policy::Txipc || s.log_unusable;
+        let fresh = s.spec.policy != Policy::Txipc || s.log_unusable;
         if fresh {
             s.reset_heap();
         }
         s.log_unusable = false;
-        s.governor = RestartGovernor::new(s.spec.policy, s.spec.restart);
-        s.state = SrvState::Recovering;
         s.fault_at = Some(Instant::now());
-        s.restart_at = None;
         s.restarts += 1;
         // The channels were marked dead: their clients connect again.
         let dead: Vec<u32> = s.channels.keys().copied().collect();
@@ -190,13 +192,19 @@ impl Kernel {
         }
         let name = self.servers[i].spec.name.clone();
         self.log(format!(
-            "{name}: released from {was} ({reason}) at the operator's request; starting{}",
+            "{name}: released from {} ({reason}) at the operator's request; starting{}",
+            phase.as_str(),
             if fresh { " empty" } else { "" }
         ));
-        self.activate_or_spawn(i);
+        self.feed_checked(i, Event::Release).map_err(|p| {
+            refuse(
+                ErrorKind::WrongState,
+                format!("server `{name}` is {}", p.as_str()),
+            )
+        })?;
         Ok(Released {
             server: name,
-            was,
+            was: phase.as_str().into(),
             reason,
             fresh,
         })
@@ -207,18 +215,18 @@ impl Kernel {
             .iter()
             .map(|s| ServerInfo {
                 name: s.spec.name.clone(),
-                pid: s.active.as_ref().map_or(0, |a| a.pid),
-                generation: s.active.as_ref().map_or(0, |a| a.generation),
+                pid: s.active().map_or(0, |a| a.pid),
+                generation: s.life.active().unwrap_or(0),
                 policy: s.spec.policy,
                 tracking: s.spec.tracking,
-                state: s.state.as_str().into(),
+                state: s.phase().as_str().into(),
                 restarts: s.restarts,
                 aborted_requests: s.aborted,
                 retried_requests: s.retried,
                 calls: s.status.calls(),
                 channels: s.channels.len() as u32,
                 last_recovery_us: s.last_recovery_us,
-                standby_pid: s.standby.as_ref().map_or(0, |a| a.pid),
+                standby_pid: s.standby().map_or(0, |a| a.pid),
                 zygote_pid: s.zygote.as_ref().map_or(0, |z| z.child.id() as i32),
                 last_fault: s.last_fault.clone(),
                 last_recovery_at_ms: s.last_recovery_at_ms,

@@ -8,13 +8,14 @@ use std::time::Instant;
 use nix::sys::signal::Signal as NixSignal;
 use nix::sys::signalfd::SignalFd;
 use rustix::event::epoll;
+use txipc_core::lifecycle::Phase;
 use txipc_core::manifest::Manifest;
 use txipc_sys::process;
 
 use crate::boot::Options;
 use crate::clients::ClientConn;
 use crate::errors::{KernelError, os};
-use crate::server::{Server, SrvState};
+use crate::server::Server;
 
 /// The kernel: every server, every client connection, and the fds the event loop waits on.
 pub(crate) struct Kernel {
@@ -32,6 +33,10 @@ pub(crate) struct Kernel {
     pub(crate) ready_announced: bool,
     pub(crate) started: Instant,
     pub(crate) buf: Vec<u8>,
+    /// One-shot timer for re-checking stops being confirmed (`lifecycle::CONFIRM_INTERVAL_US`).
+    pub(crate) confirm_timer: OwnedFd,
+    /// A fatal error found while performing a command during boot.
+    pub(crate) fatal: Option<KernelError>,
     /// The user that started the kernel: the operator unless the manifest says otherwise.
     pub(crate) owner_uid: u32,
     /// How roots of nested transactions ended, as learnt while recovering (`nested`).
@@ -62,6 +67,7 @@ pub(crate) const T_INC_CTL: u64 = 5;
 pub(crate) const T_INC_PID: u64 = 6;
 pub(crate) const T_SIGNAL: u64 = 7;
 pub(crate) const T_TIMER: u64 = 8;
+pub(crate) const T_CONFIRM: u64 = 9;
 
 pub(crate) fn token(kind: u64, server: usize, id: u64) -> u64 {
     (kind << 56) | ((server as u64 & 0xffff) << 40) | (id & 0xff_ffff_ffff)
@@ -90,11 +96,14 @@ impl Kernel {
             let toks: Vec<u64> = events.iter().map(|e| e.data.u64()).collect();
             for tok in toks {
                 self.dispatch(tok)?;
+                if let Some(e) = self.fatal.take() {
+                    return Err(e);
+                }
                 if self.shutting_down {
                     break;
                 }
             }
-            if !self.ready_announced && self.servers.iter().all(|s| s.state == SrvState::Running) {
+            if !self.ready_announced && self.servers.iter().all(|s| s.phase() == Phase::Running) {
                 self.ready_announced = true;
                 self.log("all servers running");
                 if let Some(f) = on_ready.take() {
@@ -116,6 +125,7 @@ impl Kernel {
             T_INC_PID => self.on_inc_died(si, id),
             T_SIGNAL => self.on_signal(),
             T_TIMER => self.on_tick(),
+            T_CONFIRM => self.on_confirm_timer(),
             _ => {}
         }
         Ok(())

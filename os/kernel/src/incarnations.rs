@@ -9,7 +9,8 @@ use txipc_sys::{fdpass, process};
 
 use crate::control::fail_point_words;
 use crate::event_loop::{Kernel, T_INC_CTL, T_INC_PID, token};
-use crate::server::SrvState;
+use txipc_core::lifecycle::{Event, Phase};
+use txipc_core::proto::FaultInfo;
 
 #[derive(Debug)]
 pub(crate) struct Inc {
@@ -21,9 +22,16 @@ pub(crate) struct Inc {
 
 impl Kernel {
     pub(crate) fn on_spawned(&mut self, i: usize, generation: u64, pid: i32, pidfd: OwnedFd) {
-        let Some(sock) = self.servers[i].spawning.take() else {
+        let Some((g, sock)) = self.servers[i].spawning.take() else {
+            let _ = process::pidfd_signal(&pidfd, Signal::KILL);
             return;
         };
+        if g != generation {
+            // Not the generation asked for: a confused zygote. Kill what it forked.
+            let _ = process::pidfd_signal(&pidfd, Signal::KILL);
+            self.feed(i, Event::SpawnFailed);
+            return;
+        }
         let inc = Inc {
             generation,
             pid,
@@ -32,7 +40,9 @@ impl Kernel {
         };
         let _ = self.watch(inc.sock.as_fd(), token(T_INC_CTL, i, generation));
         let _ = self.watch(inc.pidfd.as_fd(), token(T_INC_PID, i, generation));
-        // Hand it every open channel.
+        // Hand it every open channel. A send that fails (full socket: it does not read) makes
+        // it useless: it is replaced.
+        let mut ok = true;
         let s = &self.servers[i];
         let all: Vec<(u32, std::os::fd::BorrowedFd<'_>)> = s
             .channels
@@ -42,72 +52,33 @@ impl Kernel {
         for chunk in all.chunks(fdpass::MAX_FDS) {
             let indices = chunk.iter().map(|(ci, _)| *ci).collect();
             let fds: Vec<_> = chunk.iter().map(|(_, fd)| *fd).collect();
-            let _ = fdpass::send(
+            ok &= fdpass::send(
                 &inc.sock,
                 &proto::encode(&ToServer::AddChannels { indices }),
                 &fds,
-            );
+            )
+            .is_ok();
         }
         for (ti, ci) in self.outgoing_of(i) {
             let t = &self.servers[ti];
             let info = Connected {
                 service: t.spec.name.clone(),
                 channel: ci,
-                generation: t.active.as_ref().map_or(0, |a| a.generation),
+                generation: t.life.active().unwrap_or(0),
                 policy: t.spec.policy,
             };
-            let _ = fdpass::send(
+            ok &= fdpass::send(
                 &inc.sock,
                 &proto::encode(&ToServer::Connected(info)),
                 &[t.channels[&ci].fd.as_fd()],
-            );
+            )
+            .is_ok();
         }
-        let s = &mut self.servers[i];
-        s.standby = Some(inc);
-        let wants = match s.state {
-            SrvState::Booting => s.active.is_none(),
-            SrvState::Recovering => s.active.is_none() && s.restart_at.is_none(),
-            _ => false,
-        };
-        if wants {
-            self.activate_or_spawn(i);
+        self.servers[i].procs.insert(generation, inc);
+        self.feed(i, Event::StandbyReady(generation));
+        if !ok {
+            self.feed(i, Event::Hang(generation));
         }
-    }
-
-    /// Activates the standby (or asks for one, and activates it when it arrives).
-    pub(crate) fn activate_or_spawn(&mut self, i: usize) {
-        let Some(inc) = self.servers[i].standby.take() else {
-            self.spawn_incarnation(i);
-            return;
-        };
-        let s = &mut self.servers[i];
-        let generation = inc.generation;
-        s.status.set_generation(generation);
-        for c in s.channels.values() {
-            c.k.set_generation(generation);
-        }
-        let fresh = std::mem::replace(&mut s.fresh_next, false);
-        let sent = match &mut s.companion {
-            Some(c) => {
-                let (start, snap) = c.start_message(generation);
-                let fds: Vec<_> = snap.map(|f| f.as_fd()).into_iter().collect();
-                fdpass::send(
-                    &inc.sock,
-                    &proto::encode(&ToServer::ActivateCompanion(start)),
-                    &fds,
-                )
-            }
-            None => fdpass::send(
-                &inc.sock,
-                &proto::encode(&ToServer::Activate { generation, fresh }),
-                &[],
-            ),
-        };
-        s.active = Some(inc);
-        // The next standby is forked once this one serves (`Active`), so that the fork does
-        // not compete with the activation for the CPU. If the send failed, the incarnation
-        // died as a standby: its pidfd reports it and recovery starts over.
-        let _ = sent;
     }
 
     pub(crate) fn on_inc_msg(&mut self, i: usize, generation: u64) {
@@ -125,51 +96,24 @@ impl Kernel {
                 }
             };
             if let Some(report) = CrashReport::decode(&self.buf[..n]) {
-                let is_active = s
-                    .active
-                    .as_ref()
-                    .is_some_and(|a| a.generation == generation);
                 let detail = CrashReport::detail(&self.buf[..n]);
                 let what = match report.kind {
                     CrashKind::Signal(sig) => signal_name(sig),
                     CrashKind::Panic => format!("panic: {detail}"),
                     CrashKind::Integrity => "integrity check failed".into(),
                 };
-                if is_active {
+                if s.life.active() == Some(generation) {
                     let at = fail_point_words(self.servers[i].fired_fail_point());
-                    self.fault(i, format!("{what}{at}"));
+                    self.fault_starts(i, generation, format!("{what}{at}"));
                 } else {
-                    // A standby that crashed before activation: replace it.
                     self.log(format!("{}: standby crashed ({what})", s.spec.name));
-                    if let Some(sb) = self.servers[i].standby.take() {
-                        self.retire(i, sb);
-                    }
-                    self.spawn_incarnation(i);
                 }
+                self.feed(i, Event::CrashReport(generation));
                 return;
             }
             match proto::decode::<FromServer>(&self.buf[..n]) {
                 Ok(FromServer::Active { generation: g }) if g == generation => {
-                    let s = &mut self.servers[i];
-                    if matches!(s.state, SrvState::Booting | SrvState::Recovering) {
-                        s.state = SrvState::Running;
-                        let recovered = s.fault_at.take().map(|t| t.elapsed());
-                        // Now that the new incarnation serves: kill its failed predecessor
-                        // and fork the next standby.
-                        self.kill_doomed(i);
-                        self.spawn_incarnation(i);
-                        if let Some(t) = recovered {
-                            let us = t.as_secs_f64() * 1e6;
-                            let now_ms = self.now_ms();
-                            let s = &mut self.servers[i];
-                            s.last_recovery_us = Some(us);
-                            s.last_recovery_at_ms = Some(now_ms);
-                            let name = s.spec.name.clone();
-                            self.log(format!(
-                                "{name}: generation {g} serving, recovered in {us:.0} µs"
-                            ));
-                        }
-                    }
+                    self.feed(i, Event::Serving(g));
                 }
                 Ok(FromServer::Resolve { server, txid }) => {
                     self.resolve_root(i, txipc_heap::RootId { server, txid });
@@ -194,7 +138,7 @@ impl Kernel {
                 Ok(FromServer::Fatal { message }) => {
                     let name = self.servers[i].spec.name.clone();
                     eprintln!("txipc kernel: server `{name}` cannot start: {message}");
-                    if self.servers[i].state == SrvState::Booting {
+                    if self.servers[i].phase() == Phase::Booting {
                         eprintln!("txipc kernel: giving up: fix the cause above and start again");
                         self.shutting_down = true;
                     }
@@ -206,44 +150,41 @@ impl Kernel {
 
     pub(crate) fn on_inc_died(&mut self, i: usize, generation: u64) {
         let s = &mut self.servers[i];
-        if s.active
-            .as_ref()
-            .is_some_and(|a| a.generation == generation)
-        {
-            // Still a zombie (its zygote reaps it only at the next spawn): its exit status says
-            // how it died.
-            let pid = s.active.as_ref().map_or(0, |a| a.pid);
-            let how = match process::zombie_exit(pid) {
+        let Some(inc) = s.procs.get(&generation) else {
+            return;
+        };
+        if s.life.active() == Some(generation) {
+            // Still a zombie (its zygote reaps it only at the next spawn): its exit status
+            // says how it died.
+            let how = match process::zombie_exit(inc.pid) {
                 Some(Err(sig)) => format!("killed by {}", signal_name(sig)),
                 Some(Ok(code)) => format!("exited with status {code}"),
                 None => "died (exit status unknown)".into(),
             };
             let at = fail_point_words(s.fired_fail_point());
-            self.fault(i, format!("{how}{at}"));
-        } else if s
-            .standby
-            .as_ref()
-            .is_some_and(|a| a.generation == generation)
-        {
-            let sb = s.standby.take().expect("standby");
-            self.retire(i, sb);
-            self.spawn_incarnation(i);
-        } else if let Some(z) = s.zombies.remove(&generation) {
-            self.unwatch(z.pidfd.as_fd());
-            self.unwatch(z.sock.as_fd());
-        } else if let Some(k) = s.doomed.iter().position(|d| d.generation == generation) {
-            // A failed incarnation that was dead already (SIGKILL from outside).
-            let d = s.doomed.swap_remove(k);
-            self.unwatch(d.pidfd.as_fd());
+            self.fault_starts(i, generation, format!("{how}{at}"));
         }
+        let s = &mut self.servers[i];
+        if let Some(inc) = s.procs.remove(&generation) {
+            self.unwatch(inc.pidfd.as_fd());
+            self.unwatch(inc.sock.as_fd());
+        }
+        self.feed(i, Event::Died(generation));
     }
 
-    /// Kills an incarnation we no longer need, keeping its pidfd watched until it is gone (its
-    /// teardown happens off the recovery path).
-    pub(crate) fn retire(&mut self, i: usize, inc: Inc) {
-        let _ = process::pidfd_signal(&inc.pidfd, Signal::KILL);
-        self.unwatch(inc.sock.as_fd());
-        self.servers[i].zombies.insert(inc.generation, inc);
+    /// The active generation `g` failed for `cause`: record it (the lifecycle decides what
+    /// follows).
+    pub(crate) fn fault_starts(&mut self, i: usize, g: u64, cause: String) {
+        let now_ms = self.now_ms();
+        let s = &mut self.servers[i];
+        s.fault_at = Some(std::time::Instant::now());
+        s.watch = None;
+        s.posted_watch = None;
+        s.last_fault = Some(FaultInfo {
+            cause,
+            generation: g,
+            at_ms: now_ms,
+        });
     }
 }
 

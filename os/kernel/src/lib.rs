@@ -16,7 +16,7 @@
 //!   [`txipc_core::recovery::decide_slot`], tested without processes.
 //!
 //! Layout, one concern per module: `event_loop` (the loop and its tokens), `boot`,
-//! `server` (the record of one server), `clients`, `control` (operator controls, `ps`), `channels`, `zygotes`, `incarnations`,
+//! `server` (the record of one server), `clients`, `control` (operator controls, `ps`), `channels`, `zygotes`, `incarnations`, `lifecycle` (performing the lifecycle's commands),
 //! `watchdog`, `recovery`, `nested` (transactions across servers), `shutdown`, `errors`.
 #![forbid(unsafe_code)]
 
@@ -29,6 +29,7 @@ mod errors;
 mod event_loop;
 mod fuse;
 mod incarnations;
+mod lifecycle;
 mod nested;
 mod recovery;
 mod server;

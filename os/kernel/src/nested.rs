@@ -67,7 +67,7 @@ impl Kernel {
         // (unless it is stopped or dead already), read, and resume it unless it must fault.
         let mut resumed_pid = None;
         let coord = if known.is_none() && snap.prepared > 0 {
-            if let Some(a) = &self.servers[c].active {
+            if let Some(a) = self.servers[c].active() {
                 let was_stopped =
                     matches!(process::state(a.pid), Some('T' | 't' | 'Z' | 'X') | None);
                 if !was_stopped {
@@ -105,15 +105,17 @@ impl Kernel {
                     "{name}: died prepared for undecided root {root:?}: the root aborts"
                 ));
                 resumed_pid = None;
-                self.fault(c, "a participant of its transaction failed".into());
+                if let Some(g) = self.servers[c].life.active() {
+                    self.fault_starts(c, g, "a participant of its transaction failed".into());
+                    self.feed(c, txipc_core::lifecycle::Event::Hang(g));
+                }
                 // The coordinator's recovery decided Abort and told the others.
                 self.decide_root(root, Outcome::Abort, Some(i));
             }
         }
         if let Some(generation) = resumed_pid {
             if let Some(a) = self.servers[c]
-                .active
-                .as_ref()
+                .active()
                 .filter(|a| a.generation == generation)
             {
                 let _ = process::pidfd_signal(&a.pidfd, Signal::CONT);
@@ -186,7 +188,7 @@ impl Kernel {
 
     fn send_decided(&self, p: usize, root: RootId, outcome: Outcome) {
         let s = &self.servers[p];
-        if let Some(a) = &s.active {
+        if let Some(a) = s.active() {
             let msg = ToServer::Decided {
                 server: root.server,
                 txid: root.txid,

@@ -1,14 +1,15 @@
 //! The kernel's record of one server: its shared objects, incarnations, channels and counters.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
 use txipc_chan::Doorbell;
 use txipc_core::failpoint::{FailKind, FailPoint};
+use txipc_core::lifecycle::{Command, Gen, Lifecycle, LifecycleConfig, Phase};
 use txipc_core::manifest::ServerSpec;
 use txipc_core::proto::{FaultInfo, ServerConfig};
-use txipc_core::recovery::RestartGovernor;
+use txipc_core::recovery::LogState;
 use txipc_sys::status::StatusPage;
 
 use crate::channels::Chan;
@@ -23,27 +24,6 @@ pub(crate) const CONTROL_EVENT: u32 = 1;
 pub(crate) const HEAP_BASE: u64 = 0x2000_0000_0000;
 pub(crate) const HEAP_STRIDE: u64 = 0x100_0000_0000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SrvState {
-    Booting,
-    Running,
-    Recovering,
-    Held,
-    Dead,
-}
-
-impl SrvState {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            SrvState::Booting => "booting",
-            SrvState::Running => "running",
-            SrvState::Recovering => "recovering",
-            SrvState::Held => "held",
-            SrvState::Dead => "dead",
-        }
-    }
-}
-
 #[derive(Debug)]
 pub(crate) struct Server {
     pub(crate) spec: ServerSpec,
@@ -55,29 +35,32 @@ pub(crate) struct Server {
     pub(crate) status: StatusPage,
     pub(crate) doorbell: Doorbell,
     pub(crate) zygote: Option<Zygote>,
-    pub(crate) active: Option<Inc>,
-    pub(crate) standby: Option<Inc>,
-    /// Our end of the socket of the incarnation being forked.
-    pub(crate) spawning: Option<OwnedFd>,
-    pub(crate) next_gen: u64,
+    /// The lifecycle: every decision about incarnations is its (`txipc_core::lifecycle`).
+    pub(crate) life: Lifecycle,
+    /// Every incarnation whose pidfd we still watch (active, standby, failing, killed), by
+    /// generation. Removed when its pidfd says it is dead.
+    pub(crate) procs: BTreeMap<Gen, Inc>,
+    /// The generation being forked, and our end of its control socket.
+    pub(crate) spawning: Option<(Gen, OwnedFd)>,
+    /// A stop being confirmed: generation and checks so far.
+    pub(crate) confirming: Option<(Gen, u32)>,
+    /// What the last rollback found, for settling the slots.
+    pub(crate) rolled_back: Option<(LogState, Vec<txipc_heap::BatchEntry>)>,
+    /// The next rollback empties the heap (an operator's restart under policy `none`).
+    pub(crate) empty_on_rollback: bool,
     pub(crate) channels: BTreeMap<u32, Chan>,
     pub(crate) next_chan: u32,
-    pub(crate) governor: RestartGovernor,
-    pub(crate) state: SrvState,
     pub(crate) restarts: u64,
     pub(crate) aborted: u64,
     pub(crate) retried: u64,
     pub(crate) fault_at: Option<Instant>,
     pub(crate) last_recovery_us: Option<f64>,
-    pub(crate) restart_at: Option<Instant>,
     /// Watchdog: the busy transaction last seen, and since when.
     pub(crate) watch: Option<(u64, Instant)>,
+    /// Watchdog: a POSTED request was seen waiting since then, with the server's progress
+    /// (calls, busy) at that time, and whether its doorbell was rung since.
+    pub(crate) posted_watch: Option<(Instant, u64, u64, bool)>,
     pub(crate) fresh_next: bool,
-    /// Incarnations killed after recovery whose pidfds we still watch (to drop them).
-    pub(crate) zombies: HashMap<u64, Inc>,
-    /// Failed incarnations, stopped (or dead), kept until their successor serves: killing them
-    /// earlier would put their address-space teardown on the recovery path.
-    pub(crate) doomed: Vec<Inc>,
     /// The fail point the operator armed last and that has not been seen to fire.
     pub(crate) armed: Option<(FailKind, FailPoint)>,
     /// The last fault, in words.
@@ -88,20 +71,45 @@ pub(crate) struct Server {
     pub(crate) held_reason: Option<String>,
     /// The undo log could not be read at the last recovery: the heap is not trusted.
     pub(crate) log_unusable: bool,
+    /// Why the server itself asked to be held (policy companion), for `ps`.
+    pub(crate) hold_message: Option<String>,
     /// Policy companion: the message log and the newest checkpoint.
     pub(crate) companion: Option<crate::companion::CompanionLog>,
 }
 
 impl Server {
-    /// The active or standby incarnation of `generation`.
+    /// The active or standby incarnation of `generation` (not a failing or killed one).
     pub(crate) fn incarnation(&self, generation: u64) -> Option<&Inc> {
-        [&self.active, &self.standby]
-            .into_iter()
-            .flatten()
-            .find(|inc| inc.generation == generation)
+        if self.life.active() == Some(generation) || self.life.standby() == Some(generation) {
+            self.procs.get(&generation)
+        } else {
+            None
+        }
     }
 
-    pub(crate) fn create(i: usize, spec: &ServerSpec, system: &str) -> Result<Server, KernelError> {
+    /// The activated incarnation (serving, or about to).
+    pub(crate) fn active(&self) -> Option<&Inc> {
+        self.life.active().and_then(|g| self.procs.get(&g))
+    }
+
+    /// The hot standby.
+    pub(crate) fn standby(&self) -> Option<&Inc> {
+        self.life.standby().and_then(|g| self.procs.get(&g))
+    }
+
+    /// The phase, as `ps` shows it.
+    pub(crate) fn phase(&self) -> Phase {
+        self.life.phase()
+    }
+
+    /// Creates the server's shared objects; the returned commands (start the zygote) are the
+    /// lifecycle's first.
+    pub(crate) fn create(
+        i: usize,
+        spec: &ServerSpec,
+        system: &str,
+        now_ms: u64,
+    ) -> Result<(Server, Vec<Command>), KernelError> {
         let name = &spec.name;
         let heap_size = spec.heap_mb << 20;
         let heap_fd =
@@ -140,41 +148,47 @@ impl Server {
             ),
             _ => None,
         };
-        Ok(Server {
-            spec: spec.clone(),
-            config,
-            heap_fd,
-            log_fd,
-            doorbell_fd,
-            status_fd,
-            status,
-            doorbell,
-            zygote: None,
-            active: None,
-            standby: None,
-            spawning: None,
-            next_gen: 1,
-            channels: BTreeMap::new(),
-            next_chan: 0,
-            governor: RestartGovernor::new(spec.policy, spec.restart),
-            state: SrvState::Booting,
-            restarts: 0,
-            aborted: 0,
-            retried: 0,
-            fault_at: None,
-            last_recovery_us: None,
-            restart_at: None,
-            watch: None,
-            fresh_next: true,
-            zombies: HashMap::new(),
-            doomed: Vec::new(),
-            armed: None,
-            last_fault: None,
-            last_recovery_at_ms: None,
-            held_reason: None,
-            log_unusable: false,
-            companion,
-        })
+        let (life, first) = Lifecycle::new(
+            LifecycleConfig::for_server(spec.policy, spec.restart, spec.deadline_ms),
+            now_ms,
+        );
+        Ok((
+            Server {
+                spec: spec.clone(),
+                config,
+                heap_fd,
+                log_fd,
+                doorbell_fd,
+                status_fd,
+                status,
+                doorbell,
+                zygote: None,
+                life,
+                procs: BTreeMap::new(),
+                spawning: None,
+                confirming: None,
+                rolled_back: None,
+                empty_on_rollback: false,
+                channels: BTreeMap::new(),
+                next_chan: 0,
+                restarts: 0,
+                aborted: 0,
+                retried: 0,
+                fault_at: None,
+                last_recovery_us: None,
+                watch: None,
+                posted_watch: None,
+                fresh_next: true,
+                armed: None,
+                last_fault: None,
+                last_recovery_at_ms: None,
+                held_reason: None,
+                log_unusable: false,
+                hold_message: None,
+                companion,
+            },
+            first,
+        ))
     }
 
     /// Empties the heap and the undo log (sparse again); the next incarnation formats them.

@@ -14,19 +14,15 @@ impl Kernel {
     pub(crate) fn shutdown(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(3);
         for s in &mut self.servers {
-            for inc in [&s.active, &s.standby].into_iter().flatten() {
+            for inc in [s.active(), s.standby()].into_iter().flatten() {
                 let _ = fdpass::send(&inc.sock, &proto::encode(&ToServer::Shutdown), &[]);
             }
             s.doorbell.notify(CONTROL_EVENT);
         }
-        // Incarnations first (they die with their zygote anyway), then zygotes.
+        // Incarnations first (they die with their zygote anyway), then zygotes. Shutdown is
+        // the one place the kernel waits for peers, bounded (3 s, then SIGKILL).
         for s in &mut self.servers {
-            for inc in [s.active.take(), s.standby.take()]
-                .into_iter()
-                .flatten()
-                .chain(std::mem::take(&mut s.zombies).into_values())
-                .chain(std::mem::take(&mut s.doomed))
-            {
+            for inc in std::mem::take(&mut s.procs).into_values() {
                 wait_or_kill(&inc.pidfd, deadline);
             }
             if let Some(mut z) = s.zygote.take() {

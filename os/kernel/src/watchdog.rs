@@ -1,61 +1,109 @@
-//! The watchdog tick: delayed restarts and hang detection.
+//! The watchdog tick: timers of the lifecycle (delayed restarts, activation, spawn and zygote
+//! timeouts) and hang detection — a call running past the deadline, or a request POSTED and
+//! not taken within it while the server makes no progress.
 
 use std::time::{Duration, Instant};
 
-use rustix::process::Signal;
+use txipc_chan::SlotState;
+use txipc_core::lifecycle::{Event, Phase};
 use txipc_sys::process;
 
 use crate::event_loop::Kernel;
-use crate::server::SrvState;
+use crate::server::CONTROL_EVENT;
 
 impl Kernel {
     pub(crate) fn on_tick(&mut self) {
         let mut buf = [0u8; 8];
         let _ = rustix::io::read(&self.timer, &mut buf);
-        let now = Instant::now();
         for i in 0..self.servers.len() {
-            let s = &self.servers[i];
-            // Delayed restarts (minimum interval between restarts).
-            if s.state == SrvState::Recovering && s.restart_at.is_some_and(|t| Instant::now() >= t)
-            {
-                self.servers[i].restart_at = None;
-                self.activate_or_spawn(i);
-                continue;
-            }
-            // Hangs: the same batch seen busy for longer than the deadline. (The server only
-            // stores its transaction id; the kernel keeps the clock, so the call path pays no
-            // clock read.)
-            if s.state == SrvState::Running && s.active.is_some() {
-                let busy = s.status.busy();
-                let ran = match self.servers[i].watch {
-                    Some((txid, since)) if txid == busy && busy != 0 => {
-                        Some(now.duration_since(since))
-                            .filter(|d| *d > Duration::from_millis(s.spec.deadline_ms))
-                    }
-                    _ => {
-                        self.servers[i].watch = (busy != 0).then_some((busy, now));
-                        None
-                    }
-                };
+            self.feed(i, Event::Tick);
+            if let Some((g, cause)) = self.hang_of(i) {
                 let s = &self.servers[i];
-                if let Some(ran) = ran {
-                    let pid = s.active.as_ref().map_or(0, |a| a.pid);
-                    self.log(format!(
-                        "{}: call exceeded {} ms deadline (pid {pid}): stopping it",
-                        s.spec.name, s.spec.deadline_ms
-                    ));
-                    if let Some(a) = &s.active {
-                        let _ = process::pidfd_signal(&a.pidfd, Signal::STOP);
-                    }
-                    let cause = format!(
-                        "hang: call ran {:.1} s > deadline {} s",
-                        ran.as_secs_f64(),
-                        secs_words(s.spec.deadline_ms)
-                    );
-                    self.fault(i, cause);
-                }
+                let pid = s.active().map_or(0, |a| a.pid);
+                self.log(format!("{}: {cause} (pid {pid}): killing it", s.spec.name));
+                self.fault_starts(i, g, cause);
+                self.feed(i, Event::Hang(g));
             }
         }
+    }
+
+    /// Whether server `i`'s serving generation hangs, and how, in words.
+    fn hang_of(&mut self, i: usize) -> Option<(u64, String)> {
+        let now = Instant::now();
+        let s = &mut self.servers[i];
+        if s.life.phase() != Phase::Running {
+            s.watch = None;
+            s.posted_watch = None;
+            return None;
+        }
+        let g = s.life.serving()?;
+        let deadline = Duration::from_millis(s.spec.deadline_ms);
+        // A call running too long: the same batch seen busy for longer than the deadline. (The
+        // server only stores its transaction id; the kernel keeps the clock, so the call path
+        // pays no clock read.)
+        let busy = s.status.busy();
+        match s.watch {
+            Some((txid, since)) if txid == busy && busy != 0 => {
+                let ran = now.duration_since(since);
+                if ran > deadline {
+                    return Some((
+                        g,
+                        format!(
+                            "hang: call ran {:.1} s > deadline {} s",
+                            ran.as_secs_f64(),
+                            secs_words(s.spec.deadline_ms)
+                        ),
+                    ));
+                }
+            }
+            _ => s.watch = (busy != 0).then_some((busy, now)),
+        }
+        // A request waiting too long: some slot POSTED while the server made no progress
+        // (neither its call count nor its busy word moved) for longer than the deadline. The
+        // progress words are the server's own (clients cannot write the status page), so a
+        // client that fakes a POSTED slot cannot make a live server look hung: a live server
+        // takes it, or makes progress elsewhere.
+        let posted = s
+            .channels
+            .values()
+            .any(|c| c.k.slots().any(|snap| snap.state == SlotState::Posted));
+        let calls = s.status.calls();
+        if !posted {
+            s.posted_watch = None;
+            return None;
+        }
+        match s.posted_watch {
+            Some((_, c, b, _)) if c != calls || b != busy => {
+                s.posted_watch = Some((now, calls, busy, false));
+            }
+            Some((since, c, b, rung)) if now.duration_since(since) > deadline => {
+                let stopped = s
+                    .active()
+                    .and_then(|a| process::state(a.pid))
+                    .is_some_and(|st| st == 'T' || st == 't');
+                if stopped || rung {
+                    let waited = now.duration_since(since).as_secs_f64();
+                    return Some((
+                        g,
+                        format!(
+                            "hang: a request waited {waited:.1} s > deadline {} s, not taken ({})",
+                            secs_words(s.spec.deadline_ms),
+                            if stopped {
+                                "the server is stopped"
+                            } else {
+                                "the server makes no progress"
+                            }
+                        ),
+                    ));
+                }
+                // Asleep on a doorbell nobody rang? Ring it, and give it one more deadline.
+                s.doorbell.notify(CONTROL_EVENT);
+                s.posted_watch = Some((now, c, b, true));
+            }
+            Some(_) => {}
+            None => s.posted_watch = Some((now, calls, busy, false)),
+        }
+        None
     }
 }
 

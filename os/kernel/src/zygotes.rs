@@ -4,12 +4,12 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use txipc_core::proto::{self, FromZygote, ToZygote, ZygoteInit};
+use txipc_core::proto::{self, FromZygote, ZygoteInit};
 use txipc_sys::{fdpass, process};
 
 use crate::errors::{KernelError, os};
 use crate::event_loop::{Kernel, T_ZYGOTE, T_ZYGOTE_PID, token};
-use crate::server::SrvState;
+use txipc_core::lifecycle::{Event, Phase};
 
 #[derive(Debug)]
 pub(crate) struct Zygote {
@@ -71,6 +71,9 @@ impl Kernel {
                 s.spec.exec.as_deref().unwrap_or("the txipc binary")
             ),
         })?;
+        // From here on the kernel never blocks on it: a zygote that does not read is stuck,
+        // and the lifecycle's spawn timeout replaces it.
+        rustix::io::ioctl_fionbio(&ours, true).map_err(os("FIONBIO"))?;
         self.watch(ours.as_fd(), token(T_ZYGOTE, i, 0))?;
         self.watch(pidfd.as_fd(), token(T_ZYGOTE_PID, i, 0))?;
         self.servers[i].zygote = Some(Zygote {
@@ -99,7 +102,7 @@ impl Kernel {
             match proto::decode::<FromZygote>(&self.buf[..n]) {
                 Ok(FromZygote::Ready) => {
                     self.servers[i].zygote.as_mut().expect("zygote").ready = true;
-                    self.spawn_incarnation(i);
+                    self.feed(i, Event::ZygoteReady);
                 }
                 Ok(FromZygote::Spawned { generation, pid }) if fds.len() == 1 => {
                     let pidfd = fds.pop().expect("one fd");
@@ -108,13 +111,14 @@ impl Kernel {
                 Ok(FromZygote::Failed { message }) => {
                     let name = self.servers[i].spec.name.clone();
                     self.servers[i].spawning = None;
-                    if self.servers[i].state == SrvState::Booting {
+                    if self.servers[i].phase() == Phase::Booting {
                         return Err(KernelError::ServerStart {
                             server: name,
                             reason: message,
                         });
                     }
                     self.log(format!("{name}: zygote failed: {message}"));
+                    self.feed(i, Event::SpawnFailed);
                 }
                 _ => self.log("malformed message from a zygote"),
             }
@@ -129,7 +133,7 @@ impl Kernel {
         self.unwatch(z.sock.as_fd());
         let status = z.child.wait().ok();
         let name = self.servers[i].spec.name.clone();
-        if self.servers[i].state == SrvState::Booting {
+        if self.servers[i].phase() == Phase::Booting {
             return Err(KernelError::ServerStart {
                 server: name,
                 reason: format!(
@@ -148,33 +152,8 @@ impl Kernel {
                 "{name}: zygote died ({status:?}); starting a new one"
             ));
             self.servers[i].spawning = None;
-            self.start_zygote(i)?;
+            self.feed(i, Event::ZygoteDied);
         }
         Ok(())
-    }
-
-    pub(crate) fn spawn_incarnation(&mut self, i: usize) {
-        let s = &mut self.servers[i];
-        if s.spawning.is_some() || s.standby.is_some() {
-            return;
-        }
-        let Some(z) = &s.zygote else { return };
-        if !z.ready {
-            return;
-        }
-        let Ok((ours, theirs)) = fdpass::seqpacket_pair() else {
-            return;
-        };
-        let generation = s.next_gen;
-        s.next_gen += 1;
-        if fdpass::send(
-            &z.sock,
-            &proto::encode(&ToZygote::Spawn { generation }),
-            &[theirs.as_fd()],
-        )
-        .is_ok()
-        {
-            s.spawning = Some(ours);
-        }
     }
 }

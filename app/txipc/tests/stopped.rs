@@ -1,0 +1,139 @@
+//! No call waits forever and the kernel never waits for a peer: servers, standbys and zygotes
+//! that are stopped (SIGSTOP) or do not read their sockets are found hung and replaced; calls
+//! end in their reply or a typed error; `ps` keeps answering and says what happened.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use probe_server::{Fault, FaultyClient};
+use rustix::process::Signal;
+use txipc_runtime::client::System;
+
+fn info(sys: &System) -> txipc_core::proto::ServerInfo {
+    sys.ps().unwrap().remove(0)
+}
+
+fn stop(pid: i32) {
+    assert!(pid > 0, "no such process");
+    txipc_sys::process::kill(pid, Signal::STOP).unwrap();
+}
+
+fn faulty(tag: &str) -> txipc_runtime::client::SystemProcess {
+    boot(
+        tag,
+        &(server("f", "faulty", "txipc", "deadline_ms = 200") + &grant("*", "f")),
+    )
+}
+
+#[test]
+fn a_call_to_a_stopped_server_is_served_after_recovery() {
+    let sys = faulty("stopped");
+    let conn = sys.connect().unwrap();
+    let f = FaultyClient::new(open(&conn, "f"));
+    assert_eq!(f.add(0, 1, Fault::None, 0).unwrap(), 1);
+    let before = info(&conn);
+    // Stopped between calls: it takes nothing; the kernel must notice the waiting request.
+    stop(before.pid);
+    assert_eq!(
+        info(&conn).state,
+        "running",
+        "ps answers while it is stopped"
+    );
+    assert_eq!(f.add(0, 1, Fault::None, 0).unwrap(), 2);
+    let after = info(&conn);
+    assert!(after.generation > before.generation);
+    // Stopped idle: the waiting request is timed; stopped just before it marked itself idle
+    // after its last reply: its "call" is.
+    let cause = after.last_fault.unwrap().cause;
+    assert!(
+        (cause.starts_with("hang: a request waited") && cause.contains("stopped"))
+            || cause.starts_with("hang: call ran"),
+        "{cause}"
+    );
+    wait_until(
+        "the stopped incarnation to be killed",
+        Duration::from_secs(20),
+        || !alive(before.pid),
+    );
+    drop((f, conn));
+    sys.shutdown().unwrap();
+}
+
+#[test]
+fn a_stopped_standby_does_not_hold_recovery() {
+    let sys = faulty("stopped-standby");
+    let conn = sys.connect().unwrap();
+    let f = FaultyClient::new(open(&conn, "f"));
+    assert_eq!(f.add(0, 1, Fault::None, 0).unwrap(), 1);
+    wait_until("a standby", Duration::from_secs(20), || {
+        info(&conn).standby_pid > 0
+    });
+    let s = info(&conn);
+    stop(s.standby_pid);
+    txipc_sys::process::kill(s.pid, Signal::KILL).unwrap();
+    // The stopped standby is activated, never answers, is found hung and replaced.
+    assert_eq!(f.add(0, 1, Fault::None, 0).unwrap(), 2);
+    let after = info(&conn);
+    assert_eq!(after.state, "running");
+    assert!(after.generation > s.generation + 1, "{after:?}");
+    wait_until(
+        "the stopped standby to be killed",
+        Duration::from_secs(20),
+        || !alive(s.standby_pid),
+    );
+    drop((f, conn));
+    sys.shutdown().unwrap();
+}
+
+#[test]
+fn a_stopped_zygote_does_not_hold_recovery() {
+    let sys = faulty("stopped-zygote");
+    let conn = sys.connect().unwrap();
+    let f = FaultyClient::new(open(&conn, "f"));
+    assert_eq!(f.add(0, 1, Fault::None, 0).unwrap(), 1);
+    wait_until("a standby", Duration::from_secs(20), || {
+        info(&conn).standby_pid > 0
+    });
+    let s = info(&conn);
+    stop(s.zygote_pid);
+    // The first fault uses the standby; the second needs the stopped zygote to fork.
+    assert_eq!(f.add(0, 1, Fault::Panic, 1).unwrap(), 2);
+    assert_eq!(f.add(0, 1, Fault::Panic, 1).unwrap(), 3);
+    let after = info(&conn);
+    assert_eq!(after.state, "running");
+    assert_ne!(
+        after.zygote_pid, s.zygote_pid,
+        "the stuck zygote was replaced"
+    );
+    wait_until(
+        "the stopped zygote to be killed",
+        Duration::from_secs(20),
+        || !alive(s.zygote_pid),
+    );
+    drop((f, conn));
+    sys.shutdown().unwrap();
+}
+
+#[test]
+fn a_server_that_does_not_read_cannot_block_the_kernel() {
+    let sys = faulty("full");
+    let conn = sys.connect().unwrap();
+    let f = FaultyClient::new(open(&conn, "f"));
+    assert_eq!(f.add(0, 1, Fault::None, 0).unwrap(), 1);
+    let s = info(&conn);
+    stop(s.pid);
+    // Every connect hands the stopped server a channel on its control socket, which it does
+    // not read: the socket fills. The kernel must not block on it.
+    let mut chans = Vec::new();
+    for _ in 0..600 {
+        chans.push(conn.open("f").expect("connect while the server is stopped"));
+    }
+    let other = System::connect(sys.name()).unwrap();
+    let after = info(&other);
+    assert!(after.generation > s.generation, "{after:?}");
+    assert_eq!(f.add(0, 1, Fault::None, 0).unwrap(), 2);
+    drop((f, chans, conn, other));
+    sys.shutdown().unwrap();
+}

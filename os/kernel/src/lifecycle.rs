@@ -1,0 +1,316 @@
+//! Carrying out the lifecycle: every fact about a server's incarnations goes to its
+//! [`txipc_core::lifecycle::Lifecycle`], and the commands that come back are performed here,
+//! in order. The kernel takes no lifecycle decision of its own and never waits for a peer: a
+//! stop is confirmed by re-checking on a short timer, a death through the pidfd.
+
+use std::collections::VecDeque;
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+use rustix::process::Signal;
+use txipc_core::lifecycle::{Command, Event, Gen, HoldReason, Phase};
+use txipc_core::proto::{self, ToServer, ToZygote};
+use txipc_sys::{fdpass, process};
+
+use crate::event_loop::Kernel;
+use crate::recovery::fail_posted;
+
+/// Checks of a stop before it counts as unconfirmed (then the incarnation is killed and only
+/// its death confirms). With [`CONFIRM_INTERVAL_US`] between checks: about 5 ms.
+const CONFIRM_TRIES: u32 = 100;
+/// How long the kernel looks for a stop inline before it leaves the rest to the confirm timer.
+const CONFIRM_SPIN: std::time::Duration = std::time::Duration::from_micros(500);
+/// Time between two checks of a stop, microseconds.
+pub(crate) const CONFIRM_INTERVAL_US: u64 = 50;
+
+impl Kernel {
+    /// Feeds `ev` to server `i`'s lifecycle and performs what it answers, then the answers'
+    /// follow-up events, until nothing is left.
+    pub(crate) fn feed(&mut self, i: usize, ev: Event) {
+        let _ = self.feed_checked(i, ev);
+    }
+
+    /// As [`Kernel::feed`]; `Err(phase)` if the lifecycle refused the event in that phase (an
+    /// operator's request at the wrong time). Nothing was done then.
+    pub(crate) fn feed_checked(&mut self, i: usize, ev: Event) -> Result<(), Phase> {
+        let mut queue = VecDeque::new();
+        let seen = Instant::now();
+        let now = self.now_ms();
+        let before = self.servers[i].life.phase();
+        let cmds = self.servers[i].life.handle(ev, now)?;
+        self.perform_all(i, cmds, &mut queue);
+        while let Some(ev) = queue.pop_front() {
+            let now = self.now_ms();
+            if let Ok(cmds) = self.servers[i].life.handle(ev, now) {
+                self.perform_all(i, cmds, &mut queue);
+            }
+        }
+        self.phase_changed(i, before, seen);
+        Ok(())
+    }
+
+    fn perform_all(&mut self, i: usize, cmds: Vec<Command>, queue: &mut VecDeque<Event>) {
+        for c in cmds {
+            if let Some(ev) = self.perform(i, c) {
+                queue.push_back(ev);
+            }
+        }
+    }
+
+    /// Performs one command; returns the event that answers it at once, if any.
+    fn perform(&mut self, i: usize, c: Command) -> Option<Event> {
+        match c {
+            Command::StartZygote => {
+                if let Err(e) = self.start_zygote(i) {
+                    if self.servers[i].life.phase() == Phase::Booting {
+                        self.fatal.get_or_insert(e);
+                    } else {
+                        eprintln!(
+                            "txipc kernel: {}: cannot start a zygote: {e}",
+                            self.servers[i].spec.name
+                        );
+                    }
+                }
+                None
+            }
+            Command::KillZygote => {
+                if let Some(z) = &self.servers[i].zygote {
+                    self.log(format!(
+                        "{}: zygote (pid {}) does not answer: killing it",
+                        self.servers[i].spec.name,
+                        z.child.id()
+                    ));
+                    let _ = process::pidfd_signal(&z.pidfd, Signal::KILL);
+                    None
+                } else {
+                    Some(Event::ZygoteDied)
+                }
+            }
+            Command::Spawn(g) => self.spawn(i, g),
+            Command::Activate(g) => self.activate(i, g),
+            Command::ConfirmStop(g) => {
+                self.servers[i].confirming = Some((g, 0));
+                // A process that reported a crash stops itself within microseconds: look a few
+                // times, yielding, for at most CONFIRM_SPIN (never waiting longer inline),
+                // then on the confirm timer.
+                let start = Instant::now();
+                let pid = self.servers[i].procs.get(&g).map(|inc| inc.pid)?;
+                while start.elapsed() < CONFIRM_SPIN {
+                    if matches!(process::state(pid), Some('T') | Some('t')) {
+                        self.servers[i].confirming = None;
+                        return Some(Event::Stopped(g));
+                    }
+                    std::thread::yield_now();
+                }
+                self.check_stop(i)
+            }
+            Command::Kill(g) => {
+                if let Some(inc) = self.servers[i].procs.get(&g) {
+                    // The lowest priority, so that its address-space teardown yields to the
+                    // servers that run.
+                    if let Some(pid) = rustix::process::Pid::from_raw(inc.pid) {
+                        let _ = rustix::process::setpriority_process(Some(pid), 19);
+                    }
+                    let _ = process::pidfd_signal(&inc.pidfd, Signal::KILL);
+                    self.unwatch(inc.sock.as_fd());
+                }
+                None
+            }
+            Command::RollBack(g) => {
+                let log_usable = self.roll_back(i, g);
+                Some(Event::RolledBack { log_usable })
+            }
+            Command::SettleSlots { held } => {
+                self.settle_slots(i, held);
+                None
+            }
+            Command::Hold(reason) => {
+                let s = &mut self.servers[i];
+                let cause = s
+                    .last_fault
+                    .as_ref()
+                    .map_or_else(|| "none recorded".to_string(), |f| f.cause.clone());
+                s.held_reason = Some(match reason {
+                    HoldReason::RestartStorm => format!(
+                        "restart storm: {} restarts within {} ms (last fault: {cause})",
+                        s.spec.restart.max_restarts, s.spec.restart.window_ms
+                    ),
+                    HoldReason::PolicyNone => {
+                        format!("policy none: a fault is final (last fault: {cause})")
+                    }
+                    HoldReason::LogUnusable => format!(
+                        "undo log unusable: the heap cannot be trusted (last fault: {cause})"
+                    ),
+                    HoldReason::ServerRefused => s
+                        .hold_message
+                        .take()
+                        .unwrap_or_else(|| "the server asked to be held".into()),
+                });
+                if reason == HoldReason::ServerRefused && s.companion.is_some() {
+                    let _ = crate::companion::settle_held(s);
+                }
+                s.fault_at = None;
+                for c in s.channels.values() {
+                    c.k.mark_dead();
+                    fail_posted(&c.k);
+                }
+                None
+            }
+        }
+    }
+
+    /// Asks the zygote for a standby of generation `g`.
+    fn spawn(&mut self, i: usize, g: Gen) -> Option<Event> {
+        let s = &mut self.servers[i];
+        let Some(z) = &s.zygote else {
+            return Some(Event::SpawnFailed);
+        };
+        let Ok((ours, theirs)) = fdpass::seqpacket_pair() else {
+            return Some(Event::SpawnFailed);
+        };
+        if rustix::io::ioctl_fionbio(&ours, true).is_err() {
+            return Some(Event::SpawnFailed);
+        }
+        match fdpass::send(
+            &z.sock,
+            &proto::encode(&ToZygote::Spawn { generation: g }),
+            &[theirs.as_fd()],
+        ) {
+            Ok(()) => {
+                s.spawning = Some((g, ours));
+                None
+            }
+            // A full socket: the zygote does not read; its spawn timeout will kill it.
+            Err(_) => Some(Event::SpawnFailed),
+        }
+    }
+
+    /// Lets standby `g` serve.
+    fn activate(&mut self, i: usize, g: Gen) -> Option<Event> {
+        let s = &mut self.servers[i];
+        let inc = s.procs.get(&g)?;
+        s.status.set_generation(g);
+        for c in s.channels.values() {
+            c.k.set_generation(g);
+        }
+        let fresh = std::mem::replace(&mut s.fresh_next, false);
+        let sent = match &mut s.companion {
+            Some(c) => {
+                let (start, snap) = c.start_message(g);
+                let fds: Vec<_> = snap.map(|f| f.as_fd()).into_iter().collect();
+                fdpass::send(
+                    &inc.sock,
+                    &proto::encode(&ToServer::ActivateCompanion(start)),
+                    &fds,
+                )
+            }
+            None => fdpass::send(
+                &inc.sock,
+                &proto::encode(&ToServer::Activate {
+                    generation: g,
+                    fresh,
+                }),
+                &[],
+            ),
+        };
+        // A full socket is a hang; a closed one a death, which its pidfd reports.
+        match sent {
+            Err(fdpass::FdPassError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::WouldBlock =>
+            {
+                Some(Event::Hang(g))
+            }
+            _ => None,
+        }
+    }
+
+    /// One check of the stop being confirmed: stopped → `Stopped`; too many checks →
+    /// `StopUnconfirmed`; else another check on the confirm timer.
+    pub(crate) fn check_stop(&mut self, i: usize) -> Option<Event> {
+        let s = &mut self.servers[i];
+        let (g, tries) = s.confirming?;
+        let Some(inc) = s.procs.get(&g) else {
+            // Dead already: its pidfd event confirms.
+            s.confirming = None;
+            return None;
+        };
+        match process::state(inc.pid) {
+            Some('T') | Some('t') => {
+                s.confirming = None;
+                Some(Event::Stopped(g))
+            }
+            // A zombie is dead: its pidfd is readable and will confirm.
+            Some('Z') | Some('X') => {
+                s.confirming = None;
+                None
+            }
+            // Running, or its state unreadable: fail closed, never count it as gone.
+            _ if tries >= CONFIRM_TRIES => {
+                s.confirming = None;
+                Some(Event::StopUnconfirmed(g))
+            }
+            _ => {
+                s.confirming = Some((g, tries + 1));
+                self.arm_confirm_timer();
+                None
+            }
+        }
+    }
+
+    /// The confirm timer fired: re-check every stop being confirmed.
+    pub(crate) fn on_confirm_timer(&mut self) {
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&self.confirm_timer, &mut buf);
+        for i in 0..self.servers.len() {
+            if self.servers[i].confirming.is_some()
+                && let Some(ev) = self.check_stop(i)
+            {
+                self.feed(i, ev);
+            }
+        }
+    }
+
+    fn arm_confirm_timer(&self) {
+        let ts = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: (CONFIRM_INTERVAL_US * 1000) as _,
+        };
+        let _ = rustix::time::timerfd_settime(
+            &self.confirm_timer,
+            rustix::time::TimerfdTimerFlags::empty(),
+            &rustix::time::Itimerspec {
+                it_interval: rustix::time::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
+                it_value: ts,
+            },
+        );
+    }
+
+    /// Bookkeeping when the phase changed: recovery time (fault seen → the event that made it
+    /// serve again was `seen`), logs.
+    fn phase_changed(&mut self, i: usize, before: Phase, seen: Instant) {
+        let now_ms = self.now_ms();
+        let s = &mut self.servers[i];
+        let after = s.life.phase();
+        if after == before {
+            return;
+        }
+        if after == Phase::Running {
+            let g = s.life.serving().unwrap_or(0);
+            s.held_reason = None;
+            if let Some(t) = s.fault_at.take() {
+                let us = seen.saturating_duration_since(t).as_secs_f64() * 1e6;
+                s.last_recovery_us = Some(us);
+                s.last_recovery_at_ms = Some(now_ms);
+                let name = s.spec.name.clone();
+                self.log(format!(
+                    "{name}: generation {g} serving, recovered in {us:.0} µs"
+                ));
+            }
+        } else if matches!(after, Phase::Recovering) && before == Phase::Running {
+            s.fault_at.get_or_insert_with(Instant::now);
+        }
+    }
+}
