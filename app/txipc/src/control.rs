@@ -188,8 +188,13 @@ pub fn ps(system: &str, service: Option<&str>, timeout: Option<Duration>) -> Res
             text.push('\n');
         }
         if let Some(why) = &s.held_reason {
+            let sys_arg = if system == "default" {
+                String::new()
+            } else {
+                format!("--system {system} ")
+            };
             text.push_str(&format!(
-                "{}: {} because {why}; `txipc release {}` starts it again\n",
+                "{}: {} because {why}; `txipc {sys_arg}release {}` starts it again\n",
                 s.name, s.state, s.name
             ));
         }

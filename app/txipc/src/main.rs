@@ -549,8 +549,14 @@ fn run(manifest: Option<PathBuf>, system: Option<String>, quiet: bool) -> Result
         if quiet {
             return;
         }
+        // In a terminal's foreground, Ctrl-C stops it too (not when detached).
+        let ctrl_c = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            " (or Ctrl-C here)"
+        } else {
+            ""
+        };
         eprintln!(
-            "txipc: system `{system}` is running: {}. Try `txipc kv put a 1`, `txipc ps`; `txipc stop` (or Ctrl-C in this terminal) stops it.",
+            "txipc: system `{system}` is running: {}. Try `txipc kv put a 1`, `txipc ps`; `txipc stop`{ctrl_c} stops it.",
             names.join(", ")
         );
     });

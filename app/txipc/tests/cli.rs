@@ -519,7 +519,10 @@ fn restart_and_release_a_held_server() {
     let o = txipc(&["ps", "--system", s]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("held because restart storm"), "{text}");
-    assert!(text.contains("txipc release kv"), "{text}");
+    assert!(
+        text.contains(&format!("txipc --system {s} release kv")),
+        "{text}"
+    );
     let v = json_run(&["kv", "get", "a", "--system", s, "--json"], 1);
     assert!(v["error"].as_str().unwrap().contains("held"), "{v}");
     json_run(&["restart", "--system", s, "--json"], 2);
