@@ -117,6 +117,10 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         rounds: u32,
     },
+    /// The fs server through FUSE (`txipc mount`) under none, txipc and restart, with tmpfs as
+    /// the ceiling, in the same run: metadata ops/s, 4 KiB and 1 MiB throughput, untar, git
+    /// status, SQLite transactions. Needs root (it mounts).
+    Fs(crate::fs::FsArgs),
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -403,6 +407,7 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
             }
             Ok(())
         }
+        BenchCmd::Fs(args) => crate::fs::cli(exe, args, json),
         BenchCmd::Tx => {
             let r = txipc_heap::bench::bench_tx(&txipc_heap::bench::TxBenchOptions::default())?;
             table!(json, "| transaction cost | ns |");

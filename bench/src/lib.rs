@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod fs;
 pub mod ipc;
 pub mod kv;
 pub mod nested;

@@ -9,120 +9,13 @@ mod common;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use common::fsmount::*;
 use common::*;
-use txipc_runtime::client::SystemProcess;
-
-fn fs_manifest(policy: &str) -> String {
-    format!(
-        "[[server]]\nname = \"fs\"\nbuiltin = \"fs\"\npolicy = \"{policy}\"\nheap_mb = 256\nlog_mb = 32\nretry_limit = 50\nslots = 8\nrequest_max = 139264\nreply_max = 139264\n"
-    ) + &grant("*", "fs")
-}
-
-/// A system with an fs server, mounted on a fresh directory by a `txipc mount` child.
-struct Mounted {
-    sys: Option<SystemProcess>,
-    child: Option<Child>,
-    dir: PathBuf,
-}
-
-impl Mounted {
-    fn new(tag: &str, policy: &str) -> Mounted {
-        let sys = boot(tag, &fs_manifest(policy));
-        let dir = std::env::temp_dir().join(unique(tag));
-        std::fs::create_dir(&dir).unwrap();
-        let mut m = Mounted {
-            sys: Some(sys),
-            child: None,
-            dir,
-        };
-        m.start_front_end();
-        m
-    }
-
-    fn start_front_end(&mut self) {
-        let name = self.sys.as_ref().unwrap().name().to_string();
-        let mut child = Command::new(exe())
-            .args(["mount", "--quiet", "--system", &name])
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        // Its first line says it serves ("ready DIR"); read it on a thread so the wait is
-        // bounded.
-        let out = child.stdout.take().unwrap();
-        self.child = Some(child);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut lines = std::io::BufReader::new(out).lines();
-            let _ = tx.send(lines.next().and_then(Result::ok));
-            for _ in lines {}
-        });
-        let line = rx.recv_timeout(Duration::from_secs(20));
-        assert!(
-            matches!(&line, Ok(Some(l)) if l.starts_with("ready")),
-            "the front end did not come up: {line:?}"
-        );
-        assert!(fs_fuse::is_fuse_mount(&self.dir));
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.join(p)
-    }
-
-    fn system(&self) -> txipc_runtime::client::System {
-        self.sys.as_ref().unwrap().connect().unwrap()
-    }
-
-    /// Waits (bounded) for the front end to exit; returns its stderr-independent status.
-    fn wait_front_end(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("front end running");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "the front end did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = txipc_sys::process::kill(c.id() as i32, rustix::process::Signal::TERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Last resort: a lazy unmount never blocks.
-        if fs_fuse::is_fuse_mount(&self.dir) {
-            let _ = rustix_unmount_lazy(&self.dir);
-        }
-        drop(self.sys.take());
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
-fn rustix_unmount_lazy(dir: &Path) -> std::io::Result<()> {
-    let st = Command::new("umount").arg("-l").arg(dir).status()?;
-    if st.success() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other("umount -l failed"))
-    }
-}
 
 fn errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
     r.unwrap_err().raw_os_error().unwrap_or(-1)
@@ -344,32 +237,6 @@ fn permissions_as_a_non_root_user_and_concurrent_writers() {
     // An unmount from outside ends the front end cleanly.
     fs_fuse::unmount(&m.dir).unwrap();
     assert!(m.wait_front_end().success());
-}
-
-/// Makes a tree of files with varied sizes (some empty, some sparse-looking) under `root`.
-fn make_tree(root: &Path, files: u32) {
-    for i in 0..files {
-        let dir = root.join(format!("d{}", i % 7)).join(format!("e{}", i % 3));
-        std::fs::create_dir_all(&dir).unwrap();
-        let len = (i * 7919) % 200_000;
-        let data: Vec<u8> = (0..len).map(|k| (k ^ (k >> 7) ^ i) as u8).collect();
-        std::fs::write(dir.join(format!("file{i}")), data).unwrap();
-    }
-}
-
-/// Every file under `a` is under `b` with the same bytes, and nothing else is.
-fn same_tree(a: &Path, b: &Path) {
-    let out = Command::new("diff")
-        .arg("-r")
-        .arg(a)
-        .arg(b)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "trees differ: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
 }
 
 #[test]

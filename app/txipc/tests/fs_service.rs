@@ -196,3 +196,40 @@ fn a_resent_request_answers_its_recorded_result() {
     drop((fs, conn));
     sys.shutdown().unwrap();
 }
+
+/// Per-call cost of the fs service without FUSE, per policy (run by hand: `--ignored
+/// --nocapture`; timings are printed, never asserted).
+#[test]
+#[ignore]
+fn call_costs_per_policy() {
+    for policy in ["none", "txipc", "restart"] {
+        let sys = fs_system(&format!("fs-cost-{policy}"), policy);
+        let conn = sys.connect().unwrap();
+        let fs = FsClient::new(open(&conn, "fs"));
+        let c = Caller::root();
+        let t = Instant::now();
+        for i in 0..500 {
+            fs.mkdir(c.clone(), ROOT_INO, name(&format!("d{i}")), 0o755, 0)
+                .unwrap();
+        }
+        let mkdir = t.elapsed() / 500;
+        let cr = fs
+            .create(c.clone(), ROOT_INO, name("f"), 0o644, 0, oflag::O_RDWR)
+            .unwrap();
+        let block = vec![7u8; 4096];
+        let t = Instant::now();
+        for i in 0..500u64 {
+            fs.write(c.clone(), cr.fh, (i % 50) * 4096, &block[..])
+                .unwrap();
+        }
+        let write = t.elapsed() / 500;
+        let t = Instant::now();
+        for _ in 0..500 {
+            fs.getattr(cr.attr.ino).unwrap();
+        }
+        let getattr = t.elapsed() / 500;
+        eprintln!("{policy}: mkdir {mkdir:?}, 4 KiB overwrite {write:?}, getattr {getattr:?}");
+        drop((fs, conn));
+        sys.shutdown().unwrap();
+    }
+}

@@ -1,6 +1,8 @@
 //! Helpers shared by the system tests: boot a system of real processes, open clients.
 #![allow(dead_code)]
 
+pub mod fsmount;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

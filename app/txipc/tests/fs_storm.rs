@@ -1,0 +1,255 @@
+//! The fault storm on a real mount, run by hand (`cargo test --release -p txipc --test
+//! fs_storm -- --ignored --nocapture`; `TXIPC_STORM_SECS` sets its length, default 60):
+//! SIGKILLs and fail points (panic, SIGSEGV, abort at each point of the commit protocol) in the
+//! fs server at random instants, and SIGKILLs of the front end, while at the same time a tree
+//! is copied and verified by `diff -r`, a git repository is built commit by commit and `git
+//! fsck` must be clean, and SQLite runs transactions whose every committed row must be there
+//! with `PRAGMA integrity_check` ok. Under `txipc` the programs see zero errors; under
+//! `restart` the same storm shows what a user loses.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::fsmount::*;
+use common::*;
+use txipc_core::failpoint::{FailKind, FailPoint};
+
+/// What the programs saw.
+#[derive(Debug, Default)]
+struct Outcome {
+    copies: u64,
+    copy_errors: Vec<String>,
+    commits: u64,
+    git_errors: Vec<String>,
+    sqlite_txns: u64,
+    sqlite_errors: Vec<String>,
+    server_faults: u64,
+    front_end_kills: u64,
+}
+
+fn run(cmd: &mut Command) -> Result<String, String> {
+    match cmd.output() {
+        Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+        Ok(o) => Err(format!(
+            "{cmd:?}: {} {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("{cmd:?}: {e}")),
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+    run(Command::new("git")
+        .args(["-c", "user.name=storm", "-c", "user.email=storm@localhost"])
+        .args(["-c", "safe.directory=*"])
+        .args(args)
+        .current_dir(dir))
+}
+
+fn sqlite(db: &Path, sql: &str) -> Result<String, String> {
+    run(Command::new("sqlite3").arg(db).arg(sql))
+}
+
+fn storm(policy: &str, kill_front_end: bool) -> Outcome {
+    let secs: u64 = std::env::var("TXIPC_STORM_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let mut m = Mounted::new(&format!("storm-{policy}"), policy);
+    let src = std::env::temp_dir().join(unique("storm-src"));
+    make_tree(&src, 200);
+    let stop = Arc::new(AtomicBool::new(false));
+    let end = Instant::now() + Duration::from_secs(secs);
+
+    // The three programs, each in its own thread, each keeping what it saw.
+    let copier = {
+        let (src, dir, stop) = (src.clone(), m.dir.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut n, mut errors) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let dst = dir.join(format!("copy{n}"));
+                let r = run(Command::new("cp").arg("-r").arg(&src).arg(&dst)).and_then(|_| {
+                    run(Command::new("diff").arg("-r").arg(&src).arg(&dst)).map(|_| ())
+                });
+                match r {
+                    Ok(()) => {
+                        let _ = std::fs::remove_dir_all(&dst);
+                    }
+                    Err(e) => errors.push(e),
+                }
+                n += 1;
+            }
+            (n, errors)
+        })
+    };
+    let gitter = {
+        let (dir, stop) = (m.dir.join("repo"), stop.clone());
+        std::thread::spawn(move || {
+            let (mut n, mut errors) = (0u64, Vec::new());
+            if let Err(e) = std::fs::create_dir(&dir)
+                .map_err(|e| e.to_string())
+                .and_then(|()| git(&dir, &["init", "-q"]).map(|_| ()))
+            {
+                return (0, vec![e]);
+            }
+            while !stop.load(Ordering::Relaxed) {
+                let f = dir.join(format!("f{}", n % 17));
+                let r = std::fs::write(&f, format!("commit {n}\n").repeat(50))
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| git(&dir, &["add", "-A"]))
+                    .and_then(|_| git(&dir, &["commit", "-qm", &format!("c{n}")]));
+                match r {
+                    Ok(_) => n += 1,
+                    Err(e) => {
+                        errors.push(e);
+                        break;
+                    }
+                }
+            }
+            if let Err(e) = git(&dir, &["fsck", "--strict", "--no-progress"]) {
+                errors.push(format!("fsck: {e}"));
+            }
+            match git(&dir, &["rev-list", "--count", "HEAD"]) {
+                Ok(c) if c.trim() == n.to_string() => {}
+                Ok(c) => errors.push(format!("{n} commits made, {} in the log", c.trim())),
+                Err(e) => errors.push(e),
+            }
+            (n, errors)
+        })
+    };
+    let sqliter = {
+        let (db, stop) = (m.dir.join("storm.db"), stop.clone());
+        std::thread::spawn(move || {
+            let (mut n, mut errors) = (0u64, Vec::new());
+            if let Err(e) = sqlite(&db, "CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT);") {
+                return (0, vec![e]);
+            }
+            while !stop.load(Ordering::Relaxed) {
+                let mut sql = String::from("BEGIN;");
+                for r in 0..10 {
+                    sql.push_str(&format!(
+                        "INSERT INTO t VALUES({}, 'row {n} {r}');",
+                        n * 10 + r
+                    ));
+                }
+                sql.push_str("COMMIT;");
+                match sqlite(&db, &sql) {
+                    Ok(_) => n += 1,
+                    Err(e) => {
+                        errors.push(e);
+                        break;
+                    }
+                }
+            }
+            match sqlite(&db, "PRAGMA integrity_check; SELECT count(*) FROM t;") {
+                Ok(out) => {
+                    let want = format!("ok\n{}\n", n * 10);
+                    if out != want {
+                        errors.push(format!("after {n} transactions: {out:?}, want {want:?}"));
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+            (n, errors)
+        })
+    };
+
+    // The faults.
+    let sys = m.system();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let faults = AtomicU64::new(0);
+    let mut fe_kills = 0;
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20 + next() % 60));
+        let r = next() % 10;
+        if r < 5 {
+            if let Ok(pid) = std::panic::catch_unwind(|| server_pid(&sys, "fs"))
+                && txipc_sys::process::kill(pid, rustix::process::Signal::KILL).is_ok()
+            {
+                faults.fetch_add(1, Ordering::Relaxed);
+            }
+        } else if r < 9 || !kill_front_end {
+            let kind = [FailKind::Panic, FailKind::Segv, FailKind::Abort][(next() % 3) as usize];
+            let point = [
+                FailPoint::BeforeHandle,
+                FailPoint::AfterHandle,
+                FailPoint::AfterCommit,
+            ][(next() % 3) as usize];
+            if sys.inject("fs", kind, point).is_ok() {
+                faults.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            let mut old = m.child.take().unwrap();
+            let _ = txipc_sys::process::kill(old.id() as i32, rustix::process::Signal::KILL);
+            let _ = old.wait();
+            m.start_front_end();
+            fe_kills += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (copies, copy_errors) = copier.join().unwrap();
+    let (commits, git_errors) = gitter.join().unwrap();
+    let (sqlite_txns, sqlite_errors) = sqliter.join().unwrap();
+    let _ = std::fs::remove_dir_all(&src);
+    Outcome {
+        copies,
+        copy_errors,
+        commits,
+        git_errors,
+        sqlite_txns,
+        sqlite_errors,
+        server_faults: faults.load(Ordering::Relaxed),
+        front_end_kills: fe_kills,
+    }
+}
+
+fn report(policy: &str, o: &Outcome) {
+    eprintln!(
+        "storm under {policy}: {} server faults, {} front-end kills; {} tree copies ({} failed), {} git commits ({} errors), {} SQLite transactions ({} errors)",
+        o.server_faults,
+        o.front_end_kills,
+        o.copies,
+        o.copy_errors.len(),
+        o.commits,
+        o.git_errors.len(),
+        o.sqlite_txns,
+        o.sqlite_errors.len()
+    );
+    for e in o
+        .copy_errors
+        .iter()
+        .chain(&o.git_errors)
+        .chain(&o.sqlite_errors)
+        .take(8)
+    {
+        eprintln!("  {}", e.chars().take(300).collect::<String>());
+    }
+}
+
+#[test]
+#[ignore]
+fn storm_under_txipc_programs_see_no_error() {
+    let o = storm("txipc", true);
+    report("txipc", &o);
+    assert!(o.copy_errors.is_empty() && o.git_errors.is_empty() && o.sqlite_errors.is_empty());
+    assert!(o.server_faults > 0 && o.copies > 0 && o.commits > 0 && o.sqlite_txns > 0);
+}
+
+#[test]
+#[ignore]
+fn storm_under_restart_shows_what_is_lost() {
+    let o = storm("restart", false);
+    report("restart", &o);
+}

@@ -1,0 +1,684 @@
+//! `txipc bench fs`: the fs server through FUSE under `none`, `txipc` and `restart`, with tmpfs
+//! as the ceiling, all in the same run.
+//!
+//! Each policy gets its own system and its own `txipc mount` front end, so every figure goes
+//! through the same FUSE path; only the server's policy differs. Lines run round-robin over
+//! the targets (tmpfs, none, txipc, restart), each round in fresh directories, and medians over
+//! the rounds are reported, so drift of the shared machine hits every target alike.
+//!
+//! Lines: metadata operations per second (create, stat, rename, unlink), sequential write and
+//! read throughput with 4 KiB and 1 MiB calls, and application runs: unpacking a tar of a
+//! generated source tree with a git repository, `git status` on the unpacked tree, and SQLite
+//! transactions through the `sqlite3` command (skipped when it is not installed).
+
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use plotters::prelude::*;
+use serde_json::json;
+use txipc_runtime::client::SystemProcess;
+
+/// Arguments of `txipc bench fs`.
+#[derive(clap::Args, Debug)]
+pub struct FsArgs {
+    /// Rounds; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
+    /// Files of each metadata line.
+    #[arg(long, default_value_t = 2000)]
+    pub files: u32,
+    /// MiB written and read by the 1 MiB lines (a quarter of it by the 4 KiB lines).
+    #[arg(long, default_value_t = 64)]
+    pub mb: u32,
+    /// Files in the generated source tree (untar, git status).
+    #[arg(long, default_value_t = 400)]
+    pub tree_files: u32,
+    /// SQLite transactions of 10 inserts each.
+    #[arg(long, default_value_t = 200)]
+    pub sqlite_txns: u32,
+    /// Write an SVG plot here.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+}
+
+/// `txipc bench fs`: runs, prints the table (stderr with `--json`), the JSON object, the plot.
+pub fn cli(exe: &Path, a: FsArgs, json_out: bool) -> Result<()> {
+    if a.rounds == 0 || a.files == 0 || a.mb < 4 || a.tree_files == 0 || a.sqlite_txns == 0 {
+        return Err(txipc_core::vocab::UsageError(
+            "--rounds, --files, --tree-files and --sqlite-txns must be at least 1, --mb at least 4"
+                .into(),
+        )
+        .into());
+    }
+    let cfg = FsConfig {
+        rounds: a.rounds,
+        files: a.files,
+        mb: a.mb,
+        tree_files: a.tree_files,
+        sqlite_txns: a.sqlite_txns,
+        svg: a.svg,
+    };
+    let r = run(exe, &cfg, |m| eprintln!("bench fs: {m}"))?;
+    let t = table(&r);
+    if json_out {
+        eprint!("{t}");
+    } else {
+        print!("{t}");
+    }
+    if let Some(p) = &cfg.svg {
+        chart(&r, p)?;
+        eprintln!("bench fs: plot written to {}", p.display());
+    }
+    if json_out {
+        println!("{}", json(&cfg, &r));
+    }
+    Ok(())
+}
+
+/// What `bench fs` runs.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Rounds (medians are reported).
+    pub rounds: u32,
+    /// Files of the metadata lines.
+    pub files: u32,
+    /// MiB written and read by the throughput lines.
+    pub mb: u32,
+    /// Files in the generated source tree.
+    pub tree_files: u32,
+    /// SQLite transactions.
+    pub sqlite_txns: u32,
+    /// Where to write the SVG plot (none: no plot).
+    pub svg: Option<PathBuf>,
+}
+
+/// The unit of a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Ops,
+    Mbps,
+}
+
+const POLICIES: [&str; 3] = ["none", "txipc", "restart"];
+
+/// One target directory: tmpfs, or a FUSE mount of an fs server under a policy.
+struct Target {
+    name: String,
+    dir: PathBuf,
+    sys: Option<SystemProcess>,
+    front: Option<Child>,
+}
+
+impl Target {
+    fn tmpfs() -> Result<Target> {
+        let base = Path::new("/dev/shm");
+        if !base.is_dir() {
+            bail!("/dev/shm (tmpfs) is not there: the tmpfs ceiling needs it");
+        }
+        let dir = base.join(crate::unique_system("txipc-bench-fs"));
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Target {
+            name: "tmpfs".into(),
+            dir,
+            sys: None,
+            front: None,
+        })
+    }
+
+    fn fuse(exe: &Path, policy: &str) -> Result<Target> {
+        let name = crate::unique_system(&format!("bench-fs-{policy}"));
+        let manifest = format!(
+            "[[server]]\nname = \"fs\"\nbuiltin = \"fs\"\npolicy = \"{policy}\"\nheap_mb = 2048\nlog_mb = 64\nslots = 8\nrequest_max = 139264\nreply_max = 139264\n[[grant]]\nclient = \"*\"\nservice = \"fs\"\n"
+        );
+        let sys = SystemProcess::spawn(exe, &manifest, &name, crate::BOOT_TIMEOUT)?;
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir(&dir)?;
+        let mut t = Target {
+            name: policy.into(),
+            dir,
+            sys: Some(sys),
+            front: None,
+        };
+        let mut child = Command::new(exe)
+            .args(["mount", "--quiet", "--system", &name])
+            .arg(&t.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting txipc mount")?;
+        let out = child.stdout.take().expect("piped");
+        t.front = Some(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(out).lines();
+            let _ = tx.send(lines.next().and_then(Result::ok));
+            for _ in lines {}
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Some(l)) if l.starts_with("ready") => Ok(t),
+            other => bail!("txipc mount for policy {policy} did not come up: {other:?}"),
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.front.take() {
+            let _ = txipc_sys::process::kill(c.id() as i32, rustix::process::Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            // Last resort, never blocks.
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .stderr(Stdio::null())
+                .status();
+        }
+        drop(self.sys.take());
+        if self.name == "tmpfs" {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+/// Inputs prepared once: a tar of a generated source tree with a git repository.
+struct Inputs {
+    tmp: PathBuf,
+    tarball: PathBuf,
+    has_sqlite: bool,
+    has_git: bool,
+}
+
+impl Drop for Inputs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+fn sh(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn have(prog: &str) -> bool {
+    Command::new(prog)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn prepare(cfg: &FsConfig) -> Result<Inputs> {
+    let tmp = std::env::temp_dir().join(crate::unique_system("bench-fs-inputs"));
+    let tree = tmp.join("tree");
+    std::fs::create_dir_all(&tree)?;
+    let inputs = Inputs {
+        tarball: tmp.join("tree.tar"),
+        tmp,
+        has_sqlite: have("sqlite3"),
+        has_git: have("git"),
+    };
+    // A source-like tree: nested directories, text files of 0.5-24 KiB.
+    for i in 0..cfg.tree_files {
+        let d = tree
+            .join(format!("src{}", i % 12))
+            .join(format!("m{}", i % 5));
+        std::fs::create_dir_all(&d)?;
+        let lines = 10 + (i * 37) % 600;
+        let mut text = String::new();
+        for l in 0..lines {
+            text.push_str(&format!(
+                "fn f{i}_{l}(x: u64) -> u64 {{ x.wrapping_mul({l}) ^ {i} }}\n"
+            ));
+        }
+        std::fs::write(d.join(format!("file{i}.rs")), text)?;
+    }
+    if inputs.has_git {
+        let git = |args: &[&str]| {
+            sh(Command::new("git")
+                .args(["-c", "user.name=bench", "-c", "user.email=bench@localhost"])
+                .args(args)
+                .current_dir(&tree))
+        };
+        git(&["init", "-q"])?;
+        git(&["add", "-A"])?;
+        git(&["commit", "-qm", "tree"])?;
+    }
+    sh(Command::new("tar")
+        .arg("cf")
+        .arg(&inputs.tarball)
+        .arg("-C")
+        .arg(&tree)
+        .arg("."))?;
+    Ok(inputs)
+}
+
+type LineFn = fn(&Path, &FsConfig, &Inputs) -> Result<f64>;
+
+fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn names(dir: &Path, n: u32) -> Vec<PathBuf> {
+    (0..n).map(|i| dir.join(format!("f{i:06}"))).collect()
+}
+
+fn line_create(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<f64> {
+    let files = names(dir, cfg.files);
+    let s = timed(|| {
+        for f in &files {
+            std::fs::File::create(f)?;
+        }
+        Ok(())
+    })?;
+    Ok(f64::from(cfg.files) / s)
+}
+
+fn line_stat(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<f64> {
+    let files = names(dir, cfg.files);
+    for f in &files {
+        std::fs::File::create(f)?;
+    }
+    // Past the kernel's 1 s attribute cache of the FUSE mounts: every stat reaches the server.
+    std::thread::sleep(Duration::from_millis(1100));
+    let s = timed(|| {
+        for f in &files {
+            std::fs::symlink_metadata(f)?;
+        }
+        Ok(())
+    })?;
+    Ok(f64::from(cfg.files) / s)
+}
+
+fn line_rename(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<f64> {
+    let files = names(dir, cfg.files);
+    for f in &files {
+        std::fs::File::create(f)?;
+    }
+    let s = timed(|| {
+        for f in &files {
+            std::fs::rename(f, f.with_extension("r"))?;
+        }
+        Ok(())
+    })?;
+    Ok(f64::from(cfg.files) / s)
+}
+
+fn line_unlink(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<f64> {
+    let files = names(dir, cfg.files);
+    for f in &files {
+        std::fs::File::create(f)?;
+    }
+    let s = timed(|| {
+        for f in &files {
+            std::fs::remove_file(f)?;
+        }
+        Ok(())
+    })?;
+    Ok(f64::from(cfg.files) / s)
+}
+
+fn write_file(path: &Path, total: usize, chunk: usize) -> Result<f64> {
+    let buf: Vec<u8> = (0..chunk).map(|i| (i * 131 % 251) as u8).collect();
+    let s = timed(|| {
+        let mut f = std::fs::File::create(path)?;
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(chunk);
+            f.write_all(&buf[..n])?;
+            left -= n;
+        }
+        Ok(())
+    })?;
+    Ok(total as f64 / s / 1e6)
+}
+
+fn read_file(path: &Path, chunk: usize) -> Result<f64> {
+    let mut buf = vec![0u8; chunk];
+    let mut total = 0usize;
+    let s = timed(|| {
+        // A fresh open: FUSE drops the file's page cache, so the data comes from the server.
+        let mut f = std::fs::File::open(path)?;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        Ok(())
+    })?;
+    Ok(total as f64 / s / 1e6)
+}
+
+fn line_write_4k(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<f64> {
+    write_file(&dir.join("w4k"), (cfg.mb as usize / 4) << 20, 4096)
+}
+
+fn line_write_1m(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<f64> {
+    write_file(&dir.join("w1m"), (cfg.mb as usize) << 20, 1 << 20)
+}
+
+fn line_read_4k(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<f64> {
+    let p = dir.join("r4k");
+    write_file(&p, (cfg.mb as usize / 4) << 20, 1 << 20)?;
+    read_file(&p, 4096)
+}
+
+fn line_read_1m(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<f64> {
+    let p = dir.join("r1m");
+    write_file(&p, (cfg.mb as usize) << 20, 1 << 20)?;
+    read_file(&p, 1 << 20)
+}
+
+fn line_untar(dir: &Path, _: &FsConfig, inp: &Inputs) -> Result<f64> {
+    let s = timed(|| {
+        sh(Command::new("tar")
+            .arg("xf")
+            .arg(&inp.tarball)
+            .arg("-C")
+            .arg(dir))
+    })?;
+    Ok(1.0 / s)
+}
+
+fn line_git_status(dir: &Path, _: &FsConfig, inp: &Inputs) -> Result<f64> {
+    sh(Command::new("tar")
+        .arg("xf")
+        .arg(&inp.tarball)
+        .arg("-C")
+        .arg(dir))?;
+    let s = timed(|| {
+        sh(Command::new("git")
+            .args(["-c", "safe.directory=*", "status", "--porcelain"])
+            .current_dir(dir)
+            .stdout(Stdio::null()))
+    })?;
+    Ok(1.0 / s)
+}
+
+fn line_sqlite(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<f64> {
+    let mut script = String::from("CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT);\n");
+    for t in 0..cfg.sqlite_txns {
+        script.push_str("BEGIN;\n");
+        for r in 0..10 {
+            script.push_str(&format!(
+                "INSERT INTO t(v) VALUES('row {t}-{r} of the benchmark');\n"
+            ));
+        }
+        script.push_str("COMMIT;\n");
+    }
+    let db = dir.join("bench.db");
+    let s = timed(|| {
+        let mut child = Command::new("sqlite3")
+            .arg(&db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(script.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("sqlite3: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    })?;
+    Ok(f64::from(cfg.sqlite_txns) / s)
+}
+
+/// The lines, in report order.
+fn lines(inp: &Inputs) -> Vec<(&'static str, Unit, LineFn)> {
+    let mut v: Vec<(&'static str, Unit, LineFn)> = vec![
+        ("create", Unit::Ops, line_create),
+        ("stat", Unit::Ops, line_stat),
+        ("rename", Unit::Ops, line_rename),
+        ("unlink", Unit::Ops, line_unlink),
+        ("write 4 KiB", Unit::Mbps, line_write_4k),
+        ("write 1 MiB", Unit::Mbps, line_write_1m),
+        ("read 4 KiB", Unit::Mbps, line_read_4k),
+        ("read 1 MiB", Unit::Mbps, line_read_1m),
+        ("untar source tree", Unit::Ops, line_untar),
+    ];
+    if inp.has_git {
+        v.push(("git status", Unit::Ops, line_git_status));
+    }
+    if inp.has_sqlite {
+        v.push(("sqlite transactions", Unit::Ops, line_sqlite));
+    }
+    v
+}
+
+/// One measured line of one target.
+#[derive(Debug, Clone)]
+pub struct FsResult {
+    /// `tmpfs`, `none`, `txipc` or `restart`.
+    pub target: String,
+    /// The line's name.
+    pub line: String,
+    /// Whether the figure is MB/s (else operations, transactions or runs per second).
+    pub mbps: bool,
+    /// Median over the rounds.
+    pub value: f64,
+    /// Every round's figure.
+    pub samples: Vec<f64>,
+}
+
+/// Runs the benchmark; `progress` gets one line per round.
+pub fn run(exe: &Path, cfg: &FsConfig, mut progress: impl FnMut(&str)) -> Result<Vec<FsResult>> {
+    let inputs = prepare(cfg)?;
+    let mut targets = vec![Target::tmpfs()?];
+    for p in POLICIES {
+        targets.push(Target::fuse(exe, p)?);
+    }
+    let lines = lines(&inputs);
+    let mut samples = vec![vec![Vec::new(); targets.len()]; lines.len()];
+    for round in 0..cfg.rounds {
+        for (li, (name, _, f)) in lines.iter().enumerate() {
+            for (ti, t) in targets.iter().enumerate() {
+                let dir = t.dir.join(format!("r{round}-{li}"));
+                std::fs::create_dir(&dir)
+                    .with_context(|| format!("{}: creating {}", t.name, dir.display()))?;
+                let v = f(&dir, cfg, &inputs).with_context(|| format!("{} on {}", name, t.name))?;
+                samples[li][ti].push(v);
+                // Free the space (and the server's heap) for the next lines.
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+        progress(&format!("round {}/{} done", round + 1, cfg.rounds));
+    }
+    let mut out = Vec::new();
+    for (li, (name, unit, _)) in lines.iter().enumerate() {
+        for (ti, t) in targets.iter().enumerate() {
+            let mut s = samples[li][ti].clone();
+            out.push(FsResult {
+                target: t.name.clone(),
+                line: name.to_string(),
+                mbps: *unit == Unit::Mbps,
+                value: crate::median(&mut s),
+                samples: samples[li][ti].clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn find<'a>(r: &'a [FsResult], target: &str, line: &str) -> Option<&'a FsResult> {
+    r.iter().find(|x| x.target == target && x.line == line)
+}
+
+fn line_names(r: &[FsResult]) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for x in r {
+        if !v.contains(&x.line) {
+            v.push(x.line.clone());
+        }
+    }
+    v
+}
+
+/// Markdown table: each policy's figure, its loss against `none`, its ratio to tmpfs.
+pub fn table(r: &[FsResult]) -> String {
+    let mut t = String::from(
+        "| line | unit | tmpfs | none | txipc | restart | txipc loss vs none | restart loss vs none | txipc / tmpfs |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for line in line_names(r) {
+        let get = |tg: &str| find(r, tg, &line).map_or(f64::NAN, |x| x.value);
+        let unit = if find(r, "none", &line).is_some_and(|x| x.mbps) {
+            "MB/s"
+        } else {
+            "ops/s"
+        };
+        let none = get("none");
+        let loss = |x: f64| (none - x) / none * 100.0;
+        t.push_str(&format!(
+            "| {line} | {unit} | {:.1} | {:.1} | {:.1} | {:.1} | {:+.1}% | {:+.1}% | {:.2} |\n",
+            get("tmpfs"),
+            none,
+            get("txipc"),
+            get("restart"),
+            loss(get("txipc")),
+            loss(get("restart")),
+            get("txipc") / get("tmpfs"),
+        ));
+    }
+    t
+}
+
+/// The JSON report: `results`, one entry per policy and line.
+pub fn json(cfg: &FsConfig, r: &[FsResult]) -> serde_json::Value {
+    let mut results = Vec::new();
+    for x in r.iter().filter(|x| x.target != "tmpfs") {
+        let none = find(r, "none", &x.line).map_or(f64::NAN, |n| n.value);
+        let tmpfs = find(r, "tmpfs", &x.line).map_or(f64::NAN, |n| n.value);
+        let key = if x.mbps { "mb_per_sec" } else { "ops_per_sec" };
+        results.push(json!({
+            "policy": x.target,
+            "line": x.line,
+            key: x.value,
+            "loss_vs_none_pct": (none - x.value) / none * 100.0,
+            "vs_tmpfs": x.value / tmpfs,
+            "samples": x.samples,
+        }));
+    }
+    let tmpfs: Vec<_> = r
+        .iter()
+        .filter(|x| x.target == "tmpfs")
+        .map(
+            |x| json!({"line": x.line, if x.mbps { "mb_per_sec" } else { "ops_per_sec" }: x.value}),
+        )
+        .collect();
+    json!({
+        "benchmark": "fs",
+        "rounds": cfg.rounds,
+        "files": cfg.files,
+        "mb": cfg.mb,
+        "tree_files": cfg.tree_files,
+        "sqlite_txns": cfg.sqlite_txns,
+        "results": results,
+        "tmpfs": tmpfs,
+    })
+}
+
+/// A bar chart of each policy's throughput relative to `none`, per line.
+pub fn chart(r: &[FsResult], out: &Path) -> Result<()> {
+    let lines = line_names(r);
+    let series = [
+        ("txipc", RGBColor(0x1f, 0x77, 0xb4)),
+        ("restart", RGBColor(0xff, 0x7f, 0x0e)),
+    ];
+    let rel = |tg: &str, line: &str| {
+        let none = find(r, "none", line).map_or(f64::NAN, |x| x.value);
+        find(r, tg, line).map_or(f64::NAN, |x| x.value / none)
+    };
+    let top = lines
+        .iter()
+        .flat_map(|l| series.iter().map(move |(s, _)| rel(s, l)))
+        .filter(|x| x.is_finite())
+        .fold(1.2f64, f64::max)
+        * 1.1;
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("plotting: {e}");
+    let root = SVGBackend::new(out, (1100, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let n = lines.len();
+    let mut c = ChartBuilder::on(&root)
+        .caption(
+            "fs through FUSE: throughput relative to policy none (same run; 1.0 = none)",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(70)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..n as f64, 0f64..top)
+        .map_err(|e| err(&e))?;
+    let labels = lines.clone();
+    c.configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - x.floor() - 0.5).abs() < 0.01 && i < labels.len() {
+                labels[i].clone()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("relative to none")
+        .draw()
+        .map_err(|e| err(&e))?;
+    let w = 0.8 / series.len() as f64;
+    for (si, (name, color)) in series.iter().enumerate() {
+        let bars: Vec<_> = lines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                let v = rel(name, l);
+                v.is_finite().then(|| {
+                    let x0 = i as f64 + 0.1 + si as f64 * w;
+                    Rectangle::new([(x0, 0.0), (x0 + w * 0.95, v)], color.filled())
+                })
+            })
+            .collect();
+        c.draw_series(bars)
+            .map_err(|e| err(&e))?
+            .label(*name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+    }
+    c.draw_series(std::iter::once(PathElement::new(
+        vec![(0.0, 1.0), (n as f64, 1.0)],
+        BLACK.stroke_width(1),
+    )))
+    .map_err(|e| err(&e))?;
+    c.configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
