@@ -273,7 +273,26 @@ fn prepare(cfg: &FsConfig) -> Result<Inputs> {
     Ok(inputs)
 }
 
-type LineFn = fn(&Path, &FsConfig, &Inputs) -> Result<f64>;
+/// Files (metadata lines) or MiB (throughput lines) per slice.
+const SLICE_FILES: u32 = 250;
+const SLICE_MB: u32 = 4;
+
+/// Prepares a line's directory on one target (not timed).
+type PrepFn = fn(&Path, &FsConfig, &Inputs) -> Result<()>;
+/// Runs slice `k` of a line in a prepared directory: (units done, seconds taken).
+type SliceFn = fn(&Path, &FsConfig, &Inputs, u32) -> Result<(f64, f64)>;
+
+/// One line of the report.
+struct LineDef {
+    name: &'static str,
+    unit: Unit,
+    /// How many slices a round has (1 for application runs).
+    slices: fn(&FsConfig) -> u32,
+    prep: PrepFn,
+    slice: SliceFn,
+    /// Wait this long after preparing every target (the kernel's attribute cache).
+    settle: Duration,
+}
 
 fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {
     let t = Instant::now();
@@ -281,68 +300,73 @@ fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-fn names(dir: &Path, n: u32) -> Vec<PathBuf> {
-    (0..n).map(|i| dir.join(format!("f{i:06}"))).collect()
+fn file_slices(cfg: &FsConfig) -> u32 {
+    cfg.files.div_ceil(SLICE_FILES)
 }
 
-fn line_create(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<f64> {
-    let files = names(dir, cfg.files);
-    let s = timed(|| {
-        for f in &files {
+fn mb_slices(cfg: &FsConfig) -> u32 {
+    (cfg.mb / SLICE_MB).max(1)
+}
+
+fn one(_: &FsConfig) -> u32 {
+    1
+}
+
+/// The files of slice `k`.
+fn slice_names(dir: &Path, cfg: &FsConfig, k: u32) -> Vec<PathBuf> {
+    let lo = k * SLICE_FILES;
+    let hi = (lo + SLICE_FILES).min(cfg.files);
+    (lo..hi).map(|i| dir.join(format!("f{i:06}"))).collect()
+}
+
+fn prep_none(_: &Path, _: &FsConfig, _: &Inputs) -> Result<()> {
+    Ok(())
+}
+
+fn prep_files(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<()> {
+    for k in 0..file_slices(cfg) {
+        for f in slice_names(dir, cfg, k) {
             std::fs::File::create(f)?;
         }
-        Ok(())
-    })?;
-    Ok(f64::from(cfg.files) / s)
+    }
+    Ok(())
 }
 
-fn line_stat(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<f64> {
-    let files = names(dir, cfg.files);
-    for f in &files {
-        std::fs::File::create(f)?;
-    }
-    // Past the kernel's 1 s attribute cache of the FUSE mounts: every stat reaches the server.
-    std::thread::sleep(Duration::from_millis(1100));
+fn each_file(
+    dir: &Path,
+    cfg: &FsConfig,
+    k: u32,
+    f: impl Fn(&Path) -> std::io::Result<()>,
+) -> Result<(f64, f64)> {
+    let files = slice_names(dir, cfg, k);
     let s = timed(|| {
-        for f in &files {
-            std::fs::symlink_metadata(f)?;
+        for p in &files {
+            f(p)?;
         }
         Ok(())
     })?;
-    Ok(f64::from(cfg.files) / s)
+    Ok((files.len() as f64, s))
 }
 
-fn line_rename(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<f64> {
-    let files = names(dir, cfg.files);
-    for f in &files {
-        std::fs::File::create(f)?;
-    }
-    let s = timed(|| {
-        for f in &files {
-            std::fs::rename(f, f.with_extension("r"))?;
-        }
-        Ok(())
-    })?;
-    Ok(f64::from(cfg.files) / s)
+fn slice_create(dir: &Path, cfg: &FsConfig, _: &Inputs, k: u32) -> Result<(f64, f64)> {
+    each_file(dir, cfg, k, |p| std::fs::File::create(p).map(drop))
 }
 
-fn line_unlink(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<f64> {
-    let files = names(dir, cfg.files);
-    for f in &files {
-        std::fs::File::create(f)?;
-    }
-    let s = timed(|| {
-        for f in &files {
-            std::fs::remove_file(f)?;
-        }
-        Ok(())
-    })?;
-    Ok(f64::from(cfg.files) / s)
+fn slice_stat(dir: &Path, cfg: &FsConfig, _: &Inputs, k: u32) -> Result<(f64, f64)> {
+    each_file(dir, cfg, k, |p| std::fs::symlink_metadata(p).map(drop))
+}
+
+fn slice_rename(dir: &Path, cfg: &FsConfig, _: &Inputs, k: u32) -> Result<(f64, f64)> {
+    each_file(dir, cfg, k, |p| std::fs::rename(p, p.with_extension("r")))
+}
+
+fn slice_unlink(dir: &Path, cfg: &FsConfig, _: &Inputs, k: u32) -> Result<(f64, f64)> {
+    each_file(dir, cfg, k, |p| std::fs::remove_file(p))
 }
 
 fn write_file(path: &Path, total: usize, chunk: usize) -> Result<f64> {
     let buf: Vec<u8> = (0..chunk).map(|i| (i * 131 % 251) as u8).collect();
-    let s = timed(|| {
+    timed(|| {
         let mut f = std::fs::File::create(path)?;
         let mut left = total;
         while left > 0 {
@@ -351,11 +375,10 @@ fn write_file(path: &Path, total: usize, chunk: usize) -> Result<f64> {
             left -= n;
         }
         Ok(())
-    })?;
-    Ok(total as f64 / s / 1e6)
+    })
 }
 
-fn read_file(path: &Path, chunk: usize) -> Result<f64> {
+fn read_file(path: &Path, chunk: usize) -> Result<(f64, f64)> {
     let mut buf = vec![0u8; chunk];
     let mut total = 0usize;
     let s = timed(|| {
@@ -370,56 +393,70 @@ fn read_file(path: &Path, chunk: usize) -> Result<f64> {
         }
         Ok(())
     })?;
-    Ok(total as f64 / s / 1e6)
+    Ok((total as f64 / 1e6, s))
 }
 
-fn line_write_4k(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<f64> {
-    write_file(&dir.join("w4k"), (cfg.mb as usize / 4) << 20, 4096)
+const SLICE_BYTES: usize = (SLICE_MB as usize) << 20;
+
+fn slice_write_4k(dir: &Path, _: &FsConfig, _: &Inputs, k: u32) -> Result<(f64, f64)> {
+    // A quarter of the data: 4 KiB calls are slow.
+    let n = SLICE_BYTES / 4;
+    Ok((
+        n as f64 / 1e6,
+        write_file(&dir.join(format!("w{k}")), n, 4096)?,
+    ))
 }
 
-fn line_write_1m(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<f64> {
-    write_file(&dir.join("w1m"), (cfg.mb as usize) << 20, 1 << 20)
+fn slice_write_1m(dir: &Path, _: &FsConfig, _: &Inputs, k: u32) -> Result<(f64, f64)> {
+    let n = SLICE_BYTES;
+    Ok((
+        n as f64 / 1e6,
+        write_file(&dir.join(format!("w{k}")), n, 1 << 20)?,
+    ))
 }
 
-fn line_read_4k(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<f64> {
-    let p = dir.join("r4k");
-    write_file(&p, (cfg.mb as usize / 4) << 20, 1 << 20)?;
-    read_file(&p, 4096)
+fn prep_read(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<()> {
+    for k in 0..mb_slices(cfg) {
+        write_file(&dir.join(format!("r{k}")), SLICE_BYTES, 1 << 20)?;
+    }
+    Ok(())
 }
 
-fn line_read_1m(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<f64> {
-    let p = dir.join("r1m");
-    write_file(&p, (cfg.mb as usize) << 20, 1 << 20)?;
-    read_file(&p, 1 << 20)
+fn slice_read_4k(dir: &Path, _: &FsConfig, _: &Inputs, k: u32) -> Result<(f64, f64)> {
+    read_file(&dir.join(format!("r{k}")), 4096)
 }
 
-fn line_untar(dir: &Path, _: &FsConfig, inp: &Inputs) -> Result<f64> {
-    let s = timed(|| {
-        sh(Command::new("tar")
-            .arg("xf")
-            .arg(&inp.tarball)
-            .arg("-C")
-            .arg(dir))
-    })?;
-    Ok(1.0 / s)
+fn slice_read_1m(dir: &Path, _: &FsConfig, _: &Inputs, k: u32) -> Result<(f64, f64)> {
+    read_file(&dir.join(format!("r{k}")), 1 << 20)
 }
 
-fn line_git_status(dir: &Path, _: &FsConfig, inp: &Inputs) -> Result<f64> {
+fn untar(dir: &Path, inp: &Inputs) -> Result<()> {
     sh(Command::new("tar")
         .arg("xf")
         .arg(&inp.tarball)
         .arg("-C")
-        .arg(dir))?;
+        .arg(dir))
+}
+
+fn slice_untar(dir: &Path, _: &FsConfig, inp: &Inputs, _: u32) -> Result<(f64, f64)> {
+    Ok((1.0, timed(|| untar(dir, inp))?))
+}
+
+fn prep_untar(dir: &Path, _: &FsConfig, inp: &Inputs) -> Result<()> {
+    untar(dir, inp)
+}
+
+fn slice_git_status(dir: &Path, _: &FsConfig, _: &Inputs, _: u32) -> Result<(f64, f64)> {
     let s = timed(|| {
         sh(Command::new("git")
             .args(["-c", "safe.directory=*", "status", "--porcelain"])
             .current_dir(dir)
             .stdout(Stdio::null()))
     })?;
-    Ok(1.0 / s)
+    Ok((1.0, s))
 }
 
-fn line_sqlite(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<f64> {
+fn slice_sqlite(dir: &Path, cfg: &FsConfig, _: &Inputs, _: u32) -> Result<(f64, f64)> {
     let mut script = String::from("CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT);\n");
     for t in 0..cfg.sqlite_txns {
         script.push_str("BEGIN;\n");
@@ -449,27 +486,114 @@ fn line_sqlite(dir: &Path, cfg: &FsConfig, _: &Inputs) -> Result<f64> {
         }
         Ok(())
     })?;
-    Ok(f64::from(cfg.sqlite_txns) / s)
+    Ok((f64::from(cfg.sqlite_txns), s))
 }
 
 /// The lines, in report order.
-fn lines(inp: &Inputs) -> Vec<(&'static str, Unit, LineFn)> {
-    let mut v: Vec<(&'static str, Unit, LineFn)> = vec![
-        ("create", Unit::Ops, line_create),
-        ("stat", Unit::Ops, line_stat),
-        ("rename", Unit::Ops, line_rename),
-        ("unlink", Unit::Ops, line_unlink),
-        ("write 4 KiB", Unit::Mbps, line_write_4k),
-        ("write 1 MiB", Unit::Mbps, line_write_1m),
-        ("read 4 KiB", Unit::Mbps, line_read_4k),
-        ("read 1 MiB", Unit::Mbps, line_read_1m),
-        ("untar source tree", Unit::Ops, line_untar),
+fn lines(inp: &Inputs) -> Vec<LineDef> {
+    let z = Duration::ZERO;
+    let l = |name, unit, slices, prep, slice, settle| LineDef {
+        name,
+        unit,
+        slices,
+        prep,
+        slice,
+        settle,
+    };
+    let mut v = vec![
+        l(
+            "create",
+            Unit::Ops,
+            file_slices as fn(&FsConfig) -> u32,
+            prep_none as PrepFn,
+            slice_create as SliceFn,
+            z,
+        ),
+        // Past the kernel's 1 s attribute cache of the FUSE mounts: every stat reaches the server.
+        l(
+            "stat",
+            Unit::Ops,
+            file_slices,
+            prep_files,
+            slice_stat,
+            Duration::from_millis(1100),
+        ),
+        l(
+            "rename",
+            Unit::Ops,
+            file_slices,
+            prep_files,
+            slice_rename,
+            z,
+        ),
+        l(
+            "unlink",
+            Unit::Ops,
+            file_slices,
+            prep_files,
+            slice_unlink,
+            z,
+        ),
+        l(
+            "write 4 KiB",
+            Unit::Mbps,
+            mb_slices,
+            prep_none,
+            slice_write_4k,
+            z,
+        ),
+        l(
+            "write 1 MiB",
+            Unit::Mbps,
+            mb_slices,
+            prep_none,
+            slice_write_1m,
+            z,
+        ),
+        l(
+            "read 4 KiB",
+            Unit::Mbps,
+            mb_slices,
+            prep_read,
+            slice_read_4k,
+            z,
+        ),
+        l(
+            "read 1 MiB",
+            Unit::Mbps,
+            mb_slices,
+            prep_read,
+            slice_read_1m,
+            z,
+        ),
+        l(
+            "untar source tree",
+            Unit::Ops,
+            one,
+            prep_none,
+            slice_untar,
+            z,
+        ),
     ];
     if inp.has_git {
-        v.push(("git status", Unit::Ops, line_git_status));
+        v.push(l(
+            "git status",
+            Unit::Ops,
+            one,
+            prep_untar,
+            slice_git_status,
+            z,
+        ));
     }
     if inp.has_sqlite {
-        v.push(("sqlite transactions", Unit::Ops, line_sqlite));
+        v.push(l(
+            "sqlite transactions",
+            Unit::Ops,
+            one,
+            prep_none,
+            slice_sqlite,
+            z,
+        ));
     }
     v
 }
@@ -490,6 +614,11 @@ pub struct FsResult {
 }
 
 /// Runs the benchmark; `progress` gets one line per round.
+///
+/// Within a round, each line runs slice by slice (250 files, or 4 MiB), the targets taking
+/// turns slice after slice in a rotating order, so a burst of load from elsewhere on the
+/// machine hits every target alike; a round's figure for a target is its units over its own
+/// summed time.
 pub fn run(exe: &Path, cfg: &FsConfig, mut progress: impl FnMut(&str)) -> Result<Vec<FsResult>> {
     let inputs = prepare(cfg)?;
     let mut targets = vec![Target::tmpfs()?];
@@ -497,29 +626,48 @@ pub fn run(exe: &Path, cfg: &FsConfig, mut progress: impl FnMut(&str)) -> Result
         targets.push(Target::fuse(exe, p)?);
     }
     let lines = lines(&inputs);
-    let mut samples = vec![vec![Vec::new(); targets.len()]; lines.len()];
+    let nt = targets.len();
+    let mut samples = vec![vec![Vec::new(); nt]; lines.len()];
     for round in 0..cfg.rounds {
-        for (li, (name, _, f)) in lines.iter().enumerate() {
-            for (ti, t) in targets.iter().enumerate() {
-                let dir = t.dir.join(format!("r{round}-{li}"));
-                std::fs::create_dir(&dir)
-                    .with_context(|| format!("{}: creating {}", t.name, dir.display()))?;
-                let v = f(&dir, cfg, &inputs).with_context(|| format!("{} on {}", name, t.name))?;
-                samples[li][ti].push(v);
+        for (li, line) in lines.iter().enumerate() {
+            let dirs: Vec<PathBuf> = targets
+                .iter()
+                .map(|t| t.dir.join(format!("r{round}-{li}")))
+                .collect();
+            for (t, d) in targets.iter().zip(&dirs) {
+                std::fs::create_dir(d)
+                    .with_context(|| format!("{}: creating {}", t.name, d.display()))?;
+                (line.prep)(d, cfg, &inputs)
+                    .with_context(|| format!("preparing {} on {}", line.name, t.name))?;
+            }
+            std::thread::sleep(line.settle);
+            let mut units = vec![0.0; nt];
+            let mut secs = vec![0.0; nt];
+            for k in 0..(line.slices)(cfg) {
+                for j in 0..nt {
+                    let ti = (j + k as usize + round as usize) % nt;
+                    let (u, s) = (line.slice)(&dirs[ti], cfg, &inputs, k)
+                        .with_context(|| format!("{} on {}", line.name, targets[ti].name))?;
+                    units[ti] += u;
+                    secs[ti] += s;
+                }
+            }
+            for ti in 0..nt {
+                samples[li][ti].push(units[ti] / secs[ti]);
                 // Free the space (and the server's heap) for the next lines.
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = std::fs::remove_dir_all(&dirs[ti]);
             }
         }
         progress(&format!("round {}/{} done", round + 1, cfg.rounds));
     }
     let mut out = Vec::new();
-    for (li, (name, unit, _)) in lines.iter().enumerate() {
+    for (li, line) in lines.iter().enumerate() {
         for (ti, t) in targets.iter().enumerate() {
             let mut s = samples[li][ti].clone();
             out.push(FsResult {
                 target: t.name.clone(),
-                line: name.to_string(),
-                mbps: *unit == Unit::Mbps,
+                line: line.name.to_string(),
+                mbps: line.unit == Unit::Mbps,
                 value: crate::median(&mut s),
                 samples: samples[li][ti].clone(),
             });
