@@ -6,25 +6,28 @@
 //! # The client's sleep cannot miss a reply
 //!
 //! Client (slow path): `client_waiting = 1` (SeqCst store) ; fence(SeqCst) ;
-//! `w = load state` ; if not REPLIED: `futex_wait(state, w)`.
-//! Server (`publish`, hot path): `state = REPLIED` (SeqCst CAS) ;
-//! `load client_waiting` (SeqCst) ; if 1: `futex_wake(state)`.
+//! `w = load done` ; if `w != seq`: `futex_wait(done, w)`.
+//! Server (`publish`, hot path): `state = REPLIED` (CAS on the request line) ;
+//! `done = seq` (SeqCst swap on the reply line) ; `load client_waiting` (SeqCst) ;
+//! if 1: `futex_wake(done)`.
 //!
 //! This is the store–load (Dekker) pattern, argued in the C++20 model that Rust uses
 //! (\[atomics.order\]/4): let S be the single total order of SeqCst operations and fences.
 //! If the server's load of `client_waiting` precedes the client's store of 1 in S, then so
-//! does the REPLIED CAS (sequenced before it), and the client's fence follows its store; a
+//! does the `done` swap (sequenced before it), and the client's fence follows its store; a
 //! load sequenced after a SeqCst fence that follows a SeqCst modification in S reads that
-//! modification or a later one, so the client reads REPLIED and never sleeps. Otherwise the
-//! server reads `client_waiting == 1` and wakes; the wake either finds the client queued or
-//! the client's `futex_wait` finds `state != w` (the kernel compares and enqueues under the
-//! futex bucket lock) and returns at once.
+//! modification or a later one, so the client reads `done == seq` and never sleeps. Otherwise
+//! the server reads `client_waiting == 1` and wakes; the wake either finds the client queued
+//! or the client's `futex_wait` finds `done != w` (the kernel compares and enqueues under the
+//! futex bucket lock) and returns at once. `done == seq` implies REPLIED (the swap follows the
+//! release CAS in program order; the client's acquire load of `done` synchronises with the
+//! SeqCst swap), so the reply fields written before the CAS are visible.
 //!
-//! The hot path (publish) therefore needs no fence: on x86 a SeqCst CAS is the same
-//! `lock cmpxchg` as a release CAS and a SeqCst load a plain `mov`; only the sleeping side
-//! pays for `xchg` + `mfence`, next to a system call. Kernel operations always wake, and
-//! DEAD/REVOKED also raise the epoch of every state word, so a client about to sleep on the
-//! old value returns at once and sees the flag. `tests/loom_handshake.rs` model-checks the
+//! The hot path (publish) therefore needs no fence: on x86 the SeqCst swap is the `xchg` that
+//! writes the word anyway and a SeqCst load a plain `mov`; only the sleeping side pays for
+//! `xchg` + `mfence`, next to a system call. Kernel operations always announce and wake, and
+//! DEAD/REVOKED also change every `done` that does not already announce the current request,
+//! so a client about to sleep on the old value returns at once and sees the flag. `tests/loom_handshake.rs` model-checks the
 //! handshakes (with fences on both sides: loom does not model the total order of SeqCst
 //! accesses, tokio-rs/loom#180).
 
@@ -36,13 +39,17 @@ use std::time::{Duration, Instant};
 use crate::ChanError;
 use crate::futex;
 use crate::layout::{
-    CHANNEL_MAGIC, CHANNEL_VERSION, ChannelLayout, FLAG_DEAD, FLAG_REVOKED, NO_CPU, PAGE,
-    SlotState, Status, bell, ctl, hdr, st,
+    CHANNEL_MAGIC, CHANNEL_VERSION, ChannelLayout, FLAG_DEAD, FLAG_REVOKED, LINE, NO_CPU, PAGE,
+    SlotState, Status, bell, ctl, hdr, rep, st,
 };
 use crate::mem::{Mapping, check_fd, create_sealed};
 use crate::spin::{SpinConfig, SpinMode, Spinner};
 
 use Ordering::{Acquire, Relaxed, Release, SeqCst};
+
+/// What a kick stores in `done`: the slot's seq with bit 31 flipped, which is neither the
+/// awaited reply nor the previous one.
+const KICK_BIT: u32 = 1 << 31;
 
 /// Creates and formats a channel memfd (kernel side). The memfd is sealed against resizing so
 /// that no holder can turn the others' accesses into SIGBUS.
@@ -81,9 +88,19 @@ impl<'a> Ctl<'a> {
     fn state(self) -> &'a AtomicU32 {
         self.m.u32_at(self.base + ctl::STATE)
     }
+    /// Reply line: the client's futex word (seq of the last published reply, low 32 bits).
+    #[inline]
+    fn done(self) -> &'a AtomicU32 {
+        self.m.u32_at(self.base + LINE + rep::DONE)
+    }
     #[inline]
     fn client_waiting(self) -> &'a AtomicU32 {
-        self.m.u32_at(self.base + ctl::CLIENT_WAITING)
+        self.m.u32_at(self.base + LINE + rep::CLIENT_WAITING)
+    }
+    /// Reply line: the request's attempt count as the replier saw it.
+    #[inline]
+    fn reply_attempt(self) -> &'a AtomicU32 {
+        self.m.u32_at(self.base + LINE + rep::ATTEMPT)
     }
     #[inline]
     fn seq(self) -> &'a AtomicU64 {
@@ -103,11 +120,22 @@ impl<'a> Ctl<'a> {
     }
     #[inline]
     fn status(self) -> &'a AtomicU32 {
-        self.m.u32_at(self.base + ctl::STATUS)
+        self.m.u32_at(self.base + LINE + rep::STATUS)
     }
     #[inline]
     fn reply_len(self) -> &'a AtomicU32 {
-        self.m.u32_at(self.base + ctl::REPLY_LEN)
+        self.m.u32_at(self.base + LINE + rep::REPLY_LEN)
+    }
+
+    /// Announces the reply of request `seq` on the reply line (after the REPLIED transition)
+    /// and wakes the client if it sleeps. SeqCst swap then SeqCst load: the store half and
+    /// the load half of the client-sleep handshake (module docs), with no separate fence.
+    #[inline]
+    fn announce(self, seq: u64) {
+        self.done().swap(seq as u32, SeqCst);
+        if self.client_waiting().load(SeqCst) != 0 {
+            futex::wake_all(self.done());
+        }
     }
 
     /// CAS loop `from → to` on the state bits, keeping the epoch (which a concurrent kick may
@@ -372,9 +400,6 @@ impl ClientChannel {
         c.method().store(method, Relaxed);
         c.req_len().store(request.len() as u32, Relaxed);
         c.attempt().store(0, Relaxed);
-        c.status().store(0, Relaxed);
-        c.reply_len().store(0, Relaxed);
-        c.client_waiting().store(0, Relaxed);
         self.chan
             .map
             .copy_in(layout.req_bytes_offset(slot, request.len()), request);
@@ -388,12 +413,13 @@ impl ClientChannel {
             ));
         }
         self.chan.ring();
-        self.wait_reply(slot, reply, deadline, same_cpu)
+        self.wait_reply(slot, seq, reply, deadline, same_cpu)
     }
 
     fn wait_reply(
         &self,
         slot: usize,
+        seq: u64,
         reply: &mut Vec<u8>,
         deadline: Option<(Instant, Duration)>,
         same_cpu: bool,
@@ -404,42 +430,31 @@ impl ClientChannel {
             SpinMode::Yield => true,
             SpinMode::Auto => same_cpu,
         };
+        let want = seq as u32;
         let mut spinner = Spinner::new(self.spin.budget);
-        let posted_epoch = c.state().load(Relaxed) & !st::MASK;
+        // Only the reply line is polled: the request line stays with the server.
+        let mut last = c.done().load(Acquire);
         loop {
-            let w = c.state().load(Acquire);
-            match w & st::MASK {
-                st::REPLIED => return self.finish(slot, reply),
-                st::POSTED | st::TAKEN => {}
-                _ => {
-                    return Err(ChanError::Protocol(
-                        "slot left POSTED/TAKEN for a non-reply state",
-                    ));
-                }
-            }
-            if w & !st::MASK != posted_epoch {
-                // Kicked (or scribbled on): look at the flags.
-                self.chan.check_flags()?;
+            if last == want {
+                return self.finish(slot, reply);
             }
             if !spinner.spin(yield_now) {
                 break;
             }
+            let w = c.done().load(Acquire);
+            if w != last && w != want {
+                // Kicked (or scribbled on): look at the flags.
+                self.chan.check_flags()?;
+            }
+            last = w;
         }
         loop {
             c.client_waiting().store(1, SeqCst);
             fence(SeqCst);
-            let w = c.state().load(Acquire);
-            match w & st::MASK {
-                st::REPLIED => {
-                    c.client_waiting().store(0, Relaxed);
-                    return self.finish(slot, reply);
-                }
-                st::POSTED | st::TAKEN => {}
-                _ => {
-                    return Err(ChanError::Protocol(
-                        "slot left POSTED/TAKEN for a non-reply state",
-                    ));
-                }
+            let w = c.done().load(Acquire);
+            if w == want {
+                c.client_waiting().store(0, Relaxed);
+                return self.finish(slot, reply);
             }
             if let Err(e) = self.chan.check_flags() {
                 c.client_waiting().store(0, Relaxed);
@@ -455,7 +470,7 @@ impl ClientChannel {
                     }
                 },
             };
-            futex::wait(c.state(), w, remaining);
+            futex::wait(c.done(), w, remaining);
         }
     }
 
@@ -463,9 +478,9 @@ impl ClientChannel {
     fn finish(&self, slot: usize, reply: &mut Vec<u8>) -> Result<Reply, ChanError> {
         let layout = &self.chan.layout;
         let c = self.chan.ctl(slot);
-        // These were written before the REPLIED release store our acquire load observed.
+        // These were written before the `done` store our acquire load observed.
         let status = c.status().load(Relaxed);
-        let attempt = c.attempt().load(Relaxed);
+        let attempt = c.reply_attempt().load(Relaxed);
         let len = c.reply_len().load(Relaxed) as usize;
         let result = if len > layout.reply_cap as usize {
             Err(ChanError::ReplyTooLarge {
@@ -483,12 +498,17 @@ impl ClientChannel {
                 }
             }
         };
-        // REPLIED → FREE (epoch raised). Fails only if a peer scribbled on our slot; then the
-        // slot is simply not reused.
+        // REPLIED → FREE (epoch raised). Fails only if a peer scribbled on our slot (it
+        // announced a reply without the REPLIED transition); then the slot is not reused and
+        // the call is a protocol error.
         if c.release_replied() {
             self.hint.store(slot, Relaxed);
+            result
+        } else {
+            Err(ChanError::Protocol(
+                "the server announced a reply on a slot that is not REPLIED",
+            ))
         }
-        result
     }
 
     /// The deadline passed while waiting on `slot`.
@@ -784,6 +804,7 @@ impl ServerChannel {
             });
         }
         let cap = self.chan.layout.reply_cap as usize;
+        c.reply_attempt().store(c.attempt().load(Relaxed), Relaxed);
         if bytes.len() > cap {
             c.status().store(Status::TooLarge.to_wire(), Relaxed);
             c.reply_len().store(0, Relaxed);
@@ -801,20 +822,20 @@ impl ServerChannel {
         Ok(())
     }
 
-    /// TAKEN → REPLIED (release), then wakes the client if it sleeps.
+    /// TAKEN → REPLIED (release), then announces the reply on the reply line and wakes the
+    /// client if it sleeps.
     #[inline]
     pub fn publish(&self, slot: usize) -> Result<(), ChanError> {
         let c = self.chan.check_slot(slot)?;
+        // Read before the transition: once REPLIED the slot is the client's again.
+        let seq = c.seq().load(Relaxed);
         if let Err(w) = c.transition(st::TAKEN, st::REPLIED, Release) {
             return Err(ChanError::WrongState {
                 slot,
                 found: SlotState::from_word(w),
             });
         }
-        fence(SeqCst);
-        if c.client_waiting().load(Relaxed) != 0 {
-            futex::wake(c.state(), 1);
-        }
+        c.announce(seq);
         Ok(())
     }
 
@@ -927,12 +948,20 @@ impl KernelChannel {
             |c| {
                 c.status().store(status.to_wire(), Relaxed);
                 c.reply_len().store(0, Relaxed);
+                c.reply_attempt().store(c.attempt().load(Relaxed), Relaxed);
             },
         );
         if ok {
-            futex::wake_all(self.chan.ctl(slot).state());
+            self.announce(slot, expected_seq);
         }
         ok
+    }
+
+    /// Announces a reply the kernel just made REPLIED, and wakes the client.
+    fn announce(&self, slot: usize, seq: u64) {
+        let c = self.chan.ctl(slot);
+        c.done().swap(seq as u32, SeqCst);
+        futex::wake_all(c.done());
     }
 
     /// TAKEN → REPLIED for a reply the dead incarnation wrote and committed but did not
@@ -940,21 +969,33 @@ impl KernelChannel {
     pub fn publish_written(&self, slot: usize, expected_seq: u64) -> bool {
         let ok = self.kernel_cas(slot, expected_seq, &[st::TAKEN], st::REPLIED, |_| {});
         if ok {
-            futex::wake_all(self.chan.ctl(slot).state());
+            self.announce(slot, expected_seq);
         }
         ok
     }
 
-    /// Wakes every client sleeping on a slot of this channel. Recovery calls it once the dead
-    /// incarnation can no longer run: a server killed between its REPLIED store and its
-    /// `futex_wake` (inside [`ServerChannel::publish`]) leaves a client asleep on a slot that
-    /// is already REPLIED, which no other party would ever wake.
+    /// Finishes every publish the dead incarnation left half done and wakes every client
+    /// sleeping on a slot of this channel. Recovery calls it once the dead incarnation can no
+    /// longer run: a server killed between its REPLIED transition and its announcement on the
+    /// reply line (inside [`ServerChannel::publish`]) leaves a REPLIED slot whose client waits
+    /// for `done` forever, and one killed before its `futex_wake` leaves the client asleep.
+    /// Returns how many clients were woken.
     pub fn wake_waiters(&self) -> usize {
         let mut n = 0;
         for i in 0..self.chan.nslots {
             let c = self.chan.ctl(i);
+            let w = c.state().load(Acquire);
+            if w & st::MASK == st::REPLIED {
+                let seq = c.seq().load(Relaxed) as u32;
+                // A kick or a newer announcement is never undone: only a slot still showing
+                // an older value is completed.
+                let d = c.done().load(Acquire);
+                if d != seq {
+                    let _ = c.done().compare_exchange(d, seq, SeqCst, Relaxed);
+                }
+            }
             if c.client_waiting().load(SeqCst) != 0 {
-                n += futex::wake_all(c.state());
+                n += futex::wake_all(c.done());
             }
         }
         n
@@ -988,12 +1029,23 @@ impl KernelChannel {
 
     fn set_flag(&self, flag: u32) {
         self.chan.flags().fetch_or(flag, SeqCst);
-        // Kick: raise every state word's epoch so that a client about to sleep on the old
-        // value returns, then wake whoever already sleeps.
+        // Kick: raise every state word's epoch (ABA protection of the kernel's CAS), and change
+        // every reply line's `done` to a value that is not the awaited reply, so that a client
+        // about to sleep on the old value returns and sees the flag; then wake whoever sleeps.
+        // A `done` that already announces the slot's current request is left alone: that
+        // reply is there to be read.
         for i in 0..self.chan.nslots {
-            let s = self.chan.ctl(i).state();
-            s.fetch_add(st::EPOCH_ONE, SeqCst);
-            futex::wake_all(s);
+            let c = self.chan.ctl(i);
+            c.state().fetch_add(st::EPOCH_ONE, SeqCst);
+            let seq = c.seq().load(Relaxed) as u32;
+            let d = c.done().load(Acquire);
+            if d != seq {
+                // Differs from `seq` (bit 31) and from `seq - 1` (an odd difference).
+                let _ = c
+                    .done()
+                    .compare_exchange(d, seq ^ KICK_BIT, SeqCst, Relaxed);
+            }
+            futex::wake_all(c.done());
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::ChanError;
 /// `b"TXIPCCH1"` read as a little-endian `u64`: first word of every channel memfd.
 pub const CHANNEL_MAGIC: u64 = u64::from_le_bytes(*b"TXIPCCH1");
 /// Version of the channel layout written by this build.
-pub const CHANNEL_VERSION: u32 = 2;
+pub const CHANNEL_VERSION: u32 = 3;
 /// Most slots a channel may have.
 pub const MAX_SLOTS: u32 = 1024;
 /// Largest request or reply area of one slot (16 MiB).
@@ -21,10 +21,11 @@ pub const MAX_CHANNEL_BYTES: usize = 1 << 30;
 
 /// Cache line size used for every block of the layout.
 pub(crate) const LINE: usize = 64;
-// The control line is exactly full: fields, inline request, inline reply.
-const _: () = assert!(ctl::REPLY_LEN + 4 <= ctl::INLINE_REQ);
-const _: () = assert!(ctl::INLINE_REQ + INLINE_REQ_MAX == ctl::INLINE_REPLY);
-const _: () = assert!(ctl::INLINE_REPLY + INLINE_REPLY_MAX == LINE);
+// The request and reply lines are exactly full: fields, then the inline message.
+const _: () = assert!(ctl::ATTEMPT + 4 == ctl::INLINE_REQ);
+const _: () = assert!(ctl::INLINE_REQ + INLINE_REQ_MAX == LINE);
+const _: () = assert!(rep::ATTEMPT + 4 == rep::INLINE_REPLY);
+const _: () = assert!(rep::INLINE_REPLY + INLINE_REPLY_MAX == LINE);
 
 /// Page size the total is rounded to.
 pub(crate) const PAGE: usize = 4096;
@@ -61,27 +62,43 @@ pub(crate) mod bell {
 /// A CPU hint meaning "not known yet".
 pub(crate) const NO_CPU: u32 = u32::MAX;
 
-/// Byte offsets inside a slot control block (one cache line per slot).
+/// Byte offsets inside a slot's request line (the first of its two control lines): written by
+/// the client, except the state transitions of the server and the kernel.
 pub(crate) mod ctl {
-    pub const STATE: usize = 0; // AtomicU32: futex word of the client
-    pub const CLIENT_WAITING: usize = 4; // AtomicU32
+    pub const STATE: usize = 0; // AtomicU32: the slot's state word (+ epoch)
+    pub const REQ_LEN: usize = 4; // AtomicU32
     pub const SEQ: usize = 8; // AtomicU64
     pub const METHOD: usize = 16; // AtomicU32
-    pub const REQ_LEN: usize = 20; // AtomicU32
-    pub const ATTEMPT: usize = 24; // AtomicU32
-    pub const STATUS: usize = 28; // AtomicU32
-    pub const REPLY_LEN: usize = 32; // AtomicU32
-    /// Requests of at most `INLINE_REQ` bytes live here instead of the request area.
-    pub const INLINE_REQ: usize = 36;
-    /// Replies of at most `INLINE_REPLY` bytes live here instead of the reply area.
-    pub const INLINE_REPLY: usize = 52;
+    pub const ATTEMPT: usize = 20; // AtomicU32
+    /// Requests of at most `INLINE_REQ_MAX` bytes live here instead of the request area.
+    pub const INLINE_REQ: usize = 24;
 }
 
-/// Requests up to this many bytes travel inside the slot's control line (no extra cache-line
+/// Byte offsets inside a slot's reply line (the second control line, at +64): written by the
+/// server (the kernel during recovery), read by the client, which writes only
+/// `client_waiting`. The client waits on this line alone, so its polling never pulls the
+/// request line away from the server.
+pub(crate) mod rep {
+    /// AtomicU32: the client's futex word. Holds the low 32 bits of the `seq` of the last
+    /// published reply; a kernel kick (DEAD/REVOKED) stores another value.
+    pub const DONE: usize = 0;
+    pub const CLIENT_WAITING: usize = 4; // AtomicU32
+    pub const STATUS: usize = 8; // AtomicU32
+    pub const REPLY_LEN: usize = 12; // AtomicU32
+    /// AtomicU32: copy of the request's `attempt` when it was answered.
+    pub const ATTEMPT: usize = 16;
+    /// Replies of at most `INLINE_REPLY_MAX` bytes live here instead of the reply area.
+    pub const INLINE_REPLY: usize = 20;
+}
+
+/// Requests up to this many bytes travel inside the slot's request line (no extra cache-line
 /// transfer); longer ones in the slot's request area.
-pub const INLINE_REQ_MAX: usize = 16;
-/// Replies up to this many bytes travel inside the slot's control line.
-pub const INLINE_REPLY_MAX: usize = 12;
+pub const INLINE_REQ_MAX: usize = 40;
+/// Replies up to this many bytes travel inside the slot's reply line.
+pub const INLINE_REPLY_MAX: usize = 44;
+
+/// Bytes of one slot's two control lines.
+pub(crate) const SLOT_CTL: usize = 2 * LINE;
 
 /// Channel header flag: the server is gone for good; every waiting client gets
 /// [`ChanError::Dead`].
@@ -251,7 +268,7 @@ impl ChannelLayout {
         // With the limits above every product fits a u64; check the total in u64.
         let per_slot = round_up(self.req_cap as usize, LINE) as u64
             + round_up(self.reply_cap as usize, LINE) as u64;
-        let total = HEADER as u64 + (LINE as u64 + per_slot) * self.nslots as u64;
+        let total = HEADER as u64 + (SLOT_CTL as u64 + per_slot) * self.nslots as u64;
         if total > MAX_CHANNEL_BYTES as u64 {
             return Err(ChanError::BadLayout("channel larger than 1 GiB"));
         }
@@ -270,10 +287,16 @@ impl ChannelLayout {
         round_up(self.reply_cap as usize, LINE)
     }
 
-    /// Offset of slot `i`'s control block.
+    /// Offset of slot `i`'s request line.
     #[inline]
     pub(crate) fn ctl_offset(&self, i: usize) -> usize {
-        HEADER + i * LINE
+        HEADER + i * SLOT_CTL
+    }
+
+    /// Offset of slot `i`'s reply line.
+    #[inline]
+    pub(crate) fn rep_offset(&self, i: usize) -> usize {
+        self.ctl_offset(i) + LINE
     }
 
     /// Where slot `i`'s request of `len` bytes lives (inline or in the request area).
@@ -290,7 +313,7 @@ impl ChannelLayout {
     #[inline]
     pub(crate) fn reply_bytes_offset(&self, i: usize, len: usize) -> usize {
         if len <= INLINE_REPLY_MAX {
-            self.ctl_offset(i) + ctl::INLINE_REPLY
+            self.rep_offset(i) + rep::INLINE_REPLY
         } else {
             self.reply_offset(i)
         }
@@ -299,7 +322,7 @@ impl ChannelLayout {
     /// Offset of slot `i`'s request area.
     #[inline]
     pub(crate) fn req_offset(&self, i: usize) -> usize {
-        HEADER + self.nslots as usize * LINE + i * (self.req_stride() + self.reply_stride())
+        HEADER + self.nslots as usize * SLOT_CTL + i * (self.req_stride() + self.reply_stride())
     }
 
     /// Offset of slot `i`'s reply area.
@@ -357,15 +380,16 @@ mod tests {
         };
         l.validate().unwrap();
         assert_eq!(l.ctl_offset(0), 128);
-        assert_eq!(l.req_offset(0), 128 + 3 * 64);
+        assert_eq!(l.rep_offset(0), 192);
+        assert_eq!(l.req_offset(0), 128 + 3 * 128);
         assert_eq!(l.reply_offset(0), l.req_offset(0) + 128);
         assert_eq!(l.req_offset(1), l.reply_offset(0) + 64);
         assert!(l.reply_offset(2) + l.reply_stride() <= l.total_size());
         assert_eq!(l.total_size() % PAGE, 0);
-        assert_eq!(l.req_bytes_offset(1, 16), 192 + 36);
-        assert_eq!(l.req_bytes_offset(1, 17), l.req_offset(1));
-        assert_eq!(l.reply_bytes_offset(2, 12), 256 + 52);
-        assert_eq!(l.reply_bytes_offset(2, 13), l.reply_offset(2));
+        assert_eq!(l.req_bytes_offset(1, 40), 256 + 24);
+        assert_eq!(l.req_bytes_offset(1, 41), l.req_offset(1));
+        assert_eq!(l.reply_bytes_offset(2, 44), 384 + 64 + 20);
+        assert_eq!(l.reply_bytes_offset(2, 45), l.reply_offset(2));
         for i in 0..3 {
             assert_eq!(l.req_offset(i) % LINE, 0);
             assert_eq!(l.reply_offset(i) % LINE, 0);

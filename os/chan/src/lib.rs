@@ -25,9 +25,11 @@
 //!   then sleep on a shared futex. Each sleep is preceded by *store flag; SeqCst fence; re-check*,
 //!   and each wake-up by *store; SeqCst fence; load flag*: no lost wake-ups (proof in the
 //!   doorbell module docs; stress-tested in `tests/doorbell.rs`).
-//! - **Small messages ride in the control line**: requests ≤ 16 bytes and replies ≤ 12 bytes
-//!   sit next to the state word, so a small call moves the same cache line back and forth as
-//!   a raw ping-pong does; larger ones use per-slot areas.
+//! - **A small call moves in one cache line, its reply in one other**: requests ≤ 40 bytes
+//!   ride in the slot's request line with its state word, replies ≤ 44 bytes in its reply line
+//!   with the `done` word the client waits on. Each side writes only its own line on the hot
+//!   path, and the client's polling never touches the request line; larger messages use
+//!   per-slot areas.
 //! - **Distrust**: every length, state and status written by the other side is an allegation,
 //!   copied once and checked; request and reply bytes are copied with raw-pointer copies and
 //!   never referenced while a peer may write them; a hostile client can only break its own

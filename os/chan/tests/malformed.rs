@@ -126,7 +126,7 @@ fn mapping_rejects_bad_fds_with_clear_errors() {
     let magic = u64::from_le_bytes(*b"TXIPCCH1");
     let write_header = |m: &RawMap, nslots: u32, cap: u32| {
         m.u64(0).store(magic, Ordering::Relaxed);
-        m.u32(8).store(2, Ordering::Relaxed);
+        m.u32(8).store(3, Ordering::Relaxed);
         m.u32(12).store(nslots, Ordering::Relaxed);
         m.u32(16).store(cap, Ordering::Relaxed);
         m.u32(20).store(cap, Ordering::Relaxed);
@@ -258,14 +258,21 @@ fn client_rejects_a_lying_server() {
         });
     }
 
-    // A state the protocol never writes while the client waits.
+    // A state the protocol never writes, and a reply announced on it.
     std::thread::scope(|s| {
         let h = s.spawn(|| client.call(1, b"q", &mut Vec::new(), None));
         wait_until("the request", || raw.state(0) == POSTED);
         let _t = server.try_take().unwrap();
         raw.u32(ctl(0) + STATE).store(0x77, Ordering::Release);
-        rustix::thread::futex::wake(raw.u32(ctl(0)), rustix::thread::futex::Flags::empty(), 1)
-            .unwrap();
+        // ...and announces a reply for it.
+        let seq = raw.u64(ctl(0) + SEQ).load(Ordering::Relaxed) as u32;
+        raw.u32(ctl(0) + DONE).store(seq, Ordering::SeqCst);
+        rustix::thread::futex::wake(
+            raw.u32(ctl(0) + DONE),
+            rustix::thread::futex::Flags::empty(),
+            1,
+        )
+        .unwrap();
         assert!(matches!(h.join().unwrap(), Err(ChanError::Protocol(_))));
     });
 }

@@ -341,7 +341,8 @@ fn wake_waiters_rescues_a_client_whose_server_died_before_waking_it() {
         wait_until("the client to sleep", || {
             raw.u32(ctl(0) + CLIENT_WAITING).load(Ordering::Acquire) == 1
         });
-        // The REPLIED store of `publish`, and then the server "dies" before its wake.
+        // The REPLIED transition of `publish`, and then the server "dies" before it announces
+        // the reply on the reply line (and before its wake).
         let w = raw.u32(ctl(0) + STATE).load(Ordering::Acquire);
         assert_eq!(w & 0xff, TAKEN);
         raw.u32(ctl(0) + STATE)
