@@ -180,6 +180,10 @@ pub struct ServerSpec {
     /// Restart-storm bounds.
     #[serde(default)]
     pub restart: RestartLimits,
+    /// Most channels open to this server at once (from every client and server together);
+    /// past it a connect is refused with `ErrorKind::Limit`.
+    #[serde(default = "default_max_channels")]
+    pub max_channels: u32,
     /// Policy companion: take a checkpoint after this many logged (state-changing) requests.
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: u64,
@@ -189,6 +193,12 @@ pub struct ServerSpec {
     pub checkpoint_ms: u64,
 }
 
+fn default_max_channels() -> u32 {
+    1024
+}
+fn default_max_channels_per_client() -> u32 {
+    256
+}
 fn default_heap_mb() -> u64 {
     64
 }
@@ -251,6 +261,10 @@ pub struct Manifest {
     /// The operators; `None` (no `[[operator]]` entry): the owner only.
     #[serde(default, rename = "operator")]
     pub operators: Option<Vec<Operator>>,
+    /// Most channels one client connection may hold at once; past it a connect is refused
+    /// with `ErrorKind::Limit`.
+    #[serde(default = "default_max_channels_per_client")]
+    pub max_channels_per_client: u32,
 }
 
 fn default_name() -> String {
@@ -330,6 +344,12 @@ impl Manifest {
             return Err(ManifestError::Invalid(
                 "no servers: add at least one [[server]] entry".into(),
             ));
+        }
+        if self.max_channels_per_client == 0 || self.max_channels_per_client > 65_536 {
+            return Err(ManifestError::Invalid(format!(
+                "max_channels_per_client must be 1..=65536, got {}",
+                self.max_channels_per_client
+            )));
         }
         if self.servers.len() > 64 {
             return Err(ManifestError::Invalid(format!(
@@ -411,6 +431,12 @@ impl Manifest {
                         format!("must be 64 bytes..=16 MiB, got {v}"),
                     ));
                 }
+            }
+            if s.max_channels == 0 || s.max_channels > 65_536 {
+                return Err(field(
+                    "max_channels",
+                    format!("must be 1..=65536, got {}", s.max_channels),
+                ));
             }
             if s.batch_max == 0 || s.batch_max > 64 {
                 return Err(field(

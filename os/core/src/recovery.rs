@@ -77,7 +77,7 @@ pub fn decide_slot(
         // rolled back but logged); as a TAKEN slot it would be re-posted like txipc's.
         Policy::Txipc | Policy::Companion if slot.attempt >= retry_limit => {
             SlotAction::Fail(FailReason::Poison {
-                attempts: slot.attempt + 1,
+                attempts: slot.attempt.saturating_add(1),
             })
         }
         Policy::Txipc | Policy::Companion if held_down => SlotAction::Fail(FailReason::Unavailable),
@@ -119,6 +119,49 @@ pub fn decide_companion_slot(
         CompanionAction::FailAndSkip(FailReason::Unavailable)
     } else {
         CompanionAction::Leave
+    }
+}
+
+/// Slot key: channel index, slot index, the request's sequence number.
+pub type SlotKey = (u32, u32, u64);
+
+/// How many times the kernel itself re-posted each in-flight request.
+///
+/// The slot's own `attempt` word lives in the channel, which the client can write: it is the
+/// client's allegation, fine for the client's own error message but not for the kernel's
+/// decisions or counters. The kernel decides poison from this book (what it did), so a client
+/// scribbling on its channel can neither make the kernel fail someone's request nor inflate
+/// `ps`'s `aborted` count; the counts are bounded by the number of faults the kernel saw.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptBook {
+    reposts: std::collections::HashMap<SlotKey, u32>,
+}
+
+impl AttemptBook {
+    /// Times the kernel re-posted the request `key` (0 if never).
+    pub fn attempts(&self, key: SlotKey) -> u32 {
+        self.reposts.get(&key).copied().unwrap_or(0)
+    }
+
+    /// The kernel re-posted `key` once more.
+    pub fn reposted(&mut self, key: SlotKey) {
+        let n = self.reposts.entry(key).or_default();
+        *n = n.saturating_add(1);
+    }
+
+    /// Forgets every request for which `live` is false (answered, withdrawn, gone).
+    pub fn retain(&mut self, mut live: impl FnMut(SlotKey) -> bool) {
+        self.reposts.retain(|&k, _| live(k));
+    }
+
+    /// Requests tracked.
+    pub fn len(&self) -> usize {
+        self.reposts.len()
+    }
+
+    /// Whether none is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.reposts.is_empty()
     }
 }
 
@@ -269,6 +312,32 @@ mod tests {
             decide_companion_slot(0, true, s(1)),
             CompanionAction::FailAndSkip(FailReason::Poison { attempts: 1 })
         );
+    }
+
+    #[test]
+    fn a_huge_attempt_word_cannot_overflow_or_count() {
+        let s = TakenSlot {
+            attempt: u32::MAX,
+            ..T
+        };
+        assert_eq!(
+            decide_slot(Policy::Txipc, 2, false, s),
+            SlotAction::Fail(FailReason::Poison { attempts: u32::MAX })
+        );
+        // The kernel decides from its own book, not from the word.
+        let mut book = AttemptBook::default();
+        let k = (0, 1, 7);
+        assert_eq!(book.attempts(k), 0);
+        let s = TakenSlot {
+            attempt: book.attempts(k),
+            ..T
+        };
+        assert_eq!(decide_slot(Policy::Txipc, 2, false, s), SlotAction::Repost);
+        book.reposted(k);
+        book.reposted(k);
+        assert_eq!(book.attempts(k), 2);
+        book.retain(|key| key != k);
+        assert!(book.is_empty());
     }
 
     #[test]

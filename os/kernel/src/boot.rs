@@ -43,9 +43,20 @@ impl Kernel {
         let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(os("signalfd"))?;
         process::become_subreaper().map_err(os("PR_SET_CHILD_SUBREAPER"))?;
+        // Every channel is a descriptor: use all the descriptors the hard limit allows.
+        let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        if lim.current < lim.maximum {
+            let _ = rustix::process::setrlimit(
+                rustix::process::Resource::Nofile,
+                rustix::process::Rlimit {
+                    current: lim.maximum,
+                    maximum: lim.maximum,
+                },
+            );
+        }
 
         let dir = txipc_core::paths::runtime_dir();
-        std::fs::create_dir_all(&dir).map_err(os(format!("creating {}", dir.display())))?;
+        txipc_core::paths::create_runtime_dir(&dir).map_err(KernelError::RuntimeDir)?;
         let socket_path = txipc_core::paths::socket_path(&opts.system);
         if socket_path.exists() {
             if txipc_sys_connect_probe(&socket_path) {
@@ -70,8 +81,7 @@ impl Kernel {
                 Ok(()) => break,
                 Err(rustix::io::Errno::NOENT) if tries < 5 => {
                     tries += 1;
-                    std::fs::create_dir_all(&dir)
-                        .map_err(os(format!("creating {}", dir.display())))?;
+                    txipc_core::paths::create_runtime_dir(&dir).map_err(KernelError::RuntimeDir)?;
                 }
                 Err(e) => return Err(os(format!("bind {}", socket_path.display()))(e)),
             }
@@ -116,6 +126,7 @@ impl Kernel {
             decisions: Default::default(),
             fuse: Default::default(),
             confirm_timer,
+            accept_paused: false,
             fatal: None,
         };
         k.watch(k.listener.as_fd(), token(T_LISTEN, 0, 0))?;

@@ -62,7 +62,28 @@ impl Kernel {
                 ),
             });
         }
+        if let Owner::Client(c) = owner {
+            let held = self.clients.get(&c).map_or(0, |c| c.channels.len());
+            let limit = self.manifest.max_channels_per_client as usize;
+            if held >= limit {
+                return Err(WireError {
+                    kind: ErrorKind::Limit,
+                    message: format!(
+                        "this connection holds {held} channels, the manifest's max_channels_per_client: close some, or raise the limit"
+                    ),
+                });
+            }
+        }
         let s = &mut self.servers[si];
+        if s.channels.len() >= s.spec.max_channels as usize {
+            return Err(WireError {
+                kind: ErrorKind::Limit,
+                message: format!(
+                    "service `{service}` has {} channels open, its max_channels: try again later, or raise the limit in the manifest",
+                    s.channels.len()
+                ),
+            });
+        }
         if matches!(s.phase(), Phase::Dead | Phase::Held) {
             return Err(WireError {
                 kind: ErrorKind::Unavailable,

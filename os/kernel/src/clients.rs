@@ -25,6 +25,24 @@ impl Kernel {
                 rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
             ) {
                 Ok(s) => s,
+                Err(
+                    rustix::io::Errno::MFILE
+                    | rustix::io::Errno::NFILE
+                    | rustix::io::Errno::NOBUFS
+                    | rustix::io::Errno::NOMEM,
+                ) => {
+                    // Out of descriptors: the pending connection stays in the backlog and the
+                    // listener stays readable; stop watching it until the next tick instead
+                    // of spinning on it. Connected clients are still served.
+                    if !self.accept_paused {
+                        eprintln!(
+                            "txipc kernel: out of file descriptors: not accepting connections for a while (close channels, or raise the limits)"
+                        );
+                        self.accept_paused = true;
+                        self.unwatch(self.listener.as_fd());
+                    }
+                    return;
+                }
                 Err(_) => return,
             };
             let uid = match rustix::net::sockopt::socket_peercred(&sock) {

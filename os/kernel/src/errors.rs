@@ -18,6 +18,9 @@ pub enum KernelError {
         /// Why.
         reason: String,
     },
+    /// The runtime directory is unsafe or cannot be made.
+    #[error("{0}")]
+    RuntimeDir(String),
     /// An OS call failed.
     #[error("{op}: {err}")]
     Os {

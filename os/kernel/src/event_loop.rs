@@ -35,6 +35,9 @@ pub(crate) struct Kernel {
     pub(crate) buf: Vec<u8>,
     /// One-shot timer for re-checking stops being confirmed (`lifecycle::CONFIRM_INTERVAL_US`).
     pub(crate) confirm_timer: OwnedFd,
+    /// The listener is not watched (the kernel ran out of descriptors); watched again at the
+    /// next tick.
+    pub(crate) accept_paused: bool,
     /// A fatal error found while performing a command during boot.
     pub(crate) fatal: Option<KernelError>,
     /// The user that started the kernel: the operator unless the manifest says otherwise.

@@ -141,13 +141,16 @@ fn settle(
                 && batch
                     .iter()
                     .any(|b| b.chan == ci && b.slot as usize == snap.slot && b.seq == snap.seq);
+            // The slot's attempt word is the client's to write: decide from what the kernel
+            // itself did.
+            let key = (ci, snap.slot as u32, snap.seq);
             let action = decide_slot(
                 policy,
                 s.spec.retry_limit,
                 held,
                 TakenSlot {
                     in_committed_batch: in_batch,
-                    attempt: snap.attempt,
+                    attempt: s.attempts.attempts(key),
                 },
             );
             match action {
@@ -160,6 +163,7 @@ fn settle(
                     if c.k.repost(snap.slot, snap.seq) {
                         reposted += 1;
                         s.retried += 1;
+                        s.attempts.reposted(key);
                     }
                 }
                 SlotAction::Fail(reason) => {
@@ -178,5 +182,15 @@ fn settle(
             }
         }
     }
+    // Forget requests that are no longer in flight.
+    let mut live = std::collections::HashSet::new();
+    for (&ci, c) in &s.channels {
+        for snap in c.k.slots() {
+            if matches!(snap.state, SlotState::Posted | SlotState::Taken) {
+                live.insert((ci, snap.slot as u32, snap.seq));
+            }
+        }
+    }
+    s.attempts.retain(|k| live.contains(&k));
     (published, reposted, failed)
 }

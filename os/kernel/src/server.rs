@@ -71,6 +71,9 @@ pub(crate) struct Server {
     pub(crate) held_reason: Option<String>,
     /// The undo log could not be read at the last recovery: the heap is not trusted.
     pub(crate) log_unusable: bool,
+    /// Times the kernel re-posted each in-flight request (decides poison; the slot's own word
+    /// is the client's).
+    pub(crate) attempts: txipc_core::recovery::AttemptBook,
     /// Why the server itself asked to be held (policy companion), for `ps`.
     pub(crate) hold_message: Option<String>,
     /// Policy companion: the message log and the newest checkpoint.
@@ -185,6 +188,7 @@ impl Server {
                 held_reason: None,
                 log_unusable: false,
                 hold_message: None,
+                attempts: Default::default(),
                 companion,
             },
             first,

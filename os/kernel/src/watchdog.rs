@@ -8,13 +8,22 @@ use txipc_chan::SlotState;
 use txipc_core::lifecycle::{Event, Phase};
 use txipc_sys::process;
 
-use crate::event_loop::Kernel;
+use std::os::fd::AsFd;
+
+use crate::event_loop::{Kernel, T_LISTEN, token};
 use crate::server::CONTROL_EVENT;
 
 impl Kernel {
     pub(crate) fn on_tick(&mut self) {
         let mut buf = [0u8; 8];
         let _ = rustix::io::read(&self.timer, &mut buf);
+        if self.accept_paused
+            && self
+                .watch(self.listener.as_fd(), token(T_LISTEN, 0, 0))
+                .is_ok()
+        {
+            self.accept_paused = false;
+        }
         for i in 0..self.servers.len() {
             self.feed(i, Event::Tick);
             if let Some((g, cause)) = self.hang_of(i) {

@@ -106,6 +106,10 @@ impl System {
             }
             Err(e) => return Err(ClientError::Io(format!("connect {}: {e}", path.display()))),
         }
+        // A socket in a directory another user can write may be theirs, not our kernel's.
+        if let Some(dir) = path.parent() {
+            txipc_core::paths::check_runtime_dir(dir).map_err(ClientError::Io)?;
+        }
         set_socket_timeout(&sock, CONTROL_TIMEOUT)?;
         Ok(System {
             name: name.into(),
