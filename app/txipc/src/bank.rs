@@ -71,13 +71,14 @@ enum BankOp {
     Accounts,
 }
 
-/// The manifest of a bank system: `bank` plus `accounts` account servers, every server under
-/// `policy`, the bank granted to everyone and the account servers to the bank.
-pub fn manifest(name: &str, accounts: usize, policy: &str, extra: &str) -> String {
+/// The manifest of a bank system: `bank` plus `accounts` account servers (heaps of `heap_mb`
+/// MiB: ledgers grow by two entries per transfer), every server under `policy`, the bank
+/// granted to everyone and the account servers to the bank.
+pub fn manifest(name: &str, accounts: usize, policy: &str, heap_mb: u64, extra: &str) -> String {
     let mut m = format!("name = \"{name}\"\n");
     let server = |n: &str, b: &str| {
         format!(
-            "[[server]]\nname = \"{n}\"\nbuiltin = \"{b}\"\npolicy = \"{policy}\"\nheap_mb = 64\n{extra}\n"
+            "[[server]]\nname = \"{n}\"\nbuiltin = \"{b}\"\npolicy = \"{policy}\"\nheap_mb = {heap_mb}\n{extra}\n"
         )
     };
     m += &server("bank", "bank");
@@ -123,7 +124,7 @@ pub fn run(
         if !["txipc", "restart", "none"].contains(&policy.as_str()) {
             return Err(usage("--policy is txipc, restart or none"));
         }
-        let text = manifest(name, *accounts, policy, "");
+        let text = manifest(name, *accounts, policy, 256, "");
         return Ok(Report::new(json!({"ok": true, "manifest": text}), text));
     }
     let sys = System::connect(system)?;

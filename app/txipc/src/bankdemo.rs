@@ -226,10 +226,12 @@ pub struct BankDemoReport {
 }
 
 fn demo_manifest(system: &str, policy: &str) -> String {
+    // 1 GiB heaps (sparse): a long storm writes millions of ledger entries.
     crate::bank::manifest(
         system,
         2,
         policy,
+        1024,
         "deadline_ms = 300\nretry_limit = 10\n[server.restart]\nmin_interval_ms = 0\nmax_restarts = 100000\nwindow_ms = 1000",
     )
 }
@@ -259,6 +261,14 @@ pub fn run(args: &DemoArgs, common: &Common) -> Result<Report> {
     let policy = PolicyName::parse(&args.policy).map_err(usage)?;
     let (mp, _) = policy.manifest();
     let policy_name = mp.as_str().to_string();
+    if !["txipc", "restart", "none"].contains(&policy_name.as_str()) {
+        return Err(usage(format!(
+            "--workload bank runs under txipc, restart or none (not `{}`): the bank and account \
+             servers keep their state in the recoverable heap, and a companion server may not \
+             call other servers yet",
+            args.policy
+        )));
+    }
     let system = common
         .system
         .clone()

@@ -601,13 +601,24 @@ impl ClientChannel {
     }
 
     /// Takes over the slots an earlier user of this channel left behind (a server's previous
-    /// incarnation that died inside a call through it): every slot that is not FREE is treated
-    /// as abandoned and reclaimed once it is REPLIED (the kernel fails the POSTED ones of a dead
-    /// caller; a TAKEN one is answered by its server). Call it before the first call.
+    /// incarnation that died inside a call through it). A CLAIMED slot (it died while filling
+    /// it in) is freed: only a client writes a CLAIMED slot, and that client is gone. Every
+    /// other slot that is not FREE is treated as abandoned and reclaimed once it is REPLIED
+    /// (the kernel fails the POSTED ones of a dead caller; a TAKEN one is answered by its
+    /// server). Call it before the first call, once the earlier user can no longer run.
     pub fn adopt_slots(&self) {
         let mut list = self.abandoned.lock().unwrap_or_else(|e| e.into_inner());
         for i in 0..self.chan.nslots {
-            let w = self.chan.ctl(i).state().load(Acquire);
+            let c = self.chan.ctl(i);
+            let w = c.state().load(Acquire);
+            if w & st::MASK == st::CLAIMED
+                && c.state()
+                    .compare_exchange(w, st::freed(w), Release, Relaxed)
+                    .is_ok()
+            {
+                continue;
+            }
+            let w = c.state().load(Acquire);
             if w & st::MASK != st::FREE && !list.contains(&i) {
                 list.push(i);
                 self.n_abandoned.fetch_add(1, Relaxed);

@@ -407,6 +407,14 @@ pub enum ToServer {
         /// Whether it committed.
         commit: bool,
     },
+    /// Root `(server, txid)` is still undecided (its coordinator runs it): the answer to a
+    /// [`FromServer::Resolve`] when nothing is known yet.
+    Undecided {
+        /// The root's coordinator (server index).
+        server: u32,
+        /// The root transaction's id.
+        txid: u64,
+    },
     /// The kernel refused [`FromServer::Connect`].
     ConnectRefused {
         /// The service asked for.

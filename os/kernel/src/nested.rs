@@ -210,8 +210,18 @@ impl Kernel {
         let coord = self
             .read_log_of(c)
             .map_or(LogState::Idle, |l| log_state(l.state));
-        if let Some(outcome) = resolve(root.txid, known, coord) {
-            self.send_decided(p, root, outcome);
+        match resolve(root.txid, known, coord) {
+            Some(outcome) => self.send_decided(p, root, outcome),
+            None => {
+                if let Some(a) = &self.servers[p].active {
+                    let msg = ToServer::Undecided {
+                        server: root.server,
+                        txid: root.txid,
+                    };
+                    let _ = fdpass::send(&a.sock, &proto::encode(&msg), &[]);
+                    self.servers[p].doorbell.notify(CONTROL_EVENT);
+                }
+            }
         }
     }
 }

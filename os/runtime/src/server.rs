@@ -551,7 +551,9 @@ pub(crate) fn standby(ctl: &Rc<OwnedFd>, chans: &mut Vec<Chan>, buf: &mut [u8]) 
                 return Activation::Companion(start, snap);
             }
             Ok(ToServer::Connected(info)) => restore_outgoing(info, fds_in),
-            Ok(ToServer::ConnectRefused { .. }) | Ok(ToServer::Decided { .. }) => {}
+            Ok(ToServer::ConnectRefused { .. })
+            | Ok(ToServer::Decided { .. })
+            | Ok(ToServer::Undecided { .. }) => {}
             Ok(ToServer::Shutdown) | Err(_) => std::process::exit(0),
         }
     }
@@ -642,7 +644,11 @@ impl Loop<'_> {
                 }
                 Ok(ToServer::RemoveChannel { index }) => self.chans.retain(|c| c.index != index),
                 Ok(ToServer::Shutdown) | Err(_) => std::process::exit(0),
-                Ok(ToServer::Activate { .. } | ToServer::ActivateCompanion(_)) => {}
+                Ok(
+                    ToServer::Activate { .. }
+                    | ToServer::ActivateCompanion(_)
+                    | ToServer::Undecided { .. },
+                ) => {}
                 Ok(ToServer::Decided {
                     server,
                     txid,
@@ -842,7 +848,10 @@ impl Loop<'_> {
             let _ = chan.publish(t.slot);
             return;
         };
-        if root.server == self.config.index || self.aborted_roots.contains(&root) {
+        // A call re-posted after this server faulted may belong to a root that was rolled back
+        // meanwhile (its caller died too): ask the kernel before running it again.
+        let stale = t.attempt > 0 && self.root_is_decided(root);
+        if stale || root.server == self.config.index || self.aborted_roots.contains(&root) {
             // A call to itself would wait for itself; a rolled-back root runs no more.
             let code = if root.server == self.config.index {
                 nested::CODE_CONFLICT
@@ -864,6 +873,33 @@ impl Loop<'_> {
             return;
         }
         self.prepared(root);
+    }
+
+    /// Asks the kernel whether `root` is decided already (it cannot be committed while a call
+    /// of it is still to run, so decided means rolled back). Waits for the answer.
+    fn root_is_decided(&mut self, root: RootId) -> bool {
+        let msg = FromServer::Resolve {
+            server: root.server,
+            txid: root.txid,
+        };
+        if fdpass::send(&*self.ctl, &proto::encode(&msg), &[]).is_err() {
+            return false;
+        }
+        let mut buf = vec![0u8; proto::MAX_CONTROL_MSG];
+        loop {
+            let Ok(Some((n, fds))) = fdpass::recv(&*self.ctl, &mut buf, false) else {
+                return false;
+            };
+            match proto::decode::<ToServer>(&buf[..n]) {
+                Ok(ToServer::Decided { server, txid, .. }) if (RootId { server, txid }) == root => {
+                    return true;
+                }
+                Ok(ToServer::Undecided { server, txid }) if (RootId { server, txid }) == root => {
+                    return false;
+                }
+                _ => PENDING.with(|p| p.borrow_mut().push_back((buf[..n].to_vec(), fds))),
+            }
+        }
     }
 
     /// Runs one nested call of the open sub-transaction and publishes its reply (prepared).
