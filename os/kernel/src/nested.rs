@@ -213,7 +213,7 @@ impl Kernel {
         match resolve(root.txid, known, coord) {
             Some(outcome) => self.send_decided(p, root, outcome),
             None => {
-                if let Some(a) = &self.servers[p].active {
+                if let Some(a) = self.servers[p].active() {
                     let msg = ToServer::Undecided {
                         server: root.server,
                         txid: root.txid,
