@@ -975,6 +975,27 @@ impl KernelChannel {
         futex::wake_all(c.done());
     }
 
+    /// [`Self::fail`] that also records how many times the request ran (the reply's attempt =
+    /// `runs - 1`, what the client reports in `Aborted`): for a policy that does not re-post a
+    /// faulting request but counts its runs itself (companion).
+    pub fn fail_after(&self, slot: usize, expected_seq: u64, status: Status, runs: u32) -> bool {
+        let ok = self.kernel_cas(
+            slot,
+            expected_seq,
+            &[st::POSTED, st::TAKEN],
+            st::REPLIED,
+            |c| {
+                c.status().store(status.to_wire(), Relaxed);
+                c.reply_len().store(0, Relaxed);
+                c.reply_attempt().store(runs.saturating_sub(1), Relaxed);
+            },
+        );
+        if ok {
+            self.announce(slot, expected_seq);
+        }
+        ok
+    }
+
     /// TAKEN → REPLIED for a reply the dead incarnation wrote and committed but did not
     /// publish; wakes the client.
     pub fn publish_written(&self, slot: usize, expected_seq: u64) -> bool {

@@ -233,7 +233,7 @@ pub(crate) fn settle(s: &mut Server, held: bool) -> Recovered {
                         FailReason::Restarted => Status::Restarted,
                         FailReason::Unavailable => Status::Unavailable,
                     };
-                    if c.k.fail(snap.slot, snap.seq, status) {
+                    if c.k.fail_after(snap.slot, snap.seq, status, charged.max(1)) {
                         failed += 1;
                         if status == Status::Aborted {
                             s.aborted += 1;

@@ -315,9 +315,15 @@ impl PlainLoop<'_> {
                     self.reap(false);
                 }
                 self.maybe_checkpoint(Capture::Allowed, true);
+                // Wake up to reap a checkpoint writer (and start the next one if it is due),
+                // or when the time trigger comes.
                 let timeout = self.log.as_ref().and_then(|w| {
-                    (w.since > 0 && self.config.checkpoint_ms > 0)
-                        .then(|| Duration::from_millis(self.config.checkpoint_ms))
+                    if w.child.is_some() {
+                        Some(Duration::from_millis(2))
+                    } else {
+                        (w.since > 0 && self.config.checkpoint_ms > 0)
+                            .then(|| Duration::from_millis(self.config.checkpoint_ms))
+                    }
                 });
                 self.doorbell
                     .wait(self.chans.iter().map(|c| &c.chan), SERVER_SPIN, timeout);

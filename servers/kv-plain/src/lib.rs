@@ -10,7 +10,10 @@
 //! source), as replay requires. [`KvPlainFaulty`] is the same server with two deliberate faults,
 //! for tests: a `put` under a key starting with `poison/` panics after changing the map, and an
 //! `incr` of a key starting with `nondet/` adds a clock-dependent amount (a non-deterministic
-//! handler, which the companion must detect on replay).
+//! handler, which the companion must detect on replay). It also keeps per-connection state:
+//! an `incr` of a key starting with `session/` counts in the caller's own session
+//! (`session/<session>/<rest>`, see `txipc_runtime::current_session`), so two connections
+//! incrementing the same key see their own counters, across restarts and replays.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -204,6 +207,14 @@ impl Kv for KvPlainFaulty {
         self.0.cas(key, expected, new)
     }
     fn incr(&mut self, key: Bytes, delta: i64) -> Result<i64, KvError> {
+        let key = match key.strip_prefix(b"session/") {
+            Some(rest) => {
+                let mut k = format!("session/{}/", txipc_runtime::current_session()).into_bytes();
+                k.extend_from_slice(rest);
+                Bytes::from(k)
+            }
+            None => key,
+        };
         let delta = if key.starts_with(b"nondet/") {
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

@@ -1,0 +1,459 @@
+//! Policy `companion` with real processes and real faults: replay from a checkpoint and the
+//! message log, poison requests, corrupt log records and snapshots, divergent replays, a full
+//! log, checkpoints under load, sessions, the checkpoint writer killed, and storms of SIGKILLs
+//! and fail points under 8 client processes checked against exact models.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use kv_api::KvClient;
+use txipc_core::failpoint::{FailKind, FailPoint};
+use txipc_core::proto::{CompanionInfo, ServerInfo};
+use txipc_runtime::client::{System, SystemProcess};
+use txipc_service::{CallError, Error as SvcError};
+
+fn companion_system(tag: &str, builtin: &str, extra: &str) -> SystemProcess {
+    boot(
+        tag,
+        &(server("kv", builtin, "companion", extra) + &grant("*", "kv")),
+    )
+}
+
+fn info(conn: &System) -> ServerInfo {
+    conn.ps().unwrap().remove(0)
+}
+
+fn companion(conn: &System) -> CompanionInfo {
+    info(conn)
+        .companion
+        .expect("a companion server reports its log")
+}
+
+/// SIGKILLs the running incarnation and waits until its successor serves.
+fn kill_and_wait(conn: &System) {
+    let before = info(conn).generation;
+    txipc_sys::process::kill(server_pid(conn, "kv"), rustix::process::Signal::KILL).unwrap();
+    wait_until("the next incarnation", Duration::from_secs(20), || {
+        let i = info(conn);
+        i.generation > before && i.state == "running" || i.state == "held"
+    });
+}
+
+fn counter(v: Option<txipc_service::Bytes>) -> i64 {
+    v.map_or(0, |b| kv_api::counter_value(&b).unwrap())
+}
+
+/// The basic promise: state built by requests before and after a checkpoint survives a SIGKILL
+/// (the snapshot restores the first part, the replay of the log the rest).
+#[test]
+fn state_survives_from_the_checkpoint_and_the_replayed_log() {
+    let sys = companion_system(
+        "basic",
+        "kv-plain",
+        "checkpoint_every = 50\ncheckpoint_ms = 0",
+    );
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    for i in 0..120u32 {
+        kv.put(format!("k{i}"), format!("v{i}")).unwrap();
+    }
+    wait_until("a checkpoint", Duration::from_secs(10), || {
+        companion(&conn).checkpoint_index >= 100
+    });
+    kill_and_wait(&conn);
+    for i in 0..120u32 {
+        assert_eq!(
+            kv.get(format!("k{i}")).unwrap(),
+            Some(format!("v{i}").into()),
+            "k{i}"
+        );
+    }
+    let c = companion(&conn);
+    assert!(c.checkpoints >= 2, "{c:?}");
+    assert_eq!(
+        c.last_replayed, 20,
+        "replayed only the log behind the checkpoint: {c:?}"
+    );
+    assert_eq!(kv.stats().unwrap().updates, 120);
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
+/// A request that faults the server on every run: its first run and each replay fault, then it
+/// is failed alone with `Aborted`, its effects absent from the replayed state, and a bystander
+/// in another session is served throughout.
+#[test]
+fn a_poison_request_is_failed_alone_on_replay() {
+    let sys = companion_system("poison", "kv-plain-faulty", "retry_limit = 2");
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    let other = KvClient::new(open(&conn, "kv"));
+    kv.put("before", "1").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let bystander = std::thread::spawn(move || {
+        let mut n = 0;
+        while !s2.load(Ordering::Relaxed) {
+            n += 1;
+            assert_eq!(other.incr("bystander", 1).unwrap(), n);
+        }
+        (n, other)
+    });
+    match kv.put("poison/x", "boom") {
+        Err(SvcError::Call(CallError::Aborted { attempts })) => assert_eq!(attempts, 3),
+        other => panic!("expected Aborted, got {other:?}"),
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (n, other) = bystander.join().unwrap();
+    // Its put changed the map before panicking, each time: none of it is left.
+    assert_eq!(kv.get("poison/x").unwrap(), None);
+    assert_eq!(kv.get("before").unwrap(), Some("1".into()));
+    assert_eq!(counter(other.get("bystander").unwrap()), n);
+    // And it stays absent through later recoveries (replay skips its record).
+    kill_and_wait(&conn);
+    assert_eq!(kv.get("poison/x").unwrap(), None);
+    assert_eq!(counter(kv.get("bystander").unwrap()), n);
+    let i = info(&conn);
+    assert_eq!(i.aborted_requests, 1);
+    assert_eq!(i.state, "running");
+    drop((kv, other, conn));
+    sys.shutdown().unwrap();
+}
+
+/// The kernel's descriptor of the message log (`/memfd:txipc-clog-kv`), opened for writing
+/// from outside: the test plays a corruption no server could cause.
+fn open_kernel_log(kernel: u32) -> std::fs::File {
+    for e in std::fs::read_dir(format!("/proc/{kernel}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let target = std::fs::read_link(e.path()).unwrap_or_default();
+        if target.to_string_lossy().contains("txipc-clog-kv") {
+            return std::fs::OpenOptions::new()
+                .write(true)
+                .open(e.path())
+                .unwrap();
+        }
+    }
+    panic!("the kernel holds no message log");
+}
+
+#[test]
+fn a_corrupt_log_record_is_detected_and_the_server_held() {
+    let sys = companion_system("corruptlog", "kv-plain", "checkpoint_ms = 0");
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    for i in 0..20u32 {
+        kv.put(format!("k{i}"), vec![i as u8; 100]).unwrap();
+    }
+    // A byte inside the 5th record's request (records are 64 + ~110 bytes).
+    open_kernel_log(sys.pid())
+        .write_all_at(&[0xEE], 4 * 176 + 100)
+        .unwrap();
+    txipc_sys::process::kill(server_pid(&conn, "kv"), rustix::process::Signal::KILL).unwrap();
+    wait_until("held", Duration::from_secs(10), || {
+        info(&conn).state == "held"
+    });
+    let reason = info(&conn).held_reason.unwrap();
+    assert!(
+        reason.contains("message log record") && reason.contains("corrupt"),
+        "{reason}"
+    );
+    assert!(matches!(
+        kv.get("k1"),
+        Err(SvcError::Call(CallError::Unavailable { .. }))
+    ));
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
+#[test]
+fn a_corrupt_snapshot_is_detected_and_the_server_held() {
+    let sys = companion_system(
+        "corruptsnap",
+        "kv-plain",
+        "checkpoint_every = 10\ncheckpoint_ms = 0",
+    );
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    // A wild write in the checkpoint writer, after its checksum: the snapshot is sealed corrupt.
+    conn.inject("kv", FailKind::Corrupt, FailPoint::Checkpoint)
+        .unwrap();
+    for i in 0..10u32 {
+        kv.put(format!("k{i}"), "v").unwrap();
+    }
+    wait_until("the checkpoint", Duration::from_secs(10), || {
+        companion(&conn).checkpoints >= 1
+    });
+    txipc_sys::process::kill(server_pid(&conn, "kv"), rustix::process::Signal::KILL).unwrap();
+    wait_until("held", Duration::from_secs(10), || {
+        info(&conn).state == "held"
+    });
+    let reason = info(&conn).held_reason.unwrap();
+    assert!(reason.contains("snapshot is corrupt"), "{reason}");
+    assert!(matches!(
+        kv.get("k1"),
+        Err(SvcError::Call(CallError::Unavailable { .. }))
+    ));
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
+/// A handler that is not deterministic: its replay gives another reply than the one logged,
+/// and the companion holds the server instead of serving the different state.
+#[test]
+fn a_divergent_replay_is_detected() {
+    let sys = companion_system("diverge", "kv-plain-faulty", "checkpoint_ms = 0");
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    kv.incr("nondet/x", 1).unwrap();
+    // The next record carries the digest of that reply.
+    kv.put("after", "1").unwrap();
+    txipc_sys::process::kill(server_pid(&conn, "kv"), rustix::process::Signal::KILL).unwrap();
+    wait_until("held", Duration::from_secs(10), || {
+        info(&conn).state == "held"
+    });
+    let reason = info(&conn).held_reason.unwrap();
+    assert!(
+        reason.contains("divergent replay") && reason.contains("incr"),
+        "{reason}"
+    );
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
+/// Checkpoints taken while clients keep writing (every 25 logged requests, and SIGKILLs in
+/// between): every update stands, and the stall each checkpoint caused is reported.
+#[test]
+fn checkpoints_during_load_keep_every_update() {
+    let sys = companion_system(
+        "load",
+        "kv-plain",
+        "checkpoint_every = 25\ncheckpoint_ms = 0\nslots = 2",
+    );
+    let conn = sys.connect().unwrap();
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let kv = KvClient::new(open(&conn, "kv"));
+            std::thread::spawn(move || {
+                for n in 1..=400i64 {
+                    assert_eq!(kv.incr(format!("w{w}"), 1).unwrap(), n);
+                }
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(150));
+        kill_and_wait(&conn);
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    let kv = KvClient::new(open(&conn, "kv"));
+    for w in 0..3 {
+        assert_eq!(counter(kv.get(format!("w{w}")).unwrap()), 400);
+    }
+    let c = companion(&conn);
+    assert!(c.checkpoints >= 10, "{c:?}");
+    assert!(c.max_stall_us > 0, "{c:?}");
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
+/// A log of 1 MiB and no checkpoint by count or time: 4 MiB of puts force checkpoints (a full
+/// log waits for one), and nothing is lost.
+#[test]
+fn a_full_log_forces_a_checkpoint() {
+    let sys = companion_system(
+        "full",
+        "kv-plain",
+        "log_mb = 1\ncheckpoint_every = 1000000\ncheckpoint_ms = 0",
+    );
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    for i in 0..100u32 {
+        kv.put(format!("k{}", i % 30), vec![i as u8; 40_000])
+            .unwrap();
+    }
+    let c = companion(&conn);
+    assert!(c.checkpoints >= 3, "{c:?}");
+    assert!(c.log_bytes <= 1 << 20, "{c:?}");
+    kill_and_wait(&conn);
+    for i in 70..100u32 {
+        assert_eq!(
+            kv.get(format!("k{}", i % 30)).unwrap(),
+            Some(vec![i as u8; 40_000].into())
+        );
+    }
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
+/// Several connected sessions, each with its own per-connection state in the server, go on
+/// through restarts without reconnecting, and each finds its own state.
+#[test]
+fn sessions_survive_a_restart() {
+    let sys = companion_system(
+        "sessions",
+        "kv-plain-faulty",
+        "checkpoint_every = 7\ncheckpoint_ms = 0",
+    );
+    let conn = sys.connect().unwrap();
+    let sessions: Vec<_> = (0..3).map(|_| KvClient::new(open(&conn, "kv"))).collect();
+    let mut expect = [0i64; 3];
+    for round in 0..4 {
+        for (s, kv) in sessions.iter().enumerate() {
+            for _ in 0..=s {
+                expect[s] += 1;
+                // The same key, counted per session.
+                assert_eq!(kv.incr("session/n", 1).unwrap(), expect[s], "round {round}");
+            }
+        }
+        kill_and_wait(&conn);
+    }
+    assert_eq!(info(&conn).restarts, 4);
+    drop((sessions, conn));
+    sys.shutdown().unwrap();
+}
+
+/// "The companion itself killed": the checkpoint writer (the server's forked child, the only
+/// process of the companion besides the kernel) dies by a fault and by SIGKILL mid-checkpoint.
+/// The checkpoint is lost, the log behind it is kept, the next checkpoint succeeds, and a
+/// server fault afterwards recovers every update.
+#[test]
+fn the_checkpoint_writer_killed_loses_nothing() {
+    let sys = companion_system(
+        "writer",
+        "kv-plain",
+        "checkpoint_every = 20\ncheckpoint_ms = 0",
+    );
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    // A sizeable state, so that a checkpoint takes a moment.
+    for i in 0..300u32 {
+        kv.put(format!("big{i}"), vec![7u8; 8_000]).unwrap();
+    }
+    // A fault in the writer: the next checkpoint dies of SIGSEGV.
+    wait_until("the bulk checkpoints", Duration::from_secs(10), || {
+        companion(&conn).checkpoint_index == 300
+    });
+    let ok_before = companion(&conn).checkpoints;
+    conn.inject("kv", FailKind::Segv, FailPoint::Checkpoint)
+        .unwrap();
+    let mut n = 0i64;
+    for _ in 0..25 {
+        n += 1;
+        assert_eq!(kv.incr("n", 1).unwrap(), n);
+    }
+    let server = server_pid(&conn, "kv");
+    wait_until("the faulting writer gone", Duration::from_secs(10), || {
+        descendants(server).is_empty()
+    });
+    assert_eq!(
+        companion(&conn).checkpoints,
+        ok_before,
+        "a faulted checkpoint is not taken"
+    );
+    // SIGKILLs of the writer mid-checkpoint.
+    let mut killed = 0;
+    for _ in 0..600 {
+        n += 1;
+        assert_eq!(kv.incr("n", 1).unwrap(), n);
+        if let Some(child) = descendants(server).first() {
+            let _ = txipc_sys::process::kill(*child, rustix::process::Signal::KILL);
+            killed += 1;
+        }
+    }
+    assert!(killed > 0, "no checkpoint writer seen");
+    let before = companion(&conn).checkpoints;
+    for _ in 0..40 {
+        n += 1;
+        assert_eq!(kv.incr("n", 1).unwrap(), n);
+    }
+    wait_until(
+        "a checkpoint after the kills",
+        Duration::from_secs(10),
+        || companion(&conn).checkpoints > before,
+    );
+    kill_and_wait(&conn);
+    assert_eq!(counter(kv.get("n").unwrap()), n);
+    assert_eq!(kv.stats().unwrap().keys, 301);
+    assert_eq!(
+        info(&conn).restarts,
+        1,
+        "the writer's deaths are not the server's"
+    );
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
+fn demo(args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(exe())
+        .arg("demo")
+        .args(args)
+        .args(["--json", "--quiet", "--policy", "companion"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| {
+        panic!(
+            "demo printed no JSON ({e}): stdout {stdout}\nstderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success(), "{v}");
+    v
+}
+
+fn check_exactly_once(v: &serde_json::Value, min_faults: u64) {
+    assert_eq!(v["state_verified"], true, "{v}");
+    assert_eq!(v["lost_updates"], 0, "{v}");
+    assert_eq!(v["duplicated_updates"], 0, "{v}");
+    assert_eq!(v["divergent_keys"], 0, "{v}");
+    assert_eq!(v["failed_requests"], 0, "{v}");
+    assert!(v["faults_injected"].as_u64().unwrap() >= min_faults, "{v}");
+    assert!(v["requests"].as_u64().unwrap() > 1000, "{v}");
+}
+
+/// Hundreds of SIGKILLs at random instants while 8 client processes run counters,
+/// compare-and-swap chains and puts, under companion: nothing lost or duplicated, no call hangs.
+#[test]
+fn sigkill_storm_companion() {
+    let v = demo(&[
+        "--seconds",
+        "10",
+        "--clients",
+        "8",
+        "--faults",
+        "sigkill",
+        "--fault-interval-ms",
+        "20",
+        "--seed",
+        "11",
+    ]);
+    check_exactly_once(&v, 300);
+}
+
+/// Every fail point kind at every point of a call, and SIGKILLs, at random instants.
+#[test]
+fn fail_point_storm_companion() {
+    let v = demo(&[
+        "--seconds",
+        "6",
+        "--clients",
+        "8",
+        "--faults",
+        "sigkill,panic,segv,abort,hang,exit",
+        "--fault-interval-ms",
+        "40",
+        "--seed",
+        "12",
+    ]);
+    check_exactly_once(&v, 80);
+}
