@@ -91,6 +91,10 @@ pub enum BenchCmd {
         /// CPU of the client (`none`: not pinned).
         #[arg(long, default_value = "0")]
         client_cpu: String,
+        /// `txipc` (kv on the recoverable heap) or `companion` (kv-plain: the last checkpoint
+        /// restored and the log behind it replayed; `--heap-mb` sizes its state).
+        #[arg(long, default_value = "txipc")]
+        policy: String,
     },
     /// SVG plots (`kv_throughput.svg`, `recovery.svg`) and markdown tables from saved JSON
     /// reports of `bench kv` and `bench recovery`.
@@ -356,8 +360,13 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
             seed,
             server_cpu,
             client_cpu,
+            policy,
         } => {
             use crate::recovery::Fault;
+            check(
+                policy == "txipc" || policy == "companion",
+                "--policy is `txipc` or `companion` for bench recovery",
+            )?;
             check(runs >= 1, "--runs must be at least 1")?;
             check(
                 (0.0..=0.95).contains(&fill),
@@ -382,6 +391,7 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                 seed,
                 server_cpu: parse_cpu(&server_cpu)?,
                 client_cpu: parse_cpu(&client_cpu)?,
+                policy,
             };
             let r = crate::recovery::run(exe, &cfg, |m| eprintln!("bench recovery: {m}"))?;
             table_text(json, &crate::recovery::table(&r));

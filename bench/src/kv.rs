@@ -42,6 +42,12 @@ pub enum Variant {
     Page,
     /// Policy `txipc`, page tracking, group commit of up to this many requests.
     PageBatch(u32),
+    /// Policy `none` on `kv-plain` (state in ordinary Rust collections): the baseline of
+    /// `companion`, the same server code without the companion.
+    PlainNone,
+    /// Policy `companion` on `kv-plain`, checkpoints on (manifest defaults: every 50,000
+    /// logged requests or 1 s, and when the log is 3/4 full).
+    Companion,
 }
 
 impl Variant {
@@ -53,14 +59,33 @@ impl Variant {
             Variant::Txipc => "txipc".into(),
             Variant::Page => "page".into(),
             Variant::PageBatch(n) => format!("page+batch{n}"),
+            Variant::PlainNone => "none-plain".into(),
+            Variant::Companion => "companion".into(),
         }
     }
 
     fn policy(self) -> &'static str {
         match self {
-            Variant::None => "none",
+            Variant::None | Variant::PlainNone => "none",
             Variant::Restart => "restart",
+            Variant::Companion => "companion",
             _ => "txipc",
+        }
+    }
+
+    /// The built-in server it runs.
+    fn builtin(self) -> &'static str {
+        match self {
+            Variant::PlainNone | Variant::Companion => "kv-plain",
+            _ => "kv",
+        }
+    }
+
+    /// The variant its loss is measured against: the same server code under `none`.
+    fn baseline(self) -> Variant {
+        match self {
+            Variant::PlainNone | Variant::Companion => Variant::PlainNone,
+            _ => Variant::None,
         }
     }
 
@@ -69,7 +94,7 @@ impl Variant {
         match self {
             Variant::Page | Variant::PageBatch(_) => "page",
             Variant::Txipc => "typed",
-            Variant::None | Variant::Restart => "off",
+            Variant::None | Variant::Restart | Variant::PlainNone | Variant::Companion => "off",
         }
     }
 
@@ -109,6 +134,10 @@ pub fn parse_policies(s: &str, batch: u32) -> Result<Vec<Variant>> {
                     add(Variant::PageBatch(batch));
                 }
             }
+            "companion" => {
+                add(Variant::PlainNone);
+                add(Variant::Companion);
+            }
             "all" => {
                 for x in [Variant::Txipc, Variant::Page, Variant::Restart] {
                     add(x);
@@ -116,8 +145,12 @@ pub fn parse_policies(s: &str, batch: u32) -> Result<Vec<Variant>> {
                 if batch > 1 {
                     add(Variant::PageBatch(batch));
                 }
+                add(Variant::PlainNone);
+                add(Variant::Companion);
             }
-            other => bail!("unknown policy `{other}`: use none, restart, txipc, page or all"),
+            other => {
+                bail!("unknown policy `{other}`: use none, restart, txipc, page, companion or all")
+            }
         }
     }
     Ok(v)
@@ -170,6 +203,9 @@ pub struct KvResult {
     pub workload: Workload,
     /// `none`, `restart`, `txipc` (typed tracking), `page`, `page+batchN`.
     pub policy: String,
+    /// The variant the losses are measured against (`none`, or `none-plain` for `companion`:
+    /// the same server code without recovery).
+    pub baseline: String,
     /// The manifest's policy.
     pub manifest_policy: &'static str,
     /// The manifest's tracking.
@@ -237,7 +273,8 @@ fn manifest(cfg: &KvConfig, w: Workload, v: Variant) -> String {
     // A scan of 100 records must fit one reply.
     let reply_max = (101 * (cfg.value_size + 64) + 4096).max(64 * 1024);
     format!(
-        "name = \"bench\"\n[[server]]\nname = \"kv\"\nbuiltin = \"kv\"\npolicy = \"{}\"\ntracking = \"{}\"\nbatch_max = {}\nheap_mb = {}\nlog_mb = 64\ndeadline_ms = 30000\nslots = 2\nrequest_max = {}\nreply_max = {reply_max}\n{cpu}[[grant]]\nclient = \"*\"\nservice = \"kv\"\n",
+        "name = \"bench\"\n[[server]]\nname = \"kv\"\nbuiltin = \"{}\"\npolicy = \"{}\"\ntracking = \"{}\"\nbatch_max = {}\nheap_mb = {}\nlog_mb = 64\ndeadline_ms = 30000\nslots = 2\nrequest_max = {}\nreply_max = {reply_max}\n{cpu}[[grant]]\nclient = \"*\"\nservice = \"kv\"\n",
+        v.builtin(),
         v.policy(),
         v.manifest_tracking(),
         v.batch_max(),
@@ -495,9 +532,20 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
             progress(&format!("{line} ops/s"));
         }
         drop(streams);
-        let base = systems[0].rounds.clone();
-        let base_unstalled = systems[0].rounds_unstalled.clone();
-        for s in &mut systems {
+        let baseline = |v: Variant| {
+            systems
+                .iter()
+                .position(|s| s.variant == v.baseline())
+                .unwrap_or(0)
+        };
+        let bases: Vec<(Vec<f64>, Vec<f64>)> = systems
+            .iter()
+            .map(|s| {
+                let b = &systems[baseline(s.variant)];
+                (b.rounds.clone(), b.rounds_unstalled.clone())
+            })
+            .collect();
+        for (s, (base, base_unstalled)) in systems.iter_mut().zip(bases) {
             let mut rounds = s.rounds.clone();
             let mut losses: Vec<f64> = s
                 .rounds
@@ -509,6 +557,7 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
             out.push(KvResult {
                 workload: w,
                 policy: s.variant.label(),
+                baseline: s.variant.baseline().label(),
                 manifest_policy: s.variant.policy(),
                 tracking: s.variant.tracking(),
                 batch_max: s.variant.batch_max(),
@@ -575,7 +624,7 @@ pub fn table(results: &[KvResult]) -> String {
         "| workload | policy | ops/s | loss vs none | ops/s unstalled | loss unstalled | p50 µs | p99 µs | errors |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in results {
-        let (loss, loss_u) = if r.policy == "none" {
+        let (loss, loss_u) = if r.policy == r.baseline {
             ("—".to_string(), "—".to_string())
         } else {
             (
@@ -586,7 +635,11 @@ pub fn table(results: &[KvResult]) -> String {
         t.push_str(&format!(
             "| {} | {} | {:.0} | {} | {:.0} | {} | {:.1} | {:.1} | {} |\n",
             r.workload.as_str().to_uppercase(),
-            r.policy,
+            if r.baseline == "none" || r.policy == r.baseline {
+                r.policy.clone()
+            } else {
+                format!("{} (vs {})", r.policy, r.baseline)
+            },
             r.ops_per_sec,
             loss,
             r.ops_per_sec_unstalled,

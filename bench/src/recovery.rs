@@ -2,7 +2,10 @@
 //! client sees it.
 //!
 //! One system, one kv server under policy `txipc` with a heap of the requested size, filled to
-//! a fraction (default 80%) with 32 KiB values. Before every run the whole key space is read
+//! a fraction (default 80%) with 32 KiB values. With `--policy companion` the server is
+//! `kv-plain` (ordinary Rust state) and `--heap-mb` is the size of its state: recovery then
+//! restores the last checkpoint and replays the log behind it, and each sample records how
+//! many log records were replayed. Before every run the whole key space is read
 //! back (a scan), so the running incarnation has the populated heap *mapped*: its page tables
 //! are as large as they get, which is what makes the dying process's address-space teardown
 //! expensive.
@@ -88,6 +91,8 @@ pub struct RecoveryConfig {
     pub server_cpu: Option<usize>,
     /// CPU of the client.
     pub client_cpu: Option<usize>,
+    /// `txipc` (kv, recoverable heap) or `companion` (kv-plain: checkpoint + log replay).
+    pub policy: String,
 }
 
 /// One fault and its recovery.
@@ -103,6 +108,8 @@ pub struct Sample {
     pub kernel_us: Option<f64>,
     /// Generation before and after.
     pub generation: (u64, u64),
+    /// Policy companion: log records replayed, and the server's own restore + replay time, µs.
+    pub replayed: Option<(u64, u64)>,
 }
 
 /// Percentiles of one group of samples.
@@ -183,8 +190,13 @@ fn manifest(cfg: &RecoveryConfig) -> String {
     let cpu = cfg
         .server_cpu
         .map_or(String::new(), |c| format!("cpu = {c}\n"));
+    let (builtin, policy) = if cfg.policy == "companion" {
+        ("kv-plain", "companion")
+    } else {
+        ("kv", "txipc")
+    };
     format!(
-        "name = \"bench\"\n[[server]]\nname = \"kv\"\nbuiltin = \"kv\"\npolicy = \"txipc\"\ntracking = \"typed\"\nheap_mb = {}\ndeadline_ms = 5000\nretry_limit = 3\nslots = 1\nrequest_max = {}\nreply_max = {}\n{cpu}[server.restart]\nmin_interval_ms = 0\nmax_restarts = 100000\nwindow_ms = 1000\n[[grant]]\nclient = \"*\"\nservice = \"kv\"\n",
+        "name = \"bench\"\n[[server]]\nname = \"kv\"\nbuiltin = \"{builtin}\"\npolicy = \"{policy}\"\ntracking = \"typed\"\nheap_mb = {}\ndeadline_ms = 5000\nretry_limit = 3\nslots = 1\nrequest_max = {}\nreply_max = {}\n{cpu}[server.restart]\nmin_interval_ms = 0\nmax_restarts = 100000\nwindow_ms = 1000\n[[grant]]\nclient = \"*\"\nservice = \"kv\"\n",
         cfg.heap_mb,
         FILL_VALUE + 4096,
         (SCAN_CHUNK as usize + 1) * (FILL_VALUE + 256) + 4096,
@@ -198,7 +210,13 @@ fn call_err(e: impl std::fmt::Display) -> anyhow::Error {
 /// Fills the heap to `cfg.fill` with 32 KiB values; returns (keys, used bytes, size).
 fn fill(kv: &KvClient<Channel>, cfg: &RecoveryConfig) -> Result<(u64, u64, u64)> {
     let st = kv.stats().map_err(call_err)?;
-    let target = (st.heap_size as f64 * cfg.fill) as u64;
+    // A server with ordinary state (kv-plain) has no heap: `--heap-mb` sizes its state.
+    let size = if st.heap_size == 0 {
+        cfg.heap_mb << 20
+    } else {
+        st.heap_size
+    };
+    let target = (size as f64 * cfg.fill) as u64;
     let mut rng = Rng::new(cfg.seed ^ 0xF111);
     let mut value = vec![0u8; FILL_VALUE];
     crate::ycsb::fill_value(&mut rng, &mut value);
@@ -211,7 +229,7 @@ fn fill(kv: &KvClient<Channel>, cfg: &RecoveryConfig) -> Result<(u64, u64, u64)>
                 Ok(_) => keys += 1,
                 Err(txipc_service::Error::Service(kv_api::KvError::Full { .. })) => {
                     let st = kv.stats().map_err(call_err)?;
-                    return Ok((keys, st.heap_used, st.heap_size));
+                    return Ok((keys, st.heap_used, size));
                 }
                 Err(e) => bail!("filling the heap: {e}"),
             }
@@ -219,7 +237,7 @@ fn fill(kv: &KvClient<Channel>, cfg: &RecoveryConfig) -> Result<(u64, u64, u64)>
         used = kv.stats().map_err(call_err)?.heap_used;
     }
     let st = kv.stats().map_err(call_err)?;
-    Ok((keys, st.heap_used, st.heap_size))
+    Ok((keys, st.heap_used, size))
 }
 
 /// Reads every value back, so the running incarnation maps the whole populated heap.
@@ -399,26 +417,30 @@ pub fn run(
             };
             let exit_ns = exit.and_then(|h| h.join().ok().flatten());
             let (_, g1) = wait_running(&sys)?;
-            let kernel_us = sys
-                .ps()?
-                .into_iter()
-                .find(|s| s.name == "kv")
-                .and_then(|s| s.last_recovery_us);
+            let info = sys.ps()?.into_iter().find(|s| s.name == "kv");
+            let kernel_us = info.as_ref().and_then(|s| s.last_recovery_us);
+            let replayed = info
+                .and_then(|s| s.companion)
+                .map(|c| (c.last_replayed, c.last_replay_us));
             let sample = Sample {
                 fault,
                 recovery_us: t_reply.saturating_sub(from) as f64 / 1e3,
                 old_exit_us: exit_ns.map(|e| e.saturating_sub(from) as f64 / 1e3),
                 kernel_us,
                 generation: (g0, g1),
+                replayed,
             };
             progress(&format!(
-                "{} run {}/{}: recovered in {:.0} µs (old incarnation gone after {} µs, kernel {} µs)",
+                "{} run {}/{}: recovered in {:.0} µs (old incarnation gone after {} µs, kernel {} µs{})",
                 fault.as_str(),
                 run + 1,
                 cfg.runs,
                 sample.recovery_us,
                 sample.old_exit_us.map_or("?".into(), |v| format!("{v:.0}")),
                 sample.kernel_us.map_or("?".into(), |v| format!("{v:.0}")),
+                sample.replayed.map_or(String::new(), |(n, us)| format!(
+                    ", {n} log records replayed, restore + replay {us} µs"
+                )),
             ));
             samples.push(sample);
         }
@@ -473,6 +495,24 @@ pub fn table(r: &RecoveryReport) -> String {
         "self-detected (segv+panic)",
         summarize(&r.samples, |s| s.fault.self_detected()),
     );
+    let mut replayed: Vec<f64> = r
+        .samples
+        .iter()
+        .filter_map(|s| s.replayed.map(|(n, _)| n as f64))
+        .collect();
+    let mut replay_us: Vec<f64> = r
+        .samples
+        .iter()
+        .filter_map(|s| s.replayed.map(|(_, us)| us as f64))
+        .collect();
+    if !replayed.is_empty() {
+        let max = replayed.iter().copied().fold(0.0, f64::max);
+        t.push_str(&format!(
+            "\npolicy companion: log records replayed per recovery p50 {:.0} (max {max:.0}); the server's restore + replay p50 {:.0} µs\n",
+            crate::median(&mut replayed),
+            crate::median(&mut replay_us),
+        ));
+    }
     t
 }
 
@@ -487,6 +527,7 @@ pub fn json(r: &RecoveryReport) -> serde_json::Value {
         "max_us": all.max_us,
         "runs": all.runs,
         "heap_mb": r.config.heap_mb,
+        "policy": r.config.policy,
         "heap_used_bytes": r.heap_used_bytes,
         "fill_keys": r.fill_keys,
         "rewarm_ms": r.rewarm_ms,
