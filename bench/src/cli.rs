@@ -66,6 +66,14 @@ pub enum BenchCmd {
         /// CPU of the client threads (`none`: not pinned).
         #[arg(long, default_value = "0")]
         client_cpu: String,
+        /// Policy companion: checkpoint after this many logged requests (the manifest's
+        /// `checkpoint_every`).
+        #[arg(long, default_value_t = 50_000)]
+        checkpoint_every: u64,
+        /// Policy companion: checkpoint this many ms after the last one (`checkpoint_ms`; 0:
+        /// only by count and by a full log).
+        #[arg(long, default_value_t = 1000)]
+        checkpoint_ms: u64,
     },
     /// Fault → first reply of the new incarnation, measured by a client, on a kv server whose
     /// heap is filled and mapped: SIGKILL, and self-detected faults (SIGSEGV, panic).
@@ -216,6 +224,8 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
             seed,
             server_cpu,
             client_cpu,
+            checkpoint_every,
+            checkpoint_ms,
         } => {
             check(
                 (1..=64).contains(&batch),
@@ -243,6 +253,8 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                 seed,
                 server_cpu: parse_cpu(&server_cpu)?,
                 client_cpu: parse_cpu(&client_cpu)?,
+                checkpoint_every: checkpoint_every.max(1),
+                checkpoint_ms,
             };
             let results = crate::kv::run(exe, &cfg, |m| eprintln!("bench kv: {m}"))?;
             table_text(json, &crate::kv::table(&results));

@@ -194,6 +194,10 @@ pub struct KvConfig {
     pub server_cpu: Option<usize>,
     /// CPU the client threads are pinned to.
     pub client_cpu: Option<usize>,
+    /// Policy companion: the manifest's `checkpoint_every`.
+    pub checkpoint_every: u64,
+    /// Policy companion: the manifest's `checkpoint_ms`.
+    pub checkpoint_ms: u64,
 }
 
 /// The result of one workload under one server configuration.
@@ -255,6 +259,15 @@ pub struct KvResult {
     pub load_ops_per_sec: f64,
     /// Calls that failed (none expected: no faults are injected).
     pub errors: u64,
+    /// Policy companion: checkpoints taken during the measured rounds, and the longest stall
+    /// (fork) one caused, µs.
+    pub checkpoints: Option<(u64, u64)>,
+}
+
+/// Checkpoints the kv server of `p` has taken so far, and its longest stall.
+fn checkpoints_of(p: &SystemProcess) -> Option<(u64, u64)> {
+    let c = p.connect().ok()?.ps().ok()?.into_iter().next()?.companion?;
+    Some((c.checkpoints, c.max_stall_us))
 }
 
 fn heap_mb(cfg: &KvConfig, w: Workload) -> u64 {
@@ -272,8 +285,16 @@ fn manifest(cfg: &KvConfig, w: Workload, v: Variant) -> String {
         .map_or(String::new(), |c| format!("cpu = {c}\n"));
     // A scan of 100 records must fit one reply.
     let reply_max = (101 * (cfg.value_size + 64) + 4096).max(64 * 1024);
+    let checkpoints = if v == Variant::Companion {
+        format!(
+            "checkpoint_every = {}\ncheckpoint_ms = {}\n",
+            cfg.checkpoint_every, cfg.checkpoint_ms
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "name = \"bench\"\n[[server]]\nname = \"kv\"\nbuiltin = \"{}\"\npolicy = \"{}\"\ntracking = \"{}\"\nbatch_max = {}\nheap_mb = {}\nlog_mb = 64\ndeadline_ms = 30000\nslots = 2\nrequest_max = {}\nreply_max = {reply_max}\n{cpu}[[grant]]\nclient = \"*\"\nservice = \"kv\"\n",
+        "name = \"bench\"\n[[server]]\nname = \"kv\"\nbuiltin = \"{}\"\npolicy = \"{}\"\ntracking = \"{}\"\nbatch_max = {}\nheap_mb = {}\nlog_mb = 64\ndeadline_ms = 30000\nslots = 2\nrequest_max = {}\nreply_max = {reply_max}\n{checkpoints}{cpu}[[grant]]\nclient = \"*\"\nservice = \"kv\"\n",
         v.builtin(),
         v.policy(),
         v.manifest_tracking(),
@@ -494,6 +515,8 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
             .collect();
         let n = systems.len();
         let slices = (cfg.ops / cfg.slice_ops.max(1)).max(1);
+        let checkpoints_before: Vec<Option<(u64, u64)>> =
+            systems.iter().map(|s| checkpoints_of(&s._proc)).collect();
         for r in 0..cfg.rounds as usize {
             // A round is `slices` short slices per system, interleaved (the order rotated every
             // slice and every round), so that a change of the machine's speed hits every
@@ -545,7 +568,12 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
                 (b.rounds.clone(), b.rounds_unstalled.clone())
             })
             .collect();
-        for (s, (base, base_unstalled)) in systems.iter_mut().zip(bases) {
+        for ((s, (base, base_unstalled)), before) in
+            systems.iter_mut().zip(bases).zip(checkpoints_before)
+        {
+            let checkpoints = checkpoints_of(&s._proc)
+                .zip(before)
+                .map(|((n, stall), (n0, _))| (n - n0, stall));
             let mut rounds = s.rounds.clone();
             let mut losses: Vec<f64> = s
                 .rounds
@@ -604,6 +632,7 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
                 loss_vs_none_pct_rounds: loss_rounds,
                 load_ops_per_sec: s.load_ops_per_sec,
                 errors: s.errors,
+                checkpoints,
             });
         }
         // Shut the systems down one by one (each waits for its kernel to exit).
@@ -648,6 +677,15 @@ pub fn table(results: &[KvResult]) -> String {
             r.p99_ns as f64 / 1e3,
             r.errors
         ));
+    }
+    for r in results {
+        if let Some((n, stall)) = r.checkpoints {
+            t.push_str(&format!(
+                "\n{} {}: {n} checkpoints during the measured rounds; longest checkpoint stall (fork) {stall} µs",
+                r.workload.as_str().to_uppercase(),
+                r.policy
+            ));
+        }
     }
     t
 }

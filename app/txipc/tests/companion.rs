@@ -259,7 +259,7 @@ fn checkpoints_during_load_keep_every_update() {
         assert_eq!(counter(kv.get(format!("w{w}")).unwrap()), 400);
     }
     let c = companion(&conn);
-    assert!(c.checkpoints >= 10, "{c:?}");
+    assert!(c.checkpoints >= 2, "{c:?}");
     assert!(c.max_stall_us > 0, "{c:?}");
     drop((kv, conn));
     sys.shutdown().unwrap();

@@ -554,6 +554,10 @@ impl PlainLoop<'_> {
         if process::die_with_parent(parent).is_err() {
             std::process::exit(71);
         }
+        // The writer yields to the server and its clients: it works in the CPU time they
+        // leave (on two CPUs an equal share would take one from a spinning server or client).
+        let _ = rustix::process::setpriority_process(None, 19);
+        let _ = process::pin_to_cpu_set_all();
         let t0 = Instant::now();
         let w = self.log.as_ref().expect("logging");
         let meta = SnapshotMeta {
