@@ -118,7 +118,17 @@ fn a_stopped_zygote_does_not_hold_recovery() {
 
 #[test]
 fn a_server_that_does_not_read_cannot_block_the_kernel() {
-    let sys = faulty("full");
+    let sys = boot(
+        "full",
+        &("max_channels_per_client = 1000\n".to_string()
+            + &server(
+                "f",
+                "faulty",
+                "txipc",
+                "deadline_ms = 200\nmax_channels = 2000",
+            )
+            + &grant("*", "f")),
+    );
     let conn = sys.connect().unwrap();
     let f = FaultyClient::new(open(&conn, "f"));
     assert_eq!(f.add(0, 1, Fault::None, 0).unwrap(), 1);

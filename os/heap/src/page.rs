@@ -80,18 +80,37 @@ fn attached(base: usize) -> bool {
 /// It holds only the heap's base address, so it can itself be stored in the heap. It refuses
 /// to allocate (returns `AllocError`) when the heap is not attached in this process or is
 /// attached with [`Tracking::Typed`] (whose writes must be logged one by one).
+///
+/// It is neither `Send` nor `Sync`: the allocator's metadata in the heap is not atomic, so two
+/// threads allocating through handles to the same heap would race on it. A heap is used by
+/// the one thread that serves it.
+///
+/// ```compile_fail
+/// fn needs_send<T: Send>() {}
+/// needs_send::<txipc_heap::HeapAlloc>();
+/// ```
+///
+/// ```compile_fail
+/// fn needs_sync<T: Sync>() {}
+/// needs_sync::<txipc_heap::HeapAlloc>();
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct HeapAlloc {
     base: usize,
+    /// Not `Send`, not `Sync` (zero-sized).
+    _single_thread: std::marker::PhantomData<*const ()>,
 }
 
-// SAFETY: one integer: the base of the heap it allocates from.
+// SAFETY: one integer, the base of the heap it allocates from, and a zero-sized marker.
 unsafe impl Persistent for HeapAlloc {}
 
 impl HeapAlloc {
     pub(crate) fn new(base: usize) -> HeapAlloc {
-        HeapAlloc { base }
+        HeapAlloc {
+            base,
+            _single_thread: std::marker::PhantomData,
+        }
     }
 
     fn core(&self) -> Option<TxCore> {

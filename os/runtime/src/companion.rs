@@ -25,7 +25,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -196,7 +196,7 @@ pub(crate) fn incarnation_main(
     log: Option<&LogFds>,
     ctl: OwnedFd,
 ) -> ! {
-    if let Err(e) = txipc_sys::crash::install(ctl.as_raw_fd()) {
+    if let Err(e) = txipc_sys::crash::install(&ctl) {
         fatal(&ctl, format!("cannot install the crash reporter: {e}"));
     }
     if let Some(cpu) = config.cpu {

@@ -2,7 +2,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -432,7 +432,7 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
         let _ = fdpass::send(ctl, &proto::encode(&FromServer::Fatal { message }), &[]);
         std::process::exit(74)
     };
-    if let Err(e) = txipc_sys::crash::install(ctl.as_raw_fd()) {
+    if let Err(e) = txipc_sys::crash::install(&ctl) {
         fatal(&ctl, format!("cannot install the crash reporter: {e}"));
     }
     if let Some(cpu) = config.cpu {
@@ -713,6 +713,27 @@ impl Loop<'_> {
             for (i, t) in std::mem::take(&mut self.batch).into_iter().enumerate() {
                 let buf = std::mem::take(&mut self.bufs[i]);
                 self.backlog.push_back((t, buf));
+            }
+            return n;
+        }
+        if n > 1 && self.batch.iter().any(|t| t.attempt > 0) {
+            // A request re-posted after a fault runs alone: the batch it was rolled back with
+            // may have held a poison request, and running it in a batch again would charge it
+            // for someone else's fault once more (poison isolation under group commit). The
+            // others of this batch still run together.
+            let mut keep = 0;
+            for (i, t) in std::mem::take(&mut self.batch).into_iter().enumerate() {
+                let buf = std::mem::take(&mut self.bufs[i]);
+                if t.attempt > 0 {
+                    self.backlog.push_back((t, buf));
+                } else {
+                    self.bufs[keep] = buf;
+                    self.batch.push(t);
+                    keep += 1;
+                }
+            }
+            if keep > 0 {
+                self.run_roots(keep);
             }
             return n;
         }

@@ -143,10 +143,23 @@ extern "C" fn on_fatal_signal(
     }
 }
 
-/// Installs the crash reporter: fatal signals and panics are reported on `report_fd` (a
-/// connected SEQPACKET socket to the kernel, kept open by the caller for the life of the
-/// process), then the process stops itself.
-pub fn install(report_fd: std::os::fd::RawFd) -> std::io::Result<()> {
+/// Installs the crash reporter: fatal signals and panics are reported on `report` (a
+/// connected SEQPACKET socket to the kernel), then the process stops itself.
+///
+/// The reporter keeps its own duplicate of `report`, open for the life of the process, so the
+/// signal handler never writes to a descriptor number that was closed or reused meanwhile. It
+/// refuses anything but a socket. Installing again replaces the descriptor (the old duplicate
+/// stays open: the handler may be running on another thread).
+pub fn install(report: impl std::os::fd::AsFd) -> std::io::Result<()> {
+    let st = rustix::fs::fstat(&report)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
+        return Err(std::io::Error::other(
+            "the crash reporter needs a socket to the kernel",
+        ));
+    }
+    let own = rustix::io::fcntl_dupfd_cloexec(&report, 3)?;
+    // Never closed: the handler may use it until the process ends.
+    let report_fd = std::os::fd::IntoRawFd::into_raw_fd(own);
     REPORT_FD.store(report_fd, Ordering::Release);
     for sig in FATAL {
         // SAFETY: an all-zero sigaction is a valid starting value; every field we rely on is set
@@ -260,20 +273,38 @@ pub mod inject_kind {
     pub const EXIT: u8 = 5;
 }
 
+/// A store to address 8, in the first page, which Linux never maps (`vm.mmap_min_addr`): it
+/// faults in hardware exactly like a null-pointer bug would.
+///
+/// It is an `asm!` store, not a Rust one: a Rust write through a dangling pointer is undefined
+/// behaviour by definition (the compiler may assume it does not happen and remove or move it),
+/// whereas the effect of an `asm!` block is only what the hardware does.
+fn hardware_segv() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the store faults before it writes anything (address 8 is never mapped); the
+    // SIGSEGV handler stops the process, and if it is continued the handler restores the
+    // default action and returns, so the store faults again and the process dies. No memory
+    // Rust knows of is touched; the block clobbers no register it does not declare.
+    unsafe {
+        std::arch::asm!("mov byte ptr [{p}], 1", p = in(reg) 8usize, options(nostack));
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: as above.
+    unsafe {
+        std::arch::asm!("strb wzr, [{p}]", p = in(reg) 8usize, options(nostack));
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    // SAFETY: raise(2) takes no pointers.
+    unsafe {
+        libc::raise(libc::SIGSEGV);
+    }
+}
+
 /// Injects a fault of `kind` (see [`inject_kind`]) right here. Unknown kinds do nothing.
 pub fn inject(kind: u8) {
     match kind {
         inject_kind::PANIC => panic!("txipc: injected panic at a fail point"),
-        inject_kind::SEGV => {
-            // Address 8 lies in the first page, which Linux never maps (vm.mmap_min_addr), so the
-            // store faults in hardware exactly like a null-pointer bug would.
-            let p = 8usize as *mut u8;
-            // SAFETY: this store is *meant* to fault. It never completes: the kernel delivers
-            // SIGSEGV before any memory is written, and our handler stops the process (the
-            // kernel then kills it), so execution never continues past this line with the
-            // store having "happened".
-            unsafe { std::ptr::write_volatile(p, 1) };
-        }
+        inject_kind::SEGV => hardware_segv(),
         inject_kind::ABORT => std::process::abort(),
         inject_kind::HANG => loop {
             std::hint::spin_loop();
