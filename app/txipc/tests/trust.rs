@@ -213,3 +213,36 @@ fn a_runtime_directory_others_can_write_is_refused() {
     assert!(err.contains("mode 0777"), "{err}");
     assert!(!base.join("rt-check.sock").exists());
 }
+
+#[test]
+fn a_server_cannot_shrink_what_the_kernel_maps() {
+    let sys = boot(
+        "sealed",
+        &(server("f", "faulty", "restart", "") + &grant("*", "f")),
+    );
+    let conn = sys.connect().unwrap();
+    let f = FaultyClient::new(open(&conn, "f"));
+    assert_eq!(f.add(0, 5, Fault::None, 0).unwrap(), 5);
+    let pid = server_pid(&conn, "f");
+    // What a hostile (or buggy) incarnation could do with the descriptors it was given.
+    for name in ["txipc-status-f", "txipc-heap-f", "txipc-log-f"] {
+        let fds = memfds(pid, name);
+        assert!(!fds.is_empty(), "{name}");
+        let fd = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fds[0])
+            .unwrap();
+        assert!(fd.set_len(0).is_err(), "{name} could be shrunk");
+    }
+    // The kernel still reads them: ps, and a recovery (policy restart empties the heap by
+    // punching holes, not by truncating).
+    assert_eq!(conn.ps().unwrap()[0].state, "running");
+    assert!(f.add(0, 1, Fault::Segv, 1).is_err());
+    wait_until("running again", Duration::from_secs(20), || {
+        conn.ps().unwrap()[0].state == "running"
+    });
+    let f = FaultyClient::new(open(&conn, "f"));
+    assert_eq!(f.get(0).unwrap(), 0, "policy restart comes back empty");
+    drop((f, conn));
+    sys.shutdown().unwrap();
+}

@@ -3,17 +3,18 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 
-use rustix::fs::MemfdFlags;
 use rustix::mm::{MapFlags, ProtFlags};
 
 use crate::HeapError;
 
 /// Creates a memfd of `size` bytes (sparse: pages cost nothing until touched).
 pub(crate) fn create_memfd(name: &str, size: usize) -> Result<OwnedFd, HeapError> {
-    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC)
-        .map_err(|e| HeapError::sys("memfd_create", e))?;
-    rustix::fs::ftruncate(&fd, size as u64).map_err(|e| HeapError::sys("ftruncate", e))?;
-    Ok(fd)
+    // Sealed against shrinking and growing: a server that could shrink its heap or log would
+    // make the kernel's recovery die of SIGBUS.
+    txipc_sys::shm::create_sealed(name, size as u64).map_err(|source| HeapError::Sys {
+        op: "memfd_create",
+        source,
+    })
 }
 
 /// Size in bytes of the file behind `fd`.

@@ -197,12 +197,11 @@ impl Server {
 
     /// Empties the heap and the undo log (sparse again); the next incarnation formats them.
     pub(crate) fn reset_heap(&mut self) {
+        // The memfds are sealed (no shrinking): punch their contents out instead.
         let size = self.config.heap_size;
-        let _ = rustix::fs::ftruncate(&self.heap_fd, 0);
-        let _ = rustix::fs::ftruncate(&self.heap_fd, size);
+        let _ = txipc_sys::shm::zero(&self.heap_fd, size);
         let log_size = self.spec.log_mb << 20;
-        let _ = rustix::fs::ftruncate(&self.log_fd, 0);
-        let _ = rustix::fs::ftruncate(&self.log_fd, log_size);
+        let _ = txipc_sys::shm::zero(&self.log_fd, log_size);
         if let Some(c) = &mut self.companion {
             c.reset();
         }

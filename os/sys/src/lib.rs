@@ -22,6 +22,7 @@ pub mod crash;
 pub mod fdpass;
 pub mod keeper;
 pub mod process;
+pub mod shm;
 pub mod status;
 pub mod time;
 pub mod title;

@@ -39,18 +39,16 @@ unsafe impl Sync for StatusPage {}
 impl StatusPage {
     /// Creates a zeroed status page memfd (kernel side).
     pub fn create(name: &str) -> io::Result<OwnedFd> {
-        let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)?;
-        rustix::fs::ftruncate(&fd, PAGE as u64)?;
+        // Sealed: an incarnation that could shrink it would crash the kernel's next read.
+        let fd = crate::shm::create_sealed(name, PAGE as u64)?;
         let page = StatusPage::map_unchecked(fd.as_fd())?;
         page.field(0).store(MAGIC, Ordering::Release);
         Ok(fd)
     }
 
     fn map_unchecked(fd: impl AsFd) -> io::Result<StatusPage> {
-        let st = rustix::fs::fstat(&fd)?;
-        if (st.st_size as usize) < PAGE {
-            return Err(io::Error::other("status page memfd is smaller than a page"));
-        }
+        crate::shm::check_sealed(&fd, PAGE as u64)
+            .map_err(|e| io::Error::other(format!("status page: {e}")))?;
         // SAFETY: a fresh shared mapping of PAGE bytes of a memfd at least that large; the kernel
         // picks the address, so nothing existing is replaced.
         let ptr = unsafe {
@@ -168,6 +166,14 @@ mod tests {
         let fd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         assert!(StatusPage::map(&fd).is_err());
         rustix::fs::ftruncate(&fd, 4096).unwrap();
+        // Unsealed: refused even with the right magic.
         assert!(StatusPage::map(&fd).is_err());
+        let sealed = crate::shm::create_sealed("y", 4096).unwrap();
+        assert!(StatusPage::map(&sealed).is_err(), "no magic");
+        let page = StatusPage::create("z").unwrap();
+        assert!(
+            rustix::fs::ftruncate(&page, 0).is_err(),
+            "a peer cannot shrink it"
+        );
     }
 }
