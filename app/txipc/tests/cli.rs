@@ -679,3 +679,57 @@ fn process_names_say_what_runs() {
     drop(conn);
     drop(sys);
 }
+
+/// The README's tour, as written, in a fresh shell (`bash -e`, its own runtime directory): every
+/// line runs without error, and the kill is recovered with the state kept. The install lines are
+/// replaced by this build's binary on PATH.
+#[test]
+fn the_readme_tour_runs() {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"),
+    )
+    .unwrap();
+    let tour = &readme[readme.find("## A short tour").expect("the tour section")..];
+    let start = tour.find("```sh\n").expect("a sh block") + 6;
+    let block = &tour[start..start + tour[start..].find("```").unwrap()];
+    let bin_dir = exe().parent().unwrap().to_str().unwrap().to_owned();
+    let mut script = format!("set -euo pipefail\nexport PATH={bin_dir}:$PATH\n");
+    for line in block.lines() {
+        if line.starts_with("cargo build") || line.starts_with("export PATH") {
+            continue;
+        }
+        script.push_str(line);
+        script.push('\n');
+    }
+    assert!(script.contains("txipc stop"), "the tour stops its system");
+    let dir = std::env::temp_dir().join(format!("txipc-tour-{}", std::process::id()));
+    /// Stops the tour's system if the script failed before its `txipc stop`, then removes the
+    /// runtime directory.
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new(exe())
+                .args(["stop", "--timeout", "10s"])
+                .env("TXIPC_RUNTIME_DIR", &self.0)
+                .output();
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let o = Command::new("bash")
+        .args(["-c", &script])
+        .env("TXIPC_RUNTIME_DIR", &dir)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "the tour failed: {}\n--- script\n{script}--- stdout\n{out}--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("killed by SIGKILL"), "{out}");
+    assert!(out.contains("stopped"), "{out}");
+}
