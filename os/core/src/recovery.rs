@@ -23,6 +23,26 @@ pub enum LogState {
     Aborted(u64),
 }
 
+/// A transaction id in words: `GENERATION.SEQUENCE` (the runtime numbers an incarnation's
+/// transactions from `generation << 40`).
+pub fn txid_words(txid: u64) -> String {
+    format!("{}.{}", txid >> 40, txid & ((1 << 40) - 1))
+}
+
+impl std::fmt::Display for LogState {
+    /// For the kernel's log: `transaction 1.4 had committed`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            LogState::Idle => f.write_str("no transaction yet"),
+            LogState::Active(t) => write!(f, "transaction {} was running", txid_words(t)),
+            LogState::Committed(t) => write!(f, "transaction {} had committed", txid_words(t)),
+            LogState::Aborted(t) => {
+                write!(f, "transaction {} was already rolled back", txid_words(t))
+            }
+        }
+    }
+}
+
 /// Facts about one slot found TAKEN by the dead incarnation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TakenSlot {
@@ -236,6 +256,19 @@ mod tests {
         in_committed_batch: false,
         attempt: 0,
     };
+
+    #[test]
+    fn log_states_in_words() {
+        assert_eq!(
+            LogState::Committed((1 << 40) + 4).to_string(),
+            "transaction 1.4 had committed"
+        );
+        assert_eq!(
+            LogState::Active((3 << 40) + 9).to_string(),
+            "transaction 3.9 was running"
+        );
+        assert_eq!(LogState::Idle.to_string(), "no transaction yet");
+    }
 
     #[test]
     fn committed_reply_is_always_published() {

@@ -58,7 +58,7 @@ impl Kernel {
             .map_or("?", |f| f.cause.as_str())
             .to_string();
         self.log(format!(
-            "{name}: generation {g} failed ({cause}); log {log_state:?}, {undone} records undone"
+            "{name}: generation {g} failed ({cause}); undo log: {log_state}, {undone} records undone"
         ));
         usable
     }
