@@ -127,8 +127,8 @@ pub fn not_found(message: impl Into<String>, json: Value) -> anyhow::Error {
 
 fn call_kind(e: &CallError) -> Kind {
     match e {
-        CallError::Timeout => Kind::Timeout,
-        CallError::Unavailable { .. } => Kind::Unavailable,
+        CallError::Timeout | CallError::Withdrawn { .. } => Kind::Timeout,
+        CallError::Unavailable { .. } | CallError::Interrupted => Kind::Unavailable,
         _ => Kind::Error,
     }
 }

@@ -147,3 +147,26 @@ fn a_server_that_does_not_read_cannot_block_the_kernel() {
     drop((f, chans, conn, other));
     sys.shutdown().unwrap();
 }
+
+#[test]
+fn a_timeout_says_whether_the_request_was_withdrawn() {
+    let sys = boot(
+        "withdrawn",
+        &(server("f", "faulty", "txipc", "deadline_ms = 5000") + &grant("*", "f")),
+    );
+    let conn = sys.connect().unwrap();
+    let mut ch = conn.open("f").unwrap();
+    ch.set_timeout(Some(Duration::from_millis(100)));
+    let f = FaultyClient::new(ch);
+    assert_eq!(f.add(0, 1, Fault::None, 0).unwrap(), 1);
+    stop(info(&conn).pid);
+    // Nobody takes it: withdrawn, did not run, safe to resend.
+    match f.add(0, 1, Fault::None, 0) {
+        Err(txipc_service::Error::Call(e @ txipc_service::CallError::Withdrawn { .. })) => {
+            assert!(e.did_not_run(), "{e}")
+        }
+        other => panic!("expected Withdrawn, got {other:?}"),
+    }
+    drop((f, conn));
+    sys.shutdown().unwrap();
+}

@@ -452,9 +452,6 @@ impl Lifecycle {
             RestartDecision::HoldDown => Some(HoldReason::RestartStorm),
             _ => None,
         };
-        out.push(Command::SettleSlots {
-            held: hold.is_some(),
-        });
         match (hold, decision) {
             (Some(reason), _) => {
                 self.phase = if reason == HoldReason::PolicyNone {
@@ -464,7 +461,10 @@ impl Lifecycle {
                 };
                 self.held = Some(reason);
                 self.restart_at = None;
+                // Hold first: a client woken by the settling sees its channel dead already,
+                // and tells "down" from "restarted".
                 out.push(Command::Hold(reason));
+                out.push(Command::SettleSlots { held: true });
                 if let Some(sb) = self.standby.take() {
                     out.push(Command::Kill(sb));
                 }
@@ -473,12 +473,16 @@ impl Lifecycle {
                 }
             }
             (None, RestartDecision::After(ms)) => {
+                out.push(Command::SettleSlots { held: false });
                 self.restart_at = Some(now_ms + ms);
                 for d in std::mem::take(&mut self.doomed) {
                     out.push(Command::Kill(d));
                 }
             }
-            (None, _) => self.proceed(now_ms, out),
+            (None, _) => {
+                out.push(Command::SettleSlots { held: false });
+                self.proceed(now_ms, out);
+            }
         }
     }
 
@@ -972,8 +976,8 @@ mod tests {
         assert_eq!(
             cmds,
             vec![
-                Command::SettleSlots { held: true },
                 Command::Hold(HoldReason::LogUnusable),
+                Command::SettleSlots { held: true },
                 Command::Kill(2)
             ]
         );

@@ -62,8 +62,11 @@ pub enum FailReason {
     },
     /// The server restarted without its state (policy restart).
     Restarted,
-    /// The server is down for good, or held down.
+    /// The server is down for good, or held down; the request did not run (or was rolled back).
     Unavailable,
+    /// The server failed with the request TAKEN and nothing rolled it back (policy `none`, or
+    /// `restart` held down): it may have taken effect, wholly or partly, and the server is down.
+    Interrupted,
 }
 
 /// What the kernel does with a TAKEN slot.
@@ -90,8 +93,9 @@ pub fn decide_slot(
         return SlotAction::PublishWritten;
     }
     match policy {
-        Policy::None => SlotAction::Fail(FailReason::Unavailable),
-        Policy::Restart if held_down => SlotAction::Fail(FailReason::Unavailable),
+        // Nothing is rolled back under these: a TAKEN request may have half-run.
+        Policy::None => SlotAction::Fail(FailReason::Interrupted),
+        Policy::Restart if held_down => SlotAction::Fail(FailReason::Interrupted),
         Policy::Restart => SlotAction::Fail(FailReason::Restarted),
         // Companion servers are settled by `decide_companion_slot` (their requests are not
         // rolled back but logged); as a TAKEN slot it would be re-posted like txipc's.
@@ -311,13 +315,14 @@ mod tests {
             decide_slot(Policy::Restart, 2, false, T),
             SlotAction::Fail(FailReason::Restarted)
         );
+        // Taken and not rolled back: it may have run (it is not "did not run").
         assert_eq!(
             decide_slot(Policy::Restart, 2, true, T),
-            SlotAction::Fail(FailReason::Unavailable)
+            SlotAction::Fail(FailReason::Interrupted)
         );
         assert_eq!(
             decide_slot(Policy::None, 2, false, T),
-            SlotAction::Fail(FailReason::Unavailable)
+            SlotAction::Fail(FailReason::Interrupted)
         );
     }
 

@@ -19,9 +19,10 @@ pub const HEAP_VERSION: u32 = 1;
 pub const HEAP_DATA_OFFSET: usize = 4096;
 /// Smallest heap.
 pub const MIN_HEAP_SIZE: usize = 64 * 1024;
-/// Start of the default range for heap bases: far above the usual mmap and brk areas and below
-/// the stack, 47-bit user space.
-pub const DEFAULT_BASE: usize = 0x5000_0000_0000;
+/// Start of the default range for heap bases (32 TiB): far above the usual brk area and below
+/// the top-down mmap area and the stack of 47-bit user space. The kernel maps server number `i`
+/// at [`default_base`]`(i)`; 64 servers of at most 1 TiB each end at 96 TiB, below 128 TiB.
+pub const DEFAULT_BASE: usize = 0x2000_0000_0000;
 /// Distance between the default bases of two servers (1 TiB; heaps are at most this large).
 pub const BASE_STRIDE: usize = 1 << 40;
 

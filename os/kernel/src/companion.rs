@@ -230,7 +230,9 @@ pub(crate) fn settle(s: &mut Server, held: bool) -> Recovered {
                 CompanionAction::FailAndSkip(reason) => {
                     let status = match reason {
                         FailReason::Poison { .. } => Status::Aborted,
-                        FailReason::Restarted => Status::Restarted,
+                        // Effect unknown: the client tells "restarted" from "down" by the
+                        // channel's DEAD flag, set before the slots are settled.
+                        FailReason::Restarted | FailReason::Interrupted => Status::Restarted,
                         FailReason::Unavailable => Status::Unavailable,
                     };
                     if c.k.fail_after(snap.slot, snap.seq, status, charged.max(1)) {

@@ -172,7 +172,9 @@ fn settle(
                             s.aborted += 1;
                             Status::Aborted
                         }
-                        FailReason::Restarted => Status::Restarted,
+                        // Effect unknown: the client tells "restarted" from "down" by the
+                        // channel's DEAD flag, set before the slots are settled.
+                        FailReason::Restarted | FailReason::Interrupted => Status::Restarted,
                         FailReason::Unavailable => Status::Unavailable,
                     };
                     if c.k.fail(snap.slot, snap.seq, status) {

@@ -20,10 +20,6 @@ use crate::zygotes::Zygote;
 /// Doorbell event bit: control messages wait on the incarnation's socket.
 pub(crate) const CONTROL_EVENT: u32 = 1;
 
-/// Heaps are mapped at `HEAP_BASE + index * HEAP_STRIDE` in every incarnation.
-pub(crate) const HEAP_BASE: u64 = 0x2000_0000_0000;
-pub(crate) const HEAP_STRIDE: u64 = 0x100_0000_0000;
-
 #[derive(Debug)]
 pub(crate) struct Server {
     pub(crate) spec: ServerSpec,
@@ -135,7 +131,8 @@ impl Server {
             builtin: spec.builtin.clone().unwrap_or_else(|| spec.name.clone()),
             policy: spec.policy,
             tracking: spec.tracking,
-            heap_base: HEAP_BASE + i as u64 * HEAP_STRIDE,
+            // One definition of where heaps live: the heap crate's.
+            heap_base: txipc_heap::default_base(i) as u64,
             heap_size,
             batch_max: spec.batch_max,
             cpu: spec.cpu,

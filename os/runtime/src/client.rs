@@ -387,22 +387,23 @@ pub fn status_to_result(status: Status, attempt: u32) -> Result<(), CallError> {
         }),
         Status::Restarted => Err(CallError::Restarted),
         Status::Unavailable => Err(CallError::Unavailable {
-            reason: "the server is down".into(),
+            reason: "the server is down (policy none, or held); the request did not run".into(),
         }),
-        Status::TooLarge => Err(CallError::TooLarge {
-            what: "reply",
-            len: 0,
-            cap: 0,
-        }),
+        // The channel's reply limit is filled in by `Channel::call`, which knows it.
+        Status::TooLarge => Err(CallError::ReplyTooLarge { cap: 0 }),
         Status::Revoked => Err(CallError::Disconnected("the grant was revoked".into())),
-        Status::Refused => Err(CallError::Unavailable {
-            reason: "the server refused the request".into(),
-        }),
+        Status::Refused => Err(CallError::Refused),
     }
 }
 
 fn chan_error(e: ChanError) -> CallError {
     match e {
+        ChanError::Timeout {
+            after,
+            retracted: true,
+        } => CallError::Withdrawn {
+            after_ms: after.as_millis() as u64,
+        },
         ChanError::Timeout { .. } => CallError::Timeout,
         ChanError::Dead => CallError::Unavailable {
             reason: "the server is down for good (policy none, or held down after a restart storm)"
@@ -425,6 +426,12 @@ impl Transport for Channel {
             .map_err(chan_error)?;
         status_to_result(r.status, r.attempt).map_err(|e| match e {
             CallError::UnknownMethod { .. } => CallError::UnknownMethod { method },
+            CallError::ReplyTooLarge { .. } => CallError::ReplyTooLarge {
+                cap: self.chan.layout().reply_cap as usize,
+            },
+            // "Effect unknown" on a channel the kernel marked dead: the server did not restart,
+            // it is down (the kernel marks the channel dead before it settles the slots).
+            CallError::Restarted if self.chan.is_dead() => CallError::Interrupted,
             other => other,
         })
     }

@@ -75,6 +75,35 @@ pub enum CallError {
     /// The client gave up waiting; the request may still run.
     #[error("no reply within the client's deadline; the request may still run")]
     Timeout,
+    /// The client gave up waiting and withdrew the request before any server took it: it did
+    /// not run, and is safe to send again.
+    #[error(
+        "no reply within the client's deadline of {after_ms} ms; the request was withdrawn before a server took it: it did not run"
+    )]
+    Withdrawn {
+        /// The deadline that expired, in milliseconds.
+        after_ms: u64,
+    },
+    /// The server failed while it had the request and nothing rolled it back (policy `none`,
+    /// or `restart` held down); the server is down. The request may have taken effect, wholly
+    /// or partly.
+    #[error(
+        "the server failed while running the request and is down; the request may have taken effect"
+    )]
+    Interrupted,
+    /// The server refused the request for a reason of its own (e.g. its heap is full); it had
+    /// no effect.
+    #[error("the server refused the request (e.g. out of memory); it had no effect")]
+    Refused,
+    /// The request ran (its effects stand) but its reply did not fit the channel's reply area
+    /// of `cap` bytes, so it was lost.
+    #[error(
+        "the request ran but its reply exceeds the channel's reply limit of {cap} bytes and was lost"
+    )]
+    ReplyTooLarge {
+        /// The channel's reply limit.
+        cap: usize,
+    },
     /// The channel is gone (revoked by the kernel, or the kernel itself is gone).
     #[error("the channel is disconnected: {0}")]
     Disconnected(String),
@@ -87,6 +116,8 @@ impl CallError {
             self,
             CallError::Aborted { .. }
                 | CallError::Unavailable { .. }
+                | CallError::Withdrawn { .. }
+                | CallError::Refused
                 | CallError::Malformed
                 | CallError::UnknownMethod { .. }
                 | CallError::TooLarge {
@@ -442,6 +473,15 @@ mod tests {
         assert!(CallError::Aborted { attempts: 3 }.did_not_run());
         assert!(!CallError::Restarted.did_not_run());
         assert!(!CallError::Timeout.did_not_run());
+        assert!(CallError::Withdrawn { after_ms: 5 }.did_not_run());
+        assert!(!CallError::Interrupted.did_not_run());
+        assert!(CallError::Refused.did_not_run());
+        assert!(!CallError::ReplyTooLarge { cap: 64 }.did_not_run());
+        assert!(
+            CallError::ReplyTooLarge { cap: 64 }
+                .to_string()
+                .contains("64 bytes")
+        );
     }
 
     /// Decoding argument by argument (what the dispatcher does) accepts exactly the bytes that

@@ -9,9 +9,13 @@
 //! | `inject` | kernel (arms) / incarnation (fires, clears) | an armed fail point: fault kind and protocol point |
 //!
 //! Fields are atomics at fixed offsets in a memfd page; a torn or garbage value can only make the
-//! watchdog act early or late on the server that wrote it. Every field has one writer, so the
-//! hot path (two stores per batch) uses plain stores, no read-modify-write and no clock: the
-//! kernel's watchdog times a hang itself, as the same `busy` value seen across its ticks.
+//! watchdog act early or late on the server that wrote it. Every field but `inject` has one
+//! writer (`inject` is armed by the kernel and cleared by the incarnation with a
+//! compare-exchange when it fires), so the hot path (two stores per batch) uses plain stores, no
+//! read-modify-write and no clock: the kernel's watchdog times a hang itself, as the same
+//! `busy` value seen across its ticks, and a request waiting as POSTED while `calls` and `busy`
+//! do not move. The memfd is sealed against shrinking ([`crate::shm`]): an incarnation cannot
+//! make the kernel's reads fault.
 
 use std::io;
 use std::ptr::NonNull;
