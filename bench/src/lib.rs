@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod fs;
+pub mod inject;
 pub mod ipc;
 pub mod kv;
 pub mod nested;

@@ -195,6 +195,9 @@ enum Cmd {
     Man,
     /// Call the bank example (a `bank` server and its account servers).
     Bank(bank::BankArgs),
+    /// A fault-injection campaign with an oracle, under every policy (`--fault`, `--policy`,
+    /// `--runs`, `--seed`; `--replay SEED` reruns one run).
+    Inject(txipc_bench::inject::InjectArgs),
     /// Internal: one demo client process (started by `txipc demo`).
     #[command(name = "__client", hide = true)]
     Client(demo::ClientArgs),
@@ -350,6 +353,11 @@ fn dispatch(cli: Cli) -> Result<Option<Report>> {
         .map(Some),
         Cmd::BankClient(args) => {
             bankdemo::client_main(args, g.system())?;
+            Ok(None)
+        }
+        Cmd::Inject(args) => {
+            let exe = std::env::current_exe().context("locating the txipc binary")?;
+            txipc_bench::inject::run(&exe, args, g.json, g.quiet)?;
             Ok(None)
         }
         Cmd::Zygote => unreachable!("handled before parsing"),

@@ -1,5 +1,12 @@
 //! Fail points: faults the kernel can arm in a server, fired by the runtime at a chosen point of
-//! the commit protocol. They let tests and the demo hit the worst instants on purpose.
+//! the commit protocol, or by a server's handler at one of its own sites. They let tests, the
+//! demo and fault-injection campaigns hit chosen instants on purpose.
+//!
+//! A fail point is one word in the server's status page (written by the kernel, fired and
+//! cleared by the incarnation): `arg << 32 | kind << 16 | site` ([`FailSpec::word`]). Sites 1..=31
+//! belong to the runtime ([`FailPoint`] and [`RUNTIME_SITES`]); a server numbers its own from 32
+//! up. Checking an
+//! unarmed site costs one relaxed load.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,13 +24,17 @@ pub enum FailKind {
     Hang = 4,
     /// `exit(3)`: a death the server does not report.
     Exit = 5,
-    /// Flip a byte of what is being written, after its checksum was computed (a wild write):
-    /// only at [`FailPoint::Checkpoint`], where it corrupts the snapshot a companion writes.
+    /// Flip one bit (chosen by the argument) of the data the site handles: a wrong value, not a
+    /// crash; nothing detects it unless the server checks its own data. At
+    /// [`FailPoint::Checkpoint`] it flips a byte of the snapshot a companion writes, after its
+    /// checksum was computed (a wild write).
     Corrupt = 6,
+    /// Sleep for the argument's milliseconds, then go on.
+    Delay = 7,
 }
 
 impl FailKind {
-    /// Every kind.
+    /// Every kind that stops the server (crash, hang, exit): each one is detected by the kernel.
     pub const ALL: [FailKind; 5] = [
         FailKind::Panic,
         FailKind::Segv,
@@ -40,7 +51,22 @@ impl FailKind {
             FailKind::Hang => "hang",
             FailKind::Exit => "exit",
             FailKind::Corrupt => "corrupt",
+            FailKind::Delay => "delay",
         }
+    }
+
+    /// The kind with wire value `v`.
+    pub fn from_u8(v: u8) -> Option<FailKind> {
+        Some(match v {
+            1 => FailKind::Panic,
+            2 => FailKind::Segv,
+            3 => FailKind::Abort,
+            4 => FailKind::Hang,
+            5 => FailKind::Exit,
+            6 => FailKind::Corrupt,
+            7 => FailKind::Delay,
+            _ => return None,
+        })
     }
 }
 
@@ -82,4 +108,116 @@ impl FailPoint {
         FailPoint::Prepared,
         FailPoint::OnDecide,
     ];
+}
+
+impl FailPoint {
+    /// The site number of this protocol point.
+    pub fn site(self) -> u16 {
+        self as u16
+    }
+}
+
+/// A fail point armed at any site: what, where, and the kind's argument (the bit a `Corrupt`
+/// flips, the milliseconds of a `Delay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailSpec {
+    /// What fault.
+    pub kind: FailKind,
+    /// Where: a [`RUNTIME_SITES`] number or one of the server's own (32 and up).
+    pub site: u16,
+    /// The kind's argument.
+    pub arg: u32,
+}
+
+impl FailSpec {
+    /// The status-page word that arms it (never 0: kinds start at 1).
+    pub fn word(self) -> u64 {
+        u64::from(self.arg) << 32 | u64::from(self.kind as u8) << 16 | u64::from(self.site)
+    }
+
+    /// Decodes a status-page word; `None` for 0 (nothing armed) or an unknown kind.
+    pub fn from_word(w: u64) -> Option<FailSpec> {
+        Some(FailSpec {
+            kind: FailKind::from_u8((w >> 16) as u8)?,
+            site: w as u16,
+            arg: (w >> 32) as u32,
+        })
+    }
+}
+
+/// A place in code where a fail point can fire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Site {
+    /// Its number.
+    pub id: u16,
+    /// Its name in reports (`runtime.before-handle`, `kv.put.value`, ...).
+    pub name: &'static str,
+    /// Whether the site has data that a `Corrupt` fault can flip a bit of.
+    pub data: bool,
+}
+
+/// First site number a server may use for its own sites.
+pub const FIRST_SERVER_SITE: u16 = 32;
+
+/// Runtime site: slot taken, request copied out, transaction not begun (data: the request).
+pub const SITE_AFTER_TAKE: u16 = 7;
+/// Runtime site: handler done, reply not yet written to the slot (data: the reply).
+pub const SITE_BEFORE_REPLY: u16 = 8;
+/// Runtime site: a root batch's replies published, the incarnation not yet idle.
+pub const SITE_PUBLISHED: u16 = 9;
+
+/// The runtime's sites that every call of every server passes, in the order it passes them
+/// (the nested-transaction points fire only in servers that take part in one).
+pub const RUNTIME_SITES: &[Site] = &[
+    Site {
+        id: SITE_AFTER_TAKE,
+        name: "runtime.after-take",
+        data: true,
+    },
+    Site {
+        id: FailPoint::BeforeHandle as u16,
+        name: "runtime.before-handle",
+        data: true,
+    },
+    Site {
+        id: SITE_BEFORE_REPLY,
+        name: "runtime.before-reply",
+        data: true,
+    },
+    Site {
+        id: FailPoint::AfterHandle as u16,
+        name: "runtime.after-handle",
+        data: false,
+    },
+    Site {
+        id: FailPoint::AfterCommit as u16,
+        name: "runtime.after-commit",
+        data: false,
+    },
+    Site {
+        id: SITE_PUBLISHED,
+        name: "runtime.published",
+        data: false,
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_word_roundtrip() {
+        for kind in (1..=7).filter_map(FailKind::from_u8) {
+            let s = FailSpec {
+                kind,
+                site: 40,
+                arg: 0xdead_beef,
+            };
+            assert_ne!(s.word(), 0);
+            assert_eq!(FailSpec::from_word(s.word()), Some(s));
+        }
+        assert_eq!(FailSpec::from_word(0), None);
+        assert_eq!(FailPoint::AfterCommit.site(), 3);
+        assert!(RUNTIME_SITES.iter().all(|s| s.id < FIRST_SERVER_SITE));
+    }
 }

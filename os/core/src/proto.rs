@@ -52,6 +52,15 @@ pub enum Request {
         /// Where.
         point: crate::failpoint::FailPoint,
     },
+    /// Arm the fail point `arm` in a server (any site, with its argument), or disarm with
+    /// `None`, replacing whatever was armed. Answer: [`Response::FailPoint`] with what was armed
+    /// before (`None`: nothing, or it fired).
+    FailPoint {
+        /// The server's name.
+        server: String,
+        /// What to arm.
+        arm: Option<crate::failpoint::FailSpec>,
+    },
     /// Restart a server now, bypassing its restart limits. A running server is stopped and
     /// recovered exactly as after a fault (under `txipc` its in-flight calls are rolled back and
     /// re-run; under `restart` and `none` it comes back empty and they fail); a `held` or `dead`
@@ -121,6 +130,9 @@ pub enum Response {
     Ps(Vec<ServerInfo>),
     /// Done.
     Ok,
+    /// The fail point that was armed before a [`Request::FailPoint`] (`None`: nothing was, or
+    /// it fired).
+    FailPoint(Option<crate::failpoint::FailSpec>),
     /// Refused or failed.
     Error(KernelError),
     /// Answer to [`Request::Status`].

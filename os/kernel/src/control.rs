@@ -37,7 +37,7 @@ impl Kernel {
         }
         let what = match &req {
             Request::Shutdown => "stop the system",
-            Request::Inject { .. } => "inject faults",
+            Request::Inject { .. } | Request::FailPoint { .. } => "inject faults",
             Request::Restart { .. } => "restart a server",
             Request::Release { .. } => "release a server",
             Request::Kill { .. } => "signal a server",
@@ -69,6 +69,24 @@ impl Kernel {
                 self.servers[i].armed = Some((kind, point));
                 self.log(format!("{server}: fail point armed: {kind:?} at {point:?}"));
                 Ok(Response::Ok)
+            }
+            Request::FailPoint { server, arm } => {
+                // Any site, with its argument, or disarm; the answer says what was armed
+                // before (nothing: it fired), which is how a campaign learns activation.
+                let i = self.server_index(&server)?;
+                let prev = self.servers[i]
+                    .status
+                    .swap_fail_word(arm.map_or(0, |f| f.word()));
+                self.servers[i].armed = None;
+                if let Some(f) = arm {
+                    self.log(format!(
+                        "{server}: fail point armed: {:?} at site {} (arg {})",
+                        f.kind, f.site, f.arg
+                    ));
+                }
+                Ok(Response::FailPoint(
+                    txipc_core::failpoint::FailSpec::from_word(prev),
+                ))
             }
             Request::Restart { server } => {
                 let i = self.server_index(&server)?;

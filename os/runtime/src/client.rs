@@ -265,6 +265,25 @@ impl System {
         }
     }
 
+    /// Arms `arm` in `server` (any site, with its argument), or disarms with `None`; returns
+    /// what was armed before (`None`: nothing, or it fired).
+    pub fn fail_point(
+        &self,
+        server: &str,
+        arm: Option<txipc_core::failpoint::FailSpec>,
+    ) -> Result<Option<txipc_core::failpoint::FailSpec>, ClientError> {
+        match self
+            .request(&Request::FailPoint {
+                server: server.into(),
+                arm,
+            })?
+            .0
+        {
+            Response::FailPoint(prev) => Ok(prev),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
     /// Asks the kernel to stop the system (operator only).
     pub fn shutdown(&self) -> Result<(), ClientError> {
         self.expect_ok(&Request::Shutdown)

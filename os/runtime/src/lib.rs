@@ -20,10 +20,12 @@
 
 pub mod client;
 pub mod companion;
+pub mod failpoint;
 pub mod nested;
 mod server;
 
 pub use companion::{PlainBuiltin, PlainInstance, current_session};
+pub use failpoint::{Corrupt, fail_point};
 pub use nested::rollback_request;
 pub use server::{
     Builtin, Instance, Outgoing, StartArgs, TxCell, TxHost, connect, current_attempt, zygote_main,

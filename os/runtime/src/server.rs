@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use txipc_chan::{Doorbell, ServerChannel, Status};
-use txipc_core::failpoint::FailPoint;
+use txipc_core::failpoint::{FailPoint, SITE_AFTER_TAKE, SITE_BEFORE_REPLY, SITE_PUBLISHED};
 use txipc_core::manifest::{Policy, Tracking as ManifestTracking};
 use txipc_core::proto::{
     self, FromServer, FromZygote, ServerConfig, ToServer, ToZygote, ZygoteInit,
@@ -447,8 +447,11 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
     name_process(config, "standby");
     let doorbell = Doorbell::map(fds.doorbell.as_fd())
         .unwrap_or_else(|e| fatal(&ctl, format!("doorbell: {e}")));
-    let status =
-        StatusPage::map(fds.status.as_fd()).unwrap_or_else(|e| fatal(&ctl, format!("status: {e}")));
+    // The status page lives as long as the incarnation; handlers' fail points read it too.
+    let status: &'static StatusPage = Box::leak(Box::new(
+        StatusPage::map(fds.status.as_fd()).unwrap_or_else(|e| fatal(&ctl, format!("status: {e}"))),
+    ));
+    crate::failpoint::install(status);
     let mut chans: Vec<Chan> = Vec::new();
     let mut buf = vec![0u8; proto::MAX_CONTROL_MSG];
     let ctl = Rc::new(ctl);
@@ -585,7 +588,7 @@ struct Loop<'a> {
     instance: Box<dyn Instance>,
     chans: Vec<Chan>,
     doorbell: Doorbell,
-    status: StatusPage,
+    status: &'static StatusPage,
     ctl: Rc<OwnedFd>,
     txid: u64,
     /// Calls completed by every incarnation so far (this one is the only writer now).
@@ -775,9 +778,14 @@ impl Loop<'_> {
             self.txid += 1;
             TXID.with(|t| t.set(self.txid));
             self.status.set_busy(self.txid);
+            if let Some(c) = crate::failpoint::fail_point(SITE_AFTER_TAKE) {
+                c.flip(&mut self.bufs[0]);
+            }
             nested::start(None);
             self.begin(None);
-            self.fail_point(FailPoint::BeforeHandle);
+            if let Some(c) = crate::failpoint::fail_point(FailPoint::BeforeHandle.site()) {
+                c.flip(&mut self.bufs[0]);
+            }
             for i in 0..n {
                 self.run_one(i);
             }
@@ -844,6 +852,7 @@ impl Loop<'_> {
             for t in &self.batch {
                 let _ = self.chans[t.chan].chan.publish(t.slot);
             }
+            crate::failpoint::fail_point(SITE_PUBLISHED);
             let touched = nested::touched();
             if !touched.is_empty() {
                 self.fail_point(FailPoint::AfterPublish);
@@ -1086,12 +1095,11 @@ impl Loop<'_> {
         }
     }
 
-    /// Fires the fail point armed at `point`, if any (one relaxed load otherwise).
+    /// Fires the fail point armed at protocol point `point`, if any (one relaxed load
+    /// otherwise). A `Corrupt` armed here has no data to flip: it does nothing.
     #[inline]
     fn fail_point(&self, point: FailPoint) {
-        if let Some(kind) = self.status.fire(point as u8) {
-            txipc_sys::crash::inject(kind);
-        }
+        crate::failpoint::fail_point(point.site());
     }
 
     /// Opens the transaction of the batch (a participant's sub-transaction of `root`, or its
@@ -1124,7 +1132,12 @@ impl Loop<'_> {
             ATTEMPT.with(|a| a.set(t.attempt));
             let req = &self.bufs[i];
             match self.instance.handle(t.method, req, &mut self.reply) {
-                Ok(()) => Status::Ok,
+                Ok(()) => {
+                    if let Some(c) = crate::failpoint::fail_point(SITE_BEFORE_REPLY) {
+                        c.flip(&mut self.reply);
+                    }
+                    Status::Ok
+                }
                 Err(DispatchError::Malformed { .. }) => {
                     self.reply.clear();
                     Status::Malformed

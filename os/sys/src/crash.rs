@@ -271,6 +271,10 @@ pub mod inject_kind {
     pub const HANG: u8 = 4;
     /// `exit(3)`: death without a signal.
     pub const EXIT: u8 = 5;
+    /// Flip a bit of the site's data (done by the site, not by [`inject`](super::inject)).
+    pub const CORRUPT: u8 = 6;
+    /// Sleep, then go on (done by the runtime, not by [`inject`](super::inject)).
+    pub const DELAY: u8 = 7;
 }
 
 /// A store to address 8, in the first page, which Linux never maps (`vm.mmap_min_addr`): it

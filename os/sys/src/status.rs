@@ -6,7 +6,7 @@
 //! | `busy` | incarnation | transaction id of the batch being handled, 0 when idle |
 //! | `calls` | incarnation | calls completed by all incarnations (committed) |
 //! | `generation` | kernel | generation of the incarnation allowed to run |
-//! | `inject` | kernel (arms) / incarnation (fires, clears) | an armed fail point: fault kind and protocol point |
+//! | `inject` | kernel (arms, disarms) / incarnation (fires, clears) | an armed fail point: `arg << 32 \| kind << 16 \| site` |
 //!
 //! Fields are atomics at fixed offsets in a memfd page; a torn or garbage value can only make the
 //! watchdog act early or late on the server that wrote it. Every field but `inject` has one
@@ -115,28 +115,35 @@ impl StatusPage {
         self.field(1).store(0, Ordering::Relaxed);
         self.field(4).store(g, Ordering::Release);
     }
-    /// Arms a fail point (kernel): the next request that reaches `point` faults with `kind`.
+    /// Arms a fail point (kernel): the next request that reaches protocol point `point` faults
+    /// with `kind`.
     pub fn arm(&self, kind: u8, point: u8) {
-        self.field(6)
-            .store(u64::from(kind) << 8 | u64::from(point), Ordering::Release);
+        self.set_fail_word(u64::from(kind) << 16 | u64::from(point));
     }
     /// The raw fail-point word (0 when nothing is armed or the armed point fired). A value the
     /// incarnation may have written: used only to describe a fault, never to decide one.
     pub fn armed_word(&self) -> u64 {
         self.field(6).load(Ordering::Acquire)
     }
-    /// The armed fail point's kind if it is armed at `point`, disarming it (incarnation). One
+    /// Arms (or, with 0, disarms) the fail point word `arg << 32 | kind << 16 | site` and
+    /// returns the word it replaces: 0 when the previous fail point fired (kernel).
+    pub fn swap_fail_word(&self, word: u64) -> u64 {
+        self.field(6).swap(word, Ordering::AcqRel)
+    }
+    fn set_fail_word(&self, word: u64) {
+        self.field(6).store(word, Ordering::Release);
+    }
+    /// The armed fail point's word if it is armed at `site`, disarming it (incarnation). One
     /// relaxed load when nothing is armed.
     #[inline]
-    pub fn fire(&self, point: u8) -> Option<u8> {
+    pub fn fire(&self, site: u16) -> Option<u64> {
         let f = self.field(6);
         let v = f.load(Ordering::Relaxed);
-        if v == 0 || (v & 0xff) as u8 != point {
+        if v == 0 || v as u16 != site {
             return None;
         }
         f.compare_exchange(v, 0, Ordering::AcqRel, Ordering::Relaxed)
             .ok()
-            .map(|v| (v >> 8) as u8)
     }
 }
 
@@ -163,6 +170,19 @@ mod tests {
         assert_eq!(b.calls(), 2);
         b.set_generation(4);
         assert_eq!(a.generation(), 4);
+    }
+
+    #[test]
+    fn fail_points_fire_once_at_their_site() {
+        let fd = StatusPage::create("t").unwrap();
+        let k = StatusPage::map(&fd).unwrap();
+        let s = StatusPage::map(&fd).unwrap();
+        k.arm(2, 3);
+        assert_eq!(s.fire(1), None);
+        assert_eq!(s.fire(3), Some(2 << 16 | 3));
+        assert_eq!(s.fire(3), None);
+        assert_eq!(k.swap_fail_word(7 << 32 | 6 << 16 | 40), 0, "it fired");
+        assert_eq!(k.swap_fail_word(0), 7 << 32 | 6 << 16 | 40, "still armed");
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub trait Kv {
     fn stats(&mut self) -> KvStats;
 }
 
+pub mod model;
+
 /// Decodes a counter value.
 pub fn counter_value(bytes: &[u8]) -> Option<i64> {
     Some(i64::from_le_bytes(bytes.try_into().ok()?))

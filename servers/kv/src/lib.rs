@@ -14,7 +14,10 @@ use std::ops::Bound;
 
 use kv_api::{Bytes, CasOutcome, Kv, KvDispatcher, KvError, KvStats, MAX_KEY, MAX_SCAN, MAX_VALUE};
 use txipc_heap::{Heap, HeapError, PBTreeMap, PBytes, PCell, Persistent, Tx};
-use txipc_runtime::{Builtin, Instance, StartArgs, TxCell, TxHost};
+use txipc_runtime::{Builtin, Instance, StartArgs, TxCell, TxHost, fail_point};
+
+pub mod sites;
+use sites::*;
 
 /// The kv server's state in the heap.
 #[derive(Persistent)]
@@ -85,14 +88,30 @@ fn atomically<T>(
 impl KvServer {
     fn current(&mut self, key: &[u8]) -> Option<Bytes> {
         let tx = self.tx.tx();
-        self.root
+        let mut v = self
+            .root
             .map
             .get(tx, key)
-            .map(|v| Bytes::from(v.as_slice()))
+            .map(|v| Bytes::from(v.as_slice()));
+        if let (Some(c), Some(v)) = (fail_point(LOOKUP), v.as_mut()) {
+            c.flip(v);
+        }
+        v
     }
 
     fn store(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), KvError> {
         let root = self.root;
+        // A copy only when a corruption is injected: the hot path stores the caller's bytes.
+        let corrupted;
+        let value = match (fail_point(STORE_BEFORE_INSERT), value) {
+            (Some(c), Some(v)) => {
+                let mut copy = v.to_vec();
+                c.flip(&mut copy);
+                corrupted = copy;
+                Some(&corrupted[..])
+            }
+            (_, v) => v,
+        };
         atomically(self.tx.tx(), |tx| {
             match value {
                 Some(v) => {
@@ -102,7 +121,9 @@ impl KvServer {
                     root.map.remove(tx, key)?;
                 }
             }
+            fail_point(STORE_AFTER_INSERT);
             root.updates.update(tx, |n| n + 1)?;
+            fail_point(STORE_AFTER_COUNT);
             Ok(())
         })
     }
@@ -111,14 +132,24 @@ impl KvServer {
 impl Kv for KvServer {
     fn get(&mut self, key: Bytes) -> Result<Option<Bytes>, KvError> {
         check_key(&key)?;
-        Ok(self.current(&key))
+        let mut v = self.current(&key);
+        if let (Some(c), Some(v)) = (fail_point(GET_FOUND), v.as_mut()) {
+            c.flip(v);
+        }
+        Ok(v)
     }
 
-    fn put(&mut self, key: Bytes, value: Bytes) -> Result<Option<Bytes>, KvError> {
+    fn put(&mut self, key: Bytes, mut value: Bytes) -> Result<Option<Bytes>, KvError> {
         check_key(&key)?;
         check_value(&value)?;
-        let prev = self.current(&key);
+        if let Some(c) = fail_point(PUT_VALUE) {
+            c.flip(&mut value);
+        }
+        let mut prev = self.current(&key);
         self.store(&key, Some(&value))?;
+        if let (Some(c), Some(p)) = (fail_point(PUT_STORED), prev.as_mut()) {
+            c.flip(p);
+        }
         Ok(prev)
     }
 
@@ -126,6 +157,7 @@ impl Kv for KvServer {
         check_key(&key)?;
         let prev = self.current(&key);
         if prev.is_some() {
+            fail_point(DELETE_FOUND);
             self.store(&key, None)?;
         }
         Ok(prev)
@@ -148,6 +180,10 @@ impl Kv for KvServer {
                 current,
             });
         }
+        let mut new = new;
+        if let (Some(c), Some(v)) = (fail_point(CAS_MATCHED), new.as_mut()) {
+            c.flip(v);
+        }
         if current.is_some() || new.is_some() {
             self.store(&key, new.as_ref().map(|v| v.as_slice()))?;
         }
@@ -163,21 +199,30 @@ impl Kv for KvServer {
             None => 0,
             Some(b) => kv_api::counter_value(&b).ok_or(KvError::NotACounter)?,
         };
+        let now = match fail_point(INCR_READ) {
+            Some(c) => c.flip_u64(now as u64) as i64,
+            None => now,
+        };
         let next = now.checked_add(delta).ok_or(KvError::Overflow)?;
         self.store(&key, Some(&next.to_le_bytes()))?;
+        fail_point(INCR_STORED);
         Ok(next)
     }
 
     fn scan(&mut self, start: Bytes, limit: u32) -> Result<kv_api::Entries, KvError> {
         check_key(&start)?;
         let tx = self.tx.tx();
-        Ok(self
+        let mut entries: kv_api::Entries = self
             .root
             .map
             .range(tx, Bound::Included(&start[..]), Bound::Unbounded)
             .take(limit.min(MAX_SCAN) as usize)
             .map(|(k, v)| (Bytes::from(k.as_slice()), Bytes::from(v.as_slice())))
-            .collect())
+            .collect();
+        if let (Some(c), Some((_, v))) = (fail_point(SCAN_ENTRY), entries.first_mut()) {
+            c.flip(v);
+        }
+        Ok(entries)
     }
 
     fn stats(&mut self) -> KvStats {
