@@ -11,148 +11,60 @@ use txipc_core::failpoint::{FailKind, FailSpec, RUNTIME_SITES, Site};
 
 use crate::ycsb::Rng;
 
-/// A fault kind, by its command-line name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FaultKind {
-    /// SIGKILL from outside at a random instant during a random call (fail-stop).
-    Sigkill,
-    /// A panic at a random fail-point site.
-    Panic,
-    /// `abort()` at a random fail-point site.
-    Abort,
-    /// A store to an unmapped address (SIGSEGV) at a random fail-point site.
-    Segv,
-    /// An infinite loop at a random fail-point site (the kernel's deadline must catch it).
-    Hang,
-    /// One bit of the data a random fail-point site handles is flipped.
-    Corrupt,
-    /// A random fail-point site sleeps for a while (sometimes past the deadline).
-    Delay,
-    /// ptrace: one bit of a random general-purpose register (rip, rsp, eflags included).
-    BitflipReg,
-    /// ptrace: one bit of a random word of the server's stack, near the stack pointer.
-    BitflipStack,
-    /// ptrace: one bit of a random word of the used part of the server's recoverable heap.
-    BitflipHeap,
-    /// ptrace: the current instruction is skipped (its length decoded).
-    SkipInsn,
-}
+/// A fault kind: the command line's vocabulary (`txipc_core::vocab`).
+pub use txipc_core::vocab::Fault as FaultKind;
 
 /// The fault families of reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Family {
-    /// SIGKILL.
+    /// SIGKILL from outside at a random instant during a random call.
     FailStop,
-    /// Fail points compiled into the runtime and the server.
+    /// Fail points compiled into the runtime and the server, at a random site.
     FailPoint,
     /// Software-implemented fault injection through ptrace.
     Swifi,
 }
 
-impl FaultKind {
-    /// Every kind, in report order.
-    pub const ALL: [FaultKind; 11] = [
-        FaultKind::Sigkill,
-        FaultKind::Panic,
-        FaultKind::Abort,
-        FaultKind::Segv,
-        FaultKind::Hang,
-        FaultKind::Corrupt,
-        FaultKind::Delay,
-        FaultKind::BitflipReg,
-        FaultKind::BitflipStack,
-        FaultKind::BitflipHeap,
-        FaultKind::SkipInsn,
-    ];
-
-    /// The command-line name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FaultKind::Sigkill => "sigkill",
-            FaultKind::Panic => "panic",
-            FaultKind::Abort => "abort",
-            FaultKind::Segv => "segv",
-            FaultKind::Hang => "hang",
-            FaultKind::Corrupt => "corrupt",
-            FaultKind::Delay => "delay",
-            FaultKind::BitflipReg => "bitflip-reg",
-            FaultKind::BitflipStack => "bitflip-stack",
-            FaultKind::BitflipHeap => "bitflip-heap",
-            FaultKind::SkipInsn => "skip-insn",
-        }
-    }
-
-    /// The kind named `s`.
-    pub fn parse(s: &str) -> Option<FaultKind> {
-        FaultKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
-    /// Its family.
-    pub fn family(self) -> Family {
-        match self {
-            FaultKind::Sigkill => Family::FailStop,
-            FaultKind::Panic
-            | FaultKind::Abort
-            | FaultKind::Segv
-            | FaultKind::Hang
-            | FaultKind::Corrupt
-            | FaultKind::Delay => Family::FailPoint,
-            _ => Family::Swifi,
-        }
-    }
-
-    fn fail_kind(self) -> Option<FailKind> {
-        Some(match self {
-            FaultKind::Panic => FailKind::Panic,
-            FaultKind::Abort => FailKind::Abort,
-            FaultKind::Segv => FailKind::Segv,
-            FaultKind::Hang => FailKind::Hang,
-            FaultKind::Corrupt => FailKind::Corrupt,
-            FaultKind::Delay => FailKind::Delay,
-            _ => return None,
-        })
+/// The family of a kind.
+pub fn family(k: FaultKind) -> Family {
+    match k {
+        FaultKind::Sigkill => Family::FailStop,
+        FaultKind::BitflipReg
+        | FaultKind::BitflipStack
+        | FaultKind::BitflipHeap
+        | FaultKind::SkipInsn => Family::Swifi,
+        _ => Family::FailPoint,
     }
 }
 
 /// Parses a fault list: names, comma-separated, `all`, or a family (`fail-stop`,
 /// `fail-points`, `swifi`).
 pub fn parse_list(s: &str) -> Result<Vec<FaultKind>, String> {
-    let mut v = Vec::new();
+    let mut names: Vec<&str> = Vec::new();
     for f in s.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        let of = |fam: Family| {
+            FaultKind::ALL
+                .into_iter()
+                .filter(move |k| family(*k) == fam)
+                .map(FaultKind::as_str)
+                .collect::<Vec<&'static str>>()
+        };
         match f {
-            "all" => v.extend(FaultKind::ALL),
-            "fail-stop" => v.push(FaultKind::Sigkill),
-            "fail-points" | "failpoints" => v.extend(
-                FaultKind::ALL
-                    .into_iter()
-                    .filter(|k| k.family() == Family::FailPoint),
-            ),
-            "swifi" => v.extend(
-                FaultKind::ALL
-                    .into_iter()
-                    .filter(|k| k.family() == Family::Swifi),
-            ),
-            other => v.push(FaultKind::parse(other).ok_or_else(|| {
-                format!(
-                    "unknown fault `{other}`: use {}, a family (fail-stop, fail-points, swifi) or all",
-                    FaultKind::ALL.map(FaultKind::as_str).join(", ")
-                )
-            })?),
+            "fail-stop" => names.extend(of(Family::FailStop)),
+            "fail-points" | "failpoints" => names.extend(of(Family::FailPoint)),
+            "swifi" => names.extend(of(Family::Swifi)),
+            other => names.push(other),
         }
     }
-    v.dedup();
-    if v.is_empty() {
-        return Err("--fault names no fault".into());
-    }
-    Ok(v)
+    txipc_core::vocab::parse_faults(&names.join(","), &FaultKind::ALL)
+        .map_err(|e| format!("{e} (or a family: fail-stop, fail-points, swifi)"))
 }
 
 /// Registers a ptrace fault may flip, by name (`user_regs_struct` fields).
 pub const REGISTERS: [&str; 18] = [
-    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12",
-    "r13", "r14", "r15", "rip", "eflags",
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15", "rip", "eflags",
 ];
 
 /// What exactly is done to the server in one run.
@@ -203,6 +115,7 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FaultPlan {
     /// The kind.
+    #[serde(serialize_with = "kind_name")]
     pub kind: FaultKind,
     /// The workload call the fault is aimed at (0-based).
     pub call: u32,
@@ -212,6 +125,10 @@ pub struct FaultPlan {
     /// call (SWIFI), drawn per attempt from `0..=jitter_us`.
     #[serde(skip)]
     pub jitter_seed: u64,
+}
+
+fn kind_name<S: serde::Serializer>(k: &FaultKind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(k.as_str())
 }
 
 /// The fail-point sites a campaign on `server` may use for `kind`.
@@ -270,6 +187,7 @@ pub fn plan(
         FaultKind::SkipInsn => Action::SkipInsn,
         _ => {
             let fk = kind.fail_kind().expect("a fail-point kind");
+            debug_assert_eq!(family(kind), Family::FailPoint);
             let sites = sites_for(server_sites, fk);
             let site = sites[r.range_inclusive(0, sites.len() as u64 - 1) as usize];
             let arg = match fk {
@@ -308,10 +226,11 @@ mod tests {
 
     #[test]
     fn lists_parse() {
-        assert_eq!(parse_list("all").unwrap().len(), 11);
+        assert_eq!(parse_list("all").unwrap().len(), 12);
         assert_eq!(parse_list("sigkill").unwrap(), vec![FaultKind::Sigkill]);
         assert_eq!(parse_list("swifi").unwrap().len(), 4);
-        assert_eq!(parse_list("fail-points").unwrap().len(), 6);
+        assert_eq!(parse_list("fail-points").unwrap().len(), 7);
+        assert_eq!(parse_list("sigkill,swifi,sigkill").unwrap().len(), 5);
         assert!(parse_list("bogus").unwrap_err().contains("bitflip-reg"));
         assert!(parse_list("").is_err());
     }
@@ -324,13 +243,16 @@ mod tests {
                 assert_eq!(a, plan(kind, seed, 40, SITES, 100));
                 assert!((10..30).contains(&a.call), "{a:?}");
                 if let Action::FailPoint { spec, .. } = a.action {
-                    assert!(kind != FaultKind::Corrupt || spec.site != 40, "no data there");
+                    assert!(
+                        kind != FaultKind::Corrupt || spec.site != 40,
+                        "no data there"
+                    );
                 }
             }
         }
         let list = parse_list("all").unwrap();
         let seen: std::collections::BTreeSet<_> =
             (0..500).map(|i| kind_for(&list, run_seed(7, i))).collect();
-        assert_eq!(seen.len(), 11, "every kind is drawn");
+        assert_eq!(seen.len(), 12, "every kind is drawn");
     }
 }

@@ -77,24 +77,20 @@ pub struct InjectArgs {
     /// Calls per run.
     #[arg(long, default_value_t = 40)]
     pub calls: u32,
-    /// The server's per-call deadline (hang detection), milliseconds.
-    #[arg(long, default_value_t = 150)]
-    pub deadline_ms: u64,
+    /// The server's per-call deadline (hang detection), milliseconds. Default: 150, or 1000
+    /// when the list has ptrace faults (the injector single-steps the server inside a call for
+    /// up to 40% of the deadline, which must not look like a hang).
+    #[arg(long)]
+    pub deadline_ms: Option<u64>,
     /// A client call that takes longer than this is a hang, milliseconds.
     #[arg(long, default_value_t = 3000)]
     pub call_timeout_ms: u64,
-    /// Print one JSON object (the summary) on stdout; the table goes to stderr.
-    #[arg(long)]
-    pub json: bool,
     /// Write the full report (summary and every run) to this JSON file.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Write the outcome chart (SVG) to this file.
     #[arg(long)]
     pub svg: Option<PathBuf>,
-    /// No progress lines.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 /// A policy variant of the server.
@@ -144,7 +140,11 @@ fn parse_variants(policy: &str, integrity: &str) -> Result<Vec<Variant>> {
     for &c in checks {
         for &(label, policy, tracking) in &base {
             v.push(Variant {
-                label: if c { format!("{label}+checks") } else { label.into() },
+                label: if c {
+                    format!("{label}+checks")
+                } else {
+                    label.into()
+                },
                 policy,
                 tracking,
                 builtin: if c { "kv-checked" } else { "kv" },
@@ -163,12 +163,17 @@ fn parse_seed(s: &str) -> Result<u64> {
     r.with_context(|| format!("seed `{s}`: give a number (decimal, or hex with 0x)"))
 }
 
+fn kind_names<S: serde::Serializer>(k: &[FaultKind], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(k.iter().map(|k| k.as_str()))
+}
+
 /// The configuration of a campaign.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
     /// Server name.
     pub server: String,
     /// Fault list.
+    #[serde(serialize_with = "kind_names")]
     pub faults: Vec<FaultKind>,
     /// Variants, in order.
     pub variants: Vec<Variant>,
@@ -198,26 +203,35 @@ impl Config {
             );
         }
         if a.workload != "kv" {
-            bail!("--workload `{}`: the kv server's workload is `kv`", a.workload);
+            bail!(
+                "--workload `{}`: the kv server's workload is `kv`",
+                a.workload
+            );
         }
         anyhow::ensure!((8..=10_000).contains(&a.calls), "--calls must be 8..=10000");
-        anyhow::ensure!(a.deadline_ms >= 10, "--deadline-ms must be at least 10");
-        anyhow::ensure!(
-            a.call_timeout_ms > 2 * a.deadline_ms,
-            "--call-timeout-ms must be more than twice --deadline-ms (a hang is detected and recovered first)"
-        );
         let faults = fault::parse_list(&a.fault).map_err(anyhow::Error::msg)?;
+        let swifi = faults
+            .iter()
+            .any(|k| fault::family(*k) == fault::Family::Swifi);
+        let deadline_ms = a.deadline_ms.unwrap_or(if swifi { 1000 } else { 150 });
+        anyhow::ensure!(deadline_ms >= 10, "--deadline-ms must be at least 10");
+        anyhow::ensure!(
+            a.call_timeout_ms > 2 * deadline_ms,
+            "--call-timeout-ms must be more than twice the deadline ({deadline_ms} ms): a hang is detected and recovered first"
+        );
         let replay = a.replay.as_deref().map(parse_seed).transpose()?;
         Ok(Config {
             server: a.server.clone(),
             faults,
             variants: parse_variants(&a.policy, &a.integrity)?,
-            seed: a.seed.unwrap_or_else(|| txipc_sys::time::monotonic_ns() ^ 0x5EED),
+            seed: a
+                .seed
+                .unwrap_or_else(|| txipc_sys::time::monotonic_ns() ^ 0x5EED),
             skip: a.skip,
             runs: if replay.is_some() { 1 } else { a.runs },
             replay,
             calls: a.calls,
-            deadline_ms: a.deadline_ms,
+            deadline_ms,
             call_timeout_ms: a.call_timeout_ms,
         })
     }
@@ -332,8 +346,13 @@ impl<'a> Campaign<'a> {
 
     fn boot(&self, v: &Variant, boots: u32) -> Result<Sys> {
         let name = crate::unique_system("inject");
-        let proc = SystemProcess::spawn(self.exe, &manifest(&name, v, self.cfg), &name, crate::BOOT_TIMEOUT)
-            .with_context(|| format!("booting the {} system", v.label))?;
+        let proc = SystemProcess::spawn(
+            self.exe,
+            &manifest(&name, v, self.cfg),
+            &name,
+            crate::BOOT_TIMEOUT,
+        )
+        .with_context(|| format!("booting the {} system", v.label))?;
         let conn = proc.connect()?;
         let mut ch = conn.open(&self.cfg.server)?;
         ch.set_timeout(Some(Duration::from_millis(self.cfg.call_timeout_ms)));
@@ -366,7 +385,10 @@ impl<'a> Campaign<'a> {
                 );
             }
             if matches!(after, After::Reboot) {
-                bail!("the fault-free run under {} left the system unusable", v.label);
+                bail!(
+                    "the fault-free run under {} left the system unusable",
+                    v.label
+                );
             }
             let mut last = Instant::now();
             let mut done_here = 0u64;
@@ -380,7 +402,8 @@ impl<'a> Campaign<'a> {
                     .replay
                     .unwrap_or_else(|| fault::run_seed(self.cfg.seed, i));
                 let kind = fault::kind_for(&self.cfg.faults, seed);
-                let plan = fault::plan(kind, seed, self.cfg.calls, self.sites, self.cfg.deadline_ms);
+                let plan =
+                    fault::plan(kind, seed, self.cfg.calls, self.sites, self.cfg.deadline_ms);
                 let (rec, after) = self.run_one(&mut sys, v, i, seed, Some(plan))?;
                 if self.stop.load(Ordering::Acquire) {
                     // The interrupt reached the system too: this run's outcome means nothing.
@@ -448,7 +471,12 @@ impl<'a> Campaign<'a> {
         // A fail point is armed before the aimed-at call starts (the workload waits for it);
         // SIGKILL and ptrace faults strike while the call runs.
         let wait_at = match plan.as_ref() {
-            Some(p @ FaultPlan { action: Action::FailPoint { .. }, .. }) => p.call,
+            Some(
+                p @ FaultPlan {
+                    action: Action::FailPoint { .. },
+                    ..
+                },
+            ) => p.call,
             _ => u32::MAX,
         };
         sync.wait_at.store(wait_at, Ordering::Release);
@@ -534,13 +562,13 @@ impl<'a> Campaign<'a> {
         // ptrace fault that was placed may have left damage no read shows (a flipped bit in
         // free memory or in the allocator's lists, written behind the undo log's back): the
         // system is rebooted after it, so that no run inherits another's fault.
-        let swifi = plan.as_ref().is_some_and(|p| p.kind.family() == fault::Family::Swifi);
+        let swifi = plan
+            .as_ref()
+            .is_some_and(|p| fault::family(p.kind) == fault::Family::Swifi);
         let after = match (&state, post.state.as_str(), timeout) {
             _ if swifi && (injected || killed) => After::Reboot,
             (Some(st), "running", false) => match workload::reset(&sys.kv, st, &self.bg) {
-                Ok(()) if workload::read_all(&sys.kv).is_ok_and(|s| s == self.bg) => {
-                    After::Usable
-                }
+                Ok(()) if workload::read_all(&sys.kv).is_ok_and(|s| s == self.bg) => After::Usable,
                 _ => After::Reboot,
             },
             _ => After::Reboot,
@@ -558,9 +586,7 @@ impl<'a> Campaign<'a> {
             outcome,
             first_error: obs.first_error,
             first_wrong: obs.first_wrong,
-            divergence: divergence
-                .filter(|d| !d.is_empty())
-                .map(|d| d.summary()),
+            divergence: divergence.filter(|d| !d.is_empty()).map(|d| d.summary()),
             ms: t0.elapsed().as_secs_f64() * 1e3,
         };
         Ok((rec, after))
@@ -580,7 +606,13 @@ impl<'a> Campaign<'a> {
         // A fail point is armed right before the call (the workload waits at it); the others
         // wait for the call to start.
         let arm_first = matches!(plan.action, Action::FailPoint { .. });
-        let reached = |n: u32| if arm_first { n >= plan.call } else { n > plan.call };
+        let reached = |n: u32| {
+            if arm_first {
+                n >= plan.call
+            } else {
+                n > plan.call
+            }
+        };
         while !reached(sync.started.load(Ordering::Acquire)) {
             if done.load(Ordering::Acquire) || Instant::now() > deadline {
                 return Injected::not("the workload ended before the aimed-at call");
@@ -620,13 +652,6 @@ impl<'a> Campaign<'a> {
                     Ok(t) => t,
                     Err(e) => return Injected::not(&e),
                 };
-                let wait_call = || {
-                    let s0 = sync.started.load(Ordering::Acquire);
-                    let until = Instant::now() + Duration::from_millis(5);
-                    while sync.started.load(Ordering::Acquire) == s0 && Instant::now() < until {
-                        std::thread::yield_now();
-                    }
-                };
                 // Stepping inside a call must stay well below the deadline, or the kernel's
                 // watchdog would take our stepping for a hang.
                 let i = swifi::inject(
@@ -635,7 +660,6 @@ impl<'a> Campaign<'a> {
                     heap_used,
                     &mut rng,
                     Duration::from_millis(self.cfg.deadline_ms * 2 / 5),
-                    wait_call,
                 );
                 Injected {
                     injected: i.injected,
@@ -701,13 +725,14 @@ fn watch_interrupts(stop: Arc<AtomicBool>) -> Result<()> {
     Ok(())
 }
 
-/// Runs `txipc inject`.
-pub fn run(exe: &Path, args: InjectArgs) -> Result<()> {
+/// Runs `txipc inject`; with `json`, one JSON object on stdout and the table on stderr; with
+/// `quiet`, no progress lines.
+pub fn run(exe: &Path, args: InjectArgs, json: bool, quiet: bool) -> Result<()> {
     let cfg = Config::from_args(&args)?;
     let stop = Arc::new(AtomicBool::new(false));
     watch_interrupts(stop.clone())?;
     let say = |s: &str| {
-        if !args.quiet {
+        if !quiet {
             eprintln!("txipc inject: {s}");
         }
     };
@@ -721,12 +746,16 @@ pub fn run(exe: &Path, args: InjectArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", "),
         cfg.runs,
-        cfg.faults.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(","),
+        cfg.faults
+            .iter()
+            .map(|f| f.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
         cfg.seed
     ));
     let res = Campaign::new(exe, &cfg, stop).run(|m| say(m))?;
     let table = res.tally.table();
-    if args.json {
+    if json {
         eprint!("{table}");
     } else {
         print!("{table}");
@@ -747,13 +776,17 @@ pub fn run(exe: &Path, args: InjectArgs) -> Result<()> {
             path,
             &format!(
                 "txipc inject: {} faults into {} ({} runs per policy)",
-                cfg.faults.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(","),
+                cfg.faults
+                    .iter()
+                    .map(|f| f.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
                 cfg.server,
                 cfg.runs
             ),
         )?;
     }
-    if args.json {
+    if json {
         println!("{}", summary_json(&cfg, &res));
     }
     Ok(())

@@ -252,8 +252,12 @@ impl Tally {
             .flat_map(|m| m.keys().cloned())
             .collect();
         let rank = |s: &str| {
-            super::fault::FaultKind::parse(s)
-                .map_or(usize::MAX, |k| super::fault::FaultKind::ALL.iter().position(|x| *x == k).unwrap_or(0))
+            super::fault::FaultKind::from_name(s).map_or(usize::MAX, |k| {
+                super::fault::FaultKind::ALL
+                    .iter()
+                    .position(|x| *x == k)
+                    .unwrap_or(0)
+            })
         };
         f.sort_by_key(|s| rank(s));
         f.dedup();
@@ -402,7 +406,9 @@ impl Tally {
                 .draw_series(bars)
                 .map_err(|e| err(&e))?
                 .label(o.as_str())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+                });
         }
         chart
             .configure_series_labels()
@@ -433,16 +439,49 @@ mod tests {
             ..base
         };
         assert_eq!(classify(&disturbed), Outcome::NotActivated);
-        let fired = Observation { fired: true, ..base };
+        let fired = Observation {
+            fired: true,
+            ..base
+        };
         assert_eq!(classify(&fired), Outcome::Masked);
-        let det = Observation { detected: true, ..fired };
+        let det = Observation {
+            detected: true,
+            ..fired
+        };
         assert_eq!(classify(&det), Outcome::Recovered);
-        assert_eq!(classify(&Observation { divergent_keys: 1, ..det }), Outcome::Failed);
-        assert_eq!(classify(&Observation { errors: 1, ..fired }), Outcome::Failed);
-        assert_eq!(classify(&Observation { wrong_replies: 1, ..fired }), Outcome::Silent);
-        assert_eq!(classify(&Observation { timeout: true, ..det }), Outcome::Hang);
+        assert_eq!(
+            classify(&Observation {
+                divergent_keys: 1,
+                ..det
+            }),
+            Outcome::Failed
+        );
+        assert_eq!(
+            classify(&Observation { errors: 1, ..fired }),
+            Outcome::Failed
+        );
+        assert_eq!(
+            classify(&Observation {
+                wrong_replies: 1,
+                ..fired
+            }),
+            Outcome::Silent
+        );
+        assert_eq!(
+            classify(&Observation {
+                timeout: true,
+                ..det
+            }),
+            Outcome::Hang
+        );
         // Something went wrong though the fault never fired: classified by what was seen.
-        assert_eq!(classify(&Observation { divergent_keys: 2, ..base }), Outcome::Silent);
+        assert_eq!(
+            classify(&Observation {
+                divergent_keys: 2,
+                ..base
+            }),
+            Outcome::Silent
+        );
     }
 
     #[test]
@@ -462,14 +501,25 @@ mod tests {
         t.add("restart", "sigkill", Outcome::Failed);
         let v = t.json();
         for k in [
-            "runs", "not_activated", "masked", "recovered", "failed", "hang", "silent",
-            "recovery_rate", "by_policy", "by_fault",
+            "runs",
+            "not_activated",
+            "masked",
+            "recovered",
+            "failed",
+            "hang",
+            "silent",
+            "recovery_rate",
+            "by_policy",
+            "by_fault",
         ] {
             assert!(v.get(k).is_some(), "{k}");
         }
         assert_eq!(v["runs"], 3);
         assert_eq!(v["by_policy"]["txipc"]["recovery_rate"], 1.0);
-        assert_eq!(v["by_policy"]["restart"]["by_fault"]["sigkill"]["failed"], 1);
+        assert_eq!(
+            v["by_policy"]["restart"]["by_fault"]["sigkill"]["failed"],
+            1
+        );
         assert!(t.table().contains("| restart | sigkill | 1 |"));
     }
 }

@@ -133,6 +133,8 @@ impl Injection {
 struct Seized {
     pid: Pid,
     attached: bool,
+    /// A hardware watchpoint is set in the tracee.
+    watching: bool,
 }
 
 impl Seized {
@@ -142,6 +144,7 @@ impl Seized {
         Ok(Seized {
             pid,
             attached: true,
+            watching: false,
         })
     }
 
@@ -192,8 +195,61 @@ impl Seized {
         Ok(Some("signals kept arriving".into()))
     }
 
-    fn resume(&self) -> Result<(), String> {
-        ptrace::cont(self.pid, None::<Signal>).map_err(|e| format!("PTRACE_CONT: {e}"))
+    /// Sets (or clears) a hardware write watchpoint on the 8 bytes at `addr` (DR0, DR7).
+    fn watch(&mut self, addr: Option<u64>) -> Result<(), String> {
+        const DR: usize = std::mem::offset_of!(libc::user, u_debugreg);
+        let dr7: u64 = match addr {
+            // L0 enable, RW0 = 01 (data writes), LEN0 = 10 (8 bytes).
+            Some(_) => 1 | 0b01 << 16 | 0b10 << 18,
+            None => 0,
+        };
+        if let Some(a) = addr {
+            ptrace::write_user(self.pid, DR as ptrace::AddressType, a as libc::c_long)
+                .map_err(|e| format!("setting DR0: {e}"))?;
+        }
+        ptrace::write_user(
+            self.pid,
+            (DR + 7 * 8) as ptrace::AddressType,
+            dr7 as libc::c_long,
+        )
+        .map_err(|e| format!("setting DR7: {e}"))?;
+        self.watching = addr.is_some();
+        Ok(())
+    }
+
+    /// Lets the stopped tracee run until the watchpoint traps (bounded by `end`); other
+    /// signals are delivered as if we were not there, as in [`Seized::stop`].
+    fn run_to_trap(&mut self, end: Instant) -> Result<Option<String>, String> {
+        let mut sig = None;
+        loop {
+            ptrace::cont(self.pid, sig).map_err(|e| format!("PTRACE_CONT: {e}"))?;
+            let left = end.saturating_duration_since(Instant::now());
+            let st = match self.wait_stop(left) {
+                Ok(st) => st,
+                Err(_) => {
+                    // No call came in time: stop it again, so that it can be released.
+                    self.stop()?;
+                    return Ok(Some("no call started within the time budget".into()));
+                }
+            };
+            match st {
+                WaitStatus::Stopped(_, Signal::SIGTRAP) => return Ok(None),
+                WaitStatus::Stopped(_, Signal::SIGSTOP) => {
+                    let _ = self.watch(None);
+                    self.attached = false;
+                    ptrace::detach(self.pid, Signal::SIGSTOP)
+                        .map_err(|e| format!("PTRACE_DETACH: {e}"))?;
+                    return Ok(Some("the server stopped itself first (a crash)".into()));
+                }
+                WaitStatus::Stopped(_, other) => sig = Some(other),
+                WaitStatus::PtraceEvent(..) => sig = None,
+                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                    self.attached = false;
+                    return Ok(Some("the server exited first".into()));
+                }
+                other => return Ok(Some(format!("unexpected stop {other:?}"))),
+            }
+        }
     }
 
     /// Lets the tracee go: detached if possible, killed if it cannot be brought to a stop to be
@@ -202,9 +258,12 @@ impl Seized {
         if !self.attached {
             return false;
         }
+        // A watchpoint left set would trap the server once we are gone (SIGTRAP is fatal to
+        // it): clear it first (possible only while it is stopped).
+        let clean = !self.watching || self.watch(None).is_ok();
         self.attached = false;
         // Detach needs a ptrace-stop: try as is (stopped), then after an interrupt.
-        if ptrace::detach(self.pid, None::<Signal>).is_ok() {
+        if clean && ptrace::detach(self.pid, None::<Signal>).is_ok() {
             return false;
         }
         if ptrace::interrupt(self.pid).is_ok()
@@ -212,6 +271,7 @@ impl Seized {
                 self.wait_stop(Duration::from_millis(200)),
                 Ok(WaitStatus::PtraceEvent(..) | WaitStatus::Stopped(..))
             )
+            && (!self.watching || self.watch(None).is_ok())
             && ptrace::detach(self.pid, None::<Signal>).is_ok()
         {
             return false;
@@ -258,6 +318,9 @@ impl Seized {
     }
 
     fn detach(&mut self) -> Result<(), String> {
+        if self.watching {
+            self.watch(None)?;
+        }
         self.attached = false;
         ptrace::detach(self.pid, None::<Signal>).map_err(|e| format!("PTRACE_DETACH: {e}"))
     }
@@ -300,7 +363,10 @@ fn mapping_end(pid: i32, addr: u64) -> Option<u64> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
     maps.lines().find_map(|l| {
         let (a, b) = l.split_once(' ')?.0.split_once('-')?;
-        let (a, b) = (u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?);
+        let (a, b) = (
+            u64::from_str_radix(a, 16).ok()?,
+            u64::from_str_radix(b, 16).ok()?,
+        );
         (a <= addr && addr < b).then_some(b)
     })
 }
@@ -356,7 +422,9 @@ fn apply(s: &Seized, t: &Target, action: &Action, heap_used: u64) -> Result<Stri
             let v = u64::from_le_bytes(w) ^ 1 << (bit % 64);
             f.write_all_at(&v.to_le_bytes(), off)
                 .map_err(|e| format!("writing the heap: {e}"))?;
-            Ok(format!("flipped bit {bit} of the heap word at offset {off:#x}"))
+            Ok(format!(
+                "flipped bit {bit} of the heap word at offset {off:#x}"
+            ))
         }
         Action::SkipInsn => {
             let mut bytes = [0u8; 16];
@@ -377,22 +445,20 @@ pub const MAX_STEPS: u64 = 1500;
 /// Catches the server inside a call and applies `action` (bounded by `budget`). `heap_used` is
 /// the used part of the heap (from the server's stats) for heap flips.
 ///
-/// Placement: the server is interrupted; if it is already inside a call, the fault goes there.
-/// Otherwise (the usual case: a call's handling is a small share of a server's time) the
-/// server is single-stepped, still stopped for everyone else, until it takes the client's next
-/// request and marks itself busy, then `steps` more instructions (drawn from
-/// `0..MAX_STEPS`); the fault goes at that instruction. A call that ends first is given up and
-/// the next one tried. A system call in the idle loop is not stepped (it may block until a
-/// client posts): the server runs on and is stopped again after `wait_call` returns (once the
-/// client started another call). Since handling a given request on a given state is deterministic, the
-/// same seed hits the same instruction of the same call when the workload is replayed.
+/// Placement, deterministic for a seed: a hardware write watchpoint (debug register DR0) is
+/// set on the status page's `busy` word, and the server runs at full speed until it writes
+/// it. A non-zero value is the start of a call's handling (`set_busy`, before the
+/// transaction begins); then the watchpoint is cleared and the server is single-stepped
+/// `steps` instructions (drawn from `0..MAX_STEPS`) into the call, still stopped for everyone
+/// else, and the fault goes at that instruction. A call that ends first (`busy` back to 0) is
+/// given up and the next one tried. Handling a given request on a given state takes the same
+/// path, so a replayed run hits the same instruction of the same call.
 pub fn inject(
     t: &Target,
     action: &Action,
     heap_used: u64,
     rng: &mut Rng,
     budget: Duration,
-    mut wait_call: impl FnMut(),
 ) -> Injection {
     let mut s = match Seized::seize(t.pid) {
         Ok(s) => s,
@@ -406,40 +472,31 @@ pub fn inject(
         Ok(Some(why)) => return give_up(&mut s, why, 0),
         Err(e) => return give_up(&mut s, e, 0),
     }
+    let busy_addr = t.status_addr + 8;
     while Instant::now() < end {
         attempts += 1;
-        // Into the next call: step until the server is busy.
+        // Run to the start of the next call.
+        if let Err(e) = s.watch(Some(busy_addr)) {
+            return give_up(&mut s, e, attempts);
+        }
         let mut in_call = false;
         while Instant::now() < end {
-            match s.read(t.status_addr + 8) {
-                Ok(0) => {}
+            match s.run_to_trap(end) {
+                Ok(None) => {}
+                Ok(Some(why)) => return give_up(&mut s, why, attempts),
+                Err(e) => return give_up(&mut s, e, attempts),
+            }
+            match s.read(busy_addr) {
+                Ok(0) => {} // the end of a call (set_idle): on to the next
                 Ok(_) => {
                     in_call = true;
                     break;
                 }
                 Err(e) => return give_up(&mut s, e, attempts),
             }
-            // A system call now (the idle wait's futex) could block for as long as no one
-            // posts: let the server run instead, and stop it again once the client has
-            // started its next call.
-            let at_syscall = ptrace::getregs(s.pid)
-                .ok()
-                .and_then(|r| s.read(r.rip).ok())
-                .is_some_and(|w| w & 0xffff == 0x050f);
-            let r = if at_syscall {
-                if let Err(e) = s.resume() {
-                    return give_up(&mut s, e, attempts);
-                }
-                wait_call();
-                s.stop()
-            } else {
-                s.step()
-            };
-            match r {
-                Ok(None) => {}
-                Ok(Some(why)) => return give_up(&mut s, why, attempts),
-                Err(e) => return give_up(&mut s, e, attempts),
-            }
+        }
+        if let Err(e) = s.watch(None) {
+            return give_up(&mut s, e, attempts);
         }
         if !in_call {
             break;
@@ -455,7 +512,7 @@ pub fn inject(
             }
             left -= 1;
             if left % 8 == 0 {
-                match s.read(t.status_addr + 8) {
+                match s.read(busy_addr) {
                     Ok(0) => {
                         still = false;
                         break;

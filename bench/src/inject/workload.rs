@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use kv_api::KvClient;
 use kv_api::model::{Divergence, KvModel};
+use kv_api::{Bytes, KvClient};
 use txipc_runtime::client::Channel;
 use txipc_service::{CallError, Error as SvcError};
 
@@ -72,10 +72,7 @@ pub fn ops(seed: u64, ns: &[u8], calls: u32) -> Vec<Op> {
         .map(|_| {
             let k = r.range_inclusive(0, 15);
             match r.range_inclusive(0, 99) {
-                0..25 => Op::Incr(
-                    key(format!("ctr{}", k % 4)),
-                    r.range_inclusive(1, 5) as i64,
-                ),
+                0..25 => Op::Incr(key(format!("ctr{}", k % 4)), r.range_inclusive(1, 5) as i64),
                 25..40 => Op::Chain(key("chain".into())),
                 40..70 => {
                     let len = r.range_inclusive(1, 64) as usize;
@@ -217,41 +214,54 @@ fn step(kv: &KvClient<Channel>, ns: &[u8], op: &Op, o: &mut Observed) {
                 .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
                 .unwrap_or(0);
             let next = (n + 1).to_string().into_bytes();
-            let r = call!(Some(k), kv.cas(k.clone(), cur, Some(next.clone())));
-            if !r.swapped || r.current.as_deref() != Some(&next[..]) {
+            let r = call!(
+                Some(k),
+                kv.cas(k.clone(), cur.map(Bytes::from), Some(Bytes::from(&next)))
+            );
+            let current = r.current.as_ref().map(|b| b.as_slice());
+            if !r.swapped || current != Some(&next[..]) {
                 o.wrong(format!(
                     "cas {}: swapped {}, current {:?}, model {n}",
                     show(k),
                     r.swapped,
-                    r.current.as_deref().map(show)
+                    current.map(show)
                 ));
             }
             o.model.set(k, Some(&next));
         }
         Op::Put(k, v) => {
             let prev = call!(Some(k), kv.put(k.clone(), v.clone()));
-            if !o.model.agrees(k, prev.as_deref()) {
-                o.wrong(format!("put {}: previous value differs from the model", show(k)));
+            if !o.model.agrees(k, prev.as_ref().map(|b| b.as_slice())) {
+                o.wrong(format!(
+                    "put {}: previous value differs from the model",
+                    show(k)
+                ));
             }
             o.model.set(k, Some(v));
         }
         Op::Delete(k) => {
             let prev = call!(Some(k), kv.delete(k.clone()));
-            if !o.model.agrees(k, prev.as_deref()) {
-                o.wrong(format!("delete {}: removed value differs from the model", show(k)));
+            if !o.model.agrees(k, prev.as_ref().map(|b| b.as_slice())) {
+                o.wrong(format!(
+                    "delete {}: removed value differs from the model",
+                    show(k)
+                ));
             }
             o.model.set(k, None);
         }
         Op::Get(k) => {
             let got = call!(None, kv.get(k.clone()));
-            if !o.model.agrees(k, got.as_deref()) {
+            if !o.model.agrees(k, got.as_ref().map(|b| b.as_slice())) {
                 o.wrong(format!("get {}: value differs from the model", show(k)));
             }
         }
         Op::Scan => {
             let got = call!(None, kv.scan(ns.to_vec(), kv_api::MAX_SCAN));
-            let got: BTreeMap<Vec<u8>, Vec<u8>> =
-                got.into_iter().filter(|(k, _)| k.starts_with(ns)).collect();
+            let got: BTreeMap<Vec<u8>, Vec<u8>> = got
+                .into_iter()
+                .filter(|(k, _)| k.starts_with(ns))
+                .map(|(k, v)| (k.into_vec(), v.into_vec()))
+                .collect();
             let d = o.model.diff(&got, |_| true);
             if !d.is_empty() {
                 o.wrong(format!("scan: {}", d.summary()));
@@ -270,9 +280,9 @@ pub fn read_all(kv: &KvClient<Channel>) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, St
             .map_err(|e| format!("reading the state back: {e}"))?;
         let n = page.len();
         for (k, v) in page {
-            start = k.clone();
+            start = k.to_vec();
             start.push(0);
-            state.insert(k, v);
+            state.insert(k.into_vec(), v.into_vec());
         }
         if n < kv_api::MAX_SCAN as usize {
             return Ok(state);

@@ -83,6 +83,8 @@ impl Fault {
             Fault::Segv => FailKind::Segv,
             Fault::Hang => FailKind::Hang,
             Fault::Exit => FailKind::Exit,
+            Fault::Corrupt => FailKind::Corrupt,
+            Fault::Delay => FailKind::Delay,
             _ => return None,
         })
     }
