@@ -153,31 +153,31 @@ fn a_recorded_seed_replays_the_same_fault() {
     );
     let full = out.json();
     let records = full["records"].as_array().unwrap();
-    // A run whose fault fired, of each kind that was drawn.
-    for r in records.iter().filter(|r| r["outcome"] != "not_activated") {
-        let seed = r["seed"].as_str().unwrap();
-        let again = TempFile::new("replay-b");
-        campaign(
-            &[
-                "--fault",
-                "panic,corrupt,delay",
-                "--policy",
-                "txipc",
-                "--seed",
-                "11",
-                "--replay",
-                seed,
-            ],
-            &again,
-        );
-        let b = again.json();
-        let b = &b["records"][0];
-        for key in ["fault", "call", "action", "outcome", "seed"] {
-            assert_eq!(r[key], b[key], "{key} of the replay of {seed}");
-        }
-        return;
+    // A run whose fault fired, replayed alone from its recorded seed.
+    let r = records
+        .iter()
+        .find(|r| r["outcome"] != "not_activated")
+        .unwrap_or_else(|| panic!("no fault fired in 12 runs: {full}"));
+    let seed = r["seed"].as_str().unwrap();
+    let again = TempFile::new("replay-b");
+    campaign(
+        &[
+            "--fault",
+            "panic,corrupt,delay",
+            "--policy",
+            "txipc",
+            "--seed",
+            "11",
+            "--replay",
+            seed,
+        ],
+        &again,
+    );
+    let b = again.json();
+    let b = &b["records"][0];
+    for key in ["fault", "call", "action", "outcome", "seed"] {
+        assert_eq!(r[key], b[key], "{key} of the replay of {seed}");
     }
-    panic!("no fault fired in 12 runs: {full}");
 }
 
 /// Processes whose `TracerPid` is `tracer`, and processes of this binary in a traced stop.
@@ -215,7 +215,7 @@ fn a_register_bit_flip_changes_behaviour_and_leaves_nothing_traced() {
             "--fault",
             "bitflip-reg",
             "--runs",
-            "40",
+            "30",
             "--policy",
             "txipc",
             "--seed",
@@ -226,7 +226,7 @@ fn a_register_bit_flip_changes_behaviour_and_leaves_nothing_traced() {
     let t = &v["by_policy"]["txipc"];
     // Some flips are masked (a dead register), some crash the server or change what it does.
     let placed = n(&t["runs"]) - n(&t["not_activated"]);
-    assert!(placed >= 20, "the injector placed few faults: {t}");
+    assert!(placed >= 12, "the injector placed few faults: {t}");
     assert!(
         n(&t["manifested"]) >= 1,
         "no register flip changed anything in {placed} runs: {t}"

@@ -40,8 +40,9 @@ pub struct Target {
     pub heap_start: u64,
     /// Length of the mapping.
     pub heap_len: u64,
-    /// The heap memfd, reached through the process's descriptor table (`/proc/PID/fd/N`).
-    pub heap_file: std::path::PathBuf,
+    /// The heap memfd, reached through the process's descriptor table (`/proc/PID/fd/N`);
+    /// `None` for a server whose state is in its private heap (`[heap]`, written by ptrace).
+    pub heap_file: Option<std::path::PathBuf>,
 }
 
 /// Finds the status page and the heap of server `server` in process `pid`.
@@ -76,19 +77,39 @@ pub fn locate(pid: i32, server: &str) -> Result<Target, String> {
         }
     }
     let status_addr = status.ok_or_else(|| format!("no status page mapped in pid {pid}"))?;
-    let (heap_start, heap_len) = heap.ok_or_else(|| format!("no heap mapped in pid {pid}"))?;
-    let heap_file = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map_err(|e| format!("reading /proc/{pid}/fd: {e}"))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            std::fs::read_link(p).is_ok_and(|l| {
-                l.to_string_lossy()
-                    .trim_start_matches('/')
-                    .starts_with(heap_name.trim_end())
-            })
-        })
-        .ok_or_else(|| format!("no heap descriptor in pid {pid}"))?;
+    // A server without a recoverable heap (policy companion: ordinary Rust state) keeps its
+    // state in the process's own heap.
+    let (heap_start, heap_len, heap_file) = match heap {
+        Some((a, len)) => {
+            let file = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .map_err(|e| format!("reading /proc/{pid}/fd: {e}"))?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| {
+                    std::fs::read_link(p).is_ok_and(|l| {
+                        l.to_string_lossy()
+                            .trim_start_matches('/')
+                            .starts_with(heap_name.trim_end())
+                    })
+                })
+                .ok_or_else(|| format!("no heap descriptor in pid {pid}"))?;
+            (a, len, Some(file))
+        }
+        None => {
+            let (a, b) = maps
+                .lines()
+                .find(|l| l.ends_with("[heap]"))
+                .and_then(|l| {
+                    let (a, b) = l.split_once(' ')?.0.split_once('-')?;
+                    Some((
+                        u64::from_str_radix(a, 16).ok()?,
+                        u64::from_str_radix(b, 16).ok()?,
+                    ))
+                })
+                .ok_or_else(|| format!("no heap mapped in pid {pid}"))?;
+            (a, b - a, None)
+        }
+    };
     Ok(Target {
         pid,
         status_addr,
@@ -411,10 +432,18 @@ fn apply(s: &Seized, t: &Target, action: &Action, heap_used: u64) -> Result<Stri
             // ptrace may not write a protected shared page).
             use std::os::unix::fs::FileExt;
             let off = off.min(t.heap_len - 8);
+            let Some(path) = &t.heap_file else {
+                let addr = t.heap_start + off;
+                let v = s.read(addr)?;
+                s.write(addr, v ^ 1 << (bit % 64))?;
+                return Ok(format!(
+                    "flipped bit {bit} of the private heap word at offset {off:#x}"
+                ));
+            };
             let f = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .open(&t.heap_file)
+                .open(path)
                 .map_err(|e| format!("opening the heap memfd: {e}"))?;
             let mut w = [0u8; 8];
             f.read_exact_at(&mut w, off)

@@ -160,11 +160,11 @@ pub struct Site {
 pub const FIRST_SERVER_SITE: u16 = 32;
 
 /// Runtime site: slot taken, request copied out, transaction not begun (data: the request).
-pub const SITE_AFTER_TAKE: u16 = 7;
+pub const SITE_AFTER_TAKE: u16 = 10;
 /// Runtime site: handler done, reply not yet written to the slot (data: the reply).
-pub const SITE_BEFORE_REPLY: u16 = 8;
+pub const SITE_BEFORE_REPLY: u16 = 11;
 /// Runtime site: a root batch's replies published, the incarnation not yet idle.
-pub const SITE_PUBLISHED: u16 = 9;
+pub const SITE_PUBLISHED: u16 = 12;
 
 /// The runtime's sites that every call of every server passes, in the order it passes them
 /// (the nested-transaction points fire only in servers that take part in one).

@@ -365,7 +365,7 @@ impl PlainLoop<'_> {
 
     #[inline]
     fn fail_point(&self, point: FailPoint) {
-        if let Some(kind) = self.status.fire(point as u8) {
+        if let Some(kind) = self.status.fire_kind(point as u8) {
             txipc_sys::crash::inject(kind);
         }
     }
@@ -595,7 +595,7 @@ impl PlainLoop<'_> {
             ..meta
         };
         let header = fmt::snapshot_header(&meta, &payload);
-        match self.status.fire(FailPoint::Checkpoint as u8) {
+        match self.status.fire_kind(FailPoint::Checkpoint as u8) {
             Some(k) if k == FailKind::Corrupt as u8 => {
                 // A wild write after the checksum: the restore must notice.
                 let mid = payload.len() / 2;

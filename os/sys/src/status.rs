@@ -133,6 +133,12 @@ impl StatusPage {
     fn set_fail_word(&self, word: u64) {
         self.field(6).store(word, Ordering::Release);
     }
+    /// The kind of the armed fail point if it is armed at protocol point `point`, disarming it
+    /// (incarnation): [`StatusPage::fire`] for callers that need no argument.
+    #[inline]
+    pub fn fire_kind(&self, point: u8) -> Option<u8> {
+        self.fire(u16::from(point)).map(|w| (w >> 16) as u8)
+    }
     /// The armed fail point's word if it is armed at `site`, disarming it (incarnation). One
     /// relaxed load when nothing is armed.
     #[inline]
