@@ -158,9 +158,11 @@ impl LifecycleConfig {
         LifecycleConfig {
             policy,
             limits,
-            spawn_timeout_ms: deadline_ms.max(2000),
+            // Generous: these catch stopped or stuck peers, and a slow (loaded) machine must not
+            // look stuck — a false positive costs a kill and a respawn.
+            spawn_timeout_ms: deadline_ms.max(5000),
             zygote_timeout_ms: 30_000,
-            activate_timeout_ms: deadline_ms.max(1000),
+            activate_timeout_ms: deadline_ms.max(3000),
         }
     }
 }

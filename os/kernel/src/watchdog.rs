@@ -47,6 +47,9 @@ impl Kernel {
         }
         let g = s.life.serving()?;
         let deadline = Duration::from_millis(s.spec.deadline_ms);
+        // A waiting request is judged on at least a second (twice, with the doorbell rung in
+        // between): a loaded machine may leave a healthy server unscheduled that long.
+        let waiting_deadline = deadline.max(Duration::from_secs(1));
         // A call running too long: the same batch seen busy for longer than the deadline. (The
         // server only stores its transaction id; the kernel keeps the clock, so the call path
         // pays no clock read.)
@@ -85,7 +88,7 @@ impl Kernel {
             Some((_, c, b, _)) if c != calls || b != busy => {
                 s.posted_watch = Some((now, calls, busy, false));
             }
-            Some((since, c, b, rung)) if now.duration_since(since) > deadline => {
+            Some((since, c, b, rung)) if now.duration_since(since) > waiting_deadline => {
                 let stopped = s
                     .active()
                     .and_then(|a| process::state(a.pid))
@@ -95,8 +98,8 @@ impl Kernel {
                     return Some((
                         g,
                         format!(
-                            "hang: a request waited {waited:.1} s > deadline {} s, not taken ({})",
-                            secs_words(s.spec.deadline_ms),
+                            "hang: a request waited {waited:.1} s > {} s, not taken ({})",
+                            secs_words(waiting_deadline.as_millis() as u64),
                             if stopped {
                                 "the server is stopped"
                             } else {
