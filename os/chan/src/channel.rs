@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use crate::ChanError;
 use crate::futex;
 use crate::layout::{
-    CHANNEL_MAGIC, CHANNEL_VERSION, ChannelLayout, FLAG_DEAD, FLAG_REVOKED, LINE, NO_CPU, PAGE,
+    CHANNEL_MAGIC, CHANNEL_VERSION, ChannelLayout, FLAG_DEAD, FLAG_REVOKED, NO_CPU, PAGE, REPLY_LINE,
     SlotState, Status, bell, ctl, hdr, rep, st,
 };
 use crate::mem::{Mapping, check_fd, create_sealed};
@@ -91,16 +91,16 @@ impl<'a> Ctl<'a> {
     /// Reply line: the client's futex word (seq of the last published reply, low 32 bits).
     #[inline]
     fn done(self) -> &'a AtomicU32 {
-        self.m.u32_at(self.base + LINE + rep::DONE)
+        self.m.u32_at(self.base + REPLY_LINE + rep::DONE)
     }
     #[inline]
     fn client_waiting(self) -> &'a AtomicU32 {
-        self.m.u32_at(self.base + LINE + rep::CLIENT_WAITING)
+        self.m.u32_at(self.base + REPLY_LINE + rep::CLIENT_WAITING)
     }
     /// Reply line: the request's attempt count as the replier saw it.
     #[inline]
     fn reply_attempt(self) -> &'a AtomicU32 {
-        self.m.u32_at(self.base + LINE + rep::ATTEMPT)
+        self.m.u32_at(self.base + REPLY_LINE + rep::ATTEMPT)
     }
     #[inline]
     fn seq(self) -> &'a AtomicU64 {
@@ -120,11 +120,11 @@ impl<'a> Ctl<'a> {
     }
     #[inline]
     fn status(self) -> &'a AtomicU32 {
-        self.m.u32_at(self.base + LINE + rep::STATUS)
+        self.m.u32_at(self.base + REPLY_LINE + rep::STATUS)
     }
     #[inline]
     fn reply_len(self) -> &'a AtomicU32 {
-        self.m.u32_at(self.base + LINE + rep::REPLY_LEN)
+        self.m.u32_at(self.base + REPLY_LINE + rep::REPLY_LEN)
     }
 
     /// Announces the reply of request `seq` on the reply line (after the REPLIED transition)

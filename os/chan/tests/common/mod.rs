@@ -12,8 +12,8 @@ pub const HDR: usize = 128;
 /// The bell line (second header line): the client's wake word, the server's sleeping flag.
 pub const BELL: usize = 64;
 pub const SERVER_SLEEPING: usize = 68;
-/// Two control lines per slot: the request line, then the reply line at +64.
-pub const CTL: usize = 128;
+/// Control block per slot: the request line, then the reply line at +128 (other 128-byte pair).
+pub const CTL: usize = 256;
 pub const STATE: usize = 0;
 pub const REQ_LEN: usize = 4;
 pub const SEQ: usize = 8;
@@ -21,12 +21,12 @@ pub const METHOD: usize = 16;
 pub const ATTEMPT: usize = 20;
 pub const INLINE_REQ: usize = 24;
 /// Reply line, as offsets from the slot's request line.
-pub const DONE: usize = 64;
-pub const CLIENT_WAITING: usize = 68;
-pub const STATUS: usize = 72;
-pub const REPLY_LEN: usize = 76;
-pub const REPLY_ATTEMPT: usize = 80;
-pub const INLINE_REPLY: usize = 84;
+pub const DONE: usize = 128;
+pub const CLIENT_WAITING: usize = 132;
+pub const STATUS: usize = 136;
+pub const REPLY_LEN: usize = 140;
+pub const REPLY_ATTEMPT: usize = 144;
+pub const INLINE_REPLY: usize = 148;
 pub const POSTED: u32 = 2;
 pub const TAKEN: u32 = 3;
 pub const REPLIED: u32 = 4;
