@@ -11,7 +11,7 @@ use crate::ChanError;
 /// `b"TXIPCCH1"` read as a little-endian `u64`: first word of every channel memfd.
 pub const CHANNEL_MAGIC: u64 = u64::from_le_bytes(*b"TXIPCCH1");
 /// Version of the channel layout written by this build.
-pub const CHANNEL_VERSION: u32 = 3;
+pub const CHANNEL_VERSION: u32 = 4;
 /// Most slots a channel may have.
 pub const MAX_SLOTS: u32 = 1024;
 /// Largest request or reply area of one slot (16 MiB).

@@ -126,7 +126,7 @@ fn mapping_rejects_bad_fds_with_clear_errors() {
     let magic = u64::from_le_bytes(*b"TXIPCCH1");
     let write_header = |m: &RawMap, nslots: u32, cap: u32| {
         m.u64(0).store(magic, Ordering::Relaxed);
-        m.u32(8).store(3, Ordering::Relaxed);
+        m.u32(8).store(4, Ordering::Relaxed);
         m.u32(12).store(nslots, Ordering::Relaxed);
         m.u32(16).store(cap, Ordering::Relaxed);
         m.u32(20).store(cap, Ordering::Relaxed);
