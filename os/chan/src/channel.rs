@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 use crate::ChanError;
 use crate::futex;
 use crate::layout::{
-    CHANNEL_MAGIC, CHANNEL_VERSION, ChannelLayout, FLAG_DEAD, FLAG_REVOKED, NO_CPU, PAGE, REPLY_LINE,
-    SlotState, Status, bell, ctl, hdr, rep, st,
+    CHANNEL_MAGIC, CHANNEL_VERSION, ChannelLayout, FLAG_DEAD, FLAG_REVOKED, NO_CPU, PAGE,
+    REPLY_LINE, SlotState, Status, bell, ctl, hdr, rep, st,
 };
 use crate::mem::{Mapping, check_fd, create_sealed};
 use crate::spin::{SpinConfig, SpinMode, Spinner};
