@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use txipc_sys::process::{self, Forked};
 
 fn one(mib: usize, keeper: bool) -> Duration {
-    let (mut rx, mut tx) = std::io::pipe().expect("pipe");
+    let (rx, tx) = rustix::pipe::pipe().expect("pipe");
+    let (mut rx, mut tx) = (std::fs::File::from(rx), std::fs::File::from(tx));
     match process::fork().expect("fork") {
         Forked::Child => {
             let fd = rustix::fs::memfd_create("probe-heap", rustix::fs::MemfdFlags::empty())
