@@ -105,9 +105,10 @@
 //! | --- | --- |
 //! | `trait Kv` | the trait as written, `#[readonly]` removed (and `clippy::len_without_is_empty` allowed: a service's `len` is not a collection's) |
 //! | `const KV_SERVICE_NAME: &str` | `"Kv"`: the service's name in manifests and grants; the trait's name in `SCREAMING_SNAKE_CASE`, then `_SERVICE_NAME` |
-//! | `enum KvMethod` | one variant per method in `UpperCamelCase` (`get` → `Get`), `#[repr(u32)]` with the method number as discriminant; `Copy + Eq + Hash`; `const ALL: [Self; N]`, `const fn id(self) -> u32`, `const fn from_id(u32) -> Option<Self>`, `const fn name(self) -> &'static str`, `const fn is_readonly(self) -> bool` |
+//! | `enum KvMethod` | one variant per method in `UpperCamelCase` (`get` → `Get`), `#[repr(u32)]` with the method number as discriminant; `Copy + Eq + Hash`; `const ALL: [Self; N]`, `const fn id(self) -> u32`, `const fn from_id(u32) -> Option<Self>`, `const fn name(self) -> &'static str`, `const fn is_readonly(self) -> bool`, `const fn capture(self) -> txipc_service::Capture` |
 //! | `struct KvClient<T: Transport>` | the client stub (`Clone` if `T` is): `const fn new(transport: T) -> Self`, `const fn transport(&self) -> &T`, `fn into_transport(self) -> T`, and per method `fn m(&self, args..) -> ..` with the trait method's arguments, docs, `#[allow]` and `#[deprecated]` |
 //! | `struct KvDispatcher<S: Kv>` | the server side: `const fn new(server: S) -> Self`, `fn into_inner(self) -> S`, and `txipc_service::Dispatch` (`Inner = S`, `SERVICE = KV_SERVICE_NAME`) |
+//! | `struct KvCompanion<S: Kv + Distill>` | the server side under policy `companion`: `Dispatch` as above, and `txipc_service::Companion` (the state version, `capture` per method, distill the state into postcard bytes, reconstitute from them, a fresh server). A server type without `txipc_service::Distill` is a compile error naming what to implement |
 //!
 //! A client method returns
 //! - `Result<R, txipc_service::Error<E>>` when the trait method is declared `-> Result<R, E>`
@@ -167,7 +168,12 @@
 //!   two methods with the same `UpperCamelCase` name.
 //!
 //! Attribute arguments: `#[service(name = "kv")]` sets the service name (default: the trait's
-//! name). Method attribute: `#[readonly]`, without arguments.
+//! name). Method attributes: `#[readonly]`, without arguments (the method changes no state: the
+//! companion does not log it); `#[capture(now)]` (the companion takes a checkpoint right after
+//! this method) or `#[capture(defer)]` (never right after it: the state is between two steps of
+//! a multi-request protocol), not on a `#[readonly]` method. `KvMethod::capture` returns it
+//! (`txipc_service::Capture`). Whether a `#[readonly]` method really changes nothing cannot be
+//! seen from the trait (no bodies; every method takes `&mut self`): it is the author's promise.
 #![forbid(unsafe_code)]
 
 mod expand;
