@@ -158,6 +158,14 @@ impl CompanionLog {
         {
             return Err("the snapshot's header does not match its message".into());
         }
+        if info.log_offset > self.size() || info.log_offset < self.start {
+            return Err(format!(
+                "its log offset {} is outside the log ({}..{})",
+                info.log_offset,
+                self.start,
+                self.size()
+            ));
+        }
         if let Some((_, old)) = &self.snapshot
             && old.index > info.index
         {

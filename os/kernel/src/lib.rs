@@ -17,7 +17,8 @@
 //!
 //! Layout, one concern per module: `event_loop` (the loop and its tokens), `boot`,
 //! `server` (the record of one server), `clients`, `control` (operator controls, `ps`), `channels`, `zygotes`, `incarnations`, `lifecycle` (performing the lifecycle's commands),
-//! `watchdog`, `recovery`, `nested` (transactions across servers), `shutdown`, `errors`.
+//! `watchdog`, `recovery`, `nested` (transactions across servers), `companion` (policy
+//! companion: the message log, checkpoints, poison accounting), `shutdown`, `errors`.
 #![forbid(unsafe_code)]
 
 mod boot;

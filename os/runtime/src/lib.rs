@@ -12,6 +12,11 @@
 //! never rolled back, and a request whose reply was not committed is rolled back by the kernel
 //! and re-executed.
 //!
+//! Policy `companion` ([`companion`], [`zygote_main_with`]): a server with ordinary Rust state
+//! ([`PlainBuiltin`]) logs every state-changing request to a kernel-owned log before it runs,
+//! forks checkpoint writers, and after a fault is reconstituted from the last checkpoint and
+//! the log replayed behind it (ARCHITECTURE.md §16).
+//!
 //! Client side ([`client`]): connect to a running system by name, open channels to its servers
 //! (a [`txipc_service::Transport`] for generated stubs), list servers, stop the system; and
 //! [`client::SystemProcess`], which boots a kernel as a child process for tests, benchmarks and
