@@ -468,3 +468,21 @@ fn crossing_roots_abort_one_and_retry() {
     drop((bank, conn));
     sys.shutdown().unwrap();
 }
+
+/// `txipc bench nested` runs and reports every variant (a smoke test: no timing is checked).
+#[test]
+fn bench_nested_reports_every_variant() {
+    let out = std::process::Command::new(exe())
+        .args(["bench", "nested", "--ops", "20", "--rounds", "1", "--clients", "1,2", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let rows = v["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "{v}");
+    for r in rows {
+        assert!(r["ops_per_sec"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    assert!(v["loss_vs_none_pct"]["1"].is_number(), "{v}");
+}
