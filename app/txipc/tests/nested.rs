@@ -473,10 +473,24 @@ fn crossing_roots_abort_one_and_retry() {
 #[test]
 fn bench_nested_reports_every_variant() {
     let out = std::process::Command::new(exe())
-        .args(["bench", "nested", "--ops", "20", "--rounds", "1", "--clients", "1,2", "--json"])
+        .args([
+            "bench",
+            "nested",
+            "--ops",
+            "20",
+            "--rounds",
+            "1",
+            "--clients",
+            "1,2",
+            "--json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     let rows = v["results"].as_array().unwrap();
