@@ -61,7 +61,9 @@ pub struct InjectArgs {
     /// tracking), companion (the companion over the kv-plain server), or all.
     #[arg(long, default_value = "all")]
     pub policy: String,
-    /// Integrity checks of the server: `off` (the only setting so far).
+    /// Integrity checks of the kv server (built-in `kv-checked`: a checksum with every stored
+    /// value, verified when read and right after every store): off, on, or both (every policy
+    /// twice; companion runs only without).
     #[arg(long, default_value = "off")]
     pub integrity: String,
     /// Campaign seed (default: from the clock; printed).
@@ -127,13 +129,18 @@ fn parse_variants(policy: &str, integrity: &str) -> Result<Vec<Variant>> {
     }
     let checks: &[bool] = match integrity {
         "off" => &[false],
-        other => bail!(
-            "--integrity `{other}`: only `off` is available (no server checks its own data yet)"
-        ),
+        "on" => &[true],
+        "both" => &[false, true],
+        other => bail!("--integrity `{other}`: use off, on or both"),
     };
     let mut v = Vec::new();
     for &c in checks {
         for &n in &base {
+            if c && n == PolicyName::Companion {
+                // kv-plain has no checks of its own (the companion checksums its log and
+                // checkpoints, outside the server).
+                continue;
+            }
             let (policy, tracking) = n.manifest();
             v.push(Variant {
                 label: if c {
@@ -146,7 +153,7 @@ fn parse_variants(policy: &str, integrity: &str) -> Result<Vec<Variant>> {
                     txipc_core::manifest::Tracking::Typed => "typed",
                     txipc_core::manifest::Tracking::Page => "page",
                 },
-                builtin: n.kv_builtin(),
+                builtin: if c { "kv-checked" } else { n.kv_builtin() },
                 checkpoints: n == PolicyName::Companion,
             });
         }

@@ -304,6 +304,7 @@ pub enum ManifestError {
 /// Built-in server names the txipc binary knows (the binary checks again at boot).
 pub const BUILTINS: &[&str] = &[
     "kv",
+    "kv-checked",
     "fs",
     "null",
     "faulty",

@@ -16,6 +16,7 @@ use kv_api::{Bytes, CasOutcome, Kv, KvDispatcher, KvError, KvStats, MAX_KEY, MAX
 use txipc_heap::{Heap, HeapError, PBTreeMap, PBytes, PCell, Persistent, Tx};
 use txipc_runtime::{Builtin, Instance, StartArgs, TxCell, TxHost, fail_point};
 
+pub mod integrity;
 pub mod sites;
 use sites::*;
 
@@ -42,6 +43,8 @@ pub struct KvServer {
     heap: &'static Heap,
     root: &'static KvRoot,
     tx: TxCell,
+    /// Integrity checks on (built-in `kv-checked`, [`integrity`]).
+    checked: bool,
 }
 
 impl TxHost for KvServer {
@@ -88,11 +91,13 @@ fn atomically<T>(
 impl KvServer {
     fn current(&mut self, key: &[u8]) -> Option<Bytes> {
         let tx = self.tx.tx();
-        let mut v = self
-            .root
-            .map
-            .get(tx, key)
-            .map(|v| Bytes::from(v.as_slice()));
+        let mut v = self.root.map.get(tx, key).map(|v| {
+            if self.checked {
+                Bytes::from(integrity::verified(key, v.as_slice()))
+            } else {
+                Bytes::from(v.as_slice())
+            }
+        });
         if let (Some(c), Some(v)) = (fail_point(LOOKUP), v.as_mut()) {
             c.flip(v);
         }
@@ -101,6 +106,14 @@ impl KvServer {
 
     fn store(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), KvError> {
         let root = self.root;
+        let checked = self.checked;
+        // With integrity checks, the value is stored with its checksum, computed here from the
+        // request's bytes: a corruption from here on shows as a mismatch.
+        let sealed = match value {
+            Some(v) if checked => Some(integrity::seal(key, v)),
+            _ => None,
+        };
+        let value = sealed.as_deref().or(value);
         // A copy only when a corruption is injected: the hot path stores the caller's bytes.
         let corrupted;
         let value = match (fail_point(STORE_BEFORE_INSERT), value) {
@@ -122,6 +135,11 @@ impl KvServer {
                 }
             }
             fail_point(STORE_AFTER_INSERT);
+            if checked && value.is_some() {
+                // Read back what the map now holds: the bytes must match their checksum.
+                let stored = root.map.get(tx, key).map(|v| v.as_slice().to_vec());
+                integrity::verified(key, &stored.unwrap_or_default());
+            }
             root.updates.update(tx, |n| n + 1)?;
             fail_point(STORE_AFTER_COUNT);
             Ok(())
@@ -217,7 +235,14 @@ impl Kv for KvServer {
             .map
             .range(tx, Bound::Included(&start[..]), Bound::Unbounded)
             .take(limit.min(MAX_SCAN) as usize)
-            .map(|(k, v)| (Bytes::from(k.as_slice()), Bytes::from(v.as_slice())))
+            .map(|(k, v)| {
+                let v = if self.checked {
+                    integrity::verified(k.as_slice(), v.as_slice())
+                } else {
+                    v.as_slice()
+                };
+                (Bytes::from(k.as_slice()), Bytes::from(v))
+            })
             .collect();
         if let (Some(c), Some((_, v))) = (fail_point(SCAN_ENTRY), entries.first_mut()) {
             c.flip(v);
@@ -237,6 +262,14 @@ impl Kv for KvServer {
 }
 
 fn start(args: StartArgs<'_>) -> Result<Box<dyn Instance>, String> {
+    start_with(args, false)
+}
+
+fn start_checked(args: StartArgs<'_>) -> Result<Box<dyn Instance>, String> {
+    start_with(args, true)
+}
+
+fn start_with(args: StartArgs<'_>, checked: bool) -> Result<Box<dyn Instance>, String> {
     let root = args
         .heap
         .root_or_init(|_tx| {
@@ -250,8 +283,16 @@ fn start(args: StartArgs<'_>) -> Result<Box<dyn Instance>, String> {
         heap: args.heap,
         root,
         tx: TxCell::new(),
+        checked,
     })))
 }
 
 /// The kv server as a built-in of the txipc binary.
 pub const BUILTIN: Builtin = Builtin { name: "kv", start };
+
+/// The kv server with integrity checks ([`integrity`]): every stored value carries a checksum,
+/// verified whenever it is read and right after it is stored.
+pub const BUILTIN_CHECKED: Builtin = Builtin {
+    name: "kv-checked",
+    start: start_checked,
+};
