@@ -34,7 +34,11 @@ use out::{Report, usage};
 
 /// Every server compiled into this binary.
 fn builtins() -> Vec<Builtin> {
-    let mut v = vec![kv_server::BUILTIN, kv_server::BUILTIN_CHECKED, fs_server::BUILTIN];
+    let mut v = vec![
+        kv_server::BUILTIN,
+        kv_server::BUILTIN_CHECKED,
+        fs_server::BUILTIN,
+    ];
     v.extend(probe_server::BUILTINS);
     v.extend([bank_server::BUILTIN, account_server::BUILTIN]);
     v
