@@ -64,6 +64,13 @@ fn storm(policy: &str, kill_front_end: bool) -> Outcome {
     let mut m = Mounted::new(&format!("storm-{policy}"), policy);
     let src = std::env::temp_dir().join(unique("storm-src"));
     make_tree(&src, 200);
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(src.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let end = Instant::now() + Duration::from_secs(secs);
 
@@ -202,7 +209,6 @@ fn storm(policy: &str, kill_front_end: bool) -> Outcome {
     let (copies, copy_errors) = copier.join().unwrap();
     let (commits, git_errors) = gitter.join().unwrap();
     let (sqlite_txns, sqlite_errors) = sqliter.join().unwrap();
-    let _ = std::fs::remove_dir_all(&src);
     Outcome {
         copies,
         copy_errors,

@@ -139,6 +139,24 @@ impl Kernel {
         }
     }
 
+    /// The system stops: a kept connection whose front end is gone would leave a dead mount
+    /// behind ("Transport endpoint is not connected") once the kernel's fd closes, so it is
+    /// detached first. A live front end unmounts by itself when it sees the system stop.
+    pub(crate) fn fuse_shutdown(&mut self) {
+        for (m, k) in std::mem::take(&mut self.fuse) {
+            if k.holder.is_none() {
+                let r = rustix::mount::unmount(m.as_str(), rustix::mount::UnmountFlags::DETACH);
+                self.log(format!(
+                    "fuse: {m} had no front end; unmounted at shutdown ({})",
+                    match r {
+                        Ok(()) => "ok".to_string(),
+                        Err(e) => e.to_string(),
+                    }
+                ));
+            }
+        }
+    }
+
     /// A client connection closed: the connections it held are orphaned (kept for adoption).
     pub(crate) fn fuse_client_gone(&mut self, client: u64) {
         let mut orphaned = Vec::new();

@@ -12,6 +12,7 @@ use crate::server::CONTROL_EVENT;
 
 impl Kernel {
     pub(crate) fn shutdown(&mut self) {
+        self.fuse_shutdown();
         let deadline = Instant::now() + Duration::from_secs(3);
         for s in &mut self.servers {
             for inc in [s.active(), s.standby()].into_iter().flatten() {

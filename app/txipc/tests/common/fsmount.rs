@@ -60,6 +60,24 @@ impl Mounted {
         let line = rx.recv_timeout(Duration::from_secs(20));
         if !matches!(&line, Ok(Some(l)) if l.starts_with("ready")) {
             let status = self.child.as_mut().map(|c| c.try_wait());
+            if let Some(c) = &self.child {
+                // Where it is stuck, for the report.
+                for t in std::fs::read_dir(format!("/proc/{}/task", c.id()))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let p = t.path();
+                    let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+                    eprintln!(
+                        "front end thread {}: wchan {} syscall {} stack:\n{}",
+                        t.file_name().to_string_lossy(),
+                        read("wchan"),
+                        read("syscall").trim(),
+                        read("stack")
+                    );
+                }
+            }
             panic!("the front end did not come up: first line {line:?}, exit status {status:?}");
         }
         assert!(fs_fuse::is_fuse_mount(&self.dir));
