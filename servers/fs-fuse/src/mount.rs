@@ -222,22 +222,9 @@ fn serve(
     session: Arc<Session<Channel>>,
     sys: &System,
     threads: usize,
+    sigfd: SignalFd,
     mut keep: impl FnMut(u32),
 ) -> Result<Ended, MountError> {
-    // SIGINT/SIGTERM arrive on a signalfd; the mask is inherited by the readers.
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGINT);
-    mask.add(Signal::SIGTERM);
-    mask.thread_block().map_err(|e| MountError::Sys {
-        op: "sigprocmask",
-        source: e.into(),
-    })?;
-    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| MountError::Sys {
-            op: "signalfd",
-            source: e.into(),
-        })?;
-
     let (done_tx, done_rx) = mpsc::channel::<Next>();
     for i in 0..threads.max(1) {
         let s = session.clone();
@@ -331,6 +318,20 @@ pub enum Start {
 ///
 /// `ready` is called once requests are served.
 pub fn run(opts: &MountOptions, ready: impl FnOnce(Start)) -> Result<Ended, MountError> {
+    // SIGINT/SIGTERM arrive on a signalfd from the start (a signal before serving still ends
+    // in a clean unmount); the mask is inherited by the reader threads.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    mask.thread_block().map_err(|e| MountError::Sys {
+        op: "sigprocmask",
+        source: e.into(),
+    })?;
+    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| MountError::Sys {
+            op: "signalfd",
+            source: e.into(),
+        })?;
     let (sys, fs) = connect(opts)?;
     let mp = mount_path(&opts.dir);
     let mps = mp.to_string_lossy().into_owned();
@@ -398,7 +399,7 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce(Start)) -> Result<Ended, Moun
     };
     ready(start);
     let tag = session.session();
-    let ended = serve(session, &sys, opts.threads, |minor| {
+    let ended = serve(session, &sys, opts.threads, sigfd, |minor| {
         let _ = sys.fuse_keep(&mps, minor, tag, None);
     });
     // Whatever happened, the mount goes (it may already be gone: unmounted from outside),
