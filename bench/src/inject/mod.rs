@@ -8,7 +8,7 @@
 //! or delay, and the workload's operations — so every policy gets the same fault list, and
 //! `--replay SEED` reruns one run alone.
 //!
-//! One run ([`Campaign::run_one`]): a client thread runs the workload ([`workload`]) in the
+//! One run (`Campaign::run_one`): a client thread runs the workload ([`workload`]) in the
 //! run's own key namespace, checking every reply against its exact model, while an injector
 //! thread waits for the aimed-at call to start and then injects the fault ([`fault`]: SIGKILL,
 //! a fail point armed through the kernel, or a ptrace change by [`swifi`]). Then the fail point

@@ -9,7 +9,7 @@
 //! process is detached, which lets it run on with the fault.
 //!
 //! Rules that keep the system around it sound:
-//! - The injector never leaves a traced or stopped process behind: [`Seized`] detaches in
+//! - The injector never leaves a traced or stopped process behind: `Seized` detaches in
 //!   `Drop`; if the tracee cannot be brought to a ptrace-stop to detach it, it is killed.
 //! - The kernel's own stops are not confused with ours: a signal that arrives while we hold the
 //!   process (the crash reporter's SIGSTOP, a SIGSEGV, the watchdog's SIGSTOP) is handed back at
