@@ -47,6 +47,9 @@ use crate::spin::{SpinConfig, SpinMode, Spinner};
 
 use Ordering::{Acquire, Relaxed, Release, SeqCst};
 
+/// How long a call that sees its channel marked DEAD waits for the kernel to settle its slot
+/// (the kernel marks DEAD first, then settles every slot of the channel).
+const DEAD_SETTLE_GRACE: Duration = Duration::from_millis(200);
 /// What a kick stores in `done`: the slot's seq with bit 31 flipped, which is neither the
 /// awaited reply nor the previous one.
 const KICK_BIT: u32 = 1 << 31;
@@ -444,7 +447,9 @@ impl ClientChannel {
             let w = c.done().load(Acquire);
             if w != last && w != want {
                 // Kicked (or scribbled on): look at the flags.
-                self.chan.check_flags()?;
+                if let Err(e) = self.chan.check_flags() {
+                    return self.after_flag(slot, want, reply, e);
+                }
             }
             last = w;
         }
@@ -458,7 +463,7 @@ impl ClientChannel {
             }
             if let Err(e) = self.chan.check_flags() {
                 c.client_waiting().store(0, Relaxed);
-                return Err(e);
+                return self.after_flag(slot, want, reply, e);
             }
             let remaining = match deadline {
                 None => None,
@@ -472,6 +477,31 @@ impl ClientChannel {
             };
             futex::wait(c.done(), w, remaining);
         }
+    }
+
+    /// A flag ended the wait. The kernel sets DEAD *before* it settles the slots of a dead
+    /// channel (a client tells "interrupted" from "down" by the flag), so a call that sees DEAD
+    /// gives the kernel a bounded moment ([`DEAD_SETTLE_GRACE`]) to settle its slot, and
+    /// returns that settlement if it comes; otherwise the flag's error.
+    fn after_flag(
+        &self,
+        slot: usize,
+        want: u32,
+        reply: &mut Vec<u8>,
+        e: ChanError,
+    ) -> Result<Reply, ChanError> {
+        if matches!(e, ChanError::Dead) {
+            let c = self.chan.ctl(slot);
+            let start = Instant::now();
+            while start.elapsed() < DEAD_SETTLE_GRACE {
+                let w = c.done().load(Acquire);
+                if w == want {
+                    return self.finish(slot, reply);
+                }
+                futex::wait(c.done(), w, Some(Duration::from_millis(5)));
+            }
+        }
+        Err(e)
     }
 
     /// REPLIED: copy status and reply out, then REPLIED → FREE.

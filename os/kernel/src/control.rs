@@ -145,9 +145,10 @@ impl Kernel {
                         format!("signalling pid {}: {e}", a.pid),
                     )
                 })?;
+                let (generation, pid) = (a.generation, a.pid);
+                self.servers[i].signalled = Some((generation, signal));
                 self.log(format!(
-                    "{server}: signal {signal} sent to pid {} at the operator's request",
-                    a.pid
+                    "{server}: signal {signal} sent to pid {pid} at the operator's request"
                 ));
                 Ok(Response::Ok)
             }

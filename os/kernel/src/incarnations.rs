@@ -159,7 +159,11 @@ impl Kernel {
             let how = match process::zombie_exit(inc.pid) {
                 Some(Err(sig)) => format!("killed by {}", signal_name(sig)),
                 Some(Ok(code)) => format!("exited with status {code}"),
-                None => "died (exit status unknown)".into(),
+                // Reaped before the kernel looked: the kernel knows what it sent itself.
+                None => match s.signalled {
+                    Some((g, sig)) if g == generation => format!("killed by {}", signal_name(sig)),
+                    _ => "died (exit status unknown)".into(),
+                },
             };
             let at = fail_point_words(s.fired_fail_point());
             self.fault_starts(i, generation, format!("{how}{at}"));

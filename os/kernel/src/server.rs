@@ -59,6 +59,10 @@ pub(crate) struct Server {
     pub(crate) fresh_next: bool,
     /// The fail point the operator armed last and that has not been seen to fire.
     pub(crate) armed: Option<(FailKind, FailPoint)>,
+    /// The last signal the kernel itself sent at an operator's request: (generation, signal).
+    /// How a death is told when the zombie's exit status is already gone (its zygote may reap
+    /// it at a spawn before the kernel looks).
+    pub(crate) signalled: Option<(u64, i32)>,
     /// The last fault, in words.
     pub(crate) last_fault: Option<FaultInfo>,
     /// When the last recovery completed (ms of kernel uptime).
@@ -180,6 +184,7 @@ impl Server {
                 posted_watch: None,
                 fresh_next: true,
                 armed: None,
+                signalled: None,
                 last_fault: None,
                 last_recovery_at_ms: None,
                 held_reason: None,
