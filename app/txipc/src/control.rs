@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
+use txipc_core::latency::{self, Histogram};
 use txipc_core::proto::ServerInfo;
 use txipc_runtime::client::{ClientError, System};
 
@@ -102,7 +103,7 @@ pub fn server_json(s: &ServerInfo, uptime_ms: u64) -> Value {
     json!({
         "name": s.name, "pid": s.pid, "generation": s.generation,
         "policy": s.policy.as_str(), "tracking": format!("{:?}", s.tracking).to_lowercase(),
-        "state": s.state, "restarts": s.restarts,
+        "state": s.state, "restarts": s.restarts, "faults": s.faults,
         "aborted_requests": s.aborted_requests, "retried_requests": s.retried_requests,
         "calls": s.calls, "channels": s.channels, "last_recovery_us": s.last_recovery_us,
         "last_recovery_ago_s": s.last_recovery_at_ms.map(ago),
@@ -111,7 +112,26 @@ pub fn server_json(s: &ServerInfo, uptime_ms: u64) -> Value {
             "cause": f.cause, "generation": f.generation, "at_ms": f.at_ms, "ago_s": ago(f.at_ms),
         })),
         "held_reason": s.held_reason,
+        "latency": latency_json(&s.latency),
     })
+}
+
+/// Percentiles of a latency histogram (`null` when no call was timed): the service time of a
+/// sample of the calls, transaction begin → replies published, as the server reports it.
+pub fn latency_json(h: &Histogram) -> Value {
+    if h.total() == 0 {
+        return Value::Null;
+    }
+    let us = |q: f64| h.quantile_ns(q).map(|ns| ns as f64 / 1000.0);
+    json!({
+        "timed_calls": h.total(), "sample_every": latency::SAMPLE_EVERY,
+        "p50_us": us(0.50), "p99_us": us(0.99), "max_us": us(1.0),
+    })
+}
+
+/// A percentile for a table: `12.4 µs`, or `-` when nothing was timed.
+pub fn quantile_words(h: &Histogram, q: f64) -> String {
+    h.quantile_ns(q).map_or("-".into(), latency::human_ns)
 }
 
 /// The servers of a status, only `service` if given (an unknown name is "not found").
@@ -144,7 +164,7 @@ pub fn ps(system: &str, service: Option<&str>, timeout: Option<Duration>) -> Res
         human_duration(up as f64 / 1000.0)
     );
     text.push_str(&format!(
-        "{:<12} {:>8} {:>5} {:<8} {:<6} {:<10} {:>8} {:>8} {:>8} {:>10} {:>12}\n",
+        "{:<12} {:>8} {:>5} {:<8} {:<6} {:<10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>12}\n",
         "NAME",
         "PID",
         "GEN",
@@ -155,11 +175,13 @@ pub fn ps(system: &str, service: Option<&str>, timeout: Option<Duration>) -> Res
         "RETRIED",
         "ABORTED",
         "CALLS",
+        "P50",
+        "P99",
         "LAST-RECOV"
     ));
     for s in &list {
         text.push_str(&format!(
-            "{:<12} {:>8} {:>5} {:<8} {:<6} {:<10} {:>8} {:>8} {:>8} {:>10} {:>12}\n",
+            "{:<12} {:>8} {:>5} {:<8} {:<6} {:<10} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>12}\n",
             s.name,
             s.pid,
             s.generation,
@@ -170,6 +192,8 @@ pub fn ps(system: &str, service: Option<&str>, timeout: Option<Duration>) -> Res
             s.retried_requests,
             s.aborted_requests,
             s.calls,
+            quantile_words(&s.latency, 0.50),
+            quantile_words(&s.latency, 0.99),
             s.last_recovery_us
                 .map_or("-".into(), |us| format!("{us:.0} µs"))
         ));

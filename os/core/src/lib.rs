@@ -10,6 +10,7 @@
 //!   checksums, the log reader that tells a torn tail from corruption);
 //! - [`lifecycle`]: the life of one server as a pure state machine (events in, commands out),
 //!   proptested over random event orders;
+//! - [`latency`]: per-call latency histograms (quarter-octave buckets) and their percentiles;
 //! - [`failpoint`]: faults the kernel arms in a server at a chosen point of the commit protocol;
 //! - [`paths`]: where a running system's socket lives;
 //! - [`vocab`]: the command line's names of faults and policies, shared by every command.
@@ -17,6 +18,7 @@
 
 pub mod companion;
 pub mod failpoint;
+pub mod latency;
 pub mod lifecycle;
 pub mod manifest;
 pub mod nested;

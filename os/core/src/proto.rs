@@ -18,7 +18,9 @@ use crate::manifest::{Policy, Tracking};
 /// [`ServerInfo`]): [`Request::Restart`], [`Request::Release`], [`Request::Kill`],
 /// [`Request::Status`], [`Response::Status`], [`Response::Released`], the operator grant
 /// ([`ErrorKind::NotOperator`]), and the fault facts of [`ServerInfo`].
-pub const PROTO_VERSION: u32 = 2;
+///
+/// Version 3: [`ServerInfo::latency`], [`ServerInfo::faults`].
+pub const PROTO_VERSION: u32 = 3;
 /// Largest control message.
 pub const MAX_CONTROL_MSG: usize = 256 * 1024;
 
@@ -251,6 +253,13 @@ pub struct ServerInfo {
     /// (nested transactions, ARCHITECTURE.md §13): its log says ACTIVE with a root and a
     /// published reply.
     pub prepared: bool,
+    /// Service times of a sample of its calls (transaction begin → replies published), by
+    /// every incarnation, as the server alleges them in its status page (clamped by the
+    /// kernel); empty when none was timed yet.
+    pub latency: crate::latency::Histogram,
+    /// Faults the kernel recorded (each one set `last_fault`: crashes, hangs, operator kills
+    /// and restarts), whatever followed (a recovery, `held`, `dead`).
+    pub faults: u64,
 }
 
 /// A companion server's checkpoints and log, as the kernel saw them.

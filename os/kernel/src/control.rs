@@ -240,6 +240,7 @@ impl Kernel {
                 tracking: s.spec.tracking,
                 state: s.phase().as_str().into(),
                 restarts: s.restarts,
+                faults: s.faults,
                 aborted_requests: s.aborted,
                 retried_requests: s.retried,
                 calls: s.status.calls(),
@@ -252,6 +253,11 @@ impl Kernel {
                 held_reason: s.held_reason.clone(),
                 companion: s.companion.as_ref().map(|c| c.info.clone()),
                 prepared: crate::nested::holds_prepared(s),
+                // The server's own words: each bucket is clamped to the calls it claims.
+                latency: txipc_core::latency::Histogram::from_alleged(
+                    &s.status.latency(),
+                    s.status.calls(),
+                ),
             })
             .collect()
     }

@@ -184,6 +184,7 @@ impl Kernel {
         s.fault_at = Some(std::time::Instant::now());
         s.watch = None;
         s.posted_watch = None;
+        s.faults += 1;
         s.last_fault = Some(FaultInfo {
             cause,
             generation: g,

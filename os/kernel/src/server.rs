@@ -47,6 +47,8 @@ pub(crate) struct Server {
     pub(crate) channels: BTreeMap<u32, Chan>,
     pub(crate) next_chan: u32,
     pub(crate) restarts: u64,
+    /// Faults recorded (each `last_fault` set; operator restarts and kills included).
+    pub(crate) faults: u64,
     pub(crate) aborted: u64,
     pub(crate) retried: u64,
     pub(crate) fault_at: Option<Instant>,
@@ -176,6 +178,7 @@ impl Server {
                 channels: BTreeMap::new(),
                 next_chan: 0,
                 restarts: 0,
+                faults: 0,
                 aborted: 0,
                 retried: 0,
                 fault_at: None,

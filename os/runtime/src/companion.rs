@@ -373,6 +373,9 @@ impl PlainLoop<'_> {
     /// Runs the request taken in `t` (its bytes in `self.req`): log, handle, reply, publish.
     fn run(&mut self, ci: usize, t: &Taken) {
         let chan_index = self.chans[ci].index;
+        // One call in `SAMPLE_EVERY` is timed, log → published (the status page's histogram).
+        let start = (self.calls & (txipc_core::latency::SAMPLE_EVERY - 1) == 0)
+            .then(txipc_sys::time::monotonic_ns);
         self.status
             .set_busy(busy_word(chan_index, t.slot as u32, t.seq));
         let logged = !t.malformed && self.log.is_some() && self.instance.is_logged(t.method);
@@ -399,6 +402,11 @@ impl PlainLoop<'_> {
         }
         self.fail_point(FailPoint::AfterCommit);
         let _ = chan.publish(t.slot);
+        if let Some(start) = start {
+            let took = txipc_sys::time::monotonic_ns().saturating_sub(start);
+            self.status
+                .add_latency(txipc_core::latency::bucket(took), 1);
+        }
         self.calls += 1;
         self.status.set_idle(self.calls);
         if logged {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use txipc_chan::{Doorbell, ServerChannel, Status};
 use txipc_core::failpoint::{FailPoint, SITE_AFTER_TAKE, SITE_BEFORE_REPLY, SITE_PUBLISHED};
+use txipc_core::latency;
 use txipc_core::manifest::{Policy, Tracking as ManifestTracking};
 use txipc_core::proto::{
     self, FromServer, FromZygote, ServerConfig, ToServer, ToZygote, ZygoteInit,
@@ -513,6 +514,7 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
         ctl,
         txid: generation << 40,
         calls,
+        batches: 0,
         next_chan: 0,
         batch: Vec::new(),
         bufs: Vec::new(),
@@ -593,6 +595,8 @@ struct Loop<'a> {
     txid: u64,
     /// Calls completed by every incarnation so far (this one is the only writer now).
     calls: u64,
+    /// Batches run by this incarnation: one in `latency::SAMPLE_EVERY` is timed.
+    batches: u64,
     next_chan: usize,
     batch: Vec<Taken>,
     bufs: Vec<Vec<u8>>,
@@ -774,6 +778,15 @@ impl Loop<'_> {
     /// requests fail alone with `Aborted`.
     fn run_roots(&mut self, n: usize) {
         let mut retry = 0u32;
+        // A sample of the batches is timed, begin → published (the status page's latency
+        // histogram): a clock read costs too much to pay on every null call.
+        let timed = self.batches & (latency::SAMPLE_EVERY - 1) == 0;
+        self.batches = self.batches.wrapping_add(1);
+        let start = if timed {
+            txipc_sys::time::monotonic_ns()
+        } else {
+            0
+        };
         loop {
             self.txid += 1;
             TXID.with(|t| t.set(self.txid));
@@ -861,6 +874,10 @@ impl Loop<'_> {
             break;
         }
         TXID.with(|t| t.set(0));
+        if timed {
+            let took = txipc_sys::time::monotonic_ns().saturating_sub(start);
+            self.status.add_latency(latency::bucket(took), n as u64);
+        }
         self.calls += n as u64;
         self.status.set_idle(self.calls);
         if PENDING.with(|p| !p.borrow().is_empty()) {

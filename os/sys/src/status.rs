@@ -7,6 +7,7 @@
 //! | `calls` | incarnation | calls completed by all incarnations (committed) |
 //! | `generation` | kernel | generation of the incarnation allowed to run |
 //! | `inject` | kernel (arms, disarms) / incarnation (fires, clears) | an armed fail point: `arg << 32 \| kind << 16 \| site` |
+//! | `latency[i]`, i < [`LATENCY_BUCKETS`] | incarnation | calls timed with a service time in bucket `i` (`txipc_core::latency`), by all incarnations |
 //!
 //! Fields are atomics at fixed offsets in a memfd page; a torn or garbage value can only make the
 //! watchdog act early or late on the server that wrote it. Every field but `inject` has one
@@ -27,6 +28,12 @@ use rustix::mm::{MapFlags, ProtFlags};
 const MAGIC: u64 = u64::from_le_bytes(*b"TXIPCST1");
 const PAGE: usize = 4096;
 const FIELDS: usize = 7;
+/// Number of latency buckets (the kernel reads them all, whatever their values).
+pub const LATENCY_BUCKETS: usize = 128;
+/// Word index of the first latency bucket: its own cache lines, apart from the words the
+/// kernel's watchdog reads on every tick.
+const LATENCY_BASE: usize = 64;
+const _: () = assert!((LATENCY_BASE + LATENCY_BUCKETS) * 8 <= PAGE);
 
 /// A mapped status page.
 #[derive(Debug)]
@@ -80,9 +87,9 @@ impl StatusPage {
     }
 
     fn field(&self, i: usize) -> &AtomicU64 {
-        assert!(i <= FIELDS);
-        // SAFETY: the mapping is PAGE bytes, page aligned, and i <= FIELDS keeps the u64 inside
-        // it; AtomicU64 has the layout of u64, and all processes access it atomically only.
+        assert!(i <= FIELDS || (LATENCY_BASE..LATENCY_BASE + LATENCY_BUCKETS).contains(&i));
+        // SAFETY: the mapping is PAGE bytes, page aligned, and the assert keeps the u64 inside
+        // it (the const assert above bounds the latency words); AtomicU64 has the layout of u64, and all processes access it atomically only.
         unsafe { &*self.base.as_ptr().add(i) }
     }
 
@@ -97,6 +104,18 @@ impl StatusPage {
     pub fn set_idle(&self, total_calls: u64) {
         self.field(1).store(0, Ordering::Release);
         self.field(3).store(total_calls, Ordering::Relaxed);
+    }
+    /// Adds `n` calls to latency bucket `bucket` (incarnation; the only writer, so a plain load
+    /// and store: no read-modify-write on the hot path). A bucket out of range is the last one.
+    #[inline]
+    pub fn add_latency(&self, bucket: usize, n: u64) {
+        let f = self.field(LATENCY_BASE + bucket.min(LATENCY_BUCKETS - 1));
+        f.store(f.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+    /// The latency buckets as they are now: values the incarnation wrote, to be treated as its
+    /// allegation (kernel).
+    pub fn latency(&self) -> [u64; LATENCY_BUCKETS] {
+        std::array::from_fn(|i| self.field(LATENCY_BASE + i).load(Ordering::Relaxed))
     }
     /// The transaction being handled, or 0 when idle.
     pub fn busy(&self) -> u64 {
@@ -176,6 +195,13 @@ mod tests {
         assert_eq!(b.calls(), 2);
         b.set_generation(4);
         assert_eq!(a.generation(), 4);
+        a.add_latency(3, 2);
+        a.add_latency(3, 1);
+        a.add_latency(usize::MAX, 5);
+        let l = b.latency();
+        assert_eq!((l[3], l[LATENCY_BUCKETS - 1]), (3, 5));
+        assert_eq!(l.iter().sum::<u64>(), 8);
+        assert_eq!(b.busy(), 0, "latency words are apart from the others");
     }
 
     #[test]
