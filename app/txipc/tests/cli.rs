@@ -736,3 +736,45 @@ fn the_readme_tour_runs() {
     assert!(out.contains("killed by SIGKILL"), "{out}");
     assert!(out.contains("stopped"), "{out}");
 }
+
+/// The runtime times a sample of the calls into its status page; `ps` reports p50/p99 from
+/// them and counts faults.
+#[test]
+fn ps_reports_call_latency_and_faults() {
+    let sys = kv_system("lat");
+    let name = sys.name().to_string();
+    let s = name.as_str();
+    let conn = sys.connect().unwrap();
+    let kv = kv_api::KvClient::new(open(&conn, "kv"));
+    for i in 0..200u32 {
+        kv.put(format!("k{i}").into_bytes(), b"v".to_vec()).unwrap();
+    }
+    let v = json_run(&["ps", "--json", "--system", s, "--service", "kv"], 0);
+    let kvs = &v["servers"][0];
+    let lat = &kvs["latency"];
+    // One batch in 16 is timed; a single client's calls are one per batch.
+    let timed = lat["timed_calls"].as_u64().unwrap_or(0);
+    assert!((12..=200).contains(&timed), "{v}");
+    let (p50, p99, max) = (
+        lat["p50_us"].as_f64().unwrap(),
+        lat["p99_us"].as_f64().unwrap(),
+        lat["max_us"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{v}");
+    assert_eq!(kvs["faults"], 0, "{v}");
+    let o = txipc(&["ps", "--system", s]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("P99"), "{text}");
+    json_run(&["kill", "kv", "--system", s, "--json"], 0);
+    wait_until("kv to recover", Duration::from_secs(10), || {
+        let v = json_run(&["ps", "--json", "--system", s, "--service", "kv"], 0);
+        v["servers"][0]["state"] == "running" && v["servers"][0]["generation"] == 2
+    });
+    let v = json_run(&["ps", "--json", "--system", s, "--service", "kv"], 0);
+    assert_eq!(v["servers"][0]["faults"], 1, "{v}");
+    // The histogram outlives the incarnation that wrote it.
+    assert!(
+        v["servers"][0]["latency"]["timed_calls"].as_u64() >= Some(timed),
+        "{v}"
+    );
+}
