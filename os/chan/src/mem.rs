@@ -21,68 +21,40 @@
 //! bytes, which every `u8` pattern admits.
 
 use std::os::fd::BorrowedFd;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
-use rustix::mm::{MapFlags, ProtFlags};
+use txipc_sys::shm::{SharedMap, ShmError};
 
 use crate::ChanError;
 
-/// An owned `MAP_SHARED | PROT_READ | PROT_WRITE` mapping; unmapped on drop.
+/// An owned `MAP_SHARED | PROT_READ | PROT_WRITE` mapping ([`txipc_sys::shm::SharedMap`], the
+/// one shared-memory type of txipc) with the accessors the channel protocol uses; unmapped on
+/// drop.
 #[derive(Debug)]
 pub(crate) struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
+    map: SharedMap,
 }
 
-// SAFETY: the mapping is plain shared memory with no thread affinity; all access goes through
-// atomics or raw-pointer copies whose soundness is argued in the module docs, none of which
-// depends on the accessing thread.
-unsafe impl Send for Mapping {}
-// SAFETY: as above; `&Mapping` only hands out atomics and performs raw copies.
-unsafe impl Sync for Mapping {}
-
 impl Mapping {
-    /// Maps the first `len` bytes of `fd` shared and read-write. The caller must have checked
-    /// that the file is at least `len` bytes long and sealed against shrinking, otherwise
-    /// accesses may fault with SIGBUS (a crash, not memory unsafety).
+    /// Maps the first `len` bytes of `fd` shared and read-write. `txipc_sys::shm` checks
+    /// that the file is at least `len` bytes long and sealed against shrinking, so no access
+    /// can fault with SIGBUS.
     pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize) -> Result<Self, ChanError> {
         assert!(len > 0);
-        // SAFETY: a null hint lets the kernel choose a fresh range, so no existing memory is
-        // replaced; the returned range is owned by the new `Mapping` only.
-        let p = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                fd,
-                0,
-            )?
-        };
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or(ChanError::Io(rustix::io::Errno::NOMEM))?;
-        Ok(Self { ptr, len })
+        let map = SharedMap::map(fd, len).map_err(|e| shm_error(e, "channel", len as u64))?;
+        Ok(Self { map })
     }
 
     /// An anonymous `MAP_SHARED` mapping of `len` zeroed bytes: shared with children forked
     /// after it is created (used by the raw baselines).
     pub(crate) fn anonymous_shared(len: usize) -> Result<Self, ChanError> {
         assert!(len > 0);
-        // SAFETY: null hint, fresh range owned by the new `Mapping` only.
-        let p = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-            )?
-        };
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or(ChanError::Io(rustix::io::Errno::NOMEM))?;
-        Ok(Self { ptr, len })
+        let map = SharedMap::anonymous(len).map_err(|e| shm_error(e, "baseline", len as u64))?;
+        Ok(Self { map })
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.map.len()
     }
 
     /// The `AtomicU32` at byte offset `off`.
@@ -92,24 +64,24 @@ impl Mapping {
     #[inline]
     pub(crate) fn u32_at(&self, off: usize) -> &AtomicU32 {
         assert!(
-            off % 4 == 0 && off + 4 <= self.len,
+            off % 4 == 0 && off + 4 <= self.len(),
             "u32_at({off}) out of bounds"
         );
         // SAFETY: in bounds and 4-aligned (checked above; the base is page aligned); the memory
         // lives as long as `self`; AtomicU32 admits every bit pattern and is accessed only
         // atomically (see the module docs for the cross-process argument).
-        unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU32>() }
+        unsafe { &*self.map.ptr().add(off).cast::<AtomicU32>() }
     }
 
     /// The `AtomicU64` at byte offset `off`. Panics like [`Self::u32_at`].
     #[inline]
     pub(crate) fn u64_at(&self, off: usize) -> &AtomicU64 {
         assert!(
-            off % 8 == 0 && off + 8 <= self.len,
+            off % 8 == 0 && off + 8 <= self.len(),
             "u64_at({off}) out of bounds"
         );
         // SAFETY: as for `u32_at`, with 8-byte alignment.
-        unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU64>() }
+        unsafe { &*self.map.ptr().add(off).cast::<AtomicU64>() }
     }
 
     /// Replaces the contents of `dst` with a copy of `len` bytes at `off`, reusing `dst`'s
@@ -117,7 +89,7 @@ impl Mapping {
     #[inline]
     pub(crate) fn copy_out(&self, off: usize, len: usize, dst: &mut Vec<u8>) {
         assert!(
-            off.checked_add(len).is_some_and(|end| end <= self.len),
+            off.checked_add(len).is_some_and(|end| end <= self.len()),
             "copy_out out of bounds"
         );
         dst.clear();
@@ -127,7 +99,7 @@ impl Mapping {
         // after `reserve`, and a fresh Vec allocation cannot overlap the mapping. All `len`
         // bytes are initialised by the copy before `set_len`.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), dst.as_mut_ptr(), len);
+            std::ptr::copy_nonoverlapping(self.map.ptr().add(off), dst.as_mut_ptr(), len);
             dst.set_len(len);
         }
     }
@@ -137,23 +109,31 @@ impl Mapping {
     pub(crate) fn copy_in(&self, off: usize, src: &[u8]) {
         assert!(
             off.checked_add(src.len())
-                .is_some_and(|end| end <= self.len),
+                .is_some_and(|end| end <= self.len()),
             "copy_in out of bounds"
         );
         // SAFETY: destination in bounds (checked), written through a raw pointer; `src` is a
         // Rust slice and cannot alias the mapping's byte areas because we never hand out
         // references to them.
         unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(off), src.len());
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.map.ptr().add(off), src.len());
         }
     }
 }
 
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr..ptr+len` is exactly the range mmap returned to us; no reference into it
-        // outlives `self` (all are borrows of `self`).
-        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+/// The channel error for a memfd `txipc_sys::shm` refuses to map.
+fn shm_error(e: ShmError, what: &'static str, needed: u64) -> ChanError {
+    match e {
+        ShmError::NotSealed => ChanError::NotSealed { what },
+        ShmError::TooSmall { actual, .. } => ChanError::TooSmall {
+            what,
+            actual,
+            needed,
+        },
+        ShmError::Sys { source, .. } => ChanError::Io(source),
+        ShmError::AddressInUse { .. } | ShmError::Invalid(_) => {
+            ChanError::Io(rustix::io::Errno::INVAL)
+        }
     }
 }
 
@@ -163,36 +143,18 @@ pub(crate) fn check_fd(
     what: &'static str,
     needed: u64,
 ) -> Result<u64, ChanError> {
-    let st = rustix::fs::fstat(fd)?;
-    let actual = st.st_size.max(0) as u64;
-    if actual < needed {
-        return Err(ChanError::TooSmall {
-            what,
-            actual,
-            needed,
-        });
-    }
-    let seals = rustix::fs::fcntl_get_seals(fd).map_err(|_| ChanError::NotSealed { what })?;
-    if !seals.contains(rustix::fs::SealFlags::SHRINK) {
-        return Err(ChanError::NotSealed { what });
-    }
-    Ok(actual)
+    txipc_sys::shm::check_sealed(fd, needed).map_err(|e| shm_error(e, what, needed))
 }
 
-/// Creates a sealed memfd of `size` bytes, lets `init` format it, then seals size and seals.
+/// Creates a sealed memfd of `size` bytes (`txipc_sys::shm`) and lets `init` format it.
 pub(crate) fn create_sealed(
     name: &str,
     size: usize,
     init: impl FnOnce(&Mapping),
 ) -> Result<std::os::fd::OwnedFd, ChanError> {
-    use rustix::fs::{MemfdFlags, SealFlags};
     use std::os::fd::AsFd;
-    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-    rustix::fs::ftruncate(&fd, size as u64)?;
-    {
-        let m = Mapping::map_shared(fd.as_fd(), size)?;
-        init(&m);
-    }
-    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+    let fd = txipc_sys::shm::create_sealed(name, size as u64)
+        .map_err(|e| shm_error(e, "channel", size as u64))?;
+    init(&Mapping::map_shared(fd.as_fd(), size)?);
     Ok(fd)
 }

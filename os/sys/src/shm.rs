@@ -1,48 +1,107 @@
-//! Sealed shared memory: the one way txipc creates a memfd that another process will map.
+//! Sealed shared memory: the one type through which txipc creates, sizes, seals and maps a
+//! memfd that another process maps too.
 //!
 //! A memfd shared with a less trusted process is sealed against shrinking and growing (and
 //! against removing the seals): a peer that could shrink it would make the next access of
 //! every other mapper die of SIGBUS — the kernel's included. Writes stay allowed (that is what
 //! the memory is for); zeroing punches holes, which keeps the size.
 //!
-//! Used for the status page ([`crate::status`]) and the heap and undo log (`txipc-heap`);
-//! channels are created by `txipc-chan`'s own `create_sealed`, which applies the same seals.
+//! [`create_sealed`] makes such a memfd, [`check_sealed`] checks one received from elsewhere,
+//! and [`SharedMap`] maps it (at an address of the kernel's choosing, or at a fixed address
+//! for the heap) and unmaps it on drop. Every shared mapping in txipc is a [`SharedMap`]: the
+//! channels and doorbells (`txipc-chan`), the heap and undo log (`txipc-heap`) and the status
+//! page ([`crate::status`]); this module holds the only `mmap`/`munmap` calls of those users.
+//! What is *inside* a mapping (atomic words, byte areas, the heap's objects) is each user's
+//! business, with its own safety argument.
 
 use std::io;
+use std::ptr::NonNull;
 
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
+use rustix::mm::{MapFlags, ProtFlags};
 
 /// The seals every shared memfd carries.
 pub const SEALS: SealFlags = SealFlags::SHRINK
     .union(SealFlags::GROW)
     .union(SealFlags::SEAL);
 
-/// Creates a zero-filled memfd of `size` bytes, sealed with [`SEALS`].
-pub fn create_sealed(name: &str, size: u64) -> io::Result<OwnedFd> {
-    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-    rustix::fs::ftruncate(&fd, size)?;
-    rustix::fs::fcntl_add_seals(&fd, SEALS)?;
+/// Why a memfd cannot be mapped safely.
+#[derive(Debug, thiserror::Error)]
+pub enum ShmError {
+    /// The file carries no seal against shrinking (or is not a memfd at all): its owner could
+    /// shrink it under every mapper.
+    #[error(
+        "the memfd is not sealed against shrinking: another process could make its mappers fault"
+    )]
+    NotSealed,
+    /// The file is smaller than the mapping needs.
+    #[error("the memfd has {actual} bytes, at least {needed} are needed")]
+    TooSmall {
+        /// Its size.
+        actual: u64,
+        /// The size needed.
+        needed: u64,
+    },
+    /// A fixed mapping's range is (partly) in use in this process.
+    #[error("the address range {base:#x}..{end:#x} is already mapped in this process")]
+    AddressInUse {
+        /// Start of the range.
+        base: usize,
+        /// End of the range.
+        end: usize,
+    },
+    /// A bad argument (a bug of the caller, named).
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// The system call failed.
+    #[error("{op}: {source}")]
+    Sys {
+        /// The call.
+        op: &'static str,
+        /// Its error.
+        source: rustix::io::Errno,
+    },
+}
+
+impl From<ShmError> for io::Error {
+    fn from(e: ShmError) -> io::Error {
+        match e {
+            ShmError::Sys { source, .. } => source.into(),
+            other => io::Error::other(other),
+        }
+    }
+}
+
+fn sys(op: &'static str) -> impl FnOnce(rustix::io::Errno) -> ShmError {
+    move |source| ShmError::Sys { op, source }
+}
+
+/// Creates a zero-filled memfd of `size` bytes, sealed with [`SEALS`]. Writes stay allowed,
+/// so the creator formats it after sealing, through a [`SharedMap`].
+pub fn create_sealed(name: &str, size: u64) -> Result<OwnedFd, ShmError> {
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .map_err(sys("memfd_create"))?;
+    rustix::fs::ftruncate(&fd, size).map_err(sys("ftruncate"))?;
+    rustix::fs::fcntl_add_seals(&fd, SEALS).map_err(sys("fcntl(F_ADD_SEALS)"))?;
     Ok(fd)
 }
 
 /// Checks that `fd` is sealed against shrinking and is at least `min` bytes; returns its size.
 /// Map nothing shared that fails this: its owner could shrink it under you.
-pub fn check_sealed(fd: impl AsFd, min: u64) -> io::Result<u64> {
-    let seals = rustix::fs::fcntl_get_seals(&fd)
-        .map_err(|e| io::Error::other(format!("not a sealed memfd ({e})")))?;
+pub fn check_sealed(fd: impl AsFd, min: u64) -> Result<u64, ShmError> {
+    let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| ShmError::NotSealed)?;
     if !seals.contains(SealFlags::SHRINK) {
-        return Err(io::Error::other(
-            "the memfd is not sealed against shrinking: another process could make its mappers fault",
-        ));
+        return Err(ShmError::NotSealed);
     }
-    let size = rustix::fs::fstat(&fd)?.st_size as u64;
-    if size < min {
-        return Err(io::Error::other(format!(
-            "the memfd has {size} bytes, at least {min} are needed"
-        )));
+    let actual = rustix::fs::fstat(&fd).map_err(sys("fstat"))?.st_size.max(0) as u64;
+    if actual < min {
+        return Err(ShmError::TooSmall {
+            actual,
+            needed: min,
+        });
     }
-    Ok(size)
+    Ok(actual)
 }
 
 /// Zeroes the first `len` bytes of a sealed memfd and frees their memory (holes read as
@@ -55,6 +114,150 @@ pub fn zero(fd: impl AsFd, len: u64) -> io::Result<()> {
         len,
     )?;
     Ok(())
+}
+
+/// An owned `MAP_SHARED`, read-write mapping of (the start of) a sealed memfd; unmapped on
+/// drop. It hands out only its address and length: the user decides how the bytes are
+/// accessed and argues why that is sound.
+#[derive(Debug)]
+pub struct SharedMap {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a SharedMap is an address range with no thread affinity; it creates no references
+// into the memory itself, so sending or sharing it says nothing about how the bytes are used.
+unsafe impl Send for SharedMap {}
+// SAFETY: as above: `&SharedMap` only reads `ptr` and `len`.
+unsafe impl Sync for SharedMap {}
+
+impl SharedMap {
+    /// Maps the first `len` bytes of `fd`, wherever the kernel likes, after checking that
+    /// `fd` is sealed against shrinking and at least `len` bytes ([`check_sealed`]).
+    pub fn map(fd: impl AsFd, len: usize) -> Result<SharedMap, ShmError> {
+        if len == 0 {
+            return Err(ShmError::Invalid("cannot map zero bytes"));
+        }
+        check_sealed(&fd, len as u64)?;
+        // SAFETY: a null hint lets the kernel choose a fresh range, so no existing memory (and
+        // no Rust object) is replaced; the range is owned by the new SharedMap only. The file
+        // is sealed against shrinking and at least `len` bytes (checked), so no access inside
+        // the range can fault with SIGBUS.
+        let p = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )
+        }
+        .map_err(sys("mmap"))?;
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or(ShmError::Sys {
+            op: "mmap",
+            source: rustix::io::Errno::NOMEM,
+        })?;
+        Ok(SharedMap { ptr, len })
+    }
+
+    /// Maps the first `len` bytes of `fd` at exactly `base` (`MAP_FIXED_NOREPLACE`), after
+    /// the same check as [`SharedMap::map`]; fails with [`ShmError::AddressInUse`] if any page
+    /// of the range is already mapped.
+    pub fn map_fixed(fd: impl AsFd, len: usize, base: usize) -> Result<SharedMap, ShmError> {
+        if len == 0 {
+            return Err(ShmError::Invalid("cannot map zero bytes"));
+        }
+        if base == 0 || base % rustix::param::page_size() != 0 {
+            return Err(ShmError::Invalid(
+                "a fixed mapping needs a non-zero page-aligned address",
+            ));
+        }
+        let end = base
+            .checked_add(len)
+            .ok_or(ShmError::Invalid("base + size overflows"))?;
+        check_sealed(&fd, len as u64)?;
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping (the kernel fails with
+        // EEXIST instead), so no memory that Rust code may reference is touched; the file is
+        // sealed and large enough (checked).
+        let r = unsafe {
+            rustix::mm::mmap(
+                base as *mut _,
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::FIXED_NOREPLACE,
+                &fd,
+                0,
+            )
+        };
+        match r {
+            Ok(p) if p as usize == base => Ok(SharedMap {
+                // SAFETY: base is non-zero (checked above).
+                ptr: unsafe { NonNull::new_unchecked(p.cast()) },
+                len,
+            }),
+            Ok(p) => {
+                // Kernels before 4.17 ignore the flag and map elsewhere: undo and report.
+                // SAFETY: `p..p+len` is the mapping just created and nothing references it.
+                let _ = unsafe { rustix::mm::munmap(p, len) };
+                Err(ShmError::AddressInUse { base, end })
+            }
+            Err(rustix::io::Errno::EXIST) => Err(ShmError::AddressInUse { base, end }),
+            Err(e) => Err(ShmError::Sys {
+                op: "mmap (fixed)",
+                source: e,
+            }),
+        }
+    }
+
+    /// An anonymous `MAP_SHARED` mapping of `len` zeroed bytes, shared with children forked
+    /// after it is created (the raw baselines of the benchmarks; no file, so nothing to seal).
+    pub fn anonymous(len: usize) -> Result<SharedMap, ShmError> {
+        if len == 0 {
+            return Err(ShmError::Invalid("cannot map zero bytes"));
+        }
+        // SAFETY: null hint, fresh range owned by the new SharedMap only.
+        let p = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+            )
+        }
+        .map_err(sys("mmap (anonymous)"))?;
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or(ShmError::Sys {
+            op: "mmap",
+            source: rustix::io::Errno::NOMEM,
+        })?;
+        Ok(SharedMap { ptr, len })
+    }
+
+    /// The first byte of the mapping (page aligned).
+    #[inline]
+    pub fn ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Its length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never true (a mapping has at least one byte); for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for SharedMap {
+    fn drop(&mut self) {
+        // SAFETY: `ptr..ptr+len` is exactly the range mmap returned; every user that derives
+        // references from `ptr()` ties them to a borrow of the object that owns this SharedMap,
+        // which is being dropped.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
 }
 
 #[cfg(test)]
@@ -72,9 +275,39 @@ mod tests {
         let mut b = [1u8; 16];
         rustix::io::pread(&fd, &mut b, 100).unwrap();
         assert_eq!(b, [0u8; 16]);
-        assert!(check_sealed(&fd, 1 << 20).is_err());
+        assert!(matches!(
+            check_sealed(&fd, 1 << 20),
+            Err(ShmError::TooSmall { actual: 8192, .. })
+        ));
         let plain = rustix::fs::memfd_create("p", MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&plain, 4096).unwrap();
-        assert!(check_sealed(&plain, 4096).is_err());
+        assert!(matches!(
+            check_sealed(&plain, 4096),
+            Err(ShmError::NotSealed)
+        ));
+    }
+
+    #[test]
+    fn only_sealed_memfds_large_enough_are_mapped() {
+        let fd = create_sealed("t", 8192).unwrap();
+        let a = SharedMap::map(&fd, 8192).unwrap();
+        let b = SharedMap::map(&fd, 4096).unwrap();
+        // SAFETY: in bounds of both mappings; this test is the only user of the memory.
+        unsafe {
+            a.ptr().add(100).write_volatile(42);
+            assert_eq!(b.ptr().add(100).read_volatile(), 42);
+        }
+        assert!(SharedMap::map(&fd, 8193).is_err(), "larger than the file");
+        let plain = rustix::fs::memfd_create("p", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&plain, 4096).unwrap();
+        assert!(matches!(
+            SharedMap::map(&plain, 4096),
+            Err(ShmError::NotSealed)
+        ));
+        let base = b.ptr() as usize;
+        assert!(matches!(
+            SharedMap::map_fixed(&fd, 4096, base),
+            Err(ShmError::AddressInUse { .. })
+        ));
     }
 }

@@ -19,11 +19,11 @@
 //! make the kernel's reads fault.
 
 use std::io;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fd::{AsFd, OwnedFd};
-use rustix::mm::{MapFlags, ProtFlags};
+
+use crate::shm::SharedMap;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"TXIPCST1");
 const PAGE: usize = 4096;
@@ -38,14 +38,8 @@ const _: () = assert!((LATENCY_BASE + LATENCY_BUCKETS) * 8 <= PAGE);
 /// A mapped status page.
 #[derive(Debug)]
 pub struct StatusPage {
-    base: NonNull<AtomicU64>,
+    map: SharedMap,
 }
-
-// SAFETY: the mapping is only accessed through atomics, which are Sync; the pointer stays valid
-// until Drop unmaps it.
-unsafe impl Send for StatusPage {}
-// SAFETY: as above; all access is through `&AtomicU64`.
-unsafe impl Sync for StatusPage {}
 
 impl StatusPage {
     /// Creates a zeroed status page memfd (kernel side).
@@ -58,23 +52,9 @@ impl StatusPage {
     }
 
     fn map_unchecked(fd: impl AsFd) -> io::Result<StatusPage> {
-        crate::shm::check_sealed(&fd, PAGE as u64)
-            .map_err(|e| io::Error::other(format!("status page: {e}")))?;
-        // SAFETY: a fresh shared mapping of PAGE bytes of a memfd at least that large; the kernel
-        // picks the address, so nothing existing is replaced.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                PAGE,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &fd,
-                0,
-            )?
-        };
-        let base = NonNull::new(ptr.cast::<AtomicU64>())
-            .ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(StatusPage { base })
+        let map =
+            SharedMap::map(&fd, PAGE).map_err(|e| io::Error::other(format!("status page: {e}")))?;
+        Ok(StatusPage { map })
     }
 
     /// Maps a status page and checks its magic.
@@ -89,8 +69,10 @@ impl StatusPage {
     fn field(&self, i: usize) -> &AtomicU64 {
         assert!(i <= FIELDS || (LATENCY_BASE..LATENCY_BASE + LATENCY_BUCKETS).contains(&i));
         // SAFETY: the mapping is PAGE bytes, page aligned, and the assert keeps the u64 inside
-        // it (the const assert above bounds the latency words); AtomicU64 has the layout of u64, and all processes access it atomically only.
-        unsafe { &*self.base.as_ptr().add(i) }
+        // it (the const assert above bounds the latency words); it lives as long as `self`
+        // (the reference borrows it); AtomicU64 has the layout of u64, admits every bit
+        // pattern, and all processes access it atomically only.
+        unsafe { &*self.map.ptr().cast::<AtomicU64>().add(i) }
     }
 
     /// Marks the incarnation busy with the batch of transaction `txid` (non-zero, unique).
@@ -169,13 +151,6 @@ impl StatusPage {
         }
         f.compare_exchange(v, 0, Ordering::AcqRel, Ordering::Relaxed)
             .ok()
-    }
-}
-
-impl Drop for StatusPage {
-    fn drop(&mut self) {
-        // SAFETY: we mapped exactly PAGE bytes at `base` and no reference outlives `self`.
-        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), PAGE) };
     }
 }
 
