@@ -1,8 +1,14 @@
 //! `txipc mount DIR`: the fs service through FUSE, in the foreground.
+//!
+//! The process the user starts is a supervisor (`fs_fuse::supervise`): the front end proper
+//! runs as its child (`txipc mount --worker`, hidden), and a worker that dies is replaced at
+//! once by a successor that adopts the connection the txipc kernel kept, so programs doing
+//! I/O on the mount never see the death.
 
 use std::path::PathBuf;
+use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 /// Arguments of `txipc mount`.
 #[derive(clap::Args, Debug)]
@@ -12,12 +18,58 @@ pub struct MountArgs {
     /// Threads reading FUSE requests (requests served at once).
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
+    /// Internal: run as the front-end worker of the supervisor with this pid.
+    #[arg(long, hide = true, value_name = "SUPERVISOR_PID")]
+    pub worker: Option<i32>,
 }
 
 /// Mounts service `service` (the global `--service`, default `fs`) of system `system` (the
 /// global `--system`), serves until SIGINT/SIGTERM, an unmount or the end of the system,
-/// unmounts.
+/// unmounts. The front end that serves is a supervised worker, replaced whenever it dies.
 pub fn run(args: MountArgs, system: &str, service: &str, quiet: bool) -> Result<()> {
+    if let Some(parent) = args.worker {
+        return worker(args, parent, system, service, quiet);
+    }
+    let exe = std::env::current_exe().context("finding the txipc executable")?;
+    let dir = fs_fuse::mount_path(&args.dir);
+    let me = std::process::id().to_string();
+    let command = |_first: bool| {
+        let mut c = Command::new(&exe);
+        c.args(["mount", "--worker", &me, "--system", system, "--service", service]);
+        c.arg("--threads").arg(args.threads.to_string());
+        if quiet {
+            c.arg("--quiet");
+        }
+        c.arg(&dir);
+        c
+    };
+    let on = |e: fs_fuse::Event| match e {
+        fs_fuse::Event::Ready => {
+            // The first line on stdout is the readiness signal for scripts and tests.
+            println!("ready {}", args.dir.display());
+        }
+        fs_fuse::Event::Respawn {
+            dead,
+            status,
+            successor,
+        } if !quiet => eprintln!(
+            "txipc: the front end (pid {dead}) ended ({status}); its successor (pid {successor}) adopts the mount"
+        ),
+        _ => {}
+    };
+    let give_up = |why: &str| {
+        eprintln!("txipc: {why}; detaching {}", dir.display());
+        let _ = fs_fuse::unmount(&dir);
+        let _ = txipc_runtime::client::System::connect(system)
+            .and_then(|s| s.fuse_forget(&dir.to_string_lossy()));
+    };
+    fs_fuse::supervise(command, on, give_up)?;
+    Ok(())
+}
+
+/// The front end proper: mounts (or adopts), serves, unmounts.
+fn worker(args: MountArgs, parent: i32, system: &str, service: &str, quiet: bool) -> Result<()> {
+    fs_fuse::follow_parent(parent)?;
     let opts = fs_fuse::MountOptions {
         dir: args.dir,
         system: system.into(),
@@ -25,22 +77,24 @@ pub fn run(args: MountArgs, system: &str, service: &str, quiet: bool) -> Result<
         threads: args.threads,
     };
     let ended = fs_fuse::run(&opts, |start| {
-        // The first line on stdout is the readiness signal for scripts and tests.
+        // The supervisor waits for this line.
         println!("ready {}", opts.dir.display());
         if quiet {
             return;
         }
-        eprintln!(
-            "txipc: service `{}` of system `{}` {} {}; Ctrl-C (or `umount {}`) unmounts.",
-            opts.service,
-            opts.system,
-            match start {
-                fs_fuse::Start::Mounted => "mounted on",
-                fs_fuse::Start::Adopted => "adopted (requests in flight re-sent) on",
-            },
-            opts.dir.display(),
-            opts.dir.display()
-        );
+        match start {
+            fs_fuse::Start::Mounted => eprintln!(
+                "txipc: service `{}` of system `{}` mounted on {}; Ctrl-C (or `umount {}`) unmounts.",
+                opts.service,
+                opts.system,
+                opts.dir.display(),
+                opts.dir.display()
+            ),
+            fs_fuse::Start::Adopted => eprintln!(
+                "txipc: {} adopted (requests in flight re-sent)",
+                opts.dir.display()
+            ),
+        }
     })?;
     if quiet {
         return Ok(());

@@ -308,11 +308,14 @@ fn the_front_end_survives_its_own_death() {
     }
     let _rm = Rm(src.clone());
     // The copier is an ordinary program; it must see no error while its file system's front
-    // end is SIGKILLed and replaced under it, over and over.
+    // end is SIGKILLed and replaced under it, over and over. It copies until the kills are
+    // done (at least once).
+    let done = Arc::new(AtomicBool::new(false));
     let copier = {
-        let (src, dir) = (src.clone(), m.dir.clone());
+        let (src, dir, done) = (src.clone(), m.dir.clone(), done.clone());
         std::thread::spawn(move || {
-            for round in 0..3 {
+            let mut round = 0;
+            while round == 0 || !done.load(Ordering::Relaxed) {
                 let dst = dir.join(format!("copy{round}"));
                 let st = Command::new("cp")
                     .arg("-r")
@@ -322,27 +325,34 @@ fn the_front_end_survives_its_own_death() {
                     .unwrap();
                 assert!(st.success(), "cp failed in round {round}");
                 same_tree(&src, &dst);
+                std::fs::remove_dir_all(&dst).unwrap();
+                round += 1;
             }
+            round
         })
     };
-    let mut replaced = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !copier.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(120));
-        let mut old = m.child.take().unwrap();
-        txipc_sys::process::kill(old.id() as i32, rustix::process::Signal::KILL).unwrap();
-        old.wait().unwrap();
-        // The mount stays: the kernel keeps the connection.
-        assert!(fs_fuse::is_fuse_mount(&m.dir));
-        m.start_front_end();
-        replaced += 1;
+    // The front end's worker is SIGKILLed over and over; its supervisor starts a successor
+    // each time, which adopts the connection the kernel kept. Once, the whole front end
+    // (supervisor too) is killed and a new `txipc mount` adopts it instead.
+    let mut worker = m.worker_pid(None);
+    for replaced in 0..8 {
+        std::thread::sleep(Duration::from_millis(50));
+        if replaced == 4 {
+            m.kill_whole_front_end();
+            // The mount stays: the kernel keeps the connection.
+            assert!(fs_fuse::is_fuse_mount(&m.dir));
+            m.start_front_end();
+            worker = m.worker_pid(None);
+        } else {
+            txipc_sys::process::kill(worker, rustix::process::Signal::KILL).unwrap();
+            assert!(fs_fuse::is_fuse_mount(&m.dir));
+            // Nobody starts the successor but the supervisor.
+            worker = m.worker_pid(Some(worker));
+        }
     }
-    copier.join().expect("the copies saw no error");
-    eprintln!("front end replaced {replaced} times");
-    assert!(
-        replaced >= 3,
-        "the copy ended before the front end was replaced enough"
-    );
+    done.store(true, Ordering::Relaxed);
+    let rounds = copier.join().expect("the copies saw no error");
+    eprintln!("front end replaced 8 times during {rounds} copies");
     let pid = m.child.as_ref().unwrap().id() as i32;
     txipc_sys::process::kill(pid, rustix::process::Signal::TERM).unwrap();
     assert!(m.wait_front_end().success());

@@ -1,18 +1,22 @@
-//! The fault storm on a real mount, run by hand (`cargo test --release -p txipc --test
-//! fs_storm -- --ignored --nocapture`; `TXIPC_STORM_SECS` sets its length, default 60):
-//! SIGKILLs and fail points (panic, SIGSEGV, abort at each point of the commit protocol) in the
-//! fs server at random instants, and SIGKILLs of the front end, while at the same time a tree
-//! is copied and verified by `diff -r`, a git repository is built commit by commit and `git
-//! fsck` must be clean, and SQLite runs transactions whose every committed row must be there
-//! with `PRAGMA integrity_check` ok. Under `txipc` the programs see zero errors; under
-//! `restart` the same storm shows what a user loses.
+//! The fault storm on a real mount: SIGKILLs, fail points (panic, SIGSEGV, abort at each point
+//! of the commit protocol) and hangs (an endless loop the kernel's watchdog must catch) in the
+//! fs server at random instants, and SIGKILLs of the front end (its worker, replaced by the
+//! supervisor; now and then the whole front end, replaced by a new `txipc mount`), while at
+//! the same time a tree is copied and verified by `diff -r`, a git repository is built commit
+//! by commit and `git fsck` must be clean, and SQLite runs transactions whose every committed
+//! row must be there with `PRAGMA integrity_check` ok. Under `txipc` the programs see zero
+//! errors; under `restart` the same storm shows what a user loses.
+//!
+//! CI runs a short storm (`storm_in_ci_under_txipc`, 8 s of faults). The long ones run by hand:
+//! `cargo test --release -p txipc --test fs_storm -- --ignored --nocapture`
+//! (`TXIPC_STORM_SECS` sets their length, default 60).
 
 mod common;
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::fsmount::*;
@@ -28,8 +32,11 @@ struct Outcome {
     git_errors: Vec<String>,
     sqlite_txns: u64,
     sqlite_errors: Vec<String>,
-    server_faults: u64,
+    server_kills: u64,
+    fail_points: u64,
+    hangs: u64,
     front_end_kills: u64,
+    whole_front_end_kills: u64,
 }
 
 fn run(cmd: &mut Command) -> Result<String, String> {
@@ -56,12 +63,21 @@ fn sqlite(db: &Path, sql: &str) -> Result<String, String> {
     run(Command::new("sqlite3").arg(db).arg(sql))
 }
 
-fn storm(policy: &str, kill_front_end: bool) -> Outcome {
-    let secs: u64 = std::env::var("TXIPC_STORM_SECS")
+/// The storm's length: `TXIPC_STORM_SECS`, else `default`.
+fn secs(default: u64) -> u64 {
+    std::env::var("TXIPC_STORM_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
-    let mut m = Mounted::new(&format!("storm-{policy}"), policy);
+        .unwrap_or(default)
+}
+
+/// The fs server of the storm: a 1 s call deadline, so that a hang is caught quickly.
+fn storm_manifest(policy: &str) -> String {
+    fs_manifest(policy).replace("[[server]]\n", "[[server]]\ndeadline_ms = 1000\n")
+}
+
+fn storm(policy: &str, secs: u64, kill_front_end: bool) -> Outcome {
+    let mut m = Mounted::with_manifest(&format!("storm-{policy}"), &storm_manifest(policy));
     let src = std::env::temp_dir().join(unique("storm-src"));
     make_tree(&src, 200);
     struct Rm(std::path::PathBuf);
@@ -176,33 +192,39 @@ fn storm(policy: &str, kill_front_end: bool) -> Outcome {
         rng ^= rng << 17;
         rng
     };
-    let faults = AtomicU64::new(0);
-    let mut fe_kills = 0;
+    let (mut kills, mut fail_points, mut hangs) = (0, 0, 0);
+    let (mut fe_kills, mut whole_fe_kills) = (0, 0);
+    let mut worker = m.worker_pid(None);
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20 + next() % 60));
-        let r = next() % 10;
-        if r < 5 {
+        let r = next() % 20;
+        if r < 8 {
             if let Ok(pid) = std::panic::catch_unwind(|| server_pid(&sys, "fs"))
                 && txipc_sys::process::kill(pid, rustix::process::Signal::KILL).is_ok()
             {
-                faults.fetch_add(1, Ordering::Relaxed);
+                kills += 1;
             }
-        } else if r < 9 || !kill_front_end {
+        } else if r < 14 || (r >= 17 && !kill_front_end) {
             let kind = [FailKind::Panic, FailKind::Segv, FailKind::Abort][(next() % 3) as usize];
-            let point = [
-                FailPoint::BeforeHandle,
-                FailPoint::AfterHandle,
-                FailPoint::AfterCommit,
-            ][(next() % 3) as usize];
-            if sys.inject("fs", kind, point).is_ok() {
-                faults.fetch_add(1, Ordering::Relaxed);
+            if sys.inject("fs", kind, point(next())).is_ok() {
+                fail_points += 1;
             }
-        } else {
-            let mut old = m.child.take().unwrap();
-            let _ = txipc_sys::process::kill(old.id() as i32, rustix::process::Signal::KILL);
-            let _ = old.wait();
-            m.start_front_end();
+        } else if r < 17 {
+            // A hang: the server loops until the kernel's deadline kills it.
+            if sys.inject("fs", FailKind::Hang, point(next())).is_ok() {
+                hangs += 1;
+            }
+        } else if r < 19 {
+            // The worker dies; only its supervisor replaces it.
+            let _ = txipc_sys::process::kill(worker, rustix::process::Signal::KILL);
+            worker = m.worker_pid(Some(worker));
             fe_kills += 1;
+        } else {
+            // The whole front end dies; a new `txipc mount` adopts the connection.
+            m.kill_whole_front_end();
+            m.start_front_end();
+            worker = m.worker_pid(None);
+            whole_fe_kills += 1;
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -216,16 +238,31 @@ fn storm(policy: &str, kill_front_end: bool) -> Outcome {
         git_errors,
         sqlite_txns,
         sqlite_errors,
-        server_faults: faults.load(Ordering::Relaxed),
+        server_kills: kills,
+        fail_points,
+        hangs,
         front_end_kills: fe_kills,
+        whole_front_end_kills: whole_fe_kills,
     }
+}
+
+/// A point of the commit protocol.
+fn point(r: u64) -> FailPoint {
+    [
+        FailPoint::BeforeHandle,
+        FailPoint::AfterHandle,
+        FailPoint::AfterCommit,
+    ][(r % 3) as usize]
 }
 
 fn report(policy: &str, o: &Outcome) {
     eprintln!(
-        "storm under {policy}: {} server faults, {} front-end kills; {} tree copies ({} failed), {} git commits ({} errors), {} SQLite transactions ({} errors)",
-        o.server_faults,
+        "storm under {policy}: {} server SIGKILLs, {} crash fail points, {} hangs; {} front-end worker kills, {} whole front-end kills; {} tree copies ({} failed), {} git commits ({} errors), {} SQLite transactions ({} errors)",
+        o.server_kills,
+        o.fail_points,
+        o.hangs,
         o.front_end_kills,
+        o.whole_front_end_kills,
         o.copies,
         o.copy_errors.len(),
         o.commits,
@@ -244,18 +281,31 @@ fn report(policy: &str, o: &Outcome) {
     }
 }
 
+fn assert_clean(o: &Outcome) {
+    assert!(o.copy_errors.is_empty() && o.git_errors.is_empty() && o.sqlite_errors.is_empty());
+    assert!(o.copies > 0 && o.commits > 0 && o.sqlite_txns > 0);
+}
+
+#[test]
+fn storm_in_ci_under_txipc() {
+    let o = storm("txipc", secs(8), true);
+    report("txipc", &o);
+    assert_clean(&o);
+    assert!(o.server_kills + o.fail_points + o.hangs > 0);
+}
+
 #[test]
 #[ignore]
 fn storm_under_txipc_programs_see_no_error() {
-    let o = storm("txipc", true);
+    let o = storm("txipc", secs(60), true);
     report("txipc", &o);
-    assert!(o.copy_errors.is_empty() && o.git_errors.is_empty() && o.sqlite_errors.is_empty());
-    assert!(o.server_faults > 0 && o.copies > 0 && o.commits > 0 && o.sqlite_txns > 0);
+    assert_clean(&o);
+    assert!(o.server_kills > 0 && o.fail_points > 0 && o.hangs > 0 && o.front_end_kills > 0);
 }
 
 #[test]
 #[ignore]
 fn storm_under_restart_shows_what_is_lost() {
-    let o = storm("restart", false);
+    let o = storm("restart", secs(60), true);
     report("restart", &o);
 }

@@ -20,6 +20,8 @@
 pub mod abi;
 pub mod mount;
 pub mod session;
+pub mod supervise;
 
 pub use mount::{Ended, MountError, MountOptions, Start, is_fuse_mount, mount_path, run, unmount};
 pub use session::Session;
+pub use supervise::{Event, Outcome, follow_parent, supervise};

@@ -49,6 +49,12 @@ pub enum MountError {
         /// What is wrong and what to do.
         detail: String,
     },
+    /// The front-end worker could not serve (it said why on stderr).
+    #[error("the front-end worker ended: {status}")]
+    Worker {
+        /// How it ended.
+        status: std::process::ExitStatus,
+    },
     /// A system call failed.
     #[error("{op}: {source}")]
     Sys {

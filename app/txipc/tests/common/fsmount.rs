@@ -24,7 +24,11 @@ pub struct Mounted {
 
 impl Mounted {
     pub fn new(tag: &str, policy: &str) -> Mounted {
-        let sys = boot(tag, &fs_manifest(policy));
+        Mounted::with_manifest(tag, &fs_manifest(policy))
+    }
+
+    pub fn with_manifest(tag: &str, manifest: &str) -> Mounted {
+        let sys = boot(tag, manifest);
         let dir = std::env::temp_dir().join(unique(tag));
         std::fs::create_dir(&dir).unwrap();
         let mut m = Mounted {
@@ -81,6 +85,43 @@ impl Mounted {
             panic!("the front end did not come up: first line {line:?}, exit status {status:?}");
         }
         assert!(fs_fuse::is_fuse_mount(&self.dir));
+    }
+
+    /// The supervisor's pid (the `txipc mount` process).
+    pub fn supervisor_pid(&self) -> i32 {
+        self.child.as_ref().expect("front end running").id() as i32
+    }
+
+    /// Waits (bounded) for the supervisor's worker, the front end proper, other than `not`.
+    pub fn worker_pid(&self, not: Option<i32>) -> i32 {
+        let sup = self.supervisor_pid();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(pid) = children_of(sup).into_iter().find(|&p| Some(p) != not) {
+                return pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no front-end worker under supervisor {sup}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGKILLs the whole front end (supervisor and worker, so nothing replaces the worker):
+    /// the supervisor is stopped first, then the worker is killed, then the supervisor.
+    pub fn kill_whole_front_end(&mut self) {
+        let sup = self.supervisor_pid();
+        let worker = self.worker_pid(None);
+        txipc_sys::process::kill(sup, rustix::process::Signal::STOP).unwrap();
+        txipc_sys::process::kill(worker, rustix::process::Signal::KILL).unwrap();
+        assert!(txipc_sys::process::wait_not_running(
+            worker,
+            Duration::from_secs(10)
+        ));
+        let mut c = self.child.take().unwrap();
+        txipc_sys::process::kill(sup, rustix::process::Signal::KILL).unwrap();
+        c.wait().unwrap();
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -158,4 +199,25 @@ pub fn same_tree(a: &Path, b: &Path) {
         "trees differ: {}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// Live (not zombie) children of `pid`, from `/proc/*/stat`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 2 && f[1].parse() == Ok(pid) && f[0] != "Z" && f[0] != "X" {
+            out.push(p);
+        }
+    }
+    out
 }
