@@ -35,7 +35,15 @@ pub fn run(args: MountArgs, system: &str, service: &str, quiet: bool) -> Result<
     let me = std::process::id().to_string();
     let command = |_first: bool| {
         let mut c = Command::new(&exe);
-        c.args(["mount", "--worker", &me, "--system", system, "--service", service]);
+        c.args([
+            "mount",
+            "--worker",
+            &me,
+            "--system",
+            system,
+            "--service",
+            service,
+        ]);
         c.arg("--threads").arg(args.threads.to_string());
         if quiet {
             c.arg("--quiet");
