@@ -29,7 +29,7 @@ enum BankOp {
         /// Account servers.
         #[arg(long, default_value_t = 2)]
         accounts: usize,
-        /// Policy of every server: txipc, restart or none.
+        /// Policy of every server: txipc, companion, restart or none.
         #[arg(long, default_value = "txipc")]
         policy: String,
         /// The system's name.
@@ -81,9 +81,15 @@ pub fn manifest(name: &str, accounts: usize, policy: &str, heap_mb: u64, extra: 
             "[[server]]\nname = \"{n}\"\nbuiltin = \"{b}\"\npolicy = \"{policy}\"\nheap_mb = {heap_mb}\n{extra}\n"
         )
     };
-    m += &server("bank", "bank");
+    // Under policy companion the servers keep ordinary Rust state (the `-plain` built-ins).
+    let (bank, account) = if policy == "companion" {
+        ("bank-plain", "account-plain")
+    } else {
+        ("bank", "account")
+    };
+    m += &server("bank", bank);
     for k in 0..accounts {
-        m += &server(&bank_api::account_server(k), "account");
+        m += &server(&bank_api::account_server(k), account);
     }
     m += "[[grant]]\nclient = \"*\"\nservice = \"bank\"\n";
     for k in 0..accounts {
@@ -121,8 +127,8 @@ pub fn run(
                 bank_api::MAX_ACCOUNT_SERVERS
             )));
         }
-        if !["txipc", "restart", "none"].contains(&policy.as_str()) {
-            return Err(usage("--policy is txipc, restart or none"));
+        if !["txipc", "companion", "restart", "none"].contains(&policy.as_str()) {
+            return Err(usage("--policy is txipc, companion, restart or none"));
         }
         let text = manifest(name, *accounts, policy, 256, "");
         return Ok(Report::new(json!({"ok": true, "manifest": text}), text));

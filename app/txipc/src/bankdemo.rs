@@ -261,11 +261,9 @@ pub fn run(args: &DemoArgs, common: &Common) -> Result<Report> {
     let policy = PolicyName::parse(&args.policy).map_err(usage)?;
     let (mp, _) = policy.manifest();
     let policy_name = mp.as_str().to_string();
-    if !["txipc", "restart", "none"].contains(&policy_name.as_str()) {
+    if !["txipc", "companion", "restart", "none"].contains(&policy_name.as_str()) {
         return Err(usage(format!(
-            "--workload bank runs under txipc, restart or none (not `{}`): the bank and account \
-             servers keep their state in the recoverable heap, and a companion server may not \
-             call other servers yet",
+            "--workload bank runs under txipc, companion, restart or none (not `{}`)",
             args.policy
         )));
     }
@@ -351,7 +349,7 @@ pub fn run(args: &DemoArgs, common: &Common) -> Result<Report> {
         if now >= next_fault && now < end {
             let kind = faults[rng.random_range(0..faults.len())];
             let server = SERVERS[rng.random_range(0..SERVERS.len())];
-            if inject(&conn, server, kind, &mut rng).is_ok() {
+            if inject(&conn, server, kind, policy_name == "companion", &mut rng).is_ok() {
                 report.faults_injected += 1;
                 *report.faults_by_server.entry(server.into()).or_default() += 1;
                 *report
@@ -446,7 +444,7 @@ pub fn run(args: &DemoArgs, common: &Common) -> Result<Report> {
             "the bank did not answer the read-back ({e:#}): its accounts are gone"
         )),
     }
-    if policy_name == "txipc" && report.uncertain_transfers > 0 {
+    if (policy_name == "txipc" || policy_name == "companion") && report.uncertain_transfers > 0 {
         reasons.push(format!(
             "{} transfers ended without a definite answer (a call timed out or its effect is unknown)",
             report.uncertain_transfers
@@ -560,9 +558,30 @@ fn spawn_client(
 
 /// A fault in `server`: SIGKILL at whatever instant, or a fail point at a random point of the
 /// protocol that this server's role reaches.
-fn inject(conn: &System, server: &str, kind: Fault, rng: &mut impl Rng) -> Result<()> {
+fn inject(
+    conn: &System,
+    server: &str,
+    kind: Fault,
+    companion: bool,
+    rng: &mut impl Rng,
+) -> Result<()> {
     if let Some(fail) = kind.fail_kind() {
-        let points: &[FailPoint] = if server == "bank" {
+        let points: &[FailPoint] = if companion && server == "bank" {
+            // The points of a call, and those of the bank's calls to the account servers.
+            &[
+                FailPoint::BeforeHandle,
+                FailPoint::AfterHandle,
+                FailPoint::AfterCommit,
+                FailPoint::CallReplied,
+                FailPoint::CallRecorded,
+            ]
+        } else if companion {
+            &[
+                FailPoint::BeforeHandle,
+                FailPoint::AfterHandle,
+                FailPoint::AfterCommit,
+            ]
+        } else if server == "bank" {
             &[
                 FailPoint::BeforeHandle,
                 FailPoint::AfterHandle,

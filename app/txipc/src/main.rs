@@ -238,7 +238,12 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some("__zygote") {
         txipc_runtime::zygote_main_with(
             &builtins(),
-            &[kv_plain::builtin(), kv_plain::faulty_builtin()],
+            &[
+                kv_plain::builtin(),
+                kv_plain::faulty_builtin(),
+                bank_server::plain::builtin(),
+                account_server::plain::builtin(),
+            ],
         );
     }
     let cli = match Cli::try_parse() {

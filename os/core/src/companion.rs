@@ -10,7 +10,8 @@
 //! cannot truncate it either. A record, little-endian, 8-byte aligned:
 //!
 //! ```text
-//!  0 magic u32 "TXCR"     4 flags u32 (bit 0: prev_digest is known)
+//!  0 magic u32 "TXCR"     4 flags u32 (bit 0: prev_digest is known; bits 8..16: the record's
+//!                                     kind, 0 a request, 1 an outgoing call [`CallMeta`])
 //!  8 len u32 (header + request, rounded up to 8)      12 crc u32 (crc32 of bytes 0..12 and 16..len)
 //! 16 index u64 (1, 2, 3, ... over the life of the server; a checkpoint names the last it holds)
 //! 24 chan u32   28 slot u32   32 seq u64              (the request's slot, as the kernel knows it)
@@ -18,6 +19,16 @@
 //! 48 prev_digest u64  digest of the reply of record index-1, as computed when it ran
 //! 56 hcrc u32 (crc32 of bytes 0..12 and 16..56: the header alone)   60 reserved u32
 //! 64 request bytes (req_len), zero padding to len
+//! ```
+//!
+//! An **outgoing call record** (kind 1) follows the request whose handler made the call, one per
+//! call, in the order they were made; it holds the callee's reply, so a replay answers the call
+//! from it instead of sending it again. Same header and checksums; the fields say:
+//!
+//! ```text
+//! 16 index u64 (the request's)  24 ordinal u32 (0, 1, ... within the request)  28 status u32
+//! 32 call_digest u64 (of callee, method and request: a replay making another call diverges)
+//! 40 method u32 (the callee's)  44 reply_len u32  48 0 u64  64 reply bytes
 //! ```
 //!
 //! A writer killed inside `write(2)` can leave a record cut short (the kernel copies page by
@@ -34,8 +45,13 @@
 //!  0 magic u64 "TXCSNAP1"  8 format u32 (1)  12 state_version u32 (the server's Distill::VERSION)
 //! 16 index u64  24 log_offset u64  32 payload_len u64  40 last_digest u64
 //! 48 flags u32 (bit 0: last_digest known)  52 payload_crc u32  56 reserved u32  60 header_crc u32
-//! 64 payload: the distilled state (postcard)
+//! 64 payload: the distilled state (postcard) ++ the runtime's section ++ its length u32
 //! ```
+//!
+//! The **runtime's section** ([`join_payload`]) is what the companion itself must carry across
+//! a checkpoint: the last call answered on each channel by call id ([`Answer`]), so that a
+//! caller re-sending a call whose reply it had not recorded gets that reply again instead of a
+//! second execution (ARCHITECTURE.md §16, "Calls between companion servers").
 
 /// Size of a record header.
 pub const RECORD_HEADER: usize = 64;
@@ -48,8 +64,12 @@ pub const MAX_SKIP: usize = 4096;
 
 const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"TXCR");
 const SNAPSHOT_MAGIC: u64 = u64::from_le_bytes(*b"TXCSNAP1");
-const SNAPSHOT_FORMAT: u32 = 1;
+const SNAPSHOT_FORMAT: u32 = 2;
 const FLAG_DIGEST: u32 = 1;
+const KIND_SHIFT: u32 = 8;
+const KIND_MASK: u32 = 0xFF << KIND_SHIFT;
+const KIND_REQUEST: u32 = 0;
+const KIND_CALL: u32 = 1;
 
 /// What a record says about its request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,15 +90,58 @@ pub struct RecordMeta {
 
 /// Appends the record of `request` to `out`.
 pub fn encode_record(meta: &RecordMeta, request: &[u8], out: &mut Vec<u8>) {
-    let start = out.len();
-    let len = (RECORD_HEADER + request.len()).next_multiple_of(8);
-    out.reserve(len);
-    out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
     let flags = if meta.prev_digest.is_some() {
         FLAG_DIGEST
     } else {
         0
     };
+    encode_raw(flags | KIND_REQUEST << KIND_SHIFT, meta, request, out);
+}
+
+/// What an outgoing call record says: the `ordinal`-th call made by the handler of request
+/// `index`, and how the callee answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallMeta {
+    /// The index of the request whose handler made the call.
+    pub index: u64,
+    /// Its position among that handler's calls, from 0.
+    pub ordinal: u32,
+    /// [`call_digest`] of the call as it was made.
+    pub digest: u64,
+    /// The callee's method number.
+    pub method: u32,
+    /// The reply's status (wire value).
+    pub status: u32,
+}
+
+/// Appends the record of an outgoing call answered with `reply` to `out`.
+pub fn encode_call_record(meta: &CallMeta, reply: &[u8], out: &mut Vec<u8>) {
+    let raw = RecordMeta {
+        index: meta.index,
+        chan: meta.ordinal,
+        slot: meta.status,
+        seq: meta.digest,
+        method: meta.method,
+        prev_digest: None,
+    };
+    encode_raw(KIND_CALL << KIND_SHIFT, &raw, reply, out);
+}
+
+/// The digest of an outgoing call (callee, method, request) that replay compares.
+pub fn call_digest(service: &str, method: u32, request: &[u8]) -> u64 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(service.as_bytes());
+    h.update(&[0]);
+    h.update(&method.to_le_bytes());
+    h.update(request);
+    (u64::from(h.finalize()) << 32) | (request.len() as u64 & 0xFFFF_FFFF)
+}
+
+fn encode_raw(flags: u32, meta: &RecordMeta, request: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    let len = (RECORD_HEADER + request.len()).next_multiple_of(8);
+    out.reserve(len);
+    out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&(len as u32).to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes()); // crc, below
@@ -150,11 +213,25 @@ pub enum LogError {
     },
 }
 
+/// One outgoing call record read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallRecord<'a> {
+    /// Its header.
+    pub meta: CallMeta,
+    /// The callee's reply bytes.
+    pub reply: &'a [u8],
+    /// Log offset of the record.
+    pub offset: u64,
+}
+
 /// What [`read_log`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogScan<'a> {
-    /// The valid records, in order, indices consecutive.
+    /// The valid request records, in order, indices consecutive.
     pub records: Vec<Record<'a>>,
+    /// The outgoing call records, in order; each names a request of `records` (the one just
+    /// before it in the log) and its ordinals run 0, 1, ... per request.
+    pub calls: Vec<CallRecord<'a>>,
     /// Records cut short by their writer's death: `(offset, segment end)`.
     pub torn: Vec<(u64, u64)>,
 }
@@ -179,8 +256,11 @@ pub fn read_log<'a>(
     bounds.push(end);
     let mut scan = LogScan {
         records: Vec::new(),
+        calls: Vec::new(),
         torn: Vec::new(),
     };
+    // The request the next call record must belong to, and its next ordinal.
+    let mut calls_of: Option<(u64, u32)> = None;
     let mut pos = base;
     let mut index = first_index;
     let mut b = 0;
@@ -227,10 +307,40 @@ pub fn read_log<'a>(
             return Err(corrupt(format!("request length {req_len} past the record")));
         }
         let got = u64_at(h, 16);
+        let flags = u32_at(h, 4);
+        match (flags & KIND_MASK) >> KIND_SHIFT {
+            KIND_REQUEST => {}
+            KIND_CALL => {
+                let ordinal = u32_at(h, 24);
+                match calls_of {
+                    Some((parent, next)) if parent == got && next == ordinal => {}
+                    _ => {
+                        return Err(corrupt(format!(
+                            "outgoing call {ordinal} of request {got} out of order"
+                        )));
+                    }
+                }
+                calls_of = Some((got, ordinal + 1));
+                scan.calls.push(CallRecord {
+                    meta: CallMeta {
+                        index: got,
+                        ordinal,
+                        digest: u64_at(h, 32),
+                        method: u32_at(h, 40),
+                        status: u32_at(h, 28),
+                    },
+                    reply: &rec[RECORD_HEADER..RECORD_HEADER + req_len as usize],
+                    offset: pos,
+                });
+                pos += len;
+                continue;
+            }
+            k => return Err(corrupt(format!("unknown record kind {k}"))),
+        }
         if got != index {
             return Err(corrupt(format!("index {got} out of order")));
         }
-        let flags = u32_at(h, 4);
+        calls_of = Some((index, 0));
         scan.records.push(Record {
             meta: RecordMeta {
                 index,
@@ -370,6 +480,80 @@ pub fn decode_snapshot(
     Ok((meta, payload))
 }
 
+/// The last call a companion server answered on one channel, by call id: a caller re-sending it
+/// gets this reply again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The channel it came on.
+    pub chan: u32,
+    /// The call id: the caller's log offset of its request, and the call's ordinal in it.
+    pub id: (u64, u32),
+    /// The reply's status (wire value).
+    pub status: u32,
+    /// The reply.
+    pub reply: Vec<u8>,
+}
+
+/// Builds a snapshot payload from the server's distilled state and the runtime's answers.
+pub fn join_payload(state: &[u8], answers: &[Answer], out: &mut Vec<u8>) {
+    out.extend_from_slice(state);
+    let start = out.len();
+    out.extend_from_slice(&(answers.len() as u32).to_le_bytes());
+    for a in answers {
+        out.extend_from_slice(&a.chan.to_le_bytes());
+        out.extend_from_slice(&a.id.0.to_le_bytes());
+        out.extend_from_slice(&a.id.1.to_le_bytes());
+        out.extend_from_slice(&a.status.to_le_bytes());
+        out.extend_from_slice(&(a.reply.len() as u32).to_le_bytes());
+        out.extend_from_slice(&a.reply);
+    }
+    let section = (out.len() - start) as u32;
+    out.extend_from_slice(&section.to_le_bytes());
+}
+
+/// Splits a snapshot payload (checksum already verified) into the server's state and the
+/// runtime's answers.
+pub fn split_payload(payload: &[u8]) -> Result<(&[u8], Vec<Answer>), SnapshotError> {
+    let bad = |what: &str| SnapshotError::Corrupt(format!("runtime section: {what}"));
+    if payload.len() < 8 {
+        return Err(bad("missing"));
+    }
+    let section = u32_at(payload, payload.len() - 4) as usize;
+    if section + 4 > payload.len() || section < 4 {
+        return Err(bad("impossible length"));
+    }
+    let state_len = payload.len() - 4 - section;
+    let mut b = &payload[state_len..payload.len() - 4];
+    let mut take = |n: usize| -> Result<&[u8], SnapshotError> {
+        if b.len() < n {
+            return Err(bad("cut short"));
+        }
+        let (h, t) = b.split_at(n);
+        b = t;
+        Ok(h)
+    };
+    let count = u32::from_le_bytes(take(4)?.try_into().expect("4"));
+    let mut answers = Vec::new();
+    for _ in 0..count {
+        let chan = u32::from_le_bytes(take(4)?.try_into().expect("4"));
+        let off = u64::from_le_bytes(take(8)?.try_into().expect("8"));
+        let ord = u32::from_le_bytes(take(4)?.try_into().expect("4"));
+        let status = u32::from_le_bytes(take(4)?.try_into().expect("4"));
+        let len = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
+        let reply = take(len)?.to_vec();
+        answers.push(Answer {
+            chan,
+            id: (off, ord),
+            status,
+            reply,
+        });
+    }
+    if !b.is_empty() {
+        return Err(bad("trailing bytes"));
+    }
+    Ok((&payload[..state_len], answers))
+}
+
 /// The status page's busy word while a companion server runs the request in `(chan, slot,
 /// seq)`: the kernel charges a fault to that request (poison accounting). Bit 63 marks the
 /// encoding; 20 bits of channel, 8 of slot, 35 of seq.
@@ -474,6 +658,113 @@ mod tests {
             }
         }
         assert!(read_log(&bytes, 0, &[], 2).is_err(), "index out of order");
+    }
+
+    /// A log where request 2 made two outgoing calls and request 3 one.
+    fn log_with_calls() -> (Vec<u8>, Vec<CallMeta>) {
+        let mut out = Vec::new();
+        let mut calls = Vec::new();
+        for i in 1..=4u64 {
+            encode_record(&meta(i), &vec![i as u8; 5], &mut out);
+            let n = match i {
+                2 => 2,
+                3 => 1,
+                _ => 0,
+            };
+            for k in 0..n {
+                let c = CallMeta {
+                    index: i,
+                    ordinal: k,
+                    digest: call_digest("account-0", 1, &[k as u8; 3]),
+                    method: 1,
+                    status: 0,
+                };
+                encode_call_record(&c, &[7; 11], &mut out);
+                calls.push(c);
+            }
+        }
+        (out, calls)
+    }
+
+    #[test]
+    fn outgoing_call_records_roundtrip_in_order_of_their_request() {
+        let (bytes, calls) = log_with_calls();
+        let scan = read_log(&bytes, 0, &[], 1).unwrap();
+        assert_eq!(scan.records.len(), 4);
+        assert_eq!(scan.calls.iter().map(|c| c.meta).collect::<Vec<_>>(), calls);
+        assert!(scan.calls.iter().all(|c| c.reply == [7; 11]));
+        // Each call record lies between its request's record and the next request's.
+        for c in &scan.calls {
+            let r = &scan.records[c.meta.index as usize - 1];
+            assert!(c.offset >= r.end);
+            if let Some(next) = scan.records.get(c.meta.index as usize) {
+                assert!(c.offset < next.offset);
+            }
+        }
+        assert_ne!(
+            call_digest("account-0", 1, b"x"),
+            call_digest("account-1", 1, b"x")
+        );
+        assert_ne!(call_digest("a", 1, b"x"), call_digest("a", 2, b"x"));
+        // Every flipped bit is still caught.
+        for at in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x04;
+            assert!(read_log(&bad, 0, &[], 1).is_err(), "byte {at}");
+        }
+        // A call record of another request, or out of order, is corruption.
+        let mut wrong = Vec::new();
+        encode_record(&meta(1), b"r", &mut wrong);
+        let mut c = calls[0];
+        c.index = 1;
+        c.ordinal = 1;
+        encode_call_record(&c, b"", &mut wrong);
+        assert!(read_log(&wrong, 0, &[], 1).is_err());
+        let mut orphan = Vec::new();
+        encode_call_record(&calls[0], b"", &mut orphan);
+        assert!(read_log(&orphan, 0, &[], 2).is_err());
+    }
+
+    #[test]
+    fn a_torn_call_record_is_skipped_like_a_torn_request() {
+        let (bytes, _) = log_with_calls();
+        let scan = read_log(&bytes, 0, &[], 1).unwrap();
+        let last_call = scan.calls.last().unwrap().offset;
+        let cut = &bytes[..last_call as usize + 70];
+        let scan = read_log(cut, 0, &[], 1).unwrap();
+        assert_eq!(scan.calls.len(), 2);
+        assert_eq!(scan.torn.len(), 1);
+    }
+
+    #[test]
+    fn answers_travel_in_the_snapshot_payload() {
+        let answers = vec![
+            Answer {
+                chan: 3,
+                id: (4096, 1),
+                status: 0,
+                reply: vec![1, 2, 3],
+            },
+            Answer {
+                chan: 9,
+                id: (u64::MAX, 0),
+                status: 5,
+                reply: Vec::new(),
+            },
+        ];
+        for state in [&b""[..], b"state bytes"] {
+            let mut p = Vec::new();
+            join_payload(state, &answers, &mut p);
+            let (s, a) = split_payload(&p).unwrap();
+            assert_eq!(s, state);
+            assert_eq!(a, answers);
+            for cut in 0..p.len() {
+                // Cut anywhere: never a panic, never a wrong answer passed as right.
+                if let Ok((s2, a2)) = split_payload(&p[..cut]) {
+                    assert!(s2 != state || a2 != answers);
+                }
+            }
+        }
     }
 
     #[test]

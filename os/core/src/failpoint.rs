@@ -92,6 +92,14 @@ pub enum FailPoint {
     /// checksummed, before it is written and sealed. Not in [`FailPoint::ALL`] (those are the
     /// points of a call).
     Checkpoint = 7,
+    /// Policy companion, a server calling another: the callee's reply received, its record
+    /// not yet in the caller's log (the callee applied the call; the caller's log does not know
+    /// it). Its replay sends the call again with the same call id, and the callee answers it
+    /// from its record.
+    CallReplied = 8,
+    /// Policy companion, a server calling another: the call's record written, the handler not
+    /// yet given the reply (its replay answers the call from the record, sending nothing).
+    CallRecorded = 9,
 }
 
 impl FailPoint {
@@ -108,6 +116,8 @@ impl FailPoint {
         FailPoint::Prepared,
         FailPoint::OnDecide,
     ];
+    /// The points of a companion server's calls to other servers (ARCHITECTURE.md §16).
+    pub const COMPANION_CALLS: [FailPoint; 2] = [FailPoint::CallReplied, FailPoint::CallRecorded];
 }
 
 impl FailPoint {

@@ -312,11 +312,14 @@ pub const BUILTINS: &[&str] = &[
     "account",
     "kv-plain",
     "kv-plain-faulty",
+    "bank-plain",
+    "account-plain",
 ];
 
 /// Built-in servers whose state is ordinary Rust data with a distillation (they can run under
 /// policy `companion`, and only under it or the baselines).
-pub const COMPANION_BUILTINS: &[&str] = &["kv-plain", "kv-plain-faulty"];
+pub const COMPANION_BUILTINS: &[&str] =
+    &["kv-plain", "kv-plain-faulty", "bank-plain", "account-plain"];
 
 const MAX_HEAP_MB: u64 = 64 * 1024;
 

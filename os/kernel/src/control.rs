@@ -283,6 +283,8 @@ pub(crate) fn fail_point_words(armed: Option<(FailKind, FailPoint)>) -> String {
                 FailPoint::Prepared => "prepared",
                 FailPoint::OnDecide => "on-decide",
                 FailPoint::Checkpoint => "checkpoint",
+                FailPoint::CallReplied => "call-replied",
+                FailPoint::CallRecorded => "call-recorded",
             }
         ),
         None => String::new(),

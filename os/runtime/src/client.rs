@@ -437,6 +437,24 @@ fn chan_error(e: ChanError) -> CallError {
     }
 }
 
+impl Channel {
+    /// A call whose outcome is returned as the slot's status (a transport failure as the
+    /// status that stands for it), for the companion, which records it and replays it.
+    pub(crate) fn call_status(&self, method: u32, request: &[u8], reply: &mut Vec<u8>) -> Status {
+        match self.chan.call(method, request, reply, self.timeout) {
+            Ok(r) => r.status,
+            Err(e) => {
+                reply.clear();
+                match e {
+                    ChanError::RequestTooLarge { .. } => Status::Malformed,
+                    ChanError::Timeout { .. } => Status::Restarted,
+                    _ => Status::Unavailable,
+                }
+            }
+        }
+    }
+}
+
 impl Transport for Channel {
     fn call(&self, method: u32, request: &[u8], reply: &mut Vec<u8>) -> Result<(), CallError> {
         let r = self

@@ -20,18 +20,25 @@
 //!   holds the server instead of serving different state), answers the requests whose clients
 //!   still wait, and skips the ones the kernel failed (poison requests).
 //!
-//! Handlers must be deterministic. A companion server may not call other servers (their
-//! replies are not logged yet, so a replay would send those calls again).
+//! Handlers must be deterministic. A companion server may call other servers
+//! ([`crate::connect`]) from a state-changing request: every call and its reply is recorded in
+//! the log, after the request's record, before the handler sees the reply, and a replay answers
+//! the call from that record instead of sending it again. A call to another companion server
+//! carries a call id (the caller's log offset of its request and the call's ordinal in it);
+//! the callee keeps, per channel, the last call it answered, so a call re-sent by a caller that
+//! died before recording the reply is answered again, not run twice (ARCHITECTURE.md §16,
+//! "Calls between companion servers").
 
-use std::cell::Cell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use txipc_chan::{Doorbell, Status, Taken};
 use txipc_core::companion::{
-    self as fmt, LogScan, RecordMeta, SNAPSHOT_HEADER, SnapshotMeta, busy_word, reply_digest,
+    self as fmt, Answer, CallMeta, LogScan, RecordMeta, SNAPSHOT_HEADER, SnapshotMeta, busy_word,
+    call_digest, reply_digest,
 };
 use txipc_core::failpoint::{FailKind, FailPoint};
 use txipc_core::manifest::Policy;
@@ -39,7 +46,176 @@ use txipc_core::proto::{self, CheckpointInfo, FromServer, ServerConfig, ToServer
 use txipc_service::{Capture, Companion, DispatchError, DistillError};
 use txipc_sys::{fdpass, process, status::StatusPage};
 
+use crate::client::Channel;
 use crate::server::{Activation, Chan, add_channels, standby};
+
+/// Method bit of a call that carries a call id: a companion server calling a companion server.
+pub const CALL_ID_BIT: u32 = 0x4000_0000;
+/// Bytes of the call id in front of such a call's request: the caller's log offset of the
+/// request whose handler makes the call (u64 LE), the call's ordinal in it (u32 LE), 0u32.
+pub const CALL_ID_LEN: usize = 16;
+/// A call whose answer says "effect unknown" (the callee's channel timed out or it restarted)
+/// is sent again with the same call id this many times: the callee answers a repeated id from
+/// its record, so re-sending is safe.
+const CALL_RESENDS: u32 = 8;
+
+/// Splits a request carrying a call id into the id, the method and the method's request.
+fn split_call_id(method: u32, req: &[u8]) -> Option<((u64, u32), u32, &[u8])> {
+    if method & CALL_ID_BIT == 0 || req.len() < CALL_ID_LEN {
+        return None;
+    }
+    let off = u64::from_le_bytes(req[0..8].try_into().ok()?);
+    let ord = u32::from_le_bytes(req[8..12].try_into().ok()?);
+    Some(((off, ord), method & !CALL_ID_BIT, &req[CALL_ID_LEN..]))
+}
+
+/// One recorded call of the request being replayed.
+struct Recorded {
+    digest: u64,
+    method: u32,
+    status: u32,
+    reply: Vec<u8>,
+}
+
+/// The calls of the request being handled, as [`outgoing_call`] sees them.
+#[derive(Default)]
+struct OutCalls {
+    /// Inside a logged request's handler: its record's log offset and index.
+    current: Option<(u64, u64)>,
+    next_ordinal: u32,
+    /// Replaying that request: its recorded calls not yet made again.
+    recorded: VecDeque<Recorded>,
+    /// Replaying: calls past the recorded ones are sent (the request is the last in the log,
+    /// so its handler may have died before making or recording them); else they diverge.
+    replaying: Option<bool>,
+    /// The log's append descriptor.
+    append: Option<OwnedFd>,
+    /// Bytes of call records appended since the loop last looked.
+    written: u64,
+    rec: Vec<u8>,
+    /// The control socket (to hold the server on a divergent replay).
+    ctl: Option<Rc<OwnedFd>>,
+    /// The name of the method being handled, for reports.
+    name: Option<&'static str>,
+}
+
+thread_local! {
+    static OUT: RefCell<OutCalls> = RefCell::new(OutCalls::default());
+}
+
+/// A call from a handler of a companion server (through [`crate::Outgoing`]): recorded in the
+/// log before the handler sees its reply; during a replay, answered from the record.
+pub(crate) fn outgoing_call(
+    ch: &Rc<Channel>,
+    method: u32,
+    request: &[u8],
+    reply: &mut Vec<u8>,
+) -> Result<(), txipc_service::CallError> {
+    use txipc_service::Transport;
+    let Some((offset, index)) = OUT.with(|o| o.borrow().current) else {
+        // Not inside a logged request (start-up, or a `#[readonly]` one, which is not replayed).
+        return ch.call(method, request, reply);
+    };
+    let service = ch.info().service.clone();
+    let digest = call_digest(&service, method, request);
+    let ordinal = OUT.with(|o| {
+        let mut o = o.borrow_mut();
+        o.next_ordinal += 1;
+        o.next_ordinal - 1
+    });
+    if let Some(tail) = OUT.with(|o| o.borrow().replaying) {
+        match OUT.with(|o| o.borrow_mut().recorded.pop_front()) {
+            Some(r) if r.digest == digest && r.method == method => {
+                reply.clear();
+                reply.extend_from_slice(&r.reply);
+                return call_result(Status::from_wire(r.status), method);
+            }
+            Some(_) => diverged(
+                index,
+                &format!(
+                    "its call {ordinal} (to `{service}`, method {method}) is not the call it made when it first ran"
+                ),
+            ),
+            None if !tail => diverged(
+                index,
+                &format!(
+                    "it made call {ordinal} (to `{service}`, method {method}), which it did not make when it first ran"
+                ),
+            ),
+            None => {} // the calls it had not made (or recorded) before the fault: sent now
+        }
+    }
+    let with_id = ch.info().policy == Policy::Companion;
+    let status = if with_id {
+        let mut req = Vec::with_capacity(CALL_ID_LEN + request.len());
+        req.extend_from_slice(&offset.to_le_bytes());
+        req.extend_from_slice(&ordinal.to_le_bytes());
+        req.extend_from_slice(&0u32.to_le_bytes());
+        req.extend_from_slice(request);
+        let mut status = ch.call_status(method | CALL_ID_BIT, &req, reply);
+        let mut resends = 0;
+        while status == Status::Restarted && resends < CALL_RESENDS {
+            resends += 1;
+            status = ch.call_status(method | CALL_ID_BIT, &req, reply);
+        }
+        status
+    } else {
+        ch.call_status(method, request, reply)
+    };
+    crate::failpoint::fail_point(FailPoint::CallReplied.site());
+    OUT.with(|o| {
+        let mut o = o.borrow_mut();
+        let o = &mut *o;
+        o.rec.clear();
+        fmt::encode_call_record(
+            &CallMeta {
+                index,
+                ordinal,
+                digest,
+                method,
+                status: status.to_wire(),
+            },
+            reply,
+            &mut o.rec,
+        );
+        let written = o.append.as_ref().map(|fd| write_all(fd, &o.rec));
+        if !matches!(written, Some(Ok(()))) {
+            // The record may be cut short: stop as a fault; the replay sends the call again
+            // with the same call id.
+            txipc_sys::crash::report_and_stop(txipc_sys::crash::CrashKind::Integrity);
+        }
+        o.written += o.rec.len() as u64;
+    });
+    crate::failpoint::fail_point(FailPoint::CallRecorded.site());
+    call_result(Some(status), method)
+}
+
+fn call_result(status: Option<Status>, method: u32) -> Result<(), txipc_service::CallError> {
+    use txipc_service::CallError;
+    match status {
+        Some(s) => crate::client::status_to_result(s, 0).map_err(|e| match e {
+            CallError::UnknownMethod { .. } => CallError::UnknownMethod { method },
+            other => other,
+        }),
+        None => Err(CallError::Malformed),
+    }
+}
+
+/// A replayed request's calls are not the calls it made when it first ran: hold the server.
+fn diverged(index: u64, what: &str) -> ! {
+    let (ctl, name) = OUT.with(|o| {
+        let o = o.borrow();
+        (o.ctl.clone(), o.name)
+    });
+    let method = name.map_or(String::new(), |n| format!(" (method `{n}`)"));
+    let message = format!(
+        "divergent replay: logged request {index}{method} replayed differently: {what}; its handler is not deterministic, so the replayed state cannot be trusted: the server is held. Make the handler deterministic (no clocks, randomness or hash-order iteration)"
+    );
+    match ctl {
+        Some(ctl) => hold(&ctl, message),
+        None => std::process::exit(74),
+    }
+}
 
 /// A server instance as the plain loop drives it: every generated `<Trait>Companion<S>` is one.
 pub trait PlainInstance {
@@ -204,12 +380,21 @@ pub(crate) fn incarnation_main(
     }
     let doorbell = Doorbell::map(doorbell_fd.as_fd())
         .unwrap_or_else(|e| fatal(&ctl, format!("doorbell: {e}")));
-    let status =
-        StatusPage::map(status_fd.as_fd()).unwrap_or_else(|e| fatal(&ctl, format!("status: {e}")));
+    // The status page lives as long as the incarnation; the fail points of calls to other
+    // servers (fired from inside handlers) read it too.
+    let status: &'static StatusPage = Box::leak(Box::new(
+        StatusPage::map(status_fd.as_fd()).unwrap_or_else(|e| fatal(&ctl, format!("status: {e}"))),
+    ));
+    crate::failpoint::install(status);
     let mut chans: Vec<Chan> = Vec::new();
     let mut buf = vec![0u8; proto::MAX_CONTROL_MSG];
     let ctl = Rc::new(ctl);
+    crate::server::init_plain_calls(&ctl, config.policy == Policy::Companion);
+    OUT.with(|o| o.borrow_mut().ctl = Some(ctl.clone()));
     let activation = standby(&ctl, &mut chans, &mut buf);
+    // The previous incarnation may have died inside calls to other servers: the slots it left
+    // in the inherited channels are reclaimed once their replies are in.
+    crate::server::adopt_outgoing();
     let calls = status.calls();
     let mut lp = PlainLoop {
         config,
@@ -224,6 +409,7 @@ pub(crate) fn incarnation_main(
         reply: Vec::with_capacity(4096),
         ctl_buf: buf,
         log: None,
+        answers: HashMap::new(),
     };
     let (generation, inherited) = match activation {
         Activation::Txipc { generation, .. } if config.policy != Policy::Companion => {
@@ -286,7 +472,7 @@ struct PlainLoop<'a> {
     instance: Box<dyn PlainInstance>,
     chans: Vec<Chan>,
     doorbell: Doorbell,
-    status: StatusPage,
+    status: &'static StatusPage,
     ctl: Rc<OwnedFd>,
     calls: u64,
     next_chan: usize,
@@ -294,6 +480,9 @@ struct PlainLoop<'a> {
     reply: Vec<u8>,
     ctl_buf: Vec<u8>,
     log: Option<LogWriter>,
+    /// Per channel, the last call with a call id this server answered (what a caller that
+    /// re-sends it gets again). Rebuilt by replay; carried in every snapshot.
+    answers: HashMap<u32, Answer>,
 }
 
 /// How long the server spins for work before sleeping on its doorbell.
@@ -333,10 +522,16 @@ impl PlainLoop<'_> {
 
     fn drain_control(&mut self) {
         loop {
-            let (n, fds) = match fdpass::recv(&*self.ctl, &mut self.ctl_buf, true) {
-                Ok(Some(m)) => m,
-                Ok(None) => return,
-                Err(_) => std::process::exit(0),
+            let (n, fds) = if let Some((msg, fds)) = crate::server::take_pending() {
+                // Arrived while a handler waited for the kernel in `connect`.
+                self.ctl_buf[..msg.len()].copy_from_slice(&msg);
+                (msg.len(), fds)
+            } else {
+                match fdpass::recv(&*self.ctl, &mut self.ctl_buf, true) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return,
+                    Err(_) => std::process::exit(0),
+                }
             };
             match proto::decode::<ToServer>(&self.ctl_buf[..n]) {
                 Ok(ToServer::AddChannels { indices }) => {
@@ -378,22 +573,84 @@ impl PlainLoop<'_> {
             .then(txipc_sys::time::monotonic_ns);
         self.status
             .set_busy(busy_word(chan_index, t.slot as u32, t.seq));
-        let logged = !t.malformed && self.log.is_some() && self.instance.is_logged(t.method);
+        // A call from another companion server carries a call id.
+        let call = if t.malformed {
+            None
+        } else {
+            split_call_id(t.method, &self.req).map(|(id, m, _)| (id, m))
+        };
+        let method = call.map_or(t.method, |(_, m)| m);
+        let logged = !t.malformed && self.log.is_some() && self.instance.is_logged(method);
+        if logged
+            && let Some((id, _)) = call
+            && let Some(a) = self.answers.get(&chan_index)
+            && a.id >= id
+        {
+            // The caller sends again a call this server has run already (it died before it
+            // recorded the reply, and its replay sends it again): answered from the record,
+            // not run twice. An older id is a stale copy from a dead caller: refused.
+            let (status, reply) = if a.id == id {
+                (
+                    Status::from_wire(a.status).unwrap_or(Status::Malformed),
+                    &a.reply[..],
+                )
+            } else {
+                (Status::Aborted, &[][..])
+            };
+            let chan = &self.chans[ci].chan;
+            if chan.write_reply(t.slot, status, reply).is_err() {
+                let _ = chan.write_reply(t.slot, Status::TooLarge, &[]);
+            }
+            let _ = chan.publish(t.slot);
+            self.calls += 1;
+            self.status.set_idle(self.calls);
+            return;
+        }
         if logged {
-            self.append(chan_index, t);
+            let at = self.append(chan_index, t);
+            OUT.with(|o| {
+                let mut o = o.borrow_mut();
+                o.current = Some(at);
+                o.next_ordinal = 0;
+                o.name = self.instance.method_name(method);
+            });
         }
         self.fail_point(FailPoint::BeforeHandle);
-        let status = if t.malformed {
+        let status = if t.malformed || (t.method & CALL_ID_BIT != 0 && call.is_none()) {
             self.reply.clear();
             Status::Malformed
         } else {
+            let req = if call.is_some() {
+                &self.req[CALL_ID_LEN..]
+            } else {
+                &self.req[..]
+            };
             SESSION.with(|s| s.set(chan_index));
-            let r = self.instance.handle(t.method, &self.req, &mut self.reply);
+            let r = self.instance.handle(method, req, &mut self.reply);
             SESSION.with(|s| s.set(u32::MAX));
             to_status(r, &mut self.reply)
         };
-        if logged && let Some(w) = &mut self.log {
-            w.prev_digest = Some(reply_digest(status.to_wire(), &self.reply));
+        if logged {
+            let written = OUT.with(|o| {
+                let mut o = o.borrow_mut();
+                o.current = None;
+                std::mem::take(&mut o.written)
+            });
+            if let Some(w) = &mut self.log {
+                w.prev_digest = Some(reply_digest(status.to_wire(), &self.reply));
+                w.end += written;
+            }
+            if let Some((id, _)) = call {
+                self.answers.insert(
+                    chan_index,
+                    Answer {
+                        chan: chan_index,
+                        id,
+                        status: status.to_wire(),
+                        reply: self.reply.clone(),
+                    },
+                );
+            }
         }
         self.fail_point(FailPoint::AfterHandle);
         let chan = &self.chans[ci].chan;
@@ -410,14 +667,14 @@ impl PlainLoop<'_> {
         self.calls += 1;
         self.status.set_idle(self.calls);
         if logged {
-            let capture = self.instance.capture(t.method);
+            let capture = self.instance.capture(method);
             self.maybe_checkpoint(capture, false);
         }
     }
 
     /// Appends the record of the request in `self.req` (taken in `t` on channel `chan`), first
-    /// making room if the log is full.
-    fn append(&mut self, chan: u32, t: &Taken) {
+    /// making room if the log is full. Returns the record's log offset and index.
+    fn append(&mut self, chan: u32, t: &Taken) -> (u64, u64) {
         let cap = self.config.log_cap;
         let need = (fmt::RECORD_HEADER + self.req.len()) as u64;
         let full = {
@@ -445,9 +702,11 @@ impl PlainLoop<'_> {
             // kernel starts a new segment after whatever was written.
             txipc_sys::crash::report_and_stop(txipc_sys::crash::CrashKind::Integrity);
         }
+        let at = (w.end, w.next_index);
         w.next_index += 1;
         w.end += w.rec.len() as u64;
         w.since += 1;
+        at
     }
 
     /// Reaps the checkpoint child if it is done (or, `block`, waits for it). A child that
@@ -594,10 +853,15 @@ impl PlainLoop<'_> {
             log_offset: w.end,
             last_digest: w.prev_digest,
         };
-        let mut payload = Vec::new();
-        if self.instance.distill(&mut payload).is_err() {
+        let mut state = Vec::new();
+        if self.instance.distill(&mut state).is_err() {
             std::process::exit(75);
         }
+        let mut answers: Vec<Answer> = self.answers.values().cloned().collect();
+        answers.sort_by_key(|a| a.chan);
+        let mut payload = Vec::with_capacity(state.len() + 64);
+        fmt::join_payload(&state, &answers, &mut payload);
+        drop(state);
         let meta = SnapshotMeta {
             state_version: self.state_version(),
             ..meta
@@ -676,6 +940,9 @@ impl PlainLoop<'_> {
             snapshot_bytes = bytes.len() as u64;
             let (meta, payload) = fmt::decode_snapshot(&bytes, builtin.state_version)
                 .unwrap_or_else(|e| hold(&ctl, e.to_string()));
+            let (payload, answers) =
+                fmt::split_payload(payload).unwrap_or_else(|e| hold(&ctl, e.to_string()));
+            self.answers = answers.into_iter().map(|a| (a.chan, a)).collect();
             self.instance = (builtin.reconstitute)(payload).unwrap_or_else(|e| {
                 hold(
                     &ctl,
@@ -701,6 +968,22 @@ impl PlainLoop<'_> {
         }
         let mut prev = snap_meta.last_digest;
         let mut last: Option<(u64, u32)> = None;
+        // The outgoing calls each replayed request made, answered from their records.
+        let mut calls: HashMap<u64, VecDeque<Recorded>> = HashMap::new();
+        for c in &scan.calls {
+            calls.entry(c.meta.index).or_default().push_back(Recorded {
+                digest: c.meta.digest,
+                method: c.meta.method,
+                status: c.meta.status,
+                reply: c.reply.to_vec(),
+            });
+        }
+        let tail_index = scan.records.last().map(|r| r.meta.index);
+        let append = fds
+            .append
+            .try_clone()
+            .unwrap_or_else(|e| fatal(&ctl, format!("dup: {e}")));
+        OUT.with(|o| o.borrow_mut().append = Some(append));
         for rec in &scan.records {
             let m = rec.meta;
             if let (Some(ours), Some(logged), Some((index, method))) = (prev, m.prev_digest, last)
@@ -720,10 +1003,46 @@ impl PlainLoop<'_> {
                 continue;
             }
             self.status.set_busy(busy_word(m.chan, m.slot, m.seq));
+            let (call, method, request) = match split_call_id(m.method, rec.request) {
+                Some((id, method, request)) => (Some(id), method, request),
+                None => (None, m.method, rec.request),
+            };
+            OUT.with(|o| {
+                let mut o = o.borrow_mut();
+                o.current = Some((rec.offset, m.index));
+                o.next_ordinal = 0;
+                o.name = self.instance.method_name(method);
+                o.recorded = calls.remove(&m.index).unwrap_or_default();
+                o.replaying = Some(tail_index == Some(m.index));
+            });
             SESSION.with(|s| s.set(m.chan));
-            let r = self.instance.handle(m.method, rec.request, &mut self.reply);
+            let r = self.instance.handle(method, request, &mut self.reply);
             SESSION.with(|s| s.set(u32::MAX));
+            let left = OUT.with(|o| {
+                let mut o = o.borrow_mut();
+                o.current = None;
+                o.replaying = None;
+                o.written = 0;
+                std::mem::take(&mut o.recorded).len()
+            });
+            if left > 0 {
+                diverged(
+                    m.index,
+                    &format!("it made {left} calls fewer than when it first ran"),
+                );
+            }
             let status = to_status(r, &mut self.reply);
+            if let Some(id) = call {
+                self.answers.insert(
+                    m.chan,
+                    Answer {
+                        chan: m.chan,
+                        id,
+                        status: status.to_wire(),
+                        reply: self.reply.clone(),
+                    },
+                );
+            }
             prev = Some(reply_digest(status.to_wire(), &self.reply));
             last = Some((m.index, m.method));
             if let Some((ci, t)) = waiting.get(&(m.chan, m.slot))

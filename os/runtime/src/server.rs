@@ -125,6 +125,8 @@ thread_local! {
     static OUTGOING: RefCell<HashMap<String, Outgoing>> = RefCell::new(HashMap::new());
     /// Whether this server's calls to others are nested transactions (policy txipc).
     static NESTED_ON: Cell<bool> = const { Cell::new(false) };
+    /// Whether this server's calls to others are recorded in its message log (policy companion).
+    static COMPANION_ON: Cell<bool> = const { Cell::new(false) };
     /// Control messages that arrived while a handler waited for the kernel.
     static PENDING: RefCell<VecDeque<(Vec<u8>, Vec<OwnedFd>)>> = const { RefCell::new(VecDeque::new()) };
 }
@@ -146,10 +148,33 @@ impl Transport for Outgoing {
     fn call(&self, method: u32, request: &[u8], reply: &mut Vec<u8>) -> Result<(), CallError> {
         if NESTED_ON.with(Cell::get) {
             nested::call(&self.0, TXID.with(Cell::get), method, request, reply)
+        } else if COMPANION_ON.with(Cell::get) {
+            crate::companion::outgoing_call(&self.0, method, request, reply)
         } else {
             self.0.call(method, request, reply)
         }
     }
+}
+
+/// Sets up a plain (ordinary-state) incarnation for calls to other servers: [`connect`] talks
+/// to the kernel on `ctl`; under policy companion the calls go through its record.
+pub(crate) fn init_plain_calls(ctl: &Rc<OwnedFd>, companion: bool) {
+    CTL.with(|c| *c.borrow_mut() = Some(ctl.clone()));
+    COMPANION_ON.with(|c| c.set(companion));
+}
+
+/// Reclaims the slots a previous incarnation left in the inherited outgoing channels.
+pub(crate) fn adopt_outgoing() {
+    OUTGOING.with(|o| {
+        for out in o.borrow().values() {
+            out.0.adopt_slots();
+        }
+    });
+}
+
+/// A control message that arrived while a handler waited for the kernel (in `connect`).
+pub(crate) fn take_pending() -> Option<(Vec<u8>, Vec<OwnedFd>)> {
+    PENDING.with(|p| p.borrow_mut().pop_front())
 }
 
 fn restore_outgoing(info: txipc_core::proto::Connected, fds: Vec<OwnedFd>) {

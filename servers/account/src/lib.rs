@@ -10,6 +10,8 @@
 
 use std::ops::Bound;
 
+pub mod plain;
+
 use bank_api::{Account, AccountDispatcher, AccountError, LedgerEntry, MAX_LEDGER_PAGE, MAX_NAME};
 use txipc_heap::{HeapError, PBTreeMap, PBytes, Persistent, Tx};
 use txipc_runtime::{Builtin, Instance, StartArgs, TxCell, TxHost};

@@ -20,6 +20,8 @@ use txipc_heap::{PCell, Persistent};
 use txipc_runtime::{Builtin, Instance, Outgoing, StartArgs, TxCell, TxHost};
 use txipc_service::Error as SvcError;
 
+pub mod plain;
+
 /// The bank's state in the heap.
 #[derive(Persistent)]
 #[repr(C)]

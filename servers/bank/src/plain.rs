@@ -1,0 +1,177 @@
+//! The bank with its state in ordinary Rust data (policy `companion`).
+//!
+//! The same [`Bank`] interface as [`crate::BankServer`], for a system whose servers run under
+//! policy `companion`. There are no transactions: a transfer is the debit, then the credit,
+//! each an ordinary call to an account server. The bank remembers the accounts opened through
+//! it (the account servers are granted to the bank alone), so a transfer to an account that
+//! does not exist is refused before anything is debited. What makes it happen exactly once across faults is the companion: the
+//! bank's log records the transfer request and every call it made with its reply, so a replay
+//! after a fault of the bank answers those calls from the record instead of sending them again;
+//! and each call carries a call id, so a call the bank sent but had not recorded when it died
+//! is answered by the account server from its own record, not applied twice
+//! (ARCHITECTURE.md §16). The credit cannot be refused once the debit is applied (the account
+//! exists, and the amount was checked), unless the account server is down for good or fails the
+//! credit as a poison request: then the transfer fails with `Link` and the debit stays, which
+//! under policy `txipc` a rollback would undo.
+
+use bank_api::{
+    AccountClient, AccountError, Bank, BankCompanion, BankError, LedgerEntry, MAX_ACCOUNT_SERVERS,
+    account_server, home,
+};
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use txipc_runtime::{Outgoing, PlainBuiltin};
+use txipc_service::Distill;
+
+use crate::{account_err, link};
+
+/// The bank's whole state: what a checkpoint holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BankState {
+    transfers: u64,
+    /// Accounts opened through this bank.
+    accounts: BTreeSet<String>,
+}
+
+/// The bank with ordinary Rust state.
+#[derive(Debug, Default)]
+pub struct BankPlain {
+    state: BankState,
+    /// How many account servers the manifest gives the bank (found at the first request; the
+    /// manifest does not change, so a replay finds the same).
+    servers: Option<usize>,
+}
+
+impl Distill for BankPlain {
+    const VERSION: u32 = 1;
+    type Snapshot = BankState;
+    fn distill(&self) -> &BankState {
+        &self.state
+    }
+    fn reconstitute(state: BankState) -> Self {
+        BankPlain {
+            state,
+            servers: None,
+        }
+    }
+}
+
+impl BankPlain {
+    fn servers(&mut self) -> Result<usize, BankError> {
+        if let Some(n) = self.servers {
+            return Ok(n);
+        }
+        let mut n = 0;
+        while n < MAX_ACCOUNT_SERVERS && txipc_runtime::connect(&account_server(n)).is_ok() {
+            n += 1;
+        }
+        if n == 0 {
+            return Err(BankError::NoAccountServers);
+        }
+        self.servers = Some(n);
+        Ok(n)
+    }
+
+    fn account(&mut self, k: usize) -> Result<(String, AccountClient<Outgoing>), BankError> {
+        let name = account_server(k);
+        let ch = txipc_runtime::connect(&name).map_err(|e| link(&name, e))?;
+        Ok((name, AccountClient::new(ch)))
+    }
+
+    fn account_of(&mut self, name: &str) -> Result<(String, AccountClient<Outgoing>), BankError> {
+        let n = self.servers()?;
+        self.account(home(name, n))
+    }
+}
+
+impl Bank for BankPlain {
+    fn open(&mut self, name: String, initial: i64) -> Result<String, BankError> {
+        let (server, acct) = self.account_of(&name)?;
+        acct.open(name.clone(), initial)
+            .map_err(|e| account_err(&server, e))?;
+        self.state.accounts.insert(name);
+        Ok(server)
+    }
+
+    fn transfer(
+        &mut self,
+        id: u64,
+        from: String,
+        to: String,
+        amount: i64,
+    ) -> Result<(), BankError> {
+        if amount <= 0 || amount >= 1 << 53 {
+            return Err(BankError::Account {
+                server: "bank".into(),
+                error: AccountError::BadAmount(amount),
+            });
+        }
+        for name in [&from, &to] {
+            if !self.state.accounts.contains(name) {
+                let (server, _) = self.account_of(name)?;
+                return Err(BankError::Account {
+                    server,
+                    error: AccountError::NoAccount(name.clone()),
+                });
+            }
+        }
+        let (fs, debit) = self.account_of(&from)?;
+        let (ts, credit) = self.account_of(&to)?;
+        debit
+            .apply(from, id, -amount)
+            .map_err(|e| account_err(&fs, e))?;
+        credit
+            .apply(to, id, amount)
+            .map_err(|e| account_err(&ts, e))?;
+        self.state.transfers += 1;
+        Ok(())
+    }
+
+    fn balance(&mut self, name: String) -> Result<i64, BankError> {
+        let (server, acct) = self.account_of(&name)?;
+        acct.balance(name).map_err(|e| account_err(&server, e))
+    }
+
+    fn total(&mut self) -> Result<i64, BankError> {
+        let n = self.servers()?;
+        let mut total = 0i64;
+        for k in 0..n {
+            let (server, acct) = self.account(k)?;
+            let list = acct.list().map_err(|e| link(&server, e))?;
+            total += list.iter().map(|(_, b)| b).sum::<i64>();
+        }
+        Ok(total)
+    }
+
+    fn ledger(
+        &mut self,
+        name: String,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>, BankError> {
+        let (server, acct) = self.account_of(&name)?;
+        acct.ledger(name, after, limit)
+            .map_err(|e| account_err(&server, e))
+    }
+
+    fn accounts(&mut self) -> Result<Vec<(String, i64, String)>, BankError> {
+        let n = self.servers()?;
+        let mut out = Vec::new();
+        for k in 0..n {
+            let (server, acct) = self.account(k)?;
+            let list = acct.list().map_err(|e| link(&server, e))?;
+            out.extend(list.into_iter().map(|(a, b)| (a, b, server.clone())));
+        }
+        Ok(out)
+    }
+
+    fn transfers(&mut self) -> u64 {
+        self.state.transfers
+    }
+}
+
+/// The server as the built-in `bank-plain` of the txipc binary.
+pub fn builtin() -> PlainBuiltin {
+    PlainBuiltin::of::<BankCompanion<BankPlain>>("bank-plain")
+}
