@@ -10,7 +10,9 @@
 //! source), as replay requires. [`KvPlainFaulty`] is the same server with two deliberate faults,
 //! for tests: a `put` under a key starting with `poison/` panics after changing the map, and an
 //! `incr` of a key starting with `nondet/` adds a clock-dependent amount (a non-deterministic
-//! handler, which the companion must detect on replay). It also keeps per-connection state:
+//! handler, which the companion must detect on replay). An `incr` of `relay/K` calls the server
+//! `peer` (another server, through `txipc_runtime::connect`), and `relay-nondet/K` does so
+//! with a clock-dependent delta (a replay that makes another call). It also keeps per-connection state:
 //! an `incr` of a key starting with `session/` counts in the caller's own session
 //! (`session/<session>/<rest>`, see `txipc_runtime::current_session`), so two connections
 //! incrementing the same key see their own counters, across restarts and replays.
@@ -183,6 +185,34 @@ impl Distill for KvPlainFaulty {
     }
 }
 
+impl KvPlainFaulty {
+    /// `incr` of `relay/K`: increments `K` in the server `peer` (a call to another server),
+    /// then `relay/K` here by the peer's new value; returns that value. `relay-nondet/K` does
+    /// the same but calls with a clock-dependent delta: a replay makes another call than the
+    /// first run made (a divergence the companion must detect).
+    fn relay(&mut self, key: Bytes, delta: i64) -> Result<i64, KvError> {
+        let (rest, delta) = match key.strip_prefix(b"relay/") {
+            Some(rest) => (rest.to_vec(), delta),
+            None => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                (
+                    key[b"relay-nondet/".len()..].to_vec(),
+                    delta + i64::from(nanos % 1000) + 1,
+                )
+            }
+        };
+        let peer = txipc_runtime::connect("peer")
+            .unwrap_or_else(|e| panic!("kv-plain-faulty: relay: cannot reach `peer`: {e}"));
+        let n = kv_api::KvClient::new(peer)
+            .incr(Bytes::from(rest), delta)
+            .unwrap_or_else(|e| panic!("kv-plain-faulty: relay: the call failed: {e}"));
+        self.0.incr(key, n)?;
+        Ok(n)
+    }
+}
+
 impl Kv for KvPlainFaulty {
     fn get(&mut self, key: Bytes) -> Result<Option<Bytes>, KvError> {
         self.0.get(key)
@@ -215,6 +245,9 @@ impl Kv for KvPlainFaulty {
             }
             None => key,
         };
+        if key.starts_with(b"relay/") || key.starts_with(b"relay-nondet/") {
+            return self.relay(key, delta);
+        }
         let delta = if key.starts_with(b"nondet/") {
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
