@@ -665,7 +665,7 @@ mod tests {
         let mut out = Vec::new();
         let mut calls = Vec::new();
         for i in 1..=4u64 {
-            encode_record(&meta(i), &vec![i as u8; 5], &mut out);
+            encode_record(&meta(i), &[i as u8; 5], &mut out);
             let n = match i {
                 2 => 2,
                 3 => 1,
