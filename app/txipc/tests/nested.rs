@@ -500,3 +500,177 @@ fn bench_nested_reports_every_variant() {
     }
     assert!(v["loss_vs_none_pct"]["1"].is_number(), "{v}");
 }
+
+/// A cgroup-v1 freezer group holding processes that can then neither stop (SIGSTOP stays
+/// pending) nor die (SIGKILL waits for the thaw): a coordinator the kernel cannot confirm
+/// stopped. Thawed and removed on drop, also when the test fails.
+struct Frozen {
+    dir: std::path::PathBuf,
+}
+
+impl Frozen {
+    fn new(tag: &str) -> Option<Frozen> {
+        let root = std::path::Path::new("/sys/fs/cgroup/freezer");
+        if !root.join("cgroup.procs").exists() {
+            return None;
+        }
+        let dir = root.join(unique(tag));
+        std::fs::create_dir(&dir).ok()?;
+        Some(Frozen { dir })
+    }
+
+    fn freeze(&self, pid: i32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap();
+        std::fs::write(self.dir.join("freezer.state"), "FROZEN").unwrap();
+        wait_until(
+            "the freezer to freeze",
+            std::time::Duration::from_secs(10),
+            || {
+                std::fs::read_to_string(self.dir.join("freezer.state"))
+                    .is_ok_and(|s| s.trim() == "FROZEN")
+            },
+        );
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.join("freezer.state"), "THAWED");
+        if let Ok(procs) = std::fs::read_to_string(self.dir.join("cgroup.procs")) {
+            for p in procs.lines() {
+                let _ = std::fs::write("/sys/fs/cgroup/freezer/cgroup.procs", p);
+            }
+        }
+        for _ in 0..1000 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+/// Issue 7, defect 2 (never wait inline, fail closed): a participant dies prepared for an
+/// undecided root while its coordinator can be neither stopped nor killed (frozen). The kernel
+/// must not read the coordinator's header (it could still change) nor block on it: the
+/// participant stays recovering, the coordinator is faulted, and meanwhile `ps`, connects, calls
+/// and the recovery of an unrelated server go on. After the thaw the coordinator dies, its
+/// recovery decides the root, and the participant's rollback follows: no money is made or lost.
+#[test]
+fn a_coordinator_that_cannot_be_stopped_delays_no_one_else() {
+    let Some(frozen) = Frozen::new("nested-frozen") else {
+        eprintln!("skipped: no writable cgroup-v1 freezer at /sys/fs/cgroup/freezer");
+        return;
+    };
+    let long = "deadline_ms = 60000";
+    let m = server("bank", "bank", "txipc", long)
+        + &server("account-0", "account", "txipc", long)
+        + &server("account-1", "account", "txipc", long)
+        + &server("kv", "kv", "txipc", "")
+        + &grant("*", "bank")
+        + &grant("*", "kv")
+        + &grant("bank", "account-0")
+        + &grant("bank", "account-1");
+    let sys = boot("nested-frozen", &m);
+    // Dropped before `sys`: thawed before the system shuts down.
+    let frozen = frozen;
+    let conn = sys.connect().unwrap();
+    let bank = BankClient::new(open(&conn, "bank"));
+    let accts = open_accounts(&bank, 4);
+    let from = accts.iter().find(|a| a.1 == 0).unwrap().0.clone();
+    let to = accts.iter().find(|a| a.1 == 1).unwrap().0.clone();
+    let info = |name: &str| {
+        conn.ps()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap()
+    };
+    conn.inject("account-0", FailKind::Hang, FailPoint::Prepared)
+        .unwrap();
+    let transfer = {
+        let (sys_name, from, to) = (sys.name().to_string(), from.clone(), to.clone());
+        std::thread::spawn(move || {
+            let conn = System::connect(&sys_name).unwrap();
+            let mut ch = conn.open("bank").unwrap();
+            ch.set_timeout(Some(std::time::Duration::from_secs(120)));
+            BankClient::new(ch).transfer(1, from, to, 7).is_ok()
+        })
+    };
+    wait_until(
+        "account-0 to hang prepared",
+        std::time::Duration::from_secs(30),
+        || info("account-0").prepared,
+    );
+    let coordinator = info("bank");
+    frozen.freeze(coordinator.pid);
+    txipc_sys::process::kill(info("account-0").pid, rustix::process::Signal::KILL).unwrap();
+    // Not confirmed stopped: the kernel faults the coordinator, which cannot die while frozen.
+    wait_until(
+        "the coordinator to be faulted",
+        std::time::Duration::from_secs(30),
+        || info("bank").state == "recovering",
+    );
+    assert_eq!(
+        info("account-0").state,
+        "recovering",
+        "the participant's rollback waits for a coordinator that may still write its header"
+    );
+    // Everything else is served meanwhile: a new connection, calls, and a recovery.
+    let other = sys.connect().unwrap();
+    let kv = kv_api::KvClient::new(open(&other, "kv"));
+    kv.put(b"k".to_vec(), b"v".to_vec()).unwrap();
+    let kv_before = other
+        .ps()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "kv")
+        .unwrap();
+    txipc_sys::process::kill(kv_before.pid, rustix::process::Signal::KILL).unwrap();
+    assert_eq!(
+        kv.get(b"k".to_vec()).unwrap().map(|v| v.to_vec()),
+        Some(b"v".to_vec()),
+        "the unrelated server recovered, its state intact"
+    );
+    wait_until(
+        "kv to be running again",
+        std::time::Duration::from_secs(30),
+        || {
+            let s = info("kv");
+            s.state == "running" && s.restarts > kv_before.restarts
+        },
+    );
+    assert_eq!(info("bank").state, "recovering", "still frozen");
+    assert_eq!(info("account-0").state, "recovering", "still waiting");
+    assert!(alive(coordinator.pid));
+    drop(frozen);
+    // Thawed: the coordinator dies of its SIGKILL, its recovery decides the root, the
+    // participant's rollback follows.
+    let moved = transfer.join().unwrap();
+    wait_until(
+        "everything to run again",
+        std::time::Duration::from_secs(30),
+        || {
+            ["bank", "account-0", "account-1"]
+                .iter()
+                .all(|n| info(n).state == "running")
+        },
+    );
+    assert_eq!(bank.total().unwrap(), 4000, "no money made or lost");
+    let (a, b) = (
+        bank.balance(from.clone()).unwrap(),
+        bank.balance(to.clone()).unwrap(),
+    );
+    assert_eq!(a + b, 2000, "{from} {a} + {to} {b}");
+    if moved {
+        assert_eq!(
+            (a, b),
+            (993, 1007),
+            "the transfer that succeeded happened once"
+        );
+    } else {
+        assert!(matches!((a, b), (1000, 1000) | (993, 1007)), "{a} {b}");
+    }
+    drop((bank, kv, other, conn));
+    sys.shutdown().unwrap();
+}

@@ -17,11 +17,12 @@ use crate::recovery::fail_posted;
 
 /// Checks of a stop before it counts as unconfirmed (then the incarnation is killed and only
 /// its death confirms). With [`CONFIRM_INTERVAL_US`] between checks: about 5 ms.
-const CONFIRM_TRIES: u32 = 100;
-/// How long the kernel looks for a stop inline before it leaves the rest to the confirm timer.
-const CONFIRM_SPIN: std::time::Duration = std::time::Duration::from_micros(500);
+pub(crate) const CONFIRM_TRIES: u32 = 100;
 /// Time between two checks of a stop, microseconds.
 pub(crate) const CONFIRM_INTERVAL_US: u64 = 50;
+/// Time between two checks once a stop went unconfirmed and only a death can confirm,
+/// microseconds (the death itself comes through the pidfd; this re-check is the fallback).
+pub(crate) const SLOW_CONFIRM_INTERVAL_US: u64 = 5_000;
 
 impl Kernel {
     /// Feeds `ev` to server `i`'s lifecycle and performs what it answers, then the answers'
@@ -89,19 +90,10 @@ impl Kernel {
             Command::Spawn(g) => self.spawn(i, g),
             Command::Activate(g) => self.activate(i, g),
             Command::ConfirmStop(g) => {
+                // A process that reported a crash stops itself within microseconds: look once
+                // now, then on the confirm timer, an event of the loop like any other (the
+                // kernel never waits for a peer inline).
                 self.servers[i].confirming = Some((g, 0));
-                // A process that reported a crash stops itself within microseconds: look a few
-                // times, yielding, for at most CONFIRM_SPIN (never waiting longer inline),
-                // then on the confirm timer.
-                let start = Instant::now();
-                let pid = self.servers[i].procs.get(&g).map(|inc| inc.pid)?;
-                while start.elapsed() < CONFIRM_SPIN {
-                    if matches!(process::state(pid), Some('T') | Some('t')) {
-                        self.servers[i].confirming = None;
-                        return Some(Event::Stopped(g));
-                    }
-                    std::thread::yield_now();
-                }
                 self.check_stop(i)
             }
             Command::Kill(g) => {
@@ -116,10 +108,9 @@ impl Kernel {
                 }
                 None
             }
-            Command::RollBack(g) => {
-                let log_usable = self.roll_back(i, g);
-                Some(Event::RolledBack { log_usable })
-            }
+            // Answered now, or once a coordinator whose header the rollback needs is confirmed
+            // unable to write it (`nested::AwaitCoordinator`).
+            Command::RollBack(g) => self.start_roll_back(i, g),
             Command::SettleSlots { held } => {
                 self.settle_slots(i, held);
                 None
@@ -251,13 +242,14 @@ impl Kernel {
             }
             _ => {
                 s.confirming = Some((g, tries + 1));
-                self.arm_confirm_timer();
+                self.arm_confirm_timer(CONFIRM_INTERVAL_US);
                 None
             }
         }
     }
 
-    /// The confirm timer fired: re-check every stop being confirmed.
+    /// The confirm timer fired: re-check every stop being confirmed, and every rollback
+    /// waiting for its coordinator.
     pub(crate) fn on_confirm_timer(&mut self) {
         let mut buf = [0u8; 8];
         let _ = rustix::io::read(&self.confirm_timer, &mut buf);
@@ -267,13 +259,35 @@ impl Kernel {
             {
                 self.feed(i, ev);
             }
+            if self.servers[i].awaiting.is_some()
+                && let Some(ev) = self.check_awaiting(i)
+            {
+                self.feed(i, ev);
+            }
+        }
+        // Re-arm for what is still waiting (a check above may have armed the fast interval).
+        let slow = self
+            .servers
+            .iter()
+            .any(|s| s.awaiting.is_some_and(|a| a.faulted));
+        let fast = self
+            .servers
+            .iter()
+            .any(|s| s.confirming.is_some() || s.awaiting.is_some_and(|a| !a.faulted));
+        if fast {
+            self.arm_confirm_timer(CONFIRM_INTERVAL_US);
+        } else if slow {
+            self.arm_confirm_timer(SLOW_CONFIRM_INTERVAL_US);
         }
     }
 
-    fn arm_confirm_timer(&self) {
+    /// Arms the one-shot confirm timer `us` microseconds from now (replacing its due time:
+    /// callers arm the fast interval whenever anything needs it, and [`Self::on_confirm_timer`]
+    /// re-checks everything that waits).
+    pub(crate) fn arm_confirm_timer(&self, us: u64) {
         let ts = rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: (CONFIRM_INTERVAL_US * 1000) as _,
+            tv_sec: (us / 1_000_000) as _,
+            tv_nsec: ((us % 1_000_000) * 1000) as _,
         };
         let _ = rustix::time::timerfd_settime(
             &self.confirm_timer,

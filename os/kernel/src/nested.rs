@@ -5,11 +5,11 @@
 //! messages.
 
 use std::os::fd::AsFd;
-use std::time::Duration;
 
 use rustix::process::Signal;
 use txipc_chan::SlotState;
 use txipc_chan::Status;
+use txipc_core::lifecycle::{Event, Gen};
 use txipc_core::manifest::Policy;
 use txipc_core::nested::{Outcome, Settle, resolve, settle_participant};
 use txipc_core::proto::{self, ToServer};
@@ -20,6 +20,24 @@ use txipc_sys::{fdpass, process};
 use crate::channels::Owner;
 use crate::event_loop::Kernel;
 use crate::server::CONTROL_EVENT;
+
+/// A participant's rollback waiting until the coordinator whose header it must read is
+/// confirmed stopped or dead (a state of the kernel, re-checked on the confirm timer; the
+/// participant's lifecycle waits in `RollingBack` meanwhile).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AwaitCoordinator {
+    /// The participant's failed generation.
+    pub(crate) generation: Gen,
+    /// The coordinator server.
+    pub(crate) coordinator: usize,
+    /// The coordinator's generation the kernel sent SIGSTOP (resumed after the settlement).
+    pub(crate) stopped: Option<Gen>,
+    /// Checks so far.
+    pub(crate) tries: u32,
+    /// The coordinator could not be confirmed stopped and was faulted: only its death (or a
+    /// recorded decision) lets the rollback go on.
+    pub(crate) faulted: bool,
+}
 
 fn log_state(s: TxState) -> LogState {
     match s {
@@ -47,11 +65,126 @@ impl Kernel {
         txipc_heap::read_log(s.log_fd.as_fd()).ok()
     }
 
+    /// The root of another server that failed participant `i` (confirmed unable to run) is
+    /// prepared for and whose outcome the kernel does not know: its coordinator's header must
+    /// be read, unchanging, to settle it. `(root, coordinator)`.
+    fn undecided_root(&self, i: usize) -> Option<(RootId, usize)> {
+        let snap = self.read_log_of(i)?;
+        let (TxState::Active(_), Some(root)) = (snap.state, snap.root) else {
+            return None;
+        };
+        let c = root.server as usize;
+        if c >= self.servers.len() || c == i || snap.prepared == 0 {
+            return None;
+        }
+        if self.decisions.get(root.server, root.txid).is_some() {
+            return None;
+        }
+        Some((root, c))
+    }
+
+    /// Whether no incarnation of server `c` that may write its heap can run: each one but the
+    /// standby (which writes nothing before it is activated) is seen stopped, or its pidfd
+    /// says it has exited. Anything else — running, uninterruptible, frozen, a zombie leader
+    /// whose threads still run, a `/proc` read that failed — is "may still write": fail
+    /// closed.
+    fn coordinator_quiet(&self, c: usize) -> bool {
+        let s = &self.servers[c];
+        let standby = s.life.standby();
+        s.procs
+            .values()
+            .filter(|p| Some(p.generation) != standby)
+            .all(|p| {
+                process::pidfd_exited(&p.pidfd) || matches!(process::state(p.pid), Some('T' | 't'))
+            })
+    }
+
+    /// Performs the lifecycle's `RollBack(g)` of server `i`: at once if nothing it must read
+    /// can change, else stops the coordinator whose header it needs and answers
+    /// `RolledBack` from the confirm timer once that coordinator is confirmed stopped or dead
+    /// ([`Kernel::check_awaiting`]). The kernel never waits for the coordinator inline.
+    pub(crate) fn start_roll_back(&mut self, i: usize, g: Gen) -> Option<Event> {
+        if let Some((root, c)) = self.undecided_root(i)
+            && !self.coordinator_quiet(c)
+        {
+            let stopped = self.servers[c].active().map(|a| {
+                let _ = process::pidfd_signal(&a.pidfd, Signal::STOP);
+                a.generation
+            });
+            let (name, coord) = (
+                self.servers[i].spec.name.clone(),
+                self.servers[c].spec.name.clone(),
+            );
+            self.log(format!(
+                "{name}: prepared for undecided root {root:?}: stopping its coordinator {coord} to read its decision"
+            ));
+            self.servers[i].awaiting = Some(AwaitCoordinator {
+                generation: g,
+                coordinator: c,
+                stopped,
+                tries: 0,
+                faulted: false,
+            });
+            self.arm_confirm_timer(crate::lifecycle::CONFIRM_INTERVAL_US);
+            return None;
+        }
+        let log_usable = self.roll_back(i, g, None);
+        Some(Event::RolledBack { log_usable })
+    }
+
+    /// One re-check of a rollback waiting for its coordinator (confirm timer): the
+    /// coordinator is quiet, or the root's outcome became known → roll back now. Not quiet
+    /// after `CONFIRM_TRIES` checks → fail closed: fault the coordinator (it is killed, and its
+    /// death — or its recovery's decision of the root — lets the rollback go on); until then
+    /// the participant stays recovering and the rest of the system is served.
+    pub(crate) fn check_awaiting(&mut self, i: usize) -> Option<Event> {
+        let a = self.servers[i].awaiting?;
+        let ready = self
+            .undecided_root(i)
+            .is_none_or(|(_, c)| self.coordinator_quiet(c));
+        if ready {
+            self.servers[i].awaiting = None;
+            let log_usable = self.roll_back(i, a.generation, a.stopped);
+            return Some(Event::RolledBack { log_usable });
+        }
+        if a.faulted || a.tries < crate::lifecycle::CONFIRM_TRIES {
+            self.servers[i].awaiting = Some(AwaitCoordinator {
+                tries: a.tries.saturating_add(1),
+                ..a
+            });
+            return None;
+        }
+        let c = a.coordinator;
+        self.servers[i].awaiting = Some(AwaitCoordinator {
+            faulted: true,
+            stopped: None,
+            ..a
+        });
+        let (name, coord) = (
+            self.servers[i].spec.name.clone(),
+            self.servers[c].spec.name.clone(),
+        );
+        self.log(format!(
+            "{name}: its coordinator {coord} cannot be confirmed stopped: faulting it; {name} waits for its death"
+        ));
+        if let Some(g) = self.servers[c].life.active() {
+            self.fault_starts(
+                c,
+                g,
+                format!("it could not be stopped to settle a prepared participant ({name})"),
+            );
+            self.feed(c, Event::Hang(g));
+        }
+        None
+    }
+
     /// Before the heap of failed server `i` is recovered: if it died inside a sub-transaction
     /// of another server's root, decide that sub-transaction (commit it, or roll it back and,
     /// when the root is undecided and its caller saw its effects, abort the root by faulting
-    /// the coordinator). Called with the incarnation confirmed stopped or dead.
-    pub(crate) fn settle_dead_participant(&mut self, i: usize) {
+    /// the coordinator). Called with the incarnation confirmed stopped or dead and the
+    /// coordinator's header unable to change ([`Kernel::start_roll_back`]); `stopped` is the
+    /// coordinator's generation stopped for this, resumed unless it must fault.
+    pub(crate) fn settle_dead_participant(&mut self, i: usize, stopped: Option<Gen>) {
         let Some(snap) = self.read_log_of(i) else {
             return;
         };
@@ -63,23 +196,8 @@ impl Kernel {
             return;
         }
         let known = self.decisions.get(root.server, root.txid);
-        // The coordinator's header must not change while we read it: stop the coordinator
-        // (unless it is stopped or dead already), read, and resume it unless it must fault.
-        let mut resumed_pid = None;
+        let mut resumed_pid = stopped;
         let coord = if known.is_none() && snap.prepared > 0 {
-            if let Some(a) = self.servers[c].active() {
-                let was_stopped =
-                    matches!(process::state(a.pid), Some('T' | 't' | 'Z' | 'X') | None);
-                if !was_stopped {
-                    let _ = process::pidfd_signal(&a.pidfd, Signal::STOP);
-                    if process::wait_not_running(a.pid, Duration::from_millis(500)) {
-                        resumed_pid = Some(a.generation);
-                    } else {
-                        // It will not stop: treat the root as undecided and fault it.
-                        resumed_pid = None;
-                    }
-                }
-            }
             self.read_log_of(c)
                 .map_or(LogState::Idle, |l| log_state(l.state))
         } else {
@@ -107,7 +225,7 @@ impl Kernel {
                 resumed_pid = None;
                 if let Some(g) = self.servers[c].life.active() {
                     self.fault_starts(c, g, "a participant of its transaction failed".into());
-                    self.feed(c, txipc_core::lifecycle::Event::Hang(g));
+                    self.feed(c, Event::Hang(g));
                 }
                 // The coordinator's recovery decided Abort and told the others.
                 self.decide_root(root, Outcome::Abort, Some(i));

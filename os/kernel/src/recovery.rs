@@ -11,10 +11,13 @@ use crate::server::Server;
 
 impl Kernel {
     /// Rolls back the shared state generation `g` left (it can no longer run: confirmed by
-    /// the lifecycle). Returns whether the undo log was usable.
-    pub(crate) fn roll_back(&mut self, i: usize, g: u64) -> bool {
+    /// the lifecycle; the coordinator of a root it is prepared for cannot write its header:
+    /// confirmed by `start_roll_back`). `stopped`: the coordinator's generation the kernel
+    /// stopped for this, resumed unless the root must abort. Returns whether the undo log
+    /// was usable.
+    pub(crate) fn roll_back(&mut self, i: usize, g: u64, stopped: Option<u64>) -> bool {
         // Nested transactions: a sub-transaction of another server's root is decided first.
-        self.settle_dead_participant(i);
+        self.settle_dead_participant(i, stopped);
         let s = &mut self.servers[i];
         if std::mem::take(&mut s.empty_on_rollback) {
             s.reset_heap();

@@ -40,6 +40,9 @@ pub(crate) struct Server {
     pub(crate) spawning: Option<(Gen, OwnedFd)>,
     /// A stop being confirmed: generation and checks so far.
     pub(crate) confirming: Option<(Gen, u32)>,
+    /// A rollback of this (participant) server waiting for its coordinator to be confirmed
+    /// unable to write the header the rollback must read.
+    pub(crate) awaiting: Option<crate::nested::AwaitCoordinator>,
     /// What the last rollback found, for settling the slots.
     pub(crate) rolled_back: Option<(LogState, Vec<txipc_heap::BatchEntry>)>,
     /// The next rollback empties the heap (an operator's restart under policy `none`).
@@ -173,6 +176,7 @@ impl Server {
                 procs: BTreeMap::new(),
                 spawning: None,
                 confirming: None,
+                awaiting: None,
                 rolled_back: None,
                 empty_on_rollback: false,
                 channels: BTreeMap::new(),

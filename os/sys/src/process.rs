@@ -1,7 +1,6 @@
 //! Processes: pidfds, the child subreaper, states from `/proc`, signals, fork.
 
 use std::io;
-use std::time::{Duration, Instant};
 
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::process::{Pid, PidfdFlags, Signal};
@@ -90,28 +89,18 @@ pub fn zombie_exit(pid: i32) -> Option<Result<i32, i32>> {
     })
 }
 
-/// Waits until `pid` can no longer run user code: stopped (`T`/`t`), zombie or gone. Bounded by
-/// `timeout`; returns whether that state was reached.
-pub fn wait_not_running(pid: i32, timeout: Duration) -> bool {
-    let start = Instant::now();
-    let mut spins = 0u32;
-    loop {
-        match state(pid) {
-            None | Some('T') | Some('t') | Some('Z') | Some('X') => return true,
-            _ => {}
-        }
-        if start.elapsed() >= timeout {
-            return false;
-        }
-        // A process that reported a crash stops itself within microseconds: yield for a
-        // while (no sleep granularity on the recovery path), then back off.
-        spins += 1;
-        if spins < 4096 {
-            std::thread::yield_now();
-        } else {
-            std::thread::sleep(Duration::from_micros(20));
-        }
-    }
+/// Whether the process behind `pidfd` has exited as a whole (its pidfd is readable: every
+/// thread is gone, so it can write no shared memory any more). Never waits.
+pub fn pidfd_exited(pidfd: impl AsFd) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        &pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    let now = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(n) if n > 0)
 }
 
 /// Number of threads of this process (from `/proc/self/status`).
@@ -230,6 +219,7 @@ pub fn cpus_available() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn own_state_is_running() {
@@ -293,9 +283,22 @@ mod tests {
         let pid = child.id() as i32;
         let pidfd = pidfd_open(pid).unwrap();
         pidfd_signal(&pidfd, Signal::STOP).unwrap();
-        assert!(wait_not_running(pid, Duration::from_secs(5)));
-        assert_eq!(state(pid), Some('T'));
+        let start = Instant::now();
+        while state(pid) != Some('T') {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "never seen stopped"
+            );
+            std::thread::yield_now();
+        }
+        assert!(!pidfd_exited(&pidfd), "stopped is not dead");
         pidfd_signal(&pidfd, Signal::KILL).unwrap();
+        let mut fds = [rustix::event::PollFd::new(
+            &pidfd,
+            rustix::event::PollFlags::IN,
+        )];
+        rustix::event::poll(&mut fds, Some(&FIVE_S)).unwrap();
+        assert!(pidfd_exited(&pidfd));
         child.wait().unwrap();
     }
 }
