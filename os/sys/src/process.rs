@@ -89,6 +89,24 @@ pub fn zombie_exit(pid: i32) -> Option<Result<i32, i32>> {
     })
 }
 
+/// Waits until `pid` can no longer run user code: stopped (`T`/`t`), zombie or gone. Bounded by
+/// `timeout`; returns whether that state was reached. For tests and tools only: the kernel
+/// never waits for a peer (it re-checks on its confirm timer instead), and "gone" here
+/// includes a `/proc` read that failed, which the kernel does not take as proof.
+pub fn wait_not_running(pid: i32, timeout: std::time::Duration) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        match state(pid) {
+            None | Some('T') | Some('t') | Some('Z') | Some('X') => return true,
+            _ => {}
+        }
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
+}
+
 /// Whether the process behind `pidfd` has exited as a whole (its pidfd is readable: every
 /// thread is gone, so it can write no shared memory any more). Never waits.
 pub fn pidfd_exited(pidfd: impl AsFd) -> bool {
