@@ -20,10 +20,8 @@
 //! Under `restart` and `none` the same run shows what those policies lose.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -37,6 +35,7 @@ use txipc_runtime::client::{System, SystemProcess};
 use txipc_service::Error as SvcError;
 
 use crate::demo::{Common, DemoArgs};
+use crate::live;
 use crate::out::{Failed, Kind, Report, usage};
 
 /// Accounts opened by the demo.
@@ -236,12 +235,6 @@ fn demo_manifest(system: &str, policy: &str) -> String {
     )
 }
 
-struct ClientProc {
-    child: Child,
-    rx: mpsc::Receiver<String>,
-    out: PathBuf,
-}
-
 /// Runs the bank demo.
 pub fn run(args: &DemoArgs, common: &Common) -> Result<Report> {
     if args.seconds == 0 || args.clients == 0 || args.fault_interval_ms == 0 {
@@ -285,12 +278,14 @@ pub fn run(args: &DemoArgs, common: &Common) -> Result<Report> {
         args.seconds,
         args.fault_interval_ms
     );
-    let sys = SystemProcess::spawn(
+    let mut sys = SystemProcess::spawn(
         &exe,
         &demo_manifest(&system, &policy_name),
         &system,
         Duration::from_secs(20),
     )?;
+    // Its log stays after the demo (`txipc logs --system bankdemo-PID`).
+    sys.keep_log();
     let conn = sys.connect()?;
     let mut ch = conn.open("bank")?;
     ch.set_timeout(Some(Duration::from_secs(20)));
@@ -304,104 +299,55 @@ pub fn run(args: &DemoArgs, common: &Common) -> Result<Report> {
     let _cleanup = RemoveDir(dir.clone());
     let millis = args.seconds * 1000;
     let mut clients = Vec::new();
+    let mut outs = Vec::new();
     for id in 0..args.clients {
-        clients.push(spawn_client(
-            &exe,
-            &system,
-            id,
-            millis,
-            seed.wrapping_add(u64::from(id) * 7919),
-            dir.join(format!("client-{id}.bin")),
-        )?);
+        let out = dir.join(format!("client-{id}.bin"));
+        let cseed = seed.wrapping_add(u64::from(id) * 7919);
+        let mut a: Vec<std::ffi::OsString> =
+            format!("__bank-client --system {system} --quiet --id {id} --millis {millis} --seed {cseed} --out")
+                .split(' ')
+                .map(Into::into)
+                .collect();
+        a.push(out.clone().into());
+        clients.push(live::spawn_client(&exe, &a)?);
+        outs.push(out);
     }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut report = BankDemoReport {
         workload: "bank".into(),
         policy: policy_name.clone(),
         total_expected: ACCOUNTS as i64 * OPENING,
         ..Default::default()
     };
-    let start = Instant::now();
-    let end = start + Duration::from_millis(millis);
-    let jitter = |rng: &mut rand::rngs::StdRng| {
-        let lo = args.fault_interval_ms / 2;
-        Duration::from_millis(rng.random_range(lo..=args.fault_interval_ms + lo).max(1))
+    let storm = live::Storm {
+        system: &system,
+        conn: &conn,
+        servers: &SERVERS,
+        faults: &faults,
+        interval_ms: args.fault_interval_ms,
+        millis,
+        seed,
+        grace: Duration::from_secs(40),
+        unit: "transfers",
+        quiet,
+        json: common.json,
     };
-    let mut next_fault = start + jitter(&mut rng);
-    let mut next_show = start + Duration::from_secs(1);
-    let mut acked = vec![0u64; clients.len()];
-    let mut results: Vec<Option<BankClientReport>> = vec![None; clients.len()];
-    let hard_stop = end + Duration::from_secs(40);
-    let mut last = (start, 0u64);
-    while results.iter().any(Option::is_none) && Instant::now() < hard_stop {
-        for (i, c) in clients.iter().enumerate() {
-            while let Ok(line) = c.rx.try_recv() {
-                if let Some(rest) = line.strip_prefix("progress ") {
-                    if let Some(a) = rest.split(' ').next().and_then(|x| x.parse().ok()) {
-                        acked[i] = a;
-                    }
-                } else if let Some(rest) = line.strip_prefix("result ") {
-                    results[i] = Some(serde_json::from_str(rest)?);
-                }
-            }
-        }
-        let now = Instant::now();
-        if now >= next_fault && now < end {
-            let kind = faults[rng.random_range(0..faults.len())];
-            let server = SERVERS[rng.random_range(0..SERVERS.len())];
-            if inject(&conn, server, kind, policy_name == "companion", &mut rng).is_ok() {
-                report.faults_injected += 1;
-                *report.faults_by_server.entry(server.into()).or_default() += 1;
-                *report
-                    .faults_by_kind
-                    .entry(kind.as_str().into())
-                    .or_default() += 1;
-            }
-            next_fault = now + jitter(&mut rng);
-        }
-        if now >= next_show && !quiet {
-            let total: u64 = acked.iter().sum();
-            let rate = (total - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
-            let ps = conn.ps().unwrap_or_default();
-            let restarts: u64 = ps.iter().map(|s| s.restarts).sum();
-            eprintln!(
-                "[{:>4.1}s] {:>7.0} transfers/s  acknowledged {:>7}  faults {:>4}  recoveries {:>4}",
-                now.duration_since(start).as_secs_f64(),
-                rate,
-                total,
-                report.faults_injected,
-                restarts
-            );
-            last = (now, total);
-            next_show = now + Duration::from_secs(1);
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    report.seconds = start.elapsed().as_secs_f64().min(args.seconds as f64);
-    for (i, c) in clients.iter_mut().enumerate() {
-        if results[i].is_none() {
-            let _ = c.child.kill();
-        }
-        let _ = c.child.wait();
-    }
-    report.clients_missing = results.iter().filter(|r| r.is_none()).count() as u64;
-    // Let the last recovery finish (bounded).
-    let settle = Instant::now();
-    while settle.elapsed() < Duration::from_secs(5) {
-        match conn.ps() {
-            Ok(ps) if ps.iter().all(|s| s.state == "running") => break,
-            Ok(ps) if ps.iter().any(|s| s.state == "dead" || s.state == "held") => break,
-            _ => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
-    let ps = conn.ps().unwrap_or_default();
+    let out: live::Outcome<BankClientReport> =
+        live::drive(&storm, &mut clients, &mut |c, server, kind, rng| {
+            inject(c, server, kind, policy_name == "companion", rng)
+        })?;
+    report.faults_injected = out.faults_injected;
+    report.faults_by_server = out.faults_by_server;
+    report.faults_by_kind = out.faults_by_kind;
+    report.seconds = out.seconds;
+    report.clients_missing = out.results.iter().filter(|r| r.is_none()).count() as u64;
+    let ps = out.servers;
     report.recoveries = ps.iter().map(|s| s.restarts).sum();
     report.retried_requests = ps.iter().map(|s| s.retried_requests).sum();
     report.prepared_left = ps.iter().filter(|s| s.prepared).count() as u64;
     let mut acks: Vec<(u64, u16, u16, u32)> = Vec::new();
-    for c in &clients {
+    for path in &outs {
         let mut b = Vec::new();
-        if let Ok(mut f) = std::fs::File::open(&c.out) {
+        if let Ok(mut f) = std::fs::File::open(path) {
             f.read_to_end(&mut b)?;
         }
         for r in b.chunks_exact(16) {
@@ -413,7 +359,7 @@ pub fn run(args: &DemoArgs, common: &Common) -> Result<Report> {
             ));
         }
     }
-    let results: Vec<BankClientReport> = results.into_iter().flatten().collect();
+    let results: Vec<BankClientReport> = out.results.into_iter().flatten().collect();
     report.requests = acks.len() as u64;
     report.refused = results.iter().map(|r| r.refused).sum();
     report.failed_requests = results
@@ -502,7 +448,10 @@ pub fn run(args: &DemoArgs, common: &Common) -> Result<Report> {
             format!("NOT verified ({})", report.verdict_reason)
         }
     );
+    let text = format!("{text}\n{}", crate::demo::log_words(&system));
     let mut v = serde_json::to_value(&report)?;
+    v["system"] = json!(system);
+    v["log"] = json!(crate::control::log_path(&system));
     if report.state_verified {
         v["ok"] = json!(true);
         Ok(Report::new(v, text))
@@ -523,37 +472,6 @@ impl Drop for RemoveDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn spawn_client(
-    exe: &Path,
-    system: &str,
-    id: u32,
-    millis: u64,
-    seed: u64,
-    out: PathBuf,
-) -> Result<ClientProc> {
-    let mut child = Command::new(exe)
-        .args(["__bank-client", "--system", system, "--quiet"])
-        .args(["--id", &id.to_string(), "--millis", &millis.to_string()])
-        .args(["--seed", &seed.to_string()])
-        .arg("--out")
-        .arg(&out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting a client process")?;
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Ok(ClientProc { child, rx, out })
 }
 
 /// A fault in `server`: SIGKILL at whatever instant, or a fail point at a random point of the

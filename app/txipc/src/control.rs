@@ -285,8 +285,19 @@ pub fn ls() -> Result<Report> {
     if systems.is_empty() {
         text = format!("no running systems (runtime directory {})\n", dir.display());
     }
+    let stopped: Vec<String> = crate::runlog::stopped_logs(&dir)
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    if !stopped.is_empty() {
+        text.push_str(&format!(
+            "stopped, log kept (`txipc logs --system NAME`): {}\n",
+            stopped.join(", ")
+        ));
+    }
     Ok(Report::new(
-        json!({"ok": true, "runtime_dir": dir, "systems": systems, "stale_sockets": stale}),
+        json!({"ok": true, "runtime_dir": dir, "systems": systems, "stale_sockets": stale,
+               "stopped_with_log": stopped}),
         text,
     ))
 }
@@ -459,9 +470,9 @@ pub fn release(system: &str, server: &str, timeout: Option<Duration>) -> Result<
     ))
 }
 
-/// The log file of system `name` (written by `txipc run` while it runs).
+/// The log file of system `name` (`txipc_core::paths::log_path`).
 pub fn log_path(name: &str) -> PathBuf {
-    txipc_core::paths::runtime_dir().join(format!("{name}.log"))
+    txipc_core::paths::log_path(name)
 }
 
 /// The last `n` lines of a file.
@@ -489,19 +500,21 @@ pub fn logs(
     let last = match tail_lines(&path, lines) {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // Say whether the system runs at all (a quiet or private system keeps no log).
+            // No log: say whether the system runs at all.
             kernel_of(system)?;
             bail!(
-                "system `{system}` keeps no log at {} (it was started with --quiet, or not by `txipc run`)",
+                "system `{system}` runs but has no log at {} (its log was removed, or its runtime directory differs: check TXIPC_RUNTIME_DIR)",
                 path.display()
             );
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    if !follow || json_out {
+    let running = kernel_of(system).is_ok();
+    if !follow || json_out || !running {
         let text = last.join("\n");
         return Ok(Report::new(
-            json!({"ok": true, "system": system, "path": path, "lines": last}),
+            json!({"ok": true, "system": system, "path": path, "running": running,
+                   "lines": last}),
             text,
         ));
     }

@@ -10,16 +10,16 @@
 //! difference. At the end the demo reads the whole state back through the server and compares.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
+use crate::live;
 use crate::out::{Failed, Kind, Report, usage};
+use kv_api::model::KvModel;
 use kv_api::{CasOutcome, KvClient};
 use rand::{Rng, RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -69,6 +69,8 @@ pub struct Common {
     pub system: Option<String>,
     /// No progress lines.
     pub quiet: bool,
+    /// `--json`: the report is stdout's only content.
+    pub json: bool,
 }
 
 /// The faults the demo can inject.
@@ -143,13 +145,22 @@ pub fn client_main(args: ClientArgs, system: &str) -> Result<()> {
     let mut window = hdrhistogram::Histogram::<u64>::new_with_bounds(100, 60_000_000_000, 3)?;
     let ctr_key = format!("c{}/ctr", args.id).into_bytes();
     let chain_key = format!("c{}/chain", args.id).into_bytes();
-    let mut ctr: i64 = 0;
+    // What this client's keys must hold (the shared counter aside): the model of the
+    // fault-injection oracle. A call whose effect is unknown makes its key uncertain until a
+    // reply says its value again.
+    let mut model = KvModel::new();
+    let mut shared_uncertain = false;
+    // The next link of the compare-and-swap chain this client writes.
     let mut chain: u64 = 0;
-    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_millis(args.millis);
     let mut last_progress = Instant::now();
     let out = std::io::stdout();
-    let mut uncertain = std::collections::BTreeSet::new();
+    // An error that may have left its request applied: the key's value is unknown.
+    let unknown = |model: &mut KvModel, key: &[u8], e: &CallError| {
+        if !e.did_not_run() {
+            model.make_uncertain(key);
+        }
+    };
     while Instant::now() < deadline {
         let op = rng.random_range(0..100u32);
         let t = Instant::now();
@@ -157,20 +168,20 @@ pub fn client_main(args: ClientArgs, system: &str) -> Result<()> {
         let outcome: Result<(), CallError> = match op {
             0..30 => match kv.incr(ctr_key.clone(), 1) {
                 Ok(v) => {
-                    let expect = ctr + 1;
-                    if v > expect {
-                        rep.duplicated += (v - expect) as u64;
-                    } else if v < expect {
-                        rep.lost += (expect - v) as u64;
+                    if let Some(before) = model.counter(&ctr_key) {
+                        let expect = before + 1;
+                        if v > expect {
+                            rep.duplicated += (v - expect) as u64;
+                        } else if v < expect {
+                            rep.lost += (expect - v) as u64;
+                        }
                     }
-                    ctr = v;
+                    model.set(&ctr_key, Some(&v.to_le_bytes()));
                     Ok(())
                 }
                 Err(SvcError::Service(e)) => bail!("kv refused incr: {e}"),
                 Err(SvcError::Call(e)) => {
-                    if !e.did_not_run() {
-                        uncertain.insert(ctr_key.clone());
-                    }
+                    unknown(&mut model, &ctr_key, &e);
                     Err(e)
                 }
             },
@@ -181,6 +192,7 @@ pub fn client_main(args: ClientArgs, system: &str) -> Result<()> {
                 match kv.cas(chain_key.clone(), expected, Some(next.clone().into())) {
                     Ok(CasOutcome { swapped: true, .. }) => {
                         chain += 1;
+                        model.set(&chain_key, Some(&next));
                         Ok(())
                     }
                     Ok(CasOutcome {
@@ -188,23 +200,26 @@ pub fn client_main(args: ClientArgs, system: &str) -> Result<()> {
                         current,
                     }) => {
                         // Only this client writes the chain: a failed swap means the request
-                        // already ran once (duplicate) or an earlier one was lost.
-                        if current.as_ref().map(|c| c.as_slice()) == Some(&next[..]) {
-                            rep.duplicated += 1;
-                            chain += 1;
-                        } else {
-                            rep.lost += 1;
-                            chain = current
-                                .and_then(|c| String::from_utf8(c.into_vec()).ok()?.parse().ok())
-                                .unwrap_or(0);
+                        // already ran once (duplicate) or an earlier one was lost, unless the
+                        // chain's value was unknown (an ambiguous error before).
+                        let current = current.map(|c| c.into_vec());
+                        if model.expect(&chain_key).is_some() {
+                            if current.as_deref() == Some(&next[..]) {
+                                rep.duplicated += 1;
+                            } else {
+                                rep.lost += 1;
+                            }
                         }
+                        chain = current
+                            .as_deref()
+                            .and_then(|c| std::str::from_utf8(c).ok()?.parse().ok())
+                            .unwrap_or(0);
+                        model.set(&chain_key, current.as_deref());
                         Ok(())
                     }
                     Err(SvcError::Service(e)) => bail!("kv refused cas: {e}"),
                     Err(SvcError::Call(e)) => {
-                        if !e.did_not_run() {
-                            uncertain.insert(chain_key.clone());
-                        }
+                        unknown(&mut model, &chain_key, &e);
                         Err(e)
                     }
                 }
@@ -216,18 +231,16 @@ pub fn client_main(args: ClientArgs, system: &str) -> Result<()> {
                 rng.fill_bytes(&mut value);
                 match kv.put(key.clone(), value.clone()) {
                     Ok(prev) => {
-                        if prev.as_deref() != model.get(&key) && !uncertain.contains(&key) {
-                            // The previous value the server saw is not the one we wrote last.
+                        // The previous value the server saw must be the one we wrote last.
+                        if !model.agrees(&key, prev.as_ref().map(|p| p.as_slice())) {
                             rep.lost += 1;
                         }
-                        model.insert(key, value);
+                        model.set(&key, Some(&value));
                         Ok(())
                     }
                     Err(SvcError::Service(e)) => bail!("kv refused put: {e}"),
                     Err(SvcError::Call(e)) => {
-                        if !e.did_not_run() {
-                            uncertain.insert(key);
-                        }
+                        unknown(&mut model, &key, &e);
                         Err(e)
                     }
                 }
@@ -236,7 +249,7 @@ pub fn client_main(args: ClientArgs, system: &str) -> Result<()> {
                 let key = format!("c{}/k{}", args.id, rng.random_range(0..64u32)).into_bytes();
                 match kv.get(key.clone()) {
                     Ok(v) => {
-                        if v.as_deref() != model.get(&key) && !uncertain.contains(&key) {
+                        if !model.agrees(&key, v.as_ref().map(|p| p.as_slice())) {
                             rep.lost += 1;
                         }
                         Ok(())
@@ -252,9 +265,7 @@ pub fn client_main(args: ClientArgs, system: &str) -> Result<()> {
                 }
                 Err(SvcError::Service(e)) => bail!("kv refused incr: {e}"),
                 Err(SvcError::Call(e)) => {
-                    if !e.did_not_run() {
-                        uncertain.insert(SHARED.to_vec());
-                    }
+                    shared_uncertain |= !e.did_not_run();
                     Err(e)
                 }
             },
@@ -291,23 +302,18 @@ pub fn client_main(args: ClientArgs, system: &str) -> Result<()> {
             last_progress = Instant::now();
         }
     }
-    model.insert(ctr_key.clone(), ctr.to_le_bytes().to_vec());
-    if chain > 0 {
-        model.insert(chain_key.clone(), chain.to_string().into_bytes());
-    }
     rep.model = model
-        .iter()
-        .filter(|(k, _)| !uncertain.contains(*k))
+        .entries()
         .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), hex(v)))
         .collect();
-    if ctr == 0 {
-        rep.model
-            .remove(&String::from_utf8_lossy(&ctr_key).into_owned());
-    }
-    rep.uncertain = uncertain
-        .iter()
+    rep.uncertain = model
+        .uncertain()
         .map(|k| String::from_utf8_lossy(k).into_owned())
         .collect();
+    if shared_uncertain {
+        rep.uncertain
+            .push(String::from_utf8_lossy(SHARED).into_owned());
+    }
     rep.p99_ns = hist.value_at_quantile(0.99);
     rep.p50_ns = hist.value_at_quantile(0.5);
     rep.max_ns = hist.max();
@@ -391,33 +397,6 @@ fn manifest(system: &str, policy: PolicyName) -> String {
     )
 }
 
-struct ClientProc {
-    child: Child,
-    rx: mpsc::Receiver<String>,
-}
-
-fn spawn_client(exe: &Path, system: &str, id: u32, millis: u64, seed: u64) -> Result<ClientProc> {
-    let mut child = Command::new(exe)
-        .args(["__client", "--system", system, "--quiet"])
-        .args(["--id", &id.to_string(), "--millis", &millis.to_string()])
-        .args(["--seed", &seed.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting a client process")?;
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Ok(ClientProc { child, rx })
-}
-
 /// Checked arguments of a demo run.
 struct Plan {
     faults: Vec<Fault>,
@@ -474,9 +453,11 @@ pub fn run(args: DemoArgs, common: &Common) -> Result<Report> {
     }
     let exe: PathBuf = std::env::current_exe().context("locating the txipc binary")?;
     let plan = plan(&args, common)?;
-    let report = run_demo(&exe, &args, &plan, common.quiet)?;
-    let verdict = verdict(&report);
+    let report = run_demo(&exe, &args, &plan, common)?;
+    let verdict = format!("{}\n{}", verdict(&report), log_words(&plan.system));
     let mut v = serde_json::to_value(&report)?;
+    v["system"] = json!(plan.system);
+    v["log"] = json!(crate::control::log_path(&plan.system));
     if report.state_verified {
         v["ok"] = json!(true);
         Ok(Report::new(v, verdict))
@@ -489,6 +470,11 @@ pub fn run(args: DemoArgs, common: &Common) -> Result<Report> {
         }
         .into())
     }
+}
+
+/// Where the demo's system log is, for after the run.
+pub fn log_words(system: &str) -> String {
+    format!("its log: `txipc logs --system {system}`")
 }
 
 /// The demo's verdict in words.
@@ -513,12 +499,12 @@ fn verdict(r: &DemoReport) -> String {
 }
 
 /// Runs the demo and returns its report.
-fn run_demo(exe: &Path, args: &DemoArgs, plan: &Plan, quiet: bool) -> Result<DemoReport> {
+fn run_demo(exe: &Path, args: &DemoArgs, plan: &Plan, common: &Common) -> Result<DemoReport> {
     let seed = plan.seed;
     let system = plan.system.clone();
     let fault_names: Vec<&str> = plan.faults.iter().map(|f| f.as_str()).collect();
     crate::say!(
-        quiet,
+        common.quiet,
         "txipc demo: kv under policy `{}`, {} client processes for {} s, a fault every ~{} ms ({}); seed {seed}",
         plan.policy.as_str(),
         args.clients,
@@ -526,111 +512,52 @@ fn run_demo(exe: &Path, args: &DemoArgs, plan: &Plan, quiet: bool) -> Result<Dem
         args.fault_interval_ms,
         fault_names.join(", ")
     );
-    let sys = SystemProcess::spawn(
+    let mut sys = SystemProcess::spawn(
         exe,
         &manifest(&system, plan.policy),
         &system,
         Duration::from_secs(20),
     )?;
+    // Its log stays after the demo (`txipc logs --system demo-PID`).
+    sys.keep_log();
     let conn = sys.connect()?;
     let millis = args.seconds * 1000;
     let mut clients = Vec::new();
     for id in 0..args.clients {
-        clients.push(spawn_client(
-            exe,
-            &system,
-            id,
-            millis,
-            seed.wrapping_add(id as u64 * 7919),
-        )?);
+        let cseed = seed.wrapping_add(id as u64 * 7919);
+        let a = format!(
+            "__client --system {system} --quiet --id {id} --millis {millis} --seed {cseed}"
+        );
+        let a: Vec<std::ffi::OsString> = a.split(' ').map(Into::into).collect();
+        clients.push(live::spawn_client(exe, &a)?);
     }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut report = DemoReport {
         policy: plan.policy.as_str().into(),
         ..Default::default()
     };
-    let start = Instant::now();
-    let end = start + Duration::from_millis(millis);
-    let mut next_fault = start + jitter(&mut rng, args.fault_interval_ms);
-    let mut next_show = start + Duration::from_secs(1);
-    let mut ops: Vec<u64> = vec![0; clients.len()];
-    let mut failed: Vec<u64> = vec![0; clients.len()];
-    let mut p99s: Vec<u64> = vec![0; clients.len()];
-    let mut results: Vec<Option<ClientReport>> = vec![None; clients.len()];
-    let mut last_ops = 0u64;
-    let mut last_show = start;
-    // Run until every client reported (bounded: clients stop by themselves at `end`).
-    let hard_stop = end + Duration::from_secs(30);
-    while results.iter().any(Option::is_none) && Instant::now() < hard_stop {
-        for (i, c) in clients.iter().enumerate() {
-            while let Ok(line) = c.rx.try_recv() {
-                if let Some(rest) = line.strip_prefix("progress ") {
-                    let v: Vec<u64> = rest.split(' ').filter_map(|x| x.parse().ok()).collect();
-                    if let [o, f, p] = v[..] {
-                        ops[i] = o;
-                        failed[i] = f;
-                        p99s[i] = p;
-                    }
-                } else if let Some(rest) = line.strip_prefix("result ") {
-                    results[i] = Some(serde_json::from_str(rest)?);
-                }
-            }
-        }
-        let now = Instant::now();
-        if now >= next_fault && now < end {
-            let kind = plan.faults[rng.random_range(0..plan.faults.len())];
-            if inject(&conn, kind, &mut rng).is_ok() {
-                report.faults_injected += 1;
-                *report
-                    .faults_by_kind
-                    .entry(kind.as_str().into())
-                    .or_default() += 1;
-            }
-            next_fault = now + jitter(&mut rng, args.fault_interval_ms);
-        }
-        if now >= next_show && !quiet {
-            let total: u64 = ops.iter().sum();
-            let rate = (total - last_ops) as f64 / now.duration_since(last_show).as_secs_f64();
-            let ps = conn.ps().unwrap_or_default();
-            let restarts = ps.first().map_or(0, |s| s.restarts);
-            let state = ps.first().map_or("?", |s| s.state.as_str()).to_owned();
-            eprintln!(
-                "[{:>4.1}s] {:>8.0} ops/s  requests {:>8}  faults {:>4}  recoveries {:>4}  failed {:>3}  p99 {:>7.0} µs  kv {state}",
-                now.duration_since(start).as_secs_f64(),
-                rate,
-                total,
-                report.faults_injected,
-                restarts,
-                failed.iter().sum::<u64>(),
-                p99s.iter().copied().max().unwrap_or(0) as f64 / 1000.0
-            );
-            last_ops = total;
-            last_show = now;
-            next_show = now + Duration::from_secs(1);
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    report.seconds = start.elapsed().as_secs_f64().min(args.seconds as f64);
-    // A client that has not reported by now is stuck in a call: that is a failure of the
-    // system (no call may wait forever). Kill it so the demo itself never hangs.
-    for (i, c) in clients.iter_mut().enumerate() {
-        if results[i].is_none() {
-            let _ = c.child.kill();
-        }
-        let _ = c.child.wait();
-    }
-    let results: Vec<ClientReport> = results.into_iter().flatten().collect();
+    let storm = live::Storm {
+        system: &system,
+        conn: &conn,
+        servers: &["kv"],
+        faults: &plan.faults,
+        interval_ms: args.fault_interval_ms,
+        millis,
+        seed,
+        grace: Duration::from_secs(30),
+        unit: "ops",
+        quiet: common.quiet,
+        json: common.json,
+    };
+    let out: live::Outcome<ClientReport> =
+        live::drive(&storm, &mut clients, &mut |c, _, kind, rng| {
+            inject(c, kind, rng)
+        })?;
+    report.faults_injected = out.faults_injected;
+    report.faults_by_kind = out.faults_by_kind;
+    report.seconds = out.seconds;
+    let results: Vec<ClientReport> = out.results.into_iter().flatten().collect();
     report.clients_missing = (clients.len() - results.len()) as u64;
-    // Let the last recovery finish before reading back (bounded).
-    let settle = Instant::now();
-    while settle.elapsed() < Duration::from_secs(5) {
-        match conn.ps() {
-            Ok(ps) if ps.iter().all(|s| s.state == "running") => break,
-            Ok(ps) if ps.iter().any(|s| s.state == "dead" || s.state == "held") => break,
-            _ => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
-    let ps = conn.ps()?;
+    let ps = out.servers;
     if let Some(s) = ps.first() {
         report.recoveries = s.restarts;
         report.retried_requests = s.retried_requests;
@@ -676,11 +603,6 @@ fn time_seed() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64)
-}
-
-fn jitter(rng: &mut impl Rng, mean_ms: u64) -> Duration {
-    let lo = mean_ms / 2;
-    Duration::from_millis(rng.random_range(lo..=mean_ms + lo).max(1))
 }
 
 fn inject(conn: &System, kind: Fault, rng: &mut impl Rng) -> Result<()> {
@@ -741,45 +663,33 @@ fn verify(state: &BTreeMap<Vec<u8>, Vec<u8>>, results: &[ClientReport], report: 
         .flat_map(|r| r.uncertain.iter().map(String::as_str))
         .collect();
     for r in results {
-        let prefix = format!("c{}/", r.id);
+        // The client's model, as it reported it; its keys are `c<id>/...`.
+        let mut model = KvModel::new();
         for (k, vhex) in &r.model {
-            let want = unhex(vhex);
-            match state.get(k.as_bytes()) {
-                None => lost += 1,
-                Some(got) if *got == want => {}
-                Some(got) => {
-                    if k.ends_with("/ctr") {
-                        let (g, w) = (
-                            kv_api::counter_value(got).unwrap_or(0),
-                            kv_api::counter_value(&want).unwrap_or(0),
-                        );
-                        if g > w {
-                            dup += (g - w) as u64;
-                        } else {
-                            lost += (w - g) as u64;
-                        }
-                    } else if k.ends_with("/chain") {
-                        let g: u64 = String::from_utf8_lossy(got).parse().unwrap_or(0);
-                        let w: u64 = String::from_utf8_lossy(&want).parse().unwrap_or(0);
-                        if g > w {
-                            dup += g - w;
-                        } else {
-                            lost += w - g;
-                        }
-                    } else {
-                        divergent += 1;
-                    }
-                }
-            }
+            model.set(k.as_bytes(), Some(&unhex(vhex)));
         }
-        // Keys on the server that the client never wrote (or wrote ambiguously).
-        for k in state.keys() {
-            let ks = String::from_utf8_lossy(k);
-            if ks.starts_with(&prefix)
-                && !r.model.contains_key(ks.as_ref())
-                && !uncertain.contains(ks.as_ref())
-            {
-                divergent += 1;
+        for k in &r.uncertain {
+            model.make_uncertain(k.as_bytes());
+        }
+        let prefix = format!("c{}/", r.id);
+        let d = model.diff(state, |k| k.starts_with(prefix.as_bytes()));
+        lost += d.missing.len() as u64;
+        divergent += d.extra.len() as u64;
+        for k in &d.wrong {
+            let (got, want) = (&state[k], model.expect(k).flatten().unwrap_or_default());
+            // Counters and chains say by how much: more is a duplicate, less a loss.
+            let amounts = if k.ends_with(b"/ctr") {
+                kv_api::counter_value(got).zip(kv_api::counter_value(want))
+            } else if k.ends_with(b"/chain") {
+                let n = |v: &[u8]| std::str::from_utf8(v).ok()?.parse::<i64>().ok();
+                n(got).zip(n(want))
+            } else {
+                None
+            };
+            match amounts {
+                Some((g, w)) if g > w => dup += (g - w) as u64,
+                Some((g, w)) => lost += (w - g) as u64,
+                None => divergent += 1,
             }
         }
     }

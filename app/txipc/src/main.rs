@@ -24,6 +24,7 @@ mod bankdemo;
 mod control;
 mod demo;
 mod kvcmd;
+mod live;
 mod mount;
 mod out;
 mod runlog;
@@ -120,7 +121,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 enum Cmd {
     /// Boot a system from a manifest (the built-in default when none is given; `-` reads it
     /// from standard input) and serve until SIGINT/SIGTERM or `txipc stop`. Its log is also
-    /// kept in the runtime directory while it runs (`txipc logs`).
+    /// kept in the runtime directory, after it stops too (`txipc logs`).
     Run {
         /// Manifest file (TOML), or `-` for standard input.
         manifest: Option<PathBuf>,
@@ -163,7 +164,8 @@ enum Cmd {
     /// A live view of a running system: per server state, calls/s, restarts, the last fault;
     /// the recent log. Full screen on a terminal (`q` quits), plain lines otherwise.
     Top(top::TopArgs),
-    /// The log of a running system (kernel events, recoveries, servers' messages).
+    /// The log of a system (kernel events, recoveries, servers' messages), running or stopped
+    /// (the logs of the newest stopped systems are kept; `txipc ls` lists them).
     Logs {
         /// How many of the last lines to print.
         #[arg(long, short = 'n', default_value_t = 50)]
@@ -344,15 +346,14 @@ fn dispatch(cli: Cli) -> Result<Option<Report>> {
             demo::client_main(args, g.system())?;
             Ok(None)
         }
-        Cmd::Mount(args) => {
-            mount::run(
-                args,
-                g.system(),
-                g.service.as_deref().unwrap_or("fs"),
-                g.quiet,
-            )?;
-            Ok(None)
-        }
+        Cmd::Mount(args) => mount::run(
+            args,
+            g.system(),
+            g.service.as_deref().unwrap_or("fs"),
+            g.quiet,
+            g.json,
+        )
+        .map(Some),
         Cmd::Bank(args) => bank::run(
             g.system(),
             g.service.as_deref().unwrap_or("bank"),
@@ -378,6 +379,7 @@ impl Global {
         demo::Common {
             system: self.system.clone(),
             quiet: self.quiet,
+            json: self.json,
         }
     }
 }
@@ -547,20 +549,29 @@ fn run(manifest: Option<PathBuf>, system: Option<String>, quiet: bool) -> Result
         .iter()
         .map(|s| format!("{} ({})", s.name, s.policy.as_str()))
         .collect();
+    // Every system keeps its log in the runtime directory (`txipc logs`; `--quiet` only keeps
+    // it off the terminal). It starts before the boot so that the servers' zygotes inherit it
+    // too, unless a system of that name already answers (the kernel will refuse to boot; that
+    // system's log must not be clobbered).
+    let log = if control::kernel_of(&system).is_ok() {
+        None
+    } else {
+        match runlog::RunLog::start(&system, !quiet) {
+            Ok(log) => Some(log),
+            Err(e) => {
+                crate::say!(quiet, "txipc: system `{system}` keeps no log: {e}");
+                None
+            }
+        }
+    };
     let opts = txipc_kernel::Options {
         exe: std::env::current_exe().context("locating the txipc binary")?,
         system: system.clone(),
-        verbose: !quiet,
+        verbose: !quiet || log.is_some(),
     };
-    // A verbose system also keeps its log in the runtime directory (`txipc logs`). It starts
-    // before the boot so that the servers' zygotes inherit it too, unless a system of that name
-    // already answers (the kernel will refuse to boot; its log must not be clobbered).
-    let log = if quiet || control::kernel_of(&system).is_ok() {
-        None
-    } else {
-        runlog::RunLog::start(&control::log_path(&system)).ok()
-    };
+    let mut served = false;
     let result = txipc_kernel::run(manifest, opts, |path| {
+        served = true;
         // The first line on stdout is the readiness signal (SystemProcess waits for it).
         println!("ready {}", path.display());
         if quiet {
@@ -578,7 +589,12 @@ fn run(manifest: Option<PathBuf>, system: Option<String>, quiet: bool) -> Result
         );
     });
     if let Some(log) = log {
-        log.finish();
+        match &result {
+            // A boot that failed ran nothing: its error is on stderr, the log goes.
+            _ if !served => log.discard(),
+            Ok(()) => log.finish(""),
+            Err(e) => log.finish(&format!(" with an error ({e})")),
+        }
     }
     result?;
     Ok(())

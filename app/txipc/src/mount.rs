@@ -9,6 +9,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result};
+use serde_json::json;
+
+use crate::out::Report;
 
 /// Arguments of `txipc mount`.
 #[derive(clap::Args, Debug)]
@@ -26,9 +29,21 @@ pub struct MountArgs {
 /// Mounts service `service` (the global `--service`, default `fs`) of system `system` (the
 /// global `--system`), serves until SIGINT/SIGTERM, an unmount or the end of the system,
 /// unmounts. The front end that serves is a supervised worker, replaced whenever it dies.
-pub fn run(args: MountArgs, system: &str, service: &str, quiet: bool) -> Result<()> {
+///
+/// Output: without `--json`, the first line on stdout is `ready DIR` once it serves (the
+/// readiness signal for scripts and tests). With `--json`, stdout carries only the one JSON
+/// object of the end (`ok`, `mountpoint`, `ended`, `respawns`) or the error's; `ready DIR` goes
+/// to stderr then.
+pub fn run(
+    args: MountArgs,
+    system: &str,
+    service: &str,
+    quiet: bool,
+    json: bool,
+) -> Result<Report> {
     if let Some(parent) = args.worker {
-        return worker(args, parent, system, service, quiet);
+        worker(args, parent, system, service, quiet)?;
+        return Ok(Report::new(json!({"ok": true}), ""));
     }
     let exe = std::env::current_exe().context("finding the txipc executable")?;
     let dir = fs_fuse::mount_path(&args.dir);
@@ -51,18 +66,23 @@ pub fn run(args: MountArgs, system: &str, service: &str, quiet: bool) -> Result<
         c.arg(&dir);
         c
     };
+    let mut respawns = 0u64;
     let on = |e: fs_fuse::Event| match e {
-        fs_fuse::Event::Ready => {
-            // The first line on stdout is the readiness signal for scripts and tests.
-            println!("ready {}", args.dir.display());
-        }
+        // The first line on stdout is the readiness signal for scripts and tests (on stderr
+        // under --json, where stdout is the one object of the end).
+        fs_fuse::Event::Ready if json => eprintln!("ready {}", args.dir.display()),
+        fs_fuse::Event::Ready => println!("ready {}", args.dir.display()),
         fs_fuse::Event::Respawn {
             dead,
             status,
             successor,
-        } if !quiet => eprintln!(
-            "txipc: the front end (pid {dead}) ended ({status}); its successor (pid {successor}) adopts the mount"
-        ),
+        } => {
+            respawns += 1;
+            crate::say!(
+                quiet,
+                "txipc: the front end (pid {dead}) ended ({status}); its successor (pid {successor}) adopts the mount"
+            );
+        }
         _ => {}
     };
     let give_up = |why: &str| {
@@ -71,8 +91,15 @@ pub fn run(args: MountArgs, system: &str, service: &str, quiet: bool) -> Result<
         let _ = txipc_runtime::client::System::connect(system)
             .and_then(|s| s.fuse_forget(&dir.to_string_lossy()));
     };
-    fs_fuse::supervise(command, on, give_up)?;
-    Ok(())
+    let outcome = fs_fuse::supervise(command, on, give_up)?;
+    Ok(Report::new(
+        json!({"ok": true, "system": system, "service": service, "mountpoint": dir,
+        "respawns": respawns, "ended": match outcome {
+            fs_fuse::Outcome::Done => "done",
+            fs_fuse::Outcome::Signal => "signal",
+        }}),
+        "",
+    ))
 }
 
 /// The front end proper: mounts (or adopts), serves, unmounts.

@@ -281,6 +281,7 @@ fn binary_values_round_trip() {
 #[test]
 fn operator_controls() {
     let name = unique("ops");
+    let log = RemoveLog(name.clone());
     let manifest = server("kv", "kv", "txipc", "") + &grant("*", "kv");
     let mut child = Command::new(exe())
         .args(["run", "-", "--system", &name, "--die-with-parent"])
@@ -354,11 +355,47 @@ fn operator_controls() {
     let mut guard = guard;
     let status = guard.0.wait().unwrap();
     assert!(status.success(), "{status}");
+    // The log outlives the system: post-mortem `logs`, listed by `ls`.
+    let v = json_run(&["logs", "--system", s, "--json", "-n", "1000"], 0);
+    assert_eq!(v["running"], false, "{v}");
+    let lines: Vec<&str> = v["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
     assert!(
-        !txipc_core::paths::runtime_dir()
-            .join(format!("{s}.log"))
-            .exists()
+        lines.iter().any(|l| l.contains("generation 2 serving")),
+        "{v}"
     );
+    assert!(lines.last().unwrap().contains("stopped"), "{v}");
+    let o = txipc(&["logs", "--follow", "--system", s]);
+    assert_eq!(
+        code(&o),
+        0,
+        "a stopped system's log is printed, not followed"
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("stopped"));
+    let v = json_run(&["ls", "--json"], 0);
+    assert!(
+        v["stopped_with_log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x == s),
+        "{v}"
+    );
+    drop(log);
+    json_run(&["logs", "--system", s, "--json"], 3);
+}
+
+/// Removes a system's log when dropped (the log outlives the system; tests leave no files).
+struct RemoveLog(String);
+
+impl Drop for RemoveLog {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(txipc_core::paths::log_path(&self.0));
+    }
 }
 
 /// The demo checks its arguments before it prints or starts anything.
@@ -407,15 +444,48 @@ fn demo_reports_a_server_that_stays_dead() {
         "--quiet",
     ];
     let v = json_run(&args, 1);
+    let _log = RemoveLog(v["system"].as_str().unwrap().to_string());
     assert_eq!(v["state_verified"], false, "{v}");
     assert_eq!(v["state_readable"], false, "{v}");
     assert_eq!(v["kind"], "state_differs", "{v}");
     assert!(v["faults_injected"].as_u64().unwrap() >= 1, "{v}");
-    // Without --json the verdict is on stdout.
+    // The demo's system log stays for after the run: the kill and the server left dead.
+    let logs = json_run(
+        &[
+            "logs",
+            "-n",
+            "1000",
+            "--json",
+            "--system",
+            v["system"].as_str().unwrap(),
+        ],
+        0,
+    );
+    let text = logs["lines"].to_string();
+    assert!(
+        text.contains("killed by SIGKILL") && text.contains("stopped"),
+        "{logs}"
+    );
+    // Without --json the verdict is on stdout; progress lines (not a terminal) on stderr.
     let o = txipc(&args[..args.len() - 2]);
-    assert_eq!(code(&o), 1);
     let out = String::from_utf8_lossy(&o.stdout);
+    let system = out
+        .split("txipc logs --system ")
+        .nth(1)
+        .and_then(|r| r.split('`').next())
+        .unwrap_or_else(|| panic!("no log named: {out}"));
+    let _log2 = RemoveLog(system.to_string());
+    assert_eq!(code(&o), 1);
     assert!(out.contains("state NOT verified"), "{out}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let progress: Vec<&str> = err.lines().filter(|l| l.starts_with("[ ")).collect();
+    assert!(!progress.is_empty(), "{err}");
+    assert!(
+        progress
+            .iter()
+            .all(|l| l.contains(" ops/s ") && l.contains(" kv ") && l.contains(" p99 ")),
+        "{err}"
+    );
 }
 
 /// Manifests: the shipped examples are valid, `manifest default` is what `run` boots, and a
@@ -566,9 +636,29 @@ fn top_plain_lines_json_and_end() {
         lines.iter().all(|l| l.contains(" kv running gen 1 ")),
         "{text}"
     );
-    let v = json_run(&["top", "--json", "-i", "100ms", "--system", s], 0);
-    assert_eq!(v["servers"][0]["name"], "kv", "{v}");
-    assert!(v["servers"][0]["calls_per_sec"].is_number(), "{v}");
+    assert!(lines.iter().all(|l| l.contains(" p99 ")), "{text}");
+    // Calls during the interval: calls/s and the interval's p99 (from the difference of the
+    // server's latency histograms).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let caller = {
+        let (conn, stop) = (sys.connect().unwrap(), stop.clone());
+        std::thread::spawn(move || {
+            let kv = kv_api::KvClient::new(open(&conn, "kv"));
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 1_000_000 {
+                kv.incr(b"busy".to_vec(), 1).unwrap();
+                n += 1;
+            }
+        })
+    };
+    let v = json_run(&["top", "--json", "-i", "300ms", "--system", s], 0);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    caller.join().unwrap();
+    let kv = &v["servers"][0];
+    assert_eq!(kv["name"], "kv", "{v}");
+    assert!(kv["calls_per_sec"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(kv["interval_timed_calls"].as_u64().unwrap() >= 1, "{v}");
+    assert!(kv["interval_p99_us"].as_f64().unwrap() > 0.0, "{v}");
     json_run(&["top", "--json", "--service", "nope", "--system", s], 3);
     // Unbounded, it stops with the system.
     let top = Command::new(exe())
@@ -594,11 +684,12 @@ fn top_plain_lines_json_and_end() {
 }
 
 /// `run --detach` returns once the system serves (the README tour starts this way), refuses a
-/// second system of the same name, reports a bad manifest in the foreground, and `stop` ends
-/// the detached system with its log.
+/// second system of the same name (without touching its log), reports a bad manifest in the
+/// foreground, and `stop` ends the detached system; its log stays for `logs`.
 #[test]
 fn run_detach_then_stop() {
     let name = unique("detach");
+    let _log = RemoveLog(name.clone());
     let s = name.as_str();
     let manifest = server("kv", "kv", "txipc", "") + &grant("*", "kv");
     let o = txipc_in(
@@ -637,6 +728,10 @@ fn run_detach_then_stop() {
     json_run(&["stop", "--system", s, "--json"], 0);
     assert!(txipc_sys::process::state(kernel.0).is_none_or(|c| c == 'Z'));
     json_run(&["ps", "--system", s, "--json"], 3);
+    // A detached system's log, after it stopped.
+    let v = json_run(&["logs", "--system", s, "--json"], 0);
+    let last = v["lines"].as_array().unwrap().last().unwrap().clone();
+    assert!(last.as_str().unwrap().contains("stopped"), "{v}");
 }
 
 /// Every process of a server is named by server, system and role: `txipc kv@NAME g1` for the
@@ -777,4 +872,67 @@ fn ps_reports_call_latency_and_faults() {
         v["servers"][0]["latency"]["timed_calls"].as_u64() >= Some(timed),
         "{v}"
     );
+}
+
+/// `txipc mount --json`: stdout carries exactly one object, at the end (`ready DIR` goes to
+/// stderr then), and one object for an error.
+#[test]
+fn mount_with_json_prints_one_object() {
+    let sys = boot("mountjson", &common::fsmount::fs_manifest("txipc"));
+    let name = sys.name().to_string();
+    let dir = std::env::temp_dir().join(unique("mountjson"));
+    std::fs::create_dir(&dir).unwrap();
+    struct Guard(std::path::PathBuf, Option<std::process::Child>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.1.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            if fs_fuse::is_fuse_mount(&self.0) {
+                let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+            }
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let mut g = Guard(dir.clone(), None);
+    let child = Command::new(exe())
+        .args(["mount", "--json", "--system", &name])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    g.1 = Some(child);
+    wait_until("the mount", Duration::from_secs(20), || {
+        fs_fuse::is_fuse_mount(&dir)
+    });
+    std::fs::write(dir.join("f"), b"x").unwrap();
+    txipc_sys::process::kill(pid, rustix::process::Signal::TERM).unwrap();
+    let o = g.1.take().unwrap().wait_with_output().unwrap();
+    let args = ["mount", "--json"];
+    let v = one_object(&args, &o);
+    assert_eq!(code(&o), 0, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["ended"], "signal", "{v}");
+    assert_eq!(v["respawns"], 0, "{v}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ready "));
+    assert!(!fs_fuse::is_fuse_mount(&dir));
+    // An error is one object too.
+    let missing = dir.join("no-such-dir");
+    let v = json_run(
+        &[
+            "mount",
+            missing.to_str().unwrap(),
+            "--json",
+            "--system",
+            &name,
+        ],
+        1,
+    );
+    assert!(v["error"].as_str().unwrap().contains("no-such-dir"), "{v}");
+    drop(g);
+    drop(sys);
 }

@@ -79,6 +79,14 @@ pub fn socket_path(name: &str) -> PathBuf {
     runtime_dir().join(format!("{name}.sock"))
 }
 
+/// Where system `name`'s log lives: `RUNTIME_DIR/NAME.log`, written by its kernel process
+/// while it runs and kept after it stops (for `txipc logs`), until a system of the same name
+/// starts again, the log is pruned as one of the oldest stopped ones, or (a private system of
+/// a test or benchmark) its `SystemProcess` is dropped.
+pub fn log_path(name: &str) -> PathBuf {
+    runtime_dir().join(format!("{name}.log"))
+}
+
 /// Checks a system name: letters, digits, `-`, `_`, `.`; 1 to 64 characters; not starting with `.`.
 pub fn valid_system_name(name: &str) -> bool {
     !name.is_empty()

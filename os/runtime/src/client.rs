@@ -480,6 +480,8 @@ impl Transport for Channel {
 pub struct SystemProcess {
     name: String,
     child: Option<Child>,
+    /// The log is this system's (it booted) and goes with it.
+    remove_log: bool,
 }
 
 impl SystemProcess {
@@ -510,6 +512,7 @@ impl SystemProcess {
         let mut me = SystemProcess {
             name: name.into(),
             child: Some(child),
+            remove_log: false,
         };
         stdin
             .write_all(manifest.as_bytes())
@@ -525,7 +528,10 @@ impl SystemProcess {
             for _ in lines {}
         });
         match rx.recv_timeout(timeout) {
-            Ok(Some(Ok(line))) if line.starts_with("ready") => Ok(me),
+            Ok(Some(Ok(line))) if line.starts_with("ready") => {
+                me.remove_log = true;
+                Ok(me)
+            }
             Ok(Some(Ok(line))) => Err(ClientError::Boot(format!("kernel said: {line}"))),
             Ok(_) => {
                 let status = me.child.as_mut().and_then(|c| c.wait().ok());
@@ -552,6 +558,13 @@ impl SystemProcess {
     /// The kernel's pid.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Keeps the system's log (`txipc_core::paths::log_path`) after it stops, for
+    /// `txipc logs` (the demo's); by default it is removed with the system, so that tests and
+    /// benchmarks leave no files.
+    pub fn keep_log(&mut self) {
+        self.remove_log = false;
     }
 
     /// Shuts the system down and waits (bounded) for the kernel to exit.
@@ -595,5 +608,10 @@ impl SystemProcess {
 impl Drop for SystemProcess {
     fn drop(&mut self) {
         let _ = self.stop();
+        if self.remove_log {
+            let _ = std::fs::remove_file(txipc_core::paths::log_path(&self.name));
+            // The kernel removes the runtime directory when it is empty; the log kept it.
+            let _ = std::fs::remove_dir(txipc_core::paths::runtime_dir());
+        }
     }
 }
