@@ -45,6 +45,20 @@ pub fn run(
         worker(args, parent, system, service, quiet)?;
         return Ok(Report::new(json!({"ok": true}), ""));
     }
+    // Said here, once: the worker's own error would reach only its stderr.
+    if !args.dir.is_dir() {
+        return Err(crate::out::Failed {
+            kind: crate::out::Kind::NotFound,
+            message: format!(
+                "{} is not a directory: create it first (`mkdir -p {}`)",
+                args.dir.display(),
+                args.dir.display()
+            ),
+            json: json!({"mountpoint": args.dir}),
+            text: String::new(),
+        }
+        .into());
+    }
     let exe = std::env::current_exe().context("finding the txipc executable")?;
     let dir = fs_fuse::mount_path(&args.dir);
     let me = std::process::id().to_string();

@@ -930,7 +930,7 @@ fn mount_with_json_prints_one_object() {
             "--system",
             &name,
         ],
-        1,
+        3,
     );
     assert!(v["error"].as_str().unwrap().contains("no-such-dir"), "{v}");
     drop(g);

@@ -417,6 +417,7 @@ fn demo(args: &[&str]) -> serde_json::Value {
             String::from_utf8_lossy(&out.stderr)
         )
     });
+    remove_demo_log(&v);
     assert!(out.status.success(), "{v}");
     v
 }

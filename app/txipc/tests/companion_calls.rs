@@ -315,12 +315,14 @@ fn demo(args: &[&str]) -> serde_json::Value {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|e| {
+    let v = serde_json::from_str(last).unwrap_or_else(|e| {
         panic!(
             "demo printed no JSON ({e}): stdout {stdout}\nstderr {}",
             String::from_utf8_lossy(&out.stderr)
         )
-    })
+    });
+    remove_demo_log(&v);
+    v
 }
 
 fn check_bank_storm(v: &serde_json::Value, min_faults: u64) {

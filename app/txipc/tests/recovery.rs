@@ -184,6 +184,7 @@ fn demo(args: &[&str]) -> serde_json::Value {
             String::from_utf8_lossy(&out.stderr)
         )
     });
+    remove_demo_log(&v);
     assert!(out.status.success(), "{v}");
     v
 }
@@ -282,6 +283,7 @@ fn restart_baseline_loses_state() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    remove_demo_log(&v);
     assert_eq!(v["state_verified"], false, "{v}");
     assert!(!out.status.success());
 }

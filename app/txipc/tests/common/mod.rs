@@ -114,3 +114,11 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Removes the system log a `txipc demo` run keeps for after it (its JSON report names it in
+/// `log`): tests leave no files.
+pub fn remove_demo_log(report: &serde_json::Value) {
+    if let Some(path) = report["log"].as_str() {
+        let _ = std::fs::remove_file(path);
+    }
+}
