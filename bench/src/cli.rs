@@ -128,6 +128,10 @@ pub enum BenchCmd {
         /// Rounds (medians are reported).
         #[arg(long, default_value_t = 5)]
         rounds: u32,
+        /// Policies of the transfer through the bank: `txipc` (always, against `none`), and
+        /// `companion` to measure it under the companion too (`txipc,companion`).
+        #[arg(long, default_value = "txipc")]
+        policy: String,
     },
     /// The fs server through FUSE (`txipc mount`) under none, txipc and restart, with tmpfs as
     /// the ceiling, in the same run: metadata ops/s, 4 KiB and 1 MiB throughput, untar, git
@@ -184,7 +188,21 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
             clients,
             ops,
             rounds,
+            policy,
         } => {
+            let mut companion = false;
+            for p in policy.split(',').map(str::trim) {
+                match p {
+                    "txipc" => {}
+                    "companion" => companion = true,
+                    other => {
+                        return Err(UsageError(format!(
+                            "--policy takes txipc and companion (comma-separated), not `{other}`: the transfer is always measured under txipc against the same calls under none"
+                        ))
+                        .into());
+                    }
+                }
+            }
             let clients: Vec<u32> = clients
                 .split(',')
                 .map(|c| {
@@ -203,6 +221,7 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                 clients,
                 ops,
                 rounds,
+                companion,
             };
             let rows = crate::nested::run(exe, &cfg, |m| eprintln!("bench nested: {m}"))?;
             table_text(json, &crate::nested::table(&rows, &cfg.clients));

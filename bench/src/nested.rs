@@ -10,7 +10,11 @@
 //!   bank, without any transaction around them (or inside them);
 //! - `direct`: the client makes the two `apply` calls itself on the `txipc` system — each its
 //!   own transaction, nothing ties them together (what a client without nested transactions
-//!   would do).
+//!   would do);
+//! - `companion` (with `--policy ...,companion`): `bank.transfer` under policy `companion`
+//!   (`bank-plain`, `account-plain`) — no transaction; the bank logs the request and records
+//!   both calls with their replies, each account server logs its `apply` (with the call id)
+//!   before running it (ARCHITECTURE.md §16).
 //!
 //! Each client is a thread with its own channel. Throughput is all clients together; latency
 //! is per transfer.
@@ -33,12 +37,14 @@ pub struct NestedConfig {
     pub ops: u64,
     /// Rounds (medians are reported).
     pub rounds: u32,
+    /// Also measure the transfer under policy `companion`.
+    pub companion: bool,
 }
 
 /// One measured configuration.
 #[derive(Debug, Clone, Serialize)]
 pub struct NestedRow {
-    /// `nested`, `plain` or `direct`.
+    /// `nested`, `plain`, `direct` or `companion`.
     pub variant: String,
     /// Client threads.
     pub clients: u32,
@@ -50,16 +56,21 @@ pub struct NestedRow {
     pub p99_ns: f64,
 }
 
-const VARIANTS: [&str; 3] = ["nested", "plain", "direct"];
+const VARIANTS: [&str; 4] = ["nested", "plain", "direct", "companion"];
 /// Accounts per account server.
 const PER_SERVER: usize = 32;
 
 fn manifest(name: &str, policy: &str) -> String {
     let mut m = format!("name = \"{name}\"\n");
+    let (bank, account) = if policy == "companion" {
+        ("bank-plain", "account-plain")
+    } else {
+        ("bank", "account")
+    };
     for (n, b) in [
-        ("bank", "bank"),
-        ("account-0", "account"),
-        ("account-1", "account"),
+        ("bank", bank),
+        ("account-0", account),
+        ("account-1", account),
     ] {
         m += &format!(
             "[[server]]\nname = \"{n}\"\nbuiltin = \"{b}\"\npolicy = \"{policy}\"\nheap_mb = 256\nslots = 16\n"
@@ -175,20 +186,39 @@ pub fn run(
     )?;
     let none_sys =
         SystemProcess::spawn(exe, &manifest(&none_name, "none"), &none_name, BOOT_TIMEOUT)?;
+    let comp_sys = if cfg.companion {
+        let name = unique_system("bench-nested-companion");
+        Some(SystemProcess::spawn(
+            exe,
+            &manifest(&name, "companion"),
+            &name,
+            BOOT_TIMEOUT,
+        )?)
+    } else {
+        None
+    };
     open_accounts(&tx_sys)?;
     open_accounts(&none_sys)?;
+    if let Some(c) = &comp_sys {
+        open_accounts(c)?;
+    }
+    let variants: Vec<&str> = VARIANTS
+        .iter()
+        .copied()
+        .filter(|v| *v != "companion" || cfg.companion)
+        .collect();
     // samples[variant][clients] = (ops/s, p50, p99) per round
     let mut samples: Vec<Vec<Vec<(f64, f64, f64)>>> =
-        vec![vec![Vec::new(); cfg.clients.len()]; VARIANTS.len()];
+        vec![vec![Vec::new(); cfg.clients.len()]; variants.len()];
     let mut id_base = 0u64;
     for round in 0..cfg.rounds {
         log(&format!("round {} of {}", round + 1, cfg.rounds));
         for (ci, &clients) in cfg.clients.iter().enumerate() {
-            for (vi, variant) in VARIANTS.iter().enumerate() {
-                let sys = if *variant == "plain" {
-                    &none_sys
-                } else {
-                    &tx_sys
+            for (vi, variant) in variants.iter().enumerate() {
+                let sys = match *variant {
+                    "plain" => &none_sys,
+                    "companion" => comp_sys.as_ref().expect("companion system"),
+                    _ => &tx_sys,
                 };
                 id_base += 1 << 40;
                 samples[vi][ci].push(measure(sys, variant, clients, cfg.ops, id_base)?);
@@ -196,7 +226,7 @@ pub fn run(
         }
     }
     let mut rows = Vec::new();
-    for (vi, variant) in VARIANTS.iter().enumerate() {
+    for (vi, variant) in variants.iter().enumerate() {
         for (ci, &clients) in cfg.clients.iter().enumerate() {
             let s = &samples[vi][ci];
             let mut t: Vec<f64> = s.iter().map(|x| x.0).collect();
@@ -213,6 +243,9 @@ pub fn run(
     }
     tx_sys.shutdown()?;
     none_sys.shutdown()?;
+    if let Some(c) = comp_sys {
+        c.shutdown()?;
+    }
     Ok(rows)
 }
 
@@ -223,9 +256,26 @@ fn find<'a>(rows: &'a [NestedRow], variant: &str, clients: u32) -> Option<&'a Ne
 
 /// The markdown table.
 pub fn table(rows: &[NestedRow], clients: &[u32]) -> String {
+    let companion = rows.iter().any(|r| r.variant == "companion");
     let mut s = String::from(
-        "| clients | nested transfer (txipc) | same two calls, no transaction (none) | two direct calls (txipc, not atomic) | nested / no transaction |\n|---:|---:|---:|---:|---:|\n",
+        "| clients | nested transfer (txipc) | same two calls, no transaction (none) | two direct calls (txipc, not atomic) | nested / no transaction |",
     );
+    if companion {
+        s += " transfer under companion | companion / no transaction |";
+    }
+    s += "\n|---:|---:|---:|---:|---:|";
+    if companion {
+        s += "---:|---:|";
+    }
+    s += "\n";
+    let cell = |r: &NestedRow| {
+        format!(
+            "{:.0}/s, p50 {:.1} µs, p99 {:.1} µs",
+            r.ops_per_sec,
+            r.p50_ns / 1e3,
+            r.p99_ns / 1e3
+        )
+    };
     for &c in clients {
         let (Some(n), Some(p), Some(d)) = (
             find(rows, "nested", c),
@@ -235,25 +285,28 @@ pub fn table(rows: &[NestedRow], clients: &[u32]) -> String {
             continue;
         };
         s += &format!(
-            "| {c} | {:.0}/s, p50 {:.1} µs, p99 {:.1} µs | {:.0}/s, p50 {:.1} µs, p99 {:.1} µs | {:.0}/s, p50 {:.1} µs, p99 {:.1} µs | {:.2}× throughput, {:.2}× p50 |\n",
-            n.ops_per_sec,
-            n.p50_ns / 1e3,
-            n.p99_ns / 1e3,
-            p.ops_per_sec,
-            p.p50_ns / 1e3,
-            p.p99_ns / 1e3,
-            d.ops_per_sec,
-            d.p50_ns / 1e3,
-            d.p99_ns / 1e3,
+            "| {c} | {} | {} | {} | {:.2}× throughput, {:.2}× p50 |",
+            cell(n),
+            cell(p),
+            cell(d),
             n.ops_per_sec / p.ops_per_sec,
             n.p50_ns / p.p50_ns,
         );
+        if let Some(k) = find(rows, "companion", c) {
+            s += &format!(
+                " {} | {:.2}× throughput, {:.2}× p50 |",
+                cell(k),
+                k.ops_per_sec / p.ops_per_sec,
+                k.p50_ns / p.p50_ns
+            );
+        }
+        s += "\n";
     }
     s
 }
 
 /// The JSON report (`results` per variant and client count; `loss_vs_none_pct` of the nested
-/// transfer against the plain one).
+/// transfer against the plain one; `companion_loss_vs_none_pct` of the companion transfer).
 pub fn json(rows: &[NestedRow], clients: &[u32]) -> serde_json::Value {
     let loss: serde_json::Map<String, serde_json::Value> = clients
         .iter()
@@ -266,8 +319,20 @@ pub fn json(rows: &[NestedRow], clients: &[u32]) -> serde_json::Value {
             ))
         })
         .collect();
+    let companion_loss: serde_json::Map<String, serde_json::Value> = clients
+        .iter()
+        .filter_map(|&c| {
+            let k = find(rows, "companion", c)?;
+            let p = find(rows, "plain", c)?;
+            Some((
+                c.to_string(),
+                serde_json::json!((1.0 - k.ops_per_sec / p.ops_per_sec) * 100.0),
+            ))
+        })
+        .collect();
     serde_json::json!({
         "results": rows,
         "loss_vs_none_pct": loss,
+        "companion_loss_vs_none_pct": companion_loss,
     })
 }

@@ -484,6 +484,8 @@ fn bench_nested_reports_every_variant() {
             "1",
             "--clients",
             "1,2",
+            "--policy",
+            "txipc,companion",
             "--json",
         ])
         .output()
@@ -496,11 +498,13 @@ fn bench_nested_reports_every_variant() {
     let v: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     let rows = v["results"].as_array().unwrap();
-    assert_eq!(rows.len(), 6, "{v}");
+    assert_eq!(rows.len(), 8, "{v}");
+    assert!(rows.iter().any(|r| r["variant"] == "companion"), "{v}");
     for r in rows {
         assert!(r["ops_per_sec"].as_f64().unwrap() > 0.0, "{v}");
     }
     assert!(v["loss_vs_none_pct"]["1"].is_number(), "{v}");
+    assert!(v["companion_loss_vs_none_pct"]["2"].is_number(), "{v}");
 }
 
 /// A cgroup-v1 freezer group holding processes that can then neither stop (SIGSTOP stays
