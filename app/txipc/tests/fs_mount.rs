@@ -358,3 +358,146 @@ fn the_front_end_survives_its_own_death() {
     assert!(m.wait_front_end().success());
     assert!(!fs_fuse::is_fuse_mount(&m.dir));
 }
+
+#[test]
+fn extended_attributes_and_fallocate_on_a_real_mount() {
+    use rustix::fs::{FallocateFlags, XattrFlags};
+    let m = Mounted::new("fsm-xattr", "txipc");
+    let f = m.path("f");
+    std::fs::write(&f, b"data").unwrap();
+    let err = |r: rustix::io::Result<()>| r.unwrap_err().raw_os_error();
+    let get = |p: &Path, n: &str| -> rustix::io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; 256];
+        let n = rustix::fs::getxattr(p, n, &mut buf[..])?;
+        buf.truncate(n);
+        Ok(buf)
+    };
+
+    // set / get / size query / ERANGE / list / flags / remove.
+    rustix::fs::setxattr(&f, "user.color", b"blue", XattrFlags::empty()).unwrap();
+    assert_eq!(get(&f, "user.color").unwrap(), b"blue");
+    assert_eq!(rustix::fs::getxattr_query(&f, "user.color").unwrap(), 4);
+    let mut small = [0u8; 2];
+    assert_eq!(
+        rustix::fs::getxattr(&f, "user.color", &mut small[..])
+            .unwrap_err()
+            .raw_os_error(),
+        34,
+        "ERANGE"
+    );
+    rustix::fs::setxattr(&f, "user.a", b"1", XattrFlags::empty()).unwrap();
+    let mut list = vec![0u8; 256];
+    let n = rustix::fs::listxattr(&f, &mut list[..]).unwrap();
+    assert_eq!(&list[..n], b"user.a\0user.color\0");
+    assert_eq!(rustix::fs::listxattr_query(&f).unwrap(), n);
+    assert_eq!(
+        err(rustix::fs::setxattr(&f, "user.a", b"2", XattrFlags::CREATE)),
+        17,
+        "EEXIST"
+    );
+    assert_eq!(
+        err(rustix::fs::setxattr(
+            &f,
+            "user.b",
+            b"2",
+            XattrFlags::REPLACE
+        )),
+        61,
+        "ENODATA"
+    );
+    assert_eq!(get(&f, "user.none").unwrap_err().raw_os_error(), 61);
+    rustix::fs::removexattr(&f, "user.a").unwrap();
+    assert_eq!(err(rustix::fs::removexattr(&f, "user.a")), 61);
+    assert_eq!(
+        err(rustix::fs::setxattr(
+            &f,
+            "bogus.a",
+            b"2",
+            XattrFlags::empty()
+        )),
+        95,
+        "EOPNOTSUPP"
+    );
+    rustix::fs::setxattr(&f, "trusted.t", b"root only", XattrFlags::empty()).unwrap();
+    assert_eq!(get(&f, "trusted.t").unwrap(), b"root only");
+    // user.* on a symlink is EPERM.
+    std::os::unix::fs::symlink("f", m.path("l")).unwrap();
+    assert_eq!(
+        err(rustix::fs::lsetxattr(
+            m.path("l"),
+            "user.k",
+            b"v",
+            XattrFlags::empty()
+        )),
+        1,
+        "EPERM"
+    );
+    // As nobody: no write permission, trusted.* hidden and not settable.
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let script = format!(
+        "P=/usr/bin/python3; \
+         $P -c 'import os,sys; print(sorted(os.listxattr(sys.argv[1])))' {f}; \
+         $P -c 'import os,sys; print(os.getxattr(sys.argv[1], \"user.color\"))' {f}; \
+         $P -c 'import os,sys; os.setxattr(sys.argv[1], \"user.x\", b\"v\")' {f} 2>&1 | tail -1",
+        f = f.display()
+    );
+    let out = as_nobody(&script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("['user.color']") && text.contains("b'blue'"),
+        "{text}"
+    );
+    assert!(text.contains("Permission denied"), "{text}");
+    // Attributes survive a kill of the server.
+    let sys = m.system();
+    txipc_sys::process::kill(server_pid(&sys, "fs"), rustix::process::Signal::KILL).unwrap();
+    assert_eq!(get(&f, "user.color").unwrap(), b"blue");
+
+    // fallocate: mode 0, KEEP_SIZE, PUNCH_HOLE; other modes EOPNOTSUPP.
+    let g = m.path("g");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&g)
+        .unwrap();
+    rustix::fs::fallocate(&file, FallocateFlags::empty(), 0, 1 << 20).unwrap();
+    let md = file.metadata().unwrap();
+    assert_eq!(md.len(), 1 << 20);
+    assert!(md.blocks() >= 2048, "allocated: {} blocks", md.blocks());
+    rustix::fs::fallocate(&file, FallocateFlags::KEEP_SIZE, 1 << 20, 1 << 20).unwrap();
+    let md = file.metadata().unwrap();
+    assert_eq!(md.len(), 1 << 20);
+    assert!(md.blocks() >= 4096);
+    file.write_all_at(&vec![9u8; 3 * 4096], 0).unwrap();
+    rustix::fs::fallocate(
+        &file,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        100,
+        8192,
+    )
+    .unwrap();
+    let mut back = vec![0u8; 3 * 4096];
+    file.read_exact_at(&mut back, 0).unwrap();
+    assert!(back[..100].iter().all(|&b| b == 9));
+    assert!(back[100..100 + 8192].iter().all(|&b| b == 0));
+    assert!(back[100 + 8192..].iter().all(|&b| b == 9));
+    assert_eq!(
+        err(rustix::fs::fallocate(
+            &file,
+            FallocateFlags::COLLAPSE_RANGE,
+            0,
+            4096
+        )),
+        95
+    );
+    // The command-line tool too.
+    let st = Command::new("fallocate")
+        .args(["-l", "64KiB"])
+        .arg(m.path("h"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(std::fs::metadata(m.path("h")).unwrap().len(), 65536);
+}

@@ -91,6 +91,30 @@ pub mod amode {
     pub const X_OK: u32 = 1;
 }
 
+/// `setxattr(2)` flags.
+pub mod xattr_flags {
+    /// Fail with `EEXIST` if the attribute exists.
+    pub const XATTR_CREATE: u32 = 1;
+    /// Fail with `ENODATA` if the attribute does not exist.
+    pub const XATTR_REPLACE: u32 = 2;
+}
+
+/// Longest extended-attribute name, namespace prefix included (`XATTR_NAME_MAX`).
+pub const MAX_XATTR_NAME: usize = 255;
+/// Largest extended-attribute value (`XATTR_SIZE_MAX`).
+pub const MAX_XATTR_VALUE: usize = 65536;
+/// Most bytes of one inode's list of attribute names, NUL terminators included
+/// (`XATTR_LIST_MAX`): a `setxattr` that would pass it is `ENOSPC`.
+pub const MAX_XATTR_LIST: usize = 65536;
+
+/// `fallocate(2)` modes the server implements (any other bit is `EOPNOTSUPP`).
+pub mod falloc {
+    /// Allocate, but leave the file's size as it is.
+    pub const KEEP_SIZE: u32 = 1;
+    /// Deallocate the range (with [`KEEP_SIZE`]): it reads as zeros afterwards.
+    pub const PUNCH_HOLE: u32 = 2;
+}
+
 /// `renameat2(2)` flags.
 pub mod rename_flags {
     /// Fail with `EEXIST` if the target exists.
@@ -137,6 +161,14 @@ impl Errno {
     pub const ENOSYS: Errno = Errno(38);
     /// Directory not empty.
     pub const ENOTEMPTY: Errno = Errno(39);
+    /// No such attribute (`ENOATTR`).
+    pub const ENODATA: Errno = Errno(61);
+    /// Result too large for the buffer, or an attribute name too long.
+    pub const ERANGE: Errno = Errno(34);
+    /// Argument list too long (an attribute value too large).
+    pub const E2BIG: Errno = Errno(7);
+    /// No such device (`fallocate` of a file that is not a regular file).
+    pub const ENODEV: Errno = Errno(19);
     /// Too many levels of symbolic links / not a symlink where one is required.
     pub const ELOOP: Errno = Errno(40);
     /// Operation not supported.
@@ -146,6 +178,10 @@ impl Errno {
     pub fn name(self) -> &'static str {
         match self.0 {
             1 => "EPERM",
+            7 => "E2BIG",
+            19 => "ENODEV",
+            34 => "ERANGE",
+            61 => "ENODATA",
             2 => "ENOENT",
             5 => "EIO",
             9 => "EBADF",
@@ -464,4 +500,41 @@ pub trait Fs {
     /// kernel, which keeps the heap in memory.
     #[readonly]
     fn fsync(&mut self, fh: u64) -> Result<(), Errno>;
+    /// Sets extended attribute `name` (`namespace.rest`) of `ino` to `value` ([`xattr_flags`]).
+    /// Namespaces: `user.` (regular files and directories only, write permission needed, and
+    /// in a sticky directory the owner's), `trusted.` and `security.` (superuser only; anyone
+    /// may read `security.`); `system.` (POSIX ACLs) and any other prefix are `EOPNOTSUPP`.
+    /// `ERANGE` for an empty or too long name, `E2BIG` for a value over
+    /// [`MAX_XATTR_VALUE`], `ENOSPC` past [`MAX_XATTR_LIST`]. Changes `ctime`.
+    fn setxattr(
+        &mut self,
+        caller: Caller,
+        ino: u64,
+        name: Bytes,
+        value: Bytes,
+        flags: u32,
+    ) -> Result<(), Errno>;
+    /// The value of extended attribute `name` of `ino` (`ENODATA` if it has none).
+    #[readonly]
+    fn getxattr(&mut self, caller: Caller, ino: u64, name: Bytes) -> Result<Bytes, Errno>;
+    /// The names of `ino`'s extended attributes the caller may see, each followed by a NUL
+    /// (`trusted.` ones only for the superuser), in name order.
+    #[readonly]
+    fn listxattr(&mut self, caller: Caller, ino: u64) -> Result<Bytes, Errno>;
+    /// Removes extended attribute `name` of `ino` (`ENODATA` if it has none). Changes `ctime`.
+    fn removexattr(&mut self, caller: Caller, ino: u64, name: Bytes) -> Result<(), Errno>;
+    /// `fallocate(2)` through handle `fh` (open for writing: else `EBADF`): mode 0 allocates
+    /// `length` bytes at `offset` (holes become zeroed blocks; the file grows if the range
+    /// passes its end), [`falloc::KEEP_SIZE`] the same without growing,
+    /// [`falloc::PUNCH_HOLE`]` | KEEP_SIZE` frees the range (whole blocks go, partial ones are
+    /// zeroed). Other modes are `EOPNOTSUPP`; a zero length `EINVAL`; an end past
+    /// [`MAX_FILE_SIZE`] `EFBIG`; a full heap `ENOSPC` with nothing changed.
+    fn fallocate(
+        &mut self,
+        caller: Caller,
+        fh: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> Result<(), Errno>;
 }

@@ -36,6 +36,10 @@ pub mod op {
     pub const STATFS: u32 = 17;
     pub const RELEASE: u32 = 18;
     pub const FSYNC: u32 = 20;
+    pub const SETXATTR: u32 = 21;
+    pub const GETXATTR: u32 = 22;
+    pub const LISTXATTR: u32 = 23;
+    pub const REMOVEXATTR: u32 = 24;
     pub const FLUSH: u32 = 25;
     pub const INIT: u32 = 26;
     pub const OPENDIR: u32 = 27;
@@ -47,6 +51,7 @@ pub mod op {
     pub const INTERRUPT: u32 = 36;
     pub const DESTROY: u32 = 38;
     pub const BATCH_FORGET: u32 = 42;
+    pub const FALLOCATE: u32 = 43;
     pub const RENAME2: u32 = 45;
 }
 
@@ -299,6 +304,42 @@ pub struct AccessIn {
     pub padding: u32,
 }
 
+/// `fuse_setxattr_in` as sent without `FUSE_SETXATTR_EXT` (which this front end does not ask
+/// for): `FUSE_COMPAT_SETXATTR_IN_SIZE`, 8 bytes. The name (NUL-terminated) and the value
+/// follow.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct SetxattrIn {
+    pub size: u32,
+    pub flags: u32,
+}
+
+/// `fuse_getxattr_in` (also `LISTXATTR`'s): the caller's buffer size (0: "how big?").
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct GetxattrIn {
+    pub size: u32,
+    pub padding: u32,
+}
+
+/// `fuse_getxattr_out`: the answer to a size-0 `GETXATTR`/`LISTXATTR`.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct GetxattrOut {
+    pub size: u32,
+    pub padding: u32,
+}
+
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct FallocateIn {
+    pub fh: u64,
+    pub offset: u64,
+    pub length: u64,
+    pub mode: u32,
+    pub padding: u32,
+}
+
 /// The first 16 bytes of `fuse_init_in` (every protocol version sends them).
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
@@ -358,4 +399,7 @@ const _: () = {
     assert!(size_of::<StatfsOut>() == 80);
     assert!(size_of::<InitOut>() == 64);
     assert!(size_of::<Dirent>() == 24);
+    assert!(size_of::<SetxattrIn>() == 8);
+    assert!(size_of::<GetxattrIn>() == 8);
+    assert!(size_of::<FallocateIn>() == 32);
 };

@@ -210,6 +210,23 @@ impl<T: Transport> Session<T> {
         self.send(unique, 0, &[payload]);
     }
 
+    /// Answers a `GETXATTR`/`LISTXATTR` whose caller has a buffer of `size` bytes: 0 asks
+    /// for the length only; a buffer too small is `ERANGE`.
+    fn sized(&self, unique: u64, size: u32, v: &[u8]) -> Result<(), Errno> {
+        if size == 0 {
+            let out = abi::GetxattrOut {
+                size: v.len() as u32,
+                padding: 0,
+            };
+            self.ok(unique, out.as_bytes());
+        } else if v.len() > size as usize {
+            return Err(Errno::ERANGE);
+        } else {
+            self.ok(unique, v);
+        }
+        Ok(())
+    }
+
     /// Writes `FUSE_NOTIFY_RESEND`: the kernel re-queues every request it has sent on this
     /// connection and not had a reply for, so a new reader gets them again.
     pub fn notify_resend(&self) -> std::io::Result<()> {
@@ -502,9 +519,43 @@ impl<T: Transport> Session<T> {
                 self.errno(fs.access(caller(h, self.session), ino, a.mask))?;
                 self.ok(u, &[]);
             }
-            // Extended attributes, locks (the kernel keeps them locally), fallocate, ioctl,
-            // poll, lseek, copy_file_range, statx, tmpfile...: not implemented. The kernel
-            // remembers ENOSYS for most of them and stops asking.
+            op::SETXATTR => {
+                let x = take::<abi::SetxattrIn>(&mut b)?;
+                let name = take_name(&mut b)?;
+                let value = b.get(..x.size as usize).ok_or(Errno::EINVAL)?;
+                self.errno(fs.setxattr(caller(h, self.session), ino, name, value, x.flags))?;
+                self.ok(u, &[]);
+            }
+            op::GETXATTR => {
+                let x = take::<abi::GetxattrIn>(&mut b)?;
+                let name = take_name(&mut b)?;
+                let v = self.errno(fs.getxattr(caller(h, self.session), ino, name))?;
+                self.sized(u, x.size, &v)?;
+            }
+            op::LISTXATTR => {
+                let x = take::<abi::GetxattrIn>(&mut b)?;
+                let v = self.errno(fs.listxattr(caller(h, self.session), ino))?;
+                self.sized(u, x.size, &v)?;
+            }
+            op::REMOVEXATTR => {
+                let name = take_name(&mut b)?;
+                self.errno(fs.removexattr(caller(h, self.session), ino, name))?;
+                self.ok(u, &[]);
+            }
+            op::FALLOCATE => {
+                let f = take::<abi::FallocateIn>(&mut b)?;
+                self.errno(fs.fallocate(
+                    caller(h, self.session),
+                    f.fh,
+                    f.mode,
+                    f.offset,
+                    f.length,
+                ))?;
+                self.ok(u, &[]);
+            }
+            // Locks (the kernel keeps them locally), ioctl, poll, lseek, copy_file_range,
+            // statx, tmpfile...: not implemented. The kernel remembers ENOSYS for most of them
+            // and stops asking.
             _ => return Err(Errno::ENOSYS),
         }
         Ok(())

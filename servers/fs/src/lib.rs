@@ -21,6 +21,7 @@ mod data;
 mod ops;
 mod perm;
 pub mod state;
+mod xattr;
 
 use fs_api::{
     Attr, Bytes, Caller, Created, Data, DirEntry, Errno, Fs, FsDispatcher, SetAttr, StatFs,
@@ -221,6 +222,48 @@ impl Fs for FsServer {
 
     fn fsync(&mut self, fh: u64) -> Result<(), Errno> {
         self.core.fsync(self.tx.tx(), fh)
+    }
+
+    fn setxattr(
+        &mut self,
+        caller: Caller,
+        ino: u64,
+        name: Bytes,
+        value: Bytes,
+        flags: u32,
+    ) -> Result<(), Errno> {
+        self.once(&caller, |fs, tx, c| {
+            fs.setxattr(tx, c, ino, &name, &value, flags)
+        })
+    }
+
+    fn getxattr(&mut self, caller: Caller, ino: u64, name: Bytes) -> Result<Bytes, Errno> {
+        self.core
+            .getxattr(self.tx.tx(), &caller, ino, &name)
+            .map(Bytes::from)
+    }
+
+    fn listxattr(&mut self, caller: Caller, ino: u64) -> Result<Bytes, Errno> {
+        self.core
+            .listxattr(self.tx.tx(), &caller, ino)
+            .map(Bytes::from)
+    }
+
+    fn removexattr(&mut self, caller: Caller, ino: u64, name: Bytes) -> Result<(), Errno> {
+        self.once(&caller, |fs, tx, c| fs.removexattr(tx, c, ino, &name))
+    }
+
+    fn fallocate(
+        &mut self,
+        caller: Caller,
+        fh: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> Result<(), Errno> {
+        self.once(&caller, |fs, tx, _| {
+            fs.fallocate(tx, fh, mode, offset, length)
+        })
     }
 }
 

@@ -770,7 +770,7 @@ impl FsCore {
 
     // ---- handles and data ----
 
-    fn handle(&self, tx: &Tx<'_>, fh: u64) -> Result<Handle, Errno> {
+    pub(crate) fn handle(&self, tx: &Tx<'_>, fh: u64) -> Result<Handle, Errno> {
         self.root.handles.get(tx, &fh).copied().ok_or(Errno::EBADF)
     }
 

@@ -1,6 +1,6 @@
 //! The persistent layout of the file system and its small accessors.
 //!
-//! Everything lives in six ordered maps of the recoverable heap (typed tracking: every change
+//! Everything lives in seven ordered maps of the recoverable heap (typed tracking: every change
 //! logs exactly the bytes it overwrites):
 //!
 //! | map | key | value |
@@ -11,6 +11,7 @@
 //! | `blocks` | inode << 64 \| block number | [`PBuf`] of [`BLOCK_SIZE`] bytes, written in place |
 //! | `symlinks` | inode number | target bytes |
 //! | `handles` | handle number | [`Handle`] { inode, open flags } |
+//! | `xattrs` | inode (8 bytes, big-endian) ++ attribute name | value bytes |
 //!
 //! `dirents` answers lookups by name; `dirlist` lists a directory in the order entries were
 //! made, by *cookie*: each entry gets the next cookie of its directory when it is added and
@@ -42,6 +43,7 @@ pub struct FsRoot {
     pub(crate) blocks: PBTreeMap<u128, PBuf>,
     pub(crate) symlinks: PBTreeMap<u64, PBytes>,
     pub(crate) handles: PBTreeMap<u64, Handle>,
+    pub(crate) xattrs: PBTreeMap<PBytes, PBytes>,
     pub(crate) next_ino: PCell<u64>,
     pub(crate) next_fh: PCell<u64>,
     /// Requests that changed state (committed ones only, so exactly once per request).
@@ -75,6 +77,7 @@ impl FsRoot {
             blocks: PBTreeMap::new(),
             symlinks: PBTreeMap::new(),
             handles: PBTreeMap::new(),
+            xattrs: PBTreeMap::new(),
             next_ino: PCell::new(fs_api::ROOT_INO + 1),
             next_fh: PCell::new(1),
             updates: PCell::new(0),
@@ -282,6 +285,11 @@ impl FsRoot {
         self.updates.get()
     }
 
+    /// Extended attributes stored, over all inodes.
+    pub fn xattr_count_for_tests(&self) -> usize {
+        self.xattrs.len()
+    }
+
     pub(crate) fn inode(&self, tx: &Tx<'_>, ino: u64) -> Result<Inode, Errno> {
         self.inodes.get(tx, &ino).copied().ok_or(Errno::ENOENT)
     }
@@ -398,6 +406,7 @@ impl FsRoot {
             return Ok(());
         }
         crate::data::free_blocks_from(self, tx, ino, 0)?;
+        crate::xattr::free_all(self, tx, ino)?;
         self.symlinks.remove(tx, &ino)?;
         self.inodes.remove(tx, &ino)?;
         Ok(())

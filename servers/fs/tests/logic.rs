@@ -548,3 +548,181 @@ fn a_full_heap_is_enospc_with_nothing_changed() {
     t.release(fh).unwrap();
     t.check();
 }
+
+#[test]
+fn extended_attributes_with_linux_errno_rules() {
+    use fs_api::xattr_flags::{XATTR_CREATE, XATTR_REPLACE};
+    let t = T::new(7, 16, Tracking::Typed);
+    let r = root();
+    let alice = Caller::user(1000, 1000);
+    let bob = Caller::user(1001, 1001);
+    let set = |c: &Caller, ino: u64, n: &str, v: &[u8], fl: u32| {
+        t.run(|fs, tx| fs.setxattr(tx, c, ino, n.as_bytes(), v, fl))
+    };
+    let get = |c: &Caller, ino: u64, n: &str| t.run(|fs, tx| fs.getxattr(tx, c, ino, n.as_bytes()));
+    let list = |c: &Caller, ino: u64| t.run(|fs, tx| fs.listxattr(tx, c, ino));
+    let remove =
+        |c: &Caller, ino: u64, n: &str| t.run(|fs, tx| fs.removexattr(tx, c, ino, n.as_bytes()));
+    let home = t.mkdir(&r, ROOT_INO, "home", 0o777).unwrap().ino;
+    let (f, fh) = t.create(&alice, home, "f", 0o644).unwrap();
+    t.release(fh).unwrap();
+    let before = t.attr(f).unwrap().ctime;
+
+    // Set, get, list, replace, remove.
+    set(&alice, f, "user.color", b"blue", 0).unwrap();
+    assert_eq!(get(&alice, f, "user.color").unwrap(), b"blue");
+    assert!(t.attr(f).unwrap().ctime >= before);
+    assert_eq!(
+        e(set(&alice, f, "user.color", b"red", XATTR_CREATE)),
+        Errno::EEXIST
+    );
+    assert_eq!(
+        e(set(&alice, f, "user.shape", b"x", XATTR_REPLACE)),
+        Errno::ENODATA
+    );
+    set(&alice, f, "user.color", b"red", XATTR_REPLACE).unwrap();
+    set(&alice, f, "user.a", b"", 0).unwrap();
+    assert_eq!(list(&bob, f).unwrap(), b"user.a\0user.color\0");
+    assert_eq!(get(&bob, f, "user.color").unwrap(), b"red", "o+r reads it");
+    assert_eq!(e(get(&alice, f, "user.none")), Errno::ENODATA);
+    assert_eq!(e(remove(&alice, f, "user.none")), Errno::ENODATA);
+    remove(&alice, f, "user.a").unwrap();
+    assert_eq!(e(get(&alice, f, "user.a")), Errno::ENODATA);
+
+    // Names, values, namespaces.
+    assert_eq!(e(set(&alice, f, "", b"v", 0)), Errno::ERANGE);
+    assert_eq!(
+        e(set(
+            &alice,
+            f,
+            &format!("user.{}", "n".repeat(251)),
+            b"v",
+            0
+        )),
+        Errno::ERANGE
+    );
+    assert_eq!(e(set(&alice, f, "user.", b"v", 0)), Errno::EINVAL);
+    assert_eq!(e(set(&alice, f, "color", b"v", 0)), Errno::EOPNOTSUPP);
+    assert_eq!(
+        e(set(&r, f, "system.posix_acl_access", b"v", 0)),
+        Errno::EOPNOTSUPP
+    );
+    assert_eq!(
+        e(set(
+            &alice,
+            f,
+            "user.big",
+            &vec![0; fs_api::MAX_XATTR_VALUE + 1],
+            0
+        )),
+        Errno::E2BIG
+    );
+    assert_eq!(e(set(&alice, f, "user.x", b"v", 4)), Errno::EINVAL);
+
+    // Permissions: write permission for user.*, the superuser for trusted.* and security.*.
+    assert_eq!(e(set(&bob, f, "user.color", b"green", 0)), Errno::EACCES);
+    assert_eq!(e(remove(&bob, f, "user.color")), Errno::EACCES);
+    assert_eq!(e(set(&alice, f, "trusted.t", b"1", 0)), Errno::EPERM);
+    assert_eq!(e(set(&alice, f, "security.s", b"1", 0)), Errno::EPERM);
+    set(&r, f, "trusted.t", b"1", 0).unwrap();
+    set(&r, f, "security.s", b"2", 0).unwrap();
+    assert_eq!(list(&r, f).unwrap(), b"security.s\0trusted.t\0user.color\0");
+    assert_eq!(
+        list(&alice, f).unwrap(),
+        b"security.s\0user.color\0",
+        "trusted is hidden"
+    );
+    assert_eq!(e(get(&alice, f, "trusted.t")), Errno::ENODATA);
+    assert_eq!(get(&alice, f, "security.s").unwrap(), b"2");
+    let (secret, sfh) = t.create(&alice, home, "secret", 0o600).unwrap();
+    t.release(sfh).unwrap();
+    set(&alice, secret, "user.k", b"v", 0).unwrap();
+    assert_eq!(e(get(&bob, secret, "user.k")), Errno::EACCES);
+
+    // user.* only on regular files and directories; a sticky directory only by its owner.
+    let l = t
+        .run(|fs, tx| fs.symlink(tx, &alice, home, b"l", b"f"))
+        .unwrap()
+        .ino;
+    assert_eq!(e(set(&alice, l, "user.k", b"v", 0)), Errno::EPERM);
+    assert_eq!(e(get(&alice, l, "user.k")), Errno::ENODATA);
+    let d = t.mkdir(&alice, home, "d", 0o1777).unwrap().ino;
+    set(&alice, d, "user.k", b"v", 0).unwrap();
+    assert_eq!(e(set(&bob, d, "user.k", b"w", 0)), Errno::EPERM);
+
+    // The list is bounded.
+    let (g, gfh) = t.create(&r, home, "g", 0o644).unwrap();
+    t.release(gfh).unwrap();
+    let mut n = 0;
+    let err = loop {
+        match set(&r, g, &format!("user.{n:0>200}"), b"", 0) {
+            Ok(()) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 1000);
+    };
+    assert_eq!(err, Errno::ENOSPC);
+    assert!(list(&r, g).unwrap().len() <= fs_api::MAX_XATTR_LIST);
+
+    // They go with their inode.
+    let entries = t.fs.root().xattr_count_for_tests();
+    t.unlink(&r, home, "g").unwrap();
+    assert_eq!(t.fs.root().xattr_count_for_tests(), entries - n);
+    assert_eq!(e(get(&r, g, "user.k")), Errno::ENOENT);
+    t.check();
+}
+
+#[test]
+fn fallocate_allocates_keeps_size_and_punches_holes() {
+    use fs_api::falloc::{KEEP_SIZE, PUNCH_HOLE};
+    let t = T::new(8, 16, Tracking::Typed);
+    let r = root();
+    let fa =
+        |fh: u64, m: u32, off: u64, len: u64| t.run(|fs, tx| fs.fallocate(tx, fh, m, off, len));
+    let (f, fh) = t.create(&r, ROOT_INO, "f", 0o644).unwrap();
+    let bs = BLOCK_SIZE as u64;
+    // Mode 0: blocks and size.
+    fa(fh, 0, 0, 10 * bs).unwrap();
+    let a = t.attr(f).unwrap();
+    assert_eq!((a.size, a.blocks), (10 * bs, 10 * bs / 512));
+    assert_eq!(t.read(fh, 0, 4096).unwrap(), vec![0; 4096]);
+    // Data written, then a range that overlaps it: nothing is lost.
+    t.write(fh, 5, b"hello").unwrap();
+    fa(fh, 0, 0, 11 * bs + 1).unwrap();
+    let a = t.attr(f).unwrap();
+    assert_eq!((a.size, a.blocks), (11 * bs + 1, 12 * bs / 512));
+    assert_eq!(t.read(fh, 5, 5).unwrap(), b"hello");
+    // KEEP_SIZE past the end: blocks, no size.
+    fa(fh, KEEP_SIZE, 20 * bs, 2 * bs).unwrap();
+    let a = t.attr(f).unwrap();
+    assert_eq!((a.size, a.blocks), (11 * bs + 1, 14 * bs / 512));
+    // PUNCH_HOLE: whole blocks go, partial ones are zeroed; the size stays.
+    t.write(fh, 0, &vec![7u8; 3 * bs as usize]).unwrap();
+    fa(fh, PUNCH_HOLE | KEEP_SIZE, 100, 2 * bs).unwrap();
+    let a = t.attr(f).unwrap();
+    assert_eq!(a.size, 11 * bs + 1);
+    assert_eq!(a.blocks, 13 * bs / 512, "one whole block freed");
+    let back = t.read(fh, 0, 3 * bs as u32).unwrap();
+    assert!(back[..100].iter().all(|&b| b == 7));
+    assert!(back[100..100 + 2 * bs as usize].iter().all(|&b| b == 0));
+    assert!(back[100 + 2 * bs as usize..].iter().all(|&b| b == 7));
+    // Punching the blocks past the end frees them too.
+    fa(fh, PUNCH_HOLE | KEEP_SIZE, 20 * bs, 2 * bs).unwrap();
+    assert_eq!(t.attr(f).unwrap().blocks, 11 * bs / 512);
+    // Errors.
+    assert_eq!(e(fa(fh, PUNCH_HOLE, 0, bs)), Errno::EOPNOTSUPP);
+    assert_eq!(e(fa(fh, 0x8, 0, bs)), Errno::EOPNOTSUPP, "COLLAPSE_RANGE");
+    assert_eq!(e(fa(fh, 0x10, 0, bs)), Errno::EOPNOTSUPP, "ZERO_RANGE");
+    assert_eq!(e(fa(fh, 0, 0, 0)), Errno::EINVAL);
+    assert_eq!(e(fa(fh, 0, fs_api::MAX_FILE_SIZE, 1)), Errno::EFBIG);
+    let ro = t.open(&r, f, oflag::O_RDONLY).unwrap();
+    assert_eq!(e(fa(ro, 0, 0, bs)), Errno::EBADF);
+    t.release(ro).unwrap();
+    assert_eq!(e(fa(999_999, 0, 0, bs)), Errno::EBADF);
+    // A range the heap cannot hold is ENOSPC with nothing changed.
+    let before = t.attr(f).unwrap();
+    assert_eq!(e(fa(fh, 0, 0, 1 << 30)), Errno::ENOSPC);
+    assert_eq!(t.attr(f).unwrap(), before);
+    t.release(fh).unwrap();
+    t.check();
+}
