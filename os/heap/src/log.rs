@@ -288,14 +288,16 @@ impl LogView {
     }
 
     /// Walks the published records from (`pos`, `first`) to `nrec`, checking every one against
-    /// the area and the heap size, and returns their byte positions.
+    /// the area and the heap size, and returns them as owned, validated values: the rollback
+    /// uses these and never reads a record's header from the log again (a log that changed
+    /// after the walk cannot move a write).
     fn walk(
         &self,
         mut pos: usize,
         first: u64,
         nrec: u64,
         heap_len: usize,
-    ) -> Result<Vec<usize>, HeapError> {
+    ) -> Result<Vec<UndoRecord>, HeapError> {
         let mut out = Vec::with_capacity((nrec.saturating_sub(first)).min(1 << 20) as usize);
         for i in first..nrec {
             if pos > self.cap || self.cap - pos < REC_HDR {
@@ -306,7 +308,7 @@ impl LogView {
             }
             // SAFETY: pos + 16 <= cap (checked), the area is mapped (constructor), records are
             // 8-aligned by construction of `pos`. Read unaligned anyway: the bytes are an
-            // allegation from another process.
+            // allegation from another process. Read once: only the copies are used.
             let (off, len, kind) = unsafe {
                 let p = self.area.add(pos);
                 (
@@ -315,9 +317,9 @@ impl LogView {
                     p.add(12).cast::<u32>().read_unaligned(),
                 )
             };
-            let payload = match kind {
-                KIND_PREIMAGE => round8(len),
-                KIND_ZERO => 0,
+            let (payload, zero) = match kind {
+                KIND_PREIMAGE => (round8(len), false),
+                KIND_ZERO => (0, true),
                 k => {
                     return Err(HeapError::BadLog(format!(
                         "record {i} at {pos}: unknown kind {k:#x}"
@@ -335,7 +337,12 @@ impl LogView {
                     "record {i}: payload of {len} bytes past the log end"
                 )));
             }
-            out.push(pos);
+            out.push(UndoRecord {
+                payload: pos + REC_HDR,
+                off,
+                len,
+                zero,
+            });
             pos += REC_HDR + payload;
         }
         Ok(out)
@@ -359,26 +366,45 @@ impl LogView {
         heap_len: usize,
         max_apply: usize,
     ) -> Result<RollbackCount, HeapError> {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.rollback_hooked(pos, first, nrec, heap, heap_len, max_apply, || {}) }
+    }
+
+    /// [`Self::rollback`], with `between` run after the records were walked and validated and
+    /// before any is applied (tests: a log that changes in between).
+    ///
+    /// # Safety
+    /// As [`Self::rollback`]; `between` may write the log (not the heap).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rollback_hooked(
+        &self,
+        pos: usize,
+        first: u64,
+        nrec: u64,
+        heap: *mut u8,
+        heap_len: usize,
+        max_apply: usize,
+        between: impl FnOnce(),
+    ) -> Result<RollbackCount, HeapError> {
         let recs = self.walk(pos, first, nrec, heap_len)?;
+        between();
         let mut bytes = 0usize;
         let mut applied = 0u64;
-        for &p in recs.iter().rev().take(max_apply) {
+        for r in recs.iter().rev().take(max_apply) {
             applied += 1;
-            // SAFETY: `walk` checked that the header and payload lie inside the area and that
-            // `off..off+len` lies inside the heap; items 1–2 make the writes race-free.
+            // SAFETY: `walk` checked that the payload lies inside the area and that
+            // `off..off+len` lies inside the heap, and these are its owned copies (a later
+            // change of the log cannot move the write); items 1–2 make the writes race-free.
+            // The payload bytes are copied as they are: any bytes are a valid pre-image.
             unsafe {
-                let r = self.area.add(p);
-                let off = r.cast::<u64>().read_unaligned() as usize;
-                let len = r.add(8).cast::<u32>().read_unaligned() as usize;
-                let kind = r.add(12).cast::<u32>().read_unaligned();
-                let dst = heap.add(off);
-                if kind == KIND_ZERO {
-                    std::ptr::write_bytes(dst, 0, len);
+                let dst = heap.add(r.off);
+                if r.zero {
+                    std::ptr::write_bytes(dst, 0, r.len);
                 } else {
-                    std::ptr::copy_nonoverlapping(r.add(REC_HDR), dst, len);
+                    std::ptr::copy_nonoverlapping(self.area.add(r.payload), dst, r.len);
                 }
-                bytes += len;
             }
+            bytes += r.len;
         }
         compiler_fence(Ordering::SeqCst);
         Ok(RollbackCount {
@@ -386,6 +412,16 @@ impl LogView {
             bytes: bytes as u64,
         })
     }
+}
+
+/// One undo record as [`LogView::walk`] validated it: where its payload is in the area, and
+/// the heap range it restores (inside the heap).
+#[derive(Clone, Copy, Debug)]
+struct UndoRecord {
+    payload: usize,
+    off: usize,
+    len: usize,
+    zero: bool,
 }
 
 /// How much a rollback restored.
@@ -541,5 +577,71 @@ impl LogWriter {
             .hdr()
             .flags
             .fetch_or(FLAG_OVERFLOW, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 7, defect 7: the undo log is validated once into owned values, and the rollback
+    /// uses only those. A log rewritten between the walk and the rollback (a record's heap
+    /// offset moved elsewhere in the heap, its kind turned into ZERO) changes nothing: the
+    /// validated record is applied where it said, with its pre-image.
+    #[test]
+    fn a_log_changed_after_its_walk_cannot_move_the_rollback() {
+        let mut log = vec![0u64; MIN_LOG_SIZE / 8];
+        let mut heap = vec![0xAAu8; 4096];
+        let base = log.as_mut_ptr().cast::<u8>();
+        // SAFETY: `log` is MIN_LOG_SIZE bytes, 8-aligned, alive for the whole test, and only
+        // accessed through the view (and the raw writes below).
+        let view = unsafe { LogView::new(base, MIN_LOG_SIZE) };
+        view.format_or_check(MIN_LOG_SIZE).unwrap();
+        let mut w = LogWriter {
+            view,
+            used: 0,
+            nrec: 0,
+            lock: AtomicBool::new(false),
+            limit: u64::MAX,
+        };
+        w.begin(1, None);
+        let pre = [7u8; 16];
+        // SAFETY: `pre` is readable for 16 bytes.
+        unsafe { w.append(100, pre.as_ptr(), 16).unwrap() };
+        let nrec = view.nrec();
+        let rec = view.area;
+        // SAFETY: `heap` is 4096 writable bytes; the hook writes only the log's first record
+        // header, inside the area; nothing else touches either buffer meanwhile.
+        let n = unsafe {
+            view.rollback_hooked(
+                0,
+                0,
+                nrec,
+                heap.as_mut_ptr(),
+                heap.len(),
+                usize::MAX,
+                || {
+                    rec.cast::<u64>().write_unaligned(2000);
+                    rec.add(12).cast::<u32>().write_unaligned(KIND_ZERO);
+                },
+            )
+        }
+        .unwrap();
+        assert_eq!(n.records, 1);
+        assert_eq!(
+            &heap[100..116],
+            &[7u8; 16],
+            "restored where the walk validated"
+        );
+        assert!(
+            heap[2000..2016].iter().all(|&b| b == 0xAA),
+            "nothing written where the changed log now points"
+        );
+        // The walk itself refuses a record outside the heap.
+        // SAFETY: as above (the header now says offset 5000 > 4096).
+        unsafe { rec.cast::<u64>().write_unaligned(5000) };
+        // SAFETY: as above.
+        let bad = unsafe { view.rollback(0, 0, nrec, heap.as_mut_ptr(), heap.len(), usize::MAX) };
+        assert!(matches!(bad, Err(HeapError::BadLog(_))));
     }
 }
