@@ -468,3 +468,34 @@ fn fail_point_storm_companion() {
     ]);
     check_exactly_once(&v, 80);
 }
+
+/// Issue 7, defect 13 (`#[readonly]` is used by the runtime): under `companion`, a method
+/// declared `#[readonly]` (`get`) is not appended to the message log, a state-changing one
+/// (`put`) is: after a SIGKILL the replay runs the two puts, not the 50 gets between them.
+#[test]
+fn readonly_requests_are_not_logged() {
+    let sys = companion_system("cmp-readonly", "kv-plain", "");
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    kv.put(b"k".to_vec(), b"v".to_vec()).unwrap();
+    for _ in 0..50 {
+        assert_eq!(
+            kv.get(b"k".to_vec()).unwrap().map(|v| v.to_vec()),
+            Some(b"v".to_vec())
+        );
+    }
+    kv.put(b"k".to_vec(), b"w".to_vec()).unwrap();
+    kill_and_wait(&conn);
+    let replayed = companion(&conn).last_replayed;
+    assert!(
+        replayed <= 2,
+        "{replayed} records replayed: the gets were logged"
+    );
+    assert_eq!(
+        kv.get(b"k".to_vec()).unwrap().map(|v| v.to_vec()),
+        Some(b"w".to_vec()),
+        "the puts were logged (or checkpointed)"
+    );
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}

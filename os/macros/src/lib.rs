@@ -151,8 +151,9 @@
 //! - Every method takes **`&mut self`**: a server handles one request at a time, inside a
 //!   transaction over its state, so a handler always has its state to itself. `&self` would
 //!   suggest concurrent handlers and push state into interior mutability the runtime cannot see;
-//!   a method that changes nothing is marked `#[readonly]` instead (the runtime then does not
-//!   log it). `self` by value would consume the server, which outlives every request.
+//!   a method that changes nothing is marked `#[readonly]` instead (the companion runtime then
+//!   does not log it: `companion::readonly_requests_are_not_logged`; under `txipc` it still
+//!   runs in a transaction, which logs nothing when nothing is written). `self` by value would consume the server, which outlives every request.
 //! - Arguments and results are **owned wire types**, `Serialize + DeserializeOwned`: no
 //!   references or borrowed lifetimes, no `impl Trait`, no `Self`. A type without the serde
 //!   traits is reported by the compiler at the type ("cannot be sent over a channel" /

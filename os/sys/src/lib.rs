@@ -13,7 +13,8 @@
 //! - [`keeper`]: a process sharing a server's address space, so that a SIGKILLed server's
 //!   memory is torn down after recovery, at nice 19, instead of before its death is noticed;
 //! - [`status`]: the status page, a small shared-memory record per server that the kernel's
-//!   watchdog reads (busy-since timestamp for per-call deadlines, served-call counters);
+//!   watchdog reads (the id of the batch being handled, which the watchdog times itself, and
+//!   the served-call counters);
 //! - [`time`]: the monotonic clock in nanoseconds;
 //! - [`title`]: process names (`comm` and the command line) that say which server runs.
 #![deny(clippy::undocumented_unsafe_blocks)]

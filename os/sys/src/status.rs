@@ -3,16 +3,17 @@
 //!
 //! | field | writer | meaning |
 //! | --- | --- | --- |
-//! | `busy` | incarnation | transaction id of the batch being handled, 0 when idle |
+//! | `busy` | incarnation; the kernel clears it in `set_generation`, only while no incarnation of the server runs (activation, after the previous one is confirmed stopped or dead) | transaction id of the batch being handled, 0 when idle |
 //! | `calls` | incarnation | calls completed by all incarnations (committed) |
 //! | `generation` | kernel | generation of the incarnation allowed to run |
 //! | `inject` | kernel (arms, disarms) / incarnation (fires, clears) | an armed fail point: `arg << 32 \| kind << 16 \| site` |
 //! | `latency[i]`, i < [`LATENCY_BUCKETS`] | incarnation | calls timed with a service time in bucket `i` (`txipc_core::latency`), by all incarnations |
 //!
 //! Fields are atomics at fixed offsets in a memfd page; a torn or garbage value can only make the
-//! watchdog act early or late on the server that wrote it. Every field but `inject` has one
-//! writer (`inject` is armed by the kernel and cleared by the incarnation with a
-//! compare-exchange when it fires), so the hot path (two stores per batch) uses plain stores, no
+//! watchdog act early or late on the server that wrote it. At any time every field but `inject`
+//! has one writer (`busy` is the kernel's only while no incarnation runs; `inject` is armed by
+//! the kernel and cleared by the incarnation with a compare-exchange when it fires), so the hot
+//! path (two stores per batch) uses plain stores, no
 //! read-modify-write and no clock: the kernel's watchdog times a hang itself, as the same
 //! `busy` value seen across its ticks, and a request waiting as POSTED while `calls` and `busy`
 //! do not move. The memfd is sealed against shrinking ([`crate::shm`]): an incarnation cannot
