@@ -105,14 +105,18 @@ pub enum BenchCmd {
         policy: String,
     },
     /// SVG plots (`kv_throughput.svg`, `recovery.svg`) and markdown tables from saved JSON
-    /// reports of `bench kv` and `bench recovery`.
+    /// reports of `bench kv` and `bench recovery`; without files, every committed plot of
+    /// `bench/results` from its committed reports.
     Plot {
-        /// Report files (the output of a `--json` run; the last JSON line is used).
-        #[arg(required = true)]
+        /// Report files (the output of a `--json` run; the last JSON line is used). Without
+        /// any: every committed plot, from the committed reports in `--out-dir`.
         files: Vec<std::path::PathBuf>,
-        /// Where to write the SVG files.
+        /// Where to write the SVG files (and, without files, where the reports are).
         #[arg(long, default_value = "bench/results")]
         out_dir: std::path::PathBuf,
+        /// Prefix of the SVG file names (`companion_` gives `companion_kv_throughput.svg`).
+        #[arg(long, default_value = "")]
+        prefix: String,
     },
     /// Transaction costs inside one process: undo record, page-tracking fault, commit, rollback.
     Tx,
@@ -438,8 +442,16 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
             }
             Ok(())
         }
-        BenchCmd::Plot { files, out_dir } => {
-            let md = crate::plot::run(&files, &out_dir)?;
+        BenchCmd::Plot {
+            files,
+            out_dir,
+            prefix,
+        } => {
+            let md = if files.is_empty() {
+                crate::plot::run_committed(&out_dir, &out_dir)?
+            } else {
+                crate::plot::run(&files, &out_dir, &prefix)?
+            };
             table_text(json, &md);
             eprintln!("bench plot: SVG files written to {}", out_dir.display());
             if json {

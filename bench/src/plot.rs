@@ -323,8 +323,42 @@ pub fn recovery_chart(reports: &[&Value], out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Plots and tabulates the given reports into `out_dir`; returns the markdown tables.
-pub fn run(files: &[impl AsRef<Path>], out_dir: &Path) -> Result<String> {
+/// Every plot committed under `bench/results`, with the committed reports it is drawn from:
+/// (file name prefix, reports). `txipc bench plot` without files draws them all.
+pub const COMMITTED: [(&str, [&str; 3]); 2] = [
+    (
+        "",
+        [
+            "kv_all.txt",
+            "recovery_16_after_reorder.txt",
+            "recovery_1024_after_reorder.txt",
+        ],
+    ),
+    (
+        "companion_",
+        [
+            "kv_companion.txt",
+            "recovery_companion_16.txt",
+            "recovery_companion_128.txt",
+        ],
+    ),
+];
+
+/// Redraws every plot of [`COMMITTED`] from the reports in `results` into `out_dir`
+/// (normally the same directory); returns the markdown tables.
+pub fn run_committed(results: &Path, out_dir: &Path) -> Result<String> {
+    let mut md = String::new();
+    for (prefix, files) in COMMITTED {
+        let files: Vec<_> = files.iter().map(|f| results.join(f)).collect();
+        md.push_str(&run(&files, out_dir, prefix)?);
+        md.push('\n');
+    }
+    Ok(md)
+}
+
+/// Plots and tabulates the given reports into `out_dir` (`PREFIXkv_throughput.svg`,
+/// `PREFIXrecovery.svg`); returns the markdown tables.
+pub fn run(files: &[impl AsRef<Path>], out_dir: &Path, prefix: &str) -> Result<String> {
     let reports = files
         .iter()
         .map(|p| read(p.as_ref()))
@@ -346,12 +380,12 @@ pub fn run(files: &[impl AsRef<Path>], out_dir: &Path) -> Result<String> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let mut md = String::new();
     if !kv.is_empty() {
-        kv_chart(&kv, &out_dir.join("kv_throughput.svg"))?;
+        kv_chart(&kv, &out_dir.join(format!("{prefix}kv_throughput.svg")))?;
         md.push_str(&kv_table(&kv));
         md.push('\n');
     }
     if !rec.is_empty() {
-        recovery_chart(&rec, &out_dir.join("recovery.svg"))?;
+        recovery_chart(&rec, &out_dir.join(format!("{prefix}recovery.svg")))?;
         md.push_str(&recovery_table(&rec));
     }
     Ok(md)
@@ -379,7 +413,7 @@ mod tests {
         let (a, b) = (dir.join("kv.json"), dir.join("rec.json"));
         std::fs::write(&a, format!("| table |\n{kv}\n")).unwrap();
         std::fs::write(&b, rec.to_string()).unwrap();
-        let md = run(&[&a, &b], &dir).unwrap();
+        let md = run(&[&a, &b], &dir, "").unwrap();
         assert!(md.contains("| A | txipc | 97 | +3.0% | — | — |"), "{md}");
         assert!(md.contains("| 16 MiB | sigkill | 2 | 400 | 450 |"), "{md}");
         for svg in ["kv_throughput.svg", "recovery.svg"] {
@@ -387,5 +421,31 @@ mod tests {
             assert!(text.starts_with("<svg"), "{svg}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The committed plots are what the committed reports draw (none is stale).
+    #[test]
+    fn committed_plots_are_current() {
+        let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+        let dir = std::env::temp_dir().join(format!("txipc-plot-committed-{}", std::process::id()));
+        struct Rm(std::path::PathBuf);
+        impl Drop for Rm {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let _rm = Rm(dir.clone());
+        run_committed(&results, &dir).unwrap();
+        for (prefix, _) in COMMITTED {
+            for name in ["kv_throughput.svg", "recovery.svg"] {
+                let name = format!("{prefix}{name}");
+                let drawn = std::fs::read(dir.join(&name)).unwrap();
+                let committed = std::fs::read(results.join(&name)).unwrap();
+                assert!(
+                    drawn == committed,
+                    "bench/results/{name} is not what its reports draw: run `txipc bench plot`"
+                );
+            }
+        }
     }
 }

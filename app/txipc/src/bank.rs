@@ -101,10 +101,24 @@ pub fn manifest(name: &str, accounts: usize, policy: &str, heap_mb: u64, extra: 
     m
 }
 
-fn svc<E: std::fmt::Display>(e: SvcError<E>) -> anyhow::Error {
+/// A bank error as the command reports it: an account that does not exist is "not found"
+/// (exit code 3), a call error keeps its class (timeout, unavailable, ...).
+fn svc(e: SvcError<bank_api::BankError>) -> anyhow::Error {
     match e {
+        SvcError::Service(
+            e @ bank_api::BankError::Account {
+                error: bank_api::AccountError::NoAccount(_),
+                ..
+            },
+        ) => crate::out::Failed {
+            kind: crate::out::Kind::NotFound,
+            message: format!("the bank refused: {e}"),
+            json: json!({}),
+            text: String::new(),
+        }
+        .into(),
         SvcError::Service(e) => anyhow::anyhow!("the bank refused: {e}"),
-        SvcError::Call(e) => anyhow::anyhow!("the call failed: {e}"),
+        SvcError::Call(e) => anyhow::Error::new(e).context("the call to the bank failed"),
     }
 }
 

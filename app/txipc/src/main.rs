@@ -333,14 +333,24 @@ fn dispatch(cli: Cli) -> Result<Option<Report>> {
         Cmd::Demo(args) => demo::run(args, &g.demo()).map(Some),
         Cmd::Completions { shell } => {
             let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "txipc", &mut std::io::stdout());
-            Ok(None)
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "txipc", &mut script);
+            let script = String::from_utf8_lossy(&script).into_owned();
+            Ok(Some(Report::new(
+                serde_json::json!({"ok": true, "shell": shell.to_string(), "script": script}),
+                script,
+            )))
         }
         Cmd::Man => {
+            let mut page = Vec::new();
             clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
+                .render(&mut page)
                 .context("writing the manual page")?;
-            Ok(None)
+            let page = String::from_utf8_lossy(&page).into_owned();
+            Ok(Some(Report::new(
+                serde_json::json!({"ok": true, "man": page}),
+                page,
+            )))
         }
         Cmd::Client(args) => {
             demo::client_main(args, g.system())?;

@@ -82,11 +82,15 @@ fn global_flags_in_every_position() {
         &["-q"],
     ];
     // Each command split into its words; a flag set may be inserted at any boundary.
-    let commands: [&[&str]; 4] = [
+    let commands: [&[&str]; 8] = [
         &["kv", "put", "a", "1"],
         &["kv", "get", "a"],
         &["kv", "scan"],
+        &["kv", "incr", "n"],
         &["ps"],
+        &["top", "--iterations=1"],
+        &["logs", "--lines=2"],
+        &["restart", "kv"],
     ];
     for cmd in commands {
         for pos in 0..=cmd.len() {
@@ -830,6 +834,11 @@ fn the_readme_tour_runs() {
     );
     assert!(out.contains("killed by SIGKILL"), "{out}");
     assert!(out.contains("stopped"), "{out}");
+    assert!(out.contains(" P99 "), "ps shows latency: {out}");
+    assert!(
+        out.contains("system `default` stopped at"),
+        "the log read after the stop: {out}"
+    );
 }
 
 /// The runtime times a sample of the calls into its status page; `ps` reports p50/p99 from
@@ -934,5 +943,110 @@ fn mount_with_json_prints_one_object() {
     );
     assert!(v["error"].as_str().unwrap().contains("no-such-dir"), "{v}");
     drop(g);
+    drop(sys);
+}
+
+/// Every command, under `--json`, prints exactly one JSON object on stdout, for success and for
+/// an error: the ones the other tests do not cover (bench, inject, bank, top's non-terminal
+/// mode, logs, ls, manifest, completions, man), each also with the global flags before the
+/// command.
+#[test]
+fn json_is_one_object_for_every_command() {
+    let sys = kv_system("every");
+    let name = sys.name().to_string();
+    let s = name.as_str();
+    let o = txipc(&["bank", "manifest", "--name", "placeholder", "--json"]);
+    let bank_manifest = one_object(&["bank", "manifest"], &o)["manifest"]
+        .as_str()
+        .unwrap_or_else(|| panic!("bank manifest --json: {o:?}"))
+        .to_string();
+    let bank = boot("everybank", &bank_manifest);
+    let b = bank.name().to_string();
+    let plots = std::env::temp_dir().join(unique("plots"));
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(plots.clone());
+    let report = std::env::temp_dir()
+        .join(unique("inject"))
+        .with_extension("json");
+    let _rm2 = Rm(report.clone());
+    let results = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/results");
+    let kv_all = format!("{results}/kv_all.txt");
+    let rec16 = format!("{results}/recovery_16_after_reorder.txt");
+    let good: Vec<Vec<&str>> = vec![
+        vec!["bench", "ipc", "--iterations", "200", "--batches", "1"],
+        vec!["bench", "tx"],
+        vec![
+            "bench",
+            "plot",
+            &kv_all,
+            &rec16,
+            "--out-dir",
+            plots.to_str().unwrap(),
+        ],
+        vec![
+            "inject",
+            "--fault",
+            "sigkill",
+            "--runs",
+            "2",
+            "--policy",
+            "txipc",
+            "--quiet",
+            "--out",
+            report.to_str().unwrap(),
+        ],
+        vec!["bank", "open", "alice", "100", "--system", &b],
+        vec!["bank", "open", "bob", "0", "--system", &b],
+        vec!["bank", "transfer", "alice", "bob", "30", "--system", &b],
+        vec!["bank", "balance", "bob", "--system", &b],
+        vec!["bank", "total", "--system", &b],
+        vec!["bank", "ledger", "alice", "--system", &b],
+        vec!["bank", "accounts", "--system", &b],
+        vec!["top", "-n", "1", "-i", "50ms", "--system", s],
+        vec!["logs", "-n", "3", "--system", s],
+        vec!["ls"],
+        vec!["manifest", "default"],
+        vec!["completions", "bash"],
+        vec!["man"],
+        vec!["restart", "kv", "--system", s],
+    ];
+    for args in &good {
+        let mut a = args.clone();
+        a.push("--json");
+        json_run(&a, 0);
+    }
+    // The global flags before the command too.
+    json_run(&["--json", "--system", &b, "bank", "total"], 0);
+    json_run(
+        &["--system", s, "--json", "top", "-n", "1", "-i", "50ms"],
+        0,
+    );
+    let v = json_run(&["bank", "balance", "bob", "--system", &b, "--json"], 0);
+    assert_eq!(v["balance"], 30, "{v}");
+    // Errors: usage (2), not found (3), failures (1).
+    let bad: Vec<(Vec<&str>, i32)> = vec![
+        (vec!["bench", "ipc", "--iterations", "many"], 2),
+        (vec!["bench", "kv", "--workload", "z", "--records", "10"], 2),
+        (vec!["bench", "plot", "/nonexistent/report.txt"], 1),
+        (vec!["inject", "--fault", "bogus", "--runs", "1"], 2),
+        (vec!["bank", "total", "--system", "no-such-system"], 3),
+        (vec!["bank", "balance", "nobody", "--system", &b], 3),
+        (vec!["top", "--system", "no-such-system"], 3),
+        (vec!["logs", "--system", "no-such-system"], 3),
+        (vec!["manifest", "check", "/nonexistent.toml"], 3),
+        (vec!["completions", "tcsh"], 2),
+        (vec!["restart", "nope", "--system", s], 3),
+    ];
+    for (args, want) in &bad {
+        let mut a = args.clone();
+        a.push("--json");
+        json_run(&a, *want);
+    }
+    drop(bank);
     drop(sys);
 }

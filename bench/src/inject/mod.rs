@@ -740,7 +740,9 @@ fn watch_interrupts(stop: Arc<AtomicBool>) -> Result<()> {
 /// Runs `txipc inject`; with `json`, one JSON object on stdout and the table on stderr; with
 /// `quiet`, no progress lines.
 pub fn run(exe: &Path, args: InjectArgs, json: bool, quiet: bool) -> Result<()> {
-    let cfg = Config::from_args(&args)?;
+    // Every refusal of `from_args` is a bad argument (exit code 2, `kind: usage`).
+    let cfg =
+        Config::from_args(&args).map_err(|e| txipc_core::vocab::UsageError(format!("{e:#}")))?;
     let stop = Arc::new(AtomicBool::new(false));
     watch_interrupts(stop.clone())?;
     let say = |s: &str| {
