@@ -136,7 +136,7 @@ fn a_poison_request_is_failed_alone_on_replay() {
 }
 
 /// The kernel's descriptor of the message log (`/memfd:txipc-clog-kv`), opened for writing
-/// from outside: the test plays a corruption no server could cause.
+/// from outside: the test plays a wild write of the server (which maps the log).
 fn open_kernel_log(kernel: u32) -> std::fs::File {
     for e in std::fs::read_dir(format!("/proc/{kernel}/fd"))
         .unwrap()
@@ -145,6 +145,7 @@ fn open_kernel_log(kernel: u32) -> std::fs::File {
         let target = std::fs::read_link(e.path()).unwrap_or_default();
         if target.to_string_lossy().contains("txipc-clog-kv") {
             return std::fs::OpenOptions::new()
+                .read(true)
                 .write(true)
                 .open(e.path())
                 .unwrap();
@@ -161,9 +162,11 @@ fn a_corrupt_log_record_is_detected_and_the_server_held() {
     for i in 0..20u32 {
         kv.put(format!("k{i}"), vec![i as u8; 100]).unwrap();
     }
-    // A byte inside the 5th record's request (records are 64 + ~110 bytes).
+    // A byte inside the 5th record's request (records are 64 + ~110 bytes; the ring follows
+    // the log's header page). The server maps the log, so this is what its own wild write
+    // would do.
     open_kernel_log(sys.pid())
-        .write_all_at(&[0xEE], 4 * 176 + 100)
+        .write_all_at(&[0xEE], 4096 + 4 * 176 + 100)
         .unwrap();
     txipc_sys::process::kill(server_pid(&conn, "kv"), rustix::process::Signal::KILL).unwrap();
     wait_until("held", Duration::from_secs(10), || {
@@ -179,6 +182,37 @@ fn a_corrupt_log_record_is_detected_and_the_server_held() {
         Err(SvcError::Call(CallError::Unavailable { .. }))
     ));
     drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
+/// The log's end is the tail word the server stores after each record (the log point). A wild
+/// write into it — here one that makes the log look shorter, which would silently drop
+/// acknowledged requests if it were believed — is caught by its check and holds the server.
+#[test]
+fn a_corrupt_tail_word_is_detected_and_the_server_held() {
+    let sys = companion_system("corrupttail", "kv-plain", "checkpoint_ms = 0");
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    for i in 0..20u32 {
+        kv.put(format!("k{i}"), vec![i as u8; 100]).unwrap();
+    }
+    let log = open_kernel_log(sys.pid());
+    let mut word = [0u8; 8];
+    log.read_exact_at(&mut word, 16).unwrap();
+    // The offset of the 10th record's end, with the check bits left as they were.
+    let shorter = (u64::from_le_bytes(word) & !((1u64 << 48) - 1)) | (10 * 176);
+    log.write_all_at(&shorter.to_le_bytes(), 16).unwrap();
+    txipc_sys::process::kill(server_pid(&conn, "kv"), rustix::process::Signal::KILL).unwrap();
+    wait_until("held", Duration::from_secs(10), || {
+        info(&conn).state == "held"
+    });
+    let reason = info(&conn).held_reason.unwrap();
+    assert!(reason.contains("tail word"), "{reason}");
+    assert!(matches!(
+        kv.get("k15"),
+        Err(SvcError::Call(CallError::Unavailable { .. }))
+    ));
+    drop((kv, log, conn));
     sys.shutdown().unwrap();
 }
 

@@ -7,7 +7,7 @@
 //! - [`recovery`]: what the kernel does with each in-flight slot after an incarnation dies, and
 //!   when it may restart a server (restart-storm bounding);
 //! - [`companion`]: the companion policy's message-log records and snapshot files (formats,
-//!   checksums, the log reader that tells a torn tail from corruption);
+//!   checksums, the ring and its tail word, the log reader that finds corruption);
 //! - [`lifecycle`]: the life of one server as a pure state machine (events in, commands out),
 //!   proptested over random event orders;
 //! - [`latency`]: per-call latency histograms (quarter-octave buckets) and their percentiles;

@@ -459,9 +459,6 @@ pub struct CompanionStart {
     pub snapshot: bool,
     /// Where replay starts when there is no snapshot (0, or where the log was reset).
     pub log_start: u64,
-    /// Log offsets at which an incarnation started appending, ascending: a record cut short by
-    /// the death of its writer ends at the next of them.
-    pub segments: Vec<u64>,
     /// Requests `(channel, slot, seq)` failed by the kernel (poison, or the server held down):
     /// replay skips their records, so their effects are absent.
     pub skip: Vec<(u32, u32, u64)>,

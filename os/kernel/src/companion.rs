@@ -1,24 +1,26 @@
 //! Policy `companion`: the kernel's half of the companion (ARCHITECTURE.md "Companion policy").
 //!
-//! The kernel owns what must outlive the server and must not be writable by it: the message
-//! log (a memfd sealed against shrinking; the server gets only an append-only and a read-only
-//! descriptor of it, never a mapping) and the newest checkpoint (a memfd the server's child
-//! sealed against every write before handing it over). It keeps the log's segment starts
-//! (where each incarnation began appending), charges every fault to the request the busy word
-//! names (poison accounting), fails and skips poison requests, drops the log behind each new
-//! checkpoint, and holds the server when an incarnation reports a corrupt log or snapshot or a
-//! divergent replay.
+//! The kernel owns what must outlive the server: the message log (a memfd sealed against
+//! resizing: a header page and a ring the server maps and appends to; its records are
+//! checksummed and chained, so what a faulty server does to it is detected at replay) and the
+//! newest checkpoint (a memfd the server's child sealed against every write before handing it
+//! over, so nobody can change it). It charges every fault to the request the busy word names
+//! (poison accounting), fails and skips poison requests, publishes the offset of each accepted
+//! checkpoint in the log's header (the writer may reuse the ring behind it), and holds the
+//! server when an incarnation reports a corrupt log or snapshot or a divergent replay.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
 
-use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
+use rustix::fs::{FallocateFlags, SealFlags};
 use txipc_chan::{SlotState, Status};
 use txipc_core::companion::{self as fmt, SEQ_MASK, decode_busy};
 use txipc_core::proto::{CheckpointInfo, CompanionInfo, CompanionStart};
 use txipc_core::recovery::{
     CompanionAction, CompanionSlot, FailReason, LogState, decide_companion_slot,
 };
+use txipc_sys::shm::SharedBytes;
 
 use crate::errors::{KernelError, os};
 use crate::event_loop::Kernel;
@@ -28,108 +30,85 @@ use crate::server::Server;
 /// A companion server's log and checkpoint, held by the kernel.
 #[derive(Debug)]
 pub(crate) struct CompanionLog {
-    /// The log memfd (read-write: only the kernel holds this descriptor).
-    log: OwnedFd,
-    /// `O_WRONLY | O_APPEND`, for the server.
-    pub(crate) append: OwnedFd,
-    /// `O_RDONLY`, for the server's replay.
-    pub(crate) read: OwnedFd,
+    /// The log memfd (header page and ring), sealed against resizing; the server maps it.
+    pub(crate) log: OwnedFd,
+    /// The kernel's mapping of it: it writes the header's accepted word and reads the tail.
+    map: SharedBytes,
     /// The newest checkpoint: sealed snapshot memfd and what its writer said.
     snapshot: Option<(OwnedFd, CheckpointInfo)>,
     /// Where replay starts when there is no snapshot (raised by a reset).
     start: u64,
-    /// Log offsets where incarnations started appending, behind the newest checkpoint.
-    segments: Vec<u64>,
     /// Requests failed by the kernel whose records replay must skip (bounded, oldest first).
     skip: VecDeque<(u32, u32, u64)>,
     /// Faults charged to each waiting request `(chan, slot, seq & SEQ_MASK)`.
     charged: HashMap<(u32, u32, u64), u32>,
-    /// The log's cap (from the manifest's `log_mb`): kept preallocated ahead of the end.
-    cap: u64,
     pub(crate) info: CompanionInfo,
-}
-
-fn reopen(fd: &OwnedFd, append: bool) -> std::io::Result<OwnedFd> {
-    use std::os::fd::AsRawFd;
-    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    let mut o = std::fs::OpenOptions::new();
-    if append {
-        o.append(true);
-    } else {
-        o.read(true);
-    }
-    Ok(OwnedFd::from(o.open(path)?))
 }
 
 impl CompanionLog {
     pub(crate) fn create(name: &str, cap: u64) -> Result<CompanionLog, KernelError> {
-        let log = rustix::fs::memfd_create(
-            format!("txipc-clog-{name}").as_str(),
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )
-        .map_err(os(format!("{name}: creating the message log")))?;
-        // Nobody may shrink it (or seal it further): what was appended stays.
-        rustix::fs::fcntl_add_seals(&log, SealFlags::SHRINK | SealFlags::SEAL)
-            .map_err(os(format!("{name}: sealing the message log")))?;
-        let append = reopen(&log, true).map_err(os(format!("{name}: opening the log")))?;
-        let read = reopen(&log, false).map_err(os(format!("{name}: opening the log")))?;
+        let len = fmt::LOG_HEADER as u64 + cap;
+        // Sealed against resizing: the server maps it, and so does the kernel.
+        let log = txipc_sys::shm::create_sealed(&format!("txipc-clog-{name}"), len)
+            .map_err(os(format!("{name}: creating the message log")))?;
+        // Its pages allocated now, so appends do not allocate.
+        let _ = rustix::fs::fallocate(&log, FallocateFlags::empty(), 0, len);
+        let map = SharedBytes::map(&log, len as usize)
+            .map_err(os(format!("{name}: mapping the message log")))?;
+        map.u64_at(fmt::LOG_CAP_AT).store(cap, Ordering::Release);
+        map.u64_at(fmt::LOG_MAGIC_AT)
+            .store(fmt::LOG_MAGIC, Ordering::Release);
         let c = CompanionLog {
             log,
-            append,
-            read,
+            map,
             snapshot: None,
             start: 0,
-            segments: Vec::new(),
             skip: VecDeque::new(),
             charged: HashMap::new(),
-            cap,
             info: CompanionInfo::default(),
         };
-        c.preallocate();
+        c.set_log(0, 0);
         Ok(c)
     }
 
-    fn size(&self) -> u64 {
-        rustix::fs::fstat(&self.log).map_or(0, |s| s.st_size as u64)
+    /// Restarts the log at `tail` with the newest accepted checkpoint at `accepted`.
+    fn set_log(&self, tail: u64, accepted: u64) {
+        self.map
+            .u64_at(fmt::LOG_ACCEPTED_AT)
+            .store(accepted, Ordering::Release);
+        self.map
+            .u64_at(fmt::LOG_TAIL_AT)
+            .store(fmt::tail_word(tail), Ordering::Release);
     }
 
-    /// Keeps the next `cap` bytes after the end allocated, so an append finds its pages.
-    fn preallocate(&self) {
-        let _ = rustix::fs::fallocate(&self.log, FallocateFlags::KEEP_SIZE, self.size(), self.cap);
+    /// The log's end as the server's tail word says (None: the word fails its check).
+    fn tail(&self) -> Option<u64> {
+        fmt::decode_tail(self.map.u64_at(fmt::LOG_TAIL_AT).load(Ordering::Acquire))
     }
 
     /// Forgets the state: the next incarnation starts empty (an operator's release of a held
     /// server, or a forced restart under a baseline policy).
+    /// No incarnation runs (it is called between incarnations), so nobody appends meanwhile.
     pub(crate) fn reset(&mut self) {
         self.snapshot = None;
-        self.start = self.size();
-        self.segments.clear();
+        self.start = 0;
+        self.set_log(0, 0);
         self.skip.clear();
         self.charged.clear();
-        let _ = rustix::fs::fallocate(
-            &self.log,
-            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-            0,
-            self.start & !4095,
-        );
         self.info.log_bytes = 0;
     }
 
-    /// What the next incarnation needs, and the snapshot fd to send with it. Notes the log's
-    /// end as the start of its segment.
+    /// What the next incarnation needs, and the snapshot fd to send with it.
     pub(crate) fn start_message(&mut self, generation: u64) -> (CompanionStart, Option<&OwnedFd>) {
-        let end = self.size();
-        self.segments.push(end);
         let base = self
             .snapshot
             .as_ref()
             .map_or(self.start, |(_, i)| i.log_offset);
-        self.info.log_bytes = end.saturating_sub(base);
+        self.info.log_bytes = self.tail().unwrap_or(base).saturating_sub(base);
         let start = CompanionStart {
             generation,
             snapshot: self.snapshot.is_some(),
             log_start: self.start,
-            segments: self.segments.clone(),
             skip: self.skip.iter().copied().collect(),
         };
         (start, self.snapshot.as_ref().map(|(fd, _)| fd))
@@ -158,12 +137,13 @@ impl CompanionLog {
         {
             return Err("the snapshot's header does not match its message".into());
         }
-        if info.log_offset > self.size() || info.log_offset < self.start {
+        let Some(tail) = self.tail() else {
+            return Err("the message log's tail word fails its check".into());
+        };
+        if info.log_offset > tail || info.log_offset < self.start {
             return Err(format!(
-                "its log offset {} is outside the log ({}..{})",
-                info.log_offset,
-                self.start,
-                self.size()
+                "its log offset {} is outside the log ({}..{tail})",
+                info.log_offset, self.start,
             ));
         }
         if let Some((_, old)) = &self.snapshot
@@ -174,16 +154,12 @@ impl CompanionLog {
                 info.index, old.index
             ));
         }
-        // The log behind the checkpoint is no longer needed: free its pages.
-        let _ = rustix::fs::fallocate(
-            &self.log,
-            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-            0,
-            info.log_offset & !4095,
-        );
-        self.segments.retain(|&s| s > info.log_offset);
-        self.preallocate();
-        let log_bytes = self.size().saturating_sub(info.log_offset);
+        // The log behind the checkpoint is no longer needed: the writer may reuse its ring
+        // bytes from now on.
+        self.map
+            .u64_at(fmt::LOG_ACCEPTED_AT)
+            .store(info.log_offset, Ordering::Release);
+        let log_bytes = tail.saturating_sub(info.log_offset);
         let i = &mut self.info;
         i.checkpoints += 1;
         i.checkpoint_index = info.index;
@@ -333,6 +309,6 @@ pub(crate) fn settle_held(s: &mut Server) -> Recovered {
 pub(crate) fn zygote_fds(s: &Server) -> Vec<std::os::fd::BorrowedFd<'_>> {
     s.companion
         .as_ref()
-        .map(|c| vec![c.append.as_fd(), c.read.as_fd()])
+        .map(|c| vec![c.log.as_fd()])
         .unwrap_or_default()
 }

@@ -7,10 +7,11 @@
 //! "Companion policy"):
 //!
 //! - every state-changing request (a known method not declared `#[readonly]`) is appended to the
-//!   message log **before** the handler sees it, with one `write(2)` on an append-only
-//!   descriptor of a memfd the kernel owns; the server never maps the log, so a wild write in
-//!   it cannot reach a record; each record is checksummed and carries the digest of the
-//!   previous request's reply;
+//!   message log **before** the handler sees it: copied into a ring in a memfd the kernel
+//!   owns and the server maps, then made part of the log by one store of the checked tail
+//!   word — no system call; each record is checksummed and chained (its index, the digest of
+//!   the previous request's reply), so a wild write into the log is detected at the next
+//!   replay and holds the server;
 //! - every N logged requests or T ms (and when the log nears its cap) the server forks; the
 //!   child distills the state into a checksummed, versioned snapshot in a new memfd, seals it
 //!   against every write and hands it to the kernel, while the parent goes on serving (the
@@ -33,6 +34,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use txipc_chan::{Doorbell, Status, Taken};
@@ -44,7 +46,7 @@ use txipc_core::failpoint::{FailKind, FailPoint};
 use txipc_core::manifest::Policy;
 use txipc_core::proto::{self, CheckpointInfo, FromServer, ServerConfig, ToServer};
 use txipc_service::{Capture, Companion, DispatchError, DistillError};
-use txipc_sys::{fdpass, process, status::StatusPage};
+use txipc_sys::{fdpass, process, shm::SharedBytes, status::StatusPage};
 
 use crate::client::Channel;
 use crate::server::{Activation, Chan, add_channels, standby};
@@ -88,10 +90,8 @@ struct OutCalls {
     /// Replaying: calls past the recorded ones are sent (the request is the last in the log,
     /// so its handler may have died before making or recording them); else they diverge.
     replaying: Option<bool>,
-    /// The log's append descriptor.
-    append: Option<OwnedFd>,
-    /// Bytes of call records appended since the loop last looked.
-    written: u64,
+    /// The log's ring.
+    ring: Option<Rc<Ring>>,
     rec: Vec<u8>,
     /// The control socket (to hold the server on a divergent replay).
     ctl: Option<Rc<OwnedFd>>,
@@ -178,13 +178,16 @@ pub(crate) fn outgoing_call(
             reply,
             &mut o.rec,
         );
-        let written = o.append.as_ref().map(|fd| write_all(fd, &o.rec));
-        if !matches!(written, Some(Ok(()))) {
-            // The record may be cut short: stop as a fault; the replay sends the call again
-            // with the same call id.
+        let fits = o.ring.as_ref().is_some_and(|r| r.fits(o.rec.len() as u64));
+        if !fits {
+            // No room in the log inside a handler (no checkpoint can be taken mid-request):
+            // stop as a fault; the replay sends the call again with the same call id, and
+            // the incarnation after it checkpoints at once.
             txipc_sys::crash::report_and_stop(txipc_sys::crash::CrashKind::Integrity);
         }
-        o.written += o.rec.len() as u64;
+        if let Some(r) = &o.ring {
+            r.push(index + 1, &o.rec);
+        }
     });
     crate::failpoint::fail_point(FailPoint::CallRecorded.site());
     call_result(Some(status), method)
@@ -308,13 +311,117 @@ pub fn current_session() -> u32 {
     SESSION.with(Cell::get)
 }
 
-/// The two descriptors of the message log a companion server holds.
+/// The message log's descriptor a companion server holds: the kernel's memfd (header page and
+/// ring), sealed against resizing, mapped by the server to append and to replay.
 #[derive(Debug)]
 pub struct LogFds {
-    /// `O_WRONLY | O_APPEND`: every write lands at the end; the memfd cannot shrink.
-    pub append: OwnedFd,
-    /// `O_RDONLY`, for replay.
-    pub read: OwnedFd,
+    /// The log memfd.
+    pub log: OwnedFd,
+}
+
+/// The message log's ring as this incarnation appends to it: shared by the request loop and
+/// the recorder of outgoing calls (one thread: no lock).
+#[derive(Debug)]
+struct Ring {
+    /// The log memfd mapped: header page and ring.
+    map: SharedBytes,
+    /// The ring's size.
+    cap: u64,
+    /// Log offset where the next record lands (the tail).
+    end: Cell<u64>,
+    /// A pad record's bytes, reused.
+    pad: RefCell<Vec<u8>>,
+}
+
+impl Ring {
+    /// Maps the message log and checks its header against the manifest's cap; the log is
+    /// `[from, tail)`, with the tail checked.
+    fn map(fd: &OwnedFd, log_cap: u64, from: u64) -> Result<(Ring, u64), String> {
+        let len = fmt::LOG_HEADER as u64 + log_cap;
+        let map = SharedBytes::map(fd, len as usize).map_err(|e| format!("message log: {e}"))?;
+        let magic = map.u64_at(fmt::LOG_MAGIC_AT).load(Ordering::Acquire);
+        let cap = map.u64_at(fmt::LOG_CAP_AT).load(Ordering::Acquire);
+        if magic != fmt::LOG_MAGIC || cap != log_cap {
+            return Err(format!(
+                "not a message log of {log_cap} bytes (magic {magic:#x}, cap {cap})"
+            ));
+        }
+        let word = map.u64_at(fmt::LOG_TAIL_AT).load(Ordering::Acquire);
+        let tail = match fmt::decode_tail(word) {
+            Some(tail) if tail >= from && tail - from <= cap => tail,
+            Some(tail) => {
+                return Err(format!(
+                    "the message log's tail ({tail}) is not within {cap} bytes after the checkpoint's offset {from}: the log is corrupt; the server is held rather than reconstituted from a log it cannot vouch for"
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "the message log's tail word {word:#018x} fails its check: the log is corrupt (a wild write?); the server is held rather than reconstituted from a log it cannot vouch for"
+                ));
+            }
+        };
+        let ring = Ring {
+            map,
+            cap,
+            end: Cell::new(tail),
+            pad: RefCell::new(Vec::with_capacity(fmt::RECORD_HEADER)),
+        };
+        Ok((ring, tail))
+    }
+
+    /// A copy of the log `[from, to)`.
+    fn read(&self, from: u64, to: u64) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity((to - from) as usize);
+        for (at, n) in fmt::ring_ranges(from, to, self.cap) {
+            self.map.copy_out(at, n, &mut bytes);
+        }
+        bytes
+    }
+
+    /// Where log offset `off` lives in the memfd.
+    fn phys(&self, off: u64) -> usize {
+        fmt::LOG_HEADER + (off % self.cap) as usize
+    }
+
+    /// The offset of the newest checkpoint the kernel accepted (the header word it writes).
+    fn accepted(&self) -> u64 {
+        self.map
+            .u64_at(fmt::LOG_ACCEPTED_AT)
+            .load(Ordering::Acquire)
+    }
+
+    /// Log bytes the kernel still needs (behind no accepted checkpoint).
+    fn used(&self) -> u64 {
+        self.end.get().saturating_sub(self.accepted())
+    }
+
+    /// Whether a record of `len` bytes can be appended without writing over log bytes the
+    /// kernel may still need (those after its newest accepted checkpoint).
+    fn fits(&self, len: u64) -> bool {
+        let at = fmt::ring_place(self.end.get(), len, self.cap);
+        (at + len).saturating_sub(self.accepted()) <= self.cap
+    }
+
+    /// Appends `rec` (the caller checked it [`fits`](Self::fits)): a pad first if it would
+    /// cross the end of the lap (standing before request `next_index`), then the record past
+    /// the tail, then the new tail word — the log point. Returns the record's offset.
+    fn push(&self, next_index: u64, rec: &[u8]) -> u64 {
+        let end = self.end.get();
+        let len = rec.len() as u64;
+        let at = fmt::ring_place(end, len, self.cap);
+        if at - end >= fmt::RECORD_HEADER as u64 {
+            let mut pad = self.pad.borrow_mut();
+            pad.clear();
+            fmt::encode_pad(next_index, at - end, &mut pad);
+            self.map.copy_in(self.phys(end), &pad);
+        }
+        self.map.copy_in(self.phys(at), rec);
+        self.end.set(at + len);
+        self.map
+            .u64_at(fmt::LOG_TAIL_AT)
+            .store(fmt::tail_word(at + len), Ordering::Release);
+        at
+    }
 }
 
 fn fatal(ctl: &OwnedFd, message: String) -> ! {
@@ -444,19 +551,17 @@ pub(crate) fn incarnation_main(
 
 /// The message log as this incarnation appends to it.
 struct LogWriter {
-    fds_append: OwnedFd,
+    ring: Rc<Ring>,
     /// Index the next record gets.
     next_index: u64,
-    /// Log offset where the next record lands.
-    end: u64,
     /// Digest of the last logged request's reply (None: unknown, e.g. after a skipped one).
     prev_digest: Option<u64>,
     rec: Vec<u8>,
     /// Logged since the state the last checkpoint (started) captured.
     since: u64,
-    /// Offset just after the last record of the last completed checkpoint: the log behind it
-    /// is the kernel's to drop, the log after it counts against `log_cap`.
-    base: u64,
+    /// Offset the last checkpoint child that exited 0 captured: the kernel accepts it (and
+    /// says so in the header's accepted word) once it has read its message.
+    done: u64,
     /// When the last checkpoint was started.
     at: Instant,
     /// The checkpoint child at work: (pid, log offset it captures, started).
@@ -490,6 +595,8 @@ const SERVER_SPIN: Duration = Duration::from_micros(50);
 /// A checkpoint child that has not finished after this long is killed (and a new one started
 /// when one is due).
 const CHILD_DEADLINE: Duration = Duration::from_secs(20);
+/// How long a full log waits for the kernel to accept a checkpoint its child handed over.
+const ACCEPT_DEADLINE: Duration = Duration::from_secs(5);
 
 impl PlainLoop<'_> {
     fn serve(&mut self) -> ! {
@@ -631,14 +738,9 @@ impl PlainLoop<'_> {
             to_status(r, &mut self.reply)
         };
         if logged {
-            let written = OUT.with(|o| {
-                let mut o = o.borrow_mut();
-                o.current = None;
-                std::mem::take(&mut o.written)
-            });
+            OUT.with(|o| o.borrow_mut().current = None);
             if let Some(w) = &mut self.log {
                 w.prev_digest = Some(reply_digest(status.to_wire(), &self.reply));
-                w.end += written;
             }
             if let Some((id, _)) = call {
                 self.answers.insert(
@@ -673,18 +775,14 @@ impl PlainLoop<'_> {
     }
 
     /// Appends the record of the request in `self.req` (taken in `t` on channel `chan`), first
-    /// making room if the log is full. Returns the record's log offset and index.
+    /// making room if the log is full: copies it into the ring past the tail, then stores the
+    /// new tail word — the log point. Returns the record's log offset and index.
     fn append(&mut self, chan: u32, t: &Taken) -> (u64, u64) {
-        let cap = self.config.log_cap;
-        let need = (fmt::RECORD_HEADER + self.req.len()) as u64;
-        let full = {
-            let w = self.log.as_ref().expect("logging");
-            w.end + need - w.base > cap
-        };
-        if full {
-            // A full log forces a checkpoint, and this request waits for it: the log behind
-            // a checkpoint is what the kernel may drop.
-            self.force_checkpoint();
+        let len = (fmt::RECORD_HEADER + self.req.len()).next_multiple_of(8) as u64;
+        if !self.log.as_ref().expect("logging").ring.fits(len) {
+            // A full log forces a checkpoint, and this request waits for it: the ring bytes
+            // behind an accepted checkpoint are the only ones the writer may reuse.
+            self.force_checkpoint(len);
         }
         let w = self.log.as_mut().expect("logging");
         let meta = RecordMeta {
@@ -697,14 +795,9 @@ impl PlainLoop<'_> {
         };
         w.rec.clear();
         fmt::encode_record(&meta, &self.req, &mut w.rec);
-        if write_all(&w.fds_append, &w.rec).is_err() {
-            // The record may be cut short; the request has not run. Stop as a fault: the
-            // kernel starts a new segment after whatever was written.
-            txipc_sys::crash::report_and_stop(txipc_sys::crash::CrashKind::Integrity);
-        }
-        let at = (w.end, w.next_index);
+        let offset = w.ring.push(w.next_index, &w.rec);
+        let at = (offset, w.next_index);
         w.next_index += 1;
-        w.end += w.rec.len() as u64;
         w.since += 1;
         at
     }
@@ -729,7 +822,7 @@ impl PlainLoop<'_> {
             Ok(Some((_, st))) => {
                 w.child = None;
                 if st.exit_status() == Some(0) {
-                    w.base = offset;
+                    w.done = offset;
                 }
             }
             Ok(None) => {
@@ -744,8 +837,9 @@ impl PlainLoop<'_> {
         }
     }
 
-    /// Makes room in a full log: waits for the checkpoint at work, or takes one and waits.
-    fn force_checkpoint(&mut self) {
+    /// Makes room in a full log for a record of `len` bytes: waits for the checkpoint at work
+    /// (and for the kernel to accept it), or takes one and waits.
+    fn force_checkpoint(&mut self, len: u64) {
         // The wait is the companion's, not the request's: the watchdog must not take it for a
         // hang (the busy word comes back before the request runs).
         let busy = self.status.busy();
@@ -753,11 +847,7 @@ impl PlainLoop<'_> {
         for _ in 0..3 {
             self.hurry_child();
             self.reap(true);
-            let fits = {
-                let w = self.log.as_ref().expect("logging");
-                w.end + (fmt::RECORD_HEADER + self.req.len()) as u64 - w.base <= self.config.log_cap
-            };
-            if fits {
+            if self.wait_accepted(len) {
                 self.status.set_busy(busy);
                 return;
             }
@@ -765,9 +855,24 @@ impl PlainLoop<'_> {
         }
         self.hurry_child();
         self.reap(true);
+        if self.wait_accepted(len) {
+            self.status.set_busy(busy);
+            return;
+        }
         // Still full (the checkpoints failed, or one request is larger than the log): give up
-        // on this request as a fault rather than log past what the kernel keeps.
+        // on this request as a fault rather than write over log the kernel may still need.
         txipc_sys::crash::report_and_stop(txipc_sys::crash::CrashKind::Integrity);
+    }
+
+    /// Waits (bounded) until the kernel has accepted the last completed checkpoint, and says
+    /// whether a record of `len` bytes fits then.
+    fn wait_accepted(&self, len: u64) -> bool {
+        let w = self.log.as_ref().expect("logging");
+        let deadline = Instant::now() + ACCEPT_DEADLINE;
+        while w.ring.accepted() < w.done && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        w.ring.fits(len)
     }
 
     /// The checkpoint writer runs at nice 19; when the log is filling up (or full) it gets the
@@ -797,7 +902,7 @@ impl PlainLoop<'_> {
         }
         let w = self.log.as_ref().expect("logging");
         if w.child.is_some() {
-            if (w.end - w.base) * 4 >= cap * 3 {
+            if w.ring.used() * 4 >= cap * 3 {
                 self.hurry_child();
             }
             return;
@@ -806,7 +911,7 @@ impl PlainLoop<'_> {
             || w.urgent
             || w.since >= every
             || (ms > 0 && w.at.elapsed() >= Duration::from_millis(ms))
-            || (w.end - w.base) * 4 >= cap * 3;
+            || w.ring.used() * 4 >= cap * 3;
         if due {
             self.start_checkpoint();
         }
@@ -820,7 +925,7 @@ impl PlainLoop<'_> {
             Ok(process::Forked::Child) => self.checkpoint_child(started),
             Ok(process::Forked::Parent { child }) => {
                 let w = self.log.as_mut().expect("logging");
-                w.child = Some((child, w.end, started));
+                w.child = Some((child, w.ring.end.get(), started));
                 w.since = 0;
                 w.urgent = false;
                 w.at = Instant::now();
@@ -850,7 +955,7 @@ impl PlainLoop<'_> {
         let meta = SnapshotMeta {
             state_version: 0,
             index: w.next_index - 1,
-            log_offset: w.end,
+            log_offset: w.ring.end.get(),
             last_digest: w.prev_digest,
         };
         let mut state = Vec::new();
@@ -951,15 +1056,13 @@ impl PlainLoop<'_> {
             });
             snap_meta = meta;
         }
-        let bytes = read_all(&fds.read, snap_meta.log_offset)
-            .unwrap_or_else(|e| fatal(&ctl, format!("reading the message log: {e}")));
-        let scan: LogScan<'_> = fmt::read_log(
-            &bytes,
-            snap_meta.log_offset,
-            &start.segments,
-            snap_meta.index + 1,
-        )
-        .unwrap_or_else(|e| hold(&ctl, e.to_string()));
+        let (ring, tail) = Ring::map(&fds.log, self.config.log_cap, snap_meta.log_offset)
+            .unwrap_or_else(|e| hold(&ctl, e));
+        let ring = Rc::new(ring);
+        let bytes = ring.read(snap_meta.log_offset, tail);
+        let scan: LogScan<'_> =
+            fmt::read_log(&bytes, snap_meta.log_offset, ring.cap, snap_meta.index + 1)
+                .unwrap_or_else(|e| hold(&ctl, e.to_string()));
         let mut waiting: HashMap<(u32, u32), (usize, Taken)> = HashMap::new();
         for (ci, c) in self.chans.iter().enumerate() {
             for t in c.chan.taken_slots() {
@@ -979,11 +1082,8 @@ impl PlainLoop<'_> {
             });
         }
         let tail_index = scan.records.last().map(|r| r.meta.index);
-        let append = fds
-            .append
-            .try_clone()
-            .unwrap_or_else(|e| fatal(&ctl, format!("dup: {e}")));
-        OUT.with(|o| o.borrow_mut().append = Some(append));
+        // Calls the last request makes past its recorded ones are appended at the tail.
+        OUT.with(|o| o.borrow_mut().ring = Some(ring.clone()));
         for rec in &scan.records {
             let m = rec.meta;
             if let (Some(ours), Some(logged), Some((index, method))) = (prev, m.prev_digest, last)
@@ -1022,7 +1122,6 @@ impl PlainLoop<'_> {
                 let mut o = o.borrow_mut();
                 o.current = None;
                 o.replaying = None;
-                o.written = 0;
                 std::mem::take(&mut o.recorded).len()
             });
             if left > 0 {
@@ -1057,22 +1156,15 @@ impl PlainLoop<'_> {
             }
         }
         self.status.set_idle(self.calls);
-        let end = rustix::fs::fstat(&fds.append)
-            .map(|s| s.st_size as u64)
-            .unwrap_or_else(|e| fatal(&ctl, format!("log: {e}")));
         let replayed = scan.records.len() as u64;
-        let append = fds
-            .append
-            .try_clone()
-            .unwrap_or_else(|e| fatal(&ctl, format!("dup: {e}")));
+        drop(bytes);
         self.log = Some(LogWriter {
-            fds_append: append,
+            ring,
             next_index: snap_meta.index + replayed + 1,
-            end,
             prev_digest: prev,
             rec: Vec::with_capacity(4096),
             since: replayed,
-            base: snap_meta.log_offset,
+            done: snap_meta.log_offset,
             at: Instant::now(),
             // A log that had to be replayed is checkpointed at the first chance, so that the
             // next recovery does not replay it again (and a server faulting often still makes

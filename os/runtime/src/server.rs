@@ -255,7 +255,7 @@ pub fn zygote_main(builtins: &[Builtin]) -> ! {
 
 /// [`zygote_main`] for a binary that also has servers with ordinary Rust state
 /// ([`crate::PlainBuiltin`]: they run under `none`, `restart` and `companion`). Under policy
-/// `companion` the init message carries two more fds, `[log (append), log (read)]`.
+/// `companion` the init message carries one more fd, the message log's memfd.
 pub fn zygote_main_with(builtins: &[Builtin], plain: &[crate::PlainBuiltin]) -> ! {
     let fd: i32 = std::env::var("TXIPC_CTRL_FD")
         .ok()
@@ -276,12 +276,11 @@ pub fn zygote_main_with(builtins: &[Builtin], plain: &[crate::PlainBuiltin]) -> 
     let init: ZygoteInit = proto::decode(&buf[..n]).unwrap_or_else(|e| die(&e.to_string()));
     let mut fds = fds;
     let companion_fds = if init.config.policy == Policy::Companion {
-        if fds.len() != 6 {
-            die("a companion server's init must carry 6 descriptors");
+        if fds.len() != 5 {
+            die("a companion server's init must carry 5 descriptors");
         }
-        let read = fds.pop().expect("6 fds");
-        let append = fds.pop().expect("6 fds");
-        Some(crate::companion::LogFds { append, read })
+        let log = fds.pop().expect("5 fds");
+        Some(crate::companion::LogFds { log })
     } else {
         None
     };

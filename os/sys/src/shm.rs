@@ -16,6 +16,7 @@
 
 use std::io;
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicU64;
 
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
@@ -260,6 +261,81 @@ impl Drop for SharedMap {
     }
 }
 
+/// A [`SharedMap`] whose bytes other processes write too, reached only as aligned atomic words
+/// and by raw copies (the companion's message log: `txipc-kernel` and `txipc-runtime` are
+/// `forbid(unsafe_code)`). No reference into the bytes is ever handed out, since another
+/// process may rewrite them at any time: what a copy returns may then be arbitrary bytes,
+/// which every `u8` pattern admits and the caller validates.
+#[derive(Debug)]
+pub struct SharedBytes {
+    map: SharedMap,
+}
+
+impl SharedBytes {
+    /// Maps the first `len` bytes of the sealed memfd `fd` ([`SharedMap::map`]).
+    pub fn map(fd: impl AsFd, len: usize) -> Result<SharedBytes, ShmError> {
+        Ok(SharedBytes {
+            map: SharedMap::map(fd, len)?,
+        })
+    }
+
+    /// Bytes mapped.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Never true; for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The `AtomicU64` at byte offset `off`. Panics if misaligned or out of bounds (offsets
+    /// come from fixed layouts: a panic is a bug of the caller, never peer input).
+    pub fn u64_at(&self, off: usize) -> &AtomicU64 {
+        assert!(
+            off % 8 == 0 && off + 8 <= self.map.len(),
+            "u64_at({off}) out of bounds"
+        );
+        // SAFETY: in bounds and 8-aligned (the base is page aligned); the memory lives as long
+        // as `self` (the reference borrows it); AtomicU64 admits every bit pattern, and other
+        // processes write the word with single-copy-atomic aligned stores, so a load sees
+        // some value one of them wrote.
+        unsafe { &*self.map.ptr().add(off).cast::<AtomicU64>() }
+    }
+
+    /// Copies `src` to byte offset `off`. Panics if the range is out of bounds.
+    pub fn copy_in(&self, off: usize, src: &[u8]) {
+        assert!(
+            off.checked_add(src.len())
+                .is_some_and(|e| e <= self.map.len()),
+            "copy_in out of bounds"
+        );
+        // SAFETY: destination in bounds (checked), written through a raw pointer; `src` is a
+        // Rust slice and cannot alias the mapping, to which no reference is ever handed out.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.map.ptr().add(off), src.len());
+        }
+    }
+
+    /// Appends a copy of the `len` bytes at `off` to `dst`. Panics if out of bounds.
+    pub fn copy_out(&self, off: usize, len: usize, dst: &mut Vec<u8>) {
+        assert!(
+            off.checked_add(len).is_some_and(|e| e <= self.map.len()),
+            "copy_out out of bounds"
+        );
+        dst.reserve(len);
+        let at = dst.len();
+        // SAFETY: source: `len` bytes inside the mapping (checked), read through a raw
+        // pointer. Destination: `dst` has spare capacity >= len after `reserve`, and a Vec
+        // allocation cannot overlap the mapping. The `len` bytes are initialised by the copy
+        // before `set_len`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.map.ptr().add(off), dst.as_mut_ptr().add(at), len);
+            dst.set_len(at + len);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,5 +385,19 @@ mod tests {
             SharedMap::map_fixed(&fd, 4096, base),
             Err(ShmError::AddressInUse { .. })
         ));
+    }
+
+    #[test]
+    fn shared_bytes_copy_and_see_each_other() {
+        let fd = create_sealed("m", 8192).unwrap();
+        let a = SharedBytes::map(&fd, 8192).unwrap();
+        let b = SharedBytes::map(&fd, 8192).unwrap();
+        a.copy_in(4000, b"across a page");
+        a.u64_at(16).store(77, std::sync::atomic::Ordering::Release);
+        let mut out = b"x".to_vec();
+        b.copy_out(4000, 13, &mut out);
+        assert_eq!(out, b"xacross a page");
+        assert_eq!(b.u64_at(16).load(std::sync::atomic::Ordering::Acquire), 77);
+        assert!(SharedBytes::map(&fd, 8193).is_err());
     }
 }
