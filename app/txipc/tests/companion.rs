@@ -212,6 +212,17 @@ fn a_corrupt_tail_word_is_detected_and_the_server_held() {
         kv.get("k15"),
         Err(SvcError::Call(CallError::Unavailable { .. }))
     ));
+    // An operator's release starts it empty, on a log restarted past the old one: what it
+    // logs from then on is replayed after the next fault.
+    conn.release("kv").unwrap();
+    wait_until("released", Duration::from_secs(10), || {
+        info(&conn).state == "running"
+    });
+    let kv = KvClient::new(open(&conn, "kv"));
+    assert_eq!(kv.get("k1").unwrap(), None);
+    kv.put("after", "release").unwrap();
+    kill_and_wait(&conn);
+    assert_eq!(kv.get("after").unwrap(), Some("release".into()));
     drop((kv, log, conn));
     sys.shutdown().unwrap();
 }

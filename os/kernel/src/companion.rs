@@ -89,10 +89,24 @@ impl CompanionLog {
     /// Forgets the state: the next incarnation starts empty (an operator's release of a held
     /// server, or a forced restart under a baseline policy).
     /// No incarnation runs (it is called between incarnations), so nobody appends meanwhile.
+    /// Offsets keep growing across a reset (a call id names its request by its log offset,
+    /// and a callee refuses an id lower than one it answered): the new log starts past every
+    /// offset the writer could have reached — its tail if the word checks, and never less
+    /// than a whole ring past the newest checkpoint the kernel accepted.
     pub(crate) fn reset(&mut self) {
+        let accepted = self
+            .snapshot
+            .as_ref()
+            .map_or(self.start, |(_, i)| i.log_offset);
+        let cap = self.map.len() as u64 - fmt::LOG_HEADER as u64;
+        let start = self
+            .tail()
+            .unwrap_or(0)
+            .max(accepted + cap)
+            .next_multiple_of(8);
         self.snapshot = None;
-        self.start = 0;
-        self.set_log(0, 0);
+        self.start = start;
+        self.set_log(start, start);
         self.skip.clear();
         self.charged.clear();
         self.info.log_bytes = 0;
