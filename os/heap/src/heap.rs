@@ -61,6 +61,25 @@ impl Tracking {
     }
 }
 
+/// The mechanism behind [`Tracking::Page`], chosen at attach from the environment variable
+/// `TXIPC_PAGE_TRACKER`: `uffd` (the default) uses userfaultfd write-protect in asynchronous
+/// mode over a private working copy and falls back to `sigsegv` where the kernel lacks it;
+/// `sigsegv` forces the SIGSEGV + `mprotect` tracker (ARCHITECTURE.md §5.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PageBackend {
+    Uffd,
+    Sigsegv,
+}
+
+impl PageBackend {
+    fn from_env() -> PageBackend {
+        match std::env::var("TXIPC_PAGE_TRACKER").as_deref() {
+            Ok("sigsegv") => PageBackend::Sigsegv,
+            _ => PageBackend::Uffd,
+        }
+    }
+}
+
 /// The header at offset 0 of every heap.
 #[repr(C)]
 pub(crate) struct HeapHeader {
@@ -134,6 +153,9 @@ impl Fnv {
 pub struct Heap {
     // Field order is drop order: the tracker must restore protections before the unmap.
     tracker: UnsafeCell<Option<txipc_pagetrack::PageTracker>>,
+    /// Under `Tracking::Page` with asynchronous write-protect: the working copy's tracker and
+    /// the committed view (then `tracker` is `None`).
+    shadow: UnsafeCell<Option<crate::page::Shadow>>,
     writer: Box<UnsafeCell<LogWriter>>,
     open: Cell<bool>,
     tracking: Tracking,
@@ -211,8 +233,9 @@ impl Heap {
         // SAFETY: the mapping is at least MIN_HEAP_SIZE bytes, page-aligned, and nothing else
         // references it yet; the header is all plain integers and cells (any bytes are valid).
         let hdr = unsafe { &*heap_map.ptr().cast::<HeapHeader>() };
-        let heap = Heap {
+        let mut heap = Heap {
             tracker: UnsafeCell::new(None),
+            shadow: UnsafeCell::new(None),
             writer: Box::new(UnsafeCell::new(LogWriter {
                 view,
                 used: 0,
@@ -241,10 +264,65 @@ impl Heap {
                     mode: tracking,
                 });
             }
-            heap.install_tracker()?;
+            if PageBackend::from_env() == PageBackend::Uffd {
+                heap.install_shadow(heap_fd.as_fd())?;
+            }
+            // SAFETY: just set (or not) above; no transaction is open.
+            if unsafe { (*heap.shadow.get()).is_none() } {
+                heap.install_tracker()?;
+            }
         }
         crate::page::register(base);
         Ok(heap)
+    }
+
+    /// Switches the heap to asynchronous page tracking: the memfd mapped shared elsewhere is
+    /// the committed state, the mapping at `base` becomes a private working copy. If the
+    /// kernel cannot track it (no `UFFD_FEATURE_WP_ASYNC`), the mapping at `base` is left
+    /// shared and nothing changes: the caller installs the SIGSEGV tracker.
+    fn install_shadow(&mut self, heap_fd: std::os::fd::BorrowedFd<'_>) -> Result<(), HeapError> {
+        let committed = Mapping::anywhere(heap_fd, self.size)?;
+        // SAFETY: `_heap_map` maps `heap_fd`; no reference into the heap is live yet (attach
+        // only read the header through a pointer whose use ended).
+        unsafe { self._heap_map.remap(heap_fd, true)? };
+        // SAFETY: base..base+size is now our private mapping of the memfd `committed` maps,
+        // owned by the heap and dropped after the shadow (field order).
+        match unsafe { crate::page::Shadow::new(self.base, committed) } {
+            Ok(sh) => {
+                *self.shadow.get_mut() = Some(sh);
+                Ok(())
+            }
+            Err(HeapError::PageTrack(txipc_pagetrack::TrackError::Uffd { .. })) => {
+                // Back to a shared mapping for the SIGSEGV tracker (nothing was written to the
+                // private copy).
+                // SAFETY: as above; the private copy holds no write.
+                unsafe { self._heap_map.remap(heap_fd, false) }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Which page tracker this heap uses (tests and the bench): `"uffd"` or `"sigsegv"`, or
+    /// `None` unless the tracking is [`Tracking::Page`].
+    pub fn page_tracker(&self) -> Option<&'static str> {
+        // SAFETY: read-only peek at the slots, which only transaction boundaries change.
+        unsafe {
+            if (*self.shadow.get()).is_some() {
+                Some("uffd")
+            } else if (*self.tracker.get()).is_some() {
+                Some("sigsegv")
+            } else {
+                None
+            }
+        }
+    }
+
+    // As `tracker_mut`: touched only at transaction boundaries.
+    #[allow(clippy::mut_from_ref)]
+    fn shadow_mut(&self) -> Option<&mut crate::page::Shadow> {
+        // SAFETY: the shadow slot is only touched by begin/commit/abort/savepoint/prepare,
+        // which run with the heap's single transaction and never overlap.
+        unsafe { (*self.shadow.get()).as_mut() }
     }
 
     fn header(&self) -> &HeapHeader {
@@ -374,6 +452,9 @@ impl Heap {
                 self.open.set(false);
                 return Err(e.into());
             }
+        }
+        if let Some(sh) = self.shadow_mut() {
+            sh.begin();
         }
         let w = self.writer.get();
         // SAFETY: `open` guarantees no other Tx exists; the page sink cannot run (no tracked
@@ -601,6 +682,25 @@ impl<'h> Tx<'h> {
     /// commit (a participant's prepared reply to a nested call). Call it before publishing:
     /// recovery then knows the caller may have seen the transaction's effects.
     pub fn mark_prepared(&mut self) {
+        // Under asynchronous page tracking the writes so far must be in the memfd (with their
+        // pre-images logged) before anyone may see them: the kernel may commit this prepared
+        // transaction after this process is gone. If they cannot be (the log is full) the
+        // incarnation ends itself before publishing, as the SIGSEGV sink does.
+        if let Some(sh) = self.heap.shadow_mut() {
+            // SAFETY: &mut self: the only access to the writer; no reference into the heap
+            // outlives this `&mut Tx` borrow.
+            if unsafe { sh.flush(self.core.w) }.is_err() {
+                // SAFETY: the writer is live.
+                unsafe { (*self.core.w).set_overflow() };
+                let _ = rustix::process::kill_process(
+                    rustix::process::getpid(),
+                    rustix::process::Signal::KILL,
+                );
+                loop {
+                    std::hint::spin_loop();
+                }
+            }
+        }
         // SAFETY: &mut self: the only access to the writer on this thread.
         unsafe { (*self.core.w).add_prepared() }
     }
@@ -611,6 +711,15 @@ impl<'h> Tx<'h> {
     /// # Errors
     /// None today; the `Result` leaves room for deferred effects.
     pub fn commit(mut self) -> Result<(), HeapError> {
+        if let Some(sh) = self.heap.shadow_mut() {
+            // SAFETY: `self` is consumed: no reference obtained through this Tx is live; the
+            // writer is ours.
+            if let Err(e) = unsafe { sh.flush(self.core.w) } {
+                // Not committed: undo what was flushed and close the transaction as aborted.
+                let _ = self.abort_inner();
+                return Err(e);
+            }
+        }
         self.finish(TxState::Committed(self.txid));
         Ok(())
     }
@@ -649,6 +758,11 @@ impl<'h> Tx<'h> {
 
     fn undo_from(&mut self, used: usize, nrec: u64) -> Result<RollbackCount, HeapError> {
         let w = self.core.w;
+        if let Some(sh) = self.heap.shadow_mut() {
+            // SAFETY: as below; the shadow restores the memfd from the log and the working
+            // copy from the memfd.
+            return unsafe { sh.undo(w, used, nrec) };
+        }
         // SAFETY: &mut self: no reference obtained through this Tx is live, and references from
         // `Heap::root` only reach cells (UnsafeCell) or bytes no transaction writes. The writer
         // is ours; the heap mapping is live for 'h.
@@ -674,6 +788,10 @@ impl<'h> Tx<'h> {
         if let Some(t) = self.heap.tracker_mut() {
             t.end();
             t.begin()?;
+        }
+        if let Some(sh) = self.heap.shadow_mut() {
+            // SAFETY: &mut self: no reference obtained through this Tx is live.
+            unsafe { sh.flush(self.core.w)? };
         }
         // SAFETY: &mut self, only user of the writer.
         let (used, nrec) = unsafe { ((*self.core.w).used, (*self.core.w).nrec) };

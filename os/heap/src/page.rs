@@ -242,3 +242,176 @@ impl crate::Heap {
         Ok(HeapAlloc::new(self.base()))
     }
 }
+
+/// The asynchronous page tracker under [`Tracking::Page`] (the default where the kernel has
+/// `UFFD_FEATURE_WP_ASYNC` and `PAGEMAP_SCAN`; ARCHITECTURE.md §5.3).
+///
+/// The heap memfd holds the *committed* state and is written only by [`Shadow::flush`]; the
+/// server runs on a private copy-on-write mapping of it at the heap's base (the "working
+/// copy"), write-protected with userfaultfd in asynchronous mode, so a first write to a page
+/// costs a copy-on-write fault and no signal. `flush` asks `PAGEMAP_SCAN` which pages were
+/// written since the last flush, and for each appends the memfd's page (its pre-image) to the
+/// undo log, then copies the working page into the memfd. It runs at commit, at each savepoint
+/// and before a prepared reply is published.
+///
+/// Crash points: before a flush the memfd is untouched (nothing to undo); during one, every
+/// memfd page written has its pre-image in the log before it is written, so the existing
+/// rollback (in place, or by the kernel after a death) restores the memfd exactly.
+pub(crate) struct Shadow {
+    wp: txipc_pagetrack::uffd::WpAsync,
+    /// The memfd mapped shared: the committed state (plus flushed pages of the open
+    /// transaction, whose pre-images are in the log).
+    committed: crate::map::Mapping,
+    /// Scratch for scans.
+    scratch: Vec<usize>,
+    /// `(record number, page)` of every page record this transaction appended.
+    flushed: Vec<(u64, usize)>,
+}
+
+impl std::fmt::Debug for Shadow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shadow")
+            .field("base", &format_args!("{:#x}", self.wp.base()))
+            .field("len", &self.wp.len())
+            .field("flushed", &self.flushed.len())
+            .finish()
+    }
+}
+
+impl Shadow {
+    /// Starts tracking the working copy at `base..base + committed.len()`.
+    ///
+    /// # Errors
+    /// `TrackError::Uffd` (wrapped) when the kernel or the sandbox lacks asynchronous
+    /// write-protect: the caller falls back to the SIGSEGV tracker.
+    ///
+    /// # Safety
+    /// `base..base + committed.len()` is this process's private mapping of the memfd that
+    /// `committed` maps shared, and stays mapped while the returned value lives.
+    pub(crate) unsafe fn new(
+        base: usize,
+        committed: crate::map::Mapping,
+    ) -> Result<Shadow, HeapError> {
+        let len = committed.len();
+        // SAFETY: the caller's contract (a private mapping of ours, live while we are).
+        let wp = unsafe { txipc_pagetrack::uffd::WpAsync::new(base as *mut u8, len)? };
+        Ok(Shadow {
+            wp,
+            committed,
+            scratch: Vec::with_capacity(1024),
+            flushed: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Forgets the flushed pages of the previous transaction (at `begin`).
+    pub(crate) fn begin(&mut self) {
+        self.flushed.clear();
+    }
+
+    /// Moves every page written since the last flush into the memfd, its pre-image logged
+    /// first. On an error (the log is full) the pages not yet moved are reset from the memfd,
+    /// so the working copy again equals the memfd plus the logged pages: an abort then
+    /// restores everything.
+    ///
+    /// # Safety
+    /// `w` is the heap's live writer; no reference into the working copy is live across the
+    /// call except through `UnsafeCell` (on error pages are overwritten).
+    pub(crate) unsafe fn flush(&mut self, w: *mut LogWriter) -> Result<(), HeapError> {
+        self.scratch.clear();
+        self.wp.scan(&mut self.scratch)?;
+        let base = self.wp.base() as *mut u8;
+        let mem = self.committed.ptr();
+        for i in 0..self.scratch.len() {
+            let page = self.scratch[i];
+            let off = page * PAGE;
+            // SAFETY: `off` is a page of the heap (the scan reports pages of the region); the
+            // memfd view and the working copy are distinct mappings of `len` bytes; `w` is live
+            // (contract). The record is published before the memfd page is written (the
+            // writer's publish fences), which is the crash-point argument above.
+            unsafe {
+                if let Err(e) = (*w).append(off, mem.add(off), PAGE) {
+                    self.reset_pages(i);
+                    return Err(e);
+                }
+                self.flushed.push(((*w).nrec - 1, page));
+                std::ptr::copy_nonoverlapping(base.add(off), mem.add(off), PAGE);
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the memfd's pages `scratch[from..]` back into the working copy and
+    /// write-protects them again.
+    ///
+    /// # Safety
+    /// As [`Shadow::flush`].
+    unsafe fn reset_pages(&mut self, from: usize) {
+        let base = self.wp.base() as *mut u8;
+        let mem = self.committed.ptr();
+        for &page in &self.scratch[from..] {
+            // SAFETY: a page of both mappings (see flush).
+            unsafe {
+                std::ptr::copy_nonoverlapping(mem.add(page * PAGE), base.add(page * PAGE), PAGE)
+            };
+        }
+        self.rearm();
+    }
+
+    /// Write-protects every page the working copy wrote since the last scan, forgetting them
+    /// (they equal the memfd again). If the scan fails the whole region is protected instead.
+    fn rearm(&mut self) {
+        let mut discard = std::mem::take(&mut self.scratch);
+        discard.clear();
+        if self.wp.scan(&mut discard).is_err() {
+            let _ = self.wp.protect_all();
+        }
+        self.scratch = discard;
+    }
+
+    /// Undoes the transaction back to record `nrec`: drops the unflushed writes (pages reset
+    /// from the memfd), rolls the memfd back with the log records `nrec..`, and copies the pages
+    /// those records restored into the working copy.
+    ///
+    /// # Safety
+    /// As [`Shadow::flush`]; `pos`/`nrec` designate a record boundary of the log (a savepoint
+    /// or the start).
+    pub(crate) unsafe fn undo(
+        &mut self,
+        w: *mut LogWriter,
+        pos: usize,
+        nrec: u64,
+    ) -> Result<crate::RollbackCount, HeapError> {
+        self.scratch.clear();
+        let scanned = self.wp.scan(&mut self.scratch);
+        let len = self.committed.len();
+        let mem = self.committed.ptr();
+        let base = self.wp.base() as *mut u8;
+        // SAFETY: the contract; the memfd view is a live writable mapping of the heap, and no
+        // one else writes it while the server lives (it is this log's heap).
+        let r = unsafe {
+            (*w).view
+                .rollback(pos, nrec, (*w).nrec, mem, len, usize::MAX)
+        };
+        if scanned.is_err() {
+            // Which pages were written is unknown: reset the whole working copy.
+            // SAFETY: both mappings are `len` bytes and distinct.
+            unsafe { std::ptr::copy_nonoverlapping(mem, base, len) };
+        } else {
+            let unflushed = std::mem::take(&mut self.scratch);
+            for &page in unflushed.iter().chain(
+                self.flushed
+                    .iter()
+                    .filter(|(rec, _)| *rec >= nrec)
+                    .map(|(_, p)| p),
+            ) {
+                // SAFETY: a page of both mappings.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(mem.add(page * PAGE), base.add(page * PAGE), PAGE)
+                };
+            }
+            self.scratch = unflushed;
+        }
+        self.rearm();
+        r
+    }
+}

@@ -38,6 +38,10 @@ fn page_tracking_rolls_back_typed_and_hashbrown() {
         for t in 50..80 {
             common::run_tx(root, &mut tx, t).unwrap();
         }
+        // The SIGSEGV tracker logs pre-images at each first write, the uffd tracker when it
+        // moves written pages into the memfd (commit, savepoint): take a savepoint so that
+        // both have logged by now.
+        let _ = tx.savepoint().unwrap();
         assert!(tx.records() > 0, "pages were captured");
         assert_eq!(tx.log_used() % (4096 + 16), 0, "whole-page records");
         tx.abort().unwrap();
@@ -46,8 +50,10 @@ fn page_tracking_rolls_back_typed_and_hashbrown() {
         // Savepoint inside a page-tracked transaction.
         let mut tx = heap.begin(51).unwrap();
         common::run_tx(root, &mut tx, 51).unwrap();
-        let mid = heap_bytes(hfd.as_fd()).unwrap();
         let sp = tx.savepoint().unwrap();
+        // Taken after the savepoint: the uffd tracker moves the working copy into the memfd
+        // there (the SIGSEGV tracker writes the memfd in place all along).
+        let mid = heap_bytes(hfd.as_fd()).unwrap();
         for t in 52..60 {
             common::run_tx(root, &mut tx, t).unwrap();
         }

@@ -105,15 +105,16 @@
 //! only records it; `PAGEMAP_SCAN` with `PM_SCAN_WP_MATCHING` returns the written pages and
 //! write-protects them again in one call) is 3.5–4.5× cheaper per page. But it cannot implement
 //! this API: nobody is told before the write, so there is no pre-image to give the sink. Getting
-//! them back needs a *shadow copy* of the whole heap (twice the memory) kept equal to the
-//! committed state by copying the written pages at every commit (the "shadow copy" column), and
-//! abort restores written pages from it. For crash recovery that is worse than it looks: the
-//! undo log holds nothing, so the kernel must learn which pages an aborted transaction wrote —
-//! possible with `PAGEMAP_SCAN` on `/proc/<pid>/pagemap` of a *stopped* incarnation, impossible
-//! once it is dead (SIGKILL, OOM), leaving a whole-heap restore from the shadow whose cost grows
-//! with the heap (against the recovery target of ARCHITECTURE.md §15). It is a different contract (shadow
-//! paging, pages known at commit, not at first write) that the heap could adopt as a third
-//! tracking mode; it does not fit behind [`PreimageSink`], so no `Backend` enum here.
+//! them back needs a copy of the committed state. A separate shadow of the whole heap would make
+//! crash recovery hard (the undo log would hold nothing, and which pages a dead incarnation
+//! wrote is lost with its page tables). The heap avoids both with an inversion: **the heap memfd
+//! itself is the committed copy**, and the server runs on a *private copy-on-write mapping* of
+//! it, tracked by [`uffd::WpAsync`]. At commit (and savepoint, prepare) the written pages are
+//! found with one `PAGEMAP_SCAN`, their memfd pages appended to the undo log as ordinary
+//! pre-images, and only then copied into the memfd: a crash at any instant leaves the memfd
+//! either untouched or covered by the log, so recovery is the unchanged undo-log rollback.
+//! `txipc-heap` uses it by default under page tracking (`TXIPC_PAGE_TRACKER=sigsegv` selects
+//! [`PageTracker`]); ARCHITECTURE.md §5.3 has the protocol and its crash points.
 //!
 //! # Rules for the sink
 //!
@@ -158,6 +159,7 @@
 
 mod bench;
 mod handler;
+pub mod uffd;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -215,6 +217,17 @@ pub enum TrackError {
     /// `begin` was called while a transaction is open. Call [`PageTracker::end`] first.
     #[error("begin() called while a transaction is open; call end() first")]
     InTransaction,
+    /// userfaultfd write-protect tracking is not available or failed ([`uffd::WpAsync`]):
+    /// the kernel lacks `UFFD_FEATURE_WP_ASYNC`/`PAGEMAP_SCAN` (Linux < 6.7) or this process
+    /// may not create a userfaultfd. Use [`PageTracker`] instead.
+    #[error("userfaultfd write tracking: {what}: {source}")]
+    Uffd {
+        /// The step that failed.
+        what: &'static str,
+        /// The error from the kernel.
+        #[source]
+        source: std::io::Error,
+    },
     /// The range given to [`PageTracker::prepare_write`] is not inside the region.
     #[error("range {addr:#x}+{len:#x} is not inside the tracked region")]
     OutOfRegion {
