@@ -180,3 +180,68 @@ fn real_segfaults_still_kill_under_page_tracking() {
         "{st:?}"
     );
 }
+
+/// A nested participant's prepared transaction (ARCHITECTURE.md §13) is committed by the kernel
+/// after the participant died: its writes must be in the heap memfd from the moment its
+/// prepared reply can be seen. Under the uffd tracker they live in the private working copy
+/// until a flush, so `mark_prepared` flushes; without that, this test finds the memfd without
+/// the transaction's writes after `commit_prepared`.
+#[test]
+fn a_prepared_transaction_committed_after_its_death_keeps_its_writes() {
+    let _g = ONE_TRACKER.lock().unwrap_or_else(|e| e.into_inner());
+    use nix::sys::signal::Signal;
+    let hfd = create_heap_memfd("prep", 1 << 20).unwrap();
+    let lfd = create_log_memfd("prepl", 4 << 20).unwrap();
+    let base = 0x6a00_0000_0000;
+    // The model: both transactions applied.
+    let expected = {
+        let mut m = common::Model::default();
+        for t in 1..=2 {
+            common::model_tx(&mut m, t);
+        }
+        m
+    };
+    // SAFETY: the child only runs the code below and dies (SIGKILL) or _exits.
+    match unsafe { fork() }.unwrap() {
+        ForkResult::Child => {
+            common::no_core();
+            let r = (|| -> Result<(), txipc_heap::HeapError> {
+                let heap = Heap::attach(&hfd, &lfd, base, Tracking::Page)?;
+                let root: &common::Root = heap.root_or_init(|_| Ok(common::new_root()))?;
+                let mut tx = heap.begin(1)?;
+                common::run_tx(root, &mut tx, 1)?;
+                tx.commit()?;
+                let mut tx = heap.begin(2)?;
+                common::run_tx(root, &mut tx, 2)?;
+                // The prepared reply is about to be published; then the participant dies.
+                tx.mark_prepared();
+                let _ = nix::sys::signal::raise(Signal::SIGKILL);
+                Ok(())
+            })();
+            // SAFETY: forked child, no destructors.
+            unsafe { nix::libc::_exit(if r.is_ok() { 0 } else { 4 }) }
+        }
+        ForkResult::Parent { child } => {
+            let st = waitpid(child, None).unwrap();
+            assert!(
+                matches!(st, WaitStatus::Signaled(_, Signal::SIGKILL, _)),
+                "{st:?}"
+            );
+        }
+    }
+    // The kernel's decision: the root committed.
+    assert_eq!(
+        txipc_heap::commit_prepared(lfd.as_fd()).unwrap(),
+        Some(2),
+        "the log says ACTIVE(2)"
+    );
+    let heap = Heap::attach(&hfd, &lfd, base, Tracking::Typed).unwrap();
+    let root: &common::Root = heap.root().unwrap().expect("root");
+    let tx = heap.begin(3).unwrap();
+    assert_eq!(
+        common::read(root, &tx),
+        expected,
+        "every write of the prepared transaction is in the heap"
+    );
+    tx.abort().unwrap();
+}
