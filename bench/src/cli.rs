@@ -22,6 +22,23 @@ pub enum BenchCmd {
         /// Batches (the median is reported).
         #[arg(long, default_value_t = 7)]
         batches: u32,
+        /// Also measure iceoryx2 request-response and Servo's ipc-channel between two
+        /// processes, cross-core, in the same run (needs a txipc built with `--features peers`).
+        #[arg(long)]
+        peers: bool,
+    },
+    /// Serves one peer of `bench ipc --peers` (started by it; not for use by hand).
+    #[command(hide = true)]
+    PeerServe {
+        /// `iceoryx2` or `ipc-channel`.
+        #[arg(long)]
+        peer: String,
+        /// CPU to pin to.
+        #[arg(long)]
+        cpu: usize,
+        /// iceoryx2 service name.
+        #[arg(long)]
+        name: String,
     },
     /// YCSB core workloads on the kv server under several policies, interleaved in rounds
     /// (the baseline `none` is always measured beside the others).
@@ -87,7 +104,8 @@ pub enum BenchCmd {
         /// Fraction of the heap filled with data (and mapped by the server) before the runs.
         #[arg(long, default_value_t = 0.8)]
         fill: f64,
-        /// Faults: sigkill, segv, panic, comma-separated, or `all` (the names of every `--fault`).
+        /// Faults: sigkill, segv, panic, hang, comma-separated, or `all` (the names of every
+        /// `--fault`). With hang the server's deadline is 300 ms.
         #[arg(long, default_value = "all")]
         fault: String,
         /// Seed of the random fault instants.
@@ -153,6 +171,32 @@ fn check(ok: bool, what: impl Into<String>) -> Result<()> {
         Ok(())
     } else {
         Err(UsageError(what.into()).into())
+    }
+}
+
+/// The hidden `bench peer-serve` command.
+fn peer_serve(peer: &str, cpu: usize, name: &str) -> Result<()> {
+    #[cfg(feature = "peers")]
+    {
+        let peer = match peer {
+            "iceoryx2" => crate::peers::Peer::Iceoryx2,
+            "ipc-channel" => crate::peers::Peer::IpcChannel,
+            other => {
+                return Err(UsageError(format!(
+                    "--peer `{other}`: give `iceoryx2` or `ipc-channel`"
+                ))
+                .into());
+            }
+        };
+        crate::peers::serve(peer, cpu, name)
+    }
+    #[cfg(not(feature = "peers"))]
+    {
+        let _ = (peer, cpu, name);
+        Err(
+            UsageError("bench peer-serve needs a txipc built with the `peers` feature".into())
+                .into(),
+        )
     }
 }
 
@@ -286,16 +330,29 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
             }
             Ok(())
         }
+        BenchCmd::PeerServe { peer, cpu, name } => peer_serve(&peer, cpu, &name),
         BenchCmd::Ipc {
             iterations,
             batches,
+            peers,
         } => {
+            check(
+                iterations >= 1 && batches >= 1,
+                "--iterations and --batches must be at least 1",
+            )?;
+            #[cfg(not(feature = "peers"))]
+            check(
+                !peers,
+                "--peers needs a txipc built with the `peers` feature: \
+                 `cargo build --release -p txipc --features peers` \
+                 (iceoryx2 needs libclang: `apt-get install libclang-dev`; see the README)",
+            )?;
             let cfg = BenchConfig {
                 warmup: iterations / 4,
                 iterations,
                 batches,
             };
-            let r = crate::ipc::run(exe, &cfg)?;
+            let r = crate::ipc::run(exe, &cfg, peers)?;
             let c = &r.cross_core;
             let s = &r.same_core;
             let rows = [
@@ -352,6 +409,24 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                 c.baselines.unix_socket_rtt_ns.median_ns,
                 c.txipc_rtt_ns.median_ns,
             );
+            if let Some(p) = &r.peers {
+                table!(
+                    json,
+                    "| iceoryx2 request-response | {:.0} | |",
+                    p.iceoryx2_rtt_ns.median_ns
+                );
+                table!(
+                    json,
+                    "| ipc-channel | {:.0} | |",
+                    p.ipc_channel_rtt_ns.median_ns
+                );
+                table!(
+                    json,
+                    "iceoryx2 / txipc (cross-core) = {:.2}x; ipc-channel / txipc (cross-core) = {:.2}x (goal: both > 1)",
+                    ratio(p.iceoryx2_rtt_ns.median_ns, c.txipc_rtt_ns.median_ns),
+                    ratio(p.ipc_channel_rtt_ns.median_ns, c.txipc_rtt_ns.median_ns)
+                );
+            }
             let get_vs_null = ratio(c.payload.kv_get_rtt_ns.median_ns, c.txipc_rtt_ns.median_ns);
             table!(
                 json,
@@ -362,7 +437,7 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                 "txipc / raw spin (cross-core) = {vs_spin:.2}x (goal <= 1.2); txipc / raw futex (same core) = {vs_futex_same:.2}x (goal <= 1.2); unix socket / txipc (cross-core) = {unix_speedup:.1}x (goal >= 10)"
             );
             if json {
-                let v = serde_json::json!({
+                let mut v = serde_json::json!({
                     "txipc_rtt_ns": c.txipc_rtt_ns.median_ns,
                     "raw_spin_rtt_ns": c.baselines.raw_spin_rtt_ns.median_ns,
                     "raw_futex_rtt_ns": c.baselines.raw_futex_rtt_ns.median_ns,
@@ -383,6 +458,10 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                     "ratio_unix_over_txipc_cross": unix_speedup,
                     "detail": r,
                 });
+                if let Some(p) = &r.peers {
+                    v["iceoryx2_rtt_ns"] = p.iceoryx2_rtt_ns.median_ns.into();
+                    v["ipc_channel_rtt_ns"] = p.ipc_channel_rtt_ns.median_ns.into();
+                }
                 println!("{v}");
             }
             Ok(())
@@ -408,16 +487,18 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                 "--fill is a fraction of the heap, 0..=0.95",
             )?;
             use txipc_core::vocab::Fault as F;
-            let faults = txipc_core::vocab::parse_faults(&fault, &[F::Sigkill, F::Segv, F::Panic])
-                .map_err(UsageError)?
-                .into_iter()
-                .map(|f| match f {
-                    F::Sigkill => Fault::Sigkill,
-                    F::Segv => Fault::Segv,
-                    F::Panic => Fault::Panic,
-                    other => unreachable!("`{other}` is not in the allowed list"),
-                })
-                .collect();
+            let faults =
+                txipc_core::vocab::parse_faults(&fault, &[F::Sigkill, F::Segv, F::Panic, F::Hang])
+                    .map_err(UsageError)?
+                    .into_iter()
+                    .map(|f| match f {
+                        F::Sigkill => Fault::Sigkill,
+                        F::Segv => Fault::Segv,
+                        F::Panic => Fault::Panic,
+                        F::Hang => Fault::Hang,
+                        other => unreachable!("`{other}` is not in the allowed list"),
+                    })
+                    .collect();
             let cfg = crate::recovery::RecoveryConfig {
                 heap_mb,
                 runs,

@@ -33,9 +33,20 @@ pub struct PayloadRtts {
     pub kv_get_rtt_ns: Rtt,
 }
 
+/// Other IPC systems' round trips, cross-core, measured in the same run (`--peers`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerRtts {
+    /// iceoryx2 request-response, `u64` each way, both sides busy-polling.
+    pub iceoryx2_rtt_ns: Rtt,
+    /// Servo's ipc-channel, `u64` each way, blocking receive.
+    pub ipc_channel_rtt_ns: Rtt,
+}
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct IpcReport {
+    /// The peers (cross-core), with `--peers`.
+    pub peers: Option<PeerRtts>,
     /// Client on CPU 0, server on CPU 1.
     pub cross_core: PlacementResult,
     /// Both on CPU 0.
@@ -150,13 +161,20 @@ pub fn txipc_rtts(
 }
 
 /// Runs every measurement. The raw baselines run first, while this process is still
-/// single-threaded (they fork).
-pub fn run(exe: &Path, cfg: &BenchConfig) -> Result<IpcReport> {
+/// single-threaded (they fork); then the peers (with `peers`, started as processes of their
+/// own), then txipc.
+pub fn run(exe: &Path, cfg: &BenchConfig, peers: bool) -> Result<IpcReport> {
     let cross = baseline::measure_all(Placement::CrossCore, cfg)?;
     let same = baseline::measure_all(Placement::SameCore, cfg)?;
+    let peers = if peers {
+        Some(measure_peers(exe, cfg)?)
+    } else {
+        None
+    };
     let (tx_cross, pay_cross) = txipc_rtts(exe, Placement::CrossCore, cfg)?;
     let (tx_same, pay_same) = txipc_rtts(exe, Placement::SameCore, cfg)?;
     Ok(IpcReport {
+        peers,
         cross_core: PlacementResult {
             baselines: cross,
             txipc_rtt_ns: tx_cross,
@@ -168,4 +186,16 @@ pub fn run(exe: &Path, cfg: &BenchConfig) -> Result<IpcReport> {
             payload: pay_same,
         },
     })
+}
+
+#[cfg(feature = "peers")]
+fn measure_peers(exe: &Path, cfg: &BenchConfig) -> Result<PeerRtts> {
+    let r = crate::peers::measure_all(exe, 0, 1, cfg);
+    let _ = txipc_sys::process::pin_to_cpu_set_all();
+    r
+}
+
+#[cfg(not(feature = "peers"))]
+fn measure_peers(_exe: &Path, _cfg: &BenchConfig) -> Result<PeerRtts> {
+    anyhow::bail!("this txipc was built without the `peers` feature (see the README)")
 }

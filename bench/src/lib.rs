@@ -11,6 +11,8 @@ pub mod inject;
 pub mod ipc;
 pub mod kv;
 pub mod nested;
+#[cfg(feature = "peers")]
+pub mod peers;
 pub mod plot;
 pub mod recovery;
 pub mod ycsb;

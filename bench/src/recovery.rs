@@ -53,11 +53,20 @@ pub enum Fault {
     Segv,
     /// A panic in the handler (after its updates, before commit).
     Panic,
+    /// The handler never returns (after its updates, before commit); the kernel's watchdog
+    /// kills the incarnation once the call ran past `deadline_ms` ([`HANG_DEADLINE_MS`] here).
+    /// Measured from the hung incarnation's end: detection takes the deadline (plus up to one
+    /// watchdog tick) by design, and is not recovery.
+    Hang,
 }
+
+/// `deadline_ms` of the benchmark's kv server when `hang` is measured (the other faults do not
+/// depend on it).
+pub const HANG_DEADLINE_MS: u64 = 300;
 
 impl Fault {
     /// Every kind, in measurement order.
-    pub const ALL: [Fault; 3] = [Fault::Sigkill, Fault::Segv, Fault::Panic];
+    pub const ALL: [Fault; 4] = [Fault::Sigkill, Fault::Segv, Fault::Panic, Fault::Hang];
 
     /// The name in tables and JSON.
     pub fn as_str(self) -> &'static str {
@@ -65,12 +74,13 @@ impl Fault {
             Fault::Sigkill => "sigkill",
             Fault::Segv => "segv",
             Fault::Panic => "panic",
+            Fault::Hang => "hang",
         }
     }
 
     /// Whether the server detects (and reports) the fault itself.
     pub fn self_detected(self) -> bool {
-        !matches!(self, Fault::Sigkill)
+        !matches!(self, Fault::Sigkill | Fault::Hang)
     }
 }
 
@@ -195,8 +205,13 @@ fn manifest(cfg: &RecoveryConfig) -> String {
     } else {
         ("kv", "txipc")
     };
+    let deadline = if cfg.faults.contains(&Fault::Hang) {
+        HANG_DEADLINE_MS
+    } else {
+        5000
+    };
     format!(
-        "name = \"bench\"\n[[server]]\nname = \"kv\"\nbuiltin = \"{builtin}\"\npolicy = \"{policy}\"\ntracking = \"typed\"\nheap_mb = {}\ndeadline_ms = 5000\nretry_limit = 3\nslots = 1\nrequest_max = {}\nreply_max = {}\n{cpu}[server.restart]\nmin_interval_ms = 0\nmax_restarts = 100000\nwindow_ms = 1000\n[[grant]]\nclient = \"*\"\nservice = \"kv\"\n",
+        "name = \"bench\"\n[[server]]\nname = \"kv\"\nbuiltin = \"{builtin}\"\npolicy = \"{policy}\"\ntracking = \"typed\"\nheap_mb = {}\ndeadline_ms = {deadline}\nretry_limit = 3\nslots = 1\nrequest_max = {}\nreply_max = {}\n{cpu}[server.restart]\nmin_interval_ms = 0\nmax_restarts = 100000\nwindow_ms = 1000\n[[grant]]\nclient = \"*\"\nservice = \"kv\"\n",
         cfg.heap_mb,
         FILL_VALUE + 4096,
         (SCAN_CHUNK as usize + 1) * (FILL_VALUE + 256) + 4096,
@@ -397,6 +412,7 @@ pub fn run(
                     }
                     Fault::Segv => sys.inject("kv", FailKind::Segv, FailPoint::AfterHandle)?,
                     Fault::Panic => sys.inject("kv", FailKind::Panic, FailPoint::AfterHandle)?,
+                    Fault::Hang => sys.inject("kv", FailKind::Hang, FailPoint::AfterHandle)?,
                 }
                 let client = h.join().expect("client thread panicked");
                 Ok((client, t_fault, exit))
@@ -410,12 +426,14 @@ pub fn run(
                     fault.as_str()
                 );
             }
-            let from = if fault.self_detected() {
-                t_start
-            } else {
-                t_fault
-            };
             let exit_ns = exit.and_then(|h| h.join().ok().flatten());
+            let from = match fault {
+                Fault::Sigkill => t_fault,
+                Fault::Hang => exit_ns.with_context(|| {
+                    format!("hang: run {run}: the hung incarnation's end was not seen")
+                })?,
+                Fault::Segv | Fault::Panic => t_start,
+            };
             let (_, g1) = wait_running(&sys)?;
             let info = sys.ps()?.into_iter().find(|s| s.name == "kv");
             let kernel_us = info.as_ref().and_then(|s| s.last_recovery_us);
