@@ -54,26 +54,8 @@ impl Mapping {
     /// `fd` is the file this mapping maps, no reference into the mapping is live, and (when
     /// going back to shared) nothing was written to the private copy that must be kept.
     pub(crate) unsafe fn remap(&mut self, fd: impl AsFd, private: bool) -> Result<(), HeapError> {
-        let kind = if private {
-            MapFlags::PRIVATE
-        } else {
-            MapFlags::SHARED
-        };
-        // SAFETY: MAP_FIXED over our own mapping of `len` bytes (contract: no reference into it
-        // is live; the file and offset are the same, so every byte reads as before).
-        let p = unsafe {
-            rustix::mm::mmap(
-                self.ptr.as_ptr().cast(),
-                self.len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                kind | MapFlags::FIXED,
-                fd,
-                0,
-            )
-        }
-        .map_err(|e| HeapError::sys("mmap (remap the heap in place)", e))?;
-        debug_assert_eq!(p.cast::<u8>(), self.ptr.as_ptr());
-        Ok(())
+        // SAFETY: the caller's contract is `SharedMap::remap`'s.
+        unsafe { self.map.remap(fd, private) }.map_err(|e| heap_error("mmap (remap in place)", e))
     }
 
     /// Maps `fd` wherever the kernel likes (the kernel process's view of a heap or log).

@@ -234,6 +234,39 @@ impl SharedMap {
         Ok(SharedMap { ptr, len })
     }
 
+    /// Replaces this mapping, in place, by a *private* copy-on-write mapping of the same `fd`
+    /// (`private`; reads see the file, writes stay in this process: the working copy of the
+    /// heap's asynchronous page tracking), or by a shared one again. The file is checked as in
+    /// [`SharedMap::map`]; on an error the range may be unmapped (dropping is still sound).
+    ///
+    /// # Safety
+    /// `fd` is the file this mapping maps, no reference into the mapping is live across the
+    /// call, and (when going back to shared) nothing written to the private copy must be kept.
+    pub unsafe fn remap(&mut self, fd: impl AsFd, private: bool) -> Result<(), ShmError> {
+        check_sealed(&fd, self.len as u64)?;
+        let kind = if private {
+            MapFlags::PRIVATE
+        } else {
+            MapFlags::SHARED
+        };
+        // SAFETY: MAP_FIXED over exactly our own range (which no other object owns); the
+        // caller guarantees no reference into it is live, and the same file at the same offset
+        // reads as before. The file is sealed and large enough (checked).
+        let p = unsafe {
+            rustix::mm::mmap(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                kind | MapFlags::FIXED,
+                &fd,
+                0,
+            )
+        }
+        .map_err(sys("mmap (remap in place)"))?;
+        debug_assert_eq!(p.cast::<u8>(), self.ptr.as_ptr());
+        Ok(())
+    }
+
     /// The first byte of the mapping (page aligned).
     #[inline]
     pub fn ptr(&self) -> *mut u8 {
