@@ -26,14 +26,10 @@ use std::sync::atomic::{Ordering, compiler_fence};
 
 use serde::{Deserialize, Serialize};
 
-use crate::heap::HEAP_DATA_OFFSET;
-use crate::log::LogWriter;
-use crate::{HeapError, PCell};
+use crate::HeapError;
+use crate::layout::{AllocMeta, HEAP_DATA_OFFSET, HeapHeader, NCLASS, PAGE};
+use crate::txcore::TxCore;
 
-/// Page size of the large-object path.
-pub const PAGE: usize = 4096;
-/// Number of small size classes.
-pub const NCLASS: usize = 28;
 /// The small size classes, in bytes.
 pub const CLASS_SIZES: [u32; NCLASS] = [
     16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256, 320, 384, 448, 512,
@@ -55,31 +51,10 @@ pub(crate) fn class_of(size: usize) -> usize {
     }
 }
 
-/// Allocator metadata, in the heap header. Offsets are from the heap base; list heads and
-/// links are absolute addresses (the heap is always mapped at its base by the server).
-#[repr(C)]
-pub(crate) struct AllocMeta {
-    sbump: PCell<u64>,
-    lbump: PCell<u64>,
-    large: PCell<u64>,
-    small: [PCell<u64>; NCLASS],
-}
-
 pub(crate) fn format_meta(m: &AllocMeta, size: usize) {
     // Raw initialisation on a fresh heap (no transaction exists yet).
     m.sbump.init_raw(HEAP_DATA_OFFSET as u64);
     m.lbump.init_raw(size as u64);
-}
-
-/// The part of a transaction the allocator and the cells need: where the heap is and where
-/// (if anywhere) writes are logged.
-#[derive(Debug)]
-pub(crate) struct TxCore {
-    pub(crate) base: usize,
-    pub(crate) end: usize,
-    /// Typed tracking: log every write. Otherwise (page / off) writes are not logged here.
-    pub(crate) typed: bool,
-    pub(crate) w: *mut LogWriter,
 }
 
 #[repr(C)]
@@ -89,59 +64,9 @@ struct LargeNode {
 }
 
 impl TxCore {
-    #[inline]
-    pub(crate) fn check(&self, p: usize, len: usize) -> Result<(), HeapError> {
-        if p < self.base || p > self.end || self.end - p < len {
-            return Err(HeapError::NotInHeap { addr: p });
-        }
-        Ok(())
-    }
-
-    /// Logs the pre-image of `p..p+len` (typed tracking) after checking it lies in the heap.
-    ///
-    /// # Safety
-    /// `p..p+len` is readable if it lies in the heap (it does, when mapped); no other thread
-    /// uses the writer.
-    #[inline]
-    pub(crate) unsafe fn log(&self, p: *const u8, len: usize) -> Result<(), HeapError> {
-        self.check(p as usize, len)?;
-        if self.typed {
-            // SAFETY: inside the live heap mapping (checked); writer exclusive (contract).
-            unsafe { (*self.w).append(p as usize - self.base, p, len) }
-        } else {
-            Ok(())
-        }
-    }
-
-    #[inline]
-    fn log_zero(&self, p: usize, len: usize) -> Result<(), HeapError> {
-        self.check(p, len)?;
-        if self.typed {
-            // SAFETY: the writer is only used by the transaction's thread.
-            unsafe { (*self.w).append_zero(p - self.base, len) }
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Logged write of one u64 at `p`.
-    ///
-    /// # Safety
-    /// `p` is an 8-aligned heap address not covered by a live Rust reference (other than
-    /// through UnsafeCell).
-    #[inline]
-    pub(crate) unsafe fn set_u64(&self, p: *mut u64, v: u64) -> Result<(), HeapError> {
-        // SAFETY: contract.
-        unsafe {
-            self.log(p.cast(), 8)?;
-            p.write(v);
-        }
-        Ok(())
-    }
-
     fn meta(&self) -> &AllocMeta {
         // SAFETY: the header is at base, inside the live mapping; AllocMeta is all cells.
-        unsafe { &(*(self.base as *const crate::heap::HeapHeader)).alloc }
+        unsafe { &(*(self.base as *const HeapHeader)).alloc }
     }
 
     fn full(&self, requested: usize) -> HeapError {

@@ -3,8 +3,8 @@
 use std::cell::UnsafeCell;
 use std::marker::PhantomData;
 
-use crate::alloc::TxCore;
-use crate::{HeapError, Tx};
+use crate::HeapError;
+use crate::txcore::TxCore;
 
 /// Marks a type that may live in the recoverable heap.
 ///
@@ -91,27 +91,6 @@ impl<T: Copy> PCell<T> {
         // SAFETY: PCell is !Sync and never hands out references to its contents, so no write
         // can be in progress during this copy.
         unsafe { *self.0.get() }
-    }
-
-    /// Logs the current bytes in `tx`'s undo log, then stores `v`.
-    ///
-    /// # Errors
-    /// [`HeapError::LogFull`] (nothing written), [`HeapError::NotInHeap`] if the cell is not
-    /// inside `tx`'s heap.
-    #[inline]
-    pub fn set(&self, tx: &Tx<'_>, v: T) -> Result<(), HeapError> {
-        self.set_core(&tx.core, v)
-    }
-
-    /// `set(f(get()))`.
-    ///
-    /// # Errors
-    /// As [`set`](PCell::set).
-    #[inline]
-    pub fn update(&self, tx: &Tx<'_>, f: impl FnOnce(T) -> T) -> Result<T, HeapError> {
-        let v = f(self.get());
-        self.set(tx, v)?;
-        Ok(v)
     }
 
     #[inline]

@@ -93,7 +93,7 @@ pub enum HeapError {
         /// What was attempted.
         what: &'static str,
         /// The heap's tracking mode.
-        mode: crate::Tracking,
+        mode: crate::tracking::Tracking,
     },
     /// A caller error: bad size, alignment or index.
     #[error("invalid argument: {0}")]

@@ -2,64 +2,15 @@
 
 use std::cell::{Cell, UnsafeCell};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde::{Deserialize, Serialize};
-
-use crate::alloc::{AllocMeta, TxCore};
+use crate::layout::{HEAP_DATA_OFFSET, HEAP_MAGIC, HEAP_VERSION, HeapHeader, MIN_HEAP_SIZE};
 use crate::log::{LogView, LogWriter, MAX_TXID, MIN_LOG_SIZE, RollbackCount, TxState};
 use crate::map::{Mapping, fd_size};
+use crate::page::HeapAlloc;
+use crate::tracking::Tracking;
+use crate::txcore::TxCore;
 use crate::{BatchEntry, HeapError, PCell, Persistent};
-
-/// Magic number at the start of every heap.
-pub const HEAP_MAGIC: u64 = u64::from_le_bytes(*b"TXIPCHP1");
-/// Version of the heap layout.
-pub const HEAP_VERSION: u32 = 1;
-/// Offset of the first allocatable byte (the header owns page 0).
-pub const HEAP_DATA_OFFSET: usize = 4096;
-/// Smallest heap.
-pub const MIN_HEAP_SIZE: usize = 64 * 1024;
-/// Start of the default range for heap bases (32 TiB): far above the usual brk area and below
-/// the top-down mmap area and the stack of 47-bit user space. The kernel maps server number `i`
-/// at [`default_base`]`(i)`; 64 servers of at most 1 TiB each end at 96 TiB, below 128 TiB.
-pub const DEFAULT_BASE: usize = 0x2000_0000_0000;
-/// Distance between the default bases of two servers (1 TiB; heaps are at most this large).
-pub const BASE_STRIDE: usize = 1 << 40;
-
-/// The default fixed base for server number `index` (0, 1, 2, ...).
-pub fn default_base(index: usize) -> usize {
-    DEFAULT_BASE + index * BASE_STRIDE
-}
-
-/// How a transaction's writes reach the undo log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Tracking {
-    /// Every mutating method logs the exact bytes it is about to change (policy `txipc`, typed).
-    Typed,
-    /// Typed writes are not logged one by one; every page is write-protected at begin and its
-    /// pre-image logged on its first write (policy `txipc`, page).
-    Page,
-    /// Nothing is logged (policies `none` and `restart`: same code, no undo).
-    Off,
-}
-
-impl Tracking {
-    fn code(self) -> u32 {
-        match self {
-            Tracking::Typed => 1,
-            Tracking::Page => 2,
-            Tracking::Off => 3,
-        }
-    }
-    pub(crate) fn from_code(c: u32) -> Option<Tracking> {
-        match c {
-            1 => Some(Tracking::Typed),
-            2 => Some(Tracking::Page),
-            3 => Some(Tracking::Off),
-            _ => None,
-        }
-    }
-}
 
 /// The mechanism behind [`Tracking::Page`], chosen at attach from the environment variable
 /// `TXIPC_PAGE_TRACKER`: `uffd` (the default) uses userfaultfd write-protect in asynchronous
@@ -77,32 +28,6 @@ impl PageBackend {
             Ok("sigsegv") => PageBackend::Sigsegv,
             _ => PageBackend::Uffd,
         }
-    }
-}
-
-/// The header at offset 0 of every heap.
-#[repr(C)]
-pub(crate) struct HeapHeader {
-    magic: u64,
-    version: u32,
-    hdr_size: u32,
-    size: u64,
-    base: u64,
-    layout: u64,
-    /// Tracking mode of the process that has the heap attached (not transactional; lets the
-    /// allocator handle refuse to run untracked under typed tracking).
-    pub(crate) attach_mode: AtomicU32,
-    _pad: u32,
-    root: PCell<u64>,
-    root_tag: PCell<u64>,
-    pub(crate) alloc: AllocMeta,
-}
-
-const _: () = assert!(std::mem::size_of::<HeapHeader>() <= HEAP_DATA_OFFSET);
-
-impl HeapHeader {
-    pub(crate) fn size_bytes(&self) -> usize {
-        self.size as usize
     }
 }
 
@@ -258,7 +183,7 @@ impl Heap {
         }
         hdr.attach_mode.store(tracking.code(), Ordering::Relaxed);
         if tracking == Tracking::Page {
-            if rustix::param::page_size() != crate::alloc::PAGE {
+            if rustix::param::page_size() != crate::layout::PAGE {
                 return Err(HeapError::Unsupported {
                     what: "page tracking with pages other than 4 KiB",
                     mode: tracking,
@@ -884,5 +809,44 @@ impl Drop for Tx<'_> {
         if !self.done {
             let _ = self.abort_inner();
         }
+    }
+}
+
+impl Heap {
+    /// An allocator handle for this heap (page tracking or `Off` only).
+    ///
+    /// # Errors
+    /// [`HeapError::Unsupported`] under [`Tracking::Typed`].
+    pub fn allocator(&self) -> Result<HeapAlloc, HeapError> {
+        if self.tracking() == Tracking::Typed {
+            return Err(HeapError::Unsupported {
+                what: "the allocator handle (untracked writes)",
+                mode: Tracking::Typed,
+            });
+        }
+        Ok(HeapAlloc::new(self.base()))
+    }
+}
+
+impl<T: Copy> PCell<T> {
+    /// Logs the current bytes in `tx`'s undo log, then stores `v`.
+    ///
+    /// # Errors
+    /// [`HeapError::LogFull`] (nothing written), [`HeapError::NotInHeap`] if the cell is not
+    /// inside `tx`'s heap.
+    #[inline]
+    pub fn set(&self, tx: &Tx<'_>, v: T) -> Result<(), HeapError> {
+        self.set_core(&tx.core, v)
+    }
+
+    /// `set(f(get()))`.
+    ///
+    /// # Errors
+    /// As [`set`](PCell::set).
+    #[inline]
+    pub fn update(&self, tx: &Tx<'_>, f: impl FnOnce(T) -> T) -> Result<T, HeapError> {
+        let v = f(self.get());
+        self.set(tx, v)?;
+        Ok(v)
     }
 }

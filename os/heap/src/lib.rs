@@ -79,13 +79,17 @@ pub mod bench;
 mod cell;
 mod collections;
 mod error;
+mod hash;
 mod heap;
+mod layout;
 mod log;
 mod map;
 mod page;
 mod recover;
+mod tracking;
+mod txcore;
 
-pub use alloc::{CLASS_SIZES, HeapStats, MAX_SMALL, NCLASS, PAGE};
+pub use alloc::{CLASS_SIZES, HeapStats, MAX_SMALL};
 pub use cell::{PCell, Persistent};
 pub use collections::btree::{PBTreeMap, Range};
 pub use collections::buf::PBuf;
@@ -94,9 +98,10 @@ pub use collections::hashmap::PHashMap;
 pub use collections::vec::PVec;
 pub use collections::{PKey, PValue, StableHasher, stable_hash};
 pub use error::HeapError;
-pub use heap::{
-    AttachKind, BASE_STRIDE, DEFAULT_BASE, HEAP_DATA_OFFSET, HEAP_MAGIC, HEAP_VERSION, Heap,
-    MIN_HEAP_SIZE, Savepoint, Tracking, Tx, default_base,
+pub use heap::{AttachKind, Heap, Savepoint, Tx};
+pub use layout::{
+    BASE_STRIDE, DEFAULT_BASE, HEAP_DATA_OFFSET, HEAP_MAGIC, HEAP_VERSION, MIN_HEAP_SIZE, NCLASS,
+    PAGE, default_base,
 };
 pub use log::{
     BatchEntry, FLAG_OVERFLOW, LOG_AREA_OFFSET, LOG_MAGIC, LOG_VERSION, LogSnapshot, MAX_BATCH,
@@ -107,4 +112,5 @@ pub use recover::{
     Recovery, commit_prepared, create_heap_memfd, create_log_memfd, heap_bytes, heap_is_formatted,
     read_log, recover, rollback_partial,
 };
+pub use tracking::Tracking;
 pub use txipc_heap_derive::Persistent;

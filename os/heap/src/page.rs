@@ -4,9 +4,10 @@
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::alloc::{PAGE, TxCore};
-use crate::heap::{HeapHeader, Tracking};
+use crate::layout::{HeapHeader, PAGE};
 use crate::log::LogWriter;
+use crate::tracking::Tracking;
+use crate::txcore::TxCore;
 use crate::{HeapError, Persistent};
 
 /// The page-tracking sink: appends the page's pre-image to the undo log.
@@ -188,7 +189,7 @@ unsafe impl allocator_api2_02::alloc::Allocator for HeapAlloc {
     }
 }
 
-/// A `BuildHasher` that hashes the same in every process ([`StableHasher`](crate::StableHasher)):
+/// A `BuildHasher` that hashes the same in every process ([`StableHasher`](crate::hash::StableHasher)):
 /// use it for hash maps stored in the heap (the default random state would change with every
 /// incarnation).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -199,9 +200,9 @@ pub struct StableState;
 unsafe impl Persistent for StableState {}
 
 impl std::hash::BuildHasher for StableState {
-    type Hasher = crate::StableHasher;
-    fn build_hasher(&self) -> crate::StableHasher {
-        crate::StableHasher::default()
+    type Hasher = crate::hash::StableHasher;
+    fn build_hasher(&self) -> crate::hash::StableHasher {
+        crate::hash::StableHasher::default()
     }
 }
 
@@ -226,22 +227,6 @@ unsafe impl<K: PageSafe, V: PageSafe, S: PageSafe> PageSafe
 unsafe impl<T: PageSafe, S: PageSafe> PageSafe for hashbrown::HashSet<T, S, HeapAlloc> {}
 // SAFETY: the buffer is allocated from the heap; elements are PageSafe.
 unsafe impl<T: PageSafe> PageSafe for allocator_api2::vec::Vec<T, HeapAlloc> {}
-
-impl crate::Heap {
-    /// An allocator handle for this heap (page tracking or `Off` only).
-    ///
-    /// # Errors
-    /// [`HeapError::Unsupported`] under [`Tracking::Typed`].
-    pub fn allocator(&self) -> Result<HeapAlloc, HeapError> {
-        if self.tracking() == Tracking::Typed {
-            return Err(HeapError::Unsupported {
-                what: "the allocator handle (untracked writes)",
-                mode: Tracking::Typed,
-            });
-        }
-        Ok(HeapAlloc::new(self.base()))
-    }
-}
 
 /// The asynchronous page tracker under [`Tracking::Page`] (the default where the kernel has
 /// `UFFD_FEATURE_WP_ASYNC` and `PAGEMAP_SCAN`; ARCHITECTURE.md §5.3).

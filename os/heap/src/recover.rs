@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 
-use crate::heap::{HEAP_DATA_OFFSET, HEAP_MAGIC, MIN_HEAP_SIZE};
+use crate::layout::{HEAP_DATA_OFFSET, HEAP_MAGIC, MIN_HEAP_SIZE};
 use crate::log::{LogView, MIN_LOG_SIZE, RollbackCount};
 use crate::map::{Mapping, create_memfd, fd_size};
 use crate::{BatchEntry, HeapError, LogSnapshot, TxState};
