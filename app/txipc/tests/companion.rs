@@ -185,6 +185,90 @@ fn a_corrupt_log_record_is_detected_and_the_server_held() {
     sys.shutdown().unwrap();
 }
 
+/// Waits until the standby has restored the newest checkpoint (at least `min`); returns it.
+fn wait_warm(conn: &System, min: u64) -> u64 {
+    wait_until("a warm standby", Duration::from_secs(20), || {
+        let c = companion(conn);
+        c.checkpoint_index >= min && c.standby_index == c.checkpoint_index
+    });
+    companion(conn).checkpoint_index
+}
+
+/// The warm standby: every accepted checkpoint is restored by the standby as it is taken, so
+/// a recovery reconstitutes nothing and replays only the log behind the checkpoint.
+#[test]
+fn the_warm_standby_restores_each_checkpoint_so_recovery_only_replays_the_tail() {
+    let sys = companion_system(
+        "warm",
+        "kv-plain",
+        "checkpoint_every = 20\ncheckpoint_ms = 0",
+    );
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    for i in 0..45u32 {
+        kv.put(format!("k{i}"), format!("v{i}")).unwrap();
+    }
+    let at = wait_warm(&conn, 40);
+    kill_and_wait(&conn);
+    let c = companion(&conn);
+    assert!(
+        c.last_warm,
+        "the standby had restored checkpoint {at}: {c:?}"
+    );
+    assert_eq!(c.last_replayed, 45 - at, "{c:?}");
+    for i in 0..45u32 {
+        assert_eq!(
+            kv.get(format!("k{i}")).unwrap(),
+            Some(format!("v{i}").into())
+        );
+    }
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
+/// The companion itself killed: its durable half is the kernel (the log and the checkpoints);
+/// its other processes are the warm standby and the checkpoint writers. A SIGKILLed standby
+/// is replaced by a fresh one, which is warmed with the newest checkpoint at once; then the
+/// server's own death is recovered from it, nothing lost.
+#[test]
+fn the_warm_standby_killed_is_replaced_and_warmed_again() {
+    let sys = companion_system(
+        "warmkill",
+        "kv-plain",
+        "checkpoint_every = 20\ncheckpoint_ms = 0",
+    );
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    for i in 0..30u32 {
+        kv.put(format!("k{i}"), format!("v{i}")).unwrap();
+    }
+    wait_warm(&conn, 20);
+    let standby = info(&conn).standby_pid;
+    assert!(standby > 0);
+    txipc_sys::process::kill(standby, rustix::process::Signal::KILL).unwrap();
+    wait_until("a new standby", Duration::from_secs(20), || {
+        let i = info(&conn);
+        i.standby_pid > 0 && i.standby_pid != standby
+    });
+    for i in 30..50u32 {
+        kv.put(format!("k{i}"), format!("v{i}")).unwrap();
+    }
+    let at = wait_warm(&conn, 40);
+    assert_eq!(info(&conn).state, "running");
+    kill_and_wait(&conn);
+    let c = companion(&conn);
+    assert!(c.last_warm, "{c:?}");
+    assert_eq!(c.last_replayed, 50 - at, "{c:?}");
+    for i in 0..50u32 {
+        assert_eq!(
+            kv.get(format!("k{i}")).unwrap(),
+            Some(format!("v{i}").into())
+        );
+    }
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
 /// The log's end is the tail word the server stores after each record (the log point). A wild
 /// write into it — here one that makes the log look shorter, which would silently drop
 /// acknowledged requests if it were believed — is caught by its check and holds the server.

@@ -281,6 +281,12 @@ pub struct CompanionInfo {
     pub last_replayed: u64,
     /// Time the last recovery spent restoring the snapshot and replaying, microseconds.
     pub last_replay_us: u64,
+    /// The last recovery found its checkpoint already restored by the warm standby.
+    #[serde(default)]
+    pub last_warm: bool,
+    /// The checkpoint (its last request's index) the standby has restored in advance; 0: none.
+    #[serde(default)]
+    pub standby_index: u64,
 }
 
 /// Why the kernel refused.
@@ -447,6 +453,10 @@ pub enum ToServer {
     /// the last checkpoint (fd `[snapshot]` rides along when `snapshot` is true) and replaying
     /// the message log behind it (see `crate::companion`).
     ActivateCompanion(CompanionStart),
+    /// Policy companion, to a standby: the newest accepted checkpoint (its sealed snapshot fd
+    /// rides along). The standby restores it now — reconstitutes the server from it in
+    /// advance — so that its activation only replays the log behind it (the warm standby).
+    Warm,
 }
 
 /// What a companion incarnation needs to reconstitute its server.
@@ -522,6 +532,14 @@ pub enum FromServer {
         snapshot_bytes: u64,
         /// Time to restore the snapshot and replay, microseconds.
         us: u64,
+        /// The checkpoint had been restored in advance by this incarnation as a standby.
+        warm: bool,
+    },
+    /// Policy companion, from a standby: it restored the checkpoint whose last request is
+    /// `index` (after [`ToServer::Warm`]).
+    Warmed {
+        /// The checkpoint's last request.
+        index: u64,
     },
     /// Policy companion: the server cannot be served correctly (a corrupt log record or
     /// snapshot, a divergent replay): hold it down and tell the operator why.

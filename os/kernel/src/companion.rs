@@ -114,6 +114,8 @@ impl CompanionLog {
 
     /// What the next incarnation needs, and the snapshot fd to send with it.
     pub(crate) fn start_message(&mut self, generation: u64) -> (CompanionStart, Option<&OwnedFd>) {
+        // The standby is being activated: the next one restores from scratch.
+        self.info.standby_index = 0;
         let base = self
             .snapshot
             .as_ref()
@@ -257,6 +259,23 @@ pub(crate) fn settle(s: &mut Server, held: bool) -> Recovered {
 }
 
 impl Kernel {
+    /// Hands the newest accepted checkpoint to standby `generation` of server `i`, which
+    /// restores it in advance (the warm standby). A send that fails (its socket full) is
+    /// harmless: its activation then restores the checkpoint itself.
+    pub(crate) fn companion_warm(&mut self, i: usize, generation: u64) {
+        let s = &self.servers[i];
+        let (Some(log), Some(inc)) = (s.companion.as_ref(), s.incarnation(generation)) else {
+            return;
+        };
+        if let Some((fd, _)) = &log.snapshot {
+            let _ = txipc_sys::fdpass::send(
+                &inc.sock,
+                &txipc_core::proto::encode(&txipc_core::proto::ToServer::Warm),
+                &[fd.as_fd()],
+            );
+        }
+    }
+
     /// A companion incarnation reported why it cannot serve correctly: hold the server.
     /// (The lifecycle kills it and holds the server; the reason shown is `message`.)
     pub(crate) fn companion_hold(&mut self, i: usize, generation: u64, message: String) {
@@ -280,9 +299,14 @@ impl Kernel {
         let index = info.index;
         let (stall, bytes) = (info.stall_us, info.bytes);
         match log.on_checkpoint(info, fd) {
-            Ok(()) => self.log(format!(
-                "{name}: checkpoint at request {index}, {bytes} bytes, stall {stall} µs"
-            )),
+            Ok(()) => {
+                self.log(format!(
+                    "{name}: checkpoint at request {index}, {bytes} bytes, stall {stall} µs"
+                ));
+                if let Some(g) = self.servers[i].life.standby() {
+                    self.companion_warm(i, g);
+                }
+            }
             Err(e) => self.log(format!(
                 "{name}: checkpoint at request {index} refused: {e}"
             )),

@@ -75,6 +75,8 @@ impl Kernel {
             .is_ok();
         }
         self.servers[i].procs.insert(generation, inc);
+        // A companion standby restores the newest checkpoint now (the warm standby).
+        self.companion_warm(i, generation);
         self.feed(i, Event::StandbyReady(generation));
         if !ok {
             self.feed(i, Event::Hang(generation));
@@ -122,10 +124,21 @@ impl Kernel {
                     let fd = fds.pop().expect("one fd");
                     self.companion_checkpoint(i, info, fd);
                 }
-                Ok(FromServer::Replayed { records, us, .. }) => {
+                Ok(FromServer::Replayed {
+                    records, us, warm, ..
+                }) => {
                     if let Some(c) = &mut self.servers[i].companion {
                         c.info.last_replayed = records;
                         c.info.last_replay_us = us;
+                        c.info.last_warm = warm;
+                    }
+                }
+                Ok(FromServer::Warmed { index }) => {
+                    let s = &mut self.servers[i];
+                    if s.life.standby() == Some(generation)
+                        && let Some(c) = &mut s.companion
+                    {
+                        c.info.standby_index = index;
                     }
                 }
                 Ok(FromServer::Hold { message }) => {

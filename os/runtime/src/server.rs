@@ -481,7 +481,7 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
     let mut buf = vec![0u8; proto::MAX_CONTROL_MSG];
     let ctl = Rc::new(ctl);
     CTL.with(|c| *c.borrow_mut() = Some(ctl.clone()));
-    let (generation, fresh) = match standby(&ctl, &mut chans, &mut buf) {
+    let (generation, fresh) = match standby(&ctl, &mut chans, &mut buf, &mut |_| {}) {
         Activation::Txipc { generation, fresh } => (generation, fresh),
         Activation::Companion(..) => fatal(
             &ctl,
@@ -560,13 +560,26 @@ pub(crate) enum Activation {
 }
 
 /// The standby phase of an incarnation: says `Standby`, maps channels as they come, until
-/// activated. Exits on `Shutdown` or when the kernel is gone.
-pub(crate) fn standby(ctl: &Rc<OwnedFd>, chans: &mut Vec<Chan>, buf: &mut [u8]) -> Activation {
+/// activated. Exits on `Shutdown` or when the kernel is gone. A companion standby is handed
+/// each accepted checkpoint (`Warm`): `warm` restores it — only the newest of those queued,
+/// and only when no other message waits.
+pub(crate) fn standby(
+    ctl: &Rc<OwnedFd>,
+    chans: &mut Vec<Chan>,
+    buf: &mut [u8],
+    warm: &mut dyn FnMut(OwnedFd),
+) -> Activation {
     let _ = fdpass::send(&**ctl, &proto::encode(&FromServer::Standby), &[]);
+    let mut pending: Option<OwnedFd> = None;
     loop {
-        let (n, mut fds_in) = match fdpass::recv(&**ctl, buf, false) {
+        let (n, mut fds_in) = match fdpass::recv(&**ctl, buf, pending.is_some()) {
             Ok(Some(m)) => m,
-            Ok(None) => continue,
+            Ok(None) => {
+                if let Some(fd) = pending.take() {
+                    warm(fd);
+                }
+                continue;
+            }
             Err(_) => std::process::exit(0),
         };
         match proto::decode::<ToServer>(&buf[..n]) {
@@ -578,6 +591,11 @@ pub(crate) fn standby(ctl: &Rc<OwnedFd>, chans: &mut Vec<Chan>, buf: &mut [u8]) 
             Ok(ToServer::ActivateCompanion(start)) => {
                 let snap = if start.snapshot { fds_in.pop() } else { None };
                 return Activation::Companion(start, snap);
+            }
+            Ok(ToServer::Warm) => {
+                if let Some(fd) = fds_in.pop() {
+                    pending = Some(fd);
+                }
             }
             Ok(ToServer::Connected(info)) => restore_outgoing(info, fds_in),
             Ok(ToServer::ConnectRefused { .. })
@@ -678,6 +696,7 @@ impl Loop<'_> {
                 Ok(
                     ToServer::Activate { .. }
                     | ToServer::ActivateCompanion(_)
+                    | ToServer::Warm
                     | ToServer::Undecided { .. },
                 ) => {}
                 Ok(ToServer::Decided {
