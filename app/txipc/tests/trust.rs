@@ -246,3 +246,80 @@ fn a_server_cannot_shrink_what_the_kernel_maps() {
     drop((f, conn));
     sys.shutdown().unwrap();
 }
+
+/// Time the process `pid` spent running or runnable (waiting for a CPU), in nanoseconds
+/// (`/proc/PID/schedstat`): a process that spins is runnable all the time whatever the load,
+/// one that sleeps in `epoll_wait` is not.
+fn runnable_ns(pid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap();
+    let mut f = s.split_whitespace().map(|v| v.parse::<u64>().unwrap());
+    f.next().unwrap() + f.next().unwrap()
+}
+
+/// Issue 7, defect 4 (`accept` that survives EMFILE): the kernel's descriptor limit is lowered
+/// (prlimit) to what it has open, so it cannot accept. Connected clients are still served, a
+/// new connection waits in the backlog, and the kernel does not spin on the readable listener
+/// (it is runnable less than half the time); once descriptors are back, the waiting connection
+/// is served and new ones are accepted.
+#[test]
+fn accept_survives_running_out_of_descriptors() {
+    use rustix::process::{Pid, Resource, Rlimit, getrlimit, prlimit};
+    let sys = boot(
+        "emfile",
+        &(server("f", "faulty", "txipc", "") + &grant("*", "f")),
+    );
+    let kernel = sys.pid() as i32;
+    let conn = sys.connect().unwrap();
+    assert_eq!(conn.ps().unwrap().len(), 1);
+    // A new descriptor takes the lowest free number: a limit at that number refuses it.
+    let open: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{kernel}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    let lowest_free = (0..).find(|n| !open.contains(n)).unwrap();
+    let pid = Pid::from_raw(kernel).unwrap();
+    let ours = getrlimit(Resource::Nofile);
+    let old = prlimit(
+        Some(pid),
+        Resource::Nofile,
+        Rlimit {
+            current: Some(lowest_free),
+            maximum: ours.maximum,
+        },
+    )
+    .unwrap();
+    // Restores the limit however the test ends.
+    struct Restore(Pid, Rlimit);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = prlimit(Some(self.0), Resource::Nofile, self.1.clone());
+        }
+    }
+    let restore = Restore(pid, old);
+    let mut late = sys.connect().unwrap();
+    late.set_control_timeout(Duration::from_secs(120)).unwrap();
+    let waiter = std::thread::spawn(move || late.ps().map(|v| v.len()));
+    let (start, t0) = (runnable_ns(kernel), std::time::Instant::now());
+    for _ in 0..20 {
+        assert_eq!(conn.ps().unwrap().len(), 1, "connected clients are served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (runnable, wall) = (runnable_ns(kernel) - start, t0.elapsed().as_nanos() as u64);
+    assert!(
+        !waiter.is_finished(),
+        "the kernel accepted a connection past its descriptor limit: the test did not bite"
+    );
+    assert!(
+        runnable < wall / 2,
+        "the kernel was runnable {runnable} ns of {wall} ns: it spins on accept"
+    );
+    drop(restore);
+    assert_eq!(
+        waiter.join().unwrap().unwrap(),
+        1,
+        "the waiting connection is served once descriptors are back"
+    );
+    assert_eq!(sys.connect().unwrap().ps().unwrap().len(), 1);
+    drop(conn);
+    sys.shutdown().unwrap();
+}
