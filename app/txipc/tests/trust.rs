@@ -292,7 +292,7 @@ fn accept_survives_running_out_of_descriptors() {
     struct Restore(Pid, Rlimit);
     impl Drop for Restore {
         fn drop(&mut self) {
-            let _ = prlimit(Some(self.0), Resource::Nofile, self.1.clone());
+            let _ = prlimit(Some(self.0), Resource::Nofile, self.1);
         }
     }
     let restore = Restore(pid, old);
