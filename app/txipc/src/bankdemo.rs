@@ -225,13 +225,23 @@ pub struct BankDemoReport {
 }
 
 fn demo_manifest(system: &str, policy: &str) -> String {
+    // Under companion: frequent checkpoints and a small log keep the log a fault replays short
+    // (a full log forces a checkpoint); the state a recovery decodes still grows with the
+    // ledgers.
+    let checkpoints = if policy == "companion" {
+        "checkpoint_every = 5000\ncheckpoint_ms = 100\nlog_mb = 4\n"
+    } else {
+        ""
+    };
     // 1 GiB heaps (sparse): a long storm writes millions of ledger entries.
     crate::bank::manifest(
         system,
         2,
         policy,
         1024,
-        "deadline_ms = 300\nretry_limit = 10\n[server.restart]\nmin_interval_ms = 0\nmax_restarts = 100000\nwindow_ms = 1000",
+        &format!(
+            "deadline_ms = 300\nretry_limit = 10\n{checkpoints}[server.restart]\nmin_interval_ms = 0\nmax_restarts = 100000\nwindow_ms = 1000"
+        ),
     )
 }
 
