@@ -170,3 +170,39 @@ fn a_timeout_says_whether_the_request_was_withdrawn() {
     drop((f, conn));
     sys.shutdown().unwrap();
 }
+
+/// Issue 7 (race of `ps` after a death): the zygote reaps each child as soon as it ends and
+/// reports how it ended, so `ps` names the signal of a server killed by someone other than the
+/// kernel even when the zombie is gone before the kernel looks. The kernel is stopped while
+/// the server is SIGKILLed and reaped; resumed, it must still say `killed by SIGKILL`.
+#[test]
+fn ps_names_the_end_of_a_server_its_zygote_reaped_first() {
+    struct Resume(i32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = txipc_sys::process::kill(self.0, Signal::CONT);
+        }
+    }
+    let sys = faulty("reaped-first");
+    let conn = sys.connect().unwrap();
+    let f = FaultyClient::new(open(&conn, "f"));
+    assert_eq!(f.add(0, 1, Fault::None, 0).unwrap(), 1);
+    let before = info(&conn);
+    let kernel = sys.pid() as i32;
+    stop(kernel);
+    let resume = Resume(kernel);
+    txipc_sys::process::kill(before.pid, Signal::KILL).unwrap();
+    wait_until(
+        "its zygote to reap it while the kernel is stopped",
+        Duration::from_secs(20),
+        || !std::path::Path::new(&format!("/proc/{}", before.pid)).exists(),
+    );
+    drop(resume);
+    wait_until("ps to say how it ended", Duration::from_secs(20), || {
+        info(&conn)
+            .last_fault
+            .is_some_and(|f| f.generation == before.generation && f.cause == "killed by SIGKILL")
+    });
+    assert_eq!(f.add(0, 1, Fault::None, 0).unwrap(), 2, "and it recovered");
+    drop((f, conn));
+}

@@ -395,6 +395,17 @@ pub enum FromZygote {
         /// Why.
         message: String,
     },
+    /// A child (an incarnation) ended and the zygote reaped it: how it ended, so that the
+    /// kernel can say it even when the zombie was gone before the kernel looked. Sent for every
+    /// child the zygote reaps, as soon as it ends (the zygote watches each child's pidfd).
+    Reaped {
+        /// Its pid.
+        pid: i32,
+        /// Its exit status, if it exited.
+        code: Option<i32>,
+        /// The signal that killed it, if one did.
+        signal: Option<i32>,
+    },
 }
 
 /// Kernel → incarnation.

@@ -169,16 +169,23 @@ impl Kernel {
         if s.life.active() == Some(generation) {
             // Still a zombie (its zygote reaps it only at the next spawn): its exit status
             // says how it died.
-            let how = match process::zombie_exit(inc.pid) {
-                Some(Err(sig)) => format!("killed by {}", signal_name(sig)),
-                Some(Ok(code)) => format!("exited with status {code}"),
-                // Reaped before the kernel looked: the kernel knows what it sent itself.
+            // Still a zombie, or reaped by its zygote, which reports how it ended (`Reaped`,
+            // maybe still on its way: then the cause is completed when it arrives).
+            let pid = inc.pid;
+            let ended = process::zombie_exit(pid)
+                .or_else(|| s.exits.iter().find(|e| e.0 == pid).map(|e| e.1));
+            let at = fail_point_words(s.fired_fail_point());
+            let how = match ended {
+                Some(how) => exit_words(how),
                 None => match s.signalled {
+                    // The kernel knows what it sent itself.
                     Some((g, sig)) if g == generation => format!("killed by {}", signal_name(sig)),
-                    _ => "died (exit status unknown)".into(),
+                    _ => {
+                        s.exit_pending = Some((pid, generation, at.clone()));
+                        "died (its zygote has not reported how yet)".into()
+                    }
                 },
             };
-            let at = fail_point_words(s.fired_fail_point());
             self.fault_starts(i, generation, format!("{how}{at}"));
         }
         let s = &mut self.servers[i];
@@ -187,6 +194,25 @@ impl Kernel {
             self.unwatch(inc.sock.as_fd());
         }
         self.feed(i, Event::Died(generation));
+    }
+
+    /// The zygote of server `i` reaped `pid`, which ended `how`: remembered (the last 16), and
+    /// the cause of a fault that waited for it completed.
+    pub(crate) fn on_reaped(&mut self, i: usize, pid: i32, how: Result<i32, i32>) {
+        let s = &mut self.servers[i];
+        s.exits.push_back((pid, how));
+        while s.exits.len() > 16 {
+            s.exits.pop_front();
+        }
+        if let Some((p, g, at)) = s.exit_pending.take() {
+            if p != pid {
+                s.exit_pending = Some((p, g, at));
+                return;
+            }
+            if let Some(f) = s.last_fault.as_mut().filter(|f| f.generation == g) {
+                f.cause = format!("{}{at}", exit_words(how));
+            }
+        }
     }
 
     /// The active generation `g` failed for `cause`: record it (the lifecycle decides what
@@ -210,4 +236,12 @@ impl Kernel {
 pub(crate) fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig)
         .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
+}
+
+/// How a process ended, in words.
+fn exit_words(how: Result<i32, i32>) -> String {
+    match how {
+        Err(sig) => format!("killed by {}", signal_name(sig)),
+        Ok(code) => format!("exited with status {code}"),
+    }
 }

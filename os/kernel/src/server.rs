@@ -68,6 +68,11 @@ pub(crate) struct Server {
     /// How a death is told when the zombie's exit status is already gone (its zygote may reap
     /// it at a spawn before the kernel looks).
     pub(crate) signalled: Option<(u64, i32)>,
+    /// How the last few children of the zygote ended, as it reported them (`Reaped`).
+    pub(crate) exits: std::collections::VecDeque<(i32, Result<i32, i32>)>,
+    /// The failed active incarnation whose end was not known when its death was seen (its
+    /// zygote reaped it first and has not reported yet): pid, generation, fail-point words.
+    pub(crate) exit_pending: Option<(i32, u64, String)>,
     /// The last fault, in words.
     pub(crate) last_fault: Option<FaultInfo>,
     /// When the last recovery completed (ms of kernel uptime).
@@ -192,6 +197,8 @@ impl Server {
                 fresh_next: true,
                 armed: None,
                 signalled: None,
+                exits: std::collections::VecDeque::new(),
+                exit_pending: None,
                 last_fault: None,
                 last_recovery_at_ms: None,
                 held_reason: None,

@@ -120,6 +120,14 @@ impl Kernel {
                     self.log(format!("{name}: zygote failed: {message}"));
                     self.feed(i, Event::SpawnFailed);
                 }
+                Ok(FromZygote::Reaped { pid, code, signal }) => {
+                    let how = match (code, signal) {
+                        (_, Some(sig)) => Err(sig),
+                        (Some(c), None) => Ok(c),
+                        (None, None) => continue,
+                    };
+                    self.on_reaped(i, pid, how);
+                }
                 _ => self.log("malformed message from a zygote"),
             }
         }

@@ -327,8 +327,40 @@ pub fn zygote_main_with(builtins: &[Builtin], plain: &[crate::PlainBuiltin]) -> 
     name_process(&init.config, "zygote");
     let _ = fdpass::send(&ctl, &proto::encode(&FromZygote::Ready), &[]);
     let my_pid = process::getpid();
+    // A pidfd per live child: the zygote reaps a child as soon as it ends and tells the kernel
+    // how it ended (`Reaped`), so that the kernel can say it even if the zombie is gone first.
+    let mut children: Vec<(i32, OwnedFd)> = Vec::new();
     loop {
-        process::reap_children();
+        for (pid, how) in process::reap_children_status() {
+            children.retain(|(p, _)| *p != pid);
+            let (code, signal) = match how {
+                Ok(c) => (Some(c), None),
+                Err(sig) => (None, Some(sig)),
+            };
+            let _ = fdpass::send(
+                &ctl,
+                &proto::encode(&FromZygote::Reaped { pid, code, signal }),
+                &[],
+            );
+        }
+        let ready = {
+            let mut fds: Vec<rustix::event::PollFd<'_>> = vec![rustix::event::PollFd::new(
+                &ctl,
+                rustix::event::PollFlags::IN,
+            )];
+            fds.extend(
+                children
+                    .iter()
+                    .map(|(_, f)| rustix::event::PollFd::new(f, rustix::event::PollFlags::IN)),
+            );
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) => !fds[0].revents().is_empty(),
+                Err(_) => false,
+            }
+        };
+        if !ready {
+            continue; // a child ended: reap it at the top
+        }
         let (n, mut fds) = match fdpass::recv(&ctl, &mut buf, false) {
             Ok(Some(m)) => m,
             Ok(None) => continue,
@@ -340,6 +372,7 @@ pub fn zygote_main_with(builtins: &[Builtin], plain: &[crate::PlainBuiltin]) -> 
                 match process::fork() {
                     Ok(process::Forked::Child) => {
                         drop(ctl);
+                        children.clear();
                         if process::die_with_parent(my_pid).is_err() {
                             std::process::exit(73);
                         }
@@ -365,6 +398,9 @@ pub fn zygote_main_with(builtins: &[Builtin], plain: &[crate::PlainBuiltin]) -> 
                     }
                     Ok(process::Forked::Parent { child }) => {
                         drop(inc_sock);
+                        if let Ok(own) = process::pidfd_open(child) {
+                            children.push((child, own));
+                        }
                         let reply = match process::pidfd_open(child) {
                             Ok(pidfd) => fdpass::send(
                                 &ctl,

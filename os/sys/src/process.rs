@@ -165,14 +165,23 @@ pub fn fork() -> io::Result<Forked> {
 
 /// Reaps every exited child without blocking; returns how many were reaped.
 pub fn reap_children() -> usize {
-    let mut n = 0;
+    reap_children_status().len()
+}
+
+/// Reaps every exited child without blocking; returns each one's pid and how it ended:
+/// `Ok(status)` for an exit, `Err(signal)` for a death by signal.
+pub fn reap_children_status() -> Vec<(i32, Result<i32, i32>)> {
+    use nix::sys::wait::WaitStatus;
+    let mut out = Vec::new();
     loop {
         match nix::sys::wait::waitpid(
             None::<nix::unistd::Pid>,
             Some(nix::sys::wait::WaitPidFlag::WNOHANG | nix::sys::wait::WaitPidFlag::__WALL),
         ) {
-            Ok(nix::sys::wait::WaitStatus::StillAlive) | Err(_) => return n,
-            Ok(_) => n += 1,
+            Ok(WaitStatus::StillAlive) | Err(_) => return out,
+            Ok(WaitStatus::Exited(pid, code)) => out.push((pid.as_raw(), Ok(code))),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => out.push((pid.as_raw(), Err(sig as i32))),
+            Ok(_) => {}
         }
     }
 }
