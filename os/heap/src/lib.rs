@@ -98,7 +98,7 @@ pub use collections::hashmap::PHashMap;
 pub use collections::vec::PVec;
 pub use collections::{PKey, PValue, StableHasher, stable_hash};
 pub use error::HeapError;
-pub use heap::{AttachKind, Heap, Savepoint, Tx};
+pub use heap::{AttachKind, Heap, PageBackend, Savepoint, Tx};
 pub use layout::{
     BASE_STRIDE, DEFAULT_BASE, HEAP_DATA_OFFSET, HEAP_MAGIC, HEAP_VERSION, MIN_HEAP_SIZE, NCLASS,
     PAGE, default_base,

@@ -10,8 +10,8 @@ use std::os::fd::AsFd;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, fork};
 use txipc_heap::{
-    Heap, HeapAlloc, StableState, Tracking, TxState, create_heap_memfd, create_log_memfd,
-    heap_bytes, recover,
+    Heap, HeapAlloc, PageBackend, StableState, Tracking, TxState, create_heap_memfd,
+    create_log_memfd, heap_bytes, recover,
 };
 
 type HMap = hashbrown::HashMap<u64, u64, StableState, HeapAlloc>;
@@ -22,11 +22,32 @@ static ONE_TRACKER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn page_tracking_rolls_back_typed_and_hashbrown() {
     let _g = ONE_TRACKER.lock().unwrap_or_else(|e| e.into_inner());
+    rolls_back(PageBackend::Sigsegv, 0);
+    rolls_back(PageBackend::Uffd, 0x10_0000_0000);
+}
+
+/// The in-process cases with one page tracker; heaps at the usual bases plus `shift`.
+fn rolls_back(backend: PageBackend, shift: usize) {
+    let attach = |h: &std::os::fd::OwnedFd, l: &std::os::fd::OwnedFd, base: usize, t: Tracking| {
+        let heap = Heap::attach_with(h, l, base + shift, t, backend).unwrap();
+        if t == Tracking::Page {
+            let want = match backend {
+                PageBackend::Uffd => "uffd",
+                PageBackend::Sigsegv => "sigsegv",
+            };
+            assert_eq!(
+                heap.page_tracker(),
+                Some(want),
+                "{backend:?} on this kernel"
+            );
+        }
+        heap
+    };
     // Typed collections, tracked by pages: in-place abort and crash + recover.
     {
         let hfd = create_heap_memfd("pg", 4 << 20).unwrap();
         let lfd = create_log_memfd("pl", 4 << 20).unwrap();
-        let heap = Heap::attach(&hfd, &lfd, 0x6500_0000_0000, Tracking::Page).unwrap();
+        let heap = attach(&hfd, &lfd, 0x6500_0000_0000, Tracking::Page);
         let root: &common::Root = heap.root_or_init(|_| Ok(common::new_root())).unwrap();
         for t in 1..50 {
             let mut tx = heap.begin(t).unwrap();
@@ -77,7 +98,7 @@ fn page_tracking_rolls_back_typed_and_hashbrown() {
     // hashbrown in the heap through the allocator handle.
     let hfd = create_heap_memfd("pg2", 8 << 20).unwrap();
     let lfd = create_log_memfd("pl2", 8 << 20).unwrap();
-    let heap = Heap::attach(&hfd, &lfd, 0x6600_0000_0000, Tracking::Page).unwrap();
+    let heap = attach(&hfd, &lfd, 0x6600_0000_0000, Tracking::Page);
     heap.page_root_or_init::<HMap>(|a| HMap::with_hasher_in(StableState, a))
         .unwrap();
     let mut tx = heap.begin(1).unwrap();
@@ -115,7 +136,7 @@ fn page_tracking_rolls_back_typed_and_hashbrown() {
     tx.commit().unwrap();
     drop(heap);
     // Typed tracking refuses the untracked &mut access.
-    let heap = Heap::attach(&hfd, &lfd, 0x6600_0000_0000, Tracking::Typed).unwrap();
+    let heap = attach(&hfd, &lfd, 0x6600_0000_0000, Tracking::Typed);
     let mut tx = heap.begin(4).unwrap();
     assert!(tx.page_root::<HMap>().is_err());
     assert!(heap.allocator().is_err());
@@ -206,7 +227,10 @@ fn a_prepared_transaction_committed_after_its_death_keeps_its_writes() {
         ForkResult::Child => {
             common::no_core();
             let r = (|| -> Result<(), txipc_heap::HeapError> {
-                let heap = Heap::attach(&hfd, &lfd, base, Tracking::Page)?;
+                let heap = Heap::attach_with(&hfd, &lfd, base, Tracking::Page, PageBackend::Uffd)?;
+                if heap.page_tracker() != Some("uffd") {
+                    return Err(txipc_heap::HeapError::Invalid("no uffd tracker here"));
+                }
                 let root: &common::Root = heap.root_or_init(|_| Ok(common::new_root()))?;
                 let mut tx = heap.begin(1)?;
                 common::run_tx(root, &mut tx, 1)?;
