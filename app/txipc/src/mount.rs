@@ -45,8 +45,10 @@ pub fn run(
         worker(args, parent, system, service, quiet)?;
         return Ok(Report::new(json!({"ok": true}), ""));
     }
-    // Said here, once: the worker's own error would reach only its stderr.
-    if !args.dir.is_dir() {
+    // Said here, once: the worker's own error would reach only its stderr. A FUSE mount
+    // point is not looked at: its front end may be dead (this command is to adopt it), and a
+    // stat would wait for the front end that only this command can start.
+    if !fs_fuse::is_fuse_mount(&args.dir) && !args.dir.is_dir() {
         return Err(crate::out::Failed {
             kind: crate::out::Kind::NotFound,
             message: format!(

@@ -341,6 +341,9 @@ fn the_front_end_survives_its_own_death() {
             m.kill_whole_front_end();
             // The mount stays: the kernel keeps the connection.
             assert!(fs_fuse::is_fuse_mount(&m.dir));
+            // Past the kernel's attribute cache (1 s): a stat of the mount point would now
+            // wait for a front end, so the new `txipc mount` must not make one.
+            std::thread::sleep(Duration::from_millis(1100));
             m.start_front_end();
             worker = m.worker_pid(None);
         } else {

@@ -14,7 +14,8 @@
 //! | exits 0 (signal, unmount, system stopped: it unmounted) | exits 0 |
 //! | exits non-zero before its first `ready` | gives up: the mount could not be made |
 //! | dies (any signal) or exits non-zero after `ready` | starts a successor, which adopts |
-//! | dies [`MAX_QUICK_DEATHS`] times in a row before `ready` | detaches the mount, forgets the kept connection, fails |
+//! | dies of a signal before `ready` | starts a successor after a pause that doubles with each such death in a row (10 ms up to 1 s) |
+//! | exits non-zero before `ready` [`MAX_FAILED_STARTS`] times in a row (it cannot reach the system, say) | detaches the mount, forgets the kept connection, fails |
 //!
 //! A SIGINT or SIGTERM to the supervisor is passed to the worker as SIGTERM (it unmounts and
 //! exits 0). The worker asks for SIGTERM when the supervisor dies (`PR_SET_PDEATHSIG`), so a
@@ -31,8 +32,12 @@ use rustix::event::{PollFd, PollFlags};
 
 use crate::mount::MountError;
 
-/// Successive deaths of workers that never became ready before the supervisor gives up.
-pub const MAX_QUICK_DEATHS: u32 = 5;
+/// Successive workers that exit with an error before serving, after which the supervisor gives
+/// up. (A worker killed by a signal is not counted: something outside kills it, and giving up
+/// would lose the mount; its successors only come more slowly.)
+pub const MAX_FAILED_STARTS: u32 = 5;
+/// Longest pause before a successor, after deaths in a row before serving.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a stopping worker may take to unmount and exit before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -190,7 +195,8 @@ pub fn supervise(
 
     let mut w = spawn(&mut command(true))?;
     let mut ever_ready = false;
-    let mut quick_deaths = 0u32;
+    let mut failed_starts = 0u32;
+    let mut backoff = Duration::ZERO;
     loop {
         let mut fds = vec![
             PollFd::new(&sigfd, PollFlags::IN),
@@ -209,7 +215,8 @@ pub fn supervise(
             return Ok(Outcome::Signal);
         }
         if w.read_out() {
-            quick_deaths = 0;
+            failed_starts = 0;
+            backoff = Duration::ZERO;
             if ever_ready {
                 on(Event::Adopted { pid: w.child.id() });
             } else {
@@ -232,13 +239,23 @@ pub fn supervise(
             return Err(MountError::Worker { status });
         }
         if !w.ready {
-            quick_deaths += 1;
-            if quick_deaths >= MAX_QUICK_DEATHS {
-                let why = format!(
-                    "{quick_deaths} front-end workers in a row died before serving (the last: {status})"
-                );
-                give_up(&why);
-                return Err(MountError::Worker { status });
+            if status.code().is_some() {
+                failed_starts += 1;
+                if failed_starts >= MAX_FAILED_STARTS {
+                    let why = format!(
+                        "{failed_starts} front-end workers in a row failed before serving (the last: {status})"
+                    );
+                    give_up(&why);
+                    return Err(MountError::Worker { status });
+                }
+            }
+            backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_BACKOFF);
+            // The pause listens for signals: SIGINT/SIGTERM during it still end supervision.
+            let mut fds = [PollFd::new(&sigfd, PollFlags::IN)];
+            let _ = rustix::event::poll(&mut fds, Some(&ms(backoff.as_millis() as i64)));
+            if let Ok(Some(_)) = sigfd.read_signal() {
+                give_up("stopped while no front end was serving");
+                return Ok(Outcome::Signal);
             }
         }
         let dead = w.child.id();
