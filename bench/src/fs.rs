@@ -1,10 +1,17 @@
 //! `txipc bench fs`: the fs server through FUSE under `none`, `txipc` and `restart`, with tmpfs
 //! as the ceiling, all in the same run.
 //!
-//! Each policy gets its own system and its own `txipc mount` front end, so every figure goes
-//! through the same FUSE path; only the server's policy differs. Lines run round-robin over
-//! the targets (tmpfs, none, txipc, restart), each round in fresh directories, and medians over
-//! the rounds are reported, so drift of the shared machine hits every target alike.
+//! Each policy gets its own system, booted once; every figure goes through the same FUSE path
+//! *and the same mount point*: in each round the targets take turns in a rotating order
+//! (tmpfs, none, txipc, restart, then shifted by one), and a FUSE target's turn mounts its
+//! system's fs on the one shared directory with a fresh `txipc mount`, runs every line in fresh
+//! directories, and unmounts. Medians over the rounds are reported (and every round's figure
+//! in the JSON), so drift of the machine hits every target alike.
+//!
+//! Pinning (with two CPUs or more): every system (kernel, fs server: `cpu = 1` in its
+//! manifest) and every front end run on CPU 1; the measuring thread and the programs it starts
+//! (tar, git, sqlite3) on CPU 0. So each policy gets the same placement, the one that matters
+//! on a small machine: the program and the server never share a CPU.
 //!
 //! Lines: metadata operations per second (create, stat, rename, unlink), sequential write and
 //! read throughput with 4 KiB and 1 MiB calls, and application runs: unpacking a tar of a
@@ -104,9 +111,26 @@ enum Unit {
 
 const POLICIES: [&str; 3] = ["none", "txipc", "restart"];
 
-/// One target directory: tmpfs, or a FUSE mount of an fs server under a policy.
+/// CPU of the servers and front ends, and of the measuring thread (with two CPUs or more).
+const SERVER_CPU: usize = 1;
+const APP_CPU: usize = 0;
+
+/// Runs `f` on CPU `cpu` (when pinning); children started in `f` inherit it.
+fn on_cpu<T>(pin: bool, cpu: usize, f: impl FnOnce() -> T) -> T {
+    if !pin {
+        return f();
+    }
+    let _ = txipc_sys::process::pin_to_cpu(cpu);
+    let r = f();
+    let _ = txipc_sys::process::pin_to_cpu(APP_CPU);
+    r
+}
+
+/// One target: tmpfs, or an fs server under a policy (a booted system, mounted on the shared
+/// mount point during its turns).
 struct Target {
     name: String,
+    /// tmpfs: its directory. FUSE: the shared mount point.
     dir: PathBuf,
     sys: Option<SystemProcess>,
     front: Option<Child>,
@@ -128,30 +152,44 @@ impl Target {
         })
     }
 
-    fn fuse(exe: &Path, policy: &str) -> Result<Target> {
+    fn fuse(exe: &Path, policy: &str, mountpoint: &Path, pin: bool) -> Result<Target> {
         let name = crate::unique_system(&format!("bench-fs-{policy}"));
+        let cpu = if pin {
+            format!("cpu = {SERVER_CPU}\n")
+        } else {
+            String::new()
+        };
         let manifest = format!(
-            "[[server]]\nname = \"fs\"\nbuiltin = \"fs\"\npolicy = \"{policy}\"\nheap_mb = 2048\nlog_mb = 64\nslots = 8\nrequest_max = 139264\nreply_max = 139264\n[[grant]]\nclient = \"*\"\nservice = \"fs\"\n"
+            "[[server]]\nname = \"fs\"\nbuiltin = \"fs\"\npolicy = \"{policy}\"\nheap_mb = 2048\nlog_mb = 64\nslots = 8\nrequest_max = 139264\nreply_max = 139264\n{cpu}[[grant]]\nclient = \"*\"\nservice = \"fs\"\n"
         );
-        let sys = SystemProcess::spawn(exe, &manifest, &name, crate::BOOT_TIMEOUT)?;
-        let dir = std::env::temp_dir().join(&name);
-        std::fs::create_dir(&dir)?;
-        let mut t = Target {
+        let sys = on_cpu(pin, SERVER_CPU, || {
+            SystemProcess::spawn(exe, &manifest, &name, crate::BOOT_TIMEOUT)
+        })?;
+        Ok(Target {
             name: policy.into(),
-            dir,
+            dir: mountpoint.to_path_buf(),
             sys: Some(sys),
             front: None,
+        })
+    }
+
+    /// Mounts this target's fs on its mount point (a FUSE target's turn starts).
+    fn mount(&mut self, exe: &Path, pin: bool) -> Result<()> {
+        let Some(sys) = &self.sys else {
+            return Ok(());
         };
-        let mut child = Command::new(exe)
-            .args(["mount", "--quiet", "--system", &name])
-            .arg(&t.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting txipc mount")?;
+        let mut child = on_cpu(pin, SERVER_CPU, || {
+            Command::new(exe)
+                .args(["mount", "--quiet", "--system", sys.name()])
+                .arg(&self.dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+        })
+        .context("starting txipc mount")?;
         let out = child.stdout.take().expect("piped");
-        t.front = Some(child);
+        self.front = Some(child);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = std::io::BufReader::new(out).lines();
@@ -159,34 +197,48 @@ impl Target {
             for _ in lines {}
         });
         match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Some(l)) if l.starts_with("ready") => Ok(t),
-            other => bail!("txipc mount for policy {policy} did not come up: {other:?}"),
+            Ok(Some(l)) if l.starts_with("ready") => Ok(()),
+            other => bail!(
+                "txipc mount for policy {} did not come up: {other:?}",
+                self.name
+            ),
+        }
+    }
+
+    /// Unmounts (the turn ends): SIGTERM to the front end, which unmounts and exits.
+    fn unmount(&mut self) {
+        if let Some(mut c) = self.front.take() {
+            let _ = txipc_sys::process::kill(c.id() as i32, rustix::process::Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            if is_mounted(&self.dir) {
+                // Last resort, never blocks.
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.dir)
+                    .stderr(Stdio::null())
+                    .status();
+            }
         }
     }
 }
 
+fn is_mounted(dir: &Path) -> bool {
+    let d = dir.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&*d)))
+}
+
 impl Drop for Target {
     fn drop(&mut self) {
-        if let Some(mut c) = self.front.take() {
-            let _ = txipc_sys::process::kill(c.id() as i32, rustix::process::Signal::TERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-            // Last resort, never blocks.
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.dir)
-                .stderr(Stdio::null())
-                .status();
-        }
+        self.unmount();
         drop(self.sys.take());
         if self.name == "tmpfs" {
             let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            let _ = std::fs::remove_dir(&self.dir);
         }
     }
 }
@@ -615,50 +667,71 @@ pub struct FsResult {
 
 /// Runs the benchmark; `progress` gets one line per round.
 ///
-/// Within a round, each line runs slice by slice (250 files, or 4 MiB), the targets taking
-/// turns slice after slice in a rotating order, so a burst of load from elsewhere on the
-/// machine hits every target alike; a round's figure for a target is its units over its own
-/// summed time.
+/// A warm-up round first (not counted), then `rounds` rounds. Each round, the targets take
+/// turns in a rotating order; a turn runs every line on one
+/// target (a FUSE target mounted on the shared mount point for it), each line in a fresh
+/// directory. A round's figure for a line and target is its units over its time; the median
+/// over the rounds is reported.
 pub fn run(exe: &Path, cfg: &FsConfig, mut progress: impl FnMut(&str)) -> Result<Vec<FsResult>> {
     let inputs = prepare(cfg)?;
+    let pin = txipc_sys::process::cpus_available() >= 2;
+    if pin {
+        progress(&format!(
+            "pinned: servers and front ends on CPU {SERVER_CPU}, the programs on CPU {APP_CPU}"
+        ));
+        let _ = txipc_sys::process::pin_to_cpu(APP_CPU);
+    } else {
+        progress("one CPU: nothing pinned");
+    }
+    let r = run_pinned(exe, cfg, &inputs, pin, &mut progress);
+    if pin {
+        let _ = txipc_sys::process::pin_to_cpu_set_all();
+    }
+    r
+}
+
+fn run_pinned(
+    exe: &Path,
+    cfg: &FsConfig,
+    inputs: &Inputs,
+    pin: bool,
+    progress: &mut impl FnMut(&str),
+) -> Result<Vec<FsResult>> {
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let mountpoint = Dir(std::env::temp_dir().join(crate::unique_system("txipc-bench-fs")));
+    std::fs::create_dir(&mountpoint.0)?;
     let mut targets = vec![Target::tmpfs()?];
     for p in POLICIES {
-        targets.push(Target::fuse(exe, p)?);
+        targets.push(Target::fuse(exe, p, &mountpoint.0, pin)?);
     }
-    let lines = lines(&inputs);
+    let lines = lines(inputs);
     let nt = targets.len();
     let mut samples = vec![vec![Vec::new(); nt]; lines.len()];
-    for round in 0..cfg.rounds {
-        for (li, line) in lines.iter().enumerate() {
-            let dirs: Vec<PathBuf> = targets
-                .iter()
-                .map(|t| t.dir.join(format!("r{round}-{li}")))
-                .collect();
-            for (t, d) in targets.iter().zip(&dirs) {
-                std::fs::create_dir(d)
-                    .with_context(|| format!("{}: creating {}", t.name, d.display()))?;
-                (line.prep)(d, cfg, &inputs)
-                    .with_context(|| format!("preparing {} on {}", line.name, t.name))?;
-            }
-            std::thread::sleep(line.settle);
-            let mut units = vec![0.0; nt];
-            let mut secs = vec![0.0; nt];
-            for k in 0..(line.slices)(cfg) {
-                for j in 0..nt {
-                    let ti = (j + k as usize + round as usize) % nt;
-                    let (u, s) = (line.slice)(&dirs[ti], cfg, &inputs, k)
-                        .with_context(|| format!("{} on {}", line.name, targets[ti].name))?;
-                    units[ti] += u;
-                    secs[ti] += s;
+    // Round 0 warms up (first touches of each server's heap, the page cache of the inputs,
+    // the programs' own files) and is not counted.
+    for round in 0..=cfg.rounds {
+        for j in 0..nt {
+            let ti = (j + round as usize) % nt;
+            let t = &mut targets[ti];
+            t.mount(exe, pin)?;
+            let r = turn(t, &lines, cfg, inputs, round);
+            t.unmount();
+            for (li, v) in r?.into_iter().enumerate() {
+                if round > 0 {
+                    samples[li][ti].push(v);
                 }
             }
-            for ti in 0..nt {
-                samples[li][ti].push(units[ti] / secs[ti]);
-                // Free the space (and the server's heap) for the next lines.
-                let _ = std::fs::remove_dir_all(&dirs[ti]);
-            }
         }
-        progress(&format!("round {}/{} done", round + 1, cfg.rounds));
+        progress(&if round == 0 {
+            "warm-up round done".to_string()
+        } else {
+            format!("round {round}/{} done", cfg.rounds)
+        });
     }
     let mut out = Vec::new();
     for (li, line) in lines.iter().enumerate() {
@@ -672,6 +745,36 @@ pub fn run(exe: &Path, cfg: &FsConfig, mut progress: impl FnMut(&str)) -> Result
                 samples: samples[li][ti].clone(),
             });
         }
+    }
+    drop(targets);
+    Ok(out)
+}
+
+/// One target's turn: every line, each in a fresh directory; returns units per second.
+fn turn(
+    t: &Target,
+    lines: &[LineDef],
+    cfg: &FsConfig,
+    inputs: &Inputs,
+    round: u32,
+) -> Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for (li, line) in lines.iter().enumerate() {
+        let d = t.dir.join(format!("r{round}-{li}"));
+        std::fs::create_dir(&d).with_context(|| format!("{}: creating {}", t.name, d.display()))?;
+        (line.prep)(&d, cfg, inputs)
+            .with_context(|| format!("preparing {} on {}", line.name, t.name))?;
+        std::thread::sleep(line.settle);
+        let (mut units, mut secs) = (0.0, 0.0);
+        for k in 0..(line.slices)(cfg) {
+            let (u, s) = (line.slice)(&d, cfg, inputs, k)
+                .with_context(|| format!("{} on {}", line.name, t.name))?;
+            units += u;
+            secs += s;
+        }
+        out.push(units / secs);
+        // Free the space (and the server's heap) for the next lines.
+        let _ = std::fs::remove_dir_all(&d);
     }
     Ok(out)
 }

@@ -228,6 +228,18 @@ fn storm(policy: &str, secs: u64, kill_front_end: bool) -> Outcome {
         }
     }
     stop.store(true, Ordering::Relaxed);
+    // Bounded: a program stuck on a request no front end answers fails the storm (the guard
+    // then unmounts and stops the system, which ends the stuck programs with ENOTCONN).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (what, t) in [("cp", &copier), ("git", &gitter), ("sqlite3", &sqliter)] {
+        while !t.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} is stuck on the mount 120 s after the storm ended"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let (copies, copy_errors) = copier.join().unwrap();
     let (commits, git_errors) = gitter.join().unwrap();
     let (sqlite_txns, sqlite_errors) = sqliter.join().unwrap();
