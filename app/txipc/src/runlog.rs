@@ -57,29 +57,39 @@ impl RunLog {
         rustix::stdio::dup2_stderr(&wr)?;
         drop(wr);
         let (tx, done) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut rd = File::from(rd);
-            let mut buf = [0u8; 8192];
-            let mut written = 0u64;
-            loop {
-                let n = match rd.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                if let Some(t) = &mut term {
-                    let _ = t.write_all(&buf[..n]);
+        // The copying thread must never take a signal: the kernel blocks SIGTERM and SIGINT in
+        // its own thread only and reads them from a signalfd, so a thread with them unblocked
+        // would be killed by them (and the process with it). It inherits this mask.
+        let old = nix::sys::signal::SigSet::all()
+            .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
+            .map_err(std::io::Error::from)?;
+        let spawned = std::thread::Builder::new()
+            .name("txipc-log".into())
+            .spawn(move || {
+                let mut rd = File::from(rd);
+                let mut buf = [0u8; 8192];
+                let mut written = 0u64;
+                loop {
+                    let n = match rd.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if let Some(t) = &mut term {
+                        let _ = t.write_all(&buf[..n]);
+                    }
+                    if written + n as u64 > MAX_LOG {
+                        let _ = file.set_len(0);
+                        let _ = std::io::Seek::rewind(&mut file);
+                        written = 0;
+                    }
+                    if file.write_all(&buf[..n]).is_ok() {
+                        written += n as u64;
+                    }
                 }
-                if written + n as u64 > MAX_LOG {
-                    let _ = file.set_len(0);
-                    let _ = std::io::Seek::rewind(&mut file);
-                    written = 0;
-                }
-                if file.write_all(&buf[..n]).is_ok() {
-                    written += n as u64;
-                }
-            }
-            let _ = tx.send(());
-        });
+                let _ = tx.send(());
+            });
+        let _ = old.thread_set_mask();
+        spawned?;
         Ok(RunLog {
             system: system.into(),
             original,
