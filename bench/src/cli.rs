@@ -121,6 +121,13 @@ pub enum BenchCmd {
         /// restored and the log behind it replayed; `--heap-mb` sizes its state).
         #[arg(long, default_value = "txipc")]
         policy: String,
+        /// Policy companion: the manifest's `checkpoint_every` (logged requests between
+        /// checkpoints; with the warm standby it bounds the log a recovery replays).
+        #[arg(long, default_value_t = 50_000)]
+        checkpoint_every: u64,
+        /// Policy companion: the manifest's `checkpoint_ms` (0: no checkpoint by time).
+        #[arg(long, default_value_t = 1000)]
+        checkpoint_ms: u64,
     },
     /// SVG plots (`kv_throughput.svg`, `recovery.svg`) and markdown tables from saved JSON
     /// reports of `bench kv` and `bench recovery`; without files, every committed plot of
@@ -475,6 +482,8 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
             server_cpu,
             client_cpu,
             policy,
+            checkpoint_every,
+            checkpoint_ms,
         } => {
             use crate::recovery::Fault;
             check(
@@ -508,6 +517,8 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                 server_cpu: parse_cpu(&server_cpu)?,
                 client_cpu: parse_cpu(&client_cpu)?,
                 policy,
+                checkpoint_every: checkpoint_every.max(1),
+                checkpoint_ms,
             };
             let r = crate::recovery::run(exe, &cfg, |m| eprintln!("bench recovery: {m}"))?;
             table_text(json, &crate::recovery::table(&r));

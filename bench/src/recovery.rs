@@ -103,6 +103,10 @@ pub struct RecoveryConfig {
     pub client_cpu: Option<usize>,
     /// `txipc` (kv, recoverable heap) or `companion` (kv-plain: checkpoint + log replay).
     pub policy: String,
+    /// Policy companion: the manifest's `checkpoint_every`.
+    pub checkpoint_every: u64,
+    /// Policy companion: the manifest's `checkpoint_ms`.
+    pub checkpoint_ms: u64,
 }
 
 /// One fault and its recovery.
@@ -120,6 +124,8 @@ pub struct Sample {
     pub generation: (u64, u64),
     /// Policy companion: log records replayed, and the server's own restore + replay time, µs.
     pub replayed: Option<(u64, u64)>,
+    /// Policy companion: the checkpoint had been restored in advance by the warm standby.
+    pub warm: Option<bool>,
 }
 
 /// Percentiles of one group of samples.
@@ -205,13 +211,21 @@ fn manifest(cfg: &RecoveryConfig) -> String {
     } else {
         ("kv", "txipc")
     };
+    let checkpoints = if cfg.policy == "companion" {
+        format!(
+            "checkpoint_every = {}\ncheckpoint_ms = {}\n",
+            cfg.checkpoint_every, cfg.checkpoint_ms
+        )
+    } else {
+        String::new()
+    };
     let deadline = if cfg.faults.contains(&Fault::Hang) {
         HANG_DEADLINE_MS
     } else {
         5000
     };
     format!(
-        "name = \"bench\"\n[[server]]\nname = \"kv\"\nbuiltin = \"{builtin}\"\npolicy = \"{policy}\"\ntracking = \"typed\"\nheap_mb = {}\ndeadline_ms = {deadline}\nretry_limit = 3\nslots = 1\nrequest_max = {}\nreply_max = {}\n{cpu}[server.restart]\nmin_interval_ms = 0\nmax_restarts = 100000\nwindow_ms = 1000\n[[grant]]\nclient = \"*\"\nservice = \"kv\"\n",
+        "name = \"bench\"\n[[server]]\nname = \"kv\"\nbuiltin = \"{builtin}\"\npolicy = \"{policy}\"\ntracking = \"typed\"\nheap_mb = {}\ndeadline_ms = {deadline}\nretry_limit = 3\nslots = 1\nrequest_max = {}\nreply_max = {}\n{checkpoints}{cpu}[server.restart]\nmin_interval_ms = 0\nmax_restarts = 100000\nwindow_ms = 1000\n[[grant]]\nclient = \"*\"\nservice = \"kv\"\n",
         cfg.heap_mb,
         FILL_VALUE + 4096,
         (SCAN_CHUNK as usize + 1) * (FILL_VALUE + 256) + 4096,
@@ -275,6 +289,27 @@ fn rewarm(kv: &KvClient<Channel>) -> Result<()> {
 }
 
 /// Waits until the kv server runs (after a recovery) and returns its pid and generation.
+/// Policy companion: waits (bounded, 10 s) until the standby has restored the newest
+/// checkpoint, so that the run measures the warm standby's recovery (each sample says whether
+/// it was warm). A standby that does not get warm in time is measured as it is (cold).
+fn wait_warm(sys: &System) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let c = sys
+            .ps()?
+            .into_iter()
+            .find(|s| s.name == "kv")
+            .and_then(|s| s.companion);
+        match c {
+            Some(c) if c.checkpoint_index > 0 && c.standby_index != c.checkpoint_index => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            _ => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 fn wait_running(sys: &System) -> Result<(i32, u64)> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -395,6 +430,9 @@ pub fn run(
             rewarms.push(t.elapsed().as_secs_f64() * 1e3);
             // Let the previous incarnation's teardown and the standby's fork settle.
             std::thread::sleep(Duration::from_millis(20));
+            if cfg.policy == "companion" {
+                wait_warm(&sys)?;
+            }
             let started = AtomicBool::new(false);
             let delay_us = rng.range_inclusive(2_000, 12_000);
             let (client, t_fault, exit) = std::thread::scope(|s| -> Result<_> {
@@ -437,9 +475,9 @@ pub fn run(
             let (_, g1) = wait_running(&sys)?;
             let info = sys.ps()?.into_iter().find(|s| s.name == "kv");
             let kernel_us = info.as_ref().and_then(|s| s.last_recovery_us);
-            let replayed = info
-                .and_then(|s| s.companion)
-                .map(|c| (c.last_replayed, c.last_replay_us));
+            let comp = info.and_then(|s| s.companion);
+            let replayed = comp.as_ref().map(|c| (c.last_replayed, c.last_replay_us));
+            let warm = comp.as_ref().map(|c| c.last_warm);
             let sample = Sample {
                 fault,
                 recovery_us: t_reply.saturating_sub(from) as f64 / 1e3,
@@ -447,6 +485,7 @@ pub fn run(
                 kernel_us,
                 generation: (g0, g1),
                 replayed,
+                warm,
             };
             progress(&format!(
                 "{} run {}/{}: recovered in {:.0} µs (old incarnation gone after {} µs, kernel {} µs{})",
@@ -457,7 +496,12 @@ pub fn run(
                 sample.old_exit_us.map_or("?".into(), |v| format!("{v:.0}")),
                 sample.kernel_us.map_or("?".into(), |v| format!("{v:.0}")),
                 sample.replayed.map_or(String::new(), |(n, us)| format!(
-                    ", {n} log records replayed, restore + replay {us} µs"
+                    ", {n} log records replayed, {} + replay {us} µs",
+                    if sample.warm == Some(true) {
+                        "warm standby"
+                    } else {
+                        "cold restore"
+                    }
                 )),
             ));
             samples.push(sample);
@@ -530,6 +574,30 @@ pub fn table(r: &RecoveryReport) -> String {
             crate::median(&mut replayed),
             crate::median(&mut replay_us),
         ));
+        // Recovery against the log's length (records replayed), warm standby or not.
+        t.push_str("\n| log records replayed | warm | runs | recovery p50 µs | max µs |\n|---|---|---:|---:|---:|\n");
+        let bins: [(u64, u64, &str); 4] = [
+            (0, 100, "0–99"),
+            (100, 1000, "100–999"),
+            (1000, 10_000, "1 000–9 999"),
+            (10_000, u64::MAX, "≥ 10 000"),
+        ];
+        for (lo, hi, name) in bins {
+            for warm in [true, false] {
+                let g = summarize(&r.samples, |s| {
+                    s.warm == Some(warm) && s.replayed.is_some_and(|(n, _)| n >= lo && n < hi)
+                });
+                if g.runs > 0 {
+                    t.push_str(&format!(
+                        "| {name} | {} | {} | {:.0} | {:.0} |\n",
+                        if warm { "yes" } else { "no" },
+                        g.runs,
+                        g.p50_us,
+                        g.max_us
+                    ));
+                }
+            }
+        }
     }
     t
 }
