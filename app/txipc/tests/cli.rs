@@ -963,10 +963,12 @@ fn json_is_one_object_for_every_command() {
     let bank = boot("everybank", &bank_manifest);
     let b = bank.name().to_string();
     let plots = std::env::temp_dir().join(unique("plots"));
+    /// Removes a directory or a file.
     struct Rm(std::path::PathBuf);
     impl Drop for Rm {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
+            let _ = std::fs::remove_file(&self.0);
         }
     }
     let _rm = Rm(plots.clone());
@@ -1047,6 +1049,9 @@ fn json_is_one_object_for_every_command() {
         a.push("--json");
         json_run(&a, *want);
     }
+    assert!(report.exists(), "inject wrote its report");
+    drop(_rm2);
+    assert!(!report.exists());
     drop(bank);
     drop(sys);
 }
