@@ -211,6 +211,13 @@ impl Kernel {
             }
             if let Some(f) = s.last_fault.as_mut().filter(|f| f.generation == g) {
                 f.cause = format!("{}{at}", exit_words(how));
+                // The fault was logged before this was known: say it now, so the log (and
+                // not only `ps`) tells how the generation ended.
+                let line = format!(
+                    "{}: generation {g} {} (reported by its zygote)",
+                    s.spec.name, f.cause
+                );
+                self.log(line);
             }
         }
     }

@@ -224,8 +224,19 @@ pub fn supervise(
                 on(Event::Ready);
             }
         }
-        let Ok(Some(status)) = w.child.try_wait() else {
-            continue;
+        let status = match w.child.try_wait() {
+            Ok(Some(status)) => status,
+            Ok(None) => continue,
+            // The worker cannot be waited for (reaped by someone else: ECHILD). It is no
+            // longer ours to watch, and retrying would spin: treat it as dead of a signal, so
+            // a successor adopts the connection.
+            Err(e) => {
+                eprintln!(
+                    "txipc mount: the front-end worker {} cannot be waited for ({e}); starting a successor",
+                    w.child.id()
+                );
+                exit_status_killed()
+            }
         };
         // Anything it wrote before dying (a `ready` line it managed to print counts).
         if w.read_out() {
