@@ -320,6 +320,26 @@ fn accept_survives_running_out_of_descriptors() {
         "the waiting connection is served once descriptors are back"
     );
     assert_eq!(sys.connect().unwrap().ps().unwrap().len(), 1);
+    // The shortage is logged once when it begins and once when it ends, not at every tick
+    // (20 ticks or more passed above). The log is written through a pipe: bounded wait.
+    let log = txipc_core::paths::log_path(sys.name());
+    let count = |what: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches(what)
+            .count()
+    };
+    wait_until(
+        "the end of the shortage is logged",
+        Duration::from_secs(10),
+        || count("accepting connections again") == 1,
+    );
+    assert_eq!(
+        count("out of file descriptors"),
+        1,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     drop(conn);
     sys.shutdown().unwrap();
 }

@@ -127,6 +127,7 @@ impl Kernel {
             fuse: Default::default(),
             confirm_timer,
             accept_paused: false,
+            fd_shortage: None,
             fatal: None,
         };
         k.watch(k.listener.as_fd(), token(T_LISTEN, 0, 0))?;

@@ -2,6 +2,7 @@
 //! and status are in `control`).
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
 
 use txipc_core::manifest::Principal;
 use txipc_core::proto::{self, ErrorKind, KernelError as WireError, Request, Response};
@@ -34,10 +35,17 @@ impl Kernel {
                     // Out of descriptors: the pending connection stays in the backlog and the
                     // listener stays readable; stop watching it until the next tick instead
                     // of spinning on it. Connected clients are still served.
+                    // The shortage is logged when it begins, not at every tick it lasts.
+                    match &mut self.fd_shortage {
+                        Some((_, ticks)) => *ticks += 1,
+                        None => {
+                            eprintln!(
+                                "txipc kernel: out of file descriptors: not accepting connections until some are closed (close channels, or raise the limits)"
+                            );
+                            self.fd_shortage = Some((Instant::now(), 1));
+                        }
+                    }
                     if !self.accept_paused {
-                        eprintln!(
-                            "txipc kernel: out of file descriptors: not accepting connections for a while (close channels, or raise the limits)"
-                        );
                         self.accept_paused = true;
                         self.unwatch(self.listener.as_fd());
                     }
@@ -45,6 +53,12 @@ impl Kernel {
                 }
                 Err(_) => return,
             };
+            if let Some((since, ticks)) = self.fd_shortage.take() {
+                eprintln!(
+                    "txipc kernel: accepting connections again after {:.1} s without descriptors ({ticks} refused attempts)",
+                    since.elapsed().as_secs_f64()
+                );
+            }
             let uid = match rustix::net::sockopt::socket_peercred(&sock) {
                 Ok(c) => c.uid.as_raw(),
                 Err(_) => continue,

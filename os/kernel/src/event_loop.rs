@@ -38,6 +38,9 @@ pub(crate) struct Kernel {
     /// The listener is not watched (the kernel ran out of descriptors); watched again at the
     /// next tick.
     pub(crate) accept_paused: bool,
+    /// When the current shortage of descriptors began (logged once, when it begins, and once
+    /// more when a connection is accepted again), and how many ticks it has lasted.
+    pub(crate) fd_shortage: Option<(Instant, u64)>,
     /// A fatal error found while performing a command during boot.
     pub(crate) fatal: Option<KernelError>,
     /// The user that started the kernel: the operator unless the manifest says otherwise.
