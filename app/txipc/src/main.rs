@@ -244,6 +244,7 @@ fn main() {
                 kv_plain::builtin(),
                 kv_plain::faulty_builtin(),
                 bank_server::plain::builtin(),
+                bank_server::plain::faulty_builtin(),
                 account_server::plain::builtin(),
             ],
         );

@@ -480,6 +480,7 @@ mod tests {
             held_reason: None,
             companion: None,
             prepared: false,
+            in_call: false,
             latency: Histogram { counts },
             faults: 0,
         }

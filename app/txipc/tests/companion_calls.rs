@@ -396,3 +396,149 @@ fn bank_storm_under_companion_10k_faults() {
     println!("{v}");
     check_bank_storm(&v, 10_000);
 }
+
+/// The bank (`bank-plain-faulty`) and two account servers under companion, the accounts also
+/// granted to the test (to read them while the bank is held).
+fn faulty_bank_system(tag: &str, bank_extra: &str, account_extra: &str) -> SystemProcess {
+    let m = server("bank", "bank-plain-faulty", "companion", bank_extra)
+        + &server("account-0", "account-plain", "companion", account_extra)
+        + &server("account-1", "account-plain", "companion", account_extra)
+        + &grant("*", "bank")
+        + &grant("*", "account-0")
+        + &grant("*", "account-1")
+        + &grant("bank", "account-0")
+        + &grant("bank", "account-1");
+    boot(tag, &m)
+}
+
+/// An account name homed on account server `k` (of 2), starting with `prefix`.
+fn name_on(prefix: &str, k: usize) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|n| bank_api::home(n, 2) == k)
+        .unwrap()
+}
+
+/// A poison request whose handler has already made a call to another server (a transfer that
+/// faults right after its debit, every time it runs) is never failed alone: that would leave
+/// the debit standing with no credit, a half-applied transfer reported as "did not run". The
+/// bank is held (fail-stop) with a reason naming the request and its calls; the client gets
+/// `Unavailable`; the credit side never sees the transfer; nothing runs it again.
+#[test]
+fn a_poison_transfer_that_made_its_debit_holds_the_bank_instead_of_half_applying() {
+    let sys = faulty_bank_system(
+        "ccalls-poison-called",
+        "retry_limit = 2\n[server.restart]\nmax_restarts = 100\nwindow_ms = 1000",
+        "",
+    );
+    let conn = sys.connect().unwrap();
+    let bank = BankClient::new(open(&conn, "bank"));
+    let from = name_on("poison/a", 0);
+    let to = name_on("b", 1);
+    let (x, y) = (name_on("x", 0), name_on("y", 1));
+    for n in [&from, &to, &x, &y] {
+        bank.open(n.clone(), 1000).unwrap();
+    }
+    // An ordinary transfer first: the faulty bank is an ordinary bank otherwise.
+    bank.transfer(1, x.clone(), y.clone(), 5).unwrap();
+    match bank.transfer(2, from.clone(), to.clone(), 100) {
+        Err(txipc_service::Error::Call(txipc_service::CallError::Unavailable { .. })) => {}
+        other => panic!("expected Unavailable (the bank held), got {other:?}"),
+    }
+    let i = info(&conn, "bank");
+    assert_eq!(i.state, "held", "{i:?}");
+    assert_eq!(i.aborted_requests, 0, "failed alone: {i:?}");
+    let reason = i.held_reason.unwrap();
+    for part in [
+        "poison request with calls",
+        "faulted `bank` 3 times",
+        "call 0 (method",
+        "answered Ok",
+        "half-applied",
+        "txipc release bank",
+    ] {
+        assert!(reason.contains(part), "{part:?} not in {reason}");
+    }
+    // The accounts as they are: the debit was made (the reason names it), the credit never.
+    let a0 = bank_api::AccountClient::new(open(&conn, "account-0"));
+    let a1 = bank_api::AccountClient::new(open(&conn, "account-1"));
+    let debit = a0.ledger(from.clone(), 0, 16).unwrap();
+    assert_eq!(debit.len(), 1, "{debit:?}");
+    assert_eq!(
+        (debit[0].transfer, debit[0].delta, debit[0].times),
+        (2, -100, 1)
+    );
+    assert!(a1.ledger(to.clone(), 0, 16).unwrap().is_empty());
+    assert_eq!(a1.balance(to).unwrap(), 1000);
+    assert_eq!(a0.balance(x).unwrap(), 995);
+    assert_eq!(a1.balance(y).unwrap(), 1005);
+    // Held means held: later calls are refused, nothing runs the transfer again.
+    assert!(bank.transfers().is_err());
+    assert_eq!(a0.ledger(from, 0, 16).unwrap().len(), 1);
+    drop((bank, a0, a1, conn));
+    sys.shutdown().unwrap();
+}
+
+/// Resumes a stopped process when dropped (a test that fails midway leaves nothing stopped).
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = txipc_sys::process::kill(self.0, rustix::process::Signal::CONT);
+    }
+}
+
+/// Poison means "faults in its own handler": a transfer whose credit call waits for an account
+/// server that does not answer (stopped, as a recovering callee is for a while) while the bank
+/// is killed again and again is not charged for those faults (the bank's busy word says it
+/// waits in a call, and the watchdog does not take that wait for the bank's hang): once the
+/// callee answers, the transfer completes once, nothing is poison-failed.
+#[test]
+fn a_caller_killed_while_its_callee_recovers_is_not_charged_for_it() {
+    let sys = faulty_bank_system(
+        "ccalls-not-charged",
+        "retry_limit = 1\ndeadline_ms = 300\n[server.restart]\nmax_restarts = 100\nwindow_ms = 1000",
+        "deadline_ms = 60000",
+    );
+    let conn = sys.connect().unwrap();
+    let bank = BankClient::new(open(&conn, "bank"));
+    let (from, to) = (name_on("a", 0), name_on("b", 1));
+    bank.open(from.clone(), 1000).unwrap();
+    bank.open(to.clone(), 1000).unwrap();
+    let stopped = server_pid(&conn, "account-1");
+    txipc_sys::process::kill(stopped, rustix::process::Signal::STOP).unwrap();
+    let resume = Resume(stopped);
+    let transfer = {
+        let (from, to) = (from.clone(), to.clone());
+        std::thread::spawn(move || bank.transfer(1, from, to, 10).map(|()| bank))
+    };
+    let before = restarts(&conn, "bank");
+    for k in 1..=3 {
+        wait_until(
+            &format!("the bank waiting in its credit call ({k})"),
+            Duration::from_secs(20),
+            || info(&conn, "bank").in_call,
+        );
+        txipc_sys::process::kill(server_pid(&conn, "bank"), rustix::process::Signal::KILL).unwrap();
+        wait_until("the bank restarted", Duration::from_secs(20), || {
+            restarts(&conn, "bank") >= before + k
+        });
+    }
+    wait_until("the bank waiting again", Duration::from_secs(20), || {
+        info(&conn, "bank").in_call
+    });
+    drop(resume);
+    let bank = transfer
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the transfer was failed: {e}"));
+    let i = info(&conn, "bank");
+    assert_eq!(i.aborted_requests, 0, "{i:?}");
+    assert!(i.restarts >= before + 3, "{i:?}");
+    assert_eq!(bank.balance(from.clone()).unwrap(), 990);
+    assert_eq!(bank.balance(to.clone()).unwrap(), 1010);
+    assert_eq!(ledger(&bank, &from).len(), 1);
+    assert_eq!(ledger(&bank, &to).len(), 1);
+    drop((bank, conn));
+    sys.shutdown().unwrap();
+}

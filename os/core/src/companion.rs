@@ -635,27 +635,51 @@ pub fn split_payload(payload: &[u8]) -> Result<(&[u8], Vec<Answer>), SnapshotErr
 
 /// The status page's busy word while a companion server runs the request in `(chan, slot,
 /// seq)`: the kernel charges a fault to that request (poison accounting). Bit 63 marks the
-/// encoding; 20 bits of channel, 8 of slot, 35 of seq.
+/// encoding; bit 62 is [`BUSY_IN_CALL`], bit 61 [`BUSY_CALLED`]; then 18 bits of channel, 8 of
+/// slot, 35 of seq.
 pub fn busy_word(chan: u32, slot: u32, seq: u64) -> u64 {
     (1 << 63)
-        | (u64::from(chan & 0xF_FFFF) << 43)
+        | (u64::from(chan & CHAN_MASK) << 43)
         | (u64::from(slot & 0xFF) << 35)
         | (seq & SEQ_MASK)
 }
 
+/// Busy-word flag: the handler is waiting for the reply of a call to another server. A fault
+/// now is not the request's doing (the server waits on its callee, which has its own
+/// recovery): it is not charged to the request, and the watchdog does not take the wait for
+/// a hang of this server.
+pub const BUSY_IN_CALL: u64 = 1 << 62;
+/// Busy-word flag: the request's handler has sent (or, replaying, been answered) a call to
+/// another server, whose effect stands at the callee whatever happens here. Such a request is
+/// never failed alone as poison: the server is held (ARCHITECTURE.md §16).
+pub const BUSY_CALLED: u64 = 1 << 61;
+
+/// Mask of the channel bits a busy word keeps.
+pub const CHAN_MASK: u32 = (1 << 18) - 1;
+
 /// Mask of the seq bits a busy word keeps.
 pub const SEQ_MASK: u64 = (1 << 35) - 1;
 
-/// The request a busy word names: `(chan, slot, seq & SEQ_MASK)`.
+/// The request a busy word names: `(chan & CHAN_MASK, slot, seq & SEQ_MASK)`.
 pub fn decode_busy(word: u64) -> Option<(u32, u32, u64)> {
     if word >> 63 != 1 {
         return None;
     }
     Some((
-        ((word >> 43) & 0xF_FFFF) as u32,
+        ((word >> 43) & u64::from(CHAN_MASK)) as u32,
         ((word >> 35) & 0xFF) as u32,
         word & SEQ_MASK,
     ))
+}
+
+/// Whether a companion server's busy word says it waits in a call to another server.
+pub fn busy_in_call(word: u64) -> bool {
+    word >> 63 == 1 && word & BUSY_IN_CALL != 0
+}
+
+/// Whether a companion server's busy word says its request has made calls to other servers.
+pub fn busy_called(word: u64) -> bool {
+    word >> 63 == 1 && word & BUSY_CALLED != 0
 }
 
 #[cfg(test)]
@@ -937,6 +961,16 @@ mod tests {
     fn busy_words() {
         let w = busy_word(5, 255, (1 << 40) + 9);
         assert_eq!(decode_busy(w), Some((5, 255, ((1 << 40) + 9) & SEQ_MASK)));
+        assert!(!busy_in_call(w) && !busy_called(w));
+        // The flags leave the request the word names as it was.
+        let f = w | BUSY_IN_CALL | BUSY_CALLED;
+        assert_eq!(decode_busy(f), decode_busy(w));
+        assert!(busy_in_call(f) && busy_called(f));
+        assert!(busy_called(w | BUSY_CALLED) && !busy_in_call(w | BUSY_CALLED));
+        let big = busy_word(CHAN_MASK + 7, 3, SEQ_MASK);
+        assert_eq!(decode_busy(big), Some((6, 3, SEQ_MASK)));
+        assert!(!busy_in_call(big) && !busy_called(big));
+        assert!(!busy_in_call(BUSY_IN_CALL) && !busy_called(BUSY_CALLED));
         assert_eq!(decode_busy(17), None);
         assert_eq!(decode_busy(0), None);
         assert_ne!(reply_digest(0, b"a"), reply_digest(1, b"a"));

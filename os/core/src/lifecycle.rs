@@ -427,6 +427,16 @@ impl Lifecycle {
     }
 
     /// The failing generation can no longer run: roll back.
+    /// The kernel found, while recovering the failed generation's state (between
+    /// [`Command::RollBack`] and its answer), that the server must not serve again: the
+    /// decision that follows holds it with [`HoldReason::ServerRefused`] (e.g. a companion
+    /// server's poison request whose handler made calls to other servers).
+    pub fn hold_at_decision(&mut self) {
+        if self.failing.is_some() {
+            self.hold_after = Some(HoldReason::ServerRefused);
+        }
+    }
+
     fn confirmed(&mut self, now_ms: u64, out: &mut Vec<Command>) {
         let Some(f) = self.failing.as_mut() else {
             return;

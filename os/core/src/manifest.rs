@@ -313,13 +313,19 @@ pub const BUILTINS: &[&str] = &[
     "kv-plain",
     "kv-plain-faulty",
     "bank-plain",
+    "bank-plain-faulty",
     "account-plain",
 ];
 
 /// Built-in servers whose state is ordinary Rust data with a distillation (they can run under
 /// policy `companion`, and only under it or the baselines).
-pub const COMPANION_BUILTINS: &[&str] =
-    &["kv-plain", "kv-plain-faulty", "bank-plain", "account-plain"];
+pub const COMPANION_BUILTINS: &[&str] = &[
+    "kv-plain",
+    "kv-plain-faulty",
+    "bank-plain",
+    "bank-plain-faulty",
+    "account-plain",
+];
 
 const MAX_HEAP_MB: u64 = 64 * 1024;
 

@@ -253,6 +253,10 @@ pub struct ServerInfo {
     /// (nested transactions, ARCHITECTURE.md §13): its log says ACTIVE with a root and a
     /// published reply.
     pub prepared: bool,
+    /// Policy companion: the running incarnation's handler waits for the reply of a call to
+    /// another server (its busy word says so); a fault now is not charged to its request.
+    #[serde(default)]
+    pub in_call: bool,
     /// Service times of a sample of its calls (transaction begin → replies published), by
     /// every incarnation, as the server alleges them in its status page (clamped by the
     /// kernel); empty when none was timed yet.

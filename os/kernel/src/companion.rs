@@ -15,7 +15,9 @@ use std::sync::atomic::Ordering;
 
 use rustix::fs::{FallocateFlags, SealFlags};
 use txipc_chan::{SlotState, Status};
-use txipc_core::companion::{self as fmt, SEQ_MASK, decode_busy};
+use txipc_core::companion::{
+    self as fmt, CHAN_MASK, SEQ_MASK, busy_called, busy_in_call, decode_busy,
+};
 use txipc_core::proto::{CheckpointInfo, CompanionInfo, CompanionStart};
 use txipc_core::recovery::{
     CompanionAction, CompanionSlot, FailReason, LogState, decide_companion_slot,
@@ -40,8 +42,11 @@ pub(crate) struct CompanionLog {
     start: u64,
     /// Requests failed by the kernel whose records replay must skip (bounded, oldest first).
     skip: VecDeque<(u32, u32, u64)>,
-    /// Faults charged to each waiting request `(chan, slot, seq & SEQ_MASK)`.
+    /// Faults charged to each waiting request `(chan & CHAN_MASK, slot, seq & SEQ_MASK)`.
     charged: HashMap<(u32, u32, u64), u32>,
+    /// Waiting requests whose handler has made calls to other servers (the busy word said so
+    /// at a fault): never failed alone, whose calls' effects stand at their callees.
+    called: HashSet<(u32, u32, u64)>,
     pub(crate) info: CompanionInfo,
 }
 
@@ -65,6 +70,7 @@ impl CompanionLog {
             start: 0,
             skip: VecDeque::new(),
             charged: HashMap::new(),
+            called: HashSet::new(),
             info: CompanionInfo::default(),
         };
         c.set_log(0, 0);
@@ -109,6 +115,7 @@ impl CompanionLog {
         self.set_log(start, start);
         self.skip.clear();
         self.charged.clear();
+        self.called.clear();
         self.info.log_bytes = 0;
     }
 
@@ -193,6 +200,98 @@ impl CompanionLog {
         }
         self.skip.push_back(key);
     }
+
+    /// The logged request `key` names and the calls its handler made, as the log behind the
+    /// newest checkpoint records them (for the reason a server is held).
+    fn describe(&self, key: (u32, u32, u64)) -> String {
+        // With no snapshot the log holds every request from index 1 (a reset starts over).
+        let (base, first) = self
+            .snapshot
+            .as_ref()
+            .map_or((self.start, 1), |(_, i)| (i.log_offset, i.index + 1));
+        let cap = self.map.len() as u64 - fmt::LOG_HEADER as u64;
+        let Some(tail) = self.tail().filter(|&t| t >= base && t - base <= cap) else {
+            return "(the message log's tail does not check)".into();
+        };
+        let mut bytes = Vec::with_capacity((tail - base) as usize);
+        for (at, n) in fmt::ring_ranges(base, tail, cap) {
+            self.map.copy_out(at, n, &mut bytes);
+        }
+        let scan = match fmt::read_log(&bytes, base, cap, first) {
+            Ok(scan) => scan,
+            Err(e) => return format!("(the message log does not read: {e})"),
+        };
+        let Some(rec) = scan
+            .records
+            .iter()
+            .rev()
+            .find(|r| (r.meta.chan & CHAN_MASK, r.meta.slot, r.meta.seq & SEQ_MASK) == key)
+        else {
+            return format!(
+                "request (channel {}, slot {}, seq {}), not in the log behind the checkpoint",
+                key.0, key.1, key.2
+            );
+        };
+        let m = rec.meta;
+        let calls: Vec<String> = scan
+            .calls
+            .iter()
+            .filter(|c| c.meta.index == m.index)
+            .map(|c| {
+                format!(
+                    "call {} (method {}) answered {}",
+                    c.meta.ordinal,
+                    c.meta.method,
+                    txipc_chan::Status::from_wire(c.meta.status)
+                        .map_or_else(|| format!("status {}", c.meta.status), |s| format!("{s:?}"))
+                )
+            })
+            .collect();
+        format!(
+            "logged request {} (method {}, channel {}, slot {}, seq {}); its calls: {}{}",
+            m.index,
+            m.method & !(1 << 30),
+            m.chan,
+            m.slot,
+            m.seq,
+            if calls.is_empty() {
+                "none recorded".to_string()
+            } else {
+                calls.join(", ")
+            },
+            "; and possibly one more sent but not recorded when it faulted"
+        )
+    }
+}
+
+/// Charges the fault of a companion server's failed incarnation (confirmed dead or stopped) to
+/// the request its busy word names — unless the handler was waiting for a call to another
+/// server then (the callee's recovery or slowness is not the request's fault). Returns the
+/// reason to hold the server if that request is now poison but its handler has made calls to
+/// other servers: failing it alone would leave those calls' effects standing (a half-applied
+/// request; the companion has no undo), so the server is held instead (fail-stop).
+pub(crate) fn charge(s: &mut Server) -> Option<String> {
+    let busy = s.status.busy();
+    let retry_limit = s.spec.retry_limit;
+    let name = s.spec.name.clone();
+    let log = s.companion.as_mut()?;
+    let key = decode_busy(busy)?;
+    if busy_called(busy) {
+        log.called.insert(key);
+    }
+    if busy_in_call(busy) {
+        return None;
+    }
+    let charged = log.charged.entry(key).or_default();
+    *charged += 1;
+    let charged = *charged;
+    if charged <= retry_limit || !log.called.contains(&key) {
+        return None;
+    }
+    Some(format!(
+        "poison request with calls: {} faulted `{name}` {charged} times (retry_limit {retry_limit}) after its handler had made calls to other servers, whose effects stand at the callees; the companion cannot undo them, so failing the request alone would leave it half-applied: the server is held (fail-stop) and its clients get Unavailable. Fix the handler, then `txipc release {name}` (it restarts empty)",
+        log.describe(key)
+    ))
 }
 
 /// Settles the waiting requests of a failed companion server (its incarnation is confirmed
@@ -209,9 +308,6 @@ pub(crate) fn settle(s: &mut Server, held: bool) -> Recovered {
             log_error: Some("policy companion without a message log".into()),
         };
     };
-    if let Some(key) = decode_busy(busy) {
-        *log.charged.entry(key).or_default() += 1;
-    }
     for c in s.channels.values() {
         c.k.wake_waiters();
     }
@@ -222,7 +318,7 @@ pub(crate) fn settle(s: &mut Server, held: bool) -> Recovered {
             if !matches!(snap.state, SlotState::Taken | SlotState::Posted) {
                 continue;
             }
-            let key = (ci, snap.slot as u32, snap.seq & SEQ_MASK);
+            let key = (ci & CHAN_MASK, snap.slot as u32, snap.seq & SEQ_MASK);
             waiting.insert(key);
             let charged = log.charged.get(&key).copied().unwrap_or(0);
             match decide_companion_slot(retry_limit, held, CompanionSlot { charged }) {
@@ -248,9 +344,15 @@ pub(crate) fn settle(s: &mut Server, held: bool) -> Recovered {
     }
     // Only requests still waiting can be charged again.
     log.charged.retain(|k, _| waiting.contains(k));
+    log.called.retain(|k| waiting.contains(k));
     Recovered {
         summary: format!(
-            "companion: fault charged to {:?}, {left} waiting requests left to the next incarnation, {failed} failed and skipped",
+            "companion: fault {} {:?}, {left} waiting requests left to the next incarnation, {failed} failed and skipped",
+            if busy_in_call(busy) {
+                "not charged (the handler was waiting for a call to another server):"
+            } else {
+                "charged to"
+            },
             decode_busy(busy)
         ),
         log_state: LogState::Idle,
@@ -321,6 +423,7 @@ pub(crate) fn settle_held(s: &mut Server) -> Recovered {
         return settle(s, true);
     };
     log.charged.clear();
+    log.called.clear();
     let mut failed = 0;
     let mut skips = Vec::new();
     for (&ci, c) in &s.channels {

@@ -50,8 +50,17 @@ impl Kernel {
             },
             // Restart empty: zero the heap and log (sparse again), the next incarnation formats.
             Policy::Restart => s.reset_heap(),
-            // The companion's message log is settled with the slots.
-            Policy::None | Policy::Companion => {}
+            Policy::None => {}
+            // The fault is charged now (the incarnation can no longer run, so its busy word is
+            // final); the message log is settled with the slots. A poison request whose handler
+            // made calls to other servers holds the server (fail-stop) rather than fail alone.
+            Policy::Companion => {
+                if let Some(reason) = crate::companion::charge(s) {
+                    eprintln!("txipc kernel: server `{}` held: {reason}", s.spec.name);
+                    s.hold_message = Some(reason);
+                    s.life.hold_at_decision();
+                }
+            }
         }
         s.rolled_back = Some((log_state, batch));
         let name = s.spec.name.clone();

@@ -46,14 +46,23 @@ impl Kernel {
             return None;
         }
         let g = s.life.serving()?;
-        let deadline = Duration::from_millis(s.spec.deadline_ms);
+        let busy = s.status.busy();
+        let mut deadline = Duration::from_millis(s.spec.deadline_ms);
+        // A companion server waiting for the reply of a call to another server is not hung:
+        // its callee is (or is recovering), and has its own watchdog. Only a wait far past any
+        // recovery (a cycle of servers waiting on each other) is taken for a hang; the kill is
+        // then not charged to the request (the busy word says it waited).
+        if s.spec.policy == txipc_core::manifest::Policy::Companion
+            && txipc_core::companion::busy_in_call(busy)
+        {
+            deadline = (deadline * 10).max(IN_CALL_DEADLINE);
+        }
         // A waiting request is judged on at least a second (twice, with the doorbell rung in
         // between): a loaded machine may leave a healthy server unscheduled that long.
         let waiting_deadline = deadline.max(Duration::from_secs(1));
         // A call running too long: the same batch seen busy for longer than the deadline. (The
         // server only stores its transaction id; the kernel keeps the clock, so the call path
         // pays no clock read.)
-        let busy = s.status.busy();
         match s.watch {
             Some((txid, since)) if txid == busy && busy != 0 => {
                 let ran = now.duration_since(since);
@@ -118,6 +127,10 @@ impl Kernel {
         None
     }
 }
+
+/// The least a companion server's wait for a call to another server may last before it is
+/// taken for a hang (a cycle of servers waiting on each other).
+const IN_CALL_DEADLINE: Duration = Duration::from_secs(20);
 
 /// `2` for 2000 ms, `0.25` for 250 ms.
 fn secs_words(ms: u64) -> String {

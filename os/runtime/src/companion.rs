@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 
 use txipc_chan::{Doorbell, Status, Taken};
 use txipc_core::companion::{
-    self as fmt, Answer, CallMeta, LogScan, RecordMeta, SNAPSHOT_HEADER, SnapshotMeta, busy_word,
-    call_digest, reply_digest,
+    self as fmt, Answer, BUSY_CALLED, BUSY_IN_CALL, CallMeta, LogScan, RecordMeta, SNAPSHOT_HEADER,
+    SnapshotMeta, busy_word, call_digest, reply_digest,
 };
 use txipc_core::failpoint::{FailKind, FailPoint};
 use txipc_core::manifest::Policy;
@@ -97,6 +97,8 @@ struct OutCalls {
     ctl: Option<Rc<OwnedFd>>,
     /// The name of the method being handled, for reports.
     name: Option<&'static str>,
+    /// The busy word of the request being handled (with `BUSY_CALLED` once it made a call).
+    busy: u64,
 }
 
 thread_local! {
@@ -123,6 +125,17 @@ pub(crate) fn outgoing_call(
         o.next_ordinal += 1;
         o.next_ordinal - 1
     });
+    // From now on the request has made a call whose effect stands at the callee: it is never
+    // failed alone as poison (the kernel holds the server instead).
+    let busy = OUT.with(|o| {
+        let mut o = o.borrow_mut();
+        o.busy |= BUSY_CALLED;
+        o.busy
+    });
+    let status_page = crate::failpoint::status();
+    if let Some(p) = status_page {
+        p.set_busy(busy);
+    }
     if let Some(tail) = OUT.with(|o| o.borrow().replaying) {
         match OUT.with(|o| o.borrow_mut().recorded.pop_front()) {
             Some(r) if r.digest == digest && r.method == method => {
@@ -146,6 +159,11 @@ pub(crate) fn outgoing_call(
         }
     }
     let with_id = ch.info().policy == Policy::Companion;
+    // While the reply is awaited the server waits on its callee: a fault now (a SIGKILL, the
+    // watchdog) is not charged to this request, and the wait is not a hang of this server.
+    if let Some(p) = status_page {
+        p.set_busy(busy | BUSY_IN_CALL);
+    }
     let status = if with_id {
         let mut req = Vec::with_capacity(CALL_ID_LEN + request.len());
         req.extend_from_slice(&offset.to_le_bytes());
@@ -162,6 +180,9 @@ pub(crate) fn outgoing_call(
     } else {
         ch.call_status(method, request, reply)
     };
+    if let Some(p) = status_page {
+        p.set_busy(busy);
+    }
     crate::failpoint::fail_point(FailPoint::CallReplied.site());
     OUT.with(|o| {
         let mut o = o.borrow_mut();
@@ -766,8 +787,8 @@ impl PlainLoop<'_> {
         // One call in `SAMPLE_EVERY` is timed, log → published (the status page's histogram).
         let start = (self.calls & (txipc_core::latency::SAMPLE_EVERY - 1) == 0)
             .then(txipc_sys::time::monotonic_ns);
-        self.status
-            .set_busy(busy_word(chan_index, t.slot as u32, t.seq));
+        let busy = busy_word(chan_index, t.slot as u32, t.seq);
+        self.status.set_busy(busy);
         // A call from another companion server carries a call id.
         let call = if t.malformed {
             None
@@ -808,6 +829,7 @@ impl PlainLoop<'_> {
                 o.current = Some(at);
                 o.next_ordinal = 0;
                 o.name = self.instance.method_name(method);
+                o.busy = busy;
             });
         }
         self.fail_point(FailPoint::BeforeHandle);
@@ -1190,7 +1212,8 @@ impl PlainLoop<'_> {
                 last = None;
                 continue;
             }
-            self.status.set_busy(busy_word(m.chan, m.slot, m.seq));
+            let busy = busy_word(m.chan, m.slot, m.seq);
+            self.status.set_busy(busy);
             let (call, method, request) = match split_call_id(m.method, rec.request) {
                 Some((id, method, request)) => (Some(id), method, request),
                 None => (None, m.method, rec.request),
@@ -1202,6 +1225,7 @@ impl PlainLoop<'_> {
                 o.name = self.instance.method_name(method);
                 o.recorded = calls.remove(&m.index).unwrap_or_default();
                 o.replaying = Some(tail_index == Some(m.index));
+                o.busy = busy;
             });
             SESSION.with(|s| s.set(m.chan));
             let r = self.instance.handle(method, request, &mut self.reply);

@@ -25,6 +25,11 @@ pub(crate) fn install(status: &'static StatusPage) {
     let _ = STATUS.set(status);
 }
 
+/// The incarnation's status page, once installed.
+pub(crate) fn status() -> Option<&'static StatusPage> {
+    STATUS.get().copied()
+}
+
 /// A corruption to apply: flip one bit of the site's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Corrupt {

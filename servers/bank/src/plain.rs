@@ -34,16 +34,18 @@ pub struct BankState {
     accounts: BTreeSet<String>,
 }
 
-/// The bank with ordinary Rust state.
+/// The bank with ordinary Rust state. `FAULTY` (the built-in `bank-plain-faulty`, for tests):
+/// a transfer from an account whose name starts with `poison/` faults (panics) right after its
+/// debit call, every time it runs — a poison request that has made a call to another server.
 #[derive(Debug, Default)]
-pub struct BankPlain {
+pub struct BankPlain<const FAULTY: bool = false> {
     state: BankState,
     /// How many account servers the manifest gives the bank (found at the first request; the
     /// manifest does not change, so a replay finds the same).
     servers: Option<usize>,
 }
 
-impl Distill for BankPlain {
+impl<const FAULTY: bool> Distill for BankPlain<FAULTY> {
     const VERSION: u32 = 1;
     type Snapshot = BankState;
     fn distill(&self) -> &BankState {
@@ -57,7 +59,7 @@ impl Distill for BankPlain {
     }
 }
 
-impl BankPlain {
+impl<const FAULTY: bool> BankPlain<FAULTY> {
     fn servers(&mut self) -> Result<usize, BankError> {
         if let Some(n) = self.servers {
             return Ok(n);
@@ -85,7 +87,7 @@ impl BankPlain {
     }
 }
 
-impl Bank for BankPlain {
+impl<const FAULTY: bool> Bank for BankPlain<FAULTY> {
     fn open(&mut self, name: String, initial: i64) -> Result<String, BankError> {
         let (server, acct) = self.account_of(&name)?;
         acct.open(name.clone(), initial)
@@ -118,9 +120,13 @@ impl Bank for BankPlain {
         }
         let (fs, debit) = self.account_of(&from)?;
         let (ts, credit) = self.account_of(&to)?;
+        let poison = FAULTY && from.starts_with("poison/");
         debit
             .apply(from, id, -amount)
             .map_err(|e| account_err(&fs, e))?;
+        if poison {
+            panic!("bank-plain-faulty: transfer {id} is a poison request (its debit is made)");
+        }
         credit
             .apply(to, id, amount)
             .map_err(|e| account_err(&ts, e))?;
@@ -174,4 +180,10 @@ impl Bank for BankPlain {
 /// The server as the built-in `bank-plain` of the txipc binary.
 pub fn builtin() -> PlainBuiltin {
     PlainBuiltin::of::<BankCompanion<BankPlain>>("bank-plain")
+}
+
+/// The faulty variant as the built-in `bank-plain-faulty` (tests only): a transfer from a
+/// `poison/` account faults after its debit call, every time.
+pub fn faulty_builtin() -> PlainBuiltin {
+    PlainBuiltin::of::<BankCompanion<BankPlain<true>>>("bank-plain-faulty")
 }
