@@ -542,3 +542,32 @@ fn a_caller_killed_while_its_callee_recovers_is_not_charged_for_it() {
     drop((bank, conn));
     sys.shutdown().unwrap();
 }
+
+/// A `#[readonly]` request is not logged (after a fault it runs again instead of being
+/// replayed), so its handler may only call `#[readonly]` methods: a state-changing call from it
+/// is refused by the callee with a clear error and does not run; a readonly call is served.
+#[test]
+fn a_readonly_request_may_only_make_readonly_calls() {
+    let sys = relay_system("ccalls-readonly", "", "");
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    let peer = KvClient::new(open(&conn, "peer"));
+    let text = |v: Option<txipc_service::Bytes>| String::from_utf8(v.unwrap().to_vec()).unwrap();
+    let refused = text(kv.get("relay-get/c").unwrap());
+    assert!(
+        refused.starts_with("error: ")
+            && refused.contains("#[readonly] request may only call #[readonly] methods")
+            && refused.contains("`peer`")
+            && refused.contains("did not run"),
+        "{refused}"
+    );
+    assert_eq!(peer.get("c").unwrap(), None, "the refused call did not run");
+    assert_eq!(peer.stats().unwrap().updates, 0);
+    peer.incr("c", 5).unwrap();
+    assert_eq!(text(kv.get("relay-read/c").unwrap()), "5");
+    // The caller's own readonly path is untouched, and a logged request's calls still go.
+    assert_eq!(kv.incr("relay/c", 1).unwrap(), 6);
+    assert_eq!(counter(peer.get("c").unwrap()), 6);
+    drop((kv, peer, conn));
+    sys.shutdown().unwrap();
+}

@@ -61,6 +61,12 @@ pub const CALL_ID_LEN: usize = 16;
 /// its record, so re-sending is safe.
 const CALL_RESENDS: u32 = 8;
 
+/// Method bit of a call made from a `#[readonly]` request's handler of a companion server to a
+/// companion server: the callee runs it only if the method is `#[readonly]` too, and refuses
+/// it (`Refused`, nothing run) otherwise. A readonly request is not logged, so it is not
+/// replayed but run again after a fault: a state-changing call from it would be made twice.
+pub const READONLY_CALL_BIT: u32 = 0x2000_0000;
+
 /// Splits a request carrying a call id into the id, the method and the method's request.
 fn split_call_id(method: u32, req: &[u8]) -> Option<((u64, u32), u32, &[u8])> {
     if method & CALL_ID_BIT == 0 || req.len() < CALL_ID_LEN {
@@ -99,6 +105,8 @@ struct OutCalls {
     name: Option<&'static str>,
     /// The busy word of the request being handled (with `BUSY_CALLED` once it made a call).
     busy: u64,
+    /// Inside a `#[readonly]` request's handler (under policy companion).
+    readonly: bool,
 }
 
 thread_local! {
@@ -115,7 +123,22 @@ pub(crate) fn outgoing_call(
 ) -> Result<(), txipc_service::CallError> {
     use txipc_service::Transport;
     let Some((offset, index)) = OUT.with(|o| o.borrow().current) else {
-        // Not inside a logged request (start-up, or a `#[readonly]` one, which is not replayed).
+        if OUT.with(|o| o.borrow().readonly) && ch.info().policy == Policy::Companion {
+            // A `#[readonly]` request is not logged: after a fault it runs again rather than
+            // being replayed, so it may only make calls that change nothing. The callee checks.
+            return match ch.call(method | READONLY_CALL_BIT, request, reply) {
+                Err(txipc_service::CallError::Refused) => {
+                    Err(txipc_service::CallError::Unavailable {
+                        reason: format!(
+                            "a #[readonly] request may only call #[readonly] methods: method {method} of `{}` changes state, and a readonly request is not logged (after a fault it runs again, so the call would be made twice); the call was refused and did not run. Declare the calling method state-changing (remove #[readonly]) or call a readonly method",
+                            ch.info().service
+                        ),
+                    })
+                }
+                other => other,
+            };
+        }
+        // Start-up, or a server under a baseline policy: an ordinary call.
         return ch.call(method, request, reply);
     };
     let service = ch.info().service.clone();
@@ -795,7 +818,21 @@ impl PlainLoop<'_> {
         } else {
             split_call_id(t.method, &self.req).map(|(id, m, _)| (id, m))
         };
-        let method = call.map_or(t.method, |(_, m)| m);
+        let mut method = call.map_or(t.method, |(_, m)| m);
+        // A call from a `#[readonly]` request of another companion server: run only if the
+        // method changes nothing (it is not logged); else refused, nothing run.
+        let from_readonly = call.is_none() && !t.malformed && t.method & READONLY_CALL_BIT != 0;
+        if from_readonly {
+            method &= !READONLY_CALL_BIT;
+            if self.instance.is_logged(method) {
+                let chan = &self.chans[ci].chan;
+                let _ = chan.write_reply(t.slot, Status::Refused, &[]);
+                let _ = chan.publish(t.slot);
+                self.calls += 1;
+                self.status.set_idle(self.calls);
+                return;
+            }
+        }
         let logged = !t.malformed && self.log.is_some() && self.instance.is_logged(method);
         if logged
             && let Some((id, _)) = call
@@ -831,6 +868,8 @@ impl PlainLoop<'_> {
                 o.name = self.instance.method_name(method);
                 o.busy = busy;
             });
+        } else if self.log.is_some() {
+            OUT.with(|o| o.borrow_mut().readonly = true);
         }
         self.fail_point(FailPoint::BeforeHandle);
         let status = if t.malformed || (t.method & CALL_ID_BIT != 0 && call.is_none()) {
@@ -847,6 +886,7 @@ impl PlainLoop<'_> {
             SESSION.with(|s| s.set(u32::MAX));
             to_status(r, &mut self.reply)
         };
+        OUT.with(|o| o.borrow_mut().readonly = false);
         if logged {
             OUT.with(|o| o.borrow_mut().current = None);
             if let Some(w) = &mut self.log {

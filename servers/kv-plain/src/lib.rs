@@ -12,7 +12,10 @@
 //! `incr` of a key starting with `nondet/` adds a clock-dependent amount (a non-deterministic
 //! handler, which the companion must detect on replay). An `incr` of `relay/K` calls the server
 //! `peer` (another server, through `txipc_runtime::connect`), and `relay-nondet/K` does so
-//! with a clock-dependent delta (a replay that makes another call). It also keeps per-connection state:
+//! with a clock-dependent delta (a replay that makes another call); a (readonly) `get` of
+//! `relay-get/K` increments K in `peer` (a state-changing call from a readonly request, which
+//! the callee refuses) and one of `relay-read/K` reads it, the outcome returned as the value.
+//! It also keeps per-connection state:
 //! an `incr` of a key starting with `session/` counts in the caller's own session
 //! (`session/<session>/<rest>`, see `txipc_runtime::current_session`), so two connections
 //! incrementing the same key see their own counters, across restarts and replays.
@@ -215,6 +218,26 @@ impl KvPlainFaulty {
 
 impl Kv for KvPlainFaulty {
     fn get(&mut self, key: Bytes) -> Result<Option<Bytes>, KvError> {
+        // Calls from a readonly request: `relay-get/K` increments K in `peer` (a state-changing
+        // call, which the callee must refuse), `relay-read/K` reads it (allowed). The outcome
+        // comes back as the value: the counter, or `error: ...`.
+        for (prefix, write) in [(&b"relay-get/"[..], true), (&b"relay-read/"[..], false)] {
+            if let Some(rest) = key.strip_prefix(prefix) {
+                let peer = txipc_runtime::connect("peer")
+                    .unwrap_or_else(|e| panic!("kv-plain-faulty: relay: cannot reach `peer`: {e}"));
+                let peer = kv_api::KvClient::new(peer);
+                let rest = Bytes::from(rest.to_vec());
+                let out = if write {
+                    peer.incr(rest, 1).map(|n| n.to_string())
+                } else {
+                    peer.get(rest)
+                        .map(|v| v.map_or(0, |b| kv_api::counter_value(&b).unwrap_or(-1)))
+                        .map(|n| n.to_string())
+                };
+                let text = out.unwrap_or_else(|e| format!("error: {e}"));
+                return Ok(Some(Bytes::from(text.into_bytes())));
+            }
+        }
         self.0.get(key)
     }
     fn put(&mut self, key: Bytes, value: Bytes) -> Result<Option<Bytes>, KvError> {
