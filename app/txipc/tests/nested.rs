@@ -680,3 +680,96 @@ fn a_coordinator_that_cannot_be_stopped_delays_no_one_else() {
     drop((bank, kv, other, conn));
     sys.shutdown().unwrap();
 }
+
+/// Resumes a stopped process when dropped (a test that fails midway leaves nothing stopped).
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = txipc_sys::process::kill(self.0, rustix::process::Signal::CONT);
+    }
+}
+
+/// Poison means "faults in its own handler" under txipc too: a transfer whose nested credit
+/// call waits for an account server that does not answer (stopped, as a recovering callee is
+/// for a while) while the bank is killed again and again costs the request no attempt (the
+/// busy word says it waits in a nested call, the watchdog does not take the wait for the
+/// bank's hang); once the callee answers, the transfer completes once.
+#[test]
+fn a_coordinator_killed_while_its_callee_recovers_is_not_charged_for_it() {
+    let m = server(
+        "bank",
+        "bank",
+        "txipc",
+        "retry_limit = 1\ndeadline_ms = 300\n[server.restart]\nmax_restarts = 100\nwindow_ms = 1000",
+    ) + &server("account-0", "account", "txipc", "deadline_ms = 60000")
+        + &server("account-1", "account", "txipc", "deadline_ms = 60000")
+        + &grant("*", "bank")
+        + &grant("bank", "account-0")
+        + &grant("bank", "account-1");
+    let sys = boot("nested-not-charged", &m);
+    let conn = sys.connect().unwrap();
+    let bank = BankClient::new(open(&conn, "bank"));
+    let name_on = |prefix: &str, k: usize| {
+        (0..)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|n| bank_api::home(n, 2) == k)
+            .unwrap()
+    };
+    let (from, to) = (name_on("a", 0), name_on("b", 1));
+    bank.open(from.clone(), 1000).unwrap();
+    bank.open(to.clone(), 1000).unwrap();
+    let in_call = |conn: &System| {
+        conn.ps()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == "bank")
+            .unwrap()
+            .in_call
+    };
+    let stopped = server_pid(&conn, "account-1");
+    txipc_sys::process::kill(stopped, rustix::process::Signal::STOP).unwrap();
+    let resume = Resume(stopped);
+    let transfer = {
+        let (from, to) = (from.clone(), to.clone());
+        std::thread::spawn(move || bank.transfer(1, from, to, 10).map(|()| bank))
+    };
+    let before = restarts(&conn, "bank");
+    for k in 1..=3 {
+        wait_until(
+            &format!("the bank waiting in its credit call ({k})"),
+            std::time::Duration::from_secs(20),
+            || in_call(&conn),
+        );
+        txipc_sys::process::kill(server_pid(&conn, "bank"), rustix::process::Signal::KILL).unwrap();
+        wait_until(
+            "the bank restarted",
+            std::time::Duration::from_secs(20),
+            || restarts(&conn, "bank") >= before + k,
+        );
+    }
+    wait_until(
+        "the bank waiting again",
+        std::time::Duration::from_secs(20),
+        || in_call(&conn),
+    );
+    drop(resume);
+    let bank = transfer
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the transfer was failed: {e}"));
+    let i = conn
+        .ps()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "bank")
+        .unwrap();
+    assert_eq!(i.aborted_requests, 0, "{i:?}");
+    assert!(i.restarts >= before + 3, "{i:?}");
+    assert_eq!(bank.balance(from.clone()).unwrap(), 990);
+    assert_eq!(bank.balance(to.clone()).unwrap(), 1010);
+    assert_eq!(ledger(&bank, &from).len(), 1);
+    assert_eq!(ledger(&bank, &to).len(), 1);
+    drop((bank, conn));
+    sys.shutdown().unwrap();
+}

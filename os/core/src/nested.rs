@@ -22,6 +22,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::recovery::LogState;
 
+/// Flag of a txipc server's busy word (its running transaction id): the handler waits for the
+/// reply of a nested call. A fault now is not the request's doing (the callee is recovering,
+/// slow, or prepared for another root): the kernel re-posts the request without charging it
+/// an attempt, and the watchdog does not take the wait for this server's hang.
+pub const TX_IN_CALL: u64 = 1 << 62;
+
+/// Whether a txipc server's busy word says it waits in a nested call.
+pub fn tx_in_call(word: u64) -> bool {
+    word >> 63 == 0 && word & TX_IN_CALL != 0
+}
+
 /// How a root ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Outcome {
@@ -125,6 +136,14 @@ impl Decisions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_in_call_flag_is_a_txid_flag() {
+        assert!(!tx_in_call(0) && !tx_in_call(41));
+        assert!(tx_in_call(41 | TX_IN_CALL));
+        // A companion busy word (bit 63) is not a txid.
+        assert!(!tx_in_call(1 << 63 | TX_IN_CALL));
+    }
 
     #[test]
     fn a_known_decision_wins() {

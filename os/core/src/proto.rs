@@ -253,8 +253,9 @@ pub struct ServerInfo {
     /// (nested transactions, ARCHITECTURE.md §13): its log says ACTIVE with a root and a
     /// published reply.
     pub prepared: bool,
-    /// Policy companion: the running incarnation's handler waits for the reply of a call to
-    /// another server (its busy word says so); a fault now is not charged to its request.
+    /// The running incarnation's handler waits for the reply of a call to another server (its
+    /// busy word says so: policies companion and txipc); a fault now is not charged to its
+    /// request.
     #[serde(default)]
     pub in_call: bool,
     /// Service times of a sample of its calls (transaction begin → replies published), by

@@ -253,8 +253,7 @@ impl Kernel {
                 held_reason: s.held_reason.clone(),
                 companion: s.companion.as_ref().map(|c| c.info.clone()),
                 prepared: crate::nested::holds_prepared(s),
-                in_call: s.spec.policy == Policy::Companion
-                    && txipc_core::companion::busy_in_call(s.status.busy()),
+                in_call: s.in_call(),
                 // The server's own words: each bucket is clamped to the calls it claims.
                 latency: txipc_core::latency::Histogram::from_alleged(
                     &s.status.latency(),

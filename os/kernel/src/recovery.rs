@@ -143,6 +143,10 @@ fn settle(
         c.k.wake_waiters();
     }
     let committed = matches!(log_state, LogState::Committed(_));
+    // The incarnation died waiting for a nested call's reply: the fault is not its requests'
+    // (the callee is recovering, slow or prepared for another root), so re-posting them costs
+    // no attempt — only faults in their own handlers make a request poison.
+    let in_call = policy == Policy::Txipc && txipc_core::nested::tx_in_call(s.status.busy());
     let (mut published, mut reposted, mut failed) = (0, 0, 0);
     for (&ci, c) in &s.channels {
         for snap in c.k.slots() {
@@ -175,7 +179,9 @@ fn settle(
                     if c.k.repost(snap.slot, snap.seq) {
                         reposted += 1;
                         s.retried += 1;
-                        s.attempts.reposted(key);
+                        if !in_call {
+                            s.attempts.reposted(key);
+                        }
                     }
                 }
                 SlotAction::Fail(reason) => {

@@ -91,6 +91,17 @@ pub(crate) struct Server {
 }
 
 impl Server {
+    /// Whether the running incarnation's handler waits for the reply of a call to another
+    /// server, as its busy word says (policies companion and txipc).
+    pub(crate) fn in_call(&self) -> bool {
+        let busy = self.status.busy();
+        match self.spec.policy {
+            txipc_core::manifest::Policy::Companion => txipc_core::companion::busy_in_call(busy),
+            txipc_core::manifest::Policy::Txipc => txipc_core::nested::tx_in_call(busy),
+            _ => false,
+        }
+    }
+
     /// The active or standby incarnation of `generation` (not a failing or killed one).
     pub(crate) fn incarnation(&self, generation: u64) -> Option<&Inc> {
         if self.life.active() == Some(generation) || self.life.standby() == Some(generation) {

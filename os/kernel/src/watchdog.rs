@@ -48,13 +48,11 @@ impl Kernel {
         let g = s.life.serving()?;
         let busy = s.status.busy();
         let mut deadline = Duration::from_millis(s.spec.deadline_ms);
-        // A companion server waiting for the reply of a call to another server is not hung:
+        // A server waiting for the reply of a call to another server is not hung:
         // its callee is (or is recovering), and has its own watchdog. Only a wait far past any
         // recovery (a cycle of servers waiting on each other) is taken for a hang; the kill is
         // then not charged to the request (the busy word says it waited).
-        if s.spec.policy == txipc_core::manifest::Policy::Companion
-            && txipc_core::companion::busy_in_call(busy)
-        {
+        if s.in_call() {
             deadline = (deadline * 10).max(IN_CALL_DEADLINE);
         }
         // A waiting request is judged on at least a second (twice, with the doorbell rung in

@@ -22,7 +22,9 @@
 //!
 //! Every failure of a nested call dooms the root: the coordinator rolls its transaction back in
 //! place, tells its participants to roll back, and runs the request again from the top after a
-//! randomised back-off; after [`MAX_ROOT_RETRIES`] the request fails alone with `Aborted`.
+//! randomised back-off, for as long as [`ROOT_RETRY_BUDGET`] allows (a callee that is recovering
+//! or held by another root is waited for, not taken for a poison request); a callee that failed
+//! the call as poison fails the root alone with `Aborted` at once.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -44,8 +46,11 @@ pub const CODE_OK: u8 = 0;
 pub const CODE_CONFLICT: u8 = 1;
 /// Reply code: the callee knows the root was rolled back.
 pub const CODE_ROOT_ABORTED: u8 = 2;
-/// In-place re-runs of a root whose nested calls conflicted, before it fails as poison.
-pub const MAX_ROOT_RETRIES: u32 = 12;
+/// How long a root whose nested calls failed (a callee recovering, or prepared for another
+/// root) is re-run in place with back-off before it fails: its own handler did not fault, so
+/// it is not poison; it waits for its callees within this budget (well inside a client's
+/// usual 20 s deadline, and far past a callee's recovery).
+pub const ROOT_RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 
 thread_local! {
     /// The root of the running transaction (`None`: the running transaction is its own root).
@@ -169,7 +174,17 @@ pub(crate) fn call(
     let mut req = Vec::with_capacity(CTX_LEN + request.len());
     encode_ctx(root, &mut req);
     req.extend_from_slice(request);
-    if let Err(e) = ch.call(method | NESTED_BIT, &req, reply) {
+    // While the reply is awaited the server waits on its callee: a fault now is not charged
+    // to the request, and the wait is not this server's hang.
+    let status = crate::failpoint::status();
+    if let Some(p) = status {
+        p.set_busy(txid | txipc_core::nested::TX_IN_CALL);
+    }
+    let r = ch.call(method | NESTED_BIT, &req, reply);
+    if let Some(p) = status {
+        p.set_busy(txid);
+    }
+    if let Err(e) = r {
         // Whatever happened at the callee, this root cannot commit on it.
         let _ = doom("a nested call failed");
         if matches!(e, CallError::Aborted { .. }) {

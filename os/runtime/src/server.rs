@@ -853,10 +853,12 @@ impl Loop<'_> {
 
     /// Runs the `n` requests of `self.batch` as one transaction that is its own root: the
     /// coordinator's side of nested transactions. A root whose nested call failed is rolled
-    /// back in place and run again after a back-off; after [`nested::MAX_ROOT_RETRIES`] its
+    /// back in place and run again after a back-off, within [`nested::ROOT_RETRY_BUDGET`]; then its
     /// requests fail alone with `Aborted`.
     fn run_roots(&mut self, n: usize) {
         let mut retry = 0u32;
+        // When the root first failed on its callees (read only then: no clock on the hot path).
+        let mut first_doomed: Option<Instant> = None;
         // A sample of the batches is timed, begin → published (the status page's latency
         // histogram): a clock read costs too much to pay on every null call.
         let timed = self.batches & (latency::SAMPLE_EVERY - 1) == 0;
@@ -920,11 +922,22 @@ impl Loop<'_> {
                 }
                 nested::decide_all(&touched, root, false);
                 // A callee that failed the call as poison has retried it already: the root
-                // is the poison request, failed alone.
-                if retry < nested::MAX_ROOT_RETRIES && !nested::poisoned() {
+                // is the poison request, failed alone. Any other failure is the callees' (one
+                // recovering, or prepared for another root), not this request's: it is run
+                // again with back-off within the budget, never declared poison for it.
+                let since = *first_doomed.get_or_insert_with(Instant::now);
+                if !nested::poisoned() && since.elapsed() < nested::ROOT_RETRY_BUDGET {
                     std::thread::sleep(nested::backoff(retry, self.txid));
                     retry += 1;
                     continue;
+                }
+                if !nested::poisoned() {
+                    eprintln!(
+                        "txipc: server `{}`: a request whose nested calls kept failing for {:?} ({} re-runs; its callees did not recover) is failed with Aborted: it did not run",
+                        self.config.name,
+                        nested::ROOT_RETRY_BUDGET,
+                        retry
+                    );
                 }
                 // The poison request: it keeps failing; fail it alone.
                 for t in &self.batch {
