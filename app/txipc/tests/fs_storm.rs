@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::fsmount::*;
+use common::watchdog::Watchdog;
 use common::*;
 use txipc_core::failpoint::{FailKind, FailPoint};
 
@@ -76,17 +77,39 @@ fn storm_manifest(policy: &str) -> String {
     fs_manifest(policy).replace("[[server]]\n", "[[server]]\ndeadline_ms = 1000\n")
 }
 
-fn storm(policy: &str, secs: u64, kill_front_end: bool) -> Outcome {
-    let mut m = Mounted::with_manifest(&format!("storm-{policy}"), &storm_manifest(policy));
-    let src = std::env::temp_dir().join(unique("storm-src"));
-    make_tree(&src, 200);
-    struct Rm(std::path::PathBuf);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+/// How long the programs may take, after the faults end, to finish their last round; past it
+/// the storm's watchdog fails the storm with a dump of what was blocked.
+const DRAIN: Duration = Duration::from_secs(90);
+/// Booting the system and mounting, under the same bound.
+const BOOT: Duration = Duration::from_secs(30);
+
+/// The programs of the storm (as `/proc/PID/comm` names them), killed by its watchdog.
+const PROGRAMS: &[&str] = &["cp", "diff", "git", "sqlite3"];
+
+/// Removes a directory when dropped.
+struct Rm(std::path::PathBuf);
+impl Drop for Rm {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+fn storm(policy: &str, secs: u64, kill_front_end: bool) -> Outcome {
+    // The bound of the whole storm, which a hang cannot stall. It is made first so that it
+    // outlives the mount: the unmount and the shutdown of the system are under it too.
+    let wd = Watchdog::arm(
+        &format!("the storm under {policy}"),
+        BOOT + Duration::from_secs(secs) + DRAIN,
+        PROGRAMS,
+    );
+    let src = std::env::temp_dir().join(unique("storm-src"));
     let _rm = Rm(src.clone());
+    make_tree(&src, 200);
+    let mut m = Mounted::with_manifest(&format!("storm-{policy}"), &storm_manifest(policy));
+    wd.watch_mount(&m.dir);
+    wd.remove_at_exit(&m.dir);
+    wd.remove_at_exit(&src);
+    wd.front_end(Some(m.supervisor_pid()));
     let stop = Arc::new(AtomicBool::new(false));
     let end = Instant::now() + Duration::from_secs(secs);
 
@@ -221,28 +244,23 @@ fn storm(policy: &str, secs: u64, kill_front_end: bool) -> Outcome {
             fe_kills += 1;
         } else {
             // The whole front end dies; a new `txipc mount` adopts the connection.
+            wd.front_end(None);
             m.kill_whole_front_end();
             m.start_front_end();
+            wd.front_end(Some(m.supervisor_pid()));
             worker = m.worker_pid(None);
             whole_fe_kills += 1;
         }
     }
     stop.store(true, Ordering::Relaxed);
-    // Bounded: a program stuck on a request no front end answers fails the storm (the guard
-    // then unmounts and stops the system, which ends the stuck programs with ENOTCONN).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for (what, t) in [("cp", &copier), ("git", &gitter), ("sqlite3", &sqliter)] {
-        while !t.is_finished() {
-            assert!(
-                Instant::now() < deadline,
-                "{what} is stuck on the mount 120 s after the storm ended"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    // Bounded by the watchdog: a program stuck on a request no front end answers makes it
+    // fire, which aborts the connection (ending the stuck programs) and fails the storm with
+    // what was blocked.
     let (copies, copy_errors) = copier.join().unwrap();
     let (commits, git_errors) = gitter.join().unwrap();
     let (sqlite_txns, sqlite_errors) = sqliter.join().unwrap();
+    drop(m);
+    wd.finish();
     Outcome {
         copies,
         copy_errors,
@@ -329,4 +347,79 @@ fn storm_under_txipc_programs_see_no_error() {
 fn storm_under_restart_shows_what_is_lost() {
     let o = storm("restart", secs(60), true);
     report("restart", &o);
+}
+
+/// The storm's bound binds: a front end that stops answering (SIGSTOPped, as a front end
+/// that hangs would be) while a program waits on the mount makes the watchdog fire within its
+/// bound. It names the blocked program and where it waits, aborts the connection (the
+/// program ends), kills the front end, detaches the mount, and fails the test.
+#[test]
+fn the_watchdog_turns_a_stalled_front_end_into_a_failure() {
+    let m = Mounted::new("storm-wd", "txipc");
+    std::fs::write(m.path("f"), b"x").unwrap();
+    let (sup, worker) = (m.supervisor_pid(), m.worker_pid(None));
+    let wd = Watchdog::arm("a stalled front end", Duration::from_secs(3), &["cat"]);
+    wd.watch_mount(&m.dir);
+    wd.front_end(Some(sup));
+    for pid in [sup, worker] {
+        txipc_sys::process::kill(pid, rustix::process::Signal::STOP).unwrap();
+    }
+    // A name never looked up: the lookup goes to the front end, which does not answer.
+    let mut cat = Command::new("cat")
+        .arg(m.path("never-looked-up"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = wd
+        .wait_fired(Duration::from_secs(60))
+        .expect("the watchdog fired");
+    let cat_block = d
+        .split("\n  pid ")
+        .find(|b| b.contains(&format!("{} ", cat.id())) && b.contains("comm cat"))
+        .unwrap_or_else(|| panic!("the diagnosis names the blocked cat:\n{d}"));
+    assert!(
+        cat_block.contains("fuse"),
+        "the diagnosis says cat waits in FUSE:\n{d}"
+    );
+    assert!(d.contains("aborted"), "{d}");
+    wait_until("cat to end", Duration::from_secs(30), || {
+        cat.try_wait().unwrap().is_some()
+    });
+    assert!(!cat.wait().unwrap().success());
+    wait_until("the front end to end", Duration::from_secs(30), || {
+        !alive(sup) && !alive(worker)
+    });
+    assert!(!fs_fuse::is_fuse_mount(&m.dir));
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wd.finish()));
+    let msg = failed.expect_err("finishing a watchdog that fired fails the test");
+    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("did not finish within its bound"), "{msg}");
+}
+
+/// What a killed run leaves (its dirs, named after its pid) is removed by the next run once
+/// that pid is gone; what a live process owns is not touched.
+#[test]
+fn leftovers_of_killed_runs_are_swept() {
+    let tmp = std::env::temp_dir();
+    // A "run" that makes its dirs and dies without cleaning up.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "d={}/t-storm-src-$$-0; mkdir -p $d/a && echo x > $d/a/f && echo $$",
+            tmp.display()
+        ))
+        .output()
+        .unwrap();
+    let dead: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let stale = tmp.join(format!("t-storm-src-{dead}-0"));
+    let _rm = Rm(stale.clone());
+    assert!(stale.join("a/f").exists());
+    // A live process's dir (ours) stays.
+    let live = tmp.join(unique("storm-src"));
+    let _rm_live = Rm(live.clone());
+    std::fs::create_dir(&live).unwrap();
+    sweep_stale(&["storm"]);
+    assert!(!stale.exists(), "the dead run's dir is swept");
+    assert!(live.exists(), "a live run's dir is kept");
 }

@@ -28,6 +28,8 @@ impl Mounted {
     }
 
     pub fn with_manifest(tag: &str, manifest: &str) -> Mounted {
+        // What killed runs of these tests left behind.
+        super::sweep_stale(&["fsm", "storm"]);
         let sys = boot(tag, manifest);
         let dir = std::env::temp_dir().join(unique(tag));
         std::fs::create_dir(&dir).unwrap();
@@ -65,22 +67,24 @@ impl Mounted {
         if !matches!(&line, Ok(Some(l)) if l.starts_with("ready")) {
             let status = self.child.as_mut().map(|c| c.try_wait());
             if let Some(c) = &self.child {
-                // Where it is stuck, for the report.
+                // Where it is stuck, for the report (each read bounded: reading a task's
+                // wchan or stack waits while it is inside execve).
+                let read = |p: String| super::watchdog::read_bounded(p).unwrap_or_default();
                 for t in std::fs::read_dir(format!("/proc/{}/task", c.id()))
                     .into_iter()
                     .flatten()
                     .flatten()
                 {
-                    let p = t.path();
-                    let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+                    let p = t.path().to_string_lossy().into_owned();
                     eprintln!(
                         "front end thread {}: wchan {} syscall {} stack:\n{}",
                         t.file_name().to_string_lossy(),
-                        read("wchan"),
-                        read("syscall").trim(),
-                        read("stack")
+                        read(format!("{p}/wchan")),
+                        read(format!("{p}/syscall")).trim(),
+                        read(format!("{p}/stack"))
                     );
                 }
+                eprintln!("blocked tasks:\n{}", super::watchdog::blocked_tasks());
             }
             panic!("the front end did not come up: first line {line:?}, exit status {status:?}");
         }

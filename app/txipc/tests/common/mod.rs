@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fsmount;
+pub mod watchdog;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -120,5 +121,44 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 pub fn remove_demo_log(report: &serde_json::Value) {
     if let Some(path) = report["log"].as_str() {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Removes what killed test processes left in the temp dir under these tags (`t-TAG-PID-N`,
+/// named by [`unique`]) once the process that made them is gone: a test killed by a signal
+/// or ended by its watchdog runs no Drop guard. A leftover that is still a mount is detached
+/// first (`umount -l`, which never blocks on a dead front end).
+pub fn sweep_stale(tags: &[&str]) {
+    let me = std::process::id() as i32;
+    for e in std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("t-")) else {
+            continue;
+        };
+        if !tags.iter().any(|t| rest.starts_with(&format!("{t}-"))) {
+            continue;
+        }
+        let mut parts = rest.rsplitn(3, '-');
+        let (Some(n), Some(pid)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
+        if n.parse::<u32>().is_err() || pid == me || alive(pid) {
+            continue;
+        }
+        let path = e.path();
+        if fs_fuse::is_fuse_mount(&path) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&path)
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&path);
     }
 }
