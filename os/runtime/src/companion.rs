@@ -57,9 +57,10 @@ pub const CALL_ID_BIT: u32 = 0x4000_0000;
 /// request whose handler makes the call (u64 LE), the call's ordinal in it (u32 LE), 0u32.
 pub const CALL_ID_LEN: usize = 16;
 /// A call whose answer says "effect unknown" (the callee's channel timed out or it restarted)
-/// is sent again with the same call id this many times: the callee answers a repeated id from
-/// its record, so re-sending is safe.
-const CALL_RESENDS: u32 = 8;
+/// is sent again with the same call id, with back-off, for this long: the callee answers a
+/// repeated id from its record, so re-sending is safe, and a callee that is recovering is
+/// waited for rather than its failure passed to the handler.
+const CALL_RESEND_BUDGET: Duration = Duration::from_secs(10);
 
 /// Method bit of a call made from a `#[readonly]` request's handler of a companion server to a
 /// companion server: the callee runs it only if the method is `#[readonly]` too, and refuses
@@ -194,8 +195,14 @@ pub(crate) fn outgoing_call(
         req.extend_from_slice(&0u32.to_le_bytes());
         req.extend_from_slice(request);
         let mut status = ch.call_status(method | CALL_ID_BIT, &req, reply);
-        let mut resends = 0;
-        while status == Status::Restarted && resends < CALL_RESENDS {
+        let mut resends = 0u32;
+        let mut since: Option<Instant> = None;
+        while status == Status::Restarted
+            && since.get_or_insert_with(Instant::now).elapsed() < CALL_RESEND_BUDGET
+        {
+            // 1, 2, 4 … 32 ms: the callee is recovering (the busy word says this server waits
+            // in a call, so none of this wait is charged to the request).
+            std::thread::sleep(Duration::from_millis(1 << resends.min(5)));
             resends += 1;
             status = ch.call_status(method | CALL_ID_BIT, &req, reply);
         }
