@@ -187,6 +187,8 @@ pub fn bench_tx(opts: &TxBenchOptions) -> Result<TxBench, HeapError> {
     let pfd = create_heap_memfd("bench-tx-page", (pages + 64) * 4096)?;
     let plfd = create_log_memfd("bench-tx-page-log", (pages + 8) * (4096 + 16) + 4096)?;
     let heap = Heap::attach(&pfd, &plfd, default_base(40), Tracking::Page)?;
+    // The writes below are raw stores the heap cannot announce: every page must fault.
+    heap.arm_page_tracking()?;
     let base = heap.base() + 32 * 4096;
     let mut txid = 10;
     let page_fault_ns = runs(opts.runs, || {

@@ -264,6 +264,27 @@ impl Heap {
         }
     }
 
+    /// Page-tracking counters since attach (`None` unless the tracking is [`Tracking::Page`]).
+    pub fn page_stats(&self) -> Option<crate::PageStats> {
+        // SAFETY: read-only peek at the slots, which only transaction boundaries change.
+        unsafe {
+            if let Some(sh) = (*self.shadow.get()).as_ref() {
+                Some(sh.stats())
+            } else {
+                (*self.tracker.get()).as_ref().map(|t| {
+                    let s = t.stats();
+                    crate::PageStats {
+                        captures: s.captures,
+                        scans: 0,
+                        pages_scanned: 0,
+                        protect_calls: s.protect_calls,
+                        armed: t.is_armed(),
+                    }
+                })
+            }
+        }
+    }
+
     // As `tracker_mut`: touched only at transaction boundaries.
     #[allow(clippy::mut_from_ref)]
     fn shadow_mut(&self) -> Option<&mut crate::page::Shadow> {
@@ -335,7 +356,7 @@ impl Heap {
         // writes only the log mapping. (3) attach is not run concurrently with other sigaction
         // changes (documented on Tracking::Page).
         let t = unsafe {
-            txipc_pagetrack::PageTracker::install(
+            txipc_pagetrack::PageTracker::install_announced(
                 self.base as *mut u8,
                 self.size,
                 crate::page::page_sink,
@@ -409,6 +430,11 @@ impl Heap {
         unsafe {
             (*w).begin(txid, root);
         }
+        let track = if self.tracking == Tracking::Page {
+            self.tracker.get()
+        } else {
+            std::ptr::null_mut()
+        };
         Ok(Tx {
             heap: self,
             core: TxCore {
@@ -416,6 +442,7 @@ impl Heap {
                 end: self.base + self.size,
                 typed: self.tracking == Tracking::Typed,
                 w,
+                track,
             },
             txid,
             done: false,
@@ -812,6 +839,8 @@ impl Tx<'_> {
             .heap
             .root_ptr::<R>(true)?
             .ok_or_else(|| HeapError::BadHeap("no root: call page_root_or_init".into()))?;
+        // Writes through the `&mut` are not announced: every page must fault first.
+        self.heap.arm_page_tracking()?;
         // SAFETY: p is the live, never-freed root of type R (tag checked). The &mut borrows the
         // transaction mutably, so no other reference obtained through it (or another page_root)
         // is alive, and it ends before commit or abort. Writes through it are captured by the
@@ -846,7 +875,28 @@ impl Heap {
                 mode: Tracking::Typed,
             });
         }
+        // Blocks allocated through the handle are written by code the heap does not see.
+        self.arm_page_tracking()?;
         Ok(HeapAlloc::new(self.base()))
+    }
+
+    /// Under page tracking by SIGSEGV, from now on (for the rest of this attach) captures
+    /// every write to the heap by a fault, not only the writes the heap's own API announces.
+    ///
+    /// Until then the tracker is *unarmed*: the typed API (cells, collections, the
+    /// allocator) announces each write before making it, and the page's pre-image is logged
+    /// then, without write protection, faults or system calls. [`Heap::allocator`] and
+    /// [`Tx::page_root`], which hand out memory the heap cannot watch, arm it themselves;
+    /// call this before writing the heap through raw pointers. It write-protects every page
+    /// not captured in the open transaction (if any). Idempotent; a no-op for other modes.
+    ///
+    /// # Errors
+    /// [`HeapError::PageTrack`] if `mprotect` failed (ENOMEM: see `vm.max_map_count`).
+    pub fn arm_page_tracking(&self) -> Result<(), HeapError> {
+        if let Some(t) = self.tracker_mut() {
+            t.arm()?;
+        }
+        Ok(())
     }
 }
 

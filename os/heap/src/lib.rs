@@ -107,7 +107,7 @@ pub use log::{
     BatchEntry, FLAG_OVERFLOW, LOG_AREA_OFFSET, LOG_MAGIC, LOG_VERSION, LogSnapshot, MAX_BATCH,
     MAX_TXID, MIN_LOG_SIZE, RollbackCount, RootId, TxState,
 };
-pub use page::{HeapAlloc, PageSafe, StableState};
+pub use page::{HeapAlloc, PageSafe, PageStats, StableState};
 pub use recover::{
     Recovery, commit_prepared, create_heap_memfd, create_log_memfd, heap_bytes, heap_is_formatted,
     read_log, recover, rollback_partial,

@@ -130,6 +130,9 @@ impl HeapAlloc {
             end: self.base + size,
             typed: false,
             w: std::ptr::null_mut(),
+            // Writes through the handle's blocks are not announced: the heap armed its tracker
+            // when it handed the handle out (`Heap::allocator`).
+            track: std::ptr::null_mut(),
         })
     }
 
@@ -228,6 +231,22 @@ unsafe impl<T: PageSafe, S: PageSafe> PageSafe for hashbrown::HashSet<T, S, Heap
 // SAFETY: the buffer is allocated from the heap; elements are PageSafe.
 unsafe impl<T: PageSafe> PageSafe for allocator_api2::vec::Vec<T, HeapAlloc> {}
 
+/// Page-tracking counters of a heap since attach ([`Heap::page_stats`](crate::Heap::page_stats)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PageStats {
+    /// Pages whose pre-image was logged (SIGSEGV: sink calls; uffd: pages moved into the memfd).
+    pub captures: u64,
+    /// Page-table scans (`PAGEMAP_SCAN` calls over the tracked ranges; uffd only).
+    pub scans: u64,
+    /// Pages the scans covered (their cost is proportional to it; uffd only).
+    pub pages_scanned: u64,
+    /// Write-protection system calls (SIGSEGV: `mprotect` runs at `begin` and when armed).
+    pub protect_calls: u64,
+    /// Every write is captured by a fault, announced or not (SIGSEGV after
+    /// [`Heap::arm_page_tracking`](crate::Heap::arm_page_tracking); uffd always).
+    pub armed: bool,
+}
+
 /// The asynchronous page tracker under [`Tracking::Page`] (the default where the kernel has
 /// `UFFD_FEATURE_WP_ASYNC` and `PAGEMAP_SCAN`; ARCHITECTURE.md §5.3).
 ///
@@ -251,6 +270,8 @@ pub(crate) struct Shadow {
     scratch: Vec<usize>,
     /// `(record number, page)` of every page record this transaction appended.
     flushed: Vec<(u64, usize)>,
+    /// Pages moved into the memfd since attach.
+    moved: u64,
 }
 
 impl std::fmt::Debug for Shadow {
@@ -285,7 +306,19 @@ impl Shadow {
             committed,
             scratch: Vec::with_capacity(1024),
             flushed: Vec::with_capacity(1024),
+            moved: 0,
         })
+    }
+
+    /// Counters since attach.
+    pub(crate) fn stats(&self) -> PageStats {
+        PageStats {
+            captures: self.moved,
+            scans: self.wp.scans(),
+            pages_scanned: self.wp.pages_scanned(),
+            protect_calls: 0,
+            armed: true,
+        }
     }
 
     /// Forgets the flushed pages of the previous transaction (at `begin`).
@@ -319,6 +352,7 @@ impl Shadow {
                     return Err(e);
                 }
                 self.flushed.push(((*w).nrec - 1, page));
+                self.moved += 1;
                 std::ptr::copy_nonoverlapping(base.add(off), mem.add(off), PAGE);
             }
         }

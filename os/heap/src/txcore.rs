@@ -2,7 +2,10 @@
 //! writes are logged. Used by the cells, the allocator and page tracking; depends only on the
 //! log writer.
 
+use std::sync::atomic::Ordering;
+
 use crate::HeapError;
+use crate::layout::PAGE;
 use crate::log::LogWriter;
 
 /// The part of a transaction the allocator and the cells need: where the heap is and where
@@ -14,6 +17,10 @@ pub(crate) struct TxCore {
     /// Typed tracking: log every write. Otherwise (page / off) writes are not logged here.
     pub(crate) typed: bool,
     pub(crate) w: *mut LogWriter,
+    /// Page tracking by SIGSEGV: the heap's tracker, told of every write this core makes
+    /// before it happens, so the page's pre-image is logged without a fault (null otherwise).
+    /// (The heap's tracker slot, read at each use: no reference into it outlives a call.)
+    pub(crate) track: *mut Option<txipc_pagetrack::PageTracker>,
 }
 
 impl TxCore {
@@ -37,8 +44,45 @@ impl TxCore {
             // SAFETY: inside the live heap mapping (checked); writer exclusive (contract).
             unsafe { (*self.w).append(p as usize - self.base, p, len) }
         } else {
-            Ok(())
+            self.announce(p as usize, len)
         }
+    }
+
+    /// Page tracking: captures the pages of `p..p+len` not yet captured in this transaction
+    /// (their whole-page pre-images are logged), before the caller writes them.
+    #[inline]
+    fn announce(&self, p: usize, len: usize) -> Result<(), HeapError> {
+        if self.track.is_null() {
+            return Ok(());
+        }
+        // SAFETY: a non-null `track` is the heap's tracker slot, live for the transaction's
+        // life; the slot itself only changes at attach and drop, and the borrow ends with
+        // this call (the heap's `&mut` borrows of it, at savepoints, never overlap a write).
+        let Some(t) = (unsafe { (*self.track).as_ref() }) else {
+            return Ok(());
+        };
+        let w = self.w;
+        t.announce(p, len, |page, src| {
+            // SAFETY: the writer is live (the transaction's); its lock serialises this append
+            // with sinks running on other threads (page.rs); `src` is a readable page of the
+            // heap.
+            unsafe {
+                let lock = &(*w).lock;
+                while lock
+                    .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+                {
+                    std::hint::spin_loop();
+                }
+                let r = (*w).append(page * PAGE, src, PAGE);
+                lock.store(false, Ordering::Release);
+                r
+            }
+        })
+        .map_err(|e| match e {
+            txipc_pagetrack::AnnounceError::Sink(e) => e,
+            txipc_pagetrack::AnnounceError::Track(t) => HeapError::from(t),
+        })
     }
 
     #[inline]
@@ -48,7 +92,7 @@ impl TxCore {
             // SAFETY: the writer is only used by the transaction's thread.
             unsafe { (*self.w).append_zero(p - self.base, len) }
         } else {
-            Ok(())
+            self.announce(p, len)
         }
     }
 

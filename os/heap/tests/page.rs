@@ -269,3 +269,86 @@ fn a_prepared_transaction_committed_after_its_death_keeps_its_writes() {
     );
     tx.abort().unwrap();
 }
+
+/// Under the SIGSEGV tracker, writes made through the typed API are announced: their pages
+/// are logged whole with no write protection and no fault (no `mprotect` at all), a full log
+/// is an error of the write (not the end of the process), and once the heap is armed
+/// (`arm_page_tracking`, which `allocator` and `page_root` call) a raw write is captured by a
+/// fault even on a page no transaction protected before: an abort restores it.
+#[test]
+fn announced_writes_need_no_protection_until_the_heap_is_armed() {
+    let _g = ONE_TRACKER.lock().unwrap_or_else(|e| e.into_inner());
+    let hfd = create_heap_memfd("pga", 4 << 20).unwrap();
+    let lfd = create_log_memfd("pla", 4 << 20).unwrap();
+    let heap = Heap::attach_with(
+        &hfd,
+        &lfd,
+        0x6a00_0000_0000,
+        Tracking::Page,
+        PageBackend::Sigsegv,
+    )
+    .unwrap();
+    let root: &common::Root = heap.root_or_init(|_| Ok(common::new_root())).unwrap();
+    for t in 1..40 {
+        let mut tx = heap.begin(t).unwrap();
+        common::run_tx(root, &mut tx, t).unwrap();
+        tx.commit().unwrap();
+    }
+    let s = heap.page_stats().unwrap();
+    assert!(s.captures > 0, "typed writes logged their pages: {s:?}");
+    assert_eq!(s.protect_calls, 0, "no page was write-protected: {s:?}");
+    assert!(!s.armed);
+
+    // Abort and crash recovery with announced pages only.
+    let before = heap_bytes(hfd.as_fd()).unwrap();
+    let mut tx = heap.begin(40).unwrap();
+    for t in 40..60 {
+        common::run_tx(root, &mut tx, t).unwrap();
+    }
+    assert_eq!(tx.log_used() % (4096 + 16), 0, "whole-page records");
+    tx.abort().unwrap();
+    assert!(heap_bytes(hfd.as_fd()).unwrap() == before, "heap restored");
+
+    // A full log fails the write that needed it; the transaction aborts cleanly.
+    let mut tx = heap.begin(41).unwrap();
+    tx.set_record_limit(2);
+    let mut r = Ok(());
+    for t in 60..200 {
+        r = common::run_tx(root, &mut tx, t);
+        if r.is_err() {
+            break;
+        }
+    }
+    assert!(
+        matches!(r, Err(txipc_heap::HeapError::LogFull { .. })),
+        "{r:?}"
+    );
+    tx.abort().unwrap();
+    assert!(heap_bytes(hfd.as_fd()).unwrap() == before, "heap restored");
+
+    // Armed inside a transaction: a raw write to the last page (never protected, never
+    // captured) faults and is captured, so the abort restores it.
+    let mut tx = heap.begin(42).unwrap();
+    common::run_tx(root, &mut tx, 42).unwrap();
+    heap.arm_page_tracking().unwrap();
+    assert!(heap.page_stats().unwrap().armed);
+    let last = (heap.base() + heap.size() - 8) as *mut u64;
+    // SAFETY: the last word of the heap: mapped, in the never-allocated area, and no
+    // reference to it exists; the tracker makes the page writable on the fault.
+    unsafe { last.write_volatile(0x5eed) };
+    tx.abort().unwrap();
+    assert!(
+        heap_bytes(hfd.as_fd()).unwrap() == before,
+        "raw write rolled back"
+    );
+    // Armed, begin protects again what a transaction dirtied.
+    for t in 43..46 {
+        let mut tx = heap.begin(t).unwrap();
+        common::run_tx(root, &mut tx, t).unwrap();
+        tx.commit().unwrap();
+    }
+    assert!(heap.page_stats().unwrap().protect_calls > s.protect_calls);
+    drop(heap);
+    let r = recover(hfd.as_fd(), lfd.as_fd()).unwrap();
+    assert!(matches!(r.prior, TxState::Committed(45)), "{:?}", r.prior);
+}

@@ -16,6 +16,14 @@
 //! 4. [`PageTracker::end`] closes the transaction (commit or abort — the tracker does not care);
 //!    dirtied pages stay writable until the next `begin`.
 //!
+//! **Announced writes** ([`PageTracker::install_announced`]): when the owner can tell the
+//! tracker of a write before making it ([`PageTracker::announce`]; the heap's typed API does,
+//! for every write), nothing needs protecting. Pages start writable (`OPEN`), an announcement
+//! captures the page's pre-image on this thread with no fault and no system call, and `begin`
+//! only marks the previous transaction's pages `OPEN` again. [`PageTracker::arm`] switches to
+//! the protocol above for good (it write-protects every page not captured in the open
+//! transaction), for owners about to hand out memory whose writes they cannot announce.
+//!
 //! The crate is generic: it knows nothing of the undo-log format. The heap (`txipc-heap`) passes
 //! a sink that appends the pre-image to its undo log.
 //!
@@ -241,6 +249,15 @@ pub enum TrackError {
     },
 }
 
+/// Why [`PageTracker::announce`] failed.
+#[derive(Debug)]
+pub enum AnnounceError<E> {
+    /// The caller's sink failed for a page (it was not captured).
+    Sink(E),
+    /// The range is outside the region, or `mprotect` failed.
+    Track(TrackError),
+}
+
 /// Counters kept by the tracker (since install). Cheap: relaxed atomics bumped on slow paths.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -267,6 +284,11 @@ pub(crate) mod page_state {
     pub const PROTECTED: u8 = 1;
     /// A thread is capturing the pre-image and will make the page writable.
     pub const CAPTURING: u8 = 2;
+    /// Not armed (see [`PageTracker::install_announced`](crate::PageTracker::install_announced)):
+    /// writable, and not yet captured in the current transaction. Only announced writes
+    /// ([`PageTracker::announce`](crate::PageTracker::announce)) capture it; `begin` turns the
+    /// pages captured by the previous transaction back into `OPEN`, with no system call.
+    pub const OPEN: u8 = 3;
 }
 
 /// State shared between the owner and the signal handler. Allocated at install, reached from the
@@ -291,6 +313,18 @@ pub(crate) struct Shared {
     pub prev: libc::sigaction,
     pub captures: AtomicU64,
     pub untracked_writes: AtomicU64,
+    /// Every page not captured in the transaction is write-protected (faults capture). `false`
+    /// only for a tracker installed by `install_announced` until `arm`.
+    pub armed: AtomicBool,
+}
+
+/// Why [`Shared::capture_with`] did not capture.
+#[derive(Debug)]
+pub(crate) enum CaptureError<E> {
+    /// The sink refused (the page keeps its state).
+    Sink(E),
+    /// `mprotect` failed (the page stays protected).
+    Mprotect(rustix::io::Errno),
 }
 
 impl Shared {
@@ -308,49 +342,90 @@ impl Shared {
     /// 1. `page < self.states.len()`.
     /// 2. The region is mapped (install's contract) and `self.ctx` is valid for `self.sink`.
     pub unsafe fn capture(&self, page: usize) -> Result<Capture, rustix::io::Errno> {
+        // SAFETY: forwarded contract; the stored sink is the installer's (item 2).
+        let r = unsafe {
+            self.capture_with(page, false, |p, src| {
+                (self.sink)(self.ctx, p, src);
+                Ok::<(), ()>(())
+            })
+        };
+        match r {
+            Ok(c) => Ok(c),
+            Err(CaptureError::Mprotect(e)) => Err(e),
+            Err(CaptureError::Sink(())) => unreachable!("the stored sink cannot fail"),
+        }
+    }
+
+    /// [`capture`](Self::capture) with `sink` instead of the stored one; with `open`, an `OPEN`
+    /// page is captured too (no `mprotect`: it is writable already). If `sink` fails the page
+    /// keeps its state and nothing is recorded.
+    ///
+    /// # Safety
+    ///
+    /// As [`capture`](Self::capture); `sink` may read the page (`page_size` bytes).
+    pub unsafe fn capture_with<E>(
+        &self,
+        page: usize,
+        open: bool,
+        sink: impl FnOnce(usize, *const u8) -> Result<(), E>,
+    ) -> Result<Capture, CaptureError<E>> {
         use page_state::*;
         let st = &self.states[page];
-        loop {
-            match st.compare_exchange(PROTECTED, CAPTURING, Ordering::Acquire, Ordering::Acquire) {
-                Ok(_) => break,
-                Err(CAPTURING) => {
-                    // Another thread is capturing this page: wait until it is done. It is running
-                    // (or runnable), so this terminates; yield so it can run on a shared core.
+        let from = loop {
+            let cur = st.load(Ordering::Acquire);
+            let want = match cur {
+                PROTECTED => PROTECTED,
+                OPEN if open => OPEN,
+                CAPTURING => {
+                    // Another thread is capturing this page: wait until it is done. It is
+                    // running (or runnable), so this terminates; yield so it can run on a
+                    // shared core.
                     while st.load(Ordering::Acquire) == CAPTURING {
                         std::hint::spin_loop();
                         // SAFETY: sched_yield has no preconditions.
                         unsafe { libc::sched_yield() };
                     }
+                    continue;
                 }
-                // WRITABLE (the only other state).
-                Err(_) => return Ok(Capture::AlreadyWritable),
+                // WRITABLE, or OPEN when not asked to capture it.
+                _ => return Ok(Capture::AlreadyWritable),
+            };
+            if st
+                .compare_exchange(want, CAPTURING, Ordering::Acquire, Ordering::Acquire)
+                .is_ok()
+            {
+                break want;
             }
-        }
+        };
         let addr = self.base + (page << self.page_shift);
         if self.in_tx.load(Ordering::Acquire) {
-            // SAFETY: item 2 of our contract: `addr` is the start of a mapped, readable page of
-            // `page_size` bytes; ctx is valid for the sink. The page is still read-only, so it
-            // holds the pre-image.
-            unsafe { (self.sink)(self.ctx, page, addr as *const u8) };
+            // The page holds its pre-image: read-only (PROTECTED), or not written since the
+            // transaction began except by announced writes, which capture first (OPEN).
+            if let Err(e) = sink(page, addr as *const u8) {
+                st.store(from, Ordering::Release);
+                return Err(CaptureError::Sink(e));
+            }
             self.captures.fetch_add(1, Ordering::Relaxed);
-        } else {
+        } else if from == PROTECTED {
             self.untracked_writes.fetch_add(1, Ordering::Relaxed);
         }
-        // SAFETY: the page lies in the region mapped read-write by the caller of install (item
-        // 2); giving it back PROT_WRITE restores the caller's own protection.
-        let r = unsafe {
-            rustix::mm::mprotect(
-                addr as *mut _,
-                self.page_size(),
-                MprotectFlags::READ | MprotectFlags::WRITE,
-            )
-        };
-        if let Err(e) = r {
-            st.store(PROTECTED, Ordering::Release);
-            return Err(e);
+        if from == PROTECTED {
+            // SAFETY: the page lies in the region mapped read-write by the caller of install
+            // (item 2); giving it back PROT_WRITE restores the caller's own protection.
+            let r = unsafe {
+                rustix::mm::mprotect(
+                    addr as *mut _,
+                    self.page_size(),
+                    MprotectFlags::READ | MprotectFlags::WRITE,
+                )
+            };
+            if let Err(e) = r {
+                st.store(PROTECTED, Ordering::Release);
+                return Err(CaptureError::Mprotect(e));
+            }
         }
-        // A page enters the dirty list only on PROTECTED -> WRITABLE, at most once per begin,
-        // and begin resets the list: the index is < npages.
+        // A page enters the dirty list only on PROTECTED/OPEN -> WRITABLE, at most once per
+        // begin, and begin resets the list: the index is < npages.
         let i = self.dirty_len.fetch_add(1, Ordering::AcqRel);
         self.dirty[i].store(page, Ordering::Relaxed);
         st.store(WRITABLE, Ordering::Release);
@@ -437,6 +512,41 @@ impl PageTracker {
         sink: PreimageSink,
         ctx: *mut (),
     ) -> Result<PageTracker, TrackError> {
+        // SAFETY: forwarded contract.
+        unsafe { Self::install_inner(base, len, sink, ctx, true) }
+    }
+
+    /// [`install`](Self::install) for a region whose writes are *announced*: nothing is
+    /// write-protected until [`arm`](Self::arm). Until then every page is writable and a
+    /// transaction captures a page only when [`announce`](Self::announce) is called for it,
+    /// before the write; `begin` makes no system call. The owner must announce every write
+    /// made in a transaction, or arm the tracker before any write it cannot announce (the
+    /// heap arms it when it hands out a `&mut` into itself).
+    ///
+    /// # Errors
+    /// As [`install`](Self::install).
+    ///
+    /// # Safety
+    /// As [`install`](Self::install).
+    pub unsafe fn install_announced(
+        base: *mut u8,
+        len: usize,
+        sink: PreimageSink,
+        ctx: *mut (),
+    ) -> Result<PageTracker, TrackError> {
+        // SAFETY: forwarded contract.
+        unsafe { Self::install_inner(base, len, sink, ctx, false) }
+    }
+
+    /// # Safety
+    /// As [`install`](Self::install).
+    unsafe fn install_inner(
+        base: *mut u8,
+        len: usize,
+        sink: PreimageSink,
+        ctx: *mut (),
+        armed: bool,
+    ) -> Result<PageTracker, TrackError> {
         let page_size = rustix::param::page_size();
         let base_u = base as usize;
         if len == 0 || base_u % page_size != 0 || len % page_size != 0 {
@@ -455,16 +565,23 @@ impl PageTracker {
             sink,
             ctx,
             states: (0..npages)
-                .map(|_| AtomicU8::new(page_state::WRITABLE))
+                .map(|_| {
+                    AtomicU8::new(if armed {
+                        page_state::WRITABLE
+                    } else {
+                        page_state::OPEN
+                    })
+                })
                 .collect(),
-            // Every page starts "dirty": the first begin protects them all (one run).
+            // Armed, every page starts "dirty": the first begin protects them all (one run).
             dirty: (0..npages).map(AtomicUsize::new).collect(),
-            dirty_len: AtomicUsize::new(npages),
+            dirty_len: AtomicUsize::new(if armed { npages } else { 0 }),
             in_tx: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             prev,
             captures: AtomicU64::new(0),
             untracked_writes: AtomicU64::new(0),
+            armed: AtomicBool::new(armed),
         }));
         if handler::SHARED
             .compare_exchange(
@@ -517,6 +634,19 @@ impl PageTracker {
             return Err(TrackError::InTransaction);
         }
         let n = s.dirty_len.load(Ordering::Acquire);
+        if !s.armed.load(Ordering::Relaxed) {
+            // Announced writes only: the pages the last transaction captured become OPEN
+            // (captured again at their next announced write), with no system call.
+            for d in &s.dirty[..n] {
+                s.states[d.load(Ordering::Relaxed)].store(page_state::OPEN, Ordering::Release);
+            }
+            s.dirty_len.store(0, Ordering::Release);
+            self.tx_len = 0;
+            self.begins += 1;
+            s.epoch.fetch_add(1, Ordering::Release);
+            s.in_tx.store(true, Ordering::Release);
+            return Ok(());
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         scratch.extend(s.dirty[..n].iter().map(|d| d.load(Ordering::Relaxed)));
@@ -610,10 +740,12 @@ impl PageTracker {
     /// Whether page `page` is currently write-protected by the tracker (its next write will be a
     /// first write). `false` for out-of-range indices.
     pub fn is_protected(&self, page: usize) -> bool {
-        self.shared()
-            .states
-            .get(page)
-            .is_some_and(|st| st.load(Ordering::Acquire) != page_state::WRITABLE)
+        self.shared().states.get(page).is_some_and(|st| {
+            matches!(
+                st.load(Ordering::Acquire),
+                page_state::PROTECTED | page_state::CAPTURING
+            )
+        })
     }
 
     /// Captures the pages covering `addr..addr + len` as if they had been written (sink call in a
@@ -645,6 +777,111 @@ impl PageTracker {
                 source,
             })?;
         }
+        Ok(())
+    }
+
+    /// Announces that `addr..addr + len` is about to be written in the current transaction:
+    /// each of its pages not yet captured in it is captured now, `sink` receiving the page
+    /// index and its pre-image (instead of the sink given at install; it runs on this thread,
+    /// not in a signal handler, so it may fail). An `OPEN` page costs no system call, a
+    /// protected one an `mprotect` (no fault). Outside a transaction it does nothing.
+    ///
+    /// # Errors
+    /// [`TrackError::OutOfRegion`]; [`AnnounceError::Sink`] if `sink` failed (that page is not
+    /// captured and must not be written; pages before it were captured);
+    /// [`AnnounceError::Track`] with [`TrackError::Mprotect`] as for
+    /// [`prepare_write`](Self::prepare_write).
+    pub fn announce<E>(
+        &self,
+        addr: usize,
+        len: usize,
+        mut sink: impl FnMut(usize, *const u8) -> Result<(), E>,
+    ) -> Result<(), AnnounceError<E>> {
+        let s = self.shared();
+        let off = addr.wrapping_sub(s.base);
+        if off > s.len || len > s.len - off {
+            return Err(AnnounceError::Track(TrackError::OutOfRegion { addr, len }));
+        }
+        if len == 0 || !s.in_tx.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let first = off >> s.page_shift;
+        let last = (off + len - 1) >> s.page_shift;
+        for page in first..=last {
+            // Fast path: captured already in this transaction.
+            if s.states[page].load(Ordering::Acquire) == page_state::WRITABLE {
+                continue;
+            }
+            // SAFETY: page < npages (range checked above); the region is valid by install's
+            // contract; `sink` only reads the page.
+            match unsafe { s.capture_with(page, true, &mut sink) } {
+                Ok(_) => {}
+                Err(CaptureError::Sink(e)) => return Err(AnnounceError::Sink(e)),
+                Err(CaptureError::Mprotect(source)) => {
+                    return Err(AnnounceError::Track(TrackError::Mprotect {
+                        addr: s.base + (page << s.page_shift),
+                        len: s.page_size(),
+                        source,
+                    }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every page not captured in the current transaction is write-protected (always,
+    /// for [`install`](Self::install); after [`arm`](Self::arm) for
+    /// [`install_announced`](Self::install_announced)).
+    pub fn is_armed(&self) -> bool {
+        self.shared().armed.load(Ordering::Acquire)
+    }
+
+    /// From now on, capture every write, announced or not: write-protects every `OPEN` page
+    /// (one `mprotect` per contiguous run), after which the tracker behaves as one made by
+    /// [`install`](Self::install). May be called inside a transaction: the pages it has
+    /// captured stay writable (their pre-images are logged). Idempotent.
+    ///
+    /// Must not run concurrently with writes to the region from other threads.
+    ///
+    /// # Errors
+    /// [`TrackError::Mprotect`]: the tracker stays unarmed (pages already protected stay so,
+    /// and are captured by faults or announcements as usual).
+    pub fn arm(&mut self) -> Result<(), TrackError> {
+        // SAFETY: `shared` is a live Box owned by self until drop; borrowed apart from `self`
+        // so the counters can be updated.
+        let s: &Shared = unsafe { &*self.shared };
+        if s.armed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let n = s.states.len();
+        let mut calls = 0;
+        let mut i = 0;
+        while i < n {
+            if s.states[i].load(Ordering::Acquire) != page_state::OPEN {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < n && s.states[i].load(Ordering::Acquire) == page_state::OPEN {
+                i += 1;
+            }
+            let addr = s.base + (start << s.page_shift);
+            let len = (i - start) << s.page_shift;
+            calls += 1;
+            // SAFETY: [start, i) are pages of the region, mapped by install's contract;
+            // PROT_READ keeps them readable to everyone.
+            let r = unsafe { rustix::mm::mprotect(addr as *mut _, len, MprotectFlags::READ) };
+            if let Err(source) = r {
+                self.protect_calls += calls;
+                return Err(TrackError::Mprotect { addr, len, source });
+            }
+            for st in &s.states[start..i] {
+                st.store(page_state::PROTECTED, Ordering::Release);
+            }
+        }
+        self.protect_calls += calls;
+        s.epoch.fetch_add(1, Ordering::Release);
+        s.armed.store(true, Ordering::Release);
         Ok(())
     }
 

@@ -126,6 +126,7 @@ pub struct WpAsync {
     page_shift: u32,
     regions: Vec<PageRegion>,
     scans: u64,
+    pages_scanned: u64,
 }
 
 impl WpAsync {
@@ -203,6 +204,7 @@ impl WpAsync {
             page_shift: page_size.trailing_zeros(),
             regions: vec![PageRegion::default(); REGIONS_PER_SCAN],
             scans: 0,
+            pages_scanned: 0,
         };
         t.protect_all()?;
         // A kernel that cannot scan (no PAGEMAP_SCAN) fails here, not in the first commit.
@@ -265,6 +267,7 @@ impl WpAsync {
             start = arg.walk_end;
         }
         self.scans += 1;
+        self.pages_scanned += (self.len >> self.page_shift) as u64;
         Ok(())
     }
 
@@ -286,5 +289,11 @@ impl WpAsync {
     /// Scans made since [`new`](Self::new).
     pub fn scans(&self) -> u64 {
         self.scans
+    }
+
+    /// Pages whose page-table entries the scans since [`new`](Self::new) covered (the walk's
+    /// cost is proportional to it).
+    pub fn pages_scanned(&self) -> u64 {
+        self.pages_scanned
     }
 }

@@ -380,3 +380,80 @@ proptest! {
         drop(t);
     }
 }
+
+/// `install_announced`: announced writes are captured with no protection, no fault and no
+/// system call, and `begin` re-protects nothing; `arm` write-protects exactly the pages not
+/// captured in the open transaction, after which unannounced writes are captured by faults,
+/// also on pages an earlier transaction left open.
+#[test]
+fn announced_writes_capture_without_protection_until_armed() {
+    let _g = lock();
+    let region = Region::new(6);
+    for p in 0..6 {
+        region.fill(p, p as u8 + 1);
+    }
+    let rec = Recorder::new(32);
+    // SAFETY: as in `install`.
+    let mut t =
+        unsafe { PageTracker::install_announced(region.ptr, region.len, record, rec.ctx()) }
+            .unwrap();
+    assert!(!t.is_armed());
+    let base = region.ptr as usize;
+    let ps = page_size();
+    let mut logged = Vec::new();
+    t.begin().unwrap();
+    assert_eq!(
+        protections(region.ptr, region.len),
+        "wwwwww",
+        "nothing protected"
+    );
+    // A write straddling pages 1 and 2, announced first.
+    t.announce(base + 2 * ps - 4, 8, |p, src| {
+        // SAFETY: src is a readable page of the region (announce's contract).
+        logged.push((p, unsafe { *src }));
+        Ok::<(), ()>(())
+    })
+    .unwrap();
+    region.write(1, ps - 1, 0xAA);
+    region.write(2, 0, 0xBB);
+    // Announcing again in the same transaction captures nothing.
+    t.announce(base + ps, 2 * ps, |_, _| Err(())).unwrap();
+    assert_eq!(logged, vec![(1, 2), (2, 3)], "pre-images before the writes");
+    assert_eq!(rec.count(), 0, "no fault reached the signal-handler sink");
+    t.end();
+    t.begin().unwrap();
+    assert_eq!(t.stats().protect_calls, 0, "begin made no mprotect");
+    assert_eq!(protections(region.ptr, region.len), "wwwwww");
+    // A failing sink leaves the page uncaptured (announced again later, it is captured).
+    assert!(t.announce(base + ps, 1, |_, _| Err(7)).is_err());
+    assert_eq!(t.dirty_pages(), &[] as &[usize]);
+    t.announce(base + 4 * ps, 1, |_, _| Ok::<(), ()>(()))
+        .unwrap();
+    region.write(4, 0, 0xCC);
+    // Arm inside the transaction: page 4 (captured) stays writable, every other page,
+    // including 1 and 2 left open by the previous transaction, is protected.
+    t.arm().unwrap();
+    assert!(t.is_armed());
+    assert_eq!(protections(region.ptr, region.len), "rrrrwr");
+    region.write(1, 5, 0x11);
+    region.write(4, 1, 0x22);
+    let recs = rec.records();
+    assert_eq!(
+        recs.len(),
+        1,
+        "the unannounced write to page 1 faulted once"
+    );
+    assert_eq!(recs[0].0, 1);
+    assert_eq!(
+        recs[0].1[ps - 1],
+        0xAA,
+        "its pre-image is the committed page"
+    );
+    assert_eq!(t.dirty_pages(), &[4, 1]);
+    t.end();
+    // Armed, begin re-protects what the transaction dirtied, as `install` does.
+    t.begin().unwrap();
+    assert_eq!(protections(region.ptr, region.len), "rrrrrr");
+    t.end();
+    drop(t);
+}
