@@ -504,3 +504,39 @@ fn extended_attributes_and_fallocate_on_a_real_mount() {
     assert!(st.success());
     assert_eq!(std::fs::metadata(m.path("h")).unwrap().len(), 65536);
 }
+
+/// The fs storm's hang, made deterministic. Whoever starts a replacement front end may hold
+/// files of the mount open (the storm's test process does, while its git thread writes one;
+/// so may a user's shell). The new `txipc mount` inherits those descriptors (close-on-exec),
+/// and its own `execve` closes them; a close on FUSE sends `FLUSH` and waits for the answer,
+/// from a front end that only this process can become. The kernel's stack of the stuck
+/// process: `execve → begin_new_exec → do_close_on_exec → filp_flush → fuse_flush →
+/// request_wait_answer`. The front end therefore opens every file with `FOPEN_NOFLUSH`
+/// (writes are synchronous: a close has nothing to flush), and a close never waits for it.
+#[test]
+fn a_front_end_started_by_a_process_with_a_file_of_the_mount_open_comes_up() {
+    let wd = common::watchdog::Watchdog::arm(
+        "a replacement front end started with a file of the mount open",
+        Duration::from_secs(60),
+        &[],
+    );
+    let mut m = Mounted::new("fsm-noflush", "txipc");
+    wd.watch_mount(&m.dir);
+    wd.front_end(Some(m.supervisor_pid()));
+    // Open (close-on-exec, as std opens everything) while the front end serves.
+    let mut f = std::fs::File::create(m.path("open-across")).unwrap();
+    f.write_all(b"before ").unwrap();
+    wd.front_end(None);
+    m.kill_whole_front_end();
+    // Started by this process, which holds `f` open: it comes up and serves.
+    m.start_front_end();
+    wd.front_end(Some(m.supervisor_pid()));
+    f.write_all(b"after").unwrap();
+    drop(f);
+    assert_eq!(
+        std::fs::read(m.path("open-across")).unwrap(),
+        b"before after"
+    );
+    drop(m);
+    wd.finish();
+}

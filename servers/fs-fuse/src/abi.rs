@@ -55,6 +55,14 @@ pub mod op {
     pub const RENAME2: u32 = 45;
 }
 
+/// Flags of an `OPEN`/`CREATE` reply (`fuse_open_out.open_flags`).
+pub mod fopen {
+    /// A close (`FLUSH`) of this file need not be sent: the kernel then never waits for the
+    /// front end when a descriptor of it is closed (Linux 5.16, protocol 7.35; older kernels
+    /// ignore the flag and send `FLUSH`).
+    pub const NOFLUSH: u32 = 1 << 5;
+}
+
 /// Notification codes (written with `unique` = 0 and the code in `error`).
 pub mod notify {
     /// Re-queue every request the kernel sent and has no reply for (Linux 6.9, protocol 7.40).

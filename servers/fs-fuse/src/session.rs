@@ -20,6 +20,13 @@ use crate::abi::{self, op};
 const TTL: Duration = Duration::from_secs(1);
 /// Largest write the kernel may send (and largest read it asks for).
 pub const MAX_WRITE: u32 = fs_api::MAX_IO as u32;
+/// Flags of every file this front end opens: `FOPEN_NOFLUSH`. Writes are synchronous (no
+/// writeback cache), so a close has nothing to flush, and `FLUSH` would be a no-op here; sent
+/// anyway, it makes every `close(2)` wait for the front end. That wait deadlocks a
+/// replacement front end started by a process holding a file of this mount open: its own
+/// `execve` closes the inherited close-on-exec descriptor, and the `FLUSH` waits for the front
+/// end this process is about to become (ARCHITECTURE.md, "FUSE adoption").
+pub const OPEN_FLAGS: u32 = abi::fopen::NOFLUSH;
 /// Read buffer: a write request's headers plus `MAX_WRITE` bytes of data.
 pub const BUFFER_SIZE: usize = MAX_WRITE as usize + 4096;
 
@@ -432,7 +439,7 @@ impl<T: Transport> Session<T> {
                 let fh = self.errno(fs.open(caller(h, self.session), ino, o.flags))?;
                 let out = abi::OpenOut {
                     fh,
-                    open_flags: 0,
+                    open_flags: OPEN_FLAGS,
                     backing_id: 0,
                 };
                 self.ok(u, out.as_bytes());
@@ -450,7 +457,7 @@ impl<T: Transport> Session<T> {
                 ))?;
                 let out = abi::OpenOut {
                     fh: cr.fh,
-                    open_flags: 0,
+                    open_flags: OPEN_FLAGS,
                     backing_id: 0,
                 };
                 self.send(u, 0, &[entry(&cr.attr).as_bytes(), out.as_bytes()]);

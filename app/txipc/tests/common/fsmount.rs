@@ -84,7 +84,10 @@ impl Mounted {
                         read(format!("{p}/stack"))
                     );
                 }
-                eprintln!("blocked tasks:\n{}", super::watchdog::blocked_tasks());
+                eprintln!(
+                    "blocked tasks:\n{}",
+                    super::watchdog::blocked_tasks(std::slice::from_ref(&self.dir))
+                );
             }
             panic!("the front end did not come up: first line {line:?}, exit status {status:?}");
         }
@@ -205,23 +208,10 @@ pub fn same_tree(a: &Path, b: &Path) {
     );
 }
 
-/// Live (not zombie) children of `pid`, from `/proc/*/stat`.
+/// Live (not zombie) children of `pid` (never reads another process's `/proc/PID/stat`; see
+/// [`super::children`]).
 pub fn children_of(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() > 2 && f[1].parse() == Ok(pid) && f[0] != "Z" && f[0] != "X" {
-            out.push(p);
-        }
-    }
-    out
+    let mut c = super::children(pid);
+    c.retain(|&p| super::alive(p));
+    c
 }

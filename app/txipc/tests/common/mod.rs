@@ -51,48 +51,53 @@ pub fn open(sys: &System, service: &str) -> Channel {
     ch
 }
 
-/// Pids of every live descendant of `pid`.
-pub fn descendants(pid: i32) -> Vec<i32> {
-    let mut parent_of = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-                continue;
-            };
-            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-                continue;
-            };
-            let ppid: i32 = rest
-                .split(' ')
-                .nth(1)
-                .and_then(|x| x.parse().ok())
-                .unwrap_or(0);
-            parent_of.push((p, ppid));
+/// Children of `pid` (every thread's, zombies included), from `/proc/PID/task/*/children`.
+/// Only `pid`'s own entries are read: reading another process's `/proc/PID/stat` waits while
+/// that process is inside `execve` (its exec_update_lock), which a process stuck on a FUSE
+/// mount can be for as long as the mount is dead.
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(c.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
         }
     }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Pids of every live descendant of `pid`.
+pub fn descendants(pid: i32) -> Vec<i32> {
     let mut out = vec![];
     let mut frontier = vec![pid];
     while let Some(x) = frontier.pop() {
-        for &(p, pp) in &parent_of {
-            if pp == x && !out.contains(&p) {
+        for p in children(x) {
+            if !out.contains(&p) {
                 out.push(p);
                 frontier.push(p);
             }
         }
     }
+    out.retain(|&p| alive(p));
     out
 }
 
-/// Whether a process exists (zombies count as gone).
+/// Whether a process exists (zombies count as gone). Reads `/proc/PID/status`, which (unlike
+/// `stat`) does not wait for a process inside `execve`.
 pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rfind(')')
-            .map(|i| stat[i + 2..].starts_with('Z'))
-            .unwrap_or(true),
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(status) => status
+            .lines()
+            .find_map(|l| l.strip_prefix("State:"))
+            .is_some_and(|st| {
+                let st = st.trim_start();
+                !(st.starts_with('Z') || st.starts_with('X'))
+            }),
         Err(_) => false,
     }
 }

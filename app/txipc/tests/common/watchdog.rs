@@ -169,7 +169,7 @@ fn watch(s: &Shared, deadline: Instant) {
         "watchdog: {} did not finish within its bound; what was blocked:\n",
         s.what
     );
-    report.push_str(&blocked_tasks());
+    report.push_str(&blocked_tasks(&mounts));
     // Free whatever waits on the mounts, then end the storm's processes.
     for m in &mounts {
         report.push_str(&format!("  {}\n", abort_connection(m)));
@@ -228,8 +228,9 @@ pub fn read_bounded(path: impl Into<PathBuf>) -> Option<String> {
 }
 
 /// Every task that is blocked (D state), stopped, or waiting in FUSE or on a page-cache
-/// folio: pid, tid, comm, state, wchan, kernel stack.
-pub fn blocked_tasks() -> String {
+/// folio, or inside execve: pid, tid, comm, state, wchan, kernel stack, and its descriptors
+/// of files under `mounts`.
+pub fn blocked_tasks(mounts: &[PathBuf]) -> String {
     let mut out = String::new();
     let start = Instant::now();
     let mut procs: Vec<u32> = std::fs::read_dir("/proc")
@@ -266,8 +267,11 @@ pub fn blocked_tasks() -> String {
                     .to_string()
             };
             let state = field("State:");
-            let wchan = read_bounded(format!("{dir}/wchan")).unwrap_or_default();
-            let waits_on_fs = ["fuse", "request_wait", "folio"]
+            // Unreadable (the read waits on the task's exec_update_lock): the task is inside
+            // execve, where it can wait on a mount while closing its close-on-exec files.
+            let wchan = read_bounded(format!("{dir}/wchan"))
+                .unwrap_or_else(|| "(unreadable: inside execve)".into());
+            let waits_on_fs = ["fuse", "request_wait", "folio", "execve"]
                 .iter()
                 .any(|w| wchan.contains(w));
             if !(state.starts_with('D') || state.starts_with('T') || waits_on_fs) {
@@ -275,6 +279,25 @@ pub fn blocked_tasks() -> String {
             }
             shown += 1;
             let comm = read_bounded(format!("{dir}/comm")).unwrap_or_default();
+            let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .take(256)
+                .filter_map(|e| {
+                    let (tx, rx) = mpsc::channel();
+                    let p = e.path();
+                    std::thread::spawn(move || {
+                        let _ = tx.send(std::fs::read_link(p).ok());
+                    });
+                    let target = rx.recv_timeout(Duration::from_secs(1)).ok().flatten()?;
+                    let t = target.to_string_lossy().into_owned();
+                    mounts
+                        .iter()
+                        .any(|m| t.starts_with(&*m.to_string_lossy()))
+                        .then(|| format!("{} -> {t}", e.file_name().to_string_lossy()))
+                })
+                .collect();
             let stack = read_bounded(format!("{dir}/stack"))
                 .unwrap_or_else(|| "(stack unreadable)\n".into());
             out.push_str(&format!(
@@ -283,6 +306,9 @@ pub fn blocked_tasks() -> String {
                 comm.trim(),
                 wchan.trim()
             ));
+            if !fds.is_empty() {
+                out.push_str(&format!("      open on a watched mount: {fds:?}\n"));
+            }
             for l in stack.lines() {
                 out.push_str(&format!("      {l}\n"));
             }
