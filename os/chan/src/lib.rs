@@ -53,12 +53,13 @@
 //! ≥ 10× faster than a Unix socket across cores — met (~200×); ≤ 1.2× raw spin across cores —
 //! **not met on this machine**: raw spin is 0.12–0.13 µs here (the targets assumed 0.4 µs), and
 //! the slot protocol's fixed extra cost (~0.1–0.14 µs: the TAKEN CAS is one more ownership
-//! transfer of the slot line, each side polls only every ~100 ns so as not to steal the line
+//! transfer of the slot line, each side polls only every ~30 ns so as not to steal the line
 //! from a writer, plus claim/validate/copy) does not shrink with it. History of the cross-core
 //! number: 512 ns (request/reply in separate lines) → ~530 ns (inline small messages, but
 //! back-to-back polling) → 286 ns (polls ~100 ns apart) → 243–267 ns (server pauses before its
-//! first look). Numbers on a shared 2-vCPU machine move by ±30% with other load; compare
-//! columns of the same run only.
+//! first look) → ~140 ns (request and reply lines, bell lines) → ~98 ns (polls ~30 ns apart;
+//! `examples/chan_vs_spin.rs`, fastest batches, raw spin ~62 ns in the same run). Numbers on a
+//! shared 2-vCPU machine move by ±30% with other load; compare columns of the same run only.
 //!
 //! ## Unsafe
 //!
