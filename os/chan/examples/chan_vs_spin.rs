@@ -29,7 +29,10 @@ fn main() {
     let report = |name: &str, r: &[txipc_chan::baseline::Rtt]| {
         let mut m: Vec<f64> = r.iter().map(|x| x.median_ns).collect();
         let min = r.iter().map(|x| x.min_ns).fold(f64::INFINITY, f64::min);
-        println!("{name:<9} median {:>7.1} ns   fastest batch {min:>7.1} ns", med(&mut m));
+        println!(
+            "{name:<9} median {:>7.1} ns   fastest batch {min:>7.1} ns",
+            med(&mut m)
+        );
         min
     };
     let s = report("raw spin", &spin);
