@@ -55,7 +55,7 @@ fn state_survives_from_the_checkpoint_and_the_replayed_log() {
     let sys = companion_system(
         "basic",
         "kv-plain",
-        "checkpoint_every = 50\ncheckpoint_ms = 0",
+        "checkpoint_every = 50\ncheckpoint_ms = 0\nstandby = \"warm\"",
     );
     let conn = sys.connect().unwrap();
     let kv = KvClient::new(open(&conn, "kv"));
@@ -156,7 +156,11 @@ fn open_kernel_log(kernel: u32) -> std::fs::File {
 
 #[test]
 fn a_corrupt_log_record_is_detected_and_the_server_held() {
-    let sys = companion_system("corruptlog", "kv-plain", "checkpoint_ms = 0");
+    let sys = companion_system(
+        "corruptlog",
+        "kv-plain",
+        "checkpoint_ms = 0\nstandby = \"warm\"",
+    );
     let conn = sys.connect().unwrap();
     let kv = KvClient::new(open(&conn, "kv"));
     for i in 0..20u32 {
@@ -201,7 +205,7 @@ fn the_warm_standby_restores_each_checkpoint_so_recovery_only_replays_the_tail()
     let sys = companion_system(
         "warm",
         "kv-plain",
-        "checkpoint_every = 20\ncheckpoint_ms = 0",
+        "checkpoint_every = 20\ncheckpoint_ms = 0\nstandby = \"warm\"",
     );
     let conn = sys.connect().unwrap();
     let kv = KvClient::new(open(&conn, "kv"));
@@ -235,7 +239,7 @@ fn the_warm_standby_killed_is_replaced_and_warmed_again() {
     let sys = companion_system(
         "warmkill",
         "kv-plain",
-        "checkpoint_every = 20\ncheckpoint_ms = 0",
+        "checkpoint_every = 20\ncheckpoint_ms = 0\nstandby = \"warm\"",
     );
     let conn = sys.connect().unwrap();
     let kv = KvClient::new(open(&conn, "kv"));
@@ -265,6 +269,198 @@ fn the_warm_standby_killed_is_replaced_and_warmed_again() {
             Some(format!("v{i}").into())
         );
     }
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
+/// Waits until a following standby's replica has applied request `index` (it reports its
+/// position when it has caught up with the log).
+fn wait_following(conn: &System, index: u64) {
+    wait_until("the replica caught up", Duration::from_secs(30), || {
+        companion(conn).standby_index >= index
+    });
+}
+
+/// The following standby (the default, `standby = "follow"`): it replays the log as it is
+/// written, one request behind the server, and takes the checkpoints from its own state. The
+/// server never forks for them (every accepted checkpoint reports no stall), and a recovery
+/// replays only the request the replica had not applied — the last one.
+#[test]
+fn the_following_standby_takes_the_checkpoints_and_recovery_replays_only_the_last_request() {
+    let sys = companion_system(
+        "follow",
+        "kv-plain",
+        "checkpoint_every = 20\ncheckpoint_ms = 0",
+    );
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    for i in 0..45u32 {
+        kv.put(format!("k{i}"), format!("v{i}")).unwrap();
+    }
+    // Request 45 is the last in the log: the replica stops just before it.
+    wait_following(&conn, 44);
+    let c = companion(&conn);
+    assert!(c.checkpoints >= 1, "{c:?}");
+    assert!((20..=44).contains(&c.checkpoint_index), "{c:?}");
+    assert_eq!(c.max_stall_us, 0, "the server forked a checkpoint: {c:?}");
+    assert!(
+        descendants(server_pid(&conn, "kv")).is_empty(),
+        "a checkpoint child of the server"
+    );
+    kill_and_wait(&conn);
+    let c = companion(&conn);
+    assert!(c.last_warm, "{c:?}");
+    assert_eq!(c.last_replayed, 1, "{c:?}");
+    for i in 0..45u32 {
+        assert_eq!(
+            kv.get(format!("k{i}")).unwrap(),
+            Some(format!("v{i}").into())
+        );
+    }
+    // And again, from the replica of the next standby (which started from the newest
+    // checkpoint and followed the log behind it).
+    kv.put("after", "1").unwrap();
+    kv.put("after2", "2").unwrap();
+    wait_following(&conn, 46);
+    kill_and_wait(&conn);
+    let c = companion(&conn);
+    assert!(c.last_warm, "{c:?}");
+    assert_eq!(c.last_replayed, 1, "{c:?}");
+    assert_eq!(kv.get("after").unwrap(), Some("1".into()));
+    assert_eq!(kv.get("after2").unwrap(), Some("2".into()));
+    assert_eq!(kv.stats().unwrap().updates, 47);
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
+/// The following standby killed, and its checkpoint writer faulting: a killed standby is
+/// replaced by one that restores the newest checkpoint and follows the log behind it; a
+/// checkpoint whose writer (the standby's forked child) dies is lost, not the server's
+/// fault, and the next one is taken. A server fault afterwards recovers every update from
+/// the new replica.
+#[test]
+fn the_following_standby_or_its_checkpoint_writer_killed_loses_nothing() {
+    let sys = companion_system(
+        "followkill",
+        "kv-plain",
+        "checkpoint_every = 10\ncheckpoint_ms = 0",
+    );
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    for i in 0..25u32 {
+        kv.put(format!("k{i}"), format!("v{i}")).unwrap();
+    }
+    wait_following(&conn, 24);
+    let standby = info(&conn).standby_pid;
+    txipc_sys::process::kill(standby, rustix::process::Signal::KILL).unwrap();
+    wait_until("a new standby", Duration::from_secs(20), || {
+        let i = info(&conn);
+        i.standby_pid > 0 && i.standby_pid != standby
+    });
+    // Its first checkpoint writer faults.
+    let before = companion(&conn).checkpoints;
+    conn.inject("kv", FailKind::Segv, FailPoint::Checkpoint)
+        .unwrap();
+    for i in 25..40u32 {
+        kv.put(format!("k{i}"), format!("v{i}")).unwrap();
+    }
+    wait_following(&conn, 39);
+    assert_eq!(
+        companion(&conn).checkpoints,
+        before,
+        "{:?}",
+        companion(&conn)
+    );
+    for i in 40..60u32 {
+        kv.put(format!("k{i}"), format!("v{i}")).unwrap();
+    }
+    wait_until(
+        "a checkpoint after the fault",
+        Duration::from_secs(20),
+        || companion(&conn).checkpoints > before,
+    );
+    wait_following(&conn, 59);
+    assert_eq!(info(&conn).restarts, 0);
+    kill_and_wait(&conn);
+    let c = companion(&conn);
+    assert!(c.last_warm, "{c:?}");
+    assert_eq!(c.last_replayed, 1, "{c:?}");
+    for i in 0..60u32 {
+        assert_eq!(
+            kv.get(format!("k{i}")).unwrap(),
+            Some(format!("v{i}").into())
+        );
+    }
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
+/// A wild write into the one record a following standby has not applied (the last): the
+/// activation replays it from the log, finds it corrupt and holds the server.
+#[test]
+fn a_corrupt_record_past_the_replica_is_detected_and_the_server_held() {
+    let sys = companion_system("followcorrupt", "kv-plain", "checkpoint_ms = 0");
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    for i in 0..20u32 {
+        kv.put(format!("k{i}"), vec![i as u8; 100]).unwrap();
+    }
+    wait_following(&conn, 19);
+    let log = open_kernel_log(sys.pid());
+    let mut word = [0u8; 8];
+    log.read_exact_at(&mut word, 16).unwrap();
+    let tail = u64::from_le_bytes(word) & ((1u64 << 48) - 1);
+    // A byte of the last record's value.
+    log.write_all_at(&[0xEE], 4096 + tail - 20).unwrap();
+    txipc_sys::process::kill(server_pid(&conn, "kv"), rustix::process::Signal::KILL).unwrap();
+    wait_until("held", Duration::from_secs(10), || {
+        info(&conn).state == "held"
+    });
+    let reason = info(&conn).held_reason.unwrap();
+    assert!(
+        reason.contains("message log record") && reason.contains("corrupt"),
+        "{reason}"
+    );
+    drop((kv, log, conn));
+    sys.shutdown().unwrap();
+}
+
+/// A wild write in the following standby while it writes a checkpoint (after the checksum):
+/// the kernel accepts the sealed snapshot (its header checks), the replica itself is sound and
+/// serves the first recovery; the next standby restores the snapshot, finds it corrupt and
+/// drops it, and the recovery after that — which needs the snapshot — holds the server.
+#[test]
+fn a_corrupt_snapshot_of_the_following_standby_is_detected_before_it_is_used() {
+    let sys = companion_system(
+        "followsnap",
+        "kv-plain",
+        "checkpoint_every = 10\ncheckpoint_ms = 0",
+    );
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    conn.inject("kv", FailKind::Corrupt, FailPoint::Checkpoint)
+        .unwrap();
+    for i in 0..12u32 {
+        kv.put(format!("k{i}"), "v").unwrap();
+    }
+    wait_until("the checkpoint", Duration::from_secs(20), || {
+        companion(&conn).checkpoints >= 1
+    });
+    kill_and_wait(&conn);
+    assert_eq!(info(&conn).state, "running");
+    assert_eq!(kv.get("k11").unwrap(), Some("v".into()));
+    // The next standby.
+    wait_until("a standby", Duration::from_secs(20), || {
+        info(&conn).standby_pid > 0
+    });
+    // Whether it has tried the snapshot yet or not, it has no replica to offer: the
+    // activation restores the snapshot itself.
+    txipc_sys::process::kill(server_pid(&conn, "kv"), rustix::process::Signal::KILL).unwrap();
+    wait_until("held", Duration::from_secs(10), || {
+        info(&conn).state == "held"
+    });
+    let reason = info(&conn).held_reason.unwrap();
+    assert!(reason.contains("snapshot is corrupt"), "{reason}");
     drop((kv, conn));
     sys.shutdown().unwrap();
 }
@@ -316,7 +512,7 @@ fn a_corrupt_snapshot_is_detected_and_the_server_held() {
     let sys = companion_system(
         "corruptsnap",
         "kv-plain",
-        "checkpoint_every = 10\ncheckpoint_ms = 0",
+        "checkpoint_every = 10\ncheckpoint_ms = 0\nstandby = \"warm\"",
     );
     let conn = sys.connect().unwrap();
     let kv = KvClient::new(open(&conn, "kv"));
@@ -373,7 +569,7 @@ fn checkpoints_during_load_keep_every_update() {
     let sys = companion_system(
         "load",
         "kv-plain",
-        "checkpoint_every = 25\ncheckpoint_ms = 0\nslots = 2",
+        "checkpoint_every = 25\ncheckpoint_ms = 0\nslots = 2\nstandby = \"warm\"",
     );
     let conn = sys.connect().unwrap();
     let writers: Vec<_> = (0..3)
@@ -469,7 +665,7 @@ fn the_checkpoint_writer_killed_loses_nothing() {
     let sys = companion_system(
         "writer",
         "kv-plain",
-        "checkpoint_every = 20\ncheckpoint_ms = 0",
+        "checkpoint_every = 20\ncheckpoint_ms = 0\nstandby = \"warm\"",
     );
     let conn = sys.connect().unwrap();
     let kv = KvClient::new(open(&conn, "kv"));

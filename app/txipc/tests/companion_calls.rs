@@ -103,7 +103,9 @@ fn a_call_resent_after_the_caller_died_is_answered_from_the_callees_checkpoint()
     let sys = relay_system(
         "ccalls-ckpt",
         "deadline_ms = 600000\nretry_limit = 3",
-        "checkpoint_every = 1\ncheckpoint_ms = 0",
+        // The server's own checkpoint right after the call (a following standby would take
+        // it only once a later request is logged).
+        "checkpoint_every = 1\ncheckpoint_ms = 0\nstandby = \"warm\"",
     );
     let conn = sys.connect().unwrap();
     let kv = KvClient::new(open(&conn, "kv"));

@@ -13,6 +13,8 @@
 //! retry_limit = 2          # faults a request may cause before it is failed as poison
 //! checkpoint_every = 50000 # policy companion: checkpoint after this many logged requests ...
 //! checkpoint_ms = 1000     # ... or this long after the last one (whichever comes first)
+//! standby = "follow"       # policy companion: the standby replays the log as it is written
+//!                          # and takes the checkpoints (or "warm": the server forks them)
 //! [server.restart]
 //! min_interval_ms = 0      # at least this long between two restarts
 //! max_restarts = 200       # at most this many restarts ...
@@ -111,6 +113,20 @@ pub enum Tracking {
     Page,
 }
 
+/// Policy companion: how the standby incarnation keeps itself ready, and who takes the
+/// checkpoints (ARCHITECTURE.md §16, "The following standby").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Standby {
+    /// The standby replays the message log as it is written (a replica one record behind the
+    /// server) and writes the checkpoints from its own state: the server never forks for
+    /// them (only when its log fills up faster than the standby follows).
+    #[default]
+    Follow,
+    /// The server forks a child for every checkpoint; the standby restores each accepted one.
+    Warm,
+}
+
 /// Restart-storm bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -191,6 +207,9 @@ pub struct ServerSpec {
     /// anything was logged since (0: only by count and by a full log).
     #[serde(default = "default_checkpoint_ms")]
     pub checkpoint_ms: u64,
+    /// Policy companion: what the standby does while the server serves.
+    #[serde(default)]
+    pub standby: Standby,
 }
 
 fn default_max_channels() -> u32 {

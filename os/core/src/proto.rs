@@ -289,7 +289,9 @@ pub struct CompanionInfo {
     /// The last recovery found its checkpoint already restored by the warm standby.
     #[serde(default)]
     pub last_warm: bool,
-    /// The checkpoint (its last request's index) the standby has restored in advance; 0: none.
+    /// The checkpoint (its last request's index) the standby has restored in advance; a
+    /// following standby: the last request its replica has applied (reported when it caught
+    /// up with the log); 0: none.
     #[serde(default)]
     pub standby_index: u64,
 }
@@ -369,6 +371,9 @@ pub struct ServerConfig {
     /// Policy companion: most bytes of message log behind the last checkpoint; a log this full
     /// forces a checkpoint (and waits for it).
     pub log_cap: u64,
+    /// Policy companion: the standby follows the log and takes the checkpoints (else the
+    /// server forks them and the standby restores each one).
+    pub follow: bool,
 }
 
 /// Kernel → zygote.
@@ -473,6 +478,18 @@ pub enum ToServer {
     /// rides along). The standby restores it now — reconstitutes the server from it in
     /// advance — so that its activation only replays the log behind it (the warm standby).
     Warm,
+    /// Policy companion, to a standby when it registers: where the log starts and the
+    /// requests replay must skip, for a standby that follows the log as it is written
+    /// (manifest `standby = "follow"`). `snapshot`: a [`ToServer::Warm`] with the newest
+    /// checkpoint follows (else it follows the log from `log_start`, the server empty).
+    Follow {
+        /// Where the log starts when there is no snapshot (as [`CompanionStart::log_start`]).
+        log_start: u64,
+        /// As [`CompanionStart::skip`].
+        skip: Vec<(u32, u32, u64)>,
+        /// A checkpoint follows in a `Warm`.
+        snapshot: bool,
+    },
 }
 
 /// What a companion incarnation needs to reconstitute its server.

@@ -362,13 +362,29 @@ pub(crate) fn settle(s: &mut Server, held: bool) -> Recovered {
 
 impl Kernel {
     /// Hands the newest accepted checkpoint to standby `generation` of server `i`, which
-    /// restores it in advance (the warm standby). A send that fails (its socket full) is
+    /// restores it in advance (the warm standby); when it `registering`, first where the log
+    /// starts and what replay skips (`Follow`, for a standby that follows the log). A send that fails (its socket full) is
     /// harmless: its activation then restores the checkpoint itself.
-    pub(crate) fn companion_warm(&mut self, i: usize, generation: u64) {
+    pub(crate) fn companion_warm(&mut self, i: usize, generation: u64, registering: bool) {
         let s = &self.servers[i];
-        let (Some(log), Some(inc)) = (s.companion.as_ref(), s.incarnation(generation)) else {
+        // (Not `incarnation`: when it registers, the lifecycle does not know it as the
+        // standby yet.)
+        let (Some(log), Some(inc)) = (s.companion.as_ref(), s.procs.get(&generation)) else {
             return;
         };
+        // A following standby needs where the log starts and what replay skips first (sent
+        // once, when it registers: a skip is only added at a fault, which activates it).
+        if registering {
+            let _ = txipc_sys::fdpass::send(
+                &inc.sock,
+                &txipc_core::proto::encode(&txipc_core::proto::ToServer::Follow {
+                    log_start: log.start,
+                    skip: log.skip.iter().copied().collect(),
+                    snapshot: log.snapshot.is_some(),
+                }),
+                &[],
+            );
+        }
         if let Some((fd, _)) = &log.snapshot {
             let _ = txipc_sys::fdpass::send(
                 &inc.sock,
@@ -406,7 +422,7 @@ impl Kernel {
                     "{name}: checkpoint at request {index}, {bytes} bytes, stall {stall} µs"
                 ));
                 if let Some(g) = self.servers[i].life.standby() {
-                    self.companion_warm(i, g);
+                    self.companion_warm(i, g, false);
                 }
             }
             Err(e) => self.log(format!(

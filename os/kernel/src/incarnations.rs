@@ -76,7 +76,7 @@ impl Kernel {
         }
         self.servers[i].procs.insert(generation, inc);
         // A companion standby restores the newest checkpoint now (the warm standby).
-        self.companion_warm(i, generation);
+        self.companion_warm(i, generation, true);
         self.feed(i, Event::StandbyReady(generation));
         if !ok {
             self.feed(i, Event::Hang(generation));

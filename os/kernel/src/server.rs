@@ -166,6 +166,7 @@ impl Server {
             checkpoint_every: spec.checkpoint_every,
             checkpoint_ms: spec.checkpoint_ms,
             log_cap: spec.log_mb << 20,
+            follow: spec.standby == txipc_core::manifest::Standby::Follow,
         };
         let companion = match spec.policy {
             txipc_core::manifest::Policy::Companion => Some(

@@ -12,12 +12,15 @@
 //!   word — no system call; each record is checksummed and chained (its index, the digest of
 //!   the previous request's reply), so a wild write into the log is detected at the next
 //!   replay and holds the server;
-//! - every N logged requests or T ms (and when the log nears its cap) the server forks; the
-//!   child distills the state into a checksummed, versioned snapshot in a new memfd, seals it
-//!   against every write and hands it to the kernel, while the parent goes on serving (the
-//!   stall is the fork);
-//! - an incarnation activated after a fault reconstitutes the server from the kernel's last
-//!   snapshot, replays the log behind it in order (comparing reply digests: a divergent replay
+//! - the standby follows the log as it is written (manifest `standby = "follow"`, the
+//!   default): it replays each record once the next one is logged, so it is a replica one
+//!   request behind the server, and every N applied requests or T ms it forks a child that
+//!   distills the replica into a checksummed, versioned snapshot in a new memfd, seals it and
+//!   hands it to the kernel — the server never stops for a checkpoint (it forks one itself only
+//!   when its log fills faster than the replica follows). Under `standby = "warm"` the server
+//!   forks the checkpoint child (the stall is the fork) and the standby restores each one;
+//! - an incarnation activated after a fault takes its replica (or reconstitutes the server
+//!   from the kernel's last snapshot), replays the log behind it in order (comparing reply digests: a divergent replay
 //!   holds the server instead of serving different state), answers the requests whose clients
 //!   still wait, and skips the ones the kernel failed (poison requests).
 //!
@@ -49,7 +52,7 @@ use txipc_service::{Capture, Companion, DispatchError, DistillError};
 use txipc_sys::{fdpass, process, shm::SharedBytes, status::StatusPage};
 
 use crate::client::Channel;
-use crate::server::{Activation, Chan, add_channels, standby};
+use crate::server::{Activation, Chan, StandbyWork, add_channels, standby};
 
 /// Method bit of a call that carries a call id: a companion server calling a companion server.
 pub const CALL_ID_BIT: u32 = 0x4000_0000;
@@ -108,6 +111,11 @@ struct OutCalls {
     busy: u64,
     /// Inside a `#[readonly]` request's handler (under policy companion).
     readonly: bool,
+    /// A following standby replays: a divergence marks its replica stale instead of holding
+    /// the server (the activation's own replay finds it again and holds then).
+    following: bool,
+    /// Set by a divergence while `following`.
+    diverged: bool,
 }
 
 thread_local! {
@@ -151,12 +159,14 @@ pub(crate) fn outgoing_call(
     });
     // From now on the request has made a call whose effect stands at the callee: it is never
     // failed alone as poison (the kernel holds the server instead).
-    let busy = OUT.with(|o| {
+    let (busy, following) = OUT.with(|o| {
         let mut o = o.borrow_mut();
         o.busy |= BUSY_CALLED;
-        o.busy
+        (o.busy, o.following)
     });
-    let status_page = crate::failpoint::status();
+    // (A following standby shares the status page with the serving incarnation: it never
+    // touches its busy word.)
+    let status_page = crate::failpoint::status().filter(|_| !following);
     if let Some(p) = status_page {
         p.set_busy(busy);
     }
@@ -167,18 +177,27 @@ pub(crate) fn outgoing_call(
                 reply.extend_from_slice(&r.reply);
                 return call_result(Status::from_wire(r.status), method);
             }
-            Some(_) => diverged(
-                index,
-                &format!(
-                    "its call {ordinal} (to `{service}`, method {method}) is not the call it made when it first ran"
-                ),
-            ),
-            None if !tail => diverged(
-                index,
-                &format!(
-                    "it made call {ordinal} (to `{service}`, method {method}), which it did not make when it first ran"
-                ),
-            ),
+            Some(r) => {
+                diverged(
+                    index,
+                    &format!(
+                        "its call {ordinal} (to `{service}`, method {method}) is not the call it made when it first ran"
+                    ),
+                );
+                // Only a following standby gets here: its replica is discarded.
+                reply.clear();
+                reply.extend_from_slice(&r.reply);
+                return call_result(Status::from_wire(r.status), method);
+            }
+            None if !tail => {
+                diverged(
+                    index,
+                    &format!(
+                        "it made call {ordinal} (to `{service}`, method {method}), which it did not make when it first ran"
+                    ),
+                );
+                return Err(txipc_service::CallError::Malformed);
+            }
             None => {} // the calls it had not made (or recorded) before the fault: sent now
         }
     }
@@ -255,8 +274,17 @@ fn call_result(status: Option<Status>, method: u32) -> Result<(), txipc_service:
     }
 }
 
-/// A replayed request's calls are not the calls it made when it first ran: hold the server.
-fn diverged(index: u64, what: &str) -> ! {
+/// A replayed request's calls are not the calls it made when it first ran: hold the server
+/// (returns only in a following standby, whose replica is then marked stale).
+fn diverged(index: u64, what: &str) {
+    let following = OUT.with(|o| {
+        let mut o = o.borrow_mut();
+        o.diverged |= o.following;
+        o.following
+    });
+    if following {
+        return;
+    }
     let (ctl, name) = OUT.with(|o| {
         let o = o.borrow();
         (o.ctl.clone(), o.name)
@@ -502,6 +530,9 @@ struct Restored {
     answers: Vec<Answer>,
     /// The snapshot's size.
     bytes: u64,
+    /// A following standby's replica: the log start it follows (`meta` then says how far it
+    /// got: the state after request `meta.index`, the next record at `meta.log_offset`).
+    follows: Option<u64>,
 }
 
 /// Reads, verifies and decodes the snapshot in `fd`, and reconstitutes the server from it.
@@ -521,6 +552,7 @@ fn restore(builtin: PlainBuiltin, fd: &OwnedFd) -> Result<Restored, String> {
         instance,
         answers,
         bytes: bytes.len() as u64,
+        follows: None,
     })
 }
 
@@ -562,6 +594,57 @@ impl Drop for LowPriority {
     }
 }
 
+/// Distills `instance` (and the answers of calls by call id) into a snapshot described by
+/// `meta`, checksummed, in a new memfd sealed against every write. Fail point `checkpoint`
+/// fires here (kind `corrupt`: a wild write after the checksum, which the restore must
+/// notice). Returns the fd and the snapshot's size, or the exit status of the step that failed.
+fn seal_snapshot(
+    server: &str,
+    instance: &dyn PlainInstance,
+    answers: &HashMap<u32, Answer>,
+    meta: &SnapshotMeta,
+    status: &StatusPage,
+) -> Result<(OwnedFd, u64), i32> {
+    let mut state = Vec::new();
+    if instance.distill(&mut state).is_err() {
+        return Err(75);
+    }
+    let mut answers: Vec<Answer> = answers.values().cloned().collect();
+    answers.sort_by_key(|a| a.chan);
+    let mut payload = Vec::with_capacity(state.len() + 64);
+    fmt::join_payload(&state, &answers, &mut payload);
+    drop(state);
+    let header = fmt::snapshot_header(meta, &payload);
+    match status.fire_kind(FailPoint::Checkpoint as u8) {
+        Some(k) if k == FailKind::Corrupt as u8 => {
+            let mid = payload.len() / 2;
+            if let Some(b) = payload.get_mut(mid) {
+                *b ^= 0x5A;
+            }
+        }
+        Some(k) => txipc_sys::crash::inject(k),
+        None => {}
+    }
+    let name = format!("txipc-snap-{server}");
+    let Ok(fd) = rustix::fs::memfd_create(
+        name.as_str(),
+        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+    ) else {
+        return Err(76);
+    };
+    if write_all(&fd, &header).is_err() || write_all(&fd, &payload).is_err() {
+        return Err(77);
+    }
+    let seals = rustix::fs::SealFlags::SHRINK
+        | rustix::fs::SealFlags::GROW
+        | rustix::fs::SealFlags::WRITE
+        | rustix::fs::SealFlags::SEAL;
+    if rustix::fs::fcntl_add_seals(&fd, seals).is_err() {
+        return Err(78);
+    }
+    Ok((fd, (SNAPSHOT_HEADER + payload.len()) as u64))
+}
+
 fn read_all(fd: &OwnedFd, from: u64) -> std::io::Result<Vec<u8>> {
     let size = rustix::fs::fstat(fd)?.st_size as u64;
     let len = size.saturating_sub(from) as usize;
@@ -588,6 +671,358 @@ fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How often a following standby looks at the log's tail while records keep coming, and the
+/// longest it waits when they do not.
+const FOLLOW_POLL: Duration = Duration::from_micros(500);
+const FOLLOW_IDLE: Duration = Duration::from_millis(20);
+
+/// A standby that follows the message log as it is written (manifest `standby = "follow"`,
+/// ARCHITECTURE.md §16 "The following standby"): a replica of the server one request behind
+/// it, which also takes the checkpoints, so that the server never forks for them and a
+/// recovery replays only the requests the replica had not reached.
+///
+/// It applies record `i` only once record `i + 1` is in the log: then request `i` ran to its
+/// end in an incarnation that went on (its outgoing calls are all recorded, its reply digest
+/// is in record `i + 1` and is checked), and a request that faulted the server is never run
+/// here (its fate — replayed, or failed as poison and skipped — is the activation's).
+/// Anything it cannot vouch for (a record that fails its checks, a tail word that does not
+/// check, a divergent reply, a handler that panics) makes the replica **stale**: it is not
+/// used, and the activation takes the cold path (the newest snapshot and its whole log),
+/// which finds the fault again and holds the server.
+struct Follower {
+    builtin: PlainBuiltin,
+    config: ServerConfig,
+    status: &'static StatusPage,
+    /// The log memfd mapped (read; the server appends).
+    ring: Option<Ring>,
+    /// The log start the kernel named (a reset changes it).
+    log_start: u64,
+    /// Requests replay skips.
+    skip: Vec<(u32, u32, u64)>,
+    /// The replica (None: waiting for the checkpoint to start from).
+    replica: Option<Restored>,
+    answers: HashMap<u32, Answer>,
+    stale: bool,
+    reply: Vec<u8>,
+    /// Applied since its last checkpoint, and when that was.
+    since: u64,
+    at: Instant,
+    /// The last applied request's capture point.
+    capture: Capture,
+    wait: Duration,
+    /// The position last reported to the kernel.
+    reported: Option<u64>,
+    /// The checkpoint child at work: (pid, log offset it captures, started). An activation
+    /// hands it to the server, which reaps it as its own.
+    child: Option<(i32, u64, Instant)>,
+}
+
+impl Follower {
+    fn new(builtin: PlainBuiltin, config: &ServerConfig, status: &'static StatusPage) -> Self {
+        Follower {
+            builtin,
+            config: config.clone(),
+            status,
+            ring: None,
+            log_start: 0,
+            skip: Vec::new(),
+            replica: None,
+            answers: HashMap::new(),
+            stale: false,
+            reply: Vec::with_capacity(4096),
+            since: 0,
+            at: Instant::now(),
+            capture: Capture::Allowed,
+            wait: FOLLOW_POLL,
+            reported: None,
+            child: None,
+        }
+    }
+
+    /// The kernel said where the log starts (`Follow`): with no checkpoint yet, the replica
+    /// starts empty there; else it waits for the `Warm` that follows.
+    fn start(
+        &mut self,
+        fds: Option<&LogFds>,
+        log_start: u64,
+        skip: Vec<(u32, u32, u64)>,
+        snapshot: bool,
+    ) {
+        self.log_start = log_start;
+        self.skip = skip;
+        if self.ring.is_none()
+            && let Some(fds) = fds
+        {
+            let len = fmt::LOG_HEADER + self.config.log_cap as usize;
+            self.ring = SharedBytes::map(&fds.log, len).ok().map(|map| Ring {
+                map,
+                cap: self.config.log_cap,
+                end: Cell::new(0),
+                pad: RefCell::new(Vec::new()),
+            });
+        }
+        if !snapshot && self.replica.is_none() {
+            self.replica = Some(Restored {
+                header: [0; SNAPSHOT_HEADER],
+                meta: SnapshotMeta {
+                    state_version: self.builtin.state_version,
+                    index: 0,
+                    log_offset: log_start,
+                    last_digest: None,
+                },
+                instance: (self.builtin.fresh)(),
+                answers: Vec::new(),
+                bytes: 0,
+                follows: Some(log_start),
+            });
+        }
+    }
+
+    /// A checkpoint the kernel accepted: ignored if the replica is there already (it is the
+    /// replica's own, or older); else (the replica is behind it, stale or not started) the
+    /// replica restarts from it.
+    fn warm(&mut self, ctl: &OwnedFd, fd: OwnedFd) {
+        let meta = snapshot_header_of(&fd)
+            .and_then(|h| fmt::check_snapshot_header(&h).ok())
+            .map(|(m, _)| m);
+        if let (Some(r), Some(m)) = (&self.replica, meta)
+            && !self.stale
+            && m.index <= r.meta.index
+        {
+            return;
+        }
+        self.replica = None;
+        self.answers.clear();
+        if let Ok(mut r) = restore(self.builtin, &fd) {
+            r.follows = Some(self.log_start);
+            self.answers = std::mem::take(&mut r.answers)
+                .into_iter()
+                .map(|a| (a.chan, a))
+                .collect();
+            let _ = fdpass::send(
+                ctl,
+                &proto::encode(&FromServer::Warmed {
+                    index: r.meta.index,
+                }),
+                &[],
+            );
+            self.replica = Some(r);
+            self.stale = false;
+            self.since = 0;
+            self.at = Instant::now();
+        }
+    }
+
+    /// One look at the log: applies every complete request past the replica (all but the
+    /// last record), then checkpoints if one is due. Returns how long to wait before the next.
+    fn step(&mut self, ctl: &OwnedFd) -> Option<Duration> {
+        self.reap();
+        if self.stale {
+            return self.child.map(|_| FOLLOW_IDLE);
+        }
+        let (Some(ring), Some(r)) = (&self.ring, &mut self.replica) else {
+            return None;
+        };
+        let from = r.meta.log_offset;
+        let word = ring.map.u64_at(fmt::LOG_TAIL_AT).load(Ordering::Acquire);
+        let Some(tail) = fmt::decode_tail(word).filter(|&t| t >= from && t - from <= ring.cap)
+        else {
+            // A tail word that fails its check, or a log reset past the replica.
+            self.stale = true;
+            return None;
+        };
+        let bytes = ring.read(from, tail);
+        if ring.accepted() > from {
+            // A checkpoint past the replica was accepted (the server's own, forced by a log
+            // filling faster than the replica follows): the ring behind it may be reused, so
+            // these bytes may be torn. Its `Warm` restarts the replica.
+            return Some(FOLLOW_POLL);
+        }
+        let Ok(scan) = fmt::read_log(&bytes, from, ring.cap, r.meta.index + 1) else {
+            self.stale = true;
+            return None;
+        };
+        let n = scan.records.len();
+        if n < 2 {
+            // Caught up: says how far (`ps`: `standby_index`), once per position.
+            if self.reported != Some(r.meta.index) {
+                self.reported = Some(r.meta.index);
+                let _ = fdpass::send(
+                    ctl,
+                    &proto::encode(&FromServer::Warmed {
+                        index: r.meta.index,
+                    }),
+                    &[],
+                );
+            }
+            self.wait = (self.wait * 2).min(FOLLOW_IDLE);
+            return Some(self.wait);
+        }
+        let mut calls: HashMap<u64, VecDeque<Recorded>> = HashMap::new();
+        for c in &scan.calls {
+            calls.entry(c.meta.index).or_default().push_back(Recorded {
+                digest: c.meta.digest,
+                method: c.meta.method,
+                status: c.meta.status,
+                reply: c.reply.to_vec(),
+            });
+        }
+        let mut prev = r.meta.last_digest;
+        let mut applied = 0;
+        // It replays in the CPU time the server and its clients leave (and waits for
+        // messages — an activation — at its own priority).
+        let low = LowPriority::enter();
+        OUT.with(|o| {
+            let mut o = o.borrow_mut();
+            o.following = true;
+            o.diverged = false;
+        });
+        for (k, rec) in scan.records.iter().enumerate() {
+            let m = rec.meta;
+            if let (Some(ours), Some(logged)) = (prev, m.prev_digest)
+                && ours != logged
+            {
+                self.stale = true;
+                break;
+            }
+            if k + 1 == n {
+                // The last record: not applied (its request may still run, or have faulted);
+                // the replica now ends just before it, verified up to it.
+                r.meta.index = m.index - 1;
+                r.meta.log_offset = rec.offset;
+                r.meta.last_digest = prev;
+                break;
+            }
+            if self.skip.contains(&(m.chan, m.slot, m.seq)) {
+                prev = None;
+                continue;
+            }
+            let instance = &mut r.instance;
+            let answers = &mut self.answers;
+            let reply = &mut self.reply;
+            let recorded = calls.remove(&m.index).unwrap_or_default();
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                rerun(&mut **instance, answers, reply, rec, recorded, false, 0)
+            }));
+            let diverged = OUT.with(|o| std::mem::take(&mut o.borrow_mut().diverged));
+            match ran {
+                Ok(status) if !diverged => {
+                    prev = Some(reply_digest(status.to_wire(), &self.reply));
+                    self.capture = r.instance.capture(m.method & !CALL_ID_BIT);
+                    applied += 1;
+                }
+                _ => {
+                    self.stale = true;
+                    break;
+                }
+            }
+        }
+        OUT.with(|o| o.borrow_mut().following = false);
+        drop(low);
+        if self.stale {
+            self.replica = None;
+            return None;
+        }
+        self.since += applied;
+        self.wait = FOLLOW_POLL;
+        let used = tail.saturating_sub(ring.accepted());
+        let due = self.capture != Capture::Defer
+            && self.since > 0
+            && (self.capture == Capture::Now
+                || self.since >= self.config.checkpoint_every
+                || (self.config.checkpoint_ms > 0
+                    && self.at.elapsed() >= Duration::from_millis(self.config.checkpoint_ms))
+                || used * 2 >= ring.cap);
+        if due {
+            self.checkpoint(ctl);
+        }
+        Some(self.wait)
+    }
+
+    /// Writes the replica as a checkpoint and hands it to the kernel (the server does not
+    /// stop for it).
+    /// Writes the replica as a checkpoint and hands it to the kernel: in a forked child (the
+    /// replica's own copy-on-write image, not the server's), so that the standby goes on
+    /// following — and answers an activation — while it is written. The server does not stop
+    /// for it.
+    fn checkpoint(&mut self, ctl: &OwnedFd) {
+        if self.replica.is_none() || self.child.is_some() {
+            return;
+        }
+        self.since = 0;
+        self.at = Instant::now();
+        let started = Instant::now();
+        match process::fork() {
+            Ok(process::Forked::Child) => {
+                txipc_sys::crash::disarm();
+                if process::die_with_parent(process::getppid()).is_err() {
+                    std::process::exit(71);
+                }
+                let _ = rustix::process::setpriority_process(None, 19);
+                let r = self.replica.as_ref().expect("a replica");
+                let meta = r.meta;
+                let (fd, bytes) = match seal_snapshot(
+                    &self.config.name,
+                    &*r.instance,
+                    &self.answers,
+                    &meta,
+                    self.status,
+                ) {
+                    Ok(done) => done,
+                    Err(code) => std::process::exit(code),
+                };
+                let info = CheckpointInfo {
+                    index: meta.index,
+                    log_offset: meta.log_offset,
+                    bytes,
+                    stall_us: 0,
+                    write_us: started.elapsed().as_micros() as u64,
+                };
+                let sent = fdpass::send(
+                    ctl,
+                    &proto::encode(&FromServer::Checkpoint(info)),
+                    &[fd.as_fd()],
+                );
+                std::process::exit(if sent.is_ok() { 0 } else { 79 })
+            }
+            Ok(process::Forked::Parent { child }) => {
+                let offset = self.replica.as_ref().map_or(0, |r| r.meta.log_offset);
+                self.child = Some((child, offset, started));
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Reaps the checkpoint child if it is done.
+    fn reap(&mut self) {
+        if let Some((pid, _, _)) = self.child
+            && let Some(p) = rustix::process::Pid::from_raw(pid)
+            && !matches!(
+                rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG),
+                Ok(None)
+            )
+        {
+            self.child = None;
+        }
+    }
+
+    /// The checkpoint child at work, for the activated server to reap.
+    fn take_child(&mut self) -> Option<(i32, u64, Instant)> {
+        self.reap();
+        self.child.take()
+    }
+
+    /// The replica, for the activation (None: stale, or never started).
+    fn take(&mut self) -> Option<Restored> {
+        if self.stale {
+            return None;
+        }
+        let mut r = self.replica.take()?;
+        r.answers = std::mem::take(&mut self.answers).into_values().collect();
+        Some(r)
+    }
 }
 
 /// One incarnation of a plain server. Never returns.
@@ -619,25 +1054,72 @@ pub(crate) fn incarnation_main(
     crate::server::init_plain_calls(&ctl, config.policy == Policy::Companion);
     OUT.with(|o| o.borrow_mut().ctl = Some(ctl.clone()));
     // The warm standby: each accepted checkpoint the kernel hands over is restored now, so
-    // that an activation only replays the log behind it.
+    // that an activation only replays the log behind it. A following standby replays the log
+    // itself as it is written, and takes the checkpoints.
+    let companion = config.policy == Policy::Companion;
+    let follow = companion && config.follow;
     let mut warm: Option<Restored> = None;
-    let activation = standby(&ctl, &mut chans, &mut buf, &mut |fd| {
-        if config.policy == Policy::Companion {
-            warm = None;
-            let low = LowPriority::enter();
-            warm = restore(builtin, &fd).ok();
-            drop(low);
-            if let Some(w) = &warm {
-                let _ = fdpass::send(
-                    &*ctl,
-                    &proto::encode(&FromServer::Warmed {
-                        index: w.meta.index,
-                    }),
-                    &[],
-                );
+    let mut follower = follow.then(|| Follower::new(builtin, config, status));
+    // It works in the CPU time the server and its clients leave: at nice 19 (where it may go
+    // back), on any CPU.
+    if follow {
+        // Its replays must not be reported as the server's faults: a panic makes the replica
+        // stale (caught), and the reporter is installed again at the activation. It follows
+        // on any CPU.
+        std::panic::set_hook(Box::new(|_| {}));
+        let _ = process::pin_to_cpu_set_all();
+    }
+    let activation = standby(&ctl, &mut chans, &mut buf, &mut |work| {
+        if !companion {
+            return None;
+        }
+        match (work, follower.as_mut()) {
+            (
+                StandbyWork::Follow {
+                    log_start,
+                    skip,
+                    snapshot,
+                },
+                Some(f),
+            ) => {
+                f.start(log, log_start, skip, snapshot);
+                f.step(&ctl)
             }
+            (StandbyWork::Warm(fd), Some(f)) => {
+                f.warm(&ctl, fd);
+                f.step(&ctl)
+            }
+            (StandbyWork::Idle, Some(f)) => f.step(&ctl),
+            (StandbyWork::Warm(fd), None) => {
+                warm = None;
+                let low = LowPriority::enter();
+                warm = restore(builtin, &fd).ok();
+                drop(low);
+                if let Some(w) = &warm {
+                    let _ = fdpass::send(
+                        &*ctl,
+                        &proto::encode(&FromServer::Warmed {
+                            index: w.meta.index,
+                        }),
+                        &[],
+                    );
+                }
+                None
+            }
+            (_, None) => None,
         }
     });
+    let mut follower_child = None;
+    if let Some(f) = follower.as_mut() {
+        warm = f.take();
+        follower_child = f.take_child();
+        if let Err(e) = txipc_sys::crash::install(&*ctl) {
+            fatal(&ctl, format!("cannot install the crash reporter: {e}"));
+        }
+        if let Some(cpu) = config.cpu {
+            let _ = process::pin_to_cpu(cpu);
+        }
+    }
     // The previous incarnation may have died inside calls to other servers: the slots it left
     // in the inherited channels are reclaimed once their replies are in.
     crate::server::adopt_outgoing();
@@ -667,6 +1149,11 @@ pub(crate) fn incarnation_main(
             };
             let generation = start.generation;
             let inherited = lp.reconstitute(builtin, &start, snapshot, fds, warm.take());
+            if let Some(w) = lp.log.as_mut()
+                && follower_child.is_some()
+            {
+                w.child = follower_child.take();
+            }
             (generation, inherited)
         }
         _ => fatal(
@@ -756,7 +1243,7 @@ impl PlainLoop<'_> {
                     if w.child.is_some() {
                         Some(Duration::from_millis(2))
                     } else {
-                        (w.since > 0 && self.config.checkpoint_ms > 0)
+                        (w.since > 0 && self.config.checkpoint_ms > 0 && !self.config.follow)
                             .then(|| Duration::from_millis(self.config.checkpoint_ms))
                     }
                 });
@@ -1064,10 +1551,14 @@ impl PlainLoop<'_> {
             }
             return;
         }
-        let due = (!idle && capture == Capture::Now)
+        // With a following standby the checkpoints are its own: the server forks one only
+        // when the log fills up faster than the standby follows.
+        let follow = self.config.follow;
+        let due = (!follow
+            && ((!idle && capture == Capture::Now)
+                || w.since >= every
+                || (ms > 0 && w.at.elapsed() >= Duration::from_millis(ms))))
             || w.urgent
-            || w.since >= every
-            || (ms > 0 && w.at.elapsed() >= Duration::from_millis(ms))
             || w.ring.used() * 4 >= cap * 3;
         if due {
             self.start_checkpoint();
@@ -1110,57 +1601,25 @@ impl PlainLoop<'_> {
         let t0 = Instant::now();
         let w = self.log.as_ref().expect("logging");
         let meta = SnapshotMeta {
-            state_version: 0,
+            state_version: self.state_version(),
             index: w.next_index - 1,
             log_offset: w.ring.end.get(),
             last_digest: w.prev_digest,
         };
-        let mut state = Vec::new();
-        if self.instance.distill(&mut state).is_err() {
-            std::process::exit(75);
-        }
-        let mut answers: Vec<Answer> = self.answers.values().cloned().collect();
-        answers.sort_by_key(|a| a.chan);
-        let mut payload = Vec::with_capacity(state.len() + 64);
-        fmt::join_payload(&state, &answers, &mut payload);
-        drop(state);
-        let meta = SnapshotMeta {
-            state_version: self.state_version(),
-            ..meta
+        let (fd, bytes) = match seal_snapshot(
+            &self.config.name,
+            &*self.instance,
+            &self.answers,
+            &meta,
+            self.status,
+        ) {
+            Ok(done) => done,
+            Err(code) => std::process::exit(code),
         };
-        let header = fmt::snapshot_header(&meta, &payload);
-        match self.status.fire_kind(FailPoint::Checkpoint as u8) {
-            Some(k) if k == FailKind::Corrupt as u8 => {
-                // A wild write after the checksum: the restore must notice.
-                let mid = payload.len() / 2;
-                if let Some(b) = payload.get_mut(mid) {
-                    *b ^= 0x5A;
-                }
-            }
-            Some(k) => txipc_sys::crash::inject(k),
-            None => {}
-        }
-        let name = format!("txipc-snap-{}", self.config.name);
-        let Ok(fd) = rustix::fs::memfd_create(
-            name.as_str(),
-            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
-        ) else {
-            std::process::exit(76)
-        };
-        if write_all(&fd, &header).is_err() || write_all(&fd, &payload).is_err() {
-            std::process::exit(77);
-        }
-        let seals = rustix::fs::SealFlags::SHRINK
-            | rustix::fs::SealFlags::GROW
-            | rustix::fs::SealFlags::WRITE
-            | rustix::fs::SealFlags::SEAL;
-        if rustix::fs::fcntl_add_seals(&fd, seals).is_err() {
-            std::process::exit(78);
-        }
         let info = CheckpointInfo {
             index: meta.index,
             log_offset: meta.log_offset,
-            bytes: (SNAPSHOT_HEADER + payload.len()) as u64,
+            bytes,
             stall_us,
             write_us: t0.elapsed().as_micros() as u64,
         };
@@ -1197,17 +1656,27 @@ impl PlainLoop<'_> {
             last_digest: None,
         };
         let mut snapshot_bytes = 0;
-        let mut was_warm = false;
-        if let Some(fd) = snapshot {
-            // The standby restored this very checkpoint (same sealed header) in advance: the
-            // state is ready; else restore it now.
-            let r = match warm {
-                Some(w) if snapshot_header_of(&fd) == Some(w.header) => {
-                    was_warm = true;
-                    w
-                }
-                _ => restore(builtin, &fd).unwrap_or_else(|e| hold(&ctl, e)),
-            };
+        // The standby's state is used if it is that of this very checkpoint (same sealed
+        // header: a warm standby) or, for a standby that followed the log, if it followed
+        // this log (the same start: no reset since) from this checkpoint or a later point.
+        let ready = warm.filter(|w| match (w.follows, &snapshot) {
+            (Some(from), None) => from == start.log_start,
+            (Some(from), Some(fd)) => {
+                from == start.log_start
+                    && snapshot_header_of(fd)
+                        .and_then(|h| fmt::check_snapshot_header(&h).ok())
+                        .is_some_and(|(m, _)| m.index <= w.meta.index)
+            }
+            (None, Some(fd)) => snapshot_header_of(fd) == Some(w.header),
+            (None, None) => false,
+        });
+        let was_warm = ready.is_some();
+        let base = match (ready, snapshot) {
+            (Some(w), _) => Some(w),
+            (None, Some(fd)) => Some(restore(builtin, &fd).unwrap_or_else(|e| hold(&ctl, e))),
+            (None, None) => None,
+        };
+        if let Some(r) = base {
             snapshot_bytes = r.bytes;
             self.answers = r.answers.into_iter().map(|a| (a.chan, a)).collect();
             self.instance = r.instance;
@@ -1261,46 +1730,15 @@ impl PlainLoop<'_> {
             }
             let busy = busy_word(m.chan, m.slot, m.seq);
             self.status.set_busy(busy);
-            let (call, method, request) = match split_call_id(m.method, rec.request) {
-                Some((id, method, request)) => (Some(id), method, request),
-                None => (None, m.method, rec.request),
-            };
-            OUT.with(|o| {
-                let mut o = o.borrow_mut();
-                o.current = Some((rec.offset, m.index));
-                o.next_ordinal = 0;
-                o.name = self.instance.method_name(method);
-                o.recorded = calls.remove(&m.index).unwrap_or_default();
-                o.replaying = Some(tail_index == Some(m.index));
-                o.busy = busy;
-            });
-            SESSION.with(|s| s.set(m.chan));
-            let r = self.instance.handle(method, request, &mut self.reply);
-            SESSION.with(|s| s.set(u32::MAX));
-            let left = OUT.with(|o| {
-                let mut o = o.borrow_mut();
-                o.current = None;
-                o.replaying = None;
-                std::mem::take(&mut o.recorded).len()
-            });
-            if left > 0 {
-                diverged(
-                    m.index,
-                    &format!("it made {left} calls fewer than when it first ran"),
-                );
-            }
-            let status = to_status(r, &mut self.reply);
-            if let Some(id) = call {
-                self.answers.insert(
-                    m.chan,
-                    Answer {
-                        chan: m.chan,
-                        id,
-                        status: status.to_wire(),
-                        reply: self.reply.clone(),
-                    },
-                );
-            }
+            let status = rerun(
+                &mut *self.instance,
+                &mut self.answers,
+                &mut self.reply,
+                rec,
+                calls.remove(&m.index).unwrap_or_default(),
+                tail_index == Some(m.index),
+                busy,
+            );
             prev = Some(reply_digest(status.to_wire(), &self.reply));
             last = Some((m.index, m.method));
             if let Some((ci, t)) = waiting.get(&(m.chan, m.slot))
@@ -1328,7 +1766,8 @@ impl PlainLoop<'_> {
             // A log that had to be replayed is checkpointed at the first chance, so that the
             // next recovery does not replay it again (and a server faulting often still makes
             // progress).
-            urgent: replayed > 0,
+            // (A following standby replays it in the background instead.)
+            urgent: replayed > 0 && !self.config.follow,
             child: None,
             deferred: false,
         });
@@ -1350,6 +1789,64 @@ impl PlainLoop<'_> {
 
 thread_local! {
     static STATE_VERSION: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Runs logged request `rec` again — a replay after a fault, or a following standby — with its
+/// outgoing calls answered from `recorded` (`tail`: it is the last request of the log, so
+/// calls past the recorded ones are sent, its handler may have died before making them).
+/// Keeps the answers of calls by call id; `reply` gets its reply. A divergent call holds the
+/// server (a following standby: marks the replica stale).
+fn rerun(
+    instance: &mut dyn PlainInstance,
+    answers: &mut HashMap<u32, Answer>,
+    reply: &mut Vec<u8>,
+    rec: &fmt::Record<'_>,
+    recorded: VecDeque<Recorded>,
+    tail: bool,
+    busy: u64,
+) -> Status {
+    let m = rec.meta;
+    let (call, method, request) = match split_call_id(m.method, rec.request) {
+        Some((id, method, request)) => (Some(id), method, request),
+        None => (None, m.method, rec.request),
+    };
+    OUT.with(|o| {
+        let mut o = o.borrow_mut();
+        o.current = Some((rec.offset, m.index));
+        o.next_ordinal = 0;
+        o.name = instance.method_name(method);
+        o.recorded = recorded;
+        o.replaying = Some(tail);
+        o.busy = busy;
+    });
+    SESSION.with(|s| s.set(m.chan));
+    let r = instance.handle(method, request, reply);
+    SESSION.with(|s| s.set(u32::MAX));
+    let left = OUT.with(|o| {
+        let mut o = o.borrow_mut();
+        o.current = None;
+        o.replaying = None;
+        std::mem::take(&mut o.recorded).len()
+    });
+    if left > 0 {
+        diverged(
+            m.index,
+            &format!("it made {left} calls fewer than when it first ran"),
+        );
+    }
+    let status = to_status(r, reply);
+    if let Some(id) = call {
+        answers.insert(
+            m.chan,
+            Answer {
+                chan: m.chan,
+                id,
+                status: status.to_wire(),
+                reply: reply.clone(),
+            },
+        );
+    }
+    status
 }
 
 fn nix_kill() -> rustix::process::Signal {

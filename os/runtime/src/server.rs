@@ -517,7 +517,7 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
     let mut buf = vec![0u8; proto::MAX_CONTROL_MSG];
     let ctl = Rc::new(ctl);
     CTL.with(|c| *c.borrow_mut() = Some(ctl.clone()));
-    let (generation, fresh) = match standby(&ctl, &mut chans, &mut buf, &mut |_| {}) {
+    let (generation, fresh) = match standby(&ctl, &mut chans, &mut buf, &mut |_| None) {
         Activation::Txipc { generation, fresh } => (generation, fresh),
         Activation::Companion(..) => fatal(
             &ctl,
@@ -597,23 +597,54 @@ pub(crate) enum Activation {
 
 /// The standby phase of an incarnation: says `Standby`, maps channels as they come, until
 /// activated. Exits on `Shutdown` or when the kernel is gone. A companion standby is handed
-/// each accepted checkpoint (`Warm`): `warm` restores it — only the newest of those queued,
-/// and only when no other message waits.
+/// each accepted checkpoint (`Warm`) and told where the log starts (`Follow`); `work` handles
+/// them — a `Warm` only the newest of those queued, and only when no other message waits —
+/// and is called whenever no message waits (a following standby replays the log then); it
+/// says how long to wait for a message before calling it again.
 pub(crate) fn standby(
     ctl: &Rc<OwnedFd>,
     chans: &mut Vec<Chan>,
     buf: &mut [u8],
-    warm: &mut dyn FnMut(OwnedFd),
+    work: &mut dyn FnMut(StandbyWork) -> Option<Duration>,
 ) -> Activation {
     let _ = fdpass::send(&**ctl, &proto::encode(&FromServer::Standby), &[]);
     let mut pending: Option<OwnedFd> = None;
+    // How long to wait for a message before the next idle step (None: until one comes).
+    let mut wait: Option<Duration> = None;
     loop {
-        let (n, mut fds_in) = match fdpass::recv(&**ctl, buf, pending.is_some()) {
+        let nonblocking = match (&pending, wait) {
+            (Some(_), _) => true,
+            (None, None) => false,
+            (None, Some(d)) => {
+                let ts = rustix::time::Timespec {
+                    tv_sec: d.as_secs() as _,
+                    tv_nsec: d.subsec_nanos() as _,
+                };
+                let mut fds = [rustix::event::PollFd::new(
+                    &**ctl,
+                    rustix::event::PollFlags::IN,
+                )];
+                let _ = rustix::event::poll(&mut fds, Some(&ts));
+                true
+            }
+        };
+        // A message that arrived while a handler waited for the kernel in `connect` (a
+        // following standby replays handlers) comes first.
+        let queued = take_pending().map(|(msg, fds)| {
+            buf[..msg.len()].copy_from_slice(&msg);
+            (msg.len(), fds)
+        });
+        let received = match queued {
+            Some(m) => Ok(Some(m)),
+            None => fdpass::recv(&**ctl, buf, nonblocking),
+        };
+        let (n, mut fds_in) = match received {
             Ok(Some(m)) => m,
             Ok(None) => {
-                if let Some(fd) = pending.take() {
-                    warm(fd);
-                }
+                wait = match pending.take() {
+                    Some(fd) => work(StandbyWork::Warm(fd)),
+                    None => work(StandbyWork::Idle),
+                };
                 continue;
             }
             Err(_) => std::process::exit(0),
@@ -633,6 +664,17 @@ pub(crate) fn standby(
                     pending = Some(fd);
                 }
             }
+            Ok(ToServer::Follow {
+                log_start,
+                skip,
+                snapshot,
+            }) => {
+                wait = work(StandbyWork::Follow {
+                    log_start,
+                    skip,
+                    snapshot,
+                });
+            }
             Ok(ToServer::Connected(info)) => restore_outgoing(info, fds_in),
             Ok(ToServer::ConnectRefused { .. })
             | Ok(ToServer::Decided { .. })
@@ -640,6 +682,24 @@ pub(crate) fn standby(
             Ok(ToServer::Shutdown) | Err(_) => std::process::exit(0),
         }
     }
+}
+
+/// What a standby is handed, or may do, while it waits to be activated (policy companion).
+pub(crate) enum StandbyWork {
+    /// The newest accepted checkpoint (only the newest of several queued ones): restore it.
+    Warm(OwnedFd),
+    /// Follow the log as it is written ([`ToServer::Follow`]).
+    Follow {
+        /// Where the log starts without a snapshot.
+        log_start: u64,
+        /// Requests replay skips.
+        skip: Vec<(u32, u32, u64)>,
+        /// A `Warm` with the newest checkpoint follows.
+        snapshot: bool,
+    },
+    /// No message waits: a step of background work. The answer of every call is how long to
+    /// wait for a message before the next idle step (None: until one comes).
+    Idle,
 }
 
 pub(crate) fn add_channels(chans: &mut Vec<Chan>, indices: Vec<u32>, fds: Vec<OwnedFd>) {
@@ -733,6 +793,7 @@ impl Loop<'_> {
                     ToServer::Activate { .. }
                     | ToServer::ActivateCompanion(_)
                     | ToServer::Warm
+                    | ToServer::Follow { .. }
                     | ToServer::Undecided { .. },
                 ) => {}
                 Ok(ToServer::Decided {
