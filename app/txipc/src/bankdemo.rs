@@ -74,10 +74,24 @@ pub struct BankClientReport {
     pub failed: u64,
     /// Transfer ids whose effect is unknown (an ambiguous error; none under txipc).
     pub uncertain: Vec<u64>,
+    /// The errors of failed and uncertain transfers, by message (numbers blanked), with counts.
+    #[serde(default)]
+    pub errors: BTreeMap<String, u64>,
     /// Median and 99th percentile latency, nanoseconds.
     pub p50_ns: u64,
     /// 99th percentile.
     pub p99_ns: u64,
+}
+
+/// Counts an error message, its digits blanked (ids and times), at most 16 distinct ones.
+fn note_error(errors: &mut BTreeMap<String, u64>, message: &str) {
+    let key: String = message
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+        .collect();
+    if errors.len() < 16 || errors.contains_key(&key) {
+        *errors.entry(key).or_default() += 1;
+    }
 }
 
 fn account(k: usize) -> String {
@@ -133,9 +147,10 @@ pub fn client_main(args: BankClientArgs, system: &str) -> Result<()> {
                 // A nested call failed below the bank (under the baselines: an account server
                 // died): whether the debit stands is unknown.
                 rep.uncertain.push(id);
-                let _ = e;
+                note_error(&mut rep.errors, &format!("bank: {e}"));
             }
             Err(SvcError::Call(e)) => {
+                note_error(&mut rep.errors, &format!("call: {e}"));
                 if e.did_not_run() {
                     rep.failed += 1;
                 } else {
@@ -191,6 +206,8 @@ pub struct BankDemoReport {
     pub retried_requests: u64,
     /// Transfers that ended in a system error.
     pub failed_requests: u64,
+    /// Those errors by message (digits blanked), with counts, all clients.
+    pub errors: BTreeMap<String, u64>,
     /// Acknowledged transfers missing a ledger entry.
     pub lost_updates: u64,
     /// Ledger entries applied more than once.
@@ -381,6 +398,11 @@ pub fn run(args: &DemoArgs, common: &Common) -> Result<Report> {
         .flat_map(|r| r.uncertain.iter().copied())
         .collect();
     report.uncertain_transfers = uncertain.len() as u64;
+    for r in &results {
+        for (k, n) in &r.errors {
+            *report.errors.entry(k.clone()).or_default() += n;
+        }
+    }
     report.ops_per_sec = report.requests as f64 / report.seconds.max(0.001);
     report.p50_us = results.iter().map(|r| r.p50_ns).max().unwrap_or(0) as f64 / 1000.0;
     report.p99_us = results.iter().map(|r| r.p99_ns).max().unwrap_or(0) as f64 / 1000.0;

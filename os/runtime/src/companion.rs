@@ -1161,6 +1161,11 @@ pub(crate) fn incarnation_main(
             "activated for another policy than the manifest's".into(),
         ),
     };
+    // Where the round robin over the channels starts: a different channel in each
+    // incarnation. Starting every incarnation at channel 0 starves the last clients when the
+    // server faults more often than it gets round its channels (seen in storms: a client's
+    // request not taken for 20 s while the others were served).
+    lp.next_chan = (generation as usize).wrapping_mul(7) ^ calls as usize;
     let _ = fdpass::send(
         &*lp.ctl,
         &proto::encode(&FromServer::Active { generation }),
