@@ -14,7 +14,9 @@ use crate::{BatchEntry, HeapError, PCell, Persistent};
 
 /// The mechanism behind [`Tracking::Page`] (ARCHITECTURE.md §5.3). [`Heap::attach`] takes it
 /// from the environment variable `TXIPC_PAGE_TRACKER` (`uffd` or `sigsegv`; unset: `sigsegv`);
-/// [`Heap::attach_with`] takes it as an argument.
+/// [`Heap::attach_with`] takes it as an argument. With `TXIPC_PAGE_ARMED=1`, [`Heap::attach`]
+/// also arms the SIGSEGV tracker at once ([`Heap::arm_page_tracking`]): every write is then
+/// captured by a fault, announced or not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum PageBackend {
     /// userfaultfd write-protect in asynchronous mode over a private working copy, pages moved
@@ -137,7 +139,13 @@ impl Heap {
         base: usize,
         tracking: Tracking,
     ) -> Result<Heap, HeapError> {
-        Heap::attach_with(heap_fd, log_fd, base, tracking, PageBackend::from_env())
+        let heap = Heap::attach_with(heap_fd, log_fd, base, tracking, PageBackend::from_env())?;
+        if std::env::var_os("TXIPC_PAGE_ARMED").is_some_and(|v| v == "1") {
+            // Capture every write by a fault from the start, announced or not (wild writes
+            // included): the SIGSEGV tracker as it was before announced writes.
+            heap.arm_page_tracking()?;
+        }
+        Ok(heap)
     }
 
     /// [`Heap::attach`] with the page-tracking mechanism given (used only under
@@ -430,10 +438,10 @@ impl Heap {
         unsafe {
             (*w).begin(txid, root);
         }
-        let track = if self.tracking == Tracking::Page {
-            self.tracker.get()
+        let (track, shadow) = if self.tracking == Tracking::Page {
+            (self.tracker.get(), self.shadow.get())
         } else {
-            std::ptr::null_mut()
+            (std::ptr::null_mut(), std::ptr::null_mut())
         };
         Ok(Tx {
             heap: self,
@@ -443,6 +451,7 @@ impl Heap {
                 typed: self.tracking == Tracking::Typed,
                 w,
                 track,
+                shadow,
             },
             txid,
             done: false,
@@ -895,6 +904,9 @@ impl Heap {
     pub fn arm_page_tracking(&self) -> Result<(), HeapError> {
         if let Some(t) = self.tracker_mut() {
             t.arm()?;
+        }
+        if let Some(sh) = self.shadow_mut() {
+            sh.arm();
         }
         Ok(())
     }

@@ -133,6 +133,7 @@ impl HeapAlloc {
             // Writes through the handle's blocks are not announced: the heap armed its tracker
             // when it handed the handle out (`Heap::allocator`).
             track: std::ptr::null_mut(),
+            shadow: std::ptr::null_mut(),
         })
     }
 
@@ -272,6 +273,14 @@ pub(crate) struct Shadow {
     flushed: Vec<(u64, usize)>,
     /// Pages moved into the memfd since attach.
     moved: u64,
+    /// Every write is found by `PAGEMAP_SCAN` (after [`Shadow::arm`]). Until then the heap's
+    /// API announces each write ([`Shadow::announce`]) and a flush moves exactly the announced
+    /// pages, with no scan.
+    armed: bool,
+    /// Unarmed: pages announced since the last flush, each once.
+    pending: Vec<usize>,
+    /// Unarmed: one bit per page, set while the page is in `pending`.
+    marks: Vec<u64>,
 }
 
 impl std::fmt::Debug for Shadow {
@@ -307,7 +316,45 @@ impl Shadow {
             scratch: Vec::with_capacity(1024),
             flushed: Vec::with_capacity(1024),
             moved: 0,
+            armed: false,
+            pending: Vec::with_capacity(1024),
+            marks: vec![0; (len / PAGE).div_ceil(64)],
         })
+    }
+
+    /// Unarmed: records that the pages of `p..p+len` (heap addresses, checked by the caller to
+    /// lie in the heap) are about to be written; the next flush moves them into the memfd.
+    #[inline]
+    pub(crate) fn announce(&mut self, p: usize, len: usize) {
+        if self.armed || len == 0 {
+            return;
+        }
+        let base = self.wp.base();
+        let first = (p - base) / PAGE;
+        let last = (p + len - 1 - base) / PAGE;
+        for page in first..=last {
+            let (w, b) = (page / 64, 1u64 << (page % 64));
+            if self.marks[w] & b == 0 {
+                self.marks[w] |= b;
+                self.pending.push(page);
+            }
+        }
+    }
+
+    /// From now on a flush finds the written pages with `PAGEMAP_SCAN` (every write, announced
+    /// or not). The first scan also reports the pages unarmed transactions wrote (their
+    /// write-protection was never restored): they equal the memfd, so moving them again is
+    /// harmless.
+    pub(crate) fn arm(&mut self) {
+        self.armed = true;
+    }
+
+    /// Empties `pending` and its marks.
+    fn clear_pending(&mut self) {
+        for &page in &self.pending {
+            self.marks[page / 64] &= !(1u64 << (page % 64));
+        }
+        self.pending.clear();
     }
 
     /// Counters since attach.
@@ -317,7 +364,7 @@ impl Shadow {
             scans: self.wp.scans(),
             pages_scanned: self.wp.pages_scanned(),
             protect_calls: 0,
-            armed: true,
+            armed: self.armed,
         }
     }
 
@@ -336,7 +383,13 @@ impl Shadow {
     /// call except through `UnsafeCell` (on error pages are overwritten).
     pub(crate) unsafe fn flush(&mut self, w: *mut LogWriter) -> Result<(), HeapError> {
         self.scratch.clear();
-        self.wp.scan(&mut self.scratch)?;
+        if self.armed {
+            self.wp.scan(&mut self.scratch)?;
+        } else {
+            // Exactly the announced pages: no page-table walk.
+            self.scratch.extend_from_slice(&self.pending);
+        }
+        self.clear_pending();
         let base = self.wp.base() as *mut u8;
         let mem = self.committed.ptr();
         for i in 0..self.scratch.len() {
@@ -379,6 +432,11 @@ impl Shadow {
     /// Write-protects every page the working copy wrote since the last scan, forgetting them
     /// (they equal the memfd again). If the scan fails the whole region is protected instead.
     fn rearm(&mut self) {
+        if !self.armed {
+            // Unarmed, write-protection is not restored (nothing relies on it until `arm`,
+            // whose first scan reports these pages too).
+            return;
+        }
         let mut discard = std::mem::take(&mut self.scratch);
         discard.clear();
         if self.wp.scan(&mut discard).is_err() {
@@ -401,7 +459,13 @@ impl Shadow {
         nrec: u64,
     ) -> Result<crate::RollbackCount, HeapError> {
         self.scratch.clear();
-        let scanned = self.wp.scan(&mut self.scratch);
+        let scanned = if self.armed {
+            self.wp.scan(&mut self.scratch)
+        } else {
+            self.scratch.extend_from_slice(&self.pending);
+            Ok(())
+        };
+        self.clear_pending();
         let len = self.committed.len();
         let mem = self.committed.ptr();
         let base = self.wp.base() as *mut u8;

@@ -21,6 +21,9 @@ pub(crate) struct TxCore {
     /// before it happens, so the page's pre-image is logged without a fault (null otherwise).
     /// (The heap's tracker slot, read at each use: no reference into it outlives a call.)
     pub(crate) track: *mut Option<txipc_pagetrack::PageTracker>,
+    /// Page tracking by userfaultfd: the heap's shadow slot, told of every write likewise
+    /// (null otherwise).
+    pub(crate) shadow: *mut Option<crate::page::Shadow>,
 }
 
 impl TxCore {
@@ -52,6 +55,14 @@ impl TxCore {
     /// (their whole-page pre-images are logged), before the caller writes them.
     #[inline]
     fn announce(&self, p: usize, len: usize) -> Result<(), HeapError> {
+        if !self.shadow.is_null() {
+            // SAFETY: a non-null `shadow` is the heap's shadow slot, live for the
+            // transaction's life; this thread owns the transaction, and the `&mut` ends with
+            // the call (the heap's own borrows of the slot, at flushes, never overlap it).
+            if let Some(sh) = unsafe { (*self.shadow).as_mut() } {
+                sh.announce(p, len);
+            }
+        }
         if self.track.is_null() {
             return Ok(());
         }

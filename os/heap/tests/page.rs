@@ -270,24 +270,24 @@ fn a_prepared_transaction_committed_after_its_death_keeps_its_writes() {
     tx.abort().unwrap();
 }
 
-/// Under the SIGSEGV tracker, writes made through the typed API are announced: their pages
-/// are logged whole with no write protection and no fault (no `mprotect` at all), a full log
-/// is an error of the write (not the end of the process), and once the heap is armed
-/// (`arm_page_tracking`, which `allocator` and `page_root` call) a raw write is captured by a
-/// fault even on a page no transaction protected before: an abort restores it.
+/// Writes made through the typed API are announced: their pages are logged whole with no
+/// write protection and no fault (SIGSEGV tracker: no `mprotect` at all) or no page-table scan
+/// (uffd tracker: the flush moves exactly the announced pages), a full log is an error of the
+/// write (not the end of the process), and once the heap is armed (`arm_page_tracking`, which
+/// `allocator` and `page_root` call) a raw write is captured even on a page no transaction
+/// protected before: an abort restores it.
 #[test]
 fn announced_writes_need_no_protection_until_the_heap_is_armed() {
     let _g = ONE_TRACKER.lock().unwrap_or_else(|e| e.into_inner());
+    announced(PageBackend::Sigsegv, 0x6a00_0000_0000);
+    announced(PageBackend::Uffd, 0x6b00_0000_0000);
+}
+
+fn announced(backend: PageBackend, base: usize) {
     let hfd = create_heap_memfd("pga", 4 << 20).unwrap();
     let lfd = create_log_memfd("pla", 4 << 20).unwrap();
-    let heap = Heap::attach_with(
-        &hfd,
-        &lfd,
-        0x6a00_0000_0000,
-        Tracking::Page,
-        PageBackend::Sigsegv,
-    )
-    .unwrap();
+    let heap = Heap::attach_with(&hfd, &lfd, base, Tracking::Page, backend).unwrap();
+    let s0 = heap.page_stats().unwrap();
     let root: &common::Root = heap.root_or_init(|_| Ok(common::new_root())).unwrap();
     for t in 1..40 {
         let mut tx = heap.begin(t).unwrap();
@@ -297,6 +297,7 @@ fn announced_writes_need_no_protection_until_the_heap_is_armed() {
     let s = heap.page_stats().unwrap();
     assert!(s.captures > 0, "typed writes logged their pages: {s:?}");
     assert_eq!(s.protect_calls, 0, "no page was write-protected: {s:?}");
+    assert_eq!(s.scans, s0.scans, "no page table was scanned: {s:?}");
     assert!(!s.armed);
 
     // Abort and crash recovery with announced pages only.
@@ -309,7 +310,8 @@ fn announced_writes_need_no_protection_until_the_heap_is_armed() {
     tx.abort().unwrap();
     assert!(heap_bytes(hfd.as_fd()).unwrap() == before, "heap restored");
 
-    // A full log fails the write that needed it; the transaction aborts cleanly.
+    // A full log fails the write that needed it (SIGSEGV: pre-images are logged at the
+    // announcement) or the flush (uffd: at the savepoint); the transaction aborts cleanly.
     let mut tx = heap.begin(41).unwrap();
     tx.set_record_limit(2);
     let mut r = Ok(());
@@ -319,6 +321,10 @@ fn announced_writes_need_no_protection_until_the_heap_is_armed() {
             break;
         }
     }
+    if backend == PageBackend::Uffd {
+        assert!(r.is_ok(), "{r:?}");
+        r = tx.savepoint().map(drop);
+    }
     assert!(
         matches!(r, Err(txipc_heap::HeapError::LogFull { .. })),
         "{r:?}"
@@ -327,7 +333,7 @@ fn announced_writes_need_no_protection_until_the_heap_is_armed() {
     assert!(heap_bytes(hfd.as_fd()).unwrap() == before, "heap restored");
 
     // Armed inside a transaction: a raw write to the last page (never protected, never
-    // captured) faults and is captured, so the abort restores it.
+    // captured) faults (SIGSEGV) or is found by the scan (uffd), so the abort restores it.
     let mut tx = heap.begin(42).unwrap();
     common::run_tx(root, &mut tx, 42).unwrap();
     heap.arm_page_tracking().unwrap();
@@ -347,7 +353,11 @@ fn announced_writes_need_no_protection_until_the_heap_is_armed() {
         common::run_tx(root, &mut tx, t).unwrap();
         tx.commit().unwrap();
     }
-    assert!(heap.page_stats().unwrap().protect_calls > s.protect_calls);
+    let a = heap.page_stats().unwrap();
+    assert!(
+        a.protect_calls > s.protect_calls || a.scans > s.scans,
+        "{a:?}"
+    );
     drop(heap);
     let r = recover(hfd.as_fd(), lfd.as_fd()).unwrap();
     assert!(matches!(r.prior, TxState::Committed(45)), "{:?}", r.prior);
