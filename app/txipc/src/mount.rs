@@ -24,6 +24,9 @@ pub struct MountArgs {
     /// Internal: run as the front-end worker of the supervisor with this pid.
     #[arg(long, hide = true, value_name = "SUPERVISOR_PID")]
     pub worker: Option<i32>,
+    /// Internal: as a worker, wait on stdin (a standby) before adopting the connection.
+    #[arg(long, hide = true, requires = "worker")]
+    pub standby: bool,
 }
 
 /// Mounts service `service` (the global `--service`, default `fs`) of system `system` (the
@@ -64,7 +67,7 @@ pub fn run(
     let exe = std::env::current_exe().context("finding the txipc executable")?;
     let dir = fs_fuse::mount_path(&args.dir);
     let me = std::process::id().to_string();
-    let command = |_first: bool| {
+    let command = |role: fs_fuse::Role| {
         let mut c = Command::new(&exe);
         c.args([
             "mount",
@@ -76,6 +79,9 @@ pub fn run(
             service,
         ]);
         c.arg("--threads").arg(args.threads.to_string());
+        if role == fs_fuse::Role::Standby {
+            c.arg("--standby");
+        }
         if quiet {
             c.arg("--quiet");
         }
@@ -126,8 +132,11 @@ fn worker(args: MountArgs, parent: i32, system: &str, service: &str, quiet: bool
         system: system.into(),
         service: service.into(),
         threads: args.threads,
+        standby: args.standby,
     };
+    let mut served = false;
     let ended = fs_fuse::run(&opts, |start| {
+        served = true;
         // The supervisor waits for this line.
         println!("ready {}", opts.dir.display());
         if quiet {
@@ -147,7 +156,8 @@ fn worker(args: MountArgs, parent: i32, system: &str, service: &str, quiet: bool
             ),
         }
     })?;
-    if quiet {
+    // A standby told to end before it served has nothing to say.
+    if quiet || !served {
         return Ok(());
     }
     eprintln!(

@@ -347,10 +347,14 @@ fn the_front_end_survives_its_own_death() {
             m.start_front_end();
             worker = m.worker_pid(None);
         } else {
+            // The successor is already running: the standby, started (and past its execve)
+            // while this worker served.
+            let standby = m.standby_pid();
             txipc_sys::process::kill(worker, rustix::process::Signal::KILL).unwrap();
             assert!(fs_fuse::is_fuse_mount(&m.dir));
             // Nobody starts the successor but the supervisor.
             worker = m.worker_pid(Some(worker));
+            assert_eq!(worker, standby, "the standby took over");
         }
     }
     done.store(true, Ordering::Relaxed);

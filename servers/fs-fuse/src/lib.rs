@@ -24,4 +24,4 @@ pub mod supervise;
 
 pub use mount::{Ended, MountError, MountOptions, Start, is_fuse_mount, mount_path, run, unmount};
 pub use session::Session;
-pub use supervise::{Event, Outcome, follow_parent, supervise};
+pub use supervise::{Event, Outcome, Role, follow_parent, supervise};

@@ -26,6 +26,10 @@ pub struct MountOptions {
     pub service: String,
     /// Threads reading the FUSE device (requests in flight at once).
     pub threads: usize,
+    /// A standby: connect to the system, then wait for a line on stdin before adopting the
+    /// kept connection (end quietly, touching nothing, on SIGINT/SIGTERM or the end of
+    /// stdin).
+    pub standby: bool,
 }
 
 /// Why the mount could not be made or served.
@@ -308,6 +312,30 @@ fn new_session_tag() -> u64 {
     (t.as_nanos() as u64).rotate_left(17) ^ u64::from(std::process::id())
 }
 
+/// A standby's wait: true when the supervisor's line comes on stdin (adopt now), false on
+/// SIGINT/SIGTERM or the end of stdin (the supervisor is gone or stops: end, touching nothing).
+fn wait_for_go(sigfd: &SignalFd) -> Result<bool, MountError> {
+    let stdin = std::io::stdin();
+    loop {
+        let mut fds = [
+            rustix::event::PollFd::new(sigfd, rustix::event::PollFlags::IN),
+            rustix::event::PollFd::new(&stdin, rustix::event::PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(sys("poll")(e)),
+        }
+        let input = !fds[1].revents().is_empty();
+        if let Ok(Some(_)) = sigfd.read_signal() {
+            return Ok(false);
+        }
+        if input {
+            let mut line = String::new();
+            return Ok(matches!(std::io::stdin().read_line(&mut line), Ok(n) if n > 0));
+        }
+    }
+}
+
 /// How this front end got its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
@@ -339,6 +367,9 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce(Start)) -> Result<Ended, Moun
             source: e.into(),
         })?;
     let (sys, fs) = connect(opts)?;
+    if opts.standby && !wait_for_go(&sigfd)? {
+        return Ok(Ended::Signal);
+    }
     let mp = mount_path(&opts.dir);
     let mps = mp.to_string_lossy().into_owned();
     let sys_err = |what: &str, e: txipc_runtime::client::ClientError| MountError::Service {

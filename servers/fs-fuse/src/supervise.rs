@@ -13,9 +13,15 @@
 //! | prints `ready DIR` (first line on its stdout) | reports readiness once (the first worker only) |
 //! | exits 0 (signal, unmount, system stopped: it unmounted) | exits 0 |
 //! | exits non-zero before its first `ready` | gives up: the mount could not be made |
-//! | dies (any signal) or exits non-zero after `ready` | starts a successor, which adopts |
+//! | serves (printed `ready`), with no standby beside it | starts a standby: a worker that connects to the system and waits on its stdin, already past `execve` |
+//! | dies (any signal) or exits non-zero after `ready`, a standby waiting | tells the standby to adopt at once (a line on its stdin); a new standby once that one serves |
+//! | dies (any signal) or exits non-zero after `ready`, no standby | starts a successor, which adopts |
 //! | dies of a signal before `ready` | starts a successor after a pause that doubles with each such death in a row (10 ms up to 1 s) |
 //! | exits non-zero before `ready` [`MAX_FAILED_STARTS`] times in a row (it cannot reach the system, say) | detaches the mount, forgets the kept connection, fails |
+//!
+//! A standby that dies before it is needed is replaced (after [`MAX_STANDBY_DEATHS`] such
+//! deaths in a row none is started until a worker serves again). A standby told to stop, or
+//! whose supervisor dies, ends without touching the mount.
 //!
 //! A SIGINT or SIGTERM to the supervisor is passed to the worker as SIGTERM (it unmounts and
 //! exits 0). The worker asks for SIGTERM when the supervisor dies (`PR_SET_PDEATHSIG`), so a
@@ -85,9 +91,13 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(cmd: &mut Command) -> Result<Worker, MountError> {
+    fn start(cmd: &mut Command, standby: bool) -> Result<Worker, MountError> {
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(if standby {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -143,6 +153,21 @@ impl Worker {
         }
     }
 
+    /// Tells a standby to adopt the connection now (a line on its stdin); false if it is
+    /// gone.
+    fn go(&mut self) -> bool {
+        use std::io::Write;
+        let Some(mut stdin) = self.child.stdin.take() else {
+            return false;
+        };
+        stdin.write_all(b"go\n").is_ok()
+    }
+
+    /// Whether the process has ended (its pidfd is readable). Never waits.
+    fn ended(&self) -> bool {
+        txipc_sys::process::pidfd_exited(&self.pidfd)
+    }
+
     /// Tells the worker to stop and waits (bounded) for it; kills it past the grace period.
     fn stop(mut self) -> ExitStatus {
         let _ = txipc_sys::process::pidfd_signal(&self.pidfd, rustix::process::Signal::TERM);
@@ -173,12 +198,31 @@ fn ms(n: i64) -> rustix::time::Timespec {
     }
 }
 
-/// Runs workers made by `command(first)` (`first`: no worker ran before) until one ends by
-/// itself or a signal comes; `on` hears each [`Event`]. `give_up` is called (with the
-/// reason) when workers keep dying before they serve: it should detach the mount and forget
-/// its kept connection.
+/// What the supervisor starts a worker as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The first worker: it mounts (or adopts a connection kept from an earlier front end).
+    First,
+    /// A successor started after a death with no standby ready: it adopts at once.
+    Successor,
+    /// A standby: it starts, connects to the system and waits, already past `execve`, for a
+    /// line on its stdin; then it adopts the connection of the worker that just died.
+    Standby,
+}
+
+/// Standbys that died in a row (not told to adopt) after which no more are started: a
+/// successor is then started on each death, as without standbys.
+pub const MAX_STANDBY_DEATHS: u32 = 5;
+
+/// Runs workers made by `command(role)` until one ends by itself or a signal comes; `on`
+/// hears each [`Event`]. While a worker serves, a standby worker waits beside it (started
+/// once the serving one is ready, so its `execve` and start-up never happen while the mount
+/// has no front end); when the serving worker dies the standby is told to adopt at once, and
+/// a new standby is started once it serves. `give_up` is called (with the reason) when
+/// workers keep dying before they serve: it should detach the mount and forget its kept
+/// connection.
 pub fn supervise(
-    mut command: impl FnMut(bool) -> Command,
+    mut command: impl FnMut(Role) -> Command,
     mut on: impl FnMut(Event),
     give_up: impl FnOnce(&str),
 ) -> Result<Outcome, MountError> {
@@ -191,17 +235,36 @@ pub fn supervise(
         .map_err(|e| sys("signalfd")(e.into()))?;
     // A worker starts with an empty signal mask (std resets it in the child) and blocks
     // SIGINT/SIGTERM into its own signalfd.
-    let spawn = |cmd: &mut Command| Worker::start(cmd);
-
-    let mut w = spawn(&mut command(true))?;
+    let mut w = Worker::start(&mut command(Role::First), false)?;
+    let mut standby: Option<Worker> = None;
+    let mut standby_deaths = 0u32;
     let mut ever_ready = false;
     let mut failed_starts = 0u32;
     let mut backoff = Duration::ZERO;
+    let stop_all = |w: Worker, standby: Option<Worker>| {
+        if let Some(s) = standby {
+            s.stop();
+        }
+        w.stop()
+    };
     loop {
+        // A standby waits beside a serving worker.
+        if w.ready && standby.is_none() && standby_deaths < MAX_STANDBY_DEATHS {
+            match Worker::start(&mut command(Role::Standby), true) {
+                Ok(s) => standby = Some(s),
+                Err(e) => {
+                    eprintln!("txipc mount: starting a standby front end: {e}");
+                    standby_deaths += 1;
+                }
+            }
+        }
         let mut fds = vec![
             PollFd::new(&sigfd, PollFlags::IN),
             PollFd::new(&w.pidfd, PollFlags::IN),
         ];
+        if let Some(s) = &standby {
+            fds.push(PollFd::new(&s.pidfd, PollFlags::IN));
+        }
         if let Some(o) = &w.out {
             fds.push(PollFd::new(o, PollFlags::IN));
         }
@@ -211,12 +274,20 @@ pub fn supervise(
         }
         drop(fds);
         if let Ok(Some(_)) = sigfd.read_signal() {
-            w.stop();
+            stop_all(w, standby);
             return Ok(Outcome::Signal);
+        }
+        // A standby that died before it was needed is replaced (by the next round).
+        if standby.as_ref().is_some_and(Worker::ended) {
+            if let Some(mut s) = standby.take() {
+                let _ = s.child.wait();
+            }
+            standby_deaths += 1;
         }
         if w.read_out() {
             failed_starts = 0;
             backoff = Duration::ZERO;
+            standby_deaths = 0;
             if ever_ready {
                 on(Event::Adopted { pid: w.child.id() });
             } else {
@@ -243,11 +314,35 @@ pub fn supervise(
             ever_ready = true;
         }
         if status.success() {
+            if let Some(s) = standby.take() {
+                s.stop();
+            }
             return Ok(Outcome::Done);
         }
         if !ever_ready && status.code().is_some() {
             // The first worker could not mount (it said why): nothing to keep alive.
+            if let Some(s) = standby.take() {
+                s.stop();
+            }
             return Err(MountError::Worker { status });
+        }
+        let dead = w.child.id();
+        // The standby adopts at once: no execve, no start-up while the mount has no front
+        // end.
+        if w.ready
+            && let Some(mut s) = standby.take()
+        {
+            if s.go() {
+                w = s;
+                on(Event::Respawn {
+                    dead,
+                    status,
+                    successor: w.child.id(),
+                });
+                continue;
+            }
+            let _ = s.child.kill();
+            let _ = s.child.wait();
         }
         if !w.ready {
             if status.code().is_some() {
@@ -256,6 +351,9 @@ pub fn supervise(
                     let why = format!(
                         "{failed_starts} front-end workers in a row failed before serving (the last: {status})"
                     );
+                    if let Some(s) = standby.take() {
+                        s.stop();
+                    }
                     give_up(&why);
                     return Err(MountError::Worker { status });
                 }
@@ -265,12 +363,14 @@ pub fn supervise(
             let mut fds = [PollFd::new(&sigfd, PollFlags::IN)];
             let _ = rustix::event::poll(&mut fds, Some(&ms(backoff.as_millis() as i64)));
             if let Ok(Some(_)) = sigfd.read_signal() {
+                if let Some(s) = standby.take() {
+                    s.stop();
+                }
                 give_up("stopped while no front end was serving");
                 return Ok(Outcome::Signal);
             }
         }
-        let dead = w.child.id();
-        w = spawn(&mut command(false))?;
+        w = Worker::start(&mut command(Role::Successor), false)?;
         on(Event::Respawn {
             dead,
             status,

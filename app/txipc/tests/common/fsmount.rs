@@ -99,7 +99,8 @@ impl Mounted {
         self.child.as_ref().expect("front end running").id() as i32
     }
 
-    /// Waits (bounded) for the supervisor's worker, the front end proper, other than `not`.
+    /// Waits (bounded) for the supervisor's serving worker, the front end proper, other than
+    /// `not`: its oldest live child (a standby is started only once the worker serves).
     pub fn worker_pid(&self, not: Option<i32>) -> i32 {
         let sup = self.supervisor_pid();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -110,6 +111,22 @@ impl Mounted {
             assert!(
                 Instant::now() < deadline,
                 "no front-end worker under supervisor {sup}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits (bounded) for the supervisor's standby worker (its second live child).
+    pub fn standby_pid(&self) -> i32 {
+        let sup = self.supervisor_pid();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(&pid) = children_of(sup).get(1) {
+                return pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no standby front end under supervisor {sup}"
             );
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -51,7 +51,8 @@ pub fn open(sys: &System, service: &str) -> Channel {
     ch
 }
 
-/// Children of `pid` (every thread's, zombies included), from `/proc/PID/task/*/children`.
+/// Children of `pid` (every thread's, zombies included, each thread's oldest first), from
+/// `/proc/PID/task/*/children`.
 /// Only `pid`'s own entries are read: reading another process's `/proc/PID/stat` waits while
 /// that process is inside `execve` (its exec_update_lock), which a process stuck on a FUSE
 /// mount can be for as long as the mount is dead.
@@ -66,8 +67,8 @@ pub fn children(pid: i32) -> Vec<i32> {
             out.extend(c.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
         }
     }
-    out.sort_unstable();
-    out.dedup();
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| seen.insert(*p));
     out
 }
 
