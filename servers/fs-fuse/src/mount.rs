@@ -381,7 +381,8 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce(Start)) -> Result<Ended, Moun
     // A connection kept for this mount point, whose front end died: adopt it.
     let mut adopted = None;
     // A front end that just died may not have been noticed by the kernel yet: ask again for a
-    // moment before calling it alive.
+    // moment before calling it alive (every millisecond: a standby asks the instant its
+    // predecessor dies, and this wait is most of its takeover).
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         match sys.fuse_adopt(&mps) {
@@ -397,7 +398,7 @@ pub fn run(opts: &MountOptions, ready: impl FnOnce(Start)) -> Result<Ended, Moun
                 if message.contains("is alive") =>
             {
                 if Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(1));
                     continue;
                 }
                 return Err(MountError::MountPoint {
