@@ -128,6 +128,11 @@ pub enum BenchCmd {
         /// Policy companion: the manifest's `checkpoint_ms` (0: no checkpoint by time).
         #[arg(long, default_value_t = 1000)]
         checkpoint_ms: u64,
+        /// Policy companion: the manifest's `standby`: `follow` (the standby replays the log as
+        /// it is written and takes the checkpoints) or `warm` (the server forks them, the
+        /// standby restores each one).
+        #[arg(long, default_value = "follow")]
+        standby: String,
     },
     /// SVG plots (`kv_throughput.svg`, `recovery.svg`) and markdown tables from saved JSON
     /// reports of `bench kv` and `bench recovery`; without files, every committed plot of
@@ -484,8 +489,13 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
             policy,
             checkpoint_every,
             checkpoint_ms,
+            standby,
         } => {
             use crate::recovery::Fault;
+            check(
+                standby == "follow" || standby == "warm",
+                "--standby is `follow` or `warm`",
+            )?;
             check(
                 policy == "txipc" || policy == "companion",
                 "--policy is `txipc` or `companion` for bench recovery",
@@ -519,6 +529,7 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                 policy,
                 checkpoint_every: checkpoint_every.max(1),
                 checkpoint_ms,
+                standby,
             };
             let r = crate::recovery::run(exe, &cfg, |m| eprintln!("bench recovery: {m}"))?;
             table_text(json, &crate::recovery::table(&r));

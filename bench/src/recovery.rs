@@ -107,6 +107,28 @@ pub struct RecoveryConfig {
     pub checkpoint_every: u64,
     /// Policy companion: the manifest's `checkpoint_ms`.
     pub checkpoint_ms: u64,
+    /// Policy companion: the manifest's `standby` (`follow` or `warm`).
+    pub standby: String,
+}
+
+/// Where the time of one recovery went, from the kernel's own stamps of its steps
+/// (`ServerInfo::last_recovery_steps`, on the machine's monotonic clock) placed between the
+/// client's fault instant and its first reply on the new generation. The four parts add up to
+/// the recovery time.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Steps {
+    /// Fault → the kernel saw it (a crash report; for SIGKILL the dead process's pidfd, which
+    /// fires only after its address space is torn down), µs.
+    pub detect_us: f64,
+    /// Seen → the standby activated: the old incarnation confirmed dead or stopped, waiting
+    /// requests settled, the activation sent, µs.
+    pub confirm_us: f64,
+    /// Activated → the new incarnation serving: its wake-up, restore (none when its state is
+    /// ready) and the replay of the log past it, its `Active` message, µs.
+    pub activate_us: f64,
+    /// Serving → the client's first reply on the new generation (its waiting request answered
+    /// by the replay, or re-run), µs.
+    pub client_us: f64,
 }
 
 /// One fault and its recovery.
@@ -124,8 +146,11 @@ pub struct Sample {
     pub generation: (u64, u64),
     /// Policy companion: log records replayed, and the server's own restore + replay time, µs.
     pub replayed: Option<(u64, u64)>,
-    /// Policy companion: the checkpoint had been restored in advance by the warm standby.
+    /// Policy companion: the standby's state was used (the warm standby had restored the
+    /// checkpoint, or the following standby's replica was ready).
     pub warm: Option<bool>,
+    /// Where the time went (None when the kernel's stamps were not of this recovery).
+    pub steps: Option<Steps>,
 }
 
 /// Percentiles of one group of samples.
@@ -143,6 +168,8 @@ pub struct Summary {
     pub kernel_p50_us: Option<f64>,
     /// Median time from the fault to the old incarnation's exit, µs.
     pub old_exit_p50_us: Option<f64>,
+    /// Median of each step of the recovery ([`Steps`]), µs.
+    pub steps_p50: Option<Steps>,
 }
 
 /// The whole report.
@@ -196,6 +223,16 @@ pub fn summarize(samples: &[Sample], pick: impl Fn(&Sample) -> bool) -> Summary 
         max_us: v.last().copied().unwrap_or(f64::NAN),
         kernel_p50_us: median_opt(chosen.iter().map(|s| s.kernel_us)),
         old_exit_p50_us: median_opt(chosen.iter().map(|s| s.old_exit_us)),
+        steps_p50: (|| {
+            let step =
+                |f: fn(&Steps) -> f64| median_opt(chosen.iter().map(|s| s.steps.map(|x| f(&x))));
+            Some(Steps {
+                detect_us: step(|x| x.detect_us)?,
+                confirm_us: step(|x| x.confirm_us)?,
+                activate_us: step(|x| x.activate_us)?,
+                client_us: step(|x| x.client_us)?,
+            })
+        })(),
     }
 }
 
@@ -213,8 +250,8 @@ fn manifest(cfg: &RecoveryConfig) -> String {
     };
     let checkpoints = if cfg.policy == "companion" {
         format!(
-            "checkpoint_every = {}\ncheckpoint_ms = {}\n",
-            cfg.checkpoint_every, cfg.checkpoint_ms
+            "checkpoint_every = {}\ncheckpoint_ms = {}\nstandby = \"{}\"\n",
+            cfg.checkpoint_every, cfg.checkpoint_ms, cfg.standby
         )
     } else {
         String::new()
@@ -288,11 +325,12 @@ fn rewarm(kv: &KvClient<Channel>) -> Result<()> {
     }
 }
 
-/// Waits until the kv server runs (after a recovery) and returns its pid and generation.
-/// Policy companion: waits (bounded, 10 s) until the standby has restored the newest
-/// checkpoint, so that the run measures the warm standby's recovery (each sample says whether
-/// it was warm). A standby that does not get warm in time is measured as it is (cold).
-fn wait_warm(sys: &System) -> Result<()> {
+/// Policy companion: waits (bounded, 10 s) until the standby's state is ready — the warm
+/// standby has restored the newest checkpoint, or the following standby's replica has caught
+/// up with the log (it says so once it has) —, so that the run measures a ready standby's
+/// recovery (each sample says whether it was). A standby not ready in time is measured as it
+/// is.
+fn wait_warm(sys: &System, follow: bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let c = sys
@@ -301,7 +339,12 @@ fn wait_warm(sys: &System) -> Result<()> {
             .find(|s| s.name == "kv")
             .and_then(|s| s.companion);
         match c {
-            Some(c) if c.checkpoint_index > 0 && c.standby_index != c.checkpoint_index => {
+            Some(c)
+                if (follow && (c.standby_index == 0 || c.standby_index < c.checkpoint_index))
+                    || (!follow
+                        && c.checkpoint_index > 0
+                        && c.standby_index != c.checkpoint_index) =>
+            {
                 std::thread::sleep(Duration::from_millis(2));
             }
             _ => return Ok(()),
@@ -431,7 +474,7 @@ pub fn run(
             // Let the previous incarnation's teardown and the standby's fork settle.
             std::thread::sleep(Duration::from_millis(20));
             if cfg.policy == "companion" {
-                wait_warm(&sys)?;
+                wait_warm(&sys, cfg.standby == "follow")?;
             }
             let started = AtomicBool::new(false);
             let delay_us = rng.range_inclusive(2_000, 12_000);
@@ -475,6 +518,17 @@ pub fn run(
             let (_, g1) = wait_running(&sys)?;
             let info = sys.ps()?.into_iter().find(|s| s.name == "kv");
             let kernel_us = info.as_ref().and_then(|s| s.last_recovery_us);
+            let at = |a: u64, b: u64| (a as f64 - b as f64) / 1e3;
+            let steps = info
+                .as_ref()
+                .and_then(|s| s.last_recovery_steps)
+                .filter(|k| k.fault_ns >= from.saturating_sub(1_000_000) && k.serving_ns <= t_reply)
+                .map(|k| Steps {
+                    detect_us: at(k.fault_ns, from),
+                    confirm_us: at(k.activated_ns, k.fault_ns),
+                    activate_us: at(k.serving_ns, k.activated_ns),
+                    client_us: at(t_reply, k.serving_ns),
+                });
             let comp = info.and_then(|s| s.companion);
             let replayed = comp.as_ref().map(|c| (c.last_replayed, c.last_replay_us));
             let warm = comp.as_ref().map(|c| c.last_warm);
@@ -486,6 +540,7 @@ pub fn run(
                 generation: (g0, g1),
                 replayed,
                 warm,
+                steps,
             };
             progress(&format!(
                 "{} run {}/{}: recovered in {:.0} µs (old incarnation gone after {} µs, kernel {} µs{})",
@@ -557,6 +612,20 @@ pub fn table(r: &RecoveryReport) -> String {
         "self-detected (segv+panic)",
         summarize(&r.samples, |s| s.fault.self_detected()),
     );
+    // Where the time went: the kernel's stamps of each step between the fault and the reply.
+    t.push_str("\n| fault | detect p50 µs | confirm + settle p50 µs | activate (wake, restore, replay) p50 µs | client p50 µs |\n|---|---:|---:|---:|---:|\n");
+    for f in &r.config.faults {
+        if let Some(x) = summarize(&r.samples, |s| s.fault == *f).steps_p50 {
+            t.push_str(&format!(
+                "| {} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+                f.as_str(),
+                x.detect_us,
+                x.confirm_us,
+                x.activate_us,
+                x.client_us
+            ));
+        }
+    }
     let mut replayed: Vec<f64> = r
         .samples
         .iter()

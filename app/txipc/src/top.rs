@@ -483,6 +483,7 @@ mod tests {
             in_call: false,
             latency: Histogram { counts },
             faults: 0,
+            last_recovery_steps: None,
         }
     }
 

@@ -265,6 +265,22 @@ pub struct ServerInfo {
     /// Faults the kernel recorded (each one set `last_fault`: crashes, hangs, operator kills
     /// and restarts), whatever followed (a recovery, `held`, `dead`).
     pub faults: u64,
+    /// When the kernel saw each step of the last recovery.
+    #[serde(default)]
+    pub last_recovery_steps: Option<RecoverySteps>,
+}
+
+/// When the kernel saw each step of a recovery, in `CLOCK_MONOTONIC` nanoseconds (the clock of
+/// every process on the machine, so a client can place them against its own times).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RecoverySteps {
+    /// The fault seen: a crash report, the pidfd of a dead incarnation, a hang.
+    pub fault_ns: u64,
+    /// The standby activated: the old incarnation confirmed dead or stopped, its waiting
+    /// requests settled, the activation sent.
+    pub activated_ns: u64,
+    /// The new incarnation said it serves (after its restore and replay, under companion).
+    pub serving_ns: u64,
 }
 
 /// A companion server's checkpoints and log, as the kernel saw them.

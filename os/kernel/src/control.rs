@@ -203,6 +203,10 @@ impl Kernel {
         }
         s.log_unusable = false;
         s.fault_at = Some(Instant::now());
+        s.steps = txipc_core::proto::RecoverySteps {
+            fault_ns: txipc_sys::time::monotonic_ns(),
+            ..Default::default()
+        };
         s.restarts += 1;
         // The channels were marked dead: their clients connect again.
         let dead: Vec<u32> = s.channels.keys().copied().collect();
@@ -250,6 +254,7 @@ impl Kernel {
                 zygote_pid: s.zygote.as_ref().map_or(0, |z| z.child.id() as i32),
                 last_fault: s.last_fault.clone(),
                 last_recovery_at_ms: s.last_recovery_at_ms,
+                last_recovery_steps: s.last_steps,
                 held_reason: s.held_reason.clone(),
                 companion: s.companion.as_ref().map(|c| c.info.clone()),
                 prepared: crate::nested::holds_prepared(s),

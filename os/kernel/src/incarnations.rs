@@ -228,6 +228,10 @@ impl Kernel {
         let now_ms = self.now_ms();
         let s = &mut self.servers[i];
         s.fault_at = Some(std::time::Instant::now());
+        s.steps = txipc_core::proto::RecoverySteps {
+            fault_ns: txipc_sys::time::monotonic_ns(),
+            ..Default::default()
+        };
         s.watch = None;
         s.posted_watch = None;
         s.faults += 1;

@@ -179,6 +179,7 @@ impl Kernel {
     /// Lets standby `g` serve.
     fn activate(&mut self, i: usize, g: Gen) -> Option<Event> {
         let s = &mut self.servers[i];
+        s.steps.activated_ns = txipc_sys::time::monotonic_ns();
         let inc = s.procs.get(&g)?;
         s.status.set_generation(g);
         for c in s.channels.values() {
@@ -315,6 +316,9 @@ impl Kernel {
             let g = s.life.serving().unwrap_or(0);
             s.held_reason = None;
             if let Some(t) = s.fault_at.take() {
+                s.steps.serving_ns = txipc_sys::time::monotonic_ns()
+                    .saturating_sub(seen.elapsed().as_nanos() as u64);
+                s.last_steps = Some(s.steps);
                 let us = seen.saturating_duration_since(t).as_secs_f64() * 1e6;
                 s.last_recovery_us = Some(us);
                 s.last_recovery_at_ms = Some(now_ms);
@@ -324,6 +328,12 @@ impl Kernel {
                 ));
             }
         } else if matches!(after, Phase::Recovering) && before == Phase::Running {
+            if s.fault_at.is_none() {
+                s.steps = txipc_core::proto::RecoverySteps {
+                    fault_ns: txipc_sys::time::monotonic_ns(),
+                    ..Default::default()
+                };
+            }
             s.fault_at.get_or_insert_with(Instant::now);
         }
     }

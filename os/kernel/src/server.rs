@@ -55,6 +55,9 @@ pub(crate) struct Server {
     pub(crate) aborted: u64,
     pub(crate) retried: u64,
     pub(crate) fault_at: Option<Instant>,
+    /// The steps of the recovery under way, and of the last one completed.
+    pub(crate) steps: txipc_core::proto::RecoverySteps,
+    pub(crate) last_steps: Option<txipc_core::proto::RecoverySteps>,
     pub(crate) last_recovery_us: Option<f64>,
     /// Watchdog: the busy transaction last seen, and since when.
     pub(crate) watch: Option<(u64, Instant)>,
@@ -203,6 +206,8 @@ impl Server {
                 aborted: 0,
                 retried: 0,
                 fault_at: None,
+                steps: Default::default(),
+                last_steps: None,
                 last_recovery_us: None,
                 watch: None,
                 posted_watch: None,

@@ -783,7 +783,7 @@ impl Follower {
     /// A checkpoint the kernel accepted: ignored if the replica is there already (it is the
     /// replica's own, or older); else (the replica is behind it, stale or not started) the
     /// replica restarts from it.
-    fn warm(&mut self, ctl: &OwnedFd, fd: OwnedFd) {
+    fn warm(&mut self, fd: OwnedFd) {
         let meta = snapshot_header_of(&fd)
             .and_then(|h| fmt::check_snapshot_header(&h).ok())
             .map(|(m, _)| m);
@@ -801,14 +801,9 @@ impl Follower {
                 .into_iter()
                 .map(|a| (a.chan, a))
                 .collect();
-            let _ = fdpass::send(
-                ctl,
-                &proto::encode(&FromServer::Warmed {
-                    index: r.meta.index,
-                }),
-                &[],
-            );
+            // (Its position is reported once it has caught up with the log behind it.)
             self.replica = Some(r);
+            self.reported = None;
             self.stale = false;
             self.since = 0;
             self.at = Instant::now();
@@ -1086,7 +1081,7 @@ pub(crate) fn incarnation_main(
                 f.step(&ctl)
             }
             (StandbyWork::Warm(fd), Some(f)) => {
-                f.warm(&ctl, fd);
+                f.warm(fd);
                 f.step(&ctl)
             }
             (StandbyWork::Idle, Some(f)) => f.step(&ctl),
