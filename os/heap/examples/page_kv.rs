@@ -1,7 +1,8 @@
 //! Where a page-tracked kv request spends its time, in one process (no IPC).
 //!
 //! `cargo run --release -p txipc-heap --example page_kv -- MODE RECORDS OPS` with MODE one of
-//! `off`, `typed`, `sigsegv`, `uffd`. It loads RECORDS values of 1,000 bytes into a
+//! `off`, `typed`, `sigsegv`, `uffd`, `sigsegv-armed`, `uffd-armed` (armed: every write
+//! captured by a fault or a scan, as before announced writes; `Heap::arm_page_tracking`). It loads RECORDS values of 1,000 bytes into a
 //! `PBTreeMap<PBytes, PBytes>` (the kv server's root, same heap sizing as `txipc bench kv`),
 //! then runs OPS YCSB-A-like requests exactly as the kv server does (`get`: begin, lookup,
 //! commit; `put`: begin, lookup, savepoint, insert, counter update, commit), on uniformly
@@ -35,8 +36,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "off" => (Tracking::Off, PageBackend::Sigsegv),
         "typed" => (Tracking::Typed, PageBackend::Sigsegv),
         "sigsegv" => (Tracking::Page, PageBackend::Sigsegv),
-        "uffd" => (Tracking::Page, PageBackend::Uffd),
-        m => return Err(format!("unknown mode {m}: off, typed, sigsegv or uffd").into()),
+        "uffd" | "uffd-armed" => (Tracking::Page, PageBackend::Uffd),
+        "sigsegv-armed" => (Tracking::Page, PageBackend::Sigsegv),
+        m => {
+            return Err(
+                format!("unknown mode {m}: off, typed, sigsegv(-armed), uffd(-armed)").into(),
+            );
+        }
     };
     // As `txipc bench kv`: records × (value + 128) × 1.6, in MiB.
     let heap_mb = ((records as f64 * 1128.0 * 1.6) / (1 << 20) as f64).ceil() as usize + 4;
@@ -62,6 +68,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             root.map.insert(&mut tx, &key(i), &value)?;
         }
         tx.commit()?;
+    }
+    if mode.ends_with("-armed") {
+        heap.arm_page_tracking()?;
     }
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = || {
