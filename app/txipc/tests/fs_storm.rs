@@ -300,14 +300,15 @@ fn report(policy: &str, o: &Outcome) {
         o.sqlite_txns,
         o.sqlite_errors.len()
     );
-    for e in o
-        .copy_errors
-        .iter()
-        .chain(&o.git_errors)
-        .chain(&o.sqlite_errors)
-        .take(8)
-    {
-        eprintln!("  {}", e.chars().take(300).collect::<String>());
+    // The first errors each program saw.
+    for (what, errors) in [
+        ("cp/diff", &o.copy_errors),
+        ("git", &o.git_errors),
+        ("sqlite3", &o.sqlite_errors),
+    ] {
+        for e in errors.iter().take(3) {
+            eprintln!("  {what}: {}", e.chars().take(300).collect::<String>());
+        }
     }
 }
 

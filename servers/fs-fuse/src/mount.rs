@@ -221,9 +221,22 @@ fn connect(opts: &MountOptions) -> Result<(System, FsClient<Channel>), MountErro
     let sys = System::connect(&opts.system).map_err(|e| err(e.to_string()))?;
     let ch = sys.open(&opts.service).map_err(|e| err(e.to_string()))?;
     let fs = FsClient::new(ch);
-    fs.getattr(fs_api::ROOT_INO)
-        .map_err(|e| err(format!("the service does not answer as a file system: {e}")))?;
-    Ok((sys, fs))
+    // A server that restarted (policy `restart`) or died under the probe (`none`, `restart`
+    // while it comes back) still exists: ask again, for a bounded while (the probe only reads).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match fs.getattr(fs_api::ROOT_INO) {
+            Ok(_) => return Ok((sys, fs)),
+            Err(txipc_service::Error::Call(
+                txipc_service::CallError::Restarted | txipc_service::CallError::Interrupted,
+            )) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => {
+                return Err(err(format!(
+                    "the service does not answer as a file system: {e}"
+                )));
+            }
+        }
+    }
 }
 
 /// Serves requests on `session` with `threads` readers until a stop condition; reports why.
