@@ -114,7 +114,7 @@ pub fn txipc_rtts(
     txipc_sys::process::pin_to_cpu(client_cpu).context("pinning the client")?;
     let ping = || null.ping().map_err(anyhow::Error::from);
     let echo = || {
-        let back = null.echo(payload.clone())?;
+        let back = null.echo(&payload)?;
         anyhow::ensure!(
             back.len() == PAYLOAD_BYTES,
             "echo returned {} bytes",
@@ -123,9 +123,7 @@ pub fn txipc_rtts(
         Ok(())
     };
     let get = || {
-        let v = kv
-            .get(key.clone())
-            .map_err(|e| anyhow::anyhow!("kv get: {e}"))?;
+        let v = kv.get(&key).map_err(|e| anyhow::anyhow!("kv get: {e}"))?;
         anyhow::ensure!(
             v.as_ref().map(|v| v.len()) == Some(PAYLOAD_BYTES),
             "kv get returned the wrong value"

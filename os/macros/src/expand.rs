@@ -355,12 +355,13 @@ fn client_method(m: &Method, method_enum: &Ident, variant: &Ident) -> TokenStrea
     let docs = &m.docs;
     let passthrough = &m.passthrough;
     let call = Ident::new("call", Span::mixed_site());
-    // A byte-string argument is taken as `impl Into<Bytes>`, so a caller passes `b"key"`,
-    // `&[u8]`, `&str` or a `Vec<u8>` without converting by hand.
+    // A byte-string argument is taken as `impl AsRef<[u8]>`, so a caller passes `b"key"`,
+    // `&[u8]`, `&str`, a `Vec<u8>` or a `&Bytes` without converting by hand, and the stub
+    // encodes the borrowed bytes (one length, one copy) without building a `Bytes` first.
     let params = m.args.iter().map(|a| {
         let (ident, ty) = (&a.ident, &a.ty);
         if is_bytes(ty) {
-            quote!(#ident: impl ::core::convert::Into<#ty>)
+            quote!(#ident: impl ::core::convert::AsRef<[u8]>)
         } else {
             quote!(#ident: #ty)
         }
@@ -370,7 +371,7 @@ fn client_method(m: &Method, method_enum: &Ident, variant: &Ident) -> TokenStrea
     let encode_args = m.args.iter().map(|a| {
         let (ident, ty) = (&a.ident, &a.ty);
         if is_bytes(ty) {
-            quote_spanned!(ty.span()=> #call.arg::<#ty>(&::core::convert::Into::<#ty>::into(#ident))?;)
+            quote_spanned!(ty.span()=> #call.arg_bytes(::core::convert::AsRef::<[u8]>::as_ref(&#ident))?;)
         } else {
             quote_spanned!(ty.span()=> #call.arg::<#ty>(&#ident)?;)
         }
@@ -466,8 +467,9 @@ fn dispatch_arm(
 }
 
 /// True for a type written as a path ending in `Bytes` without arguments (`Bytes`,
-/// `txipc_service::Bytes`): the client stub takes it as `impl Into<Bytes>`. Any type converts
-/// into itself, so a user type of that name still works.
+/// `txipc_service::Bytes`): the client stub takes it as `impl AsRef<[u8]>` and encodes it as a
+/// serde byte string (one length, then the bytes), which is `Bytes`' encoding; a type of that
+/// name from elsewhere must be a byte string encoded the same way (`bytes::Bytes` is).
 fn is_bytes(ty: &syn::Type) -> bool {
     match ty {
         syn::Type::Path(p) if p.qself.is_none() => p

@@ -119,9 +119,11 @@
 //!   `Result<(), CallError>` when it returns nothing.
 //!
 //! An argument declared as `Bytes` (`txipc_service::Bytes`, any path ending in `Bytes`) is
-//! taken by the client method as `impl Into<Bytes>`, so callers pass `b"key"`, `&[u8]`, `&str`,
-//! `String` or `Vec<u8>` as they are. Use `Bytes`, not `Vec<u8>`, for byte payloads: it is
-//! encoded as one length and one copy, where serde moves a `Vec<u8>` a byte at a time.
+//! taken by the client method as `impl AsRef<[u8]>`, so callers pass `b"key"`, `&[u8]`, `&str`,
+//! `String`, `Vec<u8>` or `&Bytes` as they are, and the stub encodes the borrowed bytes
+//! straight into its request buffer (no `Bytes` is built, nothing is allocated). Use `Bytes`,
+//! not `Vec<u8>`, for byte payloads: it is encoded as one length and one copy, where serde
+//! moves a `Vec<u8>` a byte at a time.
 //!
 //! A client reuses per-thread request and reply buffers, so a call allocates nothing once they
 //! have grown (a nested call on the same thread, as an in-process loopback makes, gets its own).

@@ -1,4 +1,4 @@
-//! `Bytes` in a service: the client stub takes `impl Into<Bytes>`, and the wire format is the
+//! `Bytes` in a service: the client stub takes `impl AsRef<[u8]>`, and the wire format is the
 //! one a `Vec<u8>` interface has (so switching an interface to `Bytes` keeps its ABI).
 
 use std::cell::RefCell;

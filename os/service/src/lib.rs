@@ -355,6 +355,12 @@ pub mod __private {
         }
 
         /// Sends the request and decodes the reply strictly.
+        /// Encodes a byte-string argument from borrowed bytes: the encoding of a
+        /// [`Bytes`](crate::Bytes) holding them (serde's bytes path: one length, one copy).
+        pub fn arg_bytes(&mut self, bytes: &[u8]) -> Result<(), CallError> {
+            self.arg(&crate::bytes::BytesRef(bytes))
+        }
+
         pub fn finish<R: Decode>(mut self) -> Result<R, CallError> {
             self.reply.clear();
             self.transport
