@@ -388,7 +388,7 @@ fn client_loop(
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let t0 = monotonic_ns();
-        let r = kv.incr(b"counter".to_vec(), 1);
+        let r = kv.incr(b"counter", 1);
         let t1 = monotonic_ns();
         started.store(true, Ordering::Release);
         match r {
@@ -563,7 +563,7 @@ pub fn run(
         }
     }
     let counter = kv
-        .get(b"counter".to_vec())
+        .get(b"counter")
         .map_err(call_err)?
         .and_then(|b| kv_api::counter_value(&b))
         .unwrap_or(0);

@@ -258,7 +258,7 @@ pub fn client_main(args: ClientArgs, system: &str) -> Result<()> {
                     Err(SvcError::Call(e)) => Err(e),
                 }
             }
-            _ => match kv.incr(SHARED.to_vec(), 1) {
+            _ => match kv.incr(SHARED, 1) {
                 Ok(_) => {
                     rep.shared_incrs += 1;
                     Ok(())

@@ -650,7 +650,7 @@ fn top_plain_lines_json_and_end() {
             let kv = kv_api::KvClient::new(open(&conn, "kv"));
             let mut n = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 1_000_000 {
-                kv.incr(b"busy".to_vec(), 1).unwrap();
+                kv.incr(b"busy", 1).unwrap();
                 n += 1;
             }
         })
@@ -851,7 +851,7 @@ fn ps_reports_call_latency_and_faults() {
     let conn = sys.connect().unwrap();
     let kv = kv_api::KvClient::new(open(&conn, "kv"));
     for i in 0..2000u32 {
-        kv.put(format!("k{i}").into_bytes(), b"v".to_vec()).unwrap();
+        kv.put(format!("k{i}").into_bytes(), b"v").unwrap();
     }
     let v = json_run(&["ps", "--json", "--system", s, "--service", "kv"], 0);
     let kvs = &v["servers"][0];

@@ -805,14 +805,14 @@ fn readonly_requests_are_not_logged() {
     let sys = companion_system("cmp-readonly", "kv-plain", "");
     let conn = sys.connect().unwrap();
     let kv = KvClient::new(open(&conn, "kv"));
-    kv.put(b"k".to_vec(), b"v".to_vec()).unwrap();
+    kv.put(b"k", b"v").unwrap();
     for _ in 0..50 {
         assert_eq!(
-            kv.get(b"k".to_vec()).unwrap().map(|v| v.to_vec()),
+            kv.get(b"k").unwrap().map(|v| v.to_vec()),
             Some(b"v".to_vec())
         );
     }
-    kv.put(b"k".to_vec(), b"w".to_vec()).unwrap();
+    kv.put(b"k", b"w").unwrap();
     kill_and_wait(&conn);
     let replayed = companion(&conn).last_replayed;
     assert!(
@@ -820,7 +820,7 @@ fn readonly_requests_are_not_logged() {
         "{replayed} records replayed: the gets were logged"
     );
     assert_eq!(
-        kv.get(b"k".to_vec()).unwrap().map(|v| v.to_vec()),
+        kv.get(b"k").unwrap().map(|v| v.to_vec()),
         Some(b"w".to_vec()),
         "the puts were logged (or checkpointed)"
     );

@@ -625,7 +625,7 @@ fn a_coordinator_that_cannot_be_stopped_delays_no_one_else() {
     // Everything else is served meanwhile: a new connection, calls, and a recovery.
     let other = sys.connect().unwrap();
     let kv = kv_api::KvClient::new(open(&other, "kv"));
-    kv.put(b"k".to_vec(), b"v".to_vec()).unwrap();
+    kv.put(b"k", b"v").unwrap();
     let kv_before = other
         .ps()
         .unwrap()
@@ -634,7 +634,7 @@ fn a_coordinator_that_cannot_be_stopped_delays_no_one_else() {
         .unwrap();
     txipc_sys::process::kill(kv_before.pid, rustix::process::Signal::KILL).unwrap();
     assert_eq!(
-        kv.get(b"k".to_vec()).unwrap().map(|v| v.to_vec()),
+        kv.get(b"k").unwrap().map(|v| v.to_vec()),
         Some(b"v".to_vec()),
         "the unrelated server recovered, its state intact"
     );

@@ -149,11 +149,7 @@ fn fail_points_at_every_protocol_point() {
             conn.inject("kv", kind, point).unwrap();
             expect += 1;
             faults += 1;
-            assert_eq!(
-                kv.incr(b"n".to_vec(), 1).unwrap(),
-                expect,
-                "{kind:?} at {point:?}"
-            );
+            assert_eq!(kv.incr(b"n", 1).unwrap(), expect, "{kind:?} at {point:?}");
             let before = conn.ps().unwrap()[0].restarts;
             assert_eq!(before, faults, "{kind:?} at {point:?} fired");
         }
@@ -161,10 +157,7 @@ fn fail_points_at_every_protocol_point() {
     let ps = conn.ps().unwrap();
     // Faults after the commit point publish the committed reply; the others re-execute.
     assert_eq!(ps[0].retried_requests, 2 * FailKind::ALL.len() as u64);
-    assert_eq!(
-        kv.get(b"n".to_vec()).unwrap(),
-        Some(expect.to_le_bytes().into())
-    );
+    assert_eq!(kv.get(b"n").unwrap(), Some(expect.to_le_bytes().into()));
     drop((kv, conn));
     sys.shutdown().unwrap();
 }

@@ -20,30 +20,25 @@ fn kv_operations_and_ps() {
     );
     let conn = sys.connect().unwrap();
     let kv = KvClient::new(open(&conn, "kv"));
-    assert_eq!(kv.put(b"a".to_vec(), b"1".to_vec()).unwrap(), None);
-    assert_eq!(
-        kv.put(b"a".to_vec(), b"2".to_vec()).unwrap(),
-        Some(b"1".into())
-    );
-    assert_eq!(kv.get(b"a".to_vec()).unwrap(), Some(b"2".into()));
-    assert_eq!(kv.incr(b"n".to_vec(), 5).unwrap(), 5);
-    assert_eq!(kv.incr(b"n".to_vec(), -2).unwrap(), 3);
+    assert_eq!(kv.put(b"a", b"1").unwrap(), None);
+    assert_eq!(kv.put(b"a", b"2").unwrap(), Some(b"1".into()));
+    assert_eq!(kv.get(b"a").unwrap(), Some(b"2".into()));
+    assert_eq!(kv.incr(b"n", 5).unwrap(), 5);
+    assert_eq!(kv.incr(b"n", -2).unwrap(), 3);
     assert!(matches!(
-        kv.incr(b"a".to_vec(), 1),
+        kv.incr(b"a", 1),
         Err(SvcError::Service(kv_api::KvError::NotACounter))
     ));
-    let c = kv
-        .cas(b"a".to_vec(), Some(b"2".into()), Some(b"3".into()))
-        .unwrap();
+    let c = kv.cas(b"a", Some(b"2".into()), Some(b"3".into())).unwrap();
     assert!(c.swapped);
-    let c = kv.cas(b"a".to_vec(), Some(b"2".into()), None).unwrap();
+    let c = kv.cas(b"a", Some(b"2".into()), None).unwrap();
     assert!(!c.swapped);
     assert_eq!(c.current, Some(b"3".into()));
     for i in 0..50u32 {
         kv.put(format!("k{i:03}").into_bytes(), vec![i as u8])
             .unwrap();
     }
-    let page = kv.scan(b"k010".to_vec(), 5).unwrap();
+    let page = kv.scan(b"k010", 5).unwrap();
     let keys: Vec<_> = page.iter().map(|(k, _)| k.clone()).collect();
     assert_eq!(
         keys,
@@ -55,8 +50,8 @@ fn kv_operations_and_ps() {
             b"k014".to_vec()
         ]
     );
-    assert_eq!(kv.delete(b"k010".to_vec()).unwrap(), Some(vec![10].into()));
-    assert_eq!(kv.get(b"k010".to_vec()).unwrap(), None);
+    assert_eq!(kv.delete(b"k010").unwrap(), Some(vec![10].into()));
+    assert_eq!(kv.get(b"k010").unwrap(), None);
     assert!(matches!(
         kv.put(vec![0; kv_api::MAX_KEY + 1], vec![]),
         Err(SvcError::Service(kv_api::KvError::KeyTooLarge { .. }))
@@ -111,7 +106,7 @@ fn many_concurrent_client_processes() {
     assert!(out.status.success());
     let conn = sys.connect().unwrap();
     let kv = KvClient::new(open(&conn, "kv"));
-    let v = kv.get(b"shared".to_vec()).unwrap().unwrap();
+    let v = kv.get(b"shared").unwrap().unwrap();
     assert_eq!(kv_api::counter_value(&v), Some(80));
     // The kernel revoked the channels of the 81 client processes that exited.
     let ps = conn.ps().unwrap();
@@ -230,7 +225,7 @@ fn malformed_and_oversized_requests_do_not_harm_others() {
     let sys = boot("malformed", &m);
     let conn = sys.connect().unwrap();
     let good = KvClient::new(open(&conn, "kv"));
-    good.put(b"x".to_vec(), b"1".to_vec()).unwrap();
+    good.put(b"x", b"1").unwrap();
     let raw = open(&conn, "kv");
     let mut reply = Vec::new();
     // Unknown method.
@@ -258,7 +253,7 @@ fn malformed_and_oversized_requests_do_not_harm_others() {
         })
     ));
     // The well-behaved client was served throughout, by the same incarnation.
-    assert_eq!(good.get(b"x".to_vec()).unwrap(), Some(b"1".into()));
+    assert_eq!(good.get(b"x").unwrap(), Some(b"1".into()));
     let ps = conn.ps().unwrap();
     assert_eq!(ps[0].generation, 1);
     assert_eq!(ps[0].restarts, 0);
@@ -345,7 +340,7 @@ fn kill_9_under_txipc_keeps_the_state() {
             let ps = conn.ps().unwrap();
             ps[0].generation > before && ps[0].state == "running"
         });
-        assert_eq!(kv.incr(b"n".to_vec(), 1).unwrap(), round as i64 + 1);
+        assert_eq!(kv.incr(b"n", 1).unwrap(), round as i64 + 1);
     }
     for i in 0..100 {
         assert_eq!(
@@ -366,7 +361,7 @@ fn null_service_answers() {
     let conn = sys.connect().unwrap();
     let n = NullClient::new(open(&conn, "null"));
     n.ping().unwrap();
-    assert_eq!(n.echo(b"hello".to_vec()).unwrap(), b"hello".to_vec());
+    assert_eq!(n.echo(b"hello").unwrap(), b"hello".to_vec());
     drop((n, conn));
     sys.shutdown().unwrap();
 }
@@ -445,8 +440,8 @@ fn a_full_heap_fails_the_request_not_the_server() {
         );
     }
     // Freeing space makes room again; the server never restarted.
-    kv.delete(b"k0".to_vec()).unwrap();
-    kv.put(b"again".to_vec(), value.clone()).unwrap();
+    kv.delete(b"k0").unwrap();
+    kv.put(b"again", value.clone()).unwrap();
     let ps = conn.ps().unwrap();
     assert_eq!(ps[0].restarts, 0);
     drop((kv, conn));

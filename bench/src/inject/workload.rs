@@ -256,7 +256,7 @@ fn step(kv: &KvClient<Channel>, ns: &[u8], op: &Op, o: &mut Observed) {
             }
         }
         Op::Scan => {
-            let got = call!(None, kv.scan(ns.to_vec(), kv_api::MAX_SCAN));
+            let got = call!(None, kv.scan(ns, kv_api::MAX_SCAN));
             let got: BTreeMap<Vec<u8>, Vec<u8>> = got
                 .into_iter()
                 .filter(|(k, _)| k.starts_with(ns))
