@@ -575,9 +575,11 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
         txid: generation << 40,
         calls,
         batches: 0,
-        // A different first channel in each incarnation: starting at 0 every time starves the
-        // last clients of a server that faults more often than it gets round its channels.
-        next_chan: (generation as usize).wrapping_mul(7) ^ calls as usize,
+        // Channel 0 first. (Unlike the companion loop, the start is not rotated: a batch that
+        // held a poison request re-runs its requests one by one from a backlog in channel
+        // order, and the poison request's late channel keeps the innocents ahead of it, so
+        // that they are not TAKEN — and charged — when it faults again.)
+        next_chan: 0,
         batch: Vec::new(),
         bufs: Vec::new(),
         reply: Vec::with_capacity(4096),
