@@ -47,8 +47,10 @@ pub enum BenchCmd {
         #[arg(long, default_value = "a")]
         workload: String,
         /// Policies: none, restart, txipc (typed tracking), page (page tracking; with
-        /// `--batch N` > 1 also page tracking with group commit), a comma-separated list, or
-        /// `all`. `none` is always measured as the baseline.
+        /// `--batch N` > 1 also page tracking with group commit), companion (kv-plain with the
+        /// following standby, against `none-plain`), companion-warm (the same with the server
+        /// forking its checkpoints), a comma-separated list, or `all`. `none` is always
+        /// measured as the baseline.
         #[arg(long, default_value = "all")]
         policy: String,
         /// Records loaded before each workload.

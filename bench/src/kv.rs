@@ -46,8 +46,12 @@ pub enum Variant {
     /// `companion`, the same server code without the companion.
     PlainNone,
     /// Policy `companion` on `kv-plain`, checkpoints on (manifest defaults: every 50,000
-    /// logged requests or 1 s, and when the log is 3/4 full).
+    /// logged requests or 1 s, and when the log is 3/4 full), taken by the following standby
+    /// from its replica (manifest default `standby = "follow"`).
     Companion,
+    /// The same with `standby = "warm"`: the server forks each checkpoint, the standby
+    /// restores it (the design before the following standby, measured beside it).
+    CompanionWarm,
 }
 
 impl Variant {
@@ -61,6 +65,7 @@ impl Variant {
             Variant::PageBatch(n) => format!("page+batch{n}"),
             Variant::PlainNone => "none-plain".into(),
             Variant::Companion => "companion".into(),
+            Variant::CompanionWarm => "companion-warm".into(),
         }
     }
 
@@ -68,7 +73,7 @@ impl Variant {
         match self {
             Variant::None | Variant::PlainNone => "none",
             Variant::Restart => "restart",
-            Variant::Companion => "companion",
+            Variant::Companion | Variant::CompanionWarm => "companion",
             _ => "txipc",
         }
     }
@@ -76,7 +81,7 @@ impl Variant {
     /// The built-in server it runs.
     fn builtin(self) -> &'static str {
         match self {
-            Variant::PlainNone | Variant::Companion => "kv-plain",
+            Variant::PlainNone | Variant::Companion | Variant::CompanionWarm => "kv-plain",
             _ => "kv",
         }
     }
@@ -84,7 +89,7 @@ impl Variant {
     /// The variant its loss is measured against: the same server code under `none`.
     fn baseline(self) -> Variant {
         match self {
-            Variant::PlainNone | Variant::Companion => Variant::PlainNone,
+            Variant::PlainNone | Variant::Companion | Variant::CompanionWarm => Variant::PlainNone,
             _ => Variant::None,
         }
     }
@@ -94,7 +99,11 @@ impl Variant {
         match self {
             Variant::Page | Variant::PageBatch(_) => "page",
             Variant::Txipc => "typed",
-            Variant::None | Variant::Restart | Variant::PlainNone | Variant::Companion => "off",
+            Variant::None
+            | Variant::Restart
+            | Variant::PlainNone
+            | Variant::Companion
+            | Variant::CompanionWarm => "off",
         }
     }
 
@@ -138,6 +147,10 @@ pub fn parse_policies(s: &str, batch: u32) -> Result<Vec<Variant>> {
                 add(Variant::PlainNone);
                 add(Variant::Companion);
             }
+            "companion-warm" => {
+                add(Variant::PlainNone);
+                add(Variant::CompanionWarm);
+            }
             "all" => {
                 for x in [Variant::Txipc, Variant::Page, Variant::Restart] {
                     add(x);
@@ -149,7 +162,9 @@ pub fn parse_policies(s: &str, batch: u32) -> Result<Vec<Variant>> {
                 add(Variant::Companion);
             }
             other => {
-                bail!("unknown policy `{other}`: use none, restart, txipc, page, companion or all")
+                bail!(
+                    "unknown policy `{other}`: use none, restart, txipc, page, companion, companion-warm or all"
+                )
             }
         }
     }
@@ -285,10 +300,16 @@ fn manifest(cfg: &KvConfig, w: Workload, v: Variant) -> String {
         .map_or(String::new(), |c| format!("cpu = {c}\n"));
     // A scan of 100 records must fit one reply.
     let reply_max = (101 * (cfg.value_size + 64) + 4096).max(64 * 1024);
-    let checkpoints = if v == Variant::Companion {
+    let checkpoints = if matches!(v, Variant::Companion | Variant::CompanionWarm) {
         format!(
-            "checkpoint_every = {}\ncheckpoint_ms = {}\n",
-            cfg.checkpoint_every, cfg.checkpoint_ms
+            "checkpoint_every = {}\ncheckpoint_ms = {}\nstandby = \"{}\"\n",
+            cfg.checkpoint_every,
+            cfg.checkpoint_ms,
+            if v == Variant::Companion {
+                "follow"
+            } else {
+                "warm"
+            }
         )
     } else {
         String::new()
