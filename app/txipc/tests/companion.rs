@@ -371,21 +371,32 @@ fn the_following_standby_or_its_checkpoint_writer_killed_loses_nothing() {
         "{:?}",
         companion(&conn)
     );
-    for i in 40..60u32 {
-        kv.put(format!("k{i}"), format!("v{i}")).unwrap();
-    }
+    // More updates until the next checkpoint is taken (where the faulted attempt fell among
+    // the requests depends on when the replica ran; the next one comes after another
+    // `checkpoint_every` applied requests).
+    let mut n = 40u32;
     wait_until(
         "a checkpoint after the fault",
-        Duration::from_secs(20),
-        || companion(&conn).checkpoints > before,
+        Duration::from_secs(30),
+        || {
+            if companion(&conn).checkpoints > before {
+                return true;
+            }
+            kv.put(format!("k{n}"), format!("v{n}")).unwrap();
+            n += 1;
+            std::thread::sleep(Duration::from_millis(2));
+            false
+        },
     );
-    wait_following(&conn, 59);
+    kv.put(format!("k{n}"), format!("v{n}")).unwrap();
+    n += 1;
+    wait_following(&conn, u64::from(n) - 1);
     assert_eq!(info(&conn).restarts, 0);
     kill_and_wait(&conn);
     let c = companion(&conn);
     assert!(c.last_warm, "{c:?}");
     assert_eq!(c.last_replayed, 1, "{c:?}");
-    for i in 0..60u32 {
+    for i in 0..n {
         assert_eq!(
             kv.get(format!("k{i}")).unwrap(),
             Some(format!("v{i}").into())
