@@ -22,18 +22,12 @@ use crate::{HeapError, Persistent};
 /// readable page of the heap at index `page_index` (the tracker's contract).
 pub(crate) unsafe fn page_sink(ctx: *mut (), page_index: usize, page: *const u8) {
     let w = ctx.cast::<LogWriter>();
-    // SAFETY: ctx is the live boxed writer (contract). The lock serialises sinks of several
-    // threads; the owning thread does not use the writer while its own store is faulting.
+    // SAFETY: ctx is the live boxed writer and `page` a readable page of the heap at
+    // `page_index` (this function's contract, which is append_page_locked's).
+    let r = unsafe { append_page_locked(w, page_index, page) };
+    // SAFETY: ctx is the live boxed writer (contract); the append above released its lock,
+    // and the owning thread does not use the writer while its own store is faulting.
     unsafe {
-        let lock = &(*w).lock;
-        while lock
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            std::hint::spin_loop();
-        }
-        let r = (*w).append(page_index * PAGE, page, PAGE);
-        (*w).lock.store(false, Ordering::Release);
         if r.is_err() {
             (*w).set_overflow();
             let _ = rustix::process::kill_process(
@@ -44,6 +38,36 @@ pub(crate) unsafe fn page_sink(ctx: *mut (), page_index: usize, page: *const u8)
                 std::hint::spin_loop();
             }
         }
+    }
+}
+
+/// Appends the whole pre-image of page `page_index`, read from `page`, to the undo log under
+/// the writer's spin lock. Both capture paths append through it: the SIGSEGV sink (on whichever
+/// thread faulted) and announced writes (on the transaction's thread), so the lock is the one
+/// place their appends are serialised.
+///
+/// # Safety
+/// `w` is the heap's live boxed `LogWriter`, and no `&mut` to it is held across this call
+/// outside the lock; `page` is a readable page of the heap at index `page_index`.
+pub(crate) unsafe fn append_page_locked(
+    w: *mut LogWriter,
+    page_index: usize,
+    page: *const u8,
+) -> Result<(), HeapError> {
+    // SAFETY: `w` is live (contract). Acquiring the lock makes this the writer's only user
+    // until the Release store; `page` is readable and is the heap's copy of the page
+    // (contract), as `LogWriter::append` requires.
+    unsafe {
+        let lock = &(*w).lock;
+        while lock
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::hint::spin_loop();
+        }
+        let r = (*w).append(page_index * PAGE, page, PAGE);
+        lock.store(false, Ordering::Release);
+        r
     }
 }
 

@@ -2,10 +2,7 @@
 //! writes are logged. Used by the cells, the allocator and page tracking; depends only on the
 //! log writer.
 
-use std::sync::atomic::Ordering;
-
 use crate::HeapError;
-use crate::layout::PAGE;
 use crate::log::LogWriter;
 
 /// The part of a transaction the allocator and the cells need: where the heap is and where
@@ -74,21 +71,9 @@ impl TxCore {
         };
         let w = self.w;
         t.announce(p, len, |page, src| {
-            // SAFETY: the writer is live (the transaction's); its lock serialises this append
-            // with sinks running on other threads (page.rs); `src` is a readable page of the
-            // heap.
-            unsafe {
-                let lock = &(*w).lock;
-                while lock
-                    .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-                    .is_err()
-                {
-                    std::hint::spin_loop();
-                }
-                let r = (*w).append(page * PAGE, src, PAGE);
-                lock.store(false, Ordering::Release);
-                r
-            }
+            // SAFETY: the writer is live (the transaction's) and not otherwise borrowed during
+            // the call; `src` is a readable page of the heap at index `page`.
+            unsafe { crate::page::append_page_locked(w, page, src) }
         })
         .map_err(|e| match e {
             txipc_pagetrack::AnnounceError::Sink(e) => e,
