@@ -6,6 +6,13 @@
 //! into a random server every ~`interval` (jittered ±50%, from one seeded generator, so a seed
 //! replays the schedule), and shows once a second:
 //!
+//! A fault goes only into a server that is serving (`ps` says `running`): when the chosen one is
+//! still recovering from the previous fault, the fault waits for the next tick. Otherwise, with
+//! recovery slower than the interval (a debug build, a loaded machine), each new incarnation
+//! would meet an armed fail point on the first request it runs, the same waiting request every
+//! time, which is then rightly charged as a poison request: the storm would test the poison
+//! rule instead of recovery. Faults during recovery are crash points of their own tests.
+//!
 //! - on a terminal (stdout, not `--json`, not `--quiet`): `txipc top`'s per-server table
 //!   (calls/s, p99, faults, recoveries, the last fault) and the system's recent log, under the
 //!   demo's own line, refreshed in place ([`crate::top::Inline`]);
@@ -157,12 +164,19 @@ pub fn drive<R: DeserializeOwned>(
             } else {
                 storm.servers[rng.random_range(0..storm.servers.len())]
             };
-            if inject(storm.conn, server, kind, &mut rng).is_ok() {
-                out.faults_injected += 1;
-                *out.faults_by_kind.entry(kind.as_str().into()).or_default() += 1;
-                *out.faults_by_server.entry(server.into()).or_default() += 1;
+            let serving = storm.conn.ps().is_ok_and(|servers| {
+                servers
+                    .iter()
+                    .any(|s| s.name == server && s.state == "running")
+            });
+            if serving {
+                if inject(storm.conn, server, kind, &mut rng).is_ok() {
+                    out.faults_injected += 1;
+                    *out.faults_by_kind.entry(kind.as_str().into()).or_default() += 1;
+                    *out.faults_by_server.entry(server.into()).or_default() += 1;
+                }
+                next_fault = now + jitter(&mut rng);
             }
-            next_fault = now + jitter(&mut rng);
         }
         if now >= next_show {
             let total: u64 = ops.iter().sum();

@@ -775,9 +775,11 @@ fn check_exactly_once(v: &serde_json::Value, min_faults: u64) {
 /// compare-and-swap chains and puts, under companion: nothing lost or duplicated, no call hangs.
 #[test]
 fn sigkill_storm_companion() {
+    // 15 s: a fault goes only into a serving server, so in a debug build (recovery of tens of
+    // ms) the 20 ms interval gives ~20 faults a second.
     let v = demo(&[
         "--seconds",
-        "10",
+        "15",
         "--clients",
         "8",
         "--faults",
