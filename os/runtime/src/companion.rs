@@ -594,6 +594,48 @@ impl Drop for LowPriority {
     }
 }
 
+/// Starts the life of a forked checkpoint writer: its own faults are its exit status (not the
+/// server's crash report), it dies with its parent, and it yields the CPU to the server and its
+/// clients (on two CPUs an equal share would take one from a spinning server or client).
+fn become_checkpoint_writer() {
+    txipc_sys::crash::disarm();
+    if process::die_with_parent(process::getppid()).is_err() {
+        std::process::exit(71);
+    }
+    let _ = rustix::process::setpriority_process(None, 19);
+}
+
+/// Ends the life of a forked checkpoint writer: seals the snapshot (`seal_snapshot`), hands it
+/// to the kernel with its figures (`stall_us`: how long the server stopped for it; `write_us`:
+/// since `started`), and exits with the status of the step that failed, if any.
+fn send_checkpoint_and_exit(
+    ctl: &OwnedFd,
+    server: &str,
+    instance: &dyn PlainInstance,
+    answers: &HashMap<u32, Answer>,
+    meta: &SnapshotMeta,
+    status: &StatusPage,
+    (stall_us, started): (u64, Instant),
+) -> ! {
+    let (fd, bytes) = match seal_snapshot(server, instance, answers, meta, status) {
+        Ok(done) => done,
+        Err(code) => std::process::exit(code),
+    };
+    let info = CheckpointInfo {
+        index: meta.index,
+        log_offset: meta.log_offset,
+        bytes,
+        stall_us,
+        write_us: started.elapsed().as_micros() as u64,
+    };
+    let sent = fdpass::send(
+        ctl,
+        &proto::encode(&FromServer::Checkpoint(info)),
+        &[fd.as_fd()],
+    );
+    std::process::exit(if sent.is_ok() { 0 } else { 79 })
+}
+
 /// Distills `instance` (and the answers of calls by call id) into a snapshot described by
 /// `meta`, checksummed, in a new memfd sealed against every write. Fail point `checkpoint`
 /// fires here (kind `corrupt`: a wild write after the checksum, which the restore must
@@ -951,36 +993,17 @@ impl Follower {
         let started = Instant::now();
         match process::fork() {
             Ok(process::Forked::Child) => {
-                txipc_sys::crash::disarm();
-                if process::die_with_parent(process::getppid()).is_err() {
-                    std::process::exit(71);
-                }
-                let _ = rustix::process::setpriority_process(None, 19);
+                become_checkpoint_writer();
                 let r = self.replica.as_ref().expect("a replica");
-                let meta = r.meta;
-                let (fd, bytes) = match seal_snapshot(
+                send_checkpoint_and_exit(
+                    ctl,
                     &self.config.name,
                     &*r.instance,
                     &self.answers,
-                    &meta,
+                    &r.meta,
                     self.status,
-                ) {
-                    Ok(done) => done,
-                    Err(code) => std::process::exit(code),
-                };
-                let info = CheckpointInfo {
-                    index: meta.index,
-                    log_offset: meta.log_offset,
-                    bytes,
-                    stall_us: 0,
-                    write_us: started.elapsed().as_micros() as u64,
-                };
-                let sent = fdpass::send(
-                    ctl,
-                    &proto::encode(&FromServer::Checkpoint(info)),
-                    &[fd.as_fd()],
-                );
-                std::process::exit(if sent.is_ok() { 0 } else { 79 })
+                    (0, started),
+                )
             }
             Ok(process::Forked::Parent { child }) => {
                 let offset = self.replica.as_ref().map_or(0, |r| r.meta.log_offset);
@@ -1589,14 +1612,7 @@ impl PlainLoop<'_> {
     /// In the forked child: distill, checksum, write, seal, hand to the kernel, exit.
     fn checkpoint_child(&mut self, fork_started: Instant) -> ! {
         let stall_us = fork_started.elapsed().as_micros() as u64;
-        txipc_sys::crash::disarm();
-        let parent = process::getppid();
-        if process::die_with_parent(parent).is_err() {
-            std::process::exit(71);
-        }
-        // The writer yields to the server and its clients: it works in the CPU time they
-        // leave (on two CPUs an equal share would take one from a spinning server or client).
-        let _ = rustix::process::setpriority_process(None, 19);
+        become_checkpoint_writer();
         let _ = process::pin_to_cpu_set_all();
         let t0 = Instant::now();
         let w = self.log.as_ref().expect("logging");
@@ -1606,29 +1622,15 @@ impl PlainLoop<'_> {
             log_offset: w.ring.end.get(),
             last_digest: w.prev_digest,
         };
-        let (fd, bytes) = match seal_snapshot(
+        send_checkpoint_and_exit(
+            &self.ctl,
             &self.config.name,
             &*self.instance,
             &self.answers,
             &meta,
             self.status,
-        ) {
-            Ok(done) => done,
-            Err(code) => std::process::exit(code),
-        };
-        let info = CheckpointInfo {
-            index: meta.index,
-            log_offset: meta.log_offset,
-            bytes,
-            stall_us,
-            write_us: t0.elapsed().as_micros() as u64,
-        };
-        let sent = fdpass::send(
-            &*self.ctl,
-            &proto::encode(&FromServer::Checkpoint(info)),
-            &[fd.as_fd()],
-        );
-        std::process::exit(if sent.is_ok() { 0 } else { 79 })
+            (stall_us, t0),
+        )
     }
 
     fn state_version(&self) -> u32 {
