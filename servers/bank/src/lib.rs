@@ -12,15 +12,14 @@
 //! to the bank); an account lives on `bank_api::home(name, n)`.
 #![forbid(unsafe_code)]
 
-use bank_api::{
-    AccountClient, AccountError, Bank, BankDispatcher, BankError, LedgerEntry, MAX_ACCOUNT_SERVERS,
-    account_server, home,
-};
+use bank_api::{AccountError, Bank, BankDispatcher, BankError, LedgerEntry};
 use txipc_heap::{PCell, Persistent};
-use txipc_runtime::{Builtin, Instance, Outgoing, StartArgs, TxCell, TxHost};
-use txipc_service::Error as SvcError;
+use txipc_runtime::{Builtin, Instance, StartArgs, TxCell, TxHost};
 
 pub mod plain;
+mod route;
+
+use route::{Accounts, account_err, link};
 
 /// The bank's state in the heap.
 #[derive(Persistent)]
@@ -42,8 +41,8 @@ impl std::fmt::Debug for BankRoot {
 pub struct BankServer {
     root: &'static BankRoot,
     tx: TxCell,
-    /// How many account servers the manifest gives the bank (found at the first request).
-    servers: Option<usize>,
+    /// The account servers it calls.
+    accounts: Accounts,
 }
 
 impl TxHost for BankServer {
@@ -52,55 +51,9 @@ impl TxHost for BankServer {
     }
 }
 
-fn link(server: &str, e: impl std::fmt::Display) -> BankError {
-    BankError::Link {
-        server: server.into(),
-        message: e.to_string(),
-    }
-}
-
-fn account_err(server: &str, e: SvcError<AccountError>) -> BankError {
-    match e {
-        SvcError::Service(error) => BankError::Account {
-            server: server.into(),
-            error,
-        },
-        SvcError::Call(c) => link(server, c),
-    }
-}
-
-impl BankServer {
-    /// The number of account servers: `account-0`, `account-1`, … until one is not granted.
-    fn servers(&mut self) -> Result<usize, BankError> {
-        if let Some(n) = self.servers {
-            return Ok(n);
-        }
-        let mut n = 0;
-        while n < MAX_ACCOUNT_SERVERS && txipc_runtime::connect(&account_server(n)).is_ok() {
-            n += 1;
-        }
-        if n == 0 {
-            return Err(BankError::NoAccountServers);
-        }
-        self.servers = Some(n);
-        Ok(n)
-    }
-
-    fn account(&mut self, k: usize) -> Result<(String, AccountClient<Outgoing>), BankError> {
-        let name = account_server(k);
-        let ch = txipc_runtime::connect(&name).map_err(|e| link(&name, e))?;
-        Ok((name, AccountClient::new(ch)))
-    }
-
-    fn account_of(&mut self, name: &str) -> Result<(String, AccountClient<Outgoing>), BankError> {
-        let n = self.servers()?;
-        self.account(home(name, n))
-    }
-}
-
 impl Bank for BankServer {
     fn open(&mut self, name: String, initial: i64) -> Result<String, BankError> {
-        let (server, acct) = self.account_of(&name)?;
+        let (server, acct) = self.accounts.account_of(&name)?;
         acct.open(name, initial)
             .map_err(|e| account_err(&server, e))?;
         Ok(server)
@@ -119,12 +72,12 @@ impl Bank for BankServer {
                 error: AccountError::BadAmount(amount),
             });
         }
-        let (fs, debit) = self.account_of(&from)?;
+        let (fs, debit) = self.accounts.account_of(&from)?;
         // A refused debit changed nothing anywhere.
         debit
             .apply(from, id, -amount)
             .map_err(|e| account_err(&fs, e))?;
-        let (ts, credit) = self.account_of(&to)?;
+        let (ts, credit) = self.accounts.account_of(&to)?;
         if let Err(e) = credit.apply(to, id, amount) {
             // The debit is applied: the whole transfer must go.
             txipc_runtime::rollback_request();
@@ -139,19 +92,11 @@ impl Bank for BankServer {
     }
 
     fn balance(&mut self, name: String) -> Result<i64, BankError> {
-        let (server, acct) = self.account_of(&name)?;
-        acct.balance(name).map_err(|e| account_err(&server, e))
+        self.accounts.balance(name)
     }
 
     fn total(&mut self) -> Result<i64, BankError> {
-        let n = self.servers()?;
-        let mut total = 0i64;
-        for k in 0..n {
-            let (server, acct) = self.account(k)?;
-            let list = acct.list().map_err(|e| link(&server, e))?;
-            total += list.iter().map(|(_, b)| b).sum::<i64>();
-        }
-        Ok(total)
+        self.accounts.total()
     }
 
     fn ledger(
@@ -160,20 +105,11 @@ impl Bank for BankServer {
         after: u64,
         limit: u32,
     ) -> Result<Vec<LedgerEntry>, BankError> {
-        let (server, acct) = self.account_of(&name)?;
-        acct.ledger(name, after, limit)
-            .map_err(|e| account_err(&server, e))
+        self.accounts.ledger(name, after, limit)
     }
 
     fn accounts(&mut self) -> Result<Vec<(String, i64, String)>, BankError> {
-        let n = self.servers()?;
-        let mut out = Vec::new();
-        for k in 0..n {
-            let (server, acct) = self.account(k)?;
-            let list = acct.list().map_err(|e| link(&server, e))?;
-            out.extend(list.into_iter().map(|(a, b)| (a, b, server.clone())));
-        }
-        Ok(out)
+        self.accounts.accounts()
     }
 
     fn transfers(&mut self) -> u64 {
@@ -193,7 +129,7 @@ fn start(args: StartArgs<'_>) -> Result<Box<dyn Instance>, String> {
     Ok(Box::new(BankDispatcher::new(BankServer {
         root,
         tx: TxCell::new(),
-        servers: None,
+        accounts: Accounts::default(),
     })))
 }
 

@@ -14,17 +14,14 @@
 //! credit as a poison request: then the transfer fails with `Link` and the debit stays, which
 //! under policy `txipc` a rollback would undo.
 
-use bank_api::{
-    AccountClient, AccountError, Bank, BankCompanion, BankError, LedgerEntry, MAX_ACCOUNT_SERVERS,
-    account_server, home,
-};
+use bank_api::{AccountError, Bank, BankCompanion, BankError, LedgerEntry};
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
-use txipc_runtime::{Outgoing, PlainBuiltin};
+use txipc_runtime::PlainBuiltin;
 use txipc_service::Distill;
 
-use crate::{account_err, link};
+use crate::route::{Accounts, account_err};
 
 /// The bank's whole state: what a checkpoint holds.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -40,9 +37,8 @@ pub struct BankState {
 #[derive(Debug, Default)]
 pub struct BankPlain<const FAULTY: bool = false> {
     state: BankState,
-    /// How many account servers the manifest gives the bank (found at the first request; the
-    /// manifest does not change, so a replay finds the same).
-    servers: Option<usize>,
+    /// The account servers it calls (not state: found again by each incarnation).
+    accounts: Accounts,
 }
 
 impl<const FAULTY: bool> Distill for BankPlain<FAULTY> {
@@ -54,42 +50,14 @@ impl<const FAULTY: bool> Distill for BankPlain<FAULTY> {
     fn reconstitute(state: BankState) -> Self {
         BankPlain {
             state,
-            servers: None,
+            accounts: Accounts::default(),
         }
-    }
-}
-
-impl<const FAULTY: bool> BankPlain<FAULTY> {
-    fn servers(&mut self) -> Result<usize, BankError> {
-        if let Some(n) = self.servers {
-            return Ok(n);
-        }
-        let mut n = 0;
-        while n < MAX_ACCOUNT_SERVERS && txipc_runtime::connect(&account_server(n)).is_ok() {
-            n += 1;
-        }
-        if n == 0 {
-            return Err(BankError::NoAccountServers);
-        }
-        self.servers = Some(n);
-        Ok(n)
-    }
-
-    fn account(&mut self, k: usize) -> Result<(String, AccountClient<Outgoing>), BankError> {
-        let name = account_server(k);
-        let ch = txipc_runtime::connect(&name).map_err(|e| link(&name, e))?;
-        Ok((name, AccountClient::new(ch)))
-    }
-
-    fn account_of(&mut self, name: &str) -> Result<(String, AccountClient<Outgoing>), BankError> {
-        let n = self.servers()?;
-        self.account(home(name, n))
     }
 }
 
 impl<const FAULTY: bool> Bank for BankPlain<FAULTY> {
     fn open(&mut self, name: String, initial: i64) -> Result<String, BankError> {
-        let (server, acct) = self.account_of(&name)?;
+        let (server, acct) = self.accounts.account_of(&name)?;
         acct.open(name.clone(), initial)
             .map_err(|e| account_err(&server, e))?;
         self.state.accounts.insert(name);
@@ -111,15 +79,15 @@ impl<const FAULTY: bool> Bank for BankPlain<FAULTY> {
         }
         for name in [&from, &to] {
             if !self.state.accounts.contains(name) {
-                let (server, _) = self.account_of(name)?;
+                let (server, _) = self.accounts.account_of(name)?;
                 return Err(BankError::Account {
                     server,
                     error: AccountError::NoAccount(name.clone()),
                 });
             }
         }
-        let (fs, debit) = self.account_of(&from)?;
-        let (ts, credit) = self.account_of(&to)?;
+        let (fs, debit) = self.accounts.account_of(&from)?;
+        let (ts, credit) = self.accounts.account_of(&to)?;
         let poison = FAULTY && from.starts_with("poison/");
         debit
             .apply(from, id, -amount)
@@ -135,19 +103,11 @@ impl<const FAULTY: bool> Bank for BankPlain<FAULTY> {
     }
 
     fn balance(&mut self, name: String) -> Result<i64, BankError> {
-        let (server, acct) = self.account_of(&name)?;
-        acct.balance(name).map_err(|e| account_err(&server, e))
+        self.accounts.balance(name)
     }
 
     fn total(&mut self) -> Result<i64, BankError> {
-        let n = self.servers()?;
-        let mut total = 0i64;
-        for k in 0..n {
-            let (server, acct) = self.account(k)?;
-            let list = acct.list().map_err(|e| link(&server, e))?;
-            total += list.iter().map(|(_, b)| b).sum::<i64>();
-        }
-        Ok(total)
+        self.accounts.total()
     }
 
     fn ledger(
@@ -156,20 +116,11 @@ impl<const FAULTY: bool> Bank for BankPlain<FAULTY> {
         after: u64,
         limit: u32,
     ) -> Result<Vec<LedgerEntry>, BankError> {
-        let (server, acct) = self.account_of(&name)?;
-        acct.ledger(name, after, limit)
-            .map_err(|e| account_err(&server, e))
+        self.accounts.ledger(name, after, limit)
     }
 
     fn accounts(&mut self) -> Result<Vec<(String, i64, String)>, BankError> {
-        let n = self.servers()?;
-        let mut out = Vec::new();
-        for k in 0..n {
-            let (server, acct) = self.account(k)?;
-            let list = acct.list().map_err(|e| link(&server, e))?;
-            out.extend(list.into_iter().map(|(a, b)| (a, b, server.clone())));
-        }
-        Ok(out)
+        self.accounts.accounts()
     }
 
     fn transfers(&mut self) -> u64 {
