@@ -643,19 +643,26 @@ fn top_plain_lines_json_and_end() {
     assert!(lines.iter().all(|l| l.contains(" p99 ")), "{text}");
     // Calls during the interval: calls/s and the interval's p99 (from the difference of the
     // server's latency histograms).
+    // The caller is calling before the interval starts (a loaded machine may take long to
+    // connect), and the interval is long enough for many sampled calls (one in 64 is timed).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let made = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let caller = {
-        let (conn, stop) = (sys.connect().unwrap(), stop.clone());
+        let (conn, stop, made) = (sys.connect().unwrap(), stop.clone(), made.clone());
         std::thread::spawn(move || {
             let kv = kv_api::KvClient::new(open(&conn, "kv"));
             let mut n = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 1_000_000 {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 10_000_000 {
                 kv.incr(b"busy", 1).unwrap();
                 n += 1;
+                made.store(n, std::sync::atomic::Ordering::Relaxed);
             }
         })
     };
-    let v = json_run(&["top", "--json", "-i", "300ms", "--system", s], 0);
+    wait_until("the caller to be calling", Duration::from_secs(20), || {
+        made.load(std::sync::atomic::Ordering::Relaxed) >= 500
+    });
+    let v = json_run(&["top", "--json", "-i", "1s", "--system", s], 0);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     caller.join().unwrap();
     let kv = &v["servers"][0];
