@@ -250,16 +250,19 @@ fn a_server_cannot_shrink_what_the_kernel_maps() {
 /// Time the process `pid` spent running or runnable (waiting for a CPU), in nanoseconds
 /// (`/proc/PID/schedstat`): a process that spins is runnable all the time whatever the load,
 /// one that sleeps in `epoll_wait` is not.
-fn runnable_ns(pid: i32) -> u64 {
+/// The time the process's main thread has spent on a CPU (`/proc/PID/schedstat`'s first field).
+/// Not its time waiting on a run queue: on a loaded machine an idle process woken 20 times may
+/// wait longer for a CPU than it runs, while a process that spins runs.
+fn on_cpu_ns(pid: i32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap();
-    let mut f = s.split_whitespace().map(|v| v.parse::<u64>().unwrap());
-    f.next().unwrap() + f.next().unwrap()
+    s.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 /// Issue 7, defect 4 (`accept` that survives EMFILE): the kernel's descriptor limit is lowered
 /// (prlimit) to what it has open, so it cannot accept. Connected clients are still served, a
 /// new connection waits in the backlog, and the kernel does not spin on the readable listener
-/// (it is runnable less than half the time); once descriptors are back, the waiting connection
+/// (it is on a CPU less than a tenth of the time: serving 20 `ps` costs a few ms, a spinner
+/// gets its share of a CPU, all of it on a quiet machine); once descriptors are back, the waiting connection
 /// is served and new ones are accepted.
 #[test]
 fn accept_survives_running_out_of_descriptors() {
@@ -299,19 +302,19 @@ fn accept_survives_running_out_of_descriptors() {
     let mut late = sys.connect().unwrap();
     late.set_control_timeout(Duration::from_secs(120)).unwrap();
     let waiter = std::thread::spawn(move || late.ps().map(|v| v.len()));
-    let (start, t0) = (runnable_ns(kernel), std::time::Instant::now());
+    let (start, t0) = (on_cpu_ns(kernel), std::time::Instant::now());
     for _ in 0..20 {
         assert_eq!(conn.ps().unwrap().len(), 1, "connected clients are served");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (runnable, wall) = (runnable_ns(kernel) - start, t0.elapsed().as_nanos() as u64);
+    let (ran, wall) = (on_cpu_ns(kernel) - start, t0.elapsed().as_nanos() as u64);
     assert!(
         !waiter.is_finished(),
         "the kernel accepted a connection past its descriptor limit: the test did not bite"
     );
     assert!(
-        runnable < wall / 2,
-        "the kernel was runnable {runnable} ns of {wall} ns: it spins on accept"
+        ran < wall / 10,
+        "the kernel ran {ran} ns of {wall} ns: it spins on accept"
     );
     drop(restore);
     assert_eq!(
