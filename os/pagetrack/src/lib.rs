@@ -92,7 +92,10 @@
 //!
 //! Command: `cargo run --release -p txipc-pagetrack --example uffd_wp -- PAGES RUNS` (same
 //! machine, same memfd region, one byte per page, medians; root, Linux 6.18). Per page written
-//! once in a transaction:
+//! once in a transaction (the synchronous column was measured by the example's first version,
+//! commit `057aa6b`, which declared its own ioctls; the example now prints
+//! [`bench_first_write`] and [`bench_uffd_async`], which use this crate's [`uffd`] module, on a
+//! private memfd mapping as the heap tracks it):
 //!
 //! | pages | SIGSEGV + `mprotect` (this crate) | uffd WP, sync (handler thread) | uffd WP async: write + `PAGEMAP_SCAN` + shadow copy |
 //! | --- | --- | --- | --- |
@@ -177,7 +180,10 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use rustix::mm::MprotectFlags;
 
-pub use bench::{FirstWriteReport, bench_first_write, bench_first_write_ns};
+pub use bench::{
+    FirstWriteReport, UffdAsyncReport, UffdScanReport, bench_first_write, bench_first_write_ns,
+    bench_uffd_async, bench_uffd_scan,
+};
 
 /// Called from the SIGSEGV handler on the first write to a protected page in a transaction,
 /// while the page still holds its pre-image and before it is made writable.
