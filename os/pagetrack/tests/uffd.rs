@@ -146,3 +146,22 @@ fn many_scattered_pages_need_several_scan_calls() {
     t.scan(&mut out).unwrap();
     assert_eq!(out, written);
 }
+
+/// The benchmarks the examples print run over the library's tracker: every written page is
+/// found by one scan (they assert it), and their reports are for the sizes asked.
+#[test]
+fn the_uffd_benchmarks_behind_the_examples_find_every_written_page() {
+    let u = match txipc_pagetrack::bench_uffd_async(32, 2) {
+        Ok(u) => u,
+        Err(e @ TrackError::Uffd { .. }) => {
+            eprintln!("skipped: asynchronous userfaultfd write-protect unavailable: {e}");
+            return;
+        }
+        Err(e) => panic!("bench_uffd_async: {e}"),
+    };
+    assert_eq!((u.pages, u.runs), (32, 2));
+    assert!(u.first_write_ns > 0.0 && u.scan_ns > 0.0 && u.copy_ns > 0.0);
+    let s = txipc_pagetrack::bench_uffd_scan(256, 8, 3).expect("bench_uffd_scan");
+    assert_eq!((s.pages, s.written), (256, 8));
+    assert!(s.scan_min_ns > 0.0 && s.scan_min_ns <= s.scan_ns);
+}
