@@ -44,6 +44,13 @@ fn kill_and_wait(conn: &System) {
     });
 }
 
+/// The keepers among the children of `pid`.
+fn keepers(pid: i32) -> Vec<i32> {
+    let mut k = children(pid);
+    k.retain(|&p| alive(p) && is_keeper(p));
+    k
+}
+
 fn counter(v: Option<txipc_service::Bytes>) -> i64 {
     v.map_or(0, |b| kv_api::counter_value(&b).unwrap())
 }
@@ -281,6 +288,68 @@ fn wait_following(conn: &System, index: u64) {
     });
 }
 
+/// Every companion incarnation (a standby too: it becomes one) starts a keeper, a process
+/// sharing its address space (`txipc_sys::keeper`), so that a SIGKILL is seen (the pidfd
+/// fires) without the teardown of its state, replica and mapped log coming first. Its crash
+/// points: the keeper killed (nothing happens to the server, which goes on serving, and a
+/// later SIGKILL still recovers everything) and the incarnation killed (its keeper dies with
+/// it: none is left behind).
+#[test]
+fn a_companion_incarnation_has_a_keeper_and_none_is_left_behind() {
+    let sys = companion_system(
+        "keeper",
+        "kv-plain",
+        "checkpoint_every = 20\ncheckpoint_ms = 0",
+    );
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    for i in 0..30u32 {
+        kv.put(format!("k{i}"), format!("v{i}")).unwrap();
+    }
+    let server = server_pid(&conn, "kv");
+    let first = keepers(server);
+    assert_eq!(first.len(), 1, "one keeper of the incarnation: {first:?}");
+    let maps = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert_eq!(
+        maps(first[0]),
+        maps(server),
+        "the keeper shares the address space"
+    );
+    // The keeper killed: not the server's fault, which goes on serving.
+    txipc_sys::process::kill(first[0], rustix::process::Signal::KILL).unwrap();
+    wait_until("the killed keeper gone", Duration::from_secs(10), || {
+        !alive(first[0])
+    });
+    kv.put("after-keeper", "1").unwrap();
+    assert_eq!(info(&conn).restarts, 0, "a keeper's death is not a fault");
+    // The incarnation killed (without a keeper), then again with one: every update kept, and
+    // no keeper outlives its incarnation.
+    kill_and_wait(&conn);
+    let server = server_pid(&conn, "kv");
+    let second = keepers(server);
+    assert_eq!(
+        second.len(),
+        1,
+        "the new incarnation has its keeper: {second:?}"
+    );
+    kill_and_wait(&conn);
+    wait_until(
+        "the dead incarnation's keeper gone",
+        Duration::from_secs(10),
+        || !alive(second[0]),
+    );
+    assert_eq!(keepers(server_pid(&conn, "kv")).len(), 1);
+    for i in 0..30u32 {
+        assert_eq!(
+            kv.get(format!("k{i}")).unwrap(),
+            Some(format!("v{i}").into())
+        );
+    }
+    assert_eq!(kv.get("after-keeper").unwrap(), Some("1".into()));
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
 /// The following standby (the default, `standby = "follow"`): it replays the log as it is
 /// written, one request behind the server, and takes the checkpoints from its own state. The
 /// server never forks for them (every accepted checkpoint reports no stall), and a recovery
@@ -304,7 +373,7 @@ fn the_following_standby_takes_the_checkpoints_and_recovery_replays_only_the_las
     assert!((20..=44).contains(&c.checkpoint_index), "{c:?}");
     assert_eq!(c.max_stall_us, 0, "the server forked a checkpoint: {c:?}");
     assert!(
-        descendants(server_pid(&conn, "kv")).is_empty(),
+        checkpoint_children(server_pid(&conn, "kv")).is_empty(),
         "a checkpoint child of the server"
     );
     kill_and_wait(&conn);
@@ -701,7 +770,7 @@ fn the_checkpoint_writer_killed_loses_nothing() {
     }
     let server = server_pid(&conn, "kv");
     wait_until("the faulting writer gone", Duration::from_secs(10), || {
-        descendants(server).is_empty()
+        checkpoint_children(server).is_empty()
     });
     assert_eq!(
         companion(&conn).checkpoints,
@@ -713,7 +782,7 @@ fn the_checkpoint_writer_killed_loses_nothing() {
     for _ in 0..600 {
         n += 1;
         assert_eq!(kv.incr("n", 1).unwrap(), n);
-        if let Some(child) = descendants(server).first() {
+        if let Some(child) = checkpoint_children(server).first() {
             let _ = txipc_sys::process::kill(*child, rustix::process::Signal::KILL);
             killed += 1;
         }

@@ -1058,6 +1058,14 @@ pub(crate) fn incarnation_main(
     if let Some(cpu) = config.cpu {
         let _ = process::pin_to_cpu(cpu);
     }
+    // A process sharing this address space (txipc_sys::keeper), as for heap servers: a SIGKILL
+    // of this incarnation is then noticed (its pidfd fires) without first tearing down its
+    // state, its replica (a following standby becomes the incarnation) and the mapped log; the
+    // keeper frees them at nice 19 when it dies with this process. Without it recovery still
+    // works, only slower for a large state. (Named first: the keeper keeps the name.)
+    crate::server::name_process(config, "keeper");
+    let _ = txipc_sys::keeper::spawn();
+    crate::server::name_process(config, "standby");
     let doorbell = Doorbell::map(doorbell_fd.as_fd())
         .unwrap_or_else(|e| fatal(&ctl, format!("doorbell: {e}")));
     // The status page lives as long as the incarnation; the fail points of calls to other
@@ -1189,6 +1197,7 @@ pub(crate) fn incarnation_main(
         &proto::encode(&FromServer::Active { generation }),
         &[],
     );
+    crate::server::name_process(config, &format!("g{generation}"));
     // Requests the failed incarnation took but never logged (or readonly ones): they had not
     // run, so they run now, as if just taken.
     for (ci, t) in inherited {

@@ -476,7 +476,7 @@ pub(crate) struct Chan {
 /// Names this process after its server, system and role (`ps` shows `txipc kv@default g3`,
 /// `top` shows `kv@default g3`). Best effort: a name that cannot be set changes nothing else.
 /// Called only while the process has a single thread (zygote, fresh fork, before serving).
-fn name_process(config: &ServerConfig, role: &str) {
+pub(crate) fn name_process(config: &ServerConfig, role: &str) {
     let who = format!("{}@{}", config.name, config.system);
     let comm = match role {
         "zygote" => format!("{who} zyg"),

@@ -88,6 +88,21 @@ pub fn descendants(pid: i32) -> Vec<i32> {
     out
 }
 
+/// Whether `pid` is an address-space keeper (`txipc_sys::keeper`): the only process of a
+/// system that keeps no descriptor at all (it closes its copy of the table first thing; a
+/// checkpoint writer, forked, keeps the server's). Its name cannot tell: the 15 bytes of
+/// `comm` rarely reach the ` kp` suffix.
+pub fn is_keeper(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|mut d| d.next().is_none())
+}
+
+/// The live descendants of a server incarnation other than its keeper: its checkpoint writers.
+pub fn checkpoint_children(pid: i32) -> Vec<i32> {
+    let mut d = descendants(pid);
+    d.retain(|&p| !is_keeper(p));
+    d
+}
+
 /// Whether a process exists (zombies count as gone). Reads `/proc/PID/status`, which (unlike
 /// `stat`) does not wait for a process inside `execve`.
 pub fn alive(pid: i32) -> bool {
