@@ -206,6 +206,38 @@ fn say_ready(extra: &str) -> Result<()> {
 // iceoryx2
 // ---------------------------------------------------------------------------------------------
 
+/// The run's own iceoryx2 domain: its files under `/tmp/NAME/` and, in `/dev/shm`, named
+/// `NAME_…`, so that [`Iceoryx2Files`] removes all of them after the run, the machine-wide
+/// management segment included (iceoryx2 keeps it for later runs of its default domain).
+fn iceoryx2_config(name: &str) -> Result<iceoryx2::config::Config> {
+    use iceoryx2::prelude::*;
+    let mut config = Config::default();
+    let root = Path::new(format!("/tmp/{name}/").as_bytes())
+        .map_err(|e| anyhow::anyhow!("iceoryx2 root path for {name:?}: {e:?}"))?;
+    config.global.set_root_path(&root);
+    config.global.prefix = FileName::new(format!("{name}_").as_bytes())
+        .map_err(|e| anyhow::anyhow!("iceoryx2 file prefix for {name:?}: {e:?}"))?;
+    Ok(config)
+}
+
+/// Removes the files of the run's iceoryx2 domain (see [`iceoryx2_config`]) when dropped,
+/// however the run ends.
+struct Iceoryx2Files(String);
+
+impl Drop for Iceoryx2Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(format!("/tmp/{}", self.0));
+        let prefix = format!("{}_", self.0);
+        if let Ok(dir) = std::fs::read_dir("/dev/shm") {
+            for entry in dir.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+}
+
 fn iceoryx2_service(
     name: &str,
 ) -> Result<(
@@ -215,6 +247,7 @@ fn iceoryx2_service(
     use iceoryx2::prelude::*;
     set_log_level(LogLevel::Error);
     let node = NodeBuilder::new()
+        .config(&iceoryx2_config(name)?)
         .create::<ipc::Service>()
         .map_err(|e| anyhow::anyhow!("iceoryx2 node: {e:?}"))?;
     let service_name: ServiceName = name
@@ -254,6 +287,8 @@ fn iceoryx2_server(name: &str) -> Result<()> {
 
 fn iceoryx2_client(exe: &Path, server_cpu: usize, cfg: &BenchConfig) -> Result<Rtt> {
     let name = unique_name("iox2");
+    // Dropped last: after the server has exited and the client's node is gone.
+    let _files = Iceoryx2Files(name.clone());
     let server = Server::start(exe, Peer::Iceoryx2, server_cpu, &name)?;
     let (node, service_name) = iceoryx2_service(&name)?;
     let service = node
