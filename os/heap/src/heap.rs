@@ -763,14 +763,16 @@ impl<'h> Tx<'h> {
     }
 
     /// Marks a point to which [`rollback_to`](Tx::rollback_to) can return. Under page tracking
-    /// this re-protects the pages written so far (a new capture epoch).
+    /// by SIGSEGV, armed, this re-protects the pages written so far (a new capture epoch);
+    /// unarmed, pages captured so far stay captured and a later announced write to one of them
+    /// logs its exact bytes (`PageTracker::savepoint`), so requests of one group commit share
+    /// the pages they all write. Under uffd it moves the written pages into the memfd.
     ///
     /// # Errors
     /// Page-tracking errors.
     pub fn savepoint(&mut self) -> Result<Savepoint, HeapError> {
         if let Some(t) = self.heap.tracker_mut() {
-            t.end();
-            t.begin()?;
+            t.savepoint()?;
         }
         if let Some(sh) = self.heap.shadow_mut() {
             // SAFETY: &mut self: no reference obtained through this Tx is live.

@@ -54,8 +54,26 @@ pub(crate) unsafe fn append_page_locked(
     page_index: usize,
     page: *const u8,
 ) -> Result<(), HeapError> {
+    // SAFETY: this function's contract is append_locked's for one whole page.
+    unsafe { append_locked(w, page_index * PAGE, page, PAGE) }
+}
+
+/// Appends the pre-image of the `len` heap bytes at offset `off`, read from `src`, under the
+/// writer's spin lock: a whole page ([`append_page_locked`]), or the exact bytes of an
+/// announced write to a page captured before the transaction's latest savepoint.
+///
+/// # Safety
+/// `w` is the heap's live boxed `LogWriter`, and no `&mut` to it is held across this call
+/// outside the lock; `src..src + len` is readable and is the heap's copy of the bytes at
+/// offset `off`.
+pub(crate) unsafe fn append_locked(
+    w: *mut LogWriter,
+    off: usize,
+    src: *const u8,
+    len: usize,
+) -> Result<(), HeapError> {
     // SAFETY: `w` is live (contract). Acquiring the lock makes this the writer's only user
-    // until the Release store; `page` is readable and is the heap's copy of the page
+    // until the Release store; `src` is readable and is the heap's copy of the bytes at `off`
     // (contract), as `LogWriter::append` requires.
     unsafe {
         let lock = &(*w).lock;
@@ -65,7 +83,7 @@ pub(crate) unsafe fn append_page_locked(
         {
             std::hint::spin_loop();
         }
-        let r = (*w).append(page_index * PAGE, page, PAGE);
+        let r = (*w).append(off, src, len);
         lock.store(false, Ordering::Release);
         r
     }

@@ -69,12 +69,23 @@ impl TxCore {
         let Some(t) = (unsafe { (*self.track).as_ref() }) else {
             return Ok(());
         };
-        let w = self.w;
-        t.announce(p, len, |page, src| {
-            // SAFETY: the writer is live (the transaction's) and not otherwise borrowed during
-            // the call; `src` is a readable page of the heap at index `page`.
-            unsafe { crate::page::append_page_locked(w, page, src) }
-        })
+        let (w, base) = (self.w, self.base);
+        t.announce(
+            p,
+            len,
+            |page, src| {
+                // SAFETY: the writer is live (the transaction's) and not otherwise borrowed
+                // during the call; `src` is a readable page of the heap at index `page`.
+                unsafe { crate::page::append_page_locked(w, page, src) }
+            },
+            // A page captured before the transaction's latest savepoint: log the bytes about
+            // to change (its page record holds the state before the savepoint).
+            |addr, len| {
+                // SAFETY: as above; `addr..addr + len` lies in the heap (checked by the caller
+                // and by `announce`) and is readable.
+                unsafe { crate::page::append_locked(w, addr - base, addr as *const u8, len) }
+            },
+        )
         .map_err(|e| match e {
             txipc_pagetrack::AnnounceError::Sink(e) => e,
             txipc_pagetrack::AnnounceError::Track(t) => HeapError::from(t),

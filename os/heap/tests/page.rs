@@ -362,3 +362,104 @@ fn announced(backend: PageBackend, base: usize) {
     let r = recover(hfd.as_fd(), lfd.as_fd()).unwrap();
     assert!(matches!(r.prior, TxState::Committed(45)), "{:?}", r.prior);
 }
+
+/// Group commit under page tracking by SIGSEGV (unarmed): requests run in one transaction,
+/// each behind its own savepoint (as the server's batch runs kv's handler), capture the pages
+/// they share once; a page captured by an earlier request gets exact-byte records. The same
+/// requests one per transaction, on an identical heap, capture every page they write each
+/// time. Then the batch's state is checked against the model, a `rollback_to` the last
+/// request's savepoint restores the heap to that point exactly, the abort restores the state
+/// before the batch, and so does crash recovery of a batch left active. Fails without the
+/// unarmed savepoint (`PageTracker::savepoint` reopening the pages: the batch captures as
+/// many pages as the single transactions).
+#[test]
+fn a_group_commit_captures_the_pages_its_requests_share_once() {
+    let _g = ONE_TRACKER.lock().unwrap_or_else(|e| e.into_inner());
+    let base = 0x6c00_0000_0000;
+    let fresh = || {
+        let hfd = create_heap_memfd("pgb", 4 << 20).unwrap();
+        let lfd = create_log_memfd("plb", 4 << 20).unwrap();
+        (hfd, lfd)
+    };
+    fn load(heap: &Heap) -> &common::Root {
+        let root: &common::Root = heap.root_or_init(|_| Ok(common::new_root())).unwrap();
+        for t in 1..30 {
+            let mut tx = heap.begin(t).unwrap();
+            common::run_tx(root, &mut tx, t).unwrap();
+            tx.commit().unwrap();
+        }
+        root
+    }
+    let requests = 30..38u64;
+    let mut model = common::Model::default();
+    for t in 1..30 {
+        common::model_tx(&mut model, t);
+    }
+    for t in requests.clone() {
+        common::model_tx(&mut model, t);
+    }
+    // One request per transaction.
+    let singles = {
+        let (hfd, lfd) = fresh();
+        let heap =
+            Heap::attach_with(&hfd, &lfd, base, Tracking::Page, PageBackend::Sigsegv).unwrap();
+        let root = load(&heap);
+        let s0 = heap.page_stats().unwrap();
+        for t in requests.clone() {
+            let mut tx = heap.begin(t).unwrap();
+            let _ = tx.savepoint().unwrap();
+            common::run_tx(root, &mut tx, t).unwrap();
+            tx.commit().unwrap();
+        }
+        let tx = heap.begin(100).unwrap();
+        assert_eq!(common::read(root, &tx), model);
+        tx.abort().unwrap();
+        heap.page_stats().unwrap().captures - s0.captures
+    };
+    // The same requests as one batch, on an identical heap.
+    let (hfd, lfd) = fresh();
+    let heap = Heap::attach_with(&hfd, &lfd, base, Tracking::Page, PageBackend::Sigsegv).unwrap();
+    let root = load(&heap);
+    let before = heap_bytes(hfd.as_fd()).unwrap();
+    let s0 = heap.page_stats().unwrap();
+    let mut tx = heap.begin(30).unwrap();
+    let mut last = None;
+    for t in requests.clone() {
+        let sp = tx.savepoint().unwrap();
+        if t == requests.end - 1 {
+            last = Some((sp, heap_bytes(hfd.as_fd()).unwrap()));
+        }
+        common::run_tx(root, &mut tx, t).unwrap();
+    }
+    let batch = heap.page_stats().unwrap().captures - s0.captures;
+    assert!(
+        batch < singles,
+        "the batch captured {batch} pages, the single transactions {singles}: nothing shared"
+    );
+    assert!(
+        tx.log_used() % (4096 + 16) != 0,
+        "exact-byte records beside the whole pages"
+    );
+    assert_eq!(common::read(root, &tx), model, "the batch's state");
+    let (sp, mid) = last.unwrap();
+    tx.rollback_to(sp).unwrap();
+    assert!(
+        heap_bytes(hfd.as_fd()).unwrap() == mid,
+        "rollback_to the last request's savepoint"
+    );
+    common::run_tx(root, &mut tx, requests.end - 1).unwrap();
+    tx.abort().unwrap();
+    assert!(heap_bytes(hfd.as_fd()).unwrap() == before, "abort");
+    // A batch left active (the incarnation died): recovery restores the state before it.
+    let mut tx = heap.begin(31).unwrap();
+    for t in requests.clone() {
+        let _ = tx.savepoint().unwrap();
+        common::run_tx(root, &mut tx, t).unwrap();
+    }
+    std::mem::forget(tx);
+    drop(heap);
+    let r = recover(hfd.as_fd(), lfd.as_fd()).unwrap();
+    assert_eq!(r.prior, TxState::Active(31));
+    assert!(heap_bytes(hfd.as_fd()).unwrap() == before, "recovery");
+    eprintln!("pages captured: {singles} one request per transaction, {batch} as one batch");
+}

@@ -176,7 +176,7 @@ mod handler;
 pub mod uffd;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use rustix::mm::MprotectFlags;
 
@@ -322,6 +322,13 @@ pub(crate) struct Shared {
     /// Every page not captured in the transaction is write-protected (faults capture). `false`
     /// only for a tracker installed by `install_announced` until `arm`.
     pub armed: AtomicBool,
+    /// The savepoint mark: bumped by every `begin` and by every unarmed
+    /// [`PageTracker::savepoint`]. Only the owner thread writes it.
+    pub mark: AtomicU32,
+    /// Per page, the `mark` in force when the page was last captured. A `WRITABLE` page whose
+    /// mark is older than `mark` was captured in this transaction *before* its latest
+    /// savepoint: an announced write to it logs its exact bytes (see `announce`).
+    pub cap_mark: Box<[AtomicU32]>,
 }
 
 /// Why [`Shared::capture_with`] did not capture.
@@ -431,9 +438,11 @@ impl Shared {
             }
         }
         // A page enters the dirty list only on PROTECTED/OPEN -> WRITABLE, at most once per
-        // begin, and begin resets the list: the index is < npages.
+        // begin (`arm`, which protects captured pages again, takes them off the list), and
+        // begin resets the list: the index is < npages.
         let i = self.dirty_len.fetch_add(1, Ordering::AcqRel);
         self.dirty[i].store(page, Ordering::Relaxed);
+        self.cap_mark[page].store(self.mark.load(Ordering::Relaxed), Ordering::Relaxed);
         st.store(WRITABLE, Ordering::Release);
         self.epoch.fetch_add(1, Ordering::Release);
         Ok(Capture::Captured)
@@ -588,6 +597,8 @@ impl PageTracker {
             captures: AtomicU64::new(0),
             untracked_writes: AtomicU64::new(0),
             armed: AtomicBool::new(armed),
+            mark: AtomicU32::new(0),
+            cap_mark: (0..npages).map(|_| AtomicU32::new(0)).collect(),
         }));
         if handler::SHARED
             .compare_exchange(
@@ -649,6 +660,7 @@ impl PageTracker {
             s.dirty_len.store(0, Ordering::Release);
             self.tx_len = 0;
             self.begins += 1;
+            s.mark.fetch_add(1, Ordering::Relaxed);
             s.epoch.fetch_add(1, Ordering::Release);
             s.in_tx.store(true, Ordering::Release);
             return Ok(());
@@ -699,6 +711,7 @@ impl PageTracker {
         result?;
         self.tx_len = 0;
         self.begins += 1;
+        s.mark.fetch_add(1, Ordering::Relaxed);
         s.epoch.fetch_add(1, Ordering::Release);
         s.in_tx.store(true, Ordering::Release);
         Ok(())
@@ -730,6 +743,30 @@ impl PageTracker {
         if s.in_tx.swap(false, Ordering::AcqRel) {
             self.tx_len = s.dirty_len.load(Ordering::Acquire);
         }
+    }
+
+    /// Marks a savepoint of the open transaction: from now on, a write must leave the undo
+    /// information that returns the region to its state at this point, for the pages captured
+    /// before it as well.
+    ///
+    /// Armed, that is a new capture epoch: `end` and `begin` (the dirty pages are protected
+    /// again and captured anew, whole, at their next write). Unarmed, nothing is reopened: the
+    /// savepoint mark is bumped, and an [`announce`](Self::announce)d write to a page captured
+    /// before the mark is handed to its `exact` sink (the caller logs exactly the bytes about
+    /// to change), while pages not yet captured are captured whole as before. So a group of
+    /// requests in one transaction, each behind its own savepoint, captures a page they share
+    /// once, plus the bytes each later one changes in it.
+    ///
+    /// # Errors
+    /// As [`begin`](Self::begin) (armed only).
+    pub fn savepoint(&mut self) -> Result<(), TrackError> {
+        let s = self.shared();
+        if s.armed.load(Ordering::Acquire) || !s.in_tx.load(Ordering::Acquire) {
+            self.end();
+            return self.begin();
+        }
+        s.mark.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Whether a transaction is open (between `begin` and `end`).
@@ -790,11 +827,15 @@ impl PageTracker {
     /// each of its pages not yet captured in it is captured now, `sink` receiving the page
     /// index and its pre-image (instead of the sink given at install; it runs on this thread,
     /// not in a signal handler, so it may fail). An `OPEN` page costs no system call, a
-    /// protected one an `mprotect` (no fault). Outside a transaction it does nothing.
+    /// protected one an `mprotect` (no fault). If a page of the range was captured before the
+    /// transaction's latest unarmed [`savepoint`](Self::savepoint), `exact(addr, len)` is
+    /// called once, after the captures, and must log the range's current bytes (its whole-page
+    /// record holds the state before the savepoint, not at it). Outside a transaction it does
+    /// nothing.
     ///
     /// # Errors
-    /// [`TrackError::OutOfRegion`]; [`AnnounceError::Sink`] if `sink` failed (that page is not
-    /// captured and must not be written; pages before it were captured);
+    /// [`TrackError::OutOfRegion`]; [`AnnounceError::Sink`] if `sink` or `exact` failed (the
+    /// range must not be written; pages captured before the failure stay captured);
     /// [`AnnounceError::Track`] with [`TrackError::Mprotect`] as for
     /// [`prepare_write`](Self::prepare_write).
     pub fn announce<E>(
@@ -802,6 +843,7 @@ impl PageTracker {
         addr: usize,
         len: usize,
         mut sink: impl FnMut(usize, *const u8) -> Result<(), E>,
+        exact: impl FnOnce(usize, usize) -> Result<(), E>,
     ) -> Result<(), AnnounceError<E>> {
         let s = self.shared();
         let off = addr.wrapping_sub(s.base);
@@ -813,9 +855,13 @@ impl PageTracker {
         }
         let first = off >> s.page_shift;
         let last = (off + len - 1) >> s.page_shift;
+        let mark = s.mark.load(Ordering::Relaxed);
+        let mut before_savepoint = false;
         for page in first..=last {
-            // Fast path: captured already in this transaction.
+            // Fast path: captured already in this transaction (since its latest savepoint, or
+            // before it: then the exact bytes are logged below).
             if s.states[page].load(Ordering::Acquire) == page_state::WRITABLE {
+                before_savepoint |= s.cap_mark[page].load(Ordering::Relaxed) != mark;
                 continue;
             }
             // SAFETY: page < npages (range checked above); the region is valid by install's
@@ -832,6 +878,9 @@ impl PageTracker {
                 }
             }
         }
+        if before_savepoint {
+            exact(addr, len).map_err(AnnounceError::Sink)?;
+        }
         Ok(())
     }
 
@@ -845,7 +894,10 @@ impl PageTracker {
     /// From now on, capture every write, announced or not: write-protects every `OPEN` page
     /// (one `mprotect` per contiguous run), after which the tracker behaves as one made by
     /// [`install`](Self::install). May be called inside a transaction: the pages it has
-    /// captured stay writable (their pre-images are logged). Idempotent.
+    /// captured since its latest [`savepoint`](Self::savepoint) stay writable (their
+    /// pre-images are logged); pages captured before that savepoint are protected again (an
+    /// unannounced write to them would leave nothing to return to the savepoint), so their
+    /// next write captures them anew. Idempotent.
     ///
     /// Must not run concurrently with writes to the region from other threads.
     ///
@@ -860,15 +912,26 @@ impl PageTracker {
             return Ok(());
         }
         let n = s.states.len();
+        let mark = s.mark.load(Ordering::Relaxed);
+        let in_tx = s.in_tx.load(Ordering::Acquire);
+        // To protect: OPEN pages, and (in a transaction) pages captured before its latest
+        // savepoint.
+        let stale = |i: usize| match s.states[i].load(Ordering::Acquire) {
+            page_state::OPEN => true,
+            page_state::WRITABLE => in_tx && s.cap_mark[i].load(Ordering::Relaxed) != mark,
+            _ => false,
+        };
         let mut calls = 0;
+        let mut reprotected = false;
         let mut i = 0;
         while i < n {
-            if s.states[i].load(Ordering::Acquire) != page_state::OPEN {
+            if !stale(i) {
                 i += 1;
                 continue;
             }
             let start = i;
-            while i < n && s.states[i].load(Ordering::Acquire) == page_state::OPEN {
+            while i < n && stale(i) {
+                reprotected |= s.states[i].load(Ordering::Acquire) == page_state::WRITABLE;
                 i += 1;
             }
             let addr = s.base + (start << s.page_shift);
@@ -886,6 +949,20 @@ impl PageTracker {
             }
         }
         self.protect_calls += calls;
+        if reprotected {
+            // Captured pages protected again leave the dirty list (their next fault enters
+            // them once more); the rest keep their order.
+            let len = s.dirty_len.load(Ordering::Acquire);
+            let mut kept = 0;
+            for j in 0..len {
+                let p = s.dirty[j].load(Ordering::Relaxed);
+                if s.states[p].load(Ordering::Acquire) == page_state::WRITABLE {
+                    s.dirty[kept].store(p, Ordering::Relaxed);
+                    kept += 1;
+                }
+            }
+            s.dirty_len.store(kept, Ordering::Release);
+        }
         s.epoch.fetch_add(1, Ordering::Release);
         s.armed.store(true, Ordering::Release);
         Ok(())

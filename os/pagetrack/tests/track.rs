@@ -408,16 +408,22 @@ fn announced_writes_capture_without_protection_until_armed() {
         "nothing protected"
     );
     // A write straddling pages 1 and 2, announced first.
-    t.announce(base + 2 * ps - 4, 8, |p, src| {
-        // SAFETY: src is a readable page of the region (announce's contract).
-        logged.push((p, unsafe { *src }));
-        Ok::<(), ()>(())
-    })
+    t.announce(
+        base + 2 * ps - 4,
+        8,
+        |p, src| {
+            // SAFETY: src is a readable page of the region (announce's contract).
+            logged.push((p, unsafe { *src }));
+            Ok::<(), ()>(())
+        },
+        |_, _| panic!("no savepoint was taken"),
+    )
     .unwrap();
     region.write(1, ps - 1, 0xAA);
     region.write(2, 0, 0xBB);
     // Announcing again in the same transaction captures nothing.
-    t.announce(base + ps, 2 * ps, |_, _| Err(())).unwrap();
+    t.announce(base + ps, 2 * ps, |_, _| Err(()), |_, _| Err(()))
+        .unwrap();
     assert_eq!(logged, vec![(1, 2), (2, 3)], "pre-images before the writes");
     assert_eq!(rec.count(), 0, "no fault reached the signal-handler sink");
     t.end();
@@ -425,9 +431,12 @@ fn announced_writes_capture_without_protection_until_armed() {
     assert_eq!(t.stats().protect_calls, 0, "begin made no mprotect");
     assert_eq!(protections(region.ptr, region.len), "wwwwww");
     // A failing sink leaves the page uncaptured (announced again later, it is captured).
-    assert!(t.announce(base + ps, 1, |_, _| Err(7)).is_err());
+    assert!(
+        t.announce(base + ps, 1, |_, _| Err(7), |_, _| Ok(()))
+            .is_err()
+    );
     assert_eq!(t.dirty_pages(), &[] as &[usize]);
-    t.announce(base + 4 * ps, 1, |_, _| Ok::<(), ()>(()))
+    t.announce(base + 4 * ps, 1, |_, _| Ok::<(), ()>(()), |_, _| Ok(()))
         .unwrap();
     region.write(4, 0, 0xCC);
     // Arm inside the transaction: page 4 (captured) stays writable, every other page,
@@ -454,6 +463,101 @@ fn announced_writes_capture_without_protection_until_armed() {
     // Armed, begin re-protects what the transaction dirtied, as `install` does.
     t.begin().unwrap();
     assert_eq!(protections(region.ptr, region.len), "rrrrrr");
+    t.end();
+    drop(t);
+}
+
+/// An unarmed savepoint reopens nothing: a page captured before it is not captured again (its
+/// announced writes go to the `exact` sink, once per announcement, with the exact range),
+/// a page not yet captured is captured whole, and arming after the savepoint protects the
+/// pages captured before it again (an unannounced write to one then faults and is captured),
+/// while the page captured after it stays writable. Armed, a savepoint is a new capture
+/// epoch. Fails if `savepoint` reopens the pages (the shared page is captured twice) or if
+/// `arm` leaves the pages captured before the savepoint writable.
+#[test]
+fn an_unarmed_savepoint_keeps_pages_captured_and_asks_for_exact_bytes() {
+    let _g = lock();
+    let region = Region::new(4);
+    for p in 0..4 {
+        region.fill(p, p as u8 + 1);
+    }
+    let rec = Recorder::new(32);
+    // SAFETY: as in `install`.
+    let mut t =
+        unsafe { PageTracker::install_announced(region.ptr, region.len, record, rec.ctx()) }
+            .unwrap();
+    let base = region.ptr as usize;
+    let ps = page_size();
+    let whole = std::cell::RefCell::new(Vec::new());
+    let exact = std::cell::RefCell::new(Vec::new());
+    let announce = |t: &PageTracker, addr: usize, len: usize| {
+        t.announce(
+            addr,
+            len,
+            |p, _| {
+                whole.borrow_mut().push(p);
+                Ok::<(), ()>(())
+            },
+            |a, l| {
+                exact.borrow_mut().push((a, l));
+                Ok(())
+            },
+        )
+        .unwrap();
+    };
+    t.begin().unwrap();
+    announce(&t, base + ps + 8, 16);
+    region.write(1, 8, 0x11);
+    t.savepoint().unwrap();
+    // Page 1 again (captured before the savepoint), straddling into page 2 (not captured).
+    announce(&t, base + 2 * ps - 4, 8);
+    region.write(1, ps - 1, 0x22);
+    region.write(2, 0, 0x33);
+    // Page 2 again: captured after the savepoint, nothing more to log.
+    announce(&t, base + 2 * ps + 64, 8);
+    t.savepoint().unwrap();
+    // Both pages are now captured before the latest savepoint.
+    announce(&t, base + 2 * ps + 128, 4);
+    announce(&t, base + ps, 1);
+    assert_eq!(
+        *whole.borrow(),
+        vec![1, 2],
+        "each page captured once in the transaction"
+    );
+    assert_eq!(
+        *exact.borrow(),
+        vec![
+            (base + 2 * ps - 4, 8),
+            (base + 2 * ps + 128, 4),
+            (base + ps, 1)
+        ],
+        "exact ranges for the writes to pages captured before the latest savepoint"
+    );
+    assert_eq!(
+        t.stats().protect_calls,
+        0,
+        "an unarmed savepoint makes no system call"
+    );
+    assert_eq!(protections(region.ptr, region.len), "wwww");
+    // Arm after a third savepoint and one more capture (page 3): pages 1 and 2, captured
+    // before it, are protected again; page 3 stays writable.
+    t.savepoint().unwrap();
+    announce(&t, base + 3 * ps, 1);
+    t.arm().unwrap();
+    assert_eq!(protections(region.ptr, region.len), "rrrw");
+    region.write(1, 100, 0x44);
+    let recs = rec.records();
+    assert_eq!(recs.len(), 1, "the unannounced write to page 1 faulted");
+    assert_eq!(recs[0].0, 1);
+    assert_eq!(
+        recs[0].1[ps - 1],
+        0x22,
+        "its pre-image is the page as it is now"
+    );
+    assert_eq!(t.dirty_pages(), &[3, 1]);
+    // Armed, a savepoint protects the dirty pages again.
+    t.savepoint().unwrap();
+    assert_eq!(protections(region.ptr, region.len), "rrrr");
     t.end();
     drop(t);
 }

@@ -78,6 +78,23 @@ pub fn run_tx(root: &Root, tx: &mut Tx<'_>, txid: u64) -> Result<(), HeapError> 
     root.txs.update(tx, |n| n + 1).map(drop)
 }
 
+/// [`run_tx`] with a savepoint before each operation (as a group commit runs its requests,
+/// each behind its own savepoint): the same effects; under page tracking the operations after
+/// the first write pages captured before their savepoint (exact-byte records).
+pub fn run_tx_steps(root: &Root, tx: &mut Tx<'_>, txid: u64) -> Result<(), HeapError> {
+    for op in ops_for(txid) {
+        tx.savepoint()?;
+        match op {
+            Op::Put(k, v) => root.map.insert(tx, &k, &v).map(drop)?,
+            Op::Del(k) => root.map.remove(tx, &k).map(drop)?,
+            Op::HPut(k, v) => root.hm.insert(tx, k, v).map(drop)?,
+            Op::HDel(k) => root.hm.remove(tx, &k).map(drop)?,
+        }
+    }
+    tx.savepoint()?;
+    root.txs.update(tx, |n| n + 1).map(drop)
+}
+
 pub fn model_tx(m: &mut Model, txid: u64) {
     for op in ops_for(txid) {
         match op {
