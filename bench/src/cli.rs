@@ -135,6 +135,11 @@ pub enum BenchCmd {
         /// standby restores each one).
         #[arg(long, default_value = "follow")]
         standby: String,
+        /// Policy companion, `--standby follow`: the manifest's `follow_max_lag` (a replica
+        /// more than this many records behind replays at its own priority, not nice 19; 0:
+        /// never, the manifest's default).
+        #[arg(long, default_value_t = 0)]
+        follow_max_lag: u64,
     },
     /// SVG plots (`kv_throughput.svg`, `recovery.svg`) and markdown tables from saved JSON
     /// reports of `bench kv` and `bench recovery`; without files, every committed plot of
@@ -492,6 +497,7 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
             checkpoint_every,
             checkpoint_ms,
             standby,
+            follow_max_lag,
         } => {
             use crate::recovery::Fault;
             check(
@@ -532,6 +538,7 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                 checkpoint_every: checkpoint_every.max(1),
                 checkpoint_ms,
                 standby,
+                follow_max_lag,
             };
             let r = crate::recovery::run(exe, &cfg, |m| eprintln!("bench recovery: {m}"))?;
             table_text(json, &crate::recovery::table(&r));

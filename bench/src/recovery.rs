@@ -109,6 +109,9 @@ pub struct RecoveryConfig {
     pub checkpoint_ms: u64,
     /// Policy companion: the manifest's `standby` (`follow` or `warm`).
     pub standby: String,
+    /// Policy companion: the manifest's `follow_max_lag` (0: the replica always replays at
+    /// nice 19).
+    pub follow_max_lag: u64,
 }
 
 /// Where the time of one recovery went, from the kernel's own stamps of its steps
@@ -123,11 +126,12 @@ pub struct Steps {
     /// Seen → the standby activated: the old incarnation confirmed dead or stopped, waiting
     /// requests settled, the activation sent, µs.
     pub confirm_us: f64,
-    /// Activated → the new incarnation serving: its wake-up, restore (none when its state is
-    /// ready) and the replay of the log past it, its `Active` message, µs.
+    /// Activated → the new incarnation serving (its wake-up, restore — none when its state
+    /// is ready — and the replay of the log past it, its `Active` message), or → the
+    /// client's reply if the replay answered it before that, µs.
     pub activate_us: f64,
-    /// Serving → the client's first reply on the new generation (its waiting request answered
-    /// by the replay, or re-run), µs.
+    /// Serving → the client's first reply on the new generation (its waiting request re-run
+    /// after the replay, or its wake-up); 0 when the replay answered it, µs.
     pub client_us: f64,
 }
 
@@ -149,6 +153,13 @@ pub struct Sample {
     /// Policy companion: the standby's state was used (the warm standby had restored the
     /// checkpoint, or the following standby's replica was ready).
     pub warm: Option<bool>,
+    /// Policy companion: log records the following standby's replica had not applied when
+    /// the kernel saw the fault (its lag then: what the replica and the activation still had
+    /// to replay; cold: the records behind the checkpoint).
+    pub lag_records: Option<u64>,
+    /// The client's waiting request was answered by the replay, before the new incarnation
+    /// said it serves.
+    pub answered_in_replay: Option<bool>,
     /// Where the time went (None when the kernel's stamps were not of this recovery).
     pub steps: Option<Steps>,
 }
@@ -250,8 +261,8 @@ fn manifest(cfg: &RecoveryConfig) -> String {
     };
     let checkpoints = if cfg.policy == "companion" {
         format!(
-            "checkpoint_every = {}\ncheckpoint_ms = {}\nstandby = \"{}\"\n",
-            cfg.checkpoint_every, cfg.checkpoint_ms, cfg.standby
+            "checkpoint_every = {}\ncheckpoint_ms = {}\nstandby = \"{}\"\nfollow_max_lag = {}\n",
+            cfg.checkpoint_every, cfg.checkpoint_ms, cfg.standby, cfg.follow_max_lag
         )
     } else {
         String::new()
@@ -519,19 +530,34 @@ pub fn run(
             let info = sys.ps()?.into_iter().find(|s| s.name == "kv");
             let kernel_us = info.as_ref().and_then(|s| s.last_recovery_us);
             let at = |a: u64, b: u64| (a as f64 - b as f64) / 1e3;
-            let steps = info
+            // The stamps of this recovery: seen after the fault instant (less a millisecond of
+            // clock slack), activated before the client's reply. The reply may come before
+            // the new incarnation says it serves: the replay answers the request it
+            // inherited (SEGV after the log point, or a SIGKILL after it); then the activate
+            // step ends at the reply and the client step is 0.
+            let kstamps = info
                 .as_ref()
                 .and_then(|s| s.last_recovery_steps)
-                .filter(|k| k.fault_ns >= from.saturating_sub(1_000_000) && k.serving_ns <= t_reply)
-                .map(|k| Steps {
+                .filter(|k| {
+                    k.fault_ns >= from.saturating_sub(1_000_000)
+                        && k.activated_ns >= k.fault_ns
+                        && k.activated_ns <= t_reply
+                        && k.serving_ns >= k.activated_ns
+                });
+            let steps = kstamps.map(|k| {
+                let end = k.serving_ns.min(t_reply);
+                Steps {
                     detect_us: at(k.fault_ns, from),
                     confirm_us: at(k.activated_ns, k.fault_ns),
-                    activate_us: at(k.serving_ns, k.activated_ns),
-                    client_us: at(t_reply, k.serving_ns),
-                });
+                    activate_us: at(end, k.activated_ns),
+                    client_us: at(t_reply, end),
+                }
+            });
+            let answered_in_replay = kstamps.map(|k| t_reply < k.serving_ns);
             let comp = info.and_then(|s| s.companion);
             let replayed = comp.as_ref().map(|c| (c.last_replayed, c.last_replay_us));
             let warm = comp.as_ref().map(|c| c.last_warm);
+            let lag_records = comp.as_ref().map(|c| c.last_lag_records);
             let sample = Sample {
                 fault,
                 recovery_us: t_reply.saturating_sub(from) as f64 / 1e3,
@@ -540,6 +566,8 @@ pub fn run(
                 generation: (g0, g1),
                 replayed,
                 warm,
+                lag_records,
+                answered_in_replay: answered_in_replay.filter(|_| cfg.policy == "companion"),
                 steps,
             };
             progress(&format!(
@@ -551,7 +579,8 @@ pub fn run(
                 sample.old_exit_us.map_or("?".into(), |v| format!("{v:.0}")),
                 sample.kernel_us.map_or("?".into(), |v| format!("{v:.0}")),
                 sample.replayed.map_or(String::new(), |(n, us)| format!(
-                    ", {n} log records replayed, {} + replay {us} µs",
+                    ", replica {} records behind at the fault, {n} log records replayed, {} + replay {us} µs",
+                    sample.lag_records.unwrap_or(0),
                     if sample.warm == Some(true) {
                         "warm standby"
                     } else {
@@ -613,11 +642,24 @@ pub fn table(r: &RecoveryReport) -> String {
         summarize(&r.samples, |s| s.fault.self_detected()),
     );
     // Where the time went: the kernel's stamps of each step between the fault and the reply.
-    t.push_str("\n| fault | detect p50 µs | confirm + settle p50 µs | activate (wake, restore, replay) p50 µs | client p50 µs |\n|---|---:|---:|---:|---:|\n");
+    t.push_str("\n| fault | runs with stamps | answered by the replay | detect p50 µs | confirm + settle p50 µs | activate (wake, restore, replay) p50 µs | client p50 µs |\n|---|---:|---:|---:|---:|---:|---:|\n");
     for f in &r.config.faults {
+        let of = |s: &&Sample| s.fault == *f;
+        let stamped = r
+            .samples
+            .iter()
+            .filter(of)
+            .filter(|s| s.steps.is_some())
+            .count();
+        let by_replay = r
+            .samples
+            .iter()
+            .filter(of)
+            .filter(|s| s.answered_in_replay == Some(true))
+            .count();
         if let Some(x) = summarize(&r.samples, |s| s.fault == *f).steps_p50 {
             t.push_str(&format!(
-                "| {} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+                "| {} | {stamped} | {by_replay} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
                 f.as_str(),
                 x.detect_us,
                 x.confirm_us,
@@ -638,8 +680,17 @@ pub fn table(r: &RecoveryReport) -> String {
         .collect();
     if !replayed.is_empty() {
         let max = replayed.iter().copied().fold(0.0, f64::max);
+        let mut lag: Vec<f64> = r
+            .samples
+            .iter()
+            .filter_map(|s| s.lag_records.map(|n| n as f64))
+            .collect();
+        let lag_max = lag.iter().copied().fold(0.0, f64::max);
         t.push_str(&format!(
-            "\npolicy companion: log records replayed per recovery p50 {:.0} (max {max:.0}); the server's restore + replay p50 {:.0} µs\n",
+            "\npolicy companion (standby `{}`, follow_max_lag {}): the replica's lag at the fault p50 {:.0} records (max {lag_max:.0}); log records replayed by the activation p50 {:.0} (max {max:.0}); the server's restore + replay p50 {:.0} µs\n",
+            r.config.standby,
+            r.config.follow_max_lag,
+            crate::median(&mut lag),
             crate::median(&mut replayed),
             crate::median(&mut replay_us),
         ));

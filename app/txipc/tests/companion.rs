@@ -402,6 +402,111 @@ fn the_following_standby_takes_the_checkpoints_and_recovery_replays_only_the_las
     sys.shutdown().unwrap();
 }
 
+/// The nice value of a process (`/proc/PID/stat` field 19).
+fn nice_of(pid: i32) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split_whitespace().nth(16).unwrap().parse().unwrap()
+}
+
+/// The standby's pid.
+fn standby_pid(conn: &System) -> i32 {
+    let pid = info(conn).standby_pid;
+    assert!(pid > 0, "no standby: {:?}", info(conn));
+    pid
+}
+
+/// An activation takes a following standby's replica over at once, between two records, even
+/// in the middle of a long replay step (it does not wait for the replica to finish its lag:
+/// the activation, at its own priority, replays the rest); the kernel reports the replica's
+/// lag at the fault. Past `follow_max_lag` records behind, the replica replays at its own
+/// priority, not nice 19. The standby is stopped (SIGSTOP) to make the lag, to catch it in
+/// the middle of its step, and while the kernel activates it, so that the activation arrives
+/// mid-step whatever the machine's speed.
+#[test]
+fn an_activation_takes_the_replica_over_mid_replay_and_the_lag_is_reported() {
+    use rustix::process::Signal;
+    const N: u32 = 30_000;
+    let sys = companion_system(
+        "midreplay",
+        "kv-plain",
+        "checkpoint_every = 1000000\ncheckpoint_ms = 0\nfollow_max_lag = 1000",
+    );
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    for i in 0..10u32 {
+        kv.put(format!("k{i}"), "x").unwrap();
+    }
+    wait_following(&conn, 9);
+    let standby = standby_pid(&conn);
+    txipc_sys::process::kill(standby, Signal::STOP).unwrap();
+    for i in 0..N {
+        kv.put(format!("n{i}"), i.to_le_bytes()).unwrap();
+    }
+    let before = companion(&conn).standby_applied;
+    assert!(before <= 10, "the stopped replica applied: {before}");
+    // Resumed: caught as soon as it has published a position inside its step, and stopped
+    // there again.
+    txipc_sys::process::kill(standby, Signal::CONT).unwrap();
+    let start = std::time::Instant::now();
+    let mid = loop {
+        let applied = companion(&conn).standby_applied;
+        if applied > before {
+            txipc_sys::process::kill(standby, Signal::STOP).unwrap();
+            break companion(&conn).standby_applied;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the replica never published a position inside its step"
+        );
+        std::thread::yield_now();
+    };
+    assert!(
+        mid < u64::from(N),
+        "the replica finished its step before it was stopped ({mid}): its position is not published while it applies"
+    );
+    // 30,000 records behind, over the bound of 1,000: it replays at its own priority.
+    let server = server_pid(&conn, "kv");
+    assert_eq!(
+        nice_of(standby),
+        nice_of(server),
+        "a replica past follow_max_lag replays at its own priority"
+    );
+    // The fault: the kernel activates the stopped standby; resumed, it sees the activation
+    // after at most the record group it was in, and the activation replays the rest.
+    let g = info(&conn).generation;
+    txipc_sys::process::kill(server, Signal::KILL).unwrap();
+    wait_until("the fault seen", Duration::from_secs(20), || {
+        info(&conn).state != "running" || info(&conn).generation > g
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    txipc_sys::process::kill(standby, Signal::CONT).unwrap();
+    wait_until("the next incarnation", Duration::from_secs(20), || {
+        let i = info(&conn);
+        i.generation > g && i.state == "running"
+    });
+    let c = companion(&conn);
+    assert!(c.last_warm, "the replica was used: {c:?}");
+    assert!(
+        c.last_replayed > 1,
+        "the activation waited for the replica's whole step (it replayed only the last record): {c:?}"
+    );
+    // The lag at the fault: every record past the replica's published position then (it was
+    // stopped there); the replica applied at most the rest of its record group after it was
+    // resumed, and the activation the remainder.
+    assert_eq!(c.last_lag_records, u64::from(N) + 10 - mid, "{c:?}");
+    assert!(c.last_replayed + 64 >= c.last_lag_records, "{c:?}");
+    for i in (0..N).step_by(997) {
+        assert_eq!(
+            kv.get(format!("n{i}")).unwrap(),
+            Some(i.to_le_bytes().to_vec().into())
+        );
+    }
+    assert_eq!(kv.stats().unwrap().keys, u64::from(N) + 10);
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
 /// The following standby killed, and its checkpoint writer faulting: a killed standby is
 /// replaced by one that restores the newest checkpoint and follows the log behind it; a
 /// checkpoint whose writer (the standby's forked child) dies is lost, not the server's

@@ -86,6 +86,15 @@ pub const LOG_CAP_AT: usize = 8;
 pub const LOG_TAIL_AT: usize = 16;
 /// Header word: the offset of the newest accepted checkpoint, written by the kernel.
 pub const LOG_ACCEPTED_AT: usize = 24;
+/// Header word: a following standby's replica, `index + 1` of the last request it applied
+/// (0: no replica), written by the standby as it applies; read by the kernel at a fault (the
+/// replica's lag then) and by `ps`. A statistic only: nothing is decided by it (the server
+/// maps this page too).
+pub const LOG_REPLICA_AT: usize = 32;
+/// Header word: with [`LOG_REPLICA_AT`], the log offset of the first record the replica has
+/// not applied (written just before the index word; a reader may see a mixed pair: a
+/// statistic only).
+pub const LOG_REPLICA_OFFSET_AT: usize = 40;
 /// The log's magic.
 pub const LOG_MAGIC: u64 = u64::from_le_bytes(*b"TXCLOG02");
 const TAIL_OFFSET_BITS: u32 = 48;

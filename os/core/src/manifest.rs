@@ -15,6 +15,8 @@
 //! checkpoint_ms = 1000     # ... or this long after the last one (whichever comes first)
 //! standby = "follow"       # policy companion: the standby replays the log as it is written
 //!                          # and takes the checkpoints (or "warm": the server forks them)
+//! follow_max_lag = 0       # policy companion, follow: past this many records behind the log
+//!                          # the replica replays at its own priority, not nice 19 (0: never)
 //! [server.restart]
 //! min_interval_ms = 0      # at least this long between two restarts
 //! max_restarts = 200       # at most this many restarts ...
@@ -210,6 +212,13 @@ pub struct ServerSpec {
     /// Policy companion: what the standby does while the server serves.
     #[serde(default)]
     pub standby: Standby,
+    /// Policy companion, `standby = "follow"`: a replica more than this many records behind
+    /// the log replays at its own priority instead of nice 19, until it has caught up, so
+    /// that a recovery never replays much more than this (it trades CPU time of the server
+    /// and its clients for recovery time under a load that leaves no CPU idle); 0: always at
+    /// nice 19, however far behind.
+    #[serde(default)]
+    pub follow_max_lag: u64,
 }
 
 fn default_max_channels() -> u32 {

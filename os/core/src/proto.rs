@@ -310,6 +310,20 @@ pub struct CompanionInfo {
     /// up with the log); 0: none.
     #[serde(default)]
     pub standby_index: u64,
+    /// The last recovery: log records the standby's replica had not applied when the kernel
+    /// saw the fault (its lag then; a cold activation: the records behind the checkpoint).
+    /// The activation replayed `last_replayed` of them; the replica applied the rest between
+    /// the fault and the activation.
+    #[serde(default)]
+    pub last_lag_records: u64,
+    /// A following standby, live: the last request its replica has applied (unlike
+    /// `standby_index`, also while it is behind); 0: none, or no following standby.
+    #[serde(default)]
+    pub standby_applied: u64,
+    /// A following standby, live: log bytes past its replica (the last record always is: it
+    /// is applied only once its successor is logged).
+    #[serde(default)]
+    pub standby_lag_bytes: u64,
 }
 
 /// Why the kernel refused.
@@ -390,6 +404,9 @@ pub struct ServerConfig {
     /// Policy companion: the standby follows the log and takes the checkpoints (else the
     /// server forks them and the standby restores each one).
     pub follow: bool,
+    /// Policy companion, following standby: past this many records behind, the replica
+    /// replays at its own priority (0: always at nice 19).
+    pub follow_max_lag: u64,
 }
 
 /// Kernel → zygote.
@@ -577,6 +594,9 @@ pub enum FromServer {
     Replayed {
         /// Log records replayed.
         records: u64,
+        /// The index of the last request the state replay started from had applied (the
+        /// replica's or the snapshot's; 0: none).
+        from_index: u64,
         /// Snapshot bytes restored.
         snapshot_bytes: u64,
         /// Time to restore the snapshot and replay, microseconds.

@@ -47,6 +47,9 @@ pub(crate) struct CompanionLog {
     /// Waiting requests whose handler has made calls to other servers (the busy word said so
     /// at a fault): never failed alone, whose calls' effects stand at their callees.
     called: HashSet<(u32, u32, u64)>,
+    /// The replica word ([`fmt::LOG_REPLICA_AT`]) when the fault was seen: the following
+    /// standby's position then (`index + 1`; 0: no replica).
+    replica_at_fault: u64,
     pub(crate) info: CompanionInfo,
 }
 
@@ -71,6 +74,7 @@ impl CompanionLog {
             skip: VecDeque::new(),
             charged: HashMap::new(),
             called: HashSet::new(),
+            replica_at_fault: 0,
             info: CompanionInfo::default(),
         };
         c.set_log(0, 0);
@@ -85,6 +89,59 @@ impl CompanionLog {
         self.map
             .u64_at(fmt::LOG_TAIL_AT)
             .store(fmt::tail_word(tail), Ordering::Release);
+    }
+
+    /// The following standby's replica as its word says: `index + 1` of the last request it
+    /// applied (0: none).
+    fn replica_word(&self) -> u64 {
+        self.map.u64_at(fmt::LOG_REPLICA_AT).load(Ordering::Acquire)
+    }
+
+    /// The active incarnation failed: remembers where the replica was (its lag is known once
+    /// the activation says what it replayed, [`CompanionLog::on_replayed`]).
+    pub(crate) fn on_fault(&mut self) {
+        self.replica_at_fault = self.replica_word();
+    }
+
+    /// The activated incarnation replayed `records` past `from_index` (the last request of
+    /// the state it started from: the replica's, or the checkpoint's when `warm` is false).
+    pub(crate) fn on_replayed(&mut self, records: u64, from_index: u64, us: u64, warm: bool) {
+        self.info.last_replayed = records;
+        self.info.last_replay_us = us;
+        self.info.last_warm = warm;
+        // What the replica applied between the fault and the activation, plus what the
+        // activation replayed: the records it was behind when the fault came.
+        let applied_since = match self.replica_at_fault {
+            0 => 0,
+            at if warm => from_index.saturating_sub(at - 1),
+            _ => 0,
+        };
+        self.info.last_lag_records = records + applied_since;
+        self.replica_at_fault = 0;
+    }
+
+    /// The standby died, or was activated: no replica follows the log until the next one
+    /// says so.
+    pub(crate) fn standby_gone(&mut self) {
+        self.info.standby_index = 0;
+        self.map
+            .u64_at(fmt::LOG_REPLICA_AT)
+            .store(0, Ordering::Release);
+    }
+
+    /// What `ps` shows, with a following standby's position read live from its words (they
+    /// are published as the replica applies, not only when it has caught up).
+    pub(crate) fn ps_info(&self) -> CompanionInfo {
+        let mut info = self.info.clone();
+        if let Some(index) = self.replica_word().checked_sub(1) {
+            info.standby_applied = index;
+            let offset = self
+                .map
+                .u64_at(fmt::LOG_REPLICA_OFFSET_AT)
+                .load(Ordering::Acquire);
+            info.standby_lag_bytes = self.tail().unwrap_or(offset).saturating_sub(offset);
+        }
+        info
     }
 
     /// The log's end as the server's tail word says (None: the word fails its check).
@@ -122,7 +179,7 @@ impl CompanionLog {
     /// What the next incarnation needs, and the snapshot fd to send with it.
     pub(crate) fn start_message(&mut self, generation: u64) -> (CompanionStart, Option<&OwnedFd>) {
         // The standby is being activated: the next one restores from scratch.
-        self.info.standby_index = 0;
+        self.standby_gone();
         let base = self
             .snapshot
             .as_ref()

@@ -256,7 +256,7 @@ impl Kernel {
                 last_recovery_at_ms: s.last_recovery_at_ms,
                 last_recovery_steps: s.last_steps,
                 held_reason: s.held_reason.clone(),
-                companion: s.companion.as_ref().map(|c| c.info.clone()),
+                companion: s.companion.as_ref().map(|c| c.ps_info()),
                 prepared: crate::nested::holds_prepared(s),
                 in_call: s.in_call(),
                 // The server's own words: each bucket is clamped to the calls it claims.

@@ -125,12 +125,14 @@ impl Kernel {
                     self.companion_checkpoint(i, info, fd);
                 }
                 Ok(FromServer::Replayed {
-                    records, us, warm, ..
+                    records,
+                    from_index,
+                    us,
+                    warm,
+                    ..
                 }) => {
                     if let Some(c) = &mut self.servers[i].companion {
-                        c.info.last_replayed = records;
-                        c.info.last_replay_us = us;
-                        c.info.last_warm = warm;
+                        c.on_replayed(records, from_index, us, warm);
                     }
                 }
                 Ok(FromServer::Warmed { index }) => {
@@ -189,6 +191,12 @@ impl Kernel {
             self.fault_starts(i, generation, format!("{how}{at}"));
         }
         let s = &mut self.servers[i];
+        if s.life.standby() == Some(generation)
+            && let Some(c) = &mut s.companion
+        {
+            // `ps` no longer shows a dead standby's position.
+            c.standby_gone();
+        }
         if let Some(inc) = s.procs.remove(&generation) {
             self.unwatch(inc.pidfd.as_fd());
             self.unwatch(inc.sock.as_fd());
@@ -235,6 +243,9 @@ impl Kernel {
         s.watch = None;
         s.posted_watch = None;
         s.faults += 1;
+        if let Some(c) = &mut s.companion {
+            c.on_fault();
+        }
         s.last_fault = Some(FaultInfo {
             cause,
             generation: g,

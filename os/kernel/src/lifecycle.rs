@@ -333,6 +333,9 @@ impl Kernel {
                     fault_ns: txipc_sys::time::monotonic_ns(),
                     ..Default::default()
                 };
+                if let Some(c) = &mut s.companion {
+                    c.on_fault();
+                }
             }
             s.fault_at.get_or_insert_with(Instant::now);
         }

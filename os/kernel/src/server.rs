@@ -170,6 +170,7 @@ impl Server {
             checkpoint_ms: spec.checkpoint_ms,
             log_cap: spec.log_mb << 20,
             follow: spec.standby == txipc_core::manifest::Standby::Follow,
+            follow_max_lag: spec.follow_max_lag,
         };
         let companion = match spec.policy {
             txipc_core::manifest::Policy::Companion => Some(

@@ -448,6 +448,17 @@ impl Ring {
         Ok((ring, tail))
     }
 
+    /// A following standby's position in the header's replica words: the last request applied
+    /// (`u64::MAX`: no replica) and the offset of the next record.
+    fn publish_replica(&self, index: u64, offset: u64) {
+        self.map
+            .u64_at(fmt::LOG_REPLICA_OFFSET_AT)
+            .store(offset, Ordering::Release);
+        self.map
+            .u64_at(fmt::LOG_REPLICA_AT)
+            .store(index.wrapping_add(1), Ordering::Release);
+    }
+
     /// A copy of the log `[from, to)`.
     fn read(&self, from: u64, to: u64) -> Vec<u8> {
         let mut bytes = Vec::with_capacity((to - from) as usize);
@@ -719,6 +730,13 @@ fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> std::io::Result<()> {
 /// longest it waits when they do not.
 const FOLLOW_POLL: Duration = Duration::from_micros(500);
 const FOLLOW_IDLE: Duration = Duration::from_millis(20);
+/// With a lag bound (`follow_max_lag`), the longest a caught-up replica sleeps before it
+/// looks at the log again: a burst must not run far past the bound unseen.
+const FOLLOW_IDLE_BOUNDED: Duration = Duration::from_millis(1);
+/// The replica applies this many records, then looks for a control message (an activation):
+/// an activation waits for at most this many records of the replica's, never for its whole
+/// lag (ARCHITECTURE.md §16, "The following standby").
+const FOLLOW_CHUNK: usize = 64;
 
 /// A standby that follows the message log as it is written (manifest `standby = "follow"`,
 /// ARCHITECTURE.md §16 "The following standby"): a replica of the server one request behind
@@ -783,6 +801,17 @@ impl Follower {
         }
     }
 
+    /// Publishes the replica's position in the log header's replica word (`ps`, and the lag
+    /// the kernel notes at a fault): `index + 1` of the last applied request, 0 for none.
+    fn publish_position(&self) {
+        if let Some(ring) = &self.ring {
+            match (&self.replica, self.stale) {
+                (Some(r), false) => ring.publish_replica(r.meta.index, r.meta.log_offset),
+                _ => ring.publish_replica(u64::MAX, 0),
+            }
+        }
+    }
+
     /// The kernel said where the log starts (`Follow`): with no checkpoint yet, the replica
     /// starts empty there; else it waits for the `Warm` that follows.
     fn start(
@@ -820,6 +849,7 @@ impl Follower {
                 follows: Some(log_start),
             });
         }
+        self.publish_position();
     }
 
     /// A checkpoint the kernel accepted: ignored if the replica is there already (it is the
@@ -850,6 +880,7 @@ impl Follower {
             self.since = 0;
             self.at = Instant::now();
         }
+        self.publish_position();
     }
 
     /// One look at the log: applies every complete request past the replica (all but the
@@ -885,6 +916,7 @@ impl Follower {
         if n < 2 {
             // Caught up: says how far (`ps`: `standby_index`), once per position.
             if self.reported != Some(r.meta.index) {
+                ring.publish_replica(r.meta.index, r.meta.log_offset);
                 self.reported = Some(r.meta.index);
                 let _ = fdpass::send(
                     ctl,
@@ -894,7 +926,12 @@ impl Follower {
                     &[],
                 );
             }
-            self.wait = (self.wait * 2).min(FOLLOW_IDLE);
+            let idle = if self.config.follow_max_lag > 0 {
+                FOLLOW_IDLE_BOUNDED
+            } else {
+                FOLLOW_IDLE
+            };
+            self.wait = (self.wait * 2).min(idle);
             return Some(self.wait);
         }
         let mut calls: HashMap<u64, VecDeque<Recorded>> = HashMap::new();
@@ -908,9 +945,14 @@ impl Follower {
         }
         let mut prev = r.meta.last_digest;
         let mut applied = 0;
+        // Stopped between two records for a control message (an activation): the replica
+        // ends there, and the step ends at once (no checkpoint).
+        let mut interrupted = false;
         // It replays in the CPU time the server and its clients leave (and waits for
-        // messages — an activation — at its own priority).
-        let low = LowPriority::enter();
+        // messages — an activation — at its own priority); past the lag bound, at its own
+        // priority (`follow_max_lag`), so that a recovery never has much more to replay.
+        let bound = self.config.follow_max_lag;
+        let low = (bound == 0 || (n as u64) <= bound).then(LowPriority::enter);
         OUT.with(|o| {
             let mut o = o.borrow_mut();
             o.following = true;
@@ -924,13 +966,21 @@ impl Follower {
                 self.stale = true;
                 break;
             }
-            if k + 1 == n {
+            if k + 1 == n || (k > 0 && k % FOLLOW_CHUNK == 0 && crate::server::message_waiting(ctl))
+            {
                 // The last record: not applied (its request may still run, or have faulted);
-                // the replica now ends just before it, verified up to it.
+                // or a message waits (an activation takes the replica over here, at a record
+                // boundary, and replays the rest itself). The replica now ends just before
+                // this record, verified up to it.
+                interrupted = k + 1 < n;
                 r.meta.index = m.index - 1;
                 r.meta.log_offset = rec.offset;
                 r.meta.last_digest = prev;
                 break;
+            }
+            if k > 0 && k % FOLLOW_CHUNK == 0 {
+                // Where it is, for `ps` and the kernel's note of its lag at a fault.
+                ring.publish_replica(m.index - 1, rec.offset);
             }
             if self.skip.contains(&(m.chan, m.slot, m.seq)) {
                 prev = None;
@@ -960,10 +1010,15 @@ impl Follower {
         drop(low);
         if self.stale {
             self.replica = None;
+            self.publish_position();
             return None;
         }
         self.since += applied;
         self.wait = FOLLOW_POLL;
+        self.publish_position();
+        if interrupted {
+            return Some(Duration::ZERO);
+        }
         let used = tail.saturating_sub(ring.accepted());
         let due = self.capture != Capture::Defer
             && self.since > 0
@@ -1696,6 +1751,9 @@ impl PlainLoop<'_> {
         let (ring, tail) = Ring::map(&fds.log, self.config.log_cap, snap_meta.log_offset)
             .unwrap_or_else(|e| hold(&ctl, e));
         let ring = Rc::new(ring);
+        // The replica is this incarnation's now: no standby follows until the next one says
+        // where it is.
+        ring.publish_replica(u64::MAX, 0);
         let bytes = ring.read(snap_meta.log_offset, tail);
         let scan: LogScan<'_> =
             fmt::read_log(&bytes, snap_meta.log_offset, ring.cap, snap_meta.index + 1)
@@ -1765,6 +1823,7 @@ impl PlainLoop<'_> {
         }
         self.status.set_idle(self.calls);
         let replayed = scan.records.len() as u64;
+        let from_index = snap_meta.index;
         drop(bytes);
         self.log = Some(LogWriter {
             ring,
@@ -1786,6 +1845,7 @@ impl PlainLoop<'_> {
             &*ctl,
             &proto::encode(&FromServer::Replayed {
                 records: replayed,
+                from_index,
                 snapshot_bytes,
                 us: t0.elapsed().as_micros() as u64,
                 warm: was_warm,
