@@ -55,8 +55,9 @@ pub enum Fault {
     Panic,
     /// The handler never returns (after its updates, before commit); the kernel's watchdog
     /// kills the incarnation once the call ran past `deadline_ms` ([`HANG_DEADLINE_MS`] here).
-    /// Measured from the hung incarnation's end: detection takes the deadline (plus up to one
-    /// watchdog tick) by design, and is not recovery.
+    /// Measured from the kernel's declaration of the hang (its watchdog saw the call past the
+    /// deadline, and sends the SIGKILL): detection takes the deadline (plus up to one watchdog
+    /// tick) by design, and is not recovery.
     Hang,
 }
 
@@ -519,31 +520,39 @@ pub fn run(
                 );
             }
             let exit_ns = exit.and_then(|h| h.join().ok().flatten());
-            let from = match fault {
-                Fault::Sigkill => t_fault,
-                Fault::Hang => exit_ns.with_context(|| {
-                    format!("hang: run {run}: the hung incarnation's end was not seen")
-                })?,
-                Fault::Segv | Fault::Panic => t_start,
-            };
             let (_, g1) = wait_running(&sys)?;
             let info = sys.ps()?.into_iter().find(|s| s.name == "kv");
             let kernel_us = info.as_ref().and_then(|s| s.last_recovery_us);
+            // This recovery's stamps were all taken after the fault instant.
+            let stamps = info
+                .as_ref()
+                .and_then(|s| s.last_recovery_steps)
+                .filter(|k| k.fault_ns >= t_fault);
+            let from = match fault {
+                Fault::Sigkill => t_fault,
+                // A hang is declared by the kernel's watchdog once the call ran past its
+                // deadline (by design, not recovery); that declaration is also the instant the
+                // kernel sends the SIGKILL. Recovery is measured from it, so the hang's detect
+                // step is zero and the kill's cost (until the pidfd fires) is in confirm. (It
+                // was measured from the hung incarnation's end, after the kernel's stamp: its
+                // detect step came out negative.)
+                Fault::Hang => stamps.map(|k| k.fault_ns).with_context(|| {
+                    format!("hang: run {run}: the kernel's stamps of this recovery were not seen")
+                })?,
+                Fault::Segv | Fault::Panic => t_start,
+            };
             let at = |a: u64, b: u64| (a as f64 - b as f64) / 1e3;
             // The stamps of this recovery: seen after the fault instant (less a millisecond of
             // clock slack), activated before the client's reply. The reply may come before
             // the new incarnation says it serves: the replay answers the request it
             // inherited (SEGV after the log point, or a SIGKILL after it); then the activate
             // step ends at the reply and the client step is 0.
-            let kstamps = info
-                .as_ref()
-                .and_then(|s| s.last_recovery_steps)
-                .filter(|k| {
-                    k.fault_ns >= from.saturating_sub(1_000_000)
-                        && k.activated_ns >= k.fault_ns
-                        && k.activated_ns <= t_reply
-                        && k.serving_ns >= k.activated_ns
-                });
+            let kstamps = stamps.filter(|k| {
+                k.fault_ns >= from.saturating_sub(1_000_000)
+                    && k.activated_ns >= k.fault_ns
+                    && k.activated_ns <= t_reply
+                    && k.serving_ns >= k.activated_ns
+            });
             let steps = kstamps.map(|k| {
                 let end = k.serving_ns.min(t_reply);
                 Steps {

@@ -147,3 +147,68 @@ fn a_killed_kernel_takes_its_servers_with_it() {
     .unwrap();
     again.shutdown().unwrap();
 }
+
+/// The keeper of an incarnation (`txipc_sys::keeper`): the child of an incarnation that keeps
+/// at most one descriptor (the kernel's pidfd it watches).
+fn keeper_of(pid: i32) -> Option<i32> {
+    children(pid)
+        .into_iter()
+        .find(|&c| std::fs::read_dir(format!("/proc/{c}/fd")).is_ok_and(|d| d.count() <= 1))
+}
+
+/// A keeper outlives its SIGKILLed incarnation (so that the teardown of the address space is
+/// off the recovery path) and the kernel kills it once the successor serves: it does not stay
+/// until shutdown. A keeper SIGKILLed while its incarnation serves (a crash point of its own)
+/// harms nothing: the incarnation serves on, and its own SIGKILL is recovered from as usual.
+#[test]
+fn a_dead_incarnations_keeper_is_killed_once_its_successor_serves_and_a_killed_keeper_harms_nothing()
+ {
+    let sys = boot(
+        "keepers",
+        &(server("kv", "kv", "txipc", "") + &grant("*", "kv")),
+    );
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    kv.put(b"k".to_vec(), vec![7; 64]).unwrap();
+    // Generation 1's keeper outlives it, and is killed by the kernel once generation 2 serves.
+    let first = server_pid(&conn, "kv");
+    let mut keeper = None;
+    wait_until("the first incarnation's keeper", Duration::from_secs(10), || {
+        keeper = keeper_of(first);
+        keeper.is_some()
+    });
+    let keeper = keeper.unwrap();
+    txipc_sys::process::kill(first, rustix::process::Signal::KILL).unwrap();
+    assert_eq!(kv.get(b"k").unwrap().map(|v| v.len()), Some(64));
+    wait_until("the dead incarnation's keeper killed", Duration::from_secs(10), || {
+        !alive(keeper)
+    });
+    // Generation 2's keeper killed while it serves: nothing else changes.
+    let second = server_pid(&conn, "kv");
+    assert_ne!(second, first);
+    let mut k2 = None;
+    wait_until("the second incarnation's keeper", Duration::from_secs(10), || {
+        k2 = keeper_of(second);
+        k2.is_some()
+    });
+    txipc_sys::process::kill(k2.unwrap(), rustix::process::Signal::KILL).unwrap();
+    wait_until("the killed keeper gone", Duration::from_secs(10), || {
+        !alive(k2.unwrap())
+    });
+    for i in 0..20 {
+        kv.put(format!("x{i}").into_bytes(), vec![1; 8]).unwrap();
+    }
+    assert_eq!(server_pid(&conn, "kv"), second, "the incarnation kept serving");
+    // And it is recovered from as usual when it dies (without a keeper: only slower).
+    txipc_sys::process::kill(second, rustix::process::Signal::KILL).unwrap();
+    assert_eq!(kv.get(b"x19").unwrap().map(|v| v.len()), Some(8));
+    assert_eq!(kv.get(b"k").unwrap().map(|v| v.len()), Some(64));
+    drop(kv);
+    drop(conn);
+    let kernel = sys.pid() as i32;
+    let procs = descendants(kernel);
+    sys.shutdown().unwrap();
+    for p in procs {
+        assert!(!alive(p), "process {p} survived the shutdown");
+    }
+}

@@ -616,6 +616,10 @@ pub enum FromServer {
         /// What was found, and what to do.
         message: String,
     },
+    /// The incarnation's address-space keeper (`txipc_sys::keeper`) runs; fd `[its pidfd]`
+    /// rides along. The kernel kills it once the incarnation is gone and its successor serves
+    /// (the teardown of the address space, off the recovery path), and at shutdown.
+    Keeper,
 }
 
 /// A message that could not be decoded.

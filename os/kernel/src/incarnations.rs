@@ -18,6 +18,8 @@ pub(crate) struct Inc {
     pub(crate) pid: i32,
     pub(crate) pidfd: OwnedFd,
     pub(crate) sock: OwnedFd,
+    /// Its address-space keeper's pidfd, once it said it runs one ([`FromServer::Keeper`]).
+    pub(crate) keeper: Option<OwnedFd>,
 }
 
 impl Kernel {
@@ -37,6 +39,7 @@ impl Kernel {
             pid,
             pidfd,
             sock,
+            keeper: None,
         };
         let _ = self.watch(inc.sock.as_fd(), token(T_INC_CTL, i, generation));
         let _ = self.watch(inc.pidfd.as_fd(), token(T_INC_PID, i, generation));
@@ -116,6 +119,12 @@ impl Kernel {
             match proto::decode::<FromServer>(&self.buf[..n]) {
                 Ok(FromServer::Active { generation: g }) if g == generation => {
                     self.feed(i, Event::Serving(g));
+                }
+                Ok(FromServer::Keeper) if fds.len() == 1 => {
+                    let fd = fds.pop().expect("one fd");
+                    if let Some(inc) = self.servers[i].procs.get_mut(&generation) {
+                        inc.keeper = Some(fd);
+                    }
                 }
                 Ok(FromServer::Resolve { server, txid }) => {
                     self.resolve_root(i, txipc_heap::RootId { server, txid });
@@ -200,6 +209,11 @@ impl Kernel {
         if let Some(inc) = s.procs.remove(&generation) {
             self.unwatch(inc.pidfd.as_fd());
             self.unwatch(inc.sock.as_fd());
+            // Its keeper still holds the address space: killed later, once the successor
+            // serves (`Kernel::kill_keepers`).
+            if let Some(k) = inc.keeper {
+                self.servers[i].keepers.push(k);
+            }
         }
         self.feed(i, Event::Died(generation));
     }

@@ -36,6 +36,11 @@ pub(crate) struct Server {
     /// Every incarnation whose pidfd we still watch (active, standby, failing, killed), by
     /// generation. Removed when its pidfd says it is dead.
     pub(crate) procs: BTreeMap<Gen, Inc>,
+    /// Pidfds of the address-space keepers of incarnations that are gone: killed at a
+    /// watchdog tick once no recovery of this server is under way (`Kernel::kill_keepers`).
+    pub(crate) keepers: Vec<OwnedFd>,
+    /// Keepers queued before the last tick: the next tick that finds no recovery kills them.
+    pub(crate) keepers_due: Vec<OwnedFd>,
     /// The generation being forked, and our end of its control socket.
     pub(crate) spawning: Option<(Gen, OwnedFd)>,
     /// A stop being confirmed: generation and checks so far.
@@ -195,6 +200,8 @@ impl Server {
                 zygote: None,
                 life,
                 procs: BTreeMap::new(),
+                keepers: Vec::new(),
+                keepers_due: Vec::new(),
                 spawning: None,
                 confirming: None,
                 awaiting: None,

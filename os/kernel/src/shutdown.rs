@@ -23,8 +23,19 @@ impl Kernel {
         // Incarnations first (they die with their zygote anyway), then zygotes. Shutdown is
         // the one place the kernel waits for peers, bounded (3 s, then SIGKILL).
         for s in &mut self.servers {
+            let mut keepers = std::mem::take(&mut s.keepers);
+            keepers.append(&mut s.keepers_due);
             for inc in std::mem::take(&mut s.procs).into_values() {
                 wait_or_kill(&inc.pidfd, deadline);
+                keepers.extend(inc.keeper);
+            }
+            // The keepers (they would also end with the kernel, which they watch): killed and
+            // waited for, so that none outlives the system.
+            for k in &keepers {
+                let _ = process::pidfd_signal(k, Signal::KILL);
+            }
+            for k in &keepers {
+                wait_or_kill(k, deadline);
             }
             if let Some(mut z) = s.zygote.take() {
                 let _ = fdpass::send(&z.sock, &proto::encode(&ToZygote::Exit), &[]);

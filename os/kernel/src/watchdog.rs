@@ -26,6 +26,7 @@ impl Kernel {
         }
         for i in 0..self.servers.len() {
             self.feed(i, Event::Tick);
+            self.kill_keepers(i);
             if let Some((g, cause)) = self.hang_of(i) {
                 let s = &self.servers[i];
                 let pid = s.active().map_or(0, |a| a.pid);
@@ -34,6 +35,21 @@ impl Kernel {
                 self.feed(i, Event::Hang(g));
             }
         }
+    }
+
+    /// Kills the keepers of server `i`'s dead incarnations that were queued before the last
+    /// tick, unless a recovery of the server is under way: the teardown of their address
+    /// spaces (milliseconds for a large heap) then runs, at nice 19, while the successor
+    /// serves, never between a fault and the successor's first reply.
+    fn kill_keepers(&mut self, i: usize) {
+        let s = &mut self.servers[i];
+        if s.life.phase() == Phase::Recovering {
+            return;
+        }
+        for k in std::mem::take(&mut s.keepers_due) {
+            let _ = process::pidfd_signal(&k, rustix::process::Signal::KILL);
+        }
+        s.keepers_due = std::mem::take(&mut s.keepers);
     }
 
     /// Whether server `i`'s serving generation hangs, and how, in words.

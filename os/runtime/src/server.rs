@@ -283,6 +283,10 @@ pub fn zygote_main_with(builtins: &[Builtin], plain: &[crate::PlainBuiltin]) -> 
     if let Err(e) = process::die_with_parent(kernel_pid) {
         die(&format!("prctl: {e}"));
     }
+    // The kernel's pidfd (opened once its parenthood is confirmed above, so the pid is the
+    // kernel's): each incarnation's keeper watches it, to end with the kernel.
+    let kernel_pidfd = process::pidfd_open(kernel_pid)
+        .unwrap_or_else(|e| die(&format!("pidfd_open of the kernel: {e}")));
     let mut buf = vec![0u8; proto::MAX_CONTROL_MSG];
     let (n, fds) = match fdpass::recv(&ctl, &mut buf, false) {
         Ok(Some(m)) => m,
@@ -397,6 +401,7 @@ pub fn zygote_main_with(builtins: &[Builtin], plain: &[crate::PlainBuiltin]) -> 
                             log: &log_fd,
                             doorbell: &doorbell_fd,
                             status: &status_fd,
+                            kernel: &kernel_pidfd,
                         };
                         match which {
                             Which::Heap(builtin) => {
@@ -474,6 +479,8 @@ struct IncFds<'a> {
     log: &'a OwnedFd,
     doorbell: &'a OwnedFd,
     status: &'a OwnedFd,
+    /// The kernel's pidfd (what the keeper watches).
+    kernel: &'a OwnedFd,
 }
 
 fn tracking_for(policy: Policy, tracking: ManifestTracking) -> Tracking {
@@ -516,11 +523,21 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
         let _ = process::pin_to_cpu(cpu);
     }
     // A process sharing this address space, so that a SIGKILL of this incarnation is noticed
-    // without first tearing down its heap mappings (txipc_sys::keeper). Without it recovery
+    // without first tearing down its heap mappings (txipc_sys::keeper). It outlives this
+    // incarnation until the kernel kills it (after the successor serves) or the kernel ends:
+    // a keeper that died with the incarnation tore the address space down while the recovery
+    // ran, and at 1 GiB that delayed the pidfd itself by milliseconds. Without it recovery
     // still works, only slower for a large heap.
     // (Named first so that `ps` tells the keeper from the incarnation: it inherits the name.)
     name_process(config, "keeper");
-    let _ = txipc_sys::keeper::spawn();
+    if let Ok(k) = txipc_sys::keeper::spawn(txipc_sys::keeper::Until::Killed(fds.kernel.as_fd()))
+    {
+        let _ = fdpass::send(
+            &ctl,
+            &proto::encode(&FromServer::Keeper),
+            &[k.pidfd.as_fd()],
+        );
+    }
     name_process(config, "standby");
     let doorbell = Doorbell::map(fds.doorbell.as_fd())
         .unwrap_or_else(|e| fatal(&ctl, format!("doorbell: {e}")));

@@ -21,53 +21,110 @@
 
 use std::ffi::{c_int, c_void};
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 /// Stack of the keeper: enough for its few system calls (no Rust runtime runs there).
 const STACK_BYTES: usize = 64 * 1024;
 
-/// Starts a keeper for this process's address space; returns its pid.
+/// When a keeper ends.
+#[derive(Debug, Clone, Copy)]
+pub enum Until<'a> {
+    /// With the thread that created it (`PR_SET_PDEATHSIG = SIGKILL`): the address space is
+    /// then freed right after its creator died, while the recovery that follows runs.
+    CreatorDies,
+    /// When the process of this pidfd (the txipc kernel) ends, or when someone SIGKILLs it
+    /// (the kernel does, once the creator's successor serves): the teardown then happens when
+    /// the kernel chooses, off the recovery path. The keeper keeps only this descriptor.
+    Killed(BorrowedFd<'a>),
+}
+
+/// A running keeper.
+#[derive(Debug)]
+pub struct Keeper {
+    /// Its pid.
+    pub pid: i32,
+    /// A pidfd of it (close-on-exec), for whoever must kill it later.
+    pub pidfd: OwnedFd,
+}
+
+/// What the keeper is given: plain integers, copied by value into its stack.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Arg {
+    parent: libc::pid_t,
+    /// The pidfd to watch, or -1 for [`Until::CreatorDies`].
+    watch: c_int,
+}
+
+/// Starts a keeper for this process's address space.
 ///
-/// Call it from the thread whose death should end the keeper (the parent-death signal follows
-/// the creating thread): the server's main thread.
-pub fn spawn() -> io::Result<i32> {
+/// With [`Until::CreatorDies`], call it from the thread whose death should end the keeper (the
+/// parent-death signal follows the creating thread).
+pub fn spawn(until: Until<'_>) -> io::Result<Keeper> {
     let parent = rustix::process::getpid().as_raw_nonzero().get();
-    // The keeper's stack, leaked: it lives in the shared address space for as long as the
-    // keeper does, and the keeper may outlive every value of this process's Rust code. 16-byte
-    // aligned (u128), as the x86-64 ABI wants the stack.
+    let watch = match until {
+        Until::CreatorDies => -1,
+        Until::Killed(fd) => fd.as_raw_fd(),
+    };
+    // The keeper's stack and argument, leaked: they live in the shared address space for as
+    // long as the keeper does, and the keeper may outlive every value of this process's Rust
+    // code. 16-byte aligned (u128), as the x86-64 ABI wants the stack.
     let stack: &'static mut [u128] = Box::leak(vec![0u128; STACK_BYTES / 16].into_boxed_slice());
+    let arg: &'static Arg = Box::leak(Box::new(Arg { parent, watch }));
     let top = stack.as_mut_ptr_range().end.cast::<c_void>();
     // SAFETY: `clone(CLONE_VM | SIGCHLD)` starts a process that shares this address space and
     // runs `keeper_main` on `stack`, which is valid, writable, large enough for it (a handful
-    // of system calls, no recursion) and never freed (leaked above). The keeper touches only its
-    // own stack and its argument (an integer passed by value): it reads and writes no memory of
+    // of system calls, no recursion) and never freed (leaked above). The keeper reads only its
+    // own stack and `arg` (leaked, never written after this point), and writes no memory of
     // this process, so no data race is possible, whatever threads this process has. It calls
     // only `libc::syscall`, which writes `errno` (thread-local storage of the *creating*
-    // thread, whose TLS pointer the keeper inherits) only when a call fails; every call it makes
-    // is valid and cannot fail (see `keeper_main`), and `exit` does not return. glibc's `clone`
-    // wrapper calls `keeper_main` and then exits the keeper with its return value; it never
-    // returns into this process's code in the child.
+    // thread, whose TLS pointer the keeper inherits) when a call fails: the keeper's calls
+    // either cannot fail or fail only when it is about to exit, and a stray `errno` write by
+    // it is a plain store to memory nobody reads concurrently with meaning (the creator reads
+    // `errno` only right after its own failed calls, and glibc's `clone` has returned by
+    // then). `exit` does not return. glibc's `clone` wrapper calls `keeper_main` and then
+    // exits the keeper with its return value; it never returns into this process's code in the
+    // child.
     let pid = unsafe {
         libc::clone(
             keeper_main,
             top,
             libc::CLONE_VM | libc::SIGCHLD,
-            parent as usize as *mut c_void,
+            (arg as *const Arg).cast_mut().cast::<c_void>(),
         )
     };
     if pid < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(pid)
+    let pidfd = match crate::process::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = crate::process::kill(pid, rustix::process::Signal::KILL);
+            return Err(e);
+        }
+    };
+    Ok(Keeper { pid, pidfd })
 }
 
 /// The keeper's whole life. Runs in the shared address space on its own stack: raw system
 /// calls only, nothing that allocates, locks, panics or uses thread-local storage.
 extern "C" fn keeper_main(arg: *mut c_void) -> c_int {
-    let parent = arg as usize as libc::pid_t;
-    // Close the copy of the descriptor table (`close_range(0, ~0, 0)`, Linux ≥ 5.9): the
-    // keeper must not keep the server's sockets, memfds or a FUSE connection alive.
-    // SAFETY: a plain system call with valid arguments that dereferences no memory.
-    unsafe { libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) };
+    // SAFETY: `arg` points to the leaked, never-written `Arg` that `spawn` passed.
+    let Arg { parent, watch } = unsafe { *arg.cast::<Arg>() };
+    // Close the copy of the descriptor table (`close_range`, Linux ≥ 5.9) but the one it
+    // watches: the keeper must not keep the server's sockets, memfds or a FUSE connection
+    // alive.
+    // SAFETY: plain system calls with valid arguments that dereference no memory.
+    unsafe {
+        if watch < 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+        } else {
+            if watch > 0 {
+                libc::syscall(libc::SYS_close_range, 0u32, (watch - 1) as u32, 0u32);
+            }
+            libc::syscall(libc::SYS_close_range, (watch + 1) as u32, u32::MAX, 0u32);
+        }
+    }
     // Block every signal (SIGKILL and SIGSTOP cannot be): the signal handlers copied from the
     // server must never run here.
     let all: u64 = !0;
@@ -81,29 +138,50 @@ extern "C" fn keeper_main(arg: *mut c_void) -> c_int {
             8usize,
         )
     };
-    // SAFETY: valid prctl option and signal.
-    unsafe {
-        libc::syscall(
-            libc::SYS_prctl,
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
-    // The parent may have died before the request took effect.
-    // SAFETY: getppid cannot fail.
-    if unsafe { libc::syscall(libc::SYS_getppid) } as libc::pid_t != parent {
-        return 0;
+    if watch < 0 {
+        // SAFETY: valid prctl option and signal.
+        unsafe {
+            libc::syscall(
+                libc::SYS_prctl,
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        };
+        // The parent may have died before the request took effect.
+        // SAFETY: getppid cannot fail.
+        if unsafe { libc::syscall(libc::SYS_getppid) } as libc::pid_t != parent {
+            return 0;
+        }
     }
     // Nice 19: lowering one's own priority is always allowed.
     // SAFETY: valid `which`, `who` (0: this process) and priority.
     unsafe { libc::syscall(libc::SYS_setpriority, libc::PRIO_PROCESS, 0, 19) };
     loop {
-        // With every signal blocked, only SIGKILL ends this.
-        // SAFETY: pause takes no arguments.
-        unsafe { libc::syscall(libc::SYS_pause) };
+        if watch < 0 {
+            // With every signal blocked, only SIGKILL ends this.
+            // SAFETY: pause takes no arguments.
+            unsafe { libc::syscall(libc::SYS_pause) };
+            continue;
+        }
+        let mut pfd = libc::pollfd {
+            fd: watch,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on this stack; no timeout.
+        let n = unsafe { libc::syscall(libc::SYS_poll, &mut pfd as *mut libc::pollfd, 1u64, -1i64) };
+        // Readable (the watched process ended), or the descriptor is bad (nothing to wait
+        // for): either way the keeper has no reason to live.
+        if n > 0 || (n < 0 && pfd.revents != 0) {
+            return 0;
+        }
+        if n < 0 {
+            // EINTR cannot happen with every signal blocked; anything else is final.
+            return 0;
+        }
     }
 }
 
@@ -130,7 +208,9 @@ mod tests {
         let (pid_tx, pid_rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let creator = std::thread::spawn(move || {
-            pid_tx.send(spawn().expect("spawn a keeper")).unwrap();
+            pid_tx
+                .send(spawn(Until::CreatorDies).expect("spawn a keeper").pid)
+                .unwrap();
             let _ = done_rx.recv_timeout(Duration::from_secs(30));
         });
         let keeper = pid_rx.recv().unwrap();
@@ -173,6 +253,66 @@ mod tests {
             assert!(
                 t.elapsed() < Duration::from_secs(10),
                 "the keeper outlived its creator"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A keeper told to end with another process outlives the thread that made it, and ends
+    /// (by itself, not killed) when that process ends. Before, every keeper died with its
+    /// creator: at 1 GiB its teardown then ran while recovery waited for the pidfd.
+    #[test]
+    fn a_keeper_until_killed_outlives_its_creator_and_ends_with_the_watched_process() {
+        struct Reap(std::process::Child);
+        impl Drop for Reap {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut watched = Reap(
+            std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .expect("sleep"),
+        );
+        let watched_fd = crate::process::pidfd_open(watched.0.id() as i32).expect("pidfd");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let creator = std::thread::spawn(move || {
+            let k = spawn(Until::Killed(std::os::fd::AsFd::as_fd(&watched_fd))).expect("spawn");
+            tx.send(k).unwrap();
+        });
+        let keeper = rx.recv().unwrap();
+        creator.join().unwrap();
+        let pid = nix::unistd::Pid::from_raw(keeper.pid);
+        // Its creator is gone; a keeper with a parent-death signal would be dying now.
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+            Ok(nix::sys::wait::WaitStatus::StillAlive),
+            "the keeper died with its creator"
+        );
+        let t = Instant::now();
+        while stat_field(keeper.pid, 16) != Some(19) {
+            assert!(t.elapsed() < Duration::from_secs(10), "keeper not at nice 19");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // It keeps exactly one descriptor: the pidfd it watches.
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", keeper.pid)).map(|d| d.count());
+        assert!(matches!(fds, Ok(1)), "keeper descriptors: {fds:?}");
+        // The watched process ends: so does the keeper, by returning.
+        let _ = watched.0.kill();
+        let _ = watched.0.wait();
+        let t = Instant::now();
+        loop {
+            match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => break,
+                Ok(nix::sys::wait::WaitStatus::StillAlive) => {}
+                other => panic!("keeper: {other:?}"),
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the keeper outlived the process it watches"
             );
             std::thread::sleep(Duration::from_millis(1));
         }
