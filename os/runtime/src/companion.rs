@@ -1119,7 +1119,7 @@ pub(crate) fn incarnation_main(
     // keeper frees them at nice 19 when it dies with this process. Without it recovery still
     // works, only slower for a large state. (Named first: the keeper keeps the name.)
     crate::server::name_process(config, "keeper");
-    let _ = txipc_sys::keeper::spawn();
+    let _ = txipc_sys::keeper::spawn(txipc_sys::keeper::Until::CreatorDies);
     crate::server::name_process(config, "standby");
     let doorbell = Doorbell::map(doorbell_fd.as_fd())
         .unwrap_or_else(|e| fatal(&ctl, format!("doorbell: {e}")));
