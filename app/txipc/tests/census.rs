@@ -173,24 +173,34 @@ fn a_dead_incarnations_keeper_is_killed_once_its_successor_serves_and_a_killed_k
     // Generation 1's keeper outlives it, and is killed by the kernel once generation 2 serves.
     let first = server_pid(&conn, "kv");
     let mut keeper = None;
-    wait_until("the first incarnation's keeper", Duration::from_secs(10), || {
-        keeper = keeper_of(first);
-        keeper.is_some()
-    });
+    wait_until(
+        "the first incarnation's keeper",
+        Duration::from_secs(10),
+        || {
+            keeper = keeper_of(first);
+            keeper.is_some()
+        },
+    );
     let keeper = keeper.unwrap();
     txipc_sys::process::kill(first, rustix::process::Signal::KILL).unwrap();
     assert_eq!(kv.get(b"k").unwrap().map(|v| v.len()), Some(64));
-    wait_until("the dead incarnation's keeper killed", Duration::from_secs(10), || {
-        !alive(keeper)
-    });
+    wait_until(
+        "the dead incarnation's keeper killed",
+        Duration::from_secs(10),
+        || !alive(keeper),
+    );
     // Generation 2's keeper killed while it serves: nothing else changes.
     let second = server_pid(&conn, "kv");
     assert_ne!(second, first);
     let mut k2 = None;
-    wait_until("the second incarnation's keeper", Duration::from_secs(10), || {
-        k2 = keeper_of(second);
-        k2.is_some()
-    });
+    wait_until(
+        "the second incarnation's keeper",
+        Duration::from_secs(10),
+        || {
+            k2 = keeper_of(second);
+            k2.is_some()
+        },
+    );
     txipc_sys::process::kill(k2.unwrap(), rustix::process::Signal::KILL).unwrap();
     wait_until("the killed keeper gone", Duration::from_secs(10), || {
         !alive(k2.unwrap())
@@ -198,7 +208,11 @@ fn a_dead_incarnations_keeper_is_killed_once_its_successor_serves_and_a_killed_k
     for i in 0..20 {
         kv.put(format!("x{i}").into_bytes(), vec![1; 8]).unwrap();
     }
-    assert_eq!(server_pid(&conn, "kv"), second, "the incarnation kept serving");
+    assert_eq!(
+        server_pid(&conn, "kv"),
+        second,
+        "the incarnation kept serving"
+    );
     // And it is recovered from as usual when it dies (without a keeper: only slower).
     txipc_sys::process::kill(second, rustix::process::Signal::KILL).unwrap();
     assert_eq!(kv.get(b"x19").unwrap().map(|v| v.len()), Some(8));

@@ -530,8 +530,7 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
     // still works, only slower for a large heap.
     // (Named first so that `ps` tells the keeper from the incarnation: it inherits the name.)
     name_process(config, "keeper");
-    if let Ok(k) = txipc_sys::keeper::spawn(txipc_sys::keeper::Until::Killed(fds.kernel.as_fd()))
-    {
+    if let Ok(k) = txipc_sys::keeper::spawn(txipc_sys::keeper::Until::Killed(fds.kernel.as_fd())) {
         let _ = fdpass::send(
             &ctl,
             &proto::encode(&FromServer::Keeper),

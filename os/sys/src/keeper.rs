@@ -172,14 +172,12 @@ extern "C" fn keeper_main(arg: *mut c_void) -> c_int {
             revents: 0,
         };
         // SAFETY: one valid pollfd on this stack; no timeout.
-        let n = unsafe { libc::syscall(libc::SYS_poll, &mut pfd as *mut libc::pollfd, 1u64, -1i64) };
-        // Readable (the watched process ended), or the descriptor is bad (nothing to wait
-        // for): either way the keeper has no reason to live.
-        if n > 0 || (n < 0 && pfd.revents != 0) {
-            return 0;
-        }
-        if n < 0 {
-            // EINTR cannot happen with every signal blocked; anything else is final.
+        let n =
+            unsafe { libc::syscall(libc::SYS_poll, &mut pfd as *mut libc::pollfd, 1u64, -1i64) };
+        // Readable (the watched process ended), or an error (a bad descriptor: nothing to
+        // wait for; EINTR cannot happen with every signal blocked): either way the keeper has
+        // no reason to live. Zero (no event) cannot happen without a timeout; poll again.
+        if n != 0 {
             return 0;
         }
     }
@@ -294,7 +292,10 @@ mod tests {
         );
         let t = Instant::now();
         while stat_field(keeper.pid, 16) != Some(19) {
-            assert!(t.elapsed() < Duration::from_secs(10), "keeper not at nice 19");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "keeper not at nice 19"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         // It keeps exactly one descriptor: the pidfd it watches.
