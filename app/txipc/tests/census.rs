@@ -169,7 +169,7 @@ fn a_dead_incarnations_keeper_is_killed_once_its_successor_serves_and_a_killed_k
     );
     let conn = sys.connect().unwrap();
     let kv = KvClient::new(open(&conn, "kv"));
-    kv.put(b"k".to_vec(), vec![7; 64]).unwrap();
+    kv.put(b"k", vec![7; 64]).unwrap();
     // Generation 1's keeper outlives it, and is killed by the kernel once generation 2 serves.
     let first = server_pid(&conn, "kv");
     let mut keeper = None;
