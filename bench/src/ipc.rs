@@ -7,7 +7,10 @@ use anyhow::{Context, Result};
 use kv_api::KvClient;
 use probe_server::NullClient;
 use serde::Serialize;
-use txipc_chan::baseline::{self, BenchConfig, IpcBaselines, Placement, Rtt};
+use txipc_chan::SpinConfig;
+use txipc_chan::baseline::{
+    self, BenchConfig, EchoChannel, IpcBaselines, PingPong, Placement, Rtt, batch_warmup,
+};
 use txipc_runtime::client::SystemProcess;
 
 /// One placement's results.
@@ -19,6 +22,43 @@ pub struct PlacementResult {
     pub txipc_rtt_ns: Rtt,
     /// The txipc calls with payloads, measured interleaved with the null call.
     pub payload: PayloadRtts,
+    /// Ratios taken batch by batch: raw spin, channel alone, null call and the payload calls
+    /// run one batch each in turn, so a change of load mid-run hits numerator and denominator
+    /// alike.
+    pub ratios: Ratios,
+}
+
+/// One ratio per batch (numerator and denominator from the same round of batches) and their
+/// median.
+#[derive(Debug, Clone, Serialize)]
+pub struct RatioSeries {
+    /// Median of `per_batch`.
+    pub median: f64,
+    /// Numerator batch mean / denominator batch mean, in batch order.
+    pub per_batch: Vec<f64>,
+}
+
+impl RatioSeries {
+    fn new(num: &[f64], den: &[f64]) -> RatioSeries {
+        let mut per_batch: Vec<f64> = num.iter().zip(den).map(|(n, d)| n / d).collect();
+        let mut sorted = per_batch.clone();
+        let median = crate::median(&mut sorted);
+        per_batch.shrink_to_fit();
+        RatioSeries { median, per_batch }
+    }
+}
+
+/// The ratios the IPC goals are stated in, per batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratios {
+    /// txipc null call / raw spinning ping-pong (goal cross-core: at most 1.2).
+    pub null_over_raw_spin: RatioSeries,
+    /// Channel alone / raw spinning ping-pong.
+    pub chan_over_raw_spin: RatioSeries,
+    /// txipc null call / channel alone: what the runtime adds above the channel.
+    pub null_over_chan: RatioSeries,
+    /// kv get of a 1,000-byte value / txipc null call (goal cross-core: at most 1.5).
+    pub kv_get_over_null: RatioSeries,
 }
 
 /// Calls that move byte strings, measured in the same system and the same batches as the null
@@ -86,12 +126,54 @@ fn batch(cfg: &BenchConfig, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(t.elapsed().as_nanos() as f64 / cfg.iterations as f64)
 }
 
-/// Measures the txipc null call, and the payload calls beside it, for one placement.
-pub fn txipc_rtts(
+/// The raw ping-pong and the bare channel of one placement, forked (parked) before any system
+/// boots, so that their batches can be interleaved with txipc's.
+#[derive(Debug)]
+pub struct Partners {
+    spin: PingPong,
+    chan: EchoChannel,
+}
+
+impl Partners {
+    /// Forks both partners (call it while this process has one thread).
+    pub fn start(placement: Placement) -> Result<Partners> {
+        Ok(Partners {
+            spin: PingPong::start(placement, false).context("raw spin partner")?,
+            chan: EchoChannel::start(placement, SpinConfig::default(), baseline::SERVER_SPIN)
+                .context("channel partner")?,
+        })
+    }
+
+    fn stop(self) -> Result<()> {
+        self.spin.stop().context("raw spin partner")?;
+        self.chan.stop().context("channel partner")?;
+        Ok(())
+    }
+}
+
+/// What one placement's interleaved batches measured.
+#[derive(Debug)]
+pub struct Interleaved {
+    /// Raw spinning ping-pong.
+    pub raw_spin: Rtt,
+    /// Channel alone.
+    pub chan: Rtt,
+    /// txipc null call.
+    pub null: Rtt,
+    /// Payload calls.
+    pub payload: PayloadRtts,
+    /// Per-batch ratios.
+    pub ratios: Ratios,
+}
+
+/// Measures, for one placement, the raw spin, the channel alone, the txipc null call and the
+/// payload calls in interleaved batches: each round runs one batch of each in turn.
+pub fn interleaved(
     exe: &Path,
     placement: Placement,
+    partners: &mut Partners,
     cfg: &BenchConfig,
-) -> Result<(Rtt, PayloadRtts)> {
+) -> Result<Interleaved> {
     let (client_cpu, server_cpu) = match placement {
         Placement::CrossCore => (0, 1),
         Placement::SameCore => (0, 0),
@@ -137,10 +219,26 @@ pub fn txipc_rtts(
     batch(&warm, ping)?;
     batch(&warm, echo)?;
     batch(&warm, get)?;
-    let (mut p, mut e, mut g) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..cfg.batches {
+    let per_batch = BenchConfig {
+        iterations: batch_warmup(cfg),
+        ..*cfg
+    };
+    let (mut r, mut c, mut p, mut e, mut g) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for b in 0..cfg.batches {
+        let w = if b == 0 {
+            cfg.warmup
+        } else {
+            batch_warmup(cfg)
+        };
+        r.push(partners.spin.batch(w, cfg.iterations)?);
+        c.push(partners.chan.batch(w, cfg.iterations)?);
+        // The servers slept while the partners ran: wake them untimed, as the partners are.
+        batch(&per_batch, ping)?;
         p.push(batch(cfg, ping)?);
+        batch(&per_batch, echo)?;
         e.push(batch(cfg, echo)?);
+        batch(&per_batch, get)?;
         g.push(batch(cfg, get)?);
     }
     let _ = txipc_sys::process::pin_to_cpu_set_all();
@@ -148,41 +246,65 @@ pub fn txipc_rtts(
     drop(kv);
     drop(conn);
     sys.shutdown()?;
-    Ok((
-        rtt(p, cfg),
-        PayloadRtts {
+    let ratios = Ratios {
+        null_over_raw_spin: RatioSeries::new(&p, &r),
+        chan_over_raw_spin: RatioSeries::new(&c, &r),
+        null_over_chan: RatioSeries::new(&p, &c),
+        kv_get_over_null: RatioSeries::new(&g, &p),
+    };
+    Ok(Interleaved {
+        raw_spin: rtt(r, cfg),
+        chan: rtt(c, cfg),
+        null: rtt(p, cfg),
+        payload: PayloadRtts {
             bytes: PAYLOAD_BYTES,
             echo_rtt_ns: rtt(e, cfg),
             kv_get_rtt_ns: rtt(g, cfg),
         },
-    ))
+        ratios,
+    })
 }
 
-/// Runs every measurement. The raw baselines run first, while this process is still
-/// single-threaded (they fork); then the peers (with `peers`, started as processes of their
-/// own), then txipc.
+/// Runs every measurement. The partners of both placements are forked first, while this
+/// process is still single-threaded; then the futex and socket baselines run (back to back:
+/// no goal is a ratio to them across cores), then the peers (with `peers`, processes of their
+/// own), then, per placement, raw spin, channel alone and txipc in interleaved batches.
 pub fn run(exe: &Path, cfg: &BenchConfig, peers: bool) -> Result<IpcReport> {
-    let cross = baseline::measure_all(Placement::CrossCore, cfg)?;
-    let same = baseline::measure_all(Placement::SameCore, cfg)?;
+    let mut cross_partners = Partners::start(Placement::CrossCore)?;
+    let mut same_partners = Partners::start(Placement::SameCore)?;
+    let others = |placement| -> Result<(Rtt, Rtt)> {
+        Ok((
+            baseline::raw_futex_rtt_ns(placement, cfg)?,
+            baseline::unix_socket_rtt_ns(placement, cfg)?,
+        ))
+    };
+    let (cross_futex, cross_unix) = others(Placement::CrossCore)?;
+    let (same_futex, same_unix) = others(Placement::SameCore)?;
     let peers = if peers {
         Some(measure_peers(exe, cfg)?)
     } else {
         None
     };
-    let (tx_cross, pay_cross) = txipc_rtts(exe, Placement::CrossCore, cfg)?;
-    let (tx_same, pay_same) = txipc_rtts(exe, Placement::SameCore, cfg)?;
+    let cross = interleaved(exe, Placement::CrossCore, &mut cross_partners, cfg)?;
+    let same = interleaved(exe, Placement::SameCore, &mut same_partners, cfg)?;
+    cross_partners.stop()?;
+    same_partners.stop()?;
+    let result = |placement, i: Interleaved, futex, unix| PlacementResult {
+        baselines: IpcBaselines {
+            placement,
+            raw_spin_rtt_ns: i.raw_spin,
+            raw_futex_rtt_ns: futex,
+            unix_socket_rtt_ns: unix,
+            chan_rtt_ns: i.chan,
+        },
+        txipc_rtt_ns: i.null,
+        payload: i.payload,
+        ratios: i.ratios,
+    };
     Ok(IpcReport {
         peers,
-        cross_core: PlacementResult {
-            baselines: cross,
-            txipc_rtt_ns: tx_cross,
-            payload: pay_cross,
-        },
-        same_core: PlacementResult {
-            baselines: same,
-            txipc_rtt_ns: tx_same,
-            payload: pay_same,
-        },
+        cross_core: result(Placement::CrossCore, cross, cross_futex, cross_unix),
+        same_core: result(Placement::SameCore, same, same_futex, same_unix),
     })
 }
 

@@ -96,6 +96,21 @@ pub struct Rtt {
     pub batches: u32,
 }
 
+impl Rtt {
+    /// The median, fastest and slowest of batch means (`iterations` round trips each).
+    pub fn from_means(mut means: Vec<f64>, iterations: u32) -> Rtt {
+        means.sort_by(f64::total_cmp);
+        let n = means.len();
+        Rtt {
+            median_ns: if n == 0 { f64::NAN } else { means[n / 2] },
+            min_ns: means.first().copied().unwrap_or(f64::NAN),
+            max_ns: means.last().copied().unwrap_or(f64::NAN),
+            iterations,
+            batches: n as u32,
+        }
+    }
+}
+
 /// Every baseline for one placement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IpcBaselines {
@@ -299,6 +314,16 @@ fn measure(
 
 /// Sentinel the parent writes to stop a raw ping-pong child.
 const STOP: u32 = u32::MAX;
+/// Sentinel the parent writes to park a raw ping-pong child between batches: it sleeps on the
+/// word (futex) until the parent's next request, so it takes no CPU from what is measured
+/// meanwhile.
+const PARK: u32 = u32::MAX - 1;
+
+/// The next request number of a ping-pong (odd; the reply is the request + 1, even). Both sides
+/// advance the same way and wrap long before the sentinels.
+fn next_request(x: u32) -> u32 {
+    if x >= (1 << 30) { 1 } else { x + 2 }
+}
 
 fn ping_pong_child(word: &AtomicU32, same_core: bool, use_futex: bool) -> i32 {
     let mut expect = 1u32;
@@ -308,7 +333,9 @@ fn ping_pong_child(word: &AtomicU32, same_core: bool, use_futex: bool) -> i32 {
             if v == STOP {
                 return 0;
             }
-            if use_futex {
+            if v == PARK {
+                futex::wait(word, PARK, None);
+            } else if use_futex {
                 futex::wait(word, v, None);
             } else if same_core {
                 rustix::thread::sched_yield();
@@ -321,65 +348,135 @@ fn ping_pong_child(word: &AtomicU32, same_core: bool, use_futex: bool) -> i32 {
         if use_futex {
             futex::wake(word, 1);
         }
-        expect = expect.wrapping_add(2);
-        if expect == STOP {
-            expect = 1;
-        }
+        expect = next_request(expect);
     }
 }
 
-fn raw_ping_pong(
-    placement: Placement,
-    cfg: &BenchConfig,
+/// A raw ping-pong on one shared word with a forked partner that lives across batches: between
+/// two [`PingPong::batch`]es the partner sleeps (parked on a futex), so batches of other
+/// mechanisms can be interleaved with its own and see the same machine.
+#[derive(Debug)]
+pub struct PingPong {
+    child: Option<Child>,
+    shm: Mapping,
+    next: u32,
+    same: bool,
     use_futex: bool,
-) -> Result<Rtt, BaselineError> {
-    let (ccpu, scpu) = placement.cpus();
-    let same = placement == Placement::SameCore;
-    let shm = Mapping::anonymous_shared(4096)?;
-    // SAFETY: fork_child items 1-3: the child pins itself and ping-pongs on one word of a mapping made
-    // before the fork (atomics and futexes only); it owns nothing, takes no lock, never prints.
-    let child = unsafe {
-        fork_child(|| {
-            pin_child(scpu);
-            ping_pong_child(shm.u32_at(0), same, use_futex)
+    client_cpu: usize,
+}
+
+impl PingPong {
+    /// Forks the partner, pinned per `placement`, parked. `use_futex`: wait/wake every time
+    /// instead of spinning.
+    ///
+    /// Fork it while this process has one thread (see [`fork_child`]): the partner itself only
+    /// touches a shared word.
+    pub fn start(placement: Placement, use_futex: bool) -> Result<PingPong, BaselineError> {
+        let (ccpu, scpu) = placement.cpus();
+        let same = placement == Placement::SameCore;
+        let shm = Mapping::anonymous_shared(4096)?;
+        shm.u32_at(0).store(PARK, Ordering::Release);
+        // SAFETY: fork_child items 1-3: the child pins itself and ping-pongs on one word of a
+        // mapping made before the fork (atomics and futexes only); it owns nothing, takes no
+        // lock, never prints.
+        let child = unsafe {
+            fork_child(|| {
+                pin_child(scpu);
+                ping_pong_child(shm.u32_at(0), same, use_futex)
+            })
+        }?;
+        Ok(PingPong {
+            child: Some(child),
+            shm,
+            next: 1,
+            same,
+            use_futex,
+            client_cpu: ccpu,
         })
-    }?;
-    let _pin = pin_to(ccpu)?;
-    let word = shm.u32_at(0);
-    let mut next = 1u32;
-    let rtt = measure(cfg, || {
+    }
+
+    /// One round trip; `wake`: also futex-wake the partner (it may be parked).
+    fn round_trip(&mut self, wake: bool) {
+        let word = self.shm.u32_at(0);
+        let next = self.next;
         word.store(next, Ordering::Release);
-        if use_futex {
+        if self.use_futex || wake {
             futex::wake(word, 1);
         }
         let want = next + 1;
         let mut v = word.load(Ordering::Acquire);
         while v != want {
-            if use_futex {
+            if self.use_futex {
                 futex::wait(word, v, None);
-            } else if same {
+            } else if self.same {
                 rustix::thread::sched_yield();
             } else {
                 std::hint::spin_loop();
             }
             v = word.load(Ordering::Acquire);
         }
-        next = next.wrapping_add(2);
-        if next == STOP {
-            next = 1;
+        self.next = next_request(next);
+    }
+
+    /// Wakes the partner, makes `warmup` untimed round trips, then `iterations` timed ones,
+    /// and parks the partner again. Mean ns per round trip. Pins the calling thread to the
+    /// placement's client CPU for the duration.
+    pub fn batch(&mut self, warmup: u32, iterations: u32) -> Result<f64, BaselineError> {
+        let _pin = pin_to(self.client_cpu)?;
+        // The partner sleeps on PARK: the first request wakes it.
+        self.round_trip(true);
+        for _ in 0..warmup {
+            self.round_trip(false);
+        }
+        let iterations = iterations.max(1);
+        let t0 = Instant::now();
+        for _ in 0..iterations {
+            self.round_trip(false);
+        }
+        let mean = t0.elapsed().as_nanos() as f64 / f64::from(iterations);
+        let word = self.shm.u32_at(0);
+        word.store(PARK, Ordering::Release);
+        Ok(mean)
+    }
+
+    /// Stops the partner and checks that it exited cleanly.
+    pub fn stop(mut self) -> Result<(), BaselineError> {
+        let word = self.shm.u32_at(0);
+        word.store(STOP, Ordering::Release);
+        futex::wake_all(word);
+        let code = self.child.take().map_or(Ok(0), Child::wait)?;
+        if code != 0 {
+            return Err(BaselineError::Child(format!(
+                "ping-pong child exited with {code}"
+            )));
         }
         Ok(())
-    });
-    word.store(STOP, Ordering::Release);
-    futex::wake_all(word);
-    let code = child.wait()?;
-    let rtt = rtt?;
-    if code != 0 {
-        return Err(BaselineError::Child(format!(
-            "ping-pong child exited with {code}"
-        )));
     }
-    Ok(rtt)
+}
+
+/// `batches` batches of one [`PingPong`], as an [`Rtt`].
+fn raw_ping_pong(
+    placement: Placement,
+    cfg: &BenchConfig,
+    use_futex: bool,
+) -> Result<Rtt, BaselineError> {
+    let mut pair = PingPong::start(placement, use_futex)?;
+    let mut means = Vec::with_capacity(cfg.batches.max(1) as usize);
+    for b in 0..cfg.batches.max(1) {
+        let warm = if b == 0 {
+            cfg.warmup
+        } else {
+            batch_warmup(cfg)
+        };
+        means.push(pair.batch(warm, cfg.iterations)?);
+    }
+    pair.stop()?;
+    Ok(Rtt::from_means(means, cfg.iterations.max(1)))
+}
+
+/// Untimed round trips at the start of each interleaved batch (the partner was parked or asleep).
+pub fn batch_warmup(cfg: &BenchConfig) -> u32 {
+    (cfg.warmup / 4).clamp(1, 1000)
 }
 
 /// Round trip of a busy-wait ping-pong on one shared word (same core: with `sched_yield`).
@@ -470,6 +567,95 @@ pub fn run_echo_server(chans: &[ServerChannel], bell: &Doorbell, spin: Duration)
     }
 }
 
+/// A channel served by [`run_echo_server`] in a forked child that lives across batches (it
+/// sleeps on its doorbell between them), so batches of other mechanisms can be interleaved
+/// with its own.
+#[derive(Debug)]
+pub struct EchoChannel {
+    child: Option<Child>,
+    client: ClientChannel,
+    bell: Doorbell,
+    client_cpu: usize,
+    reply: Vec<u8>,
+}
+
+impl EchoChannel {
+    /// Creates the channel and forks its echo server, pinned per `placement`. `spin` is the
+    /// client's spin policy; the server spins `server_spin` before sleeping.
+    ///
+    /// Fork it while this process has one thread (see [`fork_child`]).
+    pub fn start(
+        placement: Placement,
+        spin: SpinConfig,
+        server_spin: Duration,
+    ) -> Result<EchoChannel, BaselineError> {
+        let (ccpu, scpu) = placement.cpus();
+        let layout = ChannelLayout {
+            nslots: 4,
+            req_cap: 64,
+            reply_cap: 64,
+        };
+        let chan_fd = create_channel("bench", layout)?;
+        let bell_fd = create_doorbell()?;
+        let server = ServerChannel::map(&chan_fd)?;
+        let server_bell = Doorbell::map(&bell_fd)?;
+        // SAFETY: fork_child items 1-3: the child pins itself and runs the echo loop, which
+        // touches only the channel and doorbell mappings (atomics, raw copies), a local buffer
+        // and futexes; it owns nothing with an outside effect, takes no lock and never prints.
+        let child = unsafe {
+            fork_child(|| {
+                pin_child(scpu);
+                run_echo_server(std::slice::from_ref(&server), &server_bell, server_spin);
+                0
+            })
+        }?;
+        drop(server);
+        Ok(EchoChannel {
+            child: Some(child),
+            client: ClientChannel::map(&chan_fd)?.with_spin(spin),
+            bell: server_bell,
+            client_cpu: ccpu,
+            reply: Vec::with_capacity(64),
+        })
+    }
+
+    fn call(&mut self) -> Result<(), BaselineError> {
+        let req = [7u8; 8];
+        let r = self.client.call(1, &req, &mut self.reply, None)?;
+        if r.status != Status::Ok || self.reply.len() != 8 {
+            return Err(BaselineError::Child(format!("bad echo reply {r:?}")));
+        }
+        Ok(())
+    }
+
+    /// `warmup` untimed calls, then `iterations` timed ones: mean ns per call. Pins the
+    /// calling thread to the placement's client CPU for the duration.
+    pub fn batch(&mut self, warmup: u32, iterations: u32) -> Result<f64, BaselineError> {
+        let _pin = pin_to(self.client_cpu)?;
+        for _ in 0..warmup.max(1) {
+            self.call()?;
+        }
+        let iterations = iterations.max(1);
+        let t0 = Instant::now();
+        for _ in 0..iterations {
+            self.call()?;
+        }
+        Ok(t0.elapsed().as_nanos() as f64 / f64::from(iterations))
+    }
+
+    /// Stops the echo server and checks that it exited cleanly.
+    pub fn stop(mut self) -> Result<(), BaselineError> {
+        self.bell.notify(EVENT_STOP);
+        let code = self.child.take().map_or(Ok(0), Child::wait)?;
+        if code != 0 {
+            return Err(BaselineError::Child(format!(
+                "echo server exited with {code}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Round trip of a null call (8-byte request, 8-byte echo) through a channel served by
 /// [`run_echo_server`] in the child. `spin` is the client's spin policy; the server spins
 /// `server_spin` before sleeping.
@@ -479,47 +665,18 @@ pub fn chan_rtt_ns_with(
     spin: SpinConfig,
     server_spin: Duration,
 ) -> Result<Rtt, BaselineError> {
-    let (ccpu, scpu) = placement.cpus();
-    let layout = ChannelLayout {
-        nslots: 4,
-        req_cap: 64,
-        reply_cap: 64,
-    };
-    let chan_fd = create_channel("bench", layout)?;
-    let bell_fd = create_doorbell()?;
-    let server = ServerChannel::map(&chan_fd)?;
-    let server_bell = Doorbell::map(&bell_fd)?;
-    // SAFETY: fork_child items 1-3: the child pins itself and runs the echo loop, which touches only
-    // the channel and doorbell mappings (atomics, raw copies), a local buffer and futexes; it
-    // owns nothing with an outside effect, takes no lock and never prints.
-    let child = unsafe {
-        fork_child(|| {
-            pin_child(scpu);
-            run_echo_server(std::slice::from_ref(&server), &server_bell, server_spin);
-            0
-        })
-    }?;
-    drop(server);
-    let client = ClientChannel::map(&chan_fd)?.with_spin(spin);
-    let _pin = pin_to(ccpu)?;
-    let req = [7u8; 8];
-    let mut reply = Vec::with_capacity(64);
-    let rtt = measure(cfg, || {
-        let r = client.call(1, &req, &mut reply, None)?;
-        if r.status != Status::Ok || reply.len() != 8 {
-            return Err(BaselineError::Child(format!("bad echo reply {r:?}")));
-        }
-        Ok(())
-    });
-    server_bell.notify(EVENT_STOP);
-    let code = child.wait()?;
-    let rtt = rtt?;
-    if code != 0 {
-        return Err(BaselineError::Child(format!(
-            "echo server exited with {code}"
-        )));
+    let mut pair = EchoChannel::start(placement, spin, server_spin)?;
+    let mut means = Vec::with_capacity(cfg.batches.max(1) as usize);
+    for b in 0..cfg.batches.max(1) {
+        let warm = if b == 0 {
+            cfg.warmup
+        } else {
+            batch_warmup(cfg)
+        };
+        means.push(pair.batch(warm, cfg.iterations)?);
     }
-    Ok(rtt)
+    pair.stop()?;
+    Ok(Rtt::from_means(means, cfg.iterations.max(1)))
 }
 
 /// Default server spin budget of the channel benchmark.
