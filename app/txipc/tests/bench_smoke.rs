@@ -96,3 +96,74 @@ fn bench_recovery_json_contract() {
         assert!(g1 > g0, "{s}");
     }
 }
+
+/// `bench ipc` interleaves raw spin, the channel alone and the txipc calls batch by batch, and
+/// states each goal's ratio per batch: one ratio per batch from the same round of batches, and
+/// the top-level ratio is their median (before, raw spin and the channel ran minutes apart from
+/// the null call, so a load change between them skewed every ratio).
+#[test]
+fn bench_ipc_ratios_are_taken_per_interleaved_batch() {
+    let batches = 3;
+    let v = bench(&[
+        "ipc",
+        "--iterations",
+        "300",
+        "--batches",
+        &batches.to_string(),
+    ]);
+    for key in [
+        "txipc_rtt_ns",
+        "raw_spin_rtt_ns",
+        "chan_rtt_ns",
+        "kv_get_1000_rtt_ns",
+        "ratio_txipc_over_raw_spin_cross",
+        "ratio_chan_over_raw_spin_cross",
+        "ratio_txipc_over_chan_cross",
+        "ratio_kv_get_1000_over_null_cross",
+    ] {
+        positive(&v, key);
+    }
+    for placement in ["cross_core", "same_core"] {
+        let p = &v["detail"][placement];
+        for rtt in [
+            &p["baselines"]["raw_spin_rtt_ns"],
+            &p["baselines"]["chan_rtt_ns"],
+            &p["txipc_rtt_ns"],
+            &p["payload"]["kv_get_rtt_ns"],
+        ] {
+            assert_eq!(rtt["batches"], batches, "{placement}: {rtt}");
+        }
+        for name in [
+            "null_over_raw_spin",
+            "chan_over_raw_spin",
+            "null_over_chan",
+            "kv_get_over_null",
+        ] {
+            let r = &p["ratios"][name];
+            let per_batch: Vec<f64> = r["per_batch"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{placement}.ratios.{name}.per_batch missing: {p}"))
+                .iter()
+                .map(|x| x.as_f64().expect("a number"))
+                .collect();
+            assert_eq!(per_batch.len(), batches, "{placement}.{name}");
+            assert!(per_batch.iter().all(|x| x.is_finite() && *x > 0.0));
+            let mut sorted = per_batch.clone();
+            sorted.sort_by(f64::total_cmp);
+            assert_eq!(
+                r["median"].as_f64(),
+                Some(sorted[batches / 2]),
+                "{placement}.{name}"
+            );
+        }
+    }
+    let cross = &v["detail"]["cross_core"]["ratios"];
+    assert_eq!(
+        v["ratio_txipc_over_raw_spin_cross"].as_f64(),
+        cross["null_over_raw_spin"]["median"].as_f64()
+    );
+    assert_eq!(
+        v["ratio_kv_get_1000_over_null_cross"].as_f64(),
+        cross["kv_get_over_null"]["median"].as_f64()
+    );
+}

@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 use crate::ChanError;
 use crate::futex;
 use crate::layout::{
-    CHANNEL_MAGIC, CHANNEL_VERSION, ChannelLayout, FLAG_DEAD, FLAG_REVOKED, NO_CPU, PAGE,
-    REPLY_LINE, SlotState, Status, bell, ctl, hdr, rep, st,
+    CHANNEL_MAGIC, CHANNEL_VERSION, ChannelLayout, FLAG_DEAD, FLAG_REVOKED, INLINE_REPLY_MAX, LINE,
+    NO_CPU, PAGE, REPLY_LINE, SlotState, Status, bell, ctl, hdr, rep, st,
 };
 use crate::mem::{Mapping, check_fd, create_sealed};
 use crate::spin::{SpinConfig, SpinMode, Spinner};
@@ -406,7 +406,6 @@ impl ClientChannel {
         self.chan
             .map
             .copy_in(layout.req_bytes_offset(slot, request.len()), request);
-        let same_cpu = self.chan.client_note_cpu();
 
         // CLAIMED → POSTED. Release: the server's acquire CAS sees every field written above.
         // SeqCst: it is the store half of the doorbell's store–load handshake (`ring`).
@@ -416,6 +415,9 @@ impl ClientChannel {
             ));
         }
         self.chan.ring();
+        // After the post, not before: the CPU number (a vDSO call) is needed only to choose
+        // how to wait, and read here it overlaps the server's work instead of delaying it.
+        let same_cpu = self.chan.client_note_cpu();
         self.wait_reply(slot, seq, reply, deadline, same_cpu)
     }
 
@@ -697,20 +699,48 @@ pub struct ServerChannel {
     chan: Chan,
     /// Where the next scan starts (round robin, so no slot starves).
     cursor: AtomicUsize,
+    /// Per slot, the length of the last reply this server wrote there (private memory): how
+    /// much of the reply area [`Self::try_take`] claims ahead of the reply (see there).
+    last_reply: Box<[AtomicU32]>,
 }
 
 impl ServerChannel {
     /// Maps a channel memfd, validating it.
     pub fn map(fd: impl AsFd) -> Result<Self, ChanError> {
+        let chan = Chan::map(fd.as_fd())?;
+        let last_reply = (0..chan.nslots).map(|_| AtomicU32::new(0)).collect();
         Ok(Self {
-            chan: Chan::map(fd.as_fd())?,
+            chan,
             cursor: AtomicUsize::new(0),
+            last_reply,
         })
     }
 
     /// The channel's layout.
     pub fn layout(&self) -> ChannelLayout {
         self.chan.layout
+    }
+
+    /// Claims, with one plain store per cache line, the lines of slot `i`'s reply area that
+    /// its last reply used, right after the slot was TAKEN: the client read them when it took
+    /// that reply, so each store needs an ownership transfer, and issued here they travel
+    /// while the handler runs instead of stalling the reply's publication (the store buffer
+    /// drains at the REPLIED CAS). The reply area belongs to the server while TAKEN and
+    /// nothing reads it before the reply written over it is published: a request that dies
+    /// before its commit is re-executed and writes its reply again (ARCHITECTURE.md §4).
+    #[inline]
+    fn claim_reply_lines(&self, i: usize) {
+        let n = self.last_reply[i].load(Relaxed) as usize;
+        if n <= INLINE_REPLY_MAX {
+            return;
+        }
+        let base = self.chan.layout.reply_bytes_offset(i, n);
+        let end = base + n.min(self.chan.layout.reply_cap as usize);
+        let mut off = base;
+        while off < end {
+            self.chan.map.u32_at(off).store(0, Relaxed);
+            off += LINE;
+        }
     }
 
     /// Generation written by the kernel.
@@ -764,6 +794,7 @@ impl ServerChannel {
             }
             self.cursor
                 .store(if i + 1 == n { 0 } else { i + 1 }, Relaxed);
+            self.claim_reply_lines(i);
             // Copy every field once: the client can still rewrite them.
             let raw_len = c.req_len().load(Relaxed);
             let malformed = raw_len > self.chan.layout.req_cap;
@@ -858,6 +889,7 @@ impl ServerChannel {
             self.chan.layout.reply_bytes_offset(slot, bytes.len()),
             bytes,
         );
+        self.last_reply[slot].store(bytes.len() as u32, Relaxed);
         c.status().store(status.to_wire(), Relaxed);
         c.reply_len().store(bytes.len() as u32, Relaxed);
         Ok(())
@@ -1109,5 +1141,77 @@ impl KernelChannel {
             }
             futex::wake_all(c.done());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `try_take` claims the reply-area lines of the slot's last reply (one store each, to
+    /// start their ownership transfers while the handler runs), only those, and the replies
+    /// written over them, shorter or longer, arrive intact.
+    #[test]
+    fn take_claims_the_lines_of_the_last_reply_and_replies_stay_intact() {
+        let layout = ChannelLayout {
+            nslots: 1,
+            req_cap: 64,
+            reply_cap: 1024,
+        };
+        let fd = create_channel("claim", layout).unwrap();
+        let server = ServerChannel::map(&fd).unwrap();
+        let client = ClientChannel::map(&fd).unwrap();
+        let lens = [1000usize, 300, 1000, 10, 700];
+        let caller = std::thread::spawn(move || {
+            let mut reply = Vec::new();
+            for (i, &len) in lens.iter().enumerate() {
+                let r = client
+                    .call(1, &[i as u8], &mut reply, Some(Duration::from_secs(30)))
+                    .unwrap();
+                assert_eq!(r.status, Status::Ok);
+                assert_eq!(reply, vec![0xa0 + i as u8; len], "reply {i}");
+            }
+        });
+        let area = layout.reply_bytes_offset(0, INLINE_REPLY_MAX + 1);
+        let word = |line: usize| server.chan.map.u32_at(area + line * LINE).load(Relaxed);
+        let lines = layout.reply_cap as usize / LINE;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut buf = Vec::new();
+        let mut last = 0usize;
+        for (i, &len) in lens.iter().enumerate() {
+            let before: Vec<u32> = (0..lines).map(word).collect();
+            let t = loop {
+                if let Some(t) = server.take_into(&mut buf) {
+                    break t;
+                }
+                assert!(Instant::now() < deadline, "request {i} never came");
+                std::thread::yield_now();
+            };
+            // Exactly the lines the last reply used (if it was not inline) are claimed.
+            let used = if last > INLINE_REPLY_MAX {
+                last.div_ceil(LINE)
+            } else {
+                0
+            };
+            for (line, &was) in before.iter().enumerate() {
+                let want = if line < used { 0 } else { was };
+                assert_eq!(
+                    word(line),
+                    want,
+                    "request {i}: line {line} (last reply {last} B)"
+                );
+            }
+            if i > 0 && used > 0 {
+                assert_ne!(
+                    before[0], 0,
+                    "request {i}: the last reply's bytes were there"
+                );
+            }
+            server
+                .reply(t.slot, Status::Ok, &vec![0xa0 + i as u8; len])
+                .unwrap();
+            last = len;
+        }
+        caller.join().unwrap();
     }
 }
