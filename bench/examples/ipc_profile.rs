@@ -43,7 +43,7 @@ fn main() -> Result<()> {
     let null = NullClient::new(conn.open("null")?);
     let kv = KvClient::new(conn.open("kv")?);
     let value = vec![0x5a_u8; 1000];
-    kv.put(b"key".to_vec(), value.clone())
+    kv.put(b"key", &value)
         .map_err(|e| anyhow::anyhow!("kv put: {e}"))?;
     txipc_sys::process::pin_to_cpu(0).context("pinning the client")?;
     let t = Instant::now();
