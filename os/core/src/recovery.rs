@@ -11,9 +11,10 @@ use std::collections::VecDeque;
 use crate::manifest::{Policy, RestartLimits};
 
 /// The undo log's state when the kernel looked, before any rollback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogState {
     /// No transaction since the log was formatted.
+    #[default]
     Idle,
     /// A transaction was running: its updates must be undone.
     Active(u64),
@@ -48,8 +49,33 @@ impl std::fmt::Display for LogState {
 pub struct TakenSlot {
     /// The slot's `(channel, slot, seq)` is in the batch of the committed transaction.
     pub in_committed_batch: bool,
-    /// Times this request was already re-posted after a fault.
+    /// Faults already charged to this request (re-posts that counted).
     pub attempt: u32,
+    /// This fault counts against it ([`fault_counts`]): it may have been running.
+    pub charged: bool,
+}
+
+/// Whether the fault that ended an incarnation counts against a request it had TAKEN: only
+/// if the request may have been running then, so that only faults in a request's own
+/// handler make it poison.
+///
+/// - `in_call`: the incarnation died waiting for a nested call's reply (the callee's fault,
+///   slowness or conflict, not its requests'): no request is charged.
+/// - `named`: with the undo log `Active`, whether the rolled-back transaction's batch
+///   descriptor names the request (`None` when it names nobody: a nested sub-transaction).
+///   A request it does not name was taken but not begun — waiting in the incarnation's
+///   backlog while a re-run request ran alone — and is not charged.
+/// - Any other log state (idle, committed, already rolled back: the incarnation died between
+///   transactions or at a protocol point outside one) cannot tell: every TAKEN request is
+///   charged, as a conservative rule (a committed batch's replies are published anyway).
+pub fn fault_counts(log: LogState, named: Option<bool>, in_call: bool) -> bool {
+    if in_call {
+        return false;
+    }
+    match (log, named) {
+        (LogState::Active(_), Some(named)) => named,
+        _ => true,
+    }
 }
 
 /// Why a request is failed.
@@ -99,7 +125,7 @@ pub fn decide_slot(
         Policy::Restart => SlotAction::Fail(FailReason::Restarted),
         // Companion servers are settled by `decide_companion_slot` (their requests are not
         // rolled back but logged); as a TAKEN slot it would be re-posted like txipc's.
-        Policy::Txipc | Policy::Companion if slot.attempt >= retry_limit => {
+        Policy::Txipc | Policy::Companion if slot.charged && slot.attempt >= retry_limit => {
             SlotAction::Fail(FailReason::Poison {
                 attempts: slot.attempt.saturating_add(1),
             })
@@ -259,6 +285,7 @@ mod tests {
     const T: TakenSlot = TakenSlot {
         in_committed_batch: false,
         attempt: 0,
+        charged: true,
     };
 
     #[test]
@@ -282,6 +309,7 @@ mod tests {
                     let s = TakenSlot {
                         in_committed_batch: true,
                         attempt,
+                        charged: true,
                     };
                     assert_eq!(decide_slot(policy, 2, held, s), SlotAction::PublishWritten);
                 }
@@ -305,6 +333,36 @@ mod tests {
         );
         assert_eq!(
             decide_slot(Policy::Txipc, 2, true, T),
+            SlotAction::Fail(FailReason::Unavailable)
+        );
+    }
+
+    #[test]
+    fn only_a_request_that_may_have_been_running_is_charged() {
+        let active = LogState::Active(7);
+        assert!(fault_counts(active, Some(true), false));
+        // Taken, waiting in the backlog while another request ran alone.
+        assert!(!fault_counts(active, Some(false), false));
+        // The descriptor names nobody (a nested sub-transaction): cannot tell, charged.
+        assert!(fault_counts(active, None, false));
+        for log in [LogState::Idle, LogState::Committed(7), LogState::Aborted(7)] {
+            assert!(fault_counts(log, None, false), "{log}");
+        }
+        // Died waiting for a nested call: nobody's fault here.
+        assert!(!fault_counts(active, Some(true), true));
+        assert!(!fault_counts(LogState::Idle, None, true));
+        // A request at its limit that this fault does not count against is re-run, not failed.
+        let waiting = TakenSlot {
+            attempt: 5,
+            charged: false,
+            ..T
+        };
+        assert_eq!(
+            decide_slot(Policy::Txipc, 2, false, waiting),
+            SlotAction::Repost
+        );
+        assert_eq!(
+            decide_slot(Policy::Txipc, 2, true, waiting),
             SlotAction::Fail(FailReason::Unavailable)
         );
     }

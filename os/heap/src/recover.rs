@@ -77,6 +77,15 @@ pub struct Recovery {
     /// When `prior` is `Committed`: the requests whose replies are written and must be
     /// published. Empty otherwise (every TAKEN slot is then re-run or failed by policy).
     pub batch: Vec<BatchEntry>,
+    /// When `prior` is `Active`: the requests the rolled-back transaction was serving, as its
+    /// batch descriptor names them — the ones the fault may be charged to; a request the
+    /// incarnation had taken but not begun (waiting in its backlog) is not among them. Empty
+    /// otherwise, and when the transaction's descriptor is empty (a nested sub-transaction:
+    /// its call is not in it). If the incarnation died inside `begin`, between the state store
+    /// and the descriptor's reset, these are the previous transaction's entries: requests
+    /// already answered (no TAKEN slot matches them), or all of the TAKEN ones (an in-place
+    /// abort's requests waiting to re-run alone) — never a wrong subset.
+    pub running: Vec<BatchEntry>,
     /// What was undone (zero unless `prior` was `Active`).
     pub undone: RollbackCount,
     /// The server killed itself because a page capture found the log full.
@@ -124,14 +133,15 @@ pub fn recover(heap_fd: BorrowedFd<'_>, log_fd: BorrowedFd<'_>) -> Result<Recove
     }
     // The batch descriptor is meaningful only once committed; in any other state it may be
     // the previous transaction's, not yet cleared.
-    let batch = if matches!(snap.state, TxState::Committed(_)) {
-        snap.batch
-    } else {
-        Vec::new()
+    let (batch, running) = match snap.state {
+        TxState::Committed(_) => (snap.batch, Vec::new()),
+        TxState::Active(_) => (Vec::new(), snap.batch),
+        _ => (Vec::new(), Vec::new()),
     };
     Ok(Recovery {
         prior: snap.state,
         batch,
+        running,
         undone,
         overflow: snap.overflow,
     })

@@ -4,10 +4,12 @@ use std::os::fd::AsFd;
 
 use txipc_chan::{KernelChannel, SlotState, Status};
 use txipc_core::manifest::Policy;
-use txipc_core::recovery::{FailReason, LogState, SlotAction, TakenSlot, decide_slot};
+use txipc_core::recovery::{
+    FailReason, LogState, SlotAction, TakenSlot, decide_slot, fault_counts,
+};
 
 use crate::event_loop::Kernel;
-use crate::server::Server;
+use crate::server::{RolledBack, Server};
 
 impl Kernel {
     /// Rolls back the shared state generation `g` left (it can no longer run: confirmed by
@@ -24,6 +26,7 @@ impl Kernel {
         }
         let mut log_state = LogState::Idle;
         let mut batch = Vec::new();
+        let mut running = Vec::new();
         let mut undone = 0u64;
         let mut usable = true;
         match s.spec.policy {
@@ -36,6 +39,7 @@ impl Kernel {
                         txipc_heap::TxState::Aborted(t) => LogState::Aborted(t),
                     };
                     batch = r.batch;
+                    running = r.running;
                     undone = r.undone.records;
                 }
                 Err(e) => {
@@ -62,7 +66,11 @@ impl Kernel {
                 }
             }
         }
-        s.rolled_back = Some((log_state, batch));
+        s.rolled_back = Some(RolledBack {
+            log_state,
+            batch,
+            running,
+        });
         let name = s.spec.name.clone();
         let cause = s
             .last_fault
@@ -78,10 +86,11 @@ impl Kernel {
     /// Settles every TAKEN slot (ARCHITECTURE.md §6) and undoes the kernel objects of a
     /// rolled-back transaction. `held`: the server will not run again soon.
     pub(crate) fn settle_slots(&mut self, i: usize, held: bool) {
-        let (log_state, batch) = self.servers[i]
-            .rolled_back
-            .take()
-            .unwrap_or((LogState::Idle, Vec::new()));
+        let RolledBack {
+            log_state,
+            batch,
+            running,
+        } = self.servers[i].rolled_back.take().unwrap_or_default();
         let s = &mut self.servers[i];
         if !held {
             s.restarts += 1;
@@ -92,7 +101,7 @@ impl Kernel {
             self.log(format!("{name}: {}", rec.summary));
             return;
         }
-        let (published, reposted, failed) = settle(s, held, log_state, &batch);
+        let (published, reposted, failed) = settle(s, held, log_state, &batch, &running);
         let undone_objects = match log_state {
             LogState::Active(t) => self.undo_kernel_objects(i, t),
             _ => 0,
@@ -128,13 +137,15 @@ pub(crate) struct Recovered {
     pub(crate) log_error: Option<String>,
 }
 
-/// Settles every TAKEN slot of `s` from what the rollback found; returns (published,
-/// re-posted, failed).
+/// Settles every TAKEN slot of `s` from what the rollback found (`batch`: the committed
+/// transaction's requests; `running`: the rolled-back one's); returns (published, re-posted,
+/// failed).
 fn settle(
     s: &mut Server,
     held: bool,
     log_state: LogState,
     batch: &[txipc_heap::BatchEntry],
+    running: &[txipc_heap::BatchEntry],
 ) -> (u64, u64, u64) {
     let policy = s.spec.policy;
     // Crash point "after REPLIED, before the wake": the client sleeps on a slot that is
@@ -147,16 +158,21 @@ fn settle(
     // (the callee is recovering, slow or prepared for another root), so re-posting them costs
     // no attempt — only faults in their own handlers make a request poison.
     let in_call = policy == Policy::Txipc && txipc_core::nested::tx_in_call(s.status.busy());
+    let names = |list: &[txipc_heap::BatchEntry], ci: u32, slot: usize, seq: u64| {
+        list.iter()
+            .any(|b| b.chan == ci && b.slot as usize == slot && b.seq == seq)
+    };
     let (mut published, mut reposted, mut failed) = (0, 0, 0);
     for (&ci, c) in &s.channels {
         for snap in c.k.slots() {
             if snap.state != SlotState::Taken {
                 continue;
             }
-            let in_batch = committed
-                && batch
-                    .iter()
-                    .any(|b| b.chan == ci && b.slot as usize == snap.slot && b.seq == snap.seq);
+            let in_batch = committed && names(batch, ci, snap.slot, snap.seq);
+            // Only a request the rolled-back transaction was serving is charged: one taken
+            // but waiting in the backlog (while a re-run request ran alone) is not.
+            let named = (!running.is_empty()).then(|| names(running, ci, snap.slot, snap.seq));
+            let charged = fault_counts(log_state, named, in_call);
             // The slot's attempt word is the client's to write: decide from what the kernel
             // itself did.
             let key = (ci, snap.slot as u32, snap.seq);
@@ -167,6 +183,7 @@ fn settle(
                 TakenSlot {
                     in_committed_batch: in_batch,
                     attempt: s.attempts.attempts(key),
+                    charged,
                 },
             );
             match action {
@@ -179,7 +196,7 @@ fn settle(
                     if c.k.repost(snap.slot, snap.seq) {
                         reposted += 1;
                         s.retried += 1;
-                        if !in_call {
+                        if charged {
                             s.attempts.reposted(key);
                         }
                     }

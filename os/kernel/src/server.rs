@@ -20,6 +20,17 @@ use crate::zygotes::Zygote;
 /// Doorbell event bit: control messages wait on the incarnation's socket.
 pub(crate) const CONTROL_EVENT: u32 = 1;
 
+/// What a rollback found in the undo log, for settling the TAKEN slots.
+#[derive(Debug, Default)]
+pub(crate) struct RolledBack {
+    /// The log's state before the rollback.
+    pub(crate) log_state: LogState,
+    /// Committed: the requests whose replies are written (`txipc_heap::Recovery::batch`).
+    pub(crate) batch: Vec<txipc_heap::BatchEntry>,
+    /// Active: the requests the rolled-back transaction served (`Recovery::running`).
+    pub(crate) running: Vec<txipc_heap::BatchEntry>,
+}
+
 #[derive(Debug)]
 pub(crate) struct Server {
     pub(crate) spec: ServerSpec,
@@ -49,7 +60,7 @@ pub(crate) struct Server {
     /// unable to write the header the rollback must read.
     pub(crate) awaiting: Option<crate::nested::AwaitCoordinator>,
     /// What the last rollback found, for settling the slots.
-    pub(crate) rolled_back: Option<(LogState, Vec<txipc_heap::BatchEntry>)>,
+    pub(crate) rolled_back: Option<RolledBack>,
     /// The next rollback empties the heap (an operator's restart under policy `none`).
     pub(crate) empty_on_rollback: bool,
     pub(crate) channels: BTreeMap<u32, Chan>,

@@ -607,11 +607,12 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
         txid: generation << 40,
         calls,
         batches: 0,
-        // Channel 0 first. (Unlike the companion loop, the start is not rotated: a batch that
-        // held a poison request re-runs its requests one by one from a backlog in channel
-        // order, and the poison request's late channel keeps the innocents ahead of it, so
-        // that they are not TAKEN — and charged — when it faults again.)
-        next_chan: 0,
+        // Each incarnation starts at another channel (as the companion loop does), so that a
+        // server that faults often does not serve its first channels first every time and
+        // starve the last ones. Poison isolation does not depend on the order: a request
+        // waiting TAKEN in the backlog while a re-run request faults is not charged (the
+        // kernel charges the requests the rolled-back transaction's descriptor names).
+        next_chan: (generation as usize).wrapping_mul(7) ^ calls as usize,
         batch: Vec::new(),
         bufs: Vec::new(),
         reply: Vec::with_capacity(4096),
