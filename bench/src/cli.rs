@@ -93,6 +93,13 @@ pub enum BenchCmd {
         /// only by count and by a full log).
         #[arg(long, default_value_t = 1000)]
         checkpoint_ms: u64,
+        /// Policy companion: the message log's ring, MiB (`log_mb`). The standby checkpoints
+        /// when the log behind the last checkpoint is half of it, so it must hold what the
+        /// server logs in two `--checkpoint-ms` (about 190 MB/s on workload A on a quiet
+        /// machine): at 64 MiB the log, not the manifest's period, set the pace, six full
+        /// checkpoints a second.
+        #[arg(long, default_value_t = 512)]
+        log_mb: u64,
     },
     /// Fault → first reply of the new incarnation, measured by a client, on a kv server whose
     /// heap is filled and mapped: SIGKILL, and self-detected faults (SIGSEGV, panic).
@@ -312,7 +319,12 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
             client_cpu,
             checkpoint_every,
             checkpoint_ms,
+            log_mb,
         } => {
+            check(
+                (1..=4096).contains(&log_mb),
+                "--log-mb must be 1..=4096 (the manifest's log_mb)",
+            )?;
             check(
                 (1..=64).contains(&batch),
                 "--batch must be 1..=64 (batch_max)",
@@ -341,6 +353,7 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                 client_cpu: parse_cpu(&client_cpu)?,
                 checkpoint_every: checkpoint_every.max(1),
                 checkpoint_ms,
+                log_mb,
             };
             let results = crate::kv::run(exe, &cfg, |m| eprintln!("bench kv: {m}"))?;
             table_text(json, &crate::kv::table(&results));

@@ -213,6 +213,8 @@ pub struct KvConfig {
     pub checkpoint_every: u64,
     /// Policy companion: the manifest's `checkpoint_ms`.
     pub checkpoint_ms: u64,
+    /// Policy companion: the manifest's `log_mb` (the other policies keep 64).
+    pub log_mb: u64,
 }
 
 /// The result of one workload under one server configuration.
@@ -277,12 +279,16 @@ pub struct KvResult {
     /// Policy companion: checkpoints taken during the measured rounds, and the longest stall
     /// (fork) one caused, µs.
     pub checkpoints: Option<(u64, u64)>,
+    /// Policy companion: of those checkpoints, how many the server forked itself (its
+    /// fallback when the log is ¾ full: the standby did not keep up).
+    pub server_checkpoints: Option<u64>,
 }
 
-/// Checkpoints the kv server of `p` has taken so far, and its longest stall.
-fn checkpoints_of(p: &SystemProcess) -> Option<(u64, u64)> {
+/// Checkpoints the kv server of `p` has taken so far, its longest stall, and how many of them
+/// the server forked itself.
+fn checkpoints_of(p: &SystemProcess) -> Option<(u64, u64, u64)> {
     let c = p.connect().ok()?.ps().ok()?.into_iter().next()?.companion?;
-    Some((c.checkpoints, c.max_stall_us))
+    Some((c.checkpoints, c.max_stall_us, c.server_checkpoints))
 }
 
 fn heap_mb(cfg: &KvConfig, w: Workload) -> u64 {
@@ -298,6 +304,11 @@ fn manifest(cfg: &KvConfig, w: Workload, v: Variant) -> String {
     let cpu = cfg
         .server_cpu
         .map_or(String::new(), |c| format!("cpu = {c}\n"));
+    let log_mb = if matches!(v, Variant::Companion | Variant::CompanionWarm) {
+        cfg.log_mb
+    } else {
+        64
+    };
     // A scan of 100 records must fit one reply.
     let reply_max = (101 * (cfg.value_size + 64) + 4096).max(64 * 1024);
     let checkpoints = if matches!(v, Variant::Companion | Variant::CompanionWarm) {
@@ -315,7 +326,7 @@ fn manifest(cfg: &KvConfig, w: Workload, v: Variant) -> String {
         String::new()
     };
     format!(
-        "name = \"bench\"\n[[server]]\nname = \"kv\"\nbuiltin = \"{}\"\npolicy = \"{}\"\ntracking = \"{}\"\nbatch_max = {}\nheap_mb = {}\nlog_mb = 64\ndeadline_ms = 30000\nslots = 2\nrequest_max = {}\nreply_max = {reply_max}\n{checkpoints}{cpu}[[grant]]\nclient = \"*\"\nservice = \"kv\"\n",
+        "name = \"bench\"\n[[server]]\nname = \"kv\"\nbuiltin = \"{}\"\npolicy = \"{}\"\ntracking = \"{}\"\nbatch_max = {}\nheap_mb = {}\nlog_mb = {log_mb}\ndeadline_ms = 30000\nslots = 2\nrequest_max = {}\nreply_max = {reply_max}\n{checkpoints}{cpu}[[grant]]\nclient = \"*\"\nservice = \"kv\"\n",
         v.builtin(),
         v.policy(),
         v.manifest_tracking(),
@@ -536,7 +547,7 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
             .collect();
         let n = systems.len();
         let slices = (cfg.ops / cfg.slice_ops.max(1)).max(1);
-        let checkpoints_before: Vec<Option<(u64, u64)>> =
+        let checkpoints_before: Vec<Option<(u64, u64, u64)>> =
             systems.iter().map(|s| checkpoints_of(&s._proc)).collect();
         for r in 0..cfg.rounds as usize {
             // A round is `slices` short slices per system, interleaved (the order rotated every
@@ -592,9 +603,11 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
         for ((s, (base, base_unstalled)), before) in
             systems.iter_mut().zip(bases).zip(checkpoints_before)
         {
-            let checkpoints = checkpoints_of(&s._proc)
+            let counted = checkpoints_of(&s._proc)
                 .zip(before)
-                .map(|((n, stall), (n0, _))| (n - n0, stall));
+                .map(|((n, stall, forks), (n0, _, forks0))| ((n - n0, stall), forks - forks0));
+            let checkpoints = counted.map(|c| c.0);
+            let server_checkpoints = counted.map(|c| c.1);
             let mut rounds = s.rounds.clone();
             let mut losses: Vec<f64> = s
                 .rounds
@@ -654,6 +667,7 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
                 load_ops_per_sec: s.load_ops_per_sec,
                 errors: s.errors,
                 checkpoints,
+                server_checkpoints,
             });
         }
         // Shut the systems down one by one (each waits for its kernel to exit).
@@ -702,9 +716,10 @@ pub fn table(results: &[KvResult]) -> String {
     for r in results {
         if let Some((n, stall)) = r.checkpoints {
             t.push_str(&format!(
-                "\n{} {}: {n} checkpoints during the measured rounds; longest checkpoint stall (fork) {stall} µs",
+                "\n{} {}: {n} checkpoints during the measured rounds ({} forked by the server: log ¾ full); longest checkpoint stall (fork) {stall} µs",
                 r.workload.as_str().to_uppercase(),
-                r.policy
+                r.policy,
+                r.server_checkpoints.unwrap_or(0)
             ));
         }
     }

@@ -220,6 +220,9 @@ fn the_warm_standby_restores_each_checkpoint_so_recovery_only_replays_the_tail()
         kv.put(format!("k{i}"), format!("v{i}")).unwrap();
     }
     let at = wait_warm(&conn, 40);
+    // Under the warm standby every checkpoint is the server's own fork.
+    let c = companion(&conn);
+    assert_eq!(c.server_checkpoints, c.checkpoints, "{c:?}");
     kill_and_wait(&conn);
     let c = companion(&conn);
     assert!(
@@ -372,6 +375,7 @@ fn the_following_standby_takes_the_checkpoints_and_recovery_replays_only_the_las
     assert!(c.checkpoints >= 1, "{c:?}");
     assert!((20..=44).contains(&c.checkpoint_index), "{c:?}");
     assert_eq!(c.max_stall_us, 0, "the server forked a checkpoint: {c:?}");
+    assert_eq!(c.server_checkpoints, 0, "{c:?}");
     assert!(
         checkpoint_children(server_pid(&conn, "kv")).is_empty(),
         "a checkpoint child of the server"
@@ -503,6 +507,106 @@ fn an_activation_takes_the_replica_over_mid_replay_and_the_lag_is_reported() {
         );
     }
     assert_eq!(kv.stats().unwrap().keys, u64::from(N) + 10);
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
+/// Lets a stopped process go on when dropped (also when the test fails).
+struct ContinueOnDrop(i32);
+
+impl Drop for ContinueOnDrop {
+    fn drop(&mut self) {
+        let _ = txipc_sys::process::kill(self.0, rustix::process::Signal::CONT);
+    }
+}
+
+/// Samples the standby's nice value until its replica has applied request `index`; returns
+/// the values seen.
+fn nice_while_following(conn: &System, standby: i32, index: u64) -> Vec<i64> {
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut k = 0u32;
+    loop {
+        let n = nice_of(standby);
+        if !seen.contains(&n) {
+            seen.push(n);
+        }
+        k += 1;
+        if k % 16 == 0 && companion(conn).standby_index >= index {
+            return seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica did not reach request {index}: {:?}",
+            companion(conn)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A following standby replays at nice 19, in the CPU time the server and its clients leave —
+/// until it has fallen behind by 1/8 of the ring: then it replays at its own priority until it
+/// has caught up (starved at nice 19 by a server and a client that both spin on two CPUs, it
+/// lagged until the log was 3/4 full and the server forked a checkpoint of its own). A slow
+/// request (300 ms) shows the priority a replay runs at. Without the privilege to come back
+/// from nice 19 (root, or `RLIMIT_NICE`) a standby never lowers its priority, and only the
+/// catch-up half holds.
+#[test]
+fn a_following_standby_that_fell_behind_catches_up_at_its_own_priority() {
+    let sys = companion_system(
+        "catchup",
+        "kv-plain-faulty",
+        "log_mb = 1\ncheckpoint_every = 1000000\ncheckpoint_ms = 0",
+    );
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    kv.put("first", "1").unwrap();
+    kv.put("second", "2").unwrap();
+    wait_following(&conn, 1);
+    let standby = info(&conn).standby_pid;
+    assert!(standby > 0);
+    // Behind: the standby stopped while ~215 KiB are logged (more than 1/8 of the 1 MiB ring,
+    // less than the 3/4 at which the server would fork a checkpoint itself).
+    txipc_sys::process::kill(standby, rustix::process::Signal::STOP).unwrap();
+    let stopped = ContinueOnDrop(standby);
+    for i in 0..200u32 {
+        kv.put(format!("k{i}"), vec![i as u8; 1000]).unwrap();
+    }
+    assert_eq!(kv.incr("slow/behind", 1).unwrap(), 1);
+    kv.put("after-slow", "x").unwrap();
+    drop(stopped);
+    // Requests 1-2, 3-202 the puts, 203 the slow one, 204 the last (not applied).
+    let seen = nice_while_following(&conn, standby, 203);
+    assert!(
+        !seen.contains(&19),
+        "the standby replayed its back-log at nice 19 (seen {seen:?})"
+    );
+    // Not behind: a slow request replays at nice 19 (where the standby may come back from it).
+    let may = rustix::process::geteuid().is_root()
+        || rustix::process::getrlimit(rustix::process::Resource::Nice)
+            .current
+            .is_some_and(|c| c >= 20);
+    assert_eq!(kv.incr("slow/ahead", 1).unwrap(), 1);
+    kv.put("after-slow-2", "y").unwrap();
+    let seen = nice_while_following(&conn, standby, 205);
+    if may {
+        assert!(
+            seen.contains(&19),
+            "a replay with no back-log ran at {seen:?}, not nice 19"
+        );
+    }
+    let c = companion(&conn);
+    assert_eq!(
+        c.server_checkpoints, 0,
+        "the server forked a checkpoint: {c:?}"
+    );
+    // And the replica is the state: a recovery from it replays only the last request.
+    kill_and_wait(&conn);
+    let c = companion(&conn);
+    assert!(c.last_warm, "{c:?}");
+    assert_eq!(c.last_replayed, 1, "{c:?}");
+    assert_eq!(kv.get("k199").unwrap(), Some(vec![199u8; 1000].into()));
+    assert_eq!(kv.get("after-slow-2").unwrap(), Some("y".into()));
     drop((kv, conn));
     sys.shutdown().unwrap();
 }

@@ -492,13 +492,59 @@ pub enum SnapshotError {
 
 /// The header of a snapshot of `payload`.
 pub fn snapshot_header(meta: &SnapshotMeta, payload: &[u8]) -> [u8; SNAPSHOT_HEADER] {
+    snapshot_header_of(meta, payload.len() as u64, crc32fast::hash(payload))
+}
+
+/// The checksum of a snapshot payload written in pieces (a checkpoint writer streams the
+/// state into the snapshot file rather than building it in memory first).
+#[derive(Clone, Debug)]
+pub struct PayloadCrc {
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl Default for PayloadCrc {
+    fn default() -> Self {
+        PayloadCrc {
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+        }
+    }
+}
+
+impl PayloadCrc {
+    /// Adds the next piece of the payload.
+    pub fn update(&mut self, piece: &[u8]) {
+        self.crc.update(piece);
+        self.len += piece.len() as u64;
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Nothing yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The header of a snapshot whose payload was the pieces given, in order: the same bytes
+    /// [`snapshot_header`] gives for the whole payload.
+    pub fn header(self, meta: &SnapshotMeta) -> [u8; SNAPSHOT_HEADER] {
+        snapshot_header_of(meta, self.len, self.crc.finalize())
+    }
+}
+
+/// The header of a snapshot whose payload has `len` bytes with crc32 `crc`.
+fn snapshot_header_of(meta: &SnapshotMeta, len: u64, crc: u32) -> [u8; SNAPSHOT_HEADER] {
     let mut h = [0u8; SNAPSHOT_HEADER];
     h[0..8].copy_from_slice(&SNAPSHOT_MAGIC.to_le_bytes());
     h[8..12].copy_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
     h[12..16].copy_from_slice(&meta.state_version.to_le_bytes());
     h[16..24].copy_from_slice(&meta.index.to_le_bytes());
     h[24..32].copy_from_slice(&meta.log_offset.to_le_bytes());
-    h[32..40].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    h[32..40].copy_from_slice(&len.to_le_bytes());
     h[40..48].copy_from_slice(&meta.last_digest.unwrap_or(0).to_le_bytes());
     let flags = if meta.last_digest.is_some() {
         FLAG_DIGEST
@@ -506,7 +552,7 @@ pub fn snapshot_header(meta: &SnapshotMeta, payload: &[u8]) -> [u8; SNAPSHOT_HEA
         0
     };
     h[48..52].copy_from_slice(&flags.to_le_bytes());
-    h[52..56].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    h[52..56].copy_from_slice(&crc.to_le_bytes());
     let crc = crc32fast::hash(&h[..60]);
     h[60..64].copy_from_slice(&crc.to_le_bytes());
     h
@@ -585,6 +631,12 @@ pub struct Answer {
 /// Builds a snapshot payload from the server's distilled state and the runtime's answers.
 pub fn join_payload(state: &[u8], answers: &[Answer], out: &mut Vec<u8>) {
     out.extend_from_slice(state);
+    answers_section(answers, out);
+}
+
+/// Appends the runtime's section of a snapshot payload (what follows the server's state:
+/// the answers, then the section's length), as [`join_payload`] does.
+pub fn answers_section(answers: &[Answer], out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&(answers.len() as u32).to_le_bytes());
     for a in answers {
@@ -964,6 +1016,40 @@ mod tests {
             assert!(decode_snapshot(&bad, 3).is_err(), "byte {at}");
         }
         assert!(decode_snapshot(&snap[..snap.len() - 1], 3).is_err());
+    }
+
+    #[test]
+    fn a_payload_checksummed_in_pieces_gives_the_same_header() {
+        let m = SnapshotMeta {
+            state_version: 1,
+            index: 9,
+            log_offset: 8192,
+            last_digest: None,
+        };
+        let state: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let answers = vec![Answer {
+            chan: 2,
+            id: (4096, 1),
+            status: 0,
+            reply: b"ok".to_vec(),
+        }];
+        let mut whole = Vec::new();
+        join_payload(&state, &answers, &mut whole);
+        let mut crc = PayloadCrc::default();
+        assert!(crc.is_empty());
+        for piece in state.chunks(333) {
+            crc.update(piece);
+        }
+        let mut section = Vec::new();
+        answers_section(&answers, &mut section);
+        crc.update(&section);
+        assert_eq!(crc.len(), whole.len() as u64);
+        let h = crc.header(&m);
+        assert_eq!(h, snapshot_header(&m, &whole));
+        let mut snap = h.to_vec();
+        snap.extend_from_slice(&whole);
+        let (_, p) = decode_snapshot(&snap, 1).unwrap();
+        assert_eq!(split_payload(p).unwrap(), (&state[..], answers));
     }
 
     #[test]

@@ -294,6 +294,10 @@ pub struct CompanionInfo {
     pub snapshot_bytes: u64,
     /// Log bytes behind the newest checkpoint.
     pub log_bytes: u64,
+    /// Checkpoints the server forked itself (its fallback when the log is ¾ full; with a
+    /// following standby every other checkpoint is the standby's, which stalls nothing).
+    #[serde(default)]
+    pub server_checkpoints: u64,
     /// Longest service stall a checkpoint caused (the fork), microseconds.
     pub max_stall_us: u64,
     /// Stall of the newest checkpoint, microseconds.

@@ -242,6 +242,9 @@ impl CompanionLog {
         let log_bytes = tail.saturating_sub(info.log_offset);
         let i = &mut self.info;
         i.checkpoints += 1;
+        if info.stall_us > 0 {
+            i.server_checkpoints += 1;
+        }
         i.checkpoint_index = info.index;
         i.snapshot_bytes = info.bytes;
         i.last_stall_us = info.stall_us;

@@ -337,6 +337,13 @@ fn expand(service: &Service) -> TokenStream {
                 ::txipc_service::__private::distill_into(::txipc_service::Dispatch::inner(&self.dispatcher), out)
             }
 
+            fn distill_to(
+                &self,
+                out: &mut dyn ::std::io::Write,
+            ) -> ::core::result::Result<(), ::txipc_service::DistillError> {
+                ::txipc_service::__private::distill_to(::txipc_service::Dispatch::inner(&self.dispatcher), out)
+            }
+
             fn reconstitute_from(
                 payload: &[u8],
             ) -> ::core::result::Result<Self, ::txipc_service::DistillError> {

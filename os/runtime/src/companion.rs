@@ -314,8 +314,8 @@ pub trait PlainInstance {
     fn method_name(&self, method: u32) -> Option<&'static str>;
     /// Where a checkpoint may follow `method`.
     fn capture(&self, method: u32) -> Capture;
-    /// Appends the distilled state to `out`.
-    fn distill(&self, out: &mut Vec<u8>) -> Result<(), DistillError>;
+    /// Writes the distilled state to `out` as it is encoded.
+    fn distill(&self, out: &mut dyn std::io::Write) -> Result<(), DistillError>;
 }
 
 impl<D: Companion> PlainInstance for D {
@@ -336,8 +336,8 @@ impl<D: Companion> PlainInstance for D {
     fn capture(&self, method: u32) -> Capture {
         D::capture(method)
     }
-    fn distill(&self, out: &mut Vec<u8>) -> Result<(), DistillError> {
-        self.distill_into(out)
+    fn distill(&self, out: &mut dyn std::io::Write) -> Result<(), DistillError> {
+        self.distill_to(out)
     }
 }
 
@@ -648,7 +648,9 @@ fn send_checkpoint_and_exit(
 }
 
 /// Distills `instance` (and the answers of calls by call id) into a snapshot described by
-/// `meta`, checksummed, in a new memfd sealed against every write. Fail point `checkpoint`
+/// `meta`, checksummed, in a new memfd sealed against every write. The state is streamed into
+/// the memfd as it is encoded (`SnapshotFile`): no copy of it is built in memory first, so
+/// the writer's cost is one encoding pass and the memfd's own pages. Fail point `checkpoint`
 /// fires here (kind `corrupt`: a wild write after the checksum, which the restore must
 /// notice). Returns the fd and the snapshot's size, or the exit status of the step that failed.
 fn seal_snapshot(
@@ -658,26 +660,6 @@ fn seal_snapshot(
     meta: &SnapshotMeta,
     status: &StatusPage,
 ) -> Result<(OwnedFd, u64), i32> {
-    let mut state = Vec::new();
-    if instance.distill(&mut state).is_err() {
-        return Err(75);
-    }
-    let mut answers: Vec<Answer> = answers.values().cloned().collect();
-    answers.sort_by_key(|a| a.chan);
-    let mut payload = Vec::with_capacity(state.len() + 64);
-    fmt::join_payload(&state, &answers, &mut payload);
-    drop(state);
-    let header = fmt::snapshot_header(meta, &payload);
-    match status.fire_kind(FailPoint::Checkpoint as u8) {
-        Some(k) if k == FailKind::Corrupt as u8 => {
-            let mid = payload.len() / 2;
-            if let Some(b) = payload.get_mut(mid) {
-                *b ^= 0x5A;
-            }
-        }
-        Some(k) => txipc_sys::crash::inject(k),
-        None => {}
-    }
     let name = format!("txipc-snap-{server}");
     let Ok(fd) = rustix::fs::memfd_create(
         name.as_str(),
@@ -685,8 +667,43 @@ fn seal_snapshot(
     ) else {
         return Err(76);
     };
-    if write_all(&fd, &header).is_err() || write_all(&fd, &payload).is_err() {
+    // The header goes in last (it carries the payload's length and checksum).
+    if write_all(&fd, &[0u8; SNAPSHOT_HEADER]).is_err() {
         return Err(77);
+    }
+    let mut file = SnapshotFile {
+        fd: &fd,
+        buf: Vec::with_capacity(SNAPSHOT_CHUNK),
+        crc: fmt::PayloadCrc::default(),
+    };
+    // (A failed write of the memfd surfaces as an encoding error too.)
+    if instance.distill(&mut file).is_err() {
+        return Err(75);
+    }
+    let mut answers: Vec<Answer> = answers.values().cloned().collect();
+    answers.sort_by_key(|a| a.chan);
+    let mut section = Vec::new();
+    fmt::answers_section(&answers, &mut section);
+    if std::io::Write::write_all(&mut file, &section).is_err() || file.flush_buf().is_err() {
+        return Err(77);
+    }
+    let payload_len = file.crc.len();
+    let header = file.crc.clone().header(meta);
+    if !pwrite_all(&fd, &header, 0) {
+        return Err(77);
+    }
+    match status.fire_kind(FailPoint::Checkpoint as u8) {
+        Some(k) if k == FailKind::Corrupt as u8 => {
+            // A wild write into the payload after its checksum was taken.
+            let at = (SNAPSHOT_HEADER as u64) + payload_len / 2;
+            let mut b = [0u8; 1];
+            if payload_len > 0 && rustix::io::pread(&fd, &mut b, at).is_ok() {
+                b[0] ^= 0x5A;
+                let _ = pwrite_all(&fd, &b, at);
+            }
+        }
+        Some(k) => txipc_sys::crash::inject(k),
+        None => {}
     }
     let seals = rustix::fs::SealFlags::SHRINK
         | rustix::fs::SealFlags::GROW
@@ -695,7 +712,60 @@ fn seal_snapshot(
     if rustix::fs::fcntl_add_seals(&fd, seals).is_err() {
         return Err(78);
     }
-    Ok((fd, (SNAPSHOT_HEADER + payload.len()) as u64))
+    Ok((fd, SNAPSHOT_HEADER as u64 + payload_len))
+}
+
+/// How much of the encoded state a checkpoint writer buffers before writing it to the memfd.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// The payload of a snapshot as it is written: buffered into chunks appended to the memfd
+/// (`write`), checksummed on the way.
+struct SnapshotFile<'a> {
+    fd: &'a OwnedFd,
+    buf: Vec<u8>,
+    crc: fmt::PayloadCrc,
+}
+
+impl SnapshotFile<'_> {
+    fn flush_buf(&mut self) -> std::io::Result<()> {
+        let r = write_all(self.fd, &self.buf);
+        self.buf.clear();
+        r
+    }
+}
+
+impl std::io::Write for SnapshotFile<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.crc.update(data);
+        if self.buf.len() + data.len() > SNAPSHOT_CHUNK {
+            self.flush_buf()?;
+        }
+        if data.len() >= SNAPSHOT_CHUNK {
+            write_all(self.fd, data)?;
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.flush_buf()
+    }
+}
+
+fn pwrite_all(fd: &OwnedFd, mut bytes: &[u8], mut at: u64) -> bool {
+    while !bytes.is_empty() {
+        match rustix::io::pwrite(fd, bytes, at) {
+            Ok(0) => return false,
+            Ok(n) => {
+                bytes = &bytes[n..];
+                at += n as u64;
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 fn read_all(fd: &OwnedFd, from: u64) -> std::io::Result<Vec<u8>> {
@@ -737,6 +807,9 @@ const FOLLOW_IDLE_BOUNDED: Duration = Duration::from_millis(1);
 /// an activation waits for at most this many records of the replica's, never for its whole
 /// lag (ARCHITECTURE.md §16, "The following standby").
 const FOLLOW_CHUNK: usize = 64;
+/// A following standby whose replica is behind the tail by `1 / CATCH_UP` of the ring (or
+/// more) replays at its own priority, not at nice 19, until it has caught up.
+const CATCH_UP: u64 = 8;
 
 /// A standby that follows the message log as it is written (manifest `standby = "follow"`,
 /// ARCHITECTURE.md §16 "The following standby"): a replica of the server one request behind
@@ -949,10 +1022,15 @@ impl Follower {
         // ends there, and the step ends at once (no checkpoint).
         let mut interrupted = false;
         // It replays in the CPU time the server and its clients leave (and waits for
-        // messages — an activation — at its own priority); past the lag bound, at its own
-        // priority (`follow_max_lag`), so that a recovery never has much more to replay.
+        // messages — an activation — at its own priority) — unless it is behind: past the
+        // lag bound (`follow_max_lag`, so that a recovery never has much more to replay), or
+        // by `CATCH_UP` of the ring. Starved at nice 19 by a spinning server and client (two
+        // CPUs), it would otherwise lag until the log is ¾ full and the server forks a
+        // checkpoint of its own (the stall the following standby exists to avoid), after
+        // which the replica must restore that whole snapshot again.
         let bound = self.config.follow_max_lag;
-        let low = (bound == 0 || (n as u64) <= bound).then(LowPriority::enter);
+        let behind = (bound > 0 && (n as u64) > bound) || tail - from >= ring.cap / CATCH_UP;
+        let low = (!behind).then(LowPriority::enter);
         OUT.with(|o| {
             let mut o = o.borrow_mut();
             o.following = true;
@@ -1020,6 +1098,11 @@ impl Follower {
             return Some(Duration::ZERO);
         }
         let used = tail.saturating_sub(ring.accepted());
+        if used * 8 >= ring.cap * 5 {
+            // The log is filling faster than the checkpoint writer (nice 19) finishes: it gets
+            // the standby's priority back, before the server's fallback (¾) must fork.
+            self.hurry_child();
+        }
         let due = self.capture != Capture::Defer
             && self.since > 0
             && (self.capture == Capture::Now
@@ -1065,6 +1148,16 @@ impl Follower {
                 self.child = Some((child, offset, started));
             }
             Err(_) => {}
+        }
+    }
+
+    /// Gives the checkpoint child at work the priority the standby itself runs at.
+    fn hurry_child(&self) {
+        if let Some((pid, _, _)) = self.child
+            && let Some(p) = rustix::process::Pid::from_raw(pid)
+        {
+            let own = rustix::process::getpriority_process(None).unwrap_or(0);
+            let _ = rustix::process::setpriority_process(Some(p), own);
         }
     }
 

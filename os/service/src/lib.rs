@@ -257,6 +257,11 @@ pub trait Companion: Dispatch + Sized {
     fn capture(method: u32) -> Capture;
     /// Appends the distilled state (postcard) to `out`.
     fn distill_into(&self, out: &mut Vec<u8>) -> Result<(), DistillError>;
+    /// Writes the distilled state (postcard, the same bytes as [`Companion::distill_into`])
+    /// to `out` as it is encoded: a checkpoint writer passes the snapshot file, so a large
+    /// state is not first built in memory (that copy and its page faults were most of a
+    /// checkpoint's cost at 100 MB of state).
+    fn distill_to(&self, out: &mut dyn std::io::Write) -> Result<(), DistillError>;
     /// A dispatcher over the server reconstituted from `payload`.
     fn reconstitute_from(payload: &[u8]) -> Result<Self, DistillError>;
     /// A dispatcher over a server that never ran (its snapshot's `Default`).
@@ -396,6 +401,16 @@ pub mod __private {
         *out = postcard::to_extend(server.distill(), buf)
             .map_err(|e| crate::DistillError::Encode(e.to_string()))?;
         Ok(())
+    }
+
+    /// [`crate::Companion::distill_to`] for a server `S`.
+    pub fn distill_to<S: crate::Distill>(
+        server: &S,
+        out: &mut dyn std::io::Write,
+    ) -> Result<(), crate::DistillError> {
+        postcard::to_io(server.distill(), out)
+            .map(|_| ())
+            .map_err(|e| crate::DistillError::Encode(e.to_string()))
     }
 
     /// [`crate::Companion::reconstitute_from`] for a server `S`.

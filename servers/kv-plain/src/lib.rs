@@ -15,6 +15,7 @@
 //! with a clock-dependent delta (a replay that makes another call); a (readonly) `get` of
 //! `relay-get/K` increments K in `peer` (a state-changing call from a readonly request, which
 //! the callee refuses) and one of `relay-read/K` reads it, the outcome returned as the value.
+//! An `incr` of a key starting with `slow/` takes 300 ms (deterministically: the same result).
 //! It also keeps per-connection state:
 //! an `incr` of a key starting with `session/` counts in the caller's own session
 //! (`session/<session>/<rest>`, see `txipc_runtime::current_session`), so two connections
@@ -270,6 +271,11 @@ impl Kv for KvPlainFaulty {
         };
         if key.starts_with(b"relay/") || key.starts_with(b"relay-nondet/") {
             return self.relay(key, delta);
+        }
+        if key.starts_with(b"slow/") {
+            // A slow (but deterministic) handler: 300 ms, so that a test can see at what
+            // priority a following standby replays it.
+            std::thread::sleep(std::time::Duration::from_millis(300));
         }
         let delta = if key.starts_with(b"nondet/") {
             let nanos = std::time::SystemTime::now()
