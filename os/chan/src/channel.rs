@@ -47,8 +47,9 @@ use crate::spin::{SpinConfig, SpinMode, Spinner};
 
 use Ordering::{Acquire, Relaxed, Release, SeqCst};
 
-/// How long a call that sees its channel marked DEAD waits for the kernel to settle its slot
-/// (the kernel marks DEAD first, then settles every slot of the channel).
+/// How long a call that sees its channel marked DEAD waits for a slot it finds TAKEN: the
+/// kernel settles every taken slot before it marks DEAD, so this bounds only the wait on a
+/// kernel that died midway (see `ClientChannel::after_flag`).
 const DEAD_SETTLE_GRACE: Duration = Duration::from_millis(200);
 /// What a kick stores in `done`: the slot's seq with bit 31 flipped, which is neither the
 /// awaited reply nor the previous one.
@@ -481,10 +482,13 @@ impl ClientChannel {
         }
     }
 
-    /// A flag ended the wait. The kernel sets DEAD *before* it settles the slots of a dead
-    /// channel (a client tells "interrupted" from "down" by the flag), so a call that sees DEAD
-    /// gives the kernel a bounded moment ([`DEAD_SETTLE_GRACE`]) to settle its slot, and
-    /// returns that settlement if it comes; otherwise the flag's error.
+    /// A flag ended the wait. The kernel settles every slot a dead server had taken (a reply,
+    /// or [`Status::Interrupted`]) and fails every POSTED one *before* it marks the channel
+    /// DEAD, so a call that sees DEAD finds its answer in its slot, or its request still POSTED
+    /// (posted after the kernel's pass): it withdraws that one (POSTED → FREE: it never runs)
+    /// and returns the flag's error at once. Only a slot the kernel is settling at that very
+    /// instant (REPLIED, announcement on its way), or one a kernel that died midway left
+    /// TAKEN, is waited for, on its `done` word and bounded by [`DEAD_SETTLE_GRACE`].
     fn after_flag(
         &self,
         slot: usize,
@@ -495,12 +499,29 @@ impl ClientChannel {
         if matches!(e, ChanError::Dead) {
             let c = self.chan.ctl(slot);
             let start = Instant::now();
-            while start.elapsed() < DEAD_SETTLE_GRACE {
-                let w = c.done().load(Acquire);
-                if w == want {
+            loop {
+                let d = c.done().load(Acquire);
+                if d == want {
                     return self.finish(slot, reply);
                 }
-                futex::wait(c.done(), w, Some(Duration::from_millis(5)));
+                let w = c.state().load(Acquire);
+                match w & st::MASK {
+                    st::POSTED => {
+                        if c.state()
+                            .compare_exchange(w, st::freed(w), Release, Relaxed)
+                            .is_ok()
+                        {
+                            return Err(e);
+                        }
+                    }
+                    // Answered (the acquire load of REPLIED makes the answer visible): the
+                    // announcement may still be on its way.
+                    st::REPLIED => return self.finish(slot, reply),
+                    st::TAKEN if start.elapsed() < DEAD_SETTLE_GRACE => {
+                        futex::wait(c.done(), d, Some(Duration::from_millis(5)));
+                    }
+                    _ => return Err(e),
+                }
             }
         }
         Err(e)

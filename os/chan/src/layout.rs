@@ -207,6 +207,11 @@ pub enum Status {
     /// The server refused the request for a reason of its own (e.g. its heap is exhausted);
     /// the request had no effect.
     Refused = 8,
+    /// The server is gone for good (held down, or policy `none`) while it had taken the
+    /// request: under `none` and `restart` whether it ran is unknown. Written by the kernel
+    /// *before* it marks the channel DEAD, so a client learns it from the slot alone and never
+    /// waits after seeing the flag. Kernel.
+    Interrupted = 9,
 }
 
 impl Status {
@@ -229,6 +234,7 @@ impl Status {
             6 => Self::TooLarge,
             7 => Self::Revoked,
             8 => Self::Refused,
+            9 => Self::Interrupted,
             _ => return None,
         })
     }

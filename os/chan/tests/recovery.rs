@@ -234,6 +234,15 @@ fn close_wakes(spin: SpinConfig, dead: bool) {
         if dead {
             assert!(matches!(e, ChanError::Dead), "{e}");
             assert!(client.is_dead());
+            // Nobody settled the POSTED request (it stands for one posted after the kernel's
+            // last pass over the slots): the client withdrew it itself when it saw the flag,
+            // instead of waiting for a settlement that does not come (it used to wait 200 ms
+            // and leave the slot POSTED).
+            assert!(
+                k.slots().all(|x| x.state == SlotState::Free),
+                "a request left behind on a dead channel: {:?}",
+                k.slots().map(|x| x.state).collect::<Vec<_>>()
+            );
         } else {
             assert!(matches!(e, ChanError::Revoked), "{e}");
             assert!(client.is_revoked());
@@ -254,6 +263,33 @@ fn mark_dead_wakes_a_sleeping_client_with_an_error() {
 #[test]
 fn mark_dead_stops_a_spinning_client() {
     close_wakes(SPINNER, true);
+}
+
+/// The kernel's order when a server is gone for good: every taken slot settled
+/// (`Interrupted`), then the channel marked DEAD. The client of the taken request reads the
+/// status from its slot, sleeping or spinning, and a later call fails at once.
+#[test]
+fn a_taken_request_settled_interrupted_before_dead_is_answered_from_its_slot() {
+    for spin in [SLEEPER, SPINNER] {
+        let s = setup(1);
+        let k = KernelChannel::map(&s.chan).unwrap();
+        let client = ClientChannel::map(&s.chan).unwrap().with_spin(spin);
+        std::thread::scope(|sc| {
+            let call = sc.spawn(|| client.call(1, b"taken", &mut Vec::new(), None));
+            let hung = take_and_hang(&s, false);
+            wait_until("TAKEN", || state(&k, 0) == SlotState::Taken);
+            hung.kill().unwrap();
+            let seq = k.snapshot(0).unwrap().seq;
+            assert!(k.fail(0, seq, Status::Interrupted));
+            k.mark_dead();
+            let r = call.join().unwrap().unwrap();
+            assert_eq!(r.status, Status::Interrupted);
+        });
+        assert!(matches!(
+            client.call(1, b"again", &mut Vec::new(), None),
+            Err(ChanError::Dead)
+        ));
+    }
 }
 
 #[test]

@@ -473,10 +473,11 @@ impl Lifecycle {
                 };
                 self.held = Some(reason);
                 self.restart_at = None;
-                // Hold first: a client woken by the settling sees its channel dead already,
-                // and tells "down" from "restarted".
-                out.push(Command::Hold(reason));
+                // Settle first, then hold (mark the channels DEAD): the settling tells each
+                // taken request's client what became of it in its slot (`Interrupted` when the
+                // server is gone for good), so a client that sees DEAD never waits for it.
                 out.push(Command::SettleSlots { held: true });
+                out.push(Command::Hold(reason));
                 if let Some(sb) = self.standby.take() {
                     out.push(Command::Kill(sb));
                 }
@@ -988,8 +989,8 @@ mod tests {
         assert_eq!(
             cmds,
             vec![
-                Command::Hold(HoldReason::LogUnusable),
                 Command::SettleSlots { held: true },
+                Command::Hold(HoldReason::LogUnusable),
                 Command::Kill(2)
             ]
         );

@@ -388,7 +388,8 @@ pub(crate) fn settle(s: &mut Server, held: bool) -> Recovered {
                         FailReason::Poison { .. } => Status::Aborted,
                         // Effect unknown: the client tells "restarted" from "down" by the
                         // channel's DEAD flag, set before the slots are settled.
-                        FailReason::Restarted | FailReason::Interrupted => Status::Restarted,
+                        FailReason::Restarted => Status::Restarted,
+                        FailReason::Interrupted => Status::Interrupted,
                         FailReason::Unavailable => Status::Unavailable,
                     };
                     if c.k.fail_after(snap.slot, snap.seq, status, charged.max(1)) {

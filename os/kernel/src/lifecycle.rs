@@ -20,6 +20,10 @@ use crate::recovery::fail_posted;
 pub(crate) const CONFIRM_TRIES: u32 = 100;
 /// Time between two checks of a stop, microseconds.
 pub(crate) const CONFIRM_INTERVAL_US: u64 = 50;
+/// Time before the first re-check of a stop that was not seen at once, microseconds: a
+/// process that reported a crash stops itself within microseconds of its report, so the
+/// first look after it comes sooner than the regular interval.
+pub(crate) const FIRST_CONFIRM_INTERVAL_US: u64 = 10;
 /// Time between two checks once a stop went unconfirmed and only a death can confirm,
 /// microseconds (the death itself comes through the pidfd; this re-check is the fallback).
 pub(crate) const SLOW_CONFIRM_INTERVAL_US: u64 = 5_000;
@@ -141,9 +145,12 @@ impl Kernel {
                     let _ = crate::companion::settle_held(s);
                 }
                 s.fault_at = None;
+                // Taken slots were settled (`SettleSlots` comes first); the waiting ones are
+                // failed, then the channel is marked DEAD. A request posted after this pass is
+                // withdrawn by its own client once it sees the flag (`ClientChannel`).
                 for c in s.channels.values() {
-                    c.k.mark_dead();
                     fail_posted(&c.k);
+                    c.k.mark_dead();
                 }
                 None
             }
@@ -243,7 +250,11 @@ impl Kernel {
             }
             _ => {
                 s.confirming = Some((g, tries + 1));
-                self.arm_confirm_timer(CONFIRM_INTERVAL_US);
+                self.arm_confirm_timer(if tries == 0 {
+                    FIRST_CONFIRM_INTERVAL_US
+                } else {
+                    CONFIRM_INTERVAL_US
+                });
                 None
             }
         }

@@ -207,9 +207,11 @@ fn settle(
                             s.aborted += 1;
                             Status::Aborted
                         }
-                        // Effect unknown: the client tells "restarted" from "down" by the
-                        // channel's DEAD flag, set before the slots are settled.
-                        FailReason::Restarted | FailReason::Interrupted => Status::Restarted,
+                        // Effect unknown; "restarted" (a new, empty incarnation serves) or
+                        // "interrupted" (the server is gone for good: settled before the
+                        // channel is marked DEAD, so the client reads it from its slot).
+                        FailReason::Restarted => Status::Restarted,
+                        FailReason::Interrupted => Status::Interrupted,
                         FailReason::Unavailable => Status::Unavailable,
                     };
                     if c.k.fail(snap.slot, snap.seq, status) {

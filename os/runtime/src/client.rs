@@ -412,6 +412,7 @@ pub fn status_to_result(status: Status, attempt: u32) -> Result<(), CallError> {
         Status::TooLarge => Err(CallError::ReplyTooLarge { cap: 0 }),
         Status::Revoked => Err(CallError::Disconnected("the grant was revoked".into())),
         Status::Refused => Err(CallError::Refused),
+        Status::Interrupted => Err(CallError::Interrupted),
     }
 }
 
@@ -466,9 +467,6 @@ impl Transport for Channel {
             CallError::ReplyTooLarge { .. } => CallError::ReplyTooLarge {
                 cap: self.chan.layout().reply_cap as usize,
             },
-            // "Effect unknown" on a channel the kernel marked dead: the server did not restart,
-            // it is down (the kernel marks the channel dead before it settles the slots).
-            CallError::Restarted if self.chan.is_dead() => CallError::Interrupted,
             other => other,
         })
     }
