@@ -308,47 +308,6 @@ fn bank_under_companion_fail_points_at_every_point_of_every_server() {
     sys.shutdown().unwrap();
 }
 
-fn demo(args: &[&str]) -> serde_json::Value {
-    let out = std::process::Command::new(exe())
-        .arg("demo")
-        .args(args)
-        .args(["--json", "--quiet"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    let v = serde_json::from_str(last).unwrap_or_else(|e| {
-        panic!(
-            "demo printed no JSON ({e}): stdout {stdout}\nstderr {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    remove_demo_log(&v);
-    v
-}
-
-fn check_bank_storm(v: &serde_json::Value, min_faults: u64) {
-    assert_eq!(v["policy"], "companion", "{v}");
-    assert_eq!(v["state_verified"], true, "{v}");
-    assert_eq!(v["total_found"], v["total_expected"], "{v}");
-    for k in [
-        "lost_updates",
-        "duplicated_updates",
-        "half_applied",
-        "divergent_keys",
-        "uncertain_transfers",
-        "clients_missing",
-        "failed_requests",
-    ] {
-        assert_eq!(v[k], 0, "{k}: {v}");
-    }
-    assert!(v["faults_injected"].as_u64().unwrap() >= min_faults, "{v}");
-    for s in ["bank", "account-0", "account-1"] {
-        assert!(v["faults_by_server"][s].as_u64().unwrap() > 0, "{s}: {v}");
-    }
-    assert!(v["requests"].as_u64().unwrap() > 500, "{v}");
-}
-
 /// The storm under companion: 8 client processes transfer while SIGKILLs and fail points (the
 /// bank's call points included) hit the bank and both account servers at random instants (a
 /// few hundred faults): total conserved, every acknowledged transfer in exactly one debit and
@@ -371,7 +330,7 @@ fn bank_storm_under_companion() {
         "--seed",
         "12",
     ]);
-    check_bank_storm(&v, 200);
+    check_bank_storm(&v, "companion", 200);
 }
 
 /// The long storm for the report (run by hand: `cargo test --release -p txipc --test
@@ -396,7 +355,7 @@ fn bank_storm_under_companion_10k_faults() {
         "13",
     ]);
     println!("{v}");
-    check_bank_storm(&v, 10_000);
+    check_bank_storm(&v, "companion", 10_000);
 }
 
 /// The bank (`bank-plain-faulty`) and two account servers under companion, the accounts also

@@ -275,25 +275,6 @@ fn baselines_lose_or_duplicate_money_txipc_does_not() {
     }
 }
 
-fn demo(args: &[&str]) -> serde_json::Value {
-    let out = std::process::Command::new(exe())
-        .arg("demo")
-        .args(args)
-        .args(["--json", "--quiet"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    let v = serde_json::from_str(last).unwrap_or_else(|e| {
-        panic!(
-            "demo printed no JSON ({e}): stdout {stdout}\nstderr {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    remove_demo_log(&v);
-    v
-}
-
 /// The storm: 8 client processes transfer while SIGKILLs and fail points hit the bank and both
 /// account servers at random instants (a few hundred faults): the total is conserved, every
 /// acknowledged transfer is in exactly one debit and one credit entry, no call hangs, no
@@ -314,29 +295,7 @@ fn bank_storm_in_every_server() {
         "--seed",
         "10",
     ]);
-    check_bank_storm(&v, 200);
-}
-
-fn check_bank_storm(v: &serde_json::Value, min_faults: u64) {
-    assert_eq!(v["state_verified"], true, "{v}");
-    assert_eq!(v["total_found"], v["total_expected"], "{v}");
-    for k in [
-        "lost_updates",
-        "duplicated_updates",
-        "half_applied",
-        "divergent_keys",
-        "uncertain_transfers",
-        "prepared_left",
-        "clients_missing",
-        "failed_requests",
-    ] {
-        assert_eq!(v[k], 0, "{k}: {v}");
-    }
-    assert!(v["faults_injected"].as_u64().unwrap() >= min_faults, "{v}");
-    for s in ["bank", "account-0", "account-1"] {
-        assert!(v["faults_by_server"][s].as_u64().unwrap() > 0, "{s}: {v}");
-    }
-    assert!(v["requests"].as_u64().unwrap() > 500, "{v}");
+    check_bank_storm(&v, "txipc", 200);
 }
 
 /// The long storm for the report: 10,000 faults (run by hand: `cargo test --release -p txipc
@@ -359,7 +318,7 @@ fn bank_storm_10k_faults() {
         "11",
     ]);
     println!("{v}");
-    check_bank_storm(&v, 10_000);
+    check_bank_storm(&v, "txipc", 10_000);
 }
 
 /// A root whose nested call faults its callee on every attempt is the poison request: it fails

@@ -137,6 +137,57 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Runs `txipc demo ARGS --json --quiet` and returns its report (the last line of its output);
+/// removes the system log it kept. A demo whose state is not verified exits 1 with the whole
+/// report: the caller checks the report's fields, which say more than the exit code.
+pub fn demo(args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(exe())
+        .arg("demo")
+        .args(args)
+        .args(["--json", "--quiet"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let v = serde_json::from_str(last).unwrap_or_else(|e| {
+        panic!(
+            "demo printed no JSON ({e}): stdout {stdout}\nstderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    remove_demo_log(&v);
+    v
+}
+
+/// Checks a bank storm's report (`txipc demo --workload bank`) under `policy`: state verified,
+/// the total conserved, nothing lost, duplicated, half-applied, uncertain or failed (and under
+/// txipc no prepared sub-transaction left), at least `min_faults` faults with every server hit.
+pub fn check_bank_storm(v: &serde_json::Value, policy: &str, min_faults: u64) {
+    assert_eq!(v["policy"], policy, "{v}");
+    assert_eq!(v["state_verified"], true, "{v}");
+    assert_eq!(v["total_found"], v["total_expected"], "{v}");
+    let mut zero = vec![
+        "lost_updates",
+        "duplicated_updates",
+        "half_applied",
+        "divergent_keys",
+        "uncertain_transfers",
+        "clients_missing",
+        "failed_requests",
+    ];
+    if policy == "txipc" {
+        zero.push("prepared_left");
+    }
+    for k in zero {
+        assert_eq!(v[k], 0, "{k}: {v}");
+    }
+    assert!(v["faults_injected"].as_u64().unwrap() >= min_faults, "{v}");
+    for s in ["bank", "account-0", "account-1"] {
+        assert!(v["faults_by_server"][s].as_u64().unwrap() > 0, "{s}: {v}");
+    }
+    assert!(v["requests"].as_u64().unwrap() > 500, "{v}");
+}
+
 /// Removes the system log a `txipc demo` run keeps for after it (its JSON report names it in
 /// `log`): tests leave no files.
 pub fn remove_demo_log(report: &serde_json::Value) {
