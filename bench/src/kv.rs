@@ -282,6 +282,37 @@ pub struct KvResult {
     /// Policy companion: of those checkpoints, how many the server forked itself (its
     /// fallback when the log is ¾ full: the standby did not keep up).
     pub server_checkpoints: Option<u64>,
+    /// Voluntary context switches of the client threads per operation in the measured
+    /// slices (`/proc/thread-self/status`): a client that slept in the futex for its reply,
+    /// or at the slice's start barrier.
+    pub client_sleeps_per_op: f64,
+    /// Involuntary context switches of the client threads per operation: a client preempted,
+    /// typically by another client of the same CPU (what the stall filter excludes).
+    pub client_preemptions_per_op: f64,
+    /// Voluntary context switches of the server per operation over the measured rounds
+    /// (`/proc/PID/status`): the server fell asleep and had to be woken by a client's bell.
+    pub server_sleeps_per_op: Option<f64>,
+    /// Involuntary context switches of the server per operation.
+    pub server_preemptions_per_op: Option<f64>,
+}
+
+/// `(voluntary, involuntary)` context switches in a `/proc/.../status` file.
+fn switches(path: &str) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((
+        field("voluntary_ctxt_switches:")?,
+        field("nonvoluntary_ctxt_switches:")?,
+    ))
+}
+
+/// The kv server's pid in `p` (its first server).
+fn server_pid(p: &SystemProcess) -> Option<i32> {
+    Some(p.connect().ok()?.ps().ok()?.into_iter().next()?.pid)
 }
 
 /// Checkpoints the kv server of `p` has taken so far, its longest stall, and how many of them
@@ -350,6 +381,8 @@ struct Sys {
     errors: u64,
     load_ops_per_sec: f64,
     ops: u64,
+    /// Client threads' (voluntary, involuntary) context switches in the measured slices.
+    client_switches: (u64, u64),
 }
 
 /// Operations slower than this were stalled by something else (preemption of the client or
@@ -452,6 +485,7 @@ fn slice(
                     pin_client(cpu);
                     let mut h = new_hist();
                     let mut errors = 0u64;
+                    let sw0 = switches("/proc/thread-self/status");
                     barrier.wait();
                     for _ in 0..per {
                         let t = Instant::now();
@@ -460,7 +494,10 @@ fn slice(
                         }
                         h.saturating_record(t.elapsed().as_nanos() as u64);
                     }
-                    (h, errors)
+                    let sw = switches("/proc/thread-self/status")
+                        .zip(sw0)
+                        .map_or((0, 0), |(b, a)| (b.0 - a.0, b.1 - a.1));
+                    (h, errors, sw)
                 })
             })
             .collect();
@@ -472,7 +509,9 @@ fn slice(
             .collect();
         (t.elapsed(), results)
     });
-    for (h, e) in results {
+    for (h, e, sw) in results {
+        s.client_switches.0 += sw.0;
+        s.client_switches.1 += sw.1;
         for v in h.iter_recorded() {
             if v.value_iterated_to() <= STALL_NS {
                 s.round_fast_ns += v.value_iterated_to() as f64 * v.count_at_value() as f64;
@@ -518,6 +557,7 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
                 errors: 0,
                 load_ops_per_sec: 0.0,
                 ops: 0,
+                client_switches: (0, 0),
             };
             s.load_ops_per_sec = load(cfg, &s)?;
             systems.push(s);
@@ -549,6 +589,12 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
         let slices = (cfg.ops / cfg.slice_ops.max(1)).max(1);
         let checkpoints_before: Vec<Option<(u64, u64, u64)>> =
             systems.iter().map(|s| checkpoints_of(&s._proc)).collect();
+        let server_pids: Vec<Option<i32>> = systems.iter().map(|s| server_pid(&s._proc)).collect();
+        let server_switches_before: Vec<Option<(u64, u64)>> = server_pids
+            .iter()
+            .map(|p| p.and_then(|p| switches(&format!("/proc/{p}/status"))))
+            .collect();
+        let ops_before: Vec<u64> = systems.iter().map(|s| s.ops).collect();
         for r in 0..cfg.rounds as usize {
             // A round is `slices` short slices per system, interleaved (the order rotated every
             // slice and every round), so that a change of the machine's speed hits every
@@ -600,9 +646,24 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
                 (b.rounds.clone(), b.rounds_unstalled.clone())
             })
             .collect();
-        for ((s, (base, base_unstalled)), before) in
-            systems.iter_mut().zip(bases).zip(checkpoints_before)
+        // The same incarnation throughout (no faults are injected): its pid still names it.
+        let server_switches: Vec<Option<(u64, u64)>> = server_pids
+            .iter()
+            .zip(&server_switches_before)
+            .map(|(p, before)| {
+                let now = p.and_then(|p| switches(&format!("/proc/{p}/status")))?;
+                let before = (*before)?;
+                Some((now.0 - before.0, now.1 - before.1))
+            })
+            .collect();
+        for ((((s, (base, base_unstalled)), before), server_sw), ops0) in systems
+            .iter_mut()
+            .zip(bases)
+            .zip(checkpoints_before)
+            .zip(server_switches)
+            .zip(ops_before)
         {
+            let measured = (s.ops - ops0).max(1) as f64;
             let counted = checkpoints_of(&s._proc)
                 .zip(before)
                 .map(|((n, stall, forks), (n0, _, forks0))| ((n - n0, stall), forks - forks0));
@@ -668,6 +729,10 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
                 errors: s.errors,
                 checkpoints,
                 server_checkpoints,
+                client_sleeps_per_op: s.client_switches.0 as f64 / measured,
+                client_preemptions_per_op: s.client_switches.1 as f64 / measured,
+                server_sleeps_per_op: server_sw.map(|(v, _)| v as f64 / measured),
+                server_preemptions_per_op: server_sw.map(|(_, i)| i as f64 / measured),
             });
         }
         // Shut the systems down one by one (each waits for its kernel to exit).

@@ -68,6 +68,19 @@ fn bench_kv_json_contract() {
         assert_eq!(r["ops"], 2000, "{r}");
         positive(r, "ops_per_sec");
         assert!(r["loss_vs_none_pct"].as_f64().is_some());
+        // Context switches per operation, of the clients and of the server (found by its
+        // pid): counted, so present and non-negative.
+        for key in [
+            "client_sleeps_per_op",
+            "client_preemptions_per_op",
+            "server_sleeps_per_op",
+            "server_preemptions_per_op",
+        ] {
+            let x = r[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("`{key}` missing or not a number in {r}"));
+            assert!(x.is_finite() && x >= 0.0, "`{key}` = {x}");
+        }
     }
 }
 
