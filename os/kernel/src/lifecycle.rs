@@ -116,6 +116,16 @@ impl Kernel {
             // unable to write it (`nested::AwaitCoordinator`).
             Command::RollBack(g) => self.start_roll_back(i, g),
             Command::SettleSlots { held } => {
+                // A companion server that refused to serve: every waiting request is failed
+                // `Unavailable` and skipped by replay, before the usual settling (which then
+                // finds nothing), as when this ran first thing in `Hold`.
+                let s = &mut self.servers[i];
+                if held
+                    && s.life.hold_reason() == Some(HoldReason::ServerRefused)
+                    && s.companion.is_some()
+                {
+                    let _ = crate::companion::settle_held(s);
+                }
                 self.settle_slots(i, held);
                 None
             }
@@ -141,9 +151,6 @@ impl Kernel {
                         .take()
                         .unwrap_or_else(|| "the server asked to be held".into()),
                 });
-                if reason == HoldReason::ServerRefused && s.companion.is_some() {
-                    let _ = crate::companion::settle_held(s);
-                }
                 s.fault_at = None;
                 // Taken slots were settled (`SettleSlots` comes first); the waiting ones are
                 // failed, then the channel is marked DEAD. A request posted after this pass is
