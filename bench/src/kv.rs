@@ -294,6 +294,9 @@ pub struct KvResult {
     pub server_sleeps_per_op: Option<f64>,
     /// Involuntary context switches of the server per operation.
     pub server_preemptions_per_op: Option<f64>,
+    /// Policy companion: CPU time of the server, the standby and its checkpoint writers
+    /// during the measured rounds.
+    pub companion_cpu: Option<CompanionCpu>,
 }
 
 /// `(voluntary, involuntary)` context switches in a `/proc/.../status` file.
@@ -313,6 +316,47 @@ fn switches(path: &str) -> Option<(u64, u64)> {
 /// The kv server's pid in `p` (its first server).
 fn server_pid(p: &SystemProcess) -> Option<i32> {
     Some(p.connect().ok()?.ps().ok()?.into_iter().next()?.pid)
+}
+
+/// Policy companion: CPU time of its processes during the measured rounds (from
+/// `/proc/PID/stat` of the serving incarnation and of the standby: its own time, and its
+/// reaped children's — the checkpoint writers it forked), seconds, and the standby's minor
+/// page faults (copy-on-write after each fork among them).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CompanionCpu {
+    /// The serving incarnation.
+    pub server_s: f64,
+    /// The standby (its replay of the log).
+    pub standby_s: f64,
+    /// The standby's checkpoint writers (reaped children).
+    pub writers_s: f64,
+    /// The standby's minor page faults.
+    pub standby_minflt: u64,
+}
+
+/// `(utime + stime, cutime + cstime, minflt)` of a process, seconds.
+fn proc_cpu(pid: i32) -> Option<(f64, f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    let tick = 100.0; // USER_HZ (clock ticks of /proc/PID/stat), 100 on Linux
+    let own = (num(11)? + num(12)?) as f64 / tick;
+    let kids = (num(13)? + num(14)?) as f64 / tick;
+    Some((own, kids, num(7)?))
+}
+
+/// The companion's CPU counters now (see [`CompanionCpu`]).
+fn companion_cpu_of(p: &SystemProcess) -> Option<CompanionCpu> {
+    let i = p.connect().ok()?.ps().ok()?.into_iter().next()?;
+    i.companion.as_ref()?;
+    let (server_s, _, _) = proc_cpu(i.pid)?;
+    let (standby_s, writers_s, standby_minflt) = proc_cpu(i.standby_pid)?;
+    Some(CompanionCpu {
+        server_s,
+        standby_s,
+        writers_s,
+        standby_minflt,
+    })
 }
 
 /// Checkpoints the kv server of `p` has taken so far, its longest stall, and how many of them
@@ -595,6 +639,8 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
             .map(|p| p.and_then(|p| switches(&format!("/proc/{p}/status"))))
             .collect();
         let ops_before: Vec<u64> = systems.iter().map(|s| s.ops).collect();
+        let cpu_before: Vec<Option<CompanionCpu>> =
+            systems.iter().map(|s| companion_cpu_of(&s._proc)).collect();
         for r in 0..cfg.rounds as usize {
             // A round is `slices` short slices per system, interleaved (the order rotated every
             // slice and every round), so that a change of the machine's speed hits every
@@ -656,14 +702,23 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
                 Some((now.0 - before.0, now.1 - before.1))
             })
             .collect();
-        for ((((s, (base, base_unstalled)), before), server_sw), ops0) in systems
+        for (((((s, (base, base_unstalled)), before), server_sw), ops0), cpu0) in systems
             .iter_mut()
             .zip(bases)
             .zip(checkpoints_before)
             .zip(server_switches)
             .zip(ops_before)
+            .zip(cpu_before)
         {
             let measured = (s.ops - ops0).max(1) as f64;
+            let companion_cpu = companion_cpu_of(&s._proc)
+                .zip(cpu0)
+                .map(|(a, b)| CompanionCpu {
+                    server_s: a.server_s - b.server_s,
+                    standby_s: a.standby_s - b.standby_s,
+                    writers_s: a.writers_s - b.writers_s,
+                    standby_minflt: a.standby_minflt.saturating_sub(b.standby_minflt),
+                });
             let counted = checkpoints_of(&s._proc)
                 .zip(before)
                 .map(|((n, stall, forks), (n0, _, forks0))| ((n - n0, stall), forks - forks0));
@@ -733,6 +788,7 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
                 client_preemptions_per_op: s.client_switches.1 as f64 / measured,
                 server_sleeps_per_op: server_sw.map(|(v, _)| v as f64 / measured),
                 server_preemptions_per_op: server_sw.map(|(_, i)| i as f64 / measured),
+                companion_cpu,
             });
         }
         // Shut the systems down one by one (each waits for its kernel to exit).
@@ -785,6 +841,17 @@ pub fn table(results: &[KvResult]) -> String {
                 r.workload.as_str().to_uppercase(),
                 r.policy,
                 r.server_checkpoints.unwrap_or(0)
+            ));
+        }
+        if let Some(c) = r.companion_cpu {
+            t.push_str(&format!(
+                "\n{} {}: CPU during the measured rounds: server {:.2} s, standby (replay) {:.2} s, checkpoint writers {:.2} s; standby minor faults {}",
+                r.workload.as_str().to_uppercase(),
+                r.policy,
+                c.server_s,
+                c.standby_s,
+                c.writers_s,
+                c.standby_minflt
             ));
         }
     }

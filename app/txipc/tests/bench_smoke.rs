@@ -84,6 +84,51 @@ fn bench_kv_json_contract() {
     }
 }
 
+/// Under companion the report says how many checkpoints the standby and the server took and
+/// what the companion's processes cost (server, standby replay, checkpoint writers).
+#[test]
+fn bench_kv_companion_reports_its_checkpoints_and_cpu() {
+    let v = bench(&[
+        "kv",
+        "--workload",
+        "a",
+        "--policy",
+        "companion",
+        "--records",
+        "1000",
+        "--ops",
+        "2000",
+        "--rounds",
+        "1",
+        "--log-mb",
+        "4",
+        "--checkpoint-every",
+        "200",
+        "--checkpoint-ms",
+        "0",
+    ]);
+    assert_eq!(v["config"]["log_mb"], 4, "{v}");
+    let results = v["results"].as_array().expect("results array");
+    let c = results
+        .iter()
+        .find(|r| r["policy"] == "companion")
+        .expect("a companion result");
+    assert_eq!(c["errors"], 0, "{c}");
+    // ~1,000 logged requests in the measured round: the standby checkpoints every 200; the
+    // log (4 MiB) never gets ¾ full, so the server forks none.
+    assert!(c["checkpoints"][0].as_u64().unwrap() >= 1, "{c}");
+    assert_eq!(c["server_checkpoints"], 0, "{c}");
+    let cpu = &c["companion_cpu"];
+    for k in ["server_s", "standby_s", "writers_s"] {
+        assert!(cpu[k].as_f64().is_some_and(|x| x >= 0.0), "{k}: {c}");
+    }
+    let plain = results
+        .iter()
+        .find(|r| r["policy"] == "none-plain")
+        .expect("its baseline");
+    assert!(plain["companion_cpu"].is_null(), "{plain}");
+}
+
 #[test]
 fn bench_recovery_json_contract() {
     let v = bench(&["recovery", "--heap-mb", "16", "--runs", "5"]);

@@ -807,9 +807,12 @@ const FOLLOW_IDLE_BOUNDED: Duration = Duration::from_millis(1);
 /// an activation waits for at most this many records of the replica's, never for its whole
 /// lag (ARCHITECTURE.md §16, "The following standby").
 const FOLLOW_CHUNK: usize = 64;
-/// A following standby whose replica is behind the tail by `1 / CATCH_UP` of the ring (or
-/// more) replays at its own priority, not at nice 19, until it has caught up.
+/// A following standby whose replica is behind the tail by `1 / CATCH_UP` of the ring, or by
+/// `CATCH_UP_MAX` bytes, whichever is less, replays at its own priority, not at nice 19,
+/// until it has caught up (the bytes bound keeps a large ring from allowing a lag that a
+/// recovery would then replay: 4 MiB is ~4,000 kv puts of 1 KB).
 const CATCH_UP: u64 = 8;
+const CATCH_UP_MAX: u64 = 4 << 20;
 
 /// A standby that follows the message log as it is written (manifest `standby = "follow"`,
 /// ARCHITECTURE.md §16 "The following standby"): a replica of the server one request behind
@@ -1029,7 +1032,8 @@ impl Follower {
         // checkpoint of its own (the stall the following standby exists to avoid), after
         // which the replica must restore that whole snapshot again.
         let bound = self.config.follow_max_lag;
-        let behind = (bound > 0 && (n as u64) > bound) || tail - from >= ring.cap / CATCH_UP;
+        let behind = (bound > 0 && (n as u64) > bound)
+            || tail - from >= (ring.cap / CATCH_UP).min(CATCH_UP_MAX);
         let low = (!behind).then(LowPriority::enter);
         OUT.with(|o| {
             let mut o = o.borrow_mut();
