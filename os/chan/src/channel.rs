@@ -299,6 +299,7 @@ impl Chan {
         }
     }
 
+    #[inline]
     fn check_slot(&self, slot: usize) -> Result<Ctl<'_>, ChanError> {
         if slot < self.nslots {
             Ok(self.ctl(slot))
@@ -887,6 +888,7 @@ impl ServerChannel {
     ///
     /// A reply longer than `reply_cap` is replaced by an empty reply with
     /// [`Status::TooLarge`] (still to be published) and reported as `ReplyTooLarge`.
+    #[inline]
     pub fn write_reply(&self, slot: usize, status: Status, bytes: &[u8]) -> Result<(), ChanError> {
         let c = self.chan.check_slot(slot)?;
         let w = c.state().load(Relaxed);

@@ -166,6 +166,7 @@ impl Doorbell {
     }
 
     /// Pending control events, not cleared.
+    #[inline]
     pub fn pending_events(&self) -> u32 {
         self.events().load(Ordering::Acquire)
     }

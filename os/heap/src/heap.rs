@@ -295,6 +295,7 @@ impl Heap {
 
     // As `tracker_mut`: touched only at transaction boundaries.
     #[allow(clippy::mut_from_ref)]
+    #[inline]
     fn shadow_mut(&self) -> Option<&mut crate::page::Shadow> {
         // SAFETY: the shadow slot is only touched by begin/commit/abort/savepoint/prepare,
         // which run with the heap's single transaction and never overlap.
@@ -416,6 +417,7 @@ impl Heap {
     ///
     /// # Errors
     /// As [`Heap::begin`].
+    #[inline]
     pub fn begin_in(&self, txid: u64, root: Option<crate::RootId>) -> Result<Tx<'_>, HeapError> {
         if txid > MAX_TXID {
             return Err(HeapError::Invalid("txid must fit in 62 bits"));
@@ -461,6 +463,7 @@ impl Heap {
     // The slot is an UnsafeCell touched only at transaction boundaries, which `open` and the
     // single `Tx` serialise: handing out `&mut` from `&self` is sound here.
     #[allow(clippy::mut_from_ref)]
+    #[inline]
     fn tracker_mut(&self) -> Option<&mut txipc_pagetrack::PageTracker> {
         // SAFETY: the tracker slot is only touched by begin/commit/abort/savepoint, which run
         // with the heap's single transaction and never overlap (`open`, `&mut Tx`).
@@ -656,6 +659,7 @@ impl<'h> Tx<'h> {
     ///
     /// # Errors
     /// [`HeapError::BatchFull`] past [`MAX_BATCH`](crate::MAX_BATCH) entries.
+    #[inline]
     pub fn add_batch_entry(&mut self, e: BatchEntry) -> Result<(), HeapError> {
         // SAFETY: &mut self: the only access to the writer on this thread.
         unsafe { (*self.core.w).add_batch(e) }
@@ -693,6 +697,7 @@ impl<'h> Tx<'h> {
     ///
     /// # Errors
     /// None today; the `Result` leaves room for deferred effects.
+    #[inline]
     pub fn commit(mut self) -> Result<(), HeapError> {
         if let Some(sh) = self.heap.shadow_mut() {
             // SAFETY: `self` is consumed: no reference obtained through this Tx is live; the
@@ -707,6 +712,7 @@ impl<'h> Tx<'h> {
         Ok(())
     }
 
+    #[inline]
     fn finish(&mut self, s: TxState) {
         // SAFETY: view is a Copy of pointers into the live log mapping.
         let view = unsafe { (*self.core.w).view };

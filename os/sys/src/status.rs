@@ -67,6 +67,7 @@ impl StatusPage {
         Ok(page)
     }
 
+    #[inline]
     fn field(&self, i: usize) -> &AtomicU64 {
         assert!(i <= FIELDS || (LATENCY_BASE..LATENCY_BASE + LATENCY_BUCKETS).contains(&i));
         // SAFETY: the mapping is PAGE bytes, page aligned, and the assert keeps the u64 inside
