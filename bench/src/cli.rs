@@ -100,6 +100,10 @@ pub enum BenchCmd {
         /// checkpoints a second.
         #[arg(long, default_value_t = 512)]
         log_mb: u64,
+        /// Policy companion, following standby: the manifest's `follow_max_lag` (a replica
+        /// more than this many records behind replays at its own priority; 0: never).
+        #[arg(long, default_value_t = 0)]
+        follow_max_lag: u64,
     },
     /// Fault → first reply of the new incarnation, measured by a client, on a kv server whose
     /// heap is filled and mapped: SIGKILL, and self-detected faults (SIGSEGV, panic).
@@ -320,6 +324,7 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
             checkpoint_every,
             checkpoint_ms,
             log_mb,
+            follow_max_lag,
         } => {
             check(
                 (1..=4096).contains(&log_mb),
@@ -354,6 +359,7 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                 checkpoint_every: checkpoint_every.max(1),
                 checkpoint_ms,
                 log_mb,
+                follow_max_lag,
             };
             let results = crate::kv::run(exe, &cfg, |m| eprintln!("bench kv: {m}"))?;
             table_text(json, &crate::kv::table(&results));

@@ -215,6 +215,8 @@ pub struct KvConfig {
     pub checkpoint_ms: u64,
     /// Policy companion: the manifest's `log_mb` (the other policies keep 64).
     pub log_mb: u64,
+    /// Policy companion, following standby: the manifest's `follow_max_lag` (0: no bound).
+    pub follow_max_lag: u64,
 }
 
 /// The result of one workload under one server configuration.
@@ -388,9 +390,10 @@ fn manifest(cfg: &KvConfig, w: Workload, v: Variant) -> String {
     let reply_max = (101 * (cfg.value_size + 64) + 4096).max(64 * 1024);
     let checkpoints = if matches!(v, Variant::Companion | Variant::CompanionWarm) {
         format!(
-            "checkpoint_every = {}\ncheckpoint_ms = {}\nstandby = \"{}\"\n",
+            "checkpoint_every = {}\ncheckpoint_ms = {}\nfollow_max_lag = {}\nstandby = \"{}\"\n",
             cfg.checkpoint_every,
             cfg.checkpoint_ms,
+            cfg.follow_max_lag,
             if v == Variant::Companion {
                 "follow"
             } else {

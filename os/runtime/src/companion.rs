@@ -853,6 +853,9 @@ struct Follower {
     /// The checkpoint child at work: (pid, log offset it captures, started). An activation
     /// hands it to the server, which reaps it as its own.
     child: Option<(i32, u64, Instant)>,
+    /// The status page's generation when the replica last looked: the kernel sets the next
+    /// one just before it activates this standby, so a change stops a step between records.
+    generation: u64,
 }
 
 impl Follower {
@@ -874,6 +877,7 @@ impl Follower {
             wait: FOLLOW_POLL,
             reported: None,
             child: None,
+            generation: status.generation(),
         }
     }
 
@@ -1034,7 +1038,10 @@ impl Follower {
         let bound = self.config.follow_max_lag;
         let behind = (bound > 0 && (n as u64) > bound)
             || tail - from >= (ring.cap / CATCH_UP).min(CATCH_UP_MAX);
-        let low = (!behind).then(LowPriority::enter);
+        let mut low = (!behind).then(LowPriority::enter);
+        // Bytes per record in this step: a step begun within the bound leaves nice 19 as
+        // soon as the log has run that far past it (at nice 19 a starved step takes long).
+        let per_record = ((tail - from) / n as u64).max(1);
         OUT.with(|o| {
             let mut o = o.borrow_mut();
             o.following = true;
@@ -1048,13 +1055,18 @@ impl Follower {
                 self.stale = true;
                 break;
             }
-            if k + 1 == n || (k > 0 && k % FOLLOW_CHUNK == 0 && crate::server::message_waiting(ctl))
-            {
+            let activating =
+                k > 0 && k % FOLLOW_CHUNK == 0 && self.status.generation() != self.generation;
+            if k + 1 == n || activating {
                 // The last record: not applied (its request may still run, or have faulted);
-                // or a message waits (an activation takes the replica over here, at a record
-                // boundary, and replays the rest itself). The replica now ends just before
-                // this record, verified up to it.
-                interrupted = k + 1 < n;
+                // or the kernel is activating this standby (it sets the status page's
+                // generation before it sends the activation): the activation takes the
+                // replica over here, at a record boundary, and replays the rest itself. The
+                // replica now ends just before this record, verified up to it.
+                interrupted = activating;
+                // (Noted, so that a change that was not this standby's activation stops
+                // one step only.)
+                self.generation = self.status.generation();
                 r.meta.index = m.index - 1;
                 r.meta.log_offset = rec.offset;
                 r.meta.last_digest = prev;
@@ -1063,6 +1075,14 @@ impl Follower {
             if k > 0 && k % FOLLOW_CHUNK == 0 {
                 // Where it is, for `ps` and the kernel's note of its lag at a fault.
                 ring.publish_replica(m.index - 1, rec.offset);
+                if bound > 0 && low.is_some() {
+                    let now =
+                        fmt::decode_tail(ring.map.u64_at(fmt::LOG_TAIL_AT).load(Ordering::Acquire))
+                            .unwrap_or(tail);
+                    if now.saturating_sub(rec.offset) / per_record > bound {
+                        low = None;
+                    }
+                }
             }
             if self.skip.contains(&(m.chan, m.slot, m.seq)) {
                 prev = None;
@@ -1207,17 +1227,19 @@ pub(crate) fn incarnation_main(
     if let Err(e) = txipc_sys::crash::install(&ctl) {
         fatal(&ctl, format!("cannot install the crash reporter: {e}"));
     }
-    if let Some(cpu) = config.cpu {
-        let _ = process::pin_to_cpu(cpu);
-    }
     // A process sharing this address space (txipc_sys::keeper), as for heap servers: a SIGKILL
     // of this incarnation is then noticed (its pidfd fires) without first tearing down its
     // state, its replica (a following standby becomes the incarnation) and the mapped log; the
     // keeper frees them at nice 19 when it dies with this process. Without it recovery still
-    // works, only slower for a large state. (Named first: the keeper keeps the name.)
+    // works, only slower for a large state. (Named first: the keeper keeps the name. Started
+    // before the incarnation pins itself, so that the teardown may run on any CPU, not on the
+    // one its successor is pinned to.)
     crate::server::name_process(config, "keeper");
     let _ = txipc_sys::keeper::spawn(txipc_sys::keeper::Until::CreatorDies);
     crate::server::name_process(config, "standby");
+    if let Some(cpu) = config.cpu {
+        let _ = process::pin_to_cpu(cpu);
+    }
     let doorbell = Doorbell::map(doorbell_fd.as_fd())
         .unwrap_or_else(|e| fatal(&ctl, format!("doorbell: {e}")));
     // The status page lives as long as the incarnation; the fail points of calls to other

@@ -177,22 +177,6 @@ pub(crate) fn take_pending() -> Option<(Vec<u8>, Vec<OwnedFd>)> {
     PENDING.with(|p| p.borrow_mut().pop_front())
 }
 
-/// Whether a control message waits for the standby loop (queued, or on the socket `ctl`).
-pub(crate) fn message_waiting(ctl: &OwnedFd) -> bool {
-    if PENDING.with(|p| !p.borrow().is_empty()) {
-        return true;
-    }
-    let mut fds = [rustix::event::PollFd::new(
-        ctl,
-        rustix::event::PollFlags::IN,
-    )];
-    let zero = rustix::time::Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    rustix::event::poll(&mut fds, Some(&zero)).is_ok_and(|n| n > 0)
-}
-
 fn restore_outgoing(info: txipc_core::proto::Connected, fds: Vec<OwnedFd>) {
     let service = info.service.clone();
     if let Ok(ch) = Channel::from_fds(fds, info) {
