@@ -755,7 +755,8 @@ impl PageTracker {
     /// before the mark is handed to its `exact` sink (the caller logs exactly the bytes about
     /// to change), while pages not yet captured are captured whole as before. So a group of
     /// requests in one transaction, each behind its own savepoint, captures a page they share
-    /// once, plus the bytes each later one changes in it.
+    /// once, plus the bytes each later one changes in it. Outside a transaction it is `end`
+    /// and `begin` (it opens one), as it was for every tracker before unarmed savepoints.
     ///
     /// # Errors
     /// As [`begin`](Self::begin) (armed only).
