@@ -203,6 +203,9 @@ pub struct RecoveryReport {
     pub errors: u64,
     /// The counter equals the number of successful increments (exactly-once held).
     pub exactly_once: bool,
+    /// Hang runs left out because the kernel's stamps of their recovery were not seen (a
+    /// later recovery's were), so their start could not be placed.
+    pub unplaced: u64,
 }
 
 /// Nearest-rank percentile of sorted data.
@@ -477,6 +480,7 @@ pub fn run(
     let mut samples = Vec::new();
     let mut rewarms = Vec::new();
     let (mut total_ok, mut errors) = (0u64, 0u64);
+    let mut unplaced = 0u64;
     for &fault in &cfg.faults {
         for run in 0..cfg.runs {
             let (pid, g0) = wait_running(&sys)?;
@@ -536,9 +540,21 @@ pub fn run(
                 // step is zero and the kill's cost (until the pidfd fires) is in confirm. (It
                 // was measured from the hung incarnation's end, after the kernel's stamp: its
                 // detect step came out negative.)
-                Fault::Hang => stamps.map(|k| k.fault_ns).with_context(|| {
-                    format!("hang: run {run}: the kernel's stamps of this recovery were not seen")
-                })?,
+                // Stamps of a later recovery (a second fault before `ps` was read: their
+                // declaration comes after this reply) do not place this one: the run is
+                // counted as unplaced and left out.
+                Fault::Hang => match stamps.map(|k| k.fault_ns).filter(|&f| f <= t_reply) {
+                    Some(f) => f,
+                    None => {
+                        progress(&format!(
+                            "hang run {}/{}: the kernel's stamps of this recovery were not seen; run left out (unplaced)",
+                            run + 1,
+                            cfg.runs
+                        ));
+                        unplaced += 1;
+                        continue;
+                    }
+                },
                 Fault::Segv | Fault::Panic => t_start,
             };
             let at = |a: u64, b: u64| (a as f64 - b as f64) / 1e3;
@@ -618,6 +634,7 @@ pub fn run(
         rewarm_ms: crate::median(&mut rewarms),
         samples,
         errors,
+        unplaced,
         exactly_once: counter == total_ok as i64,
     })
 }
@@ -748,6 +765,7 @@ pub fn json(r: &RecoveryReport) -> serde_json::Value {
         "rewarm_ms": r.rewarm_ms,
         "errors": r.errors,
         "exactly_once": r.exactly_once,
+        "unplaced": r.unplaced,
         "self_detected": summarize(&r.samples, |s| s.fault.self_detected()),
         "config": r.config,
         "samples": r.samples,
