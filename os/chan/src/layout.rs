@@ -416,7 +416,8 @@ mod tests {
                 assert_eq!(s.to_wire(), v);
             }
         }
-        assert_eq!(Status::from_wire(9), None);
+        assert_eq!(Status::from_wire(9), Some(Status::Interrupted));
+        assert_eq!(Status::from_wire(10), None);
         assert_eq!(Status::from_wire(u32::MAX), None);
     }
 
