@@ -343,3 +343,61 @@ fn stats_report_usage() {
     assert!(s1.fragmentation >= 0.0 && s1.fragmentation <= 1.0);
     heap.check(true).unwrap();
 }
+
+/// A map update with a byte string of the same length overwrites the stored bytes in their
+/// block (no allocation, no free: the block's address stays), logged like any write, so abort
+/// and crash recovery restore the old bytes; a different length still moves the value to a
+/// new block. Fails if the same-length update allocates (the address changes).
+#[test]
+fn a_same_length_update_is_made_in_place_and_rolls_back() {
+    let hfd = create_heap_memfd("tip", 1 << 20).unwrap();
+    let lfd = create_log_memfd("lip", 1 << 16).unwrap();
+    let heap = Heap::attach(&hfd, &lfd, base(40), Tracking::Typed).unwrap();
+    let root: &Root = heap.root_or_init(|_| Ok(new_root())).unwrap();
+    let mut tx = heap.begin(1).unwrap();
+    root.map.insert(&mut tx, b"k", b"aaaa").unwrap();
+    root.map.insert(&mut tx, b"other", b"zz").unwrap();
+    tx.commit().unwrap();
+    let before = heap_bytes(hfd.as_fd()).unwrap();
+    let addr = |tx: &txipc_heap::Tx<'_>| root.map.get(tx, b"k").unwrap().as_slice().as_ptr();
+    let mut tx = heap.begin(2).unwrap();
+    let a0 = addr(&tx);
+    assert!(
+        root.map.insert(&mut tx, b"k", b"bbbb").unwrap(),
+        "an update"
+    );
+    assert_eq!(root.map.get(&tx, b"k").unwrap().as_slice(), b"bbbb");
+    assert_eq!(addr(&tx), a0, "same length: overwritten in its block");
+    tx.abort().unwrap();
+    assert!(
+        heap_bytes(hfd.as_fd()).unwrap() == before,
+        "abort restores the old bytes"
+    );
+    // Committed in place, then a longer value moves to a new block.
+    let mut tx = heap.begin(3).unwrap();
+    root.map.insert(&mut tx, b"k", b"cccc").unwrap();
+    tx.commit().unwrap();
+    let mut tx = heap.begin(4).unwrap();
+    assert_eq!(root.map.get(&tx, b"k").unwrap().as_slice(), b"cccc");
+    assert_eq!(addr(&tx), a0);
+    let after_commit = heap_bytes(hfd.as_fd()).unwrap();
+    root.map.insert(&mut tx, b"k", b"dddddddd").unwrap();
+    assert_eq!(root.map.get(&tx, b"k").unwrap().as_slice(), b"dddddddd");
+    // A crash in the middle of a same-length update: recovery restores the committed bytes.
+    tx.commit().unwrap();
+    let mut tx = heap.begin(5).unwrap();
+    let a1 = addr(&tx);
+    root.map.insert(&mut tx, b"k", b"eeeeeeee").unwrap();
+    assert_eq!(addr(&tx), a1);
+    std::mem::forget(tx);
+    drop(heap);
+    let r = recover(hfd.as_fd(), lfd.as_fd()).unwrap();
+    assert_eq!(r.prior, TxState::Active(5));
+    let heap = Heap::attach(&hfd, &lfd, base(40), Tracking::Typed).unwrap();
+    let root: &Root = heap.root().unwrap().unwrap();
+    let tx = heap.begin(6).unwrap();
+    assert_eq!(root.map.get(&tx, b"k").unwrap().as_slice(), b"dddddddd");
+    assert_eq!(root.map.get(&tx, b"other").unwrap().as_slice(), b"zz");
+    tx.abort().unwrap();
+    let _ = after_commit;
+}

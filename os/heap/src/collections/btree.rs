@@ -278,6 +278,11 @@ impl<K: PKey, V: PValue> PBTreeMap<K, V> {
         // SAFETY: live leaf.
         let (i, found) = unsafe { Self::leaf_pos(leaf, q, false) };
         if found {
+            // SAFETY: value i is initialised and live; the reference ends before the slot is
+            // touched below.
+            if V::replace_in_place(unsafe { &*lv(leaf, i) }, tx, &v, Token(()))? {
+                return Ok(true);
+            }
             let nv = V::create(tx, v, Token(()))?;
             // SAFETY: value i is initialised; logged before the overwrite; the old value is
             // destroyed once nothing refers to it.

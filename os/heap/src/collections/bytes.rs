@@ -24,8 +24,8 @@ impl PBytes {
             return &[];
         }
         // SAFETY: ptr..ptr+len is the block `create` allocated and filled; it stays allocated
-        // (and unchanged) until `destroy`, which needs `&mut Tx`, while `&self` came through a
-        // `&Tx` borrow (or the root, which is never destroyed).
+        // (and unchanged) until `destroy` or `replace_in_place`, which need `&mut Tx`, while
+        // `&self` came through a `&Tx` borrow (or the root, which is never destroyed).
         unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len as usize) }
     }
 
@@ -68,6 +68,28 @@ impl PValue for PBytes {
             ptr: p as u64,
             len: input.len() as u64,
         })
+    }
+    /// A value of the same length is overwritten in its block (its old bytes logged first):
+    /// no allocation, no free, no change to the slot that holds the `PBytes`.
+    #[inline]
+    fn replace_in_place(
+        v: &PBytes,
+        tx: &mut Tx<'_>,
+        input: &&[u8],
+        _: Token,
+    ) -> Result<bool, HeapError> {
+        if v.len == 0 || v.len as usize != input.len() {
+            return Ok(false);
+        }
+        let p = v.ptr as *mut u8;
+        // SAFETY: p..p+len is the live block `create` allocated (checked to lie in the heap by
+        // `log`, which logs it before it changes); `&mut Tx`: no reference into it obtained
+        // through a `&Tx` borrow is live, and this thread owns the transaction's writer.
+        unsafe {
+            tx.core.log(p, input.len())?;
+            std::ptr::copy_nonoverlapping(input.as_ptr(), p, input.len());
+        }
+        Ok(true)
     }
     #[inline]
     fn destroy(v: &PBytes, tx: &mut Tx<'_>, _: Token) -> Result<(), HeapError> {

@@ -38,6 +38,19 @@ pub trait PValue: Persistent + Sized {
     fn create(tx: &mut Tx<'_>, input: Self::In<'_>, t: Token) -> Result<Self, HeapError>;
     #[doc(hidden)]
     fn destroy(v: &Self, tx: &mut Tx<'_>, t: Token) -> Result<(), HeapError>;
+    /// Overwrites the stored `v` with `input` where it lives, when it can without allocating
+    /// (a byte string of the same length): a logged write like any other. `false` when it
+    /// cannot, and nothing was changed: the caller creates the new value and destroys `v`.
+    #[doc(hidden)]
+    #[inline]
+    fn replace_in_place(
+        _v: &Self,
+        _tx: &mut Tx<'_>,
+        _input: &Self::In<'_>,
+        _t: Token,
+    ) -> Result<bool, HeapError> {
+        Ok(false)
+    }
 }
 
 impl<T: Persistent + Copy> PValue for T {

@@ -53,9 +53,14 @@ pub fn ops_for(txid: u64) -> Vec<Op> {
             let k = format!("key{:04}", r % 300).into_bytes();
             match (r >> 32) % 6 {
                 0..=2 => {
-                    let len = (splitmix(&mut s) % 120) as usize;
+                    // Half the values are 48 bytes long: their updates are made in place.
+                    let len = if (r >> 40) % 2 == 0 {
+                        48
+                    } else {
+                        12 + (splitmix(&mut s) % 120) as usize
+                    };
                     let mut v = format!("{txid}/{i}/").into_bytes();
-                    v.resize(v.len() + len, (txid % 251) as u8);
+                    v.resize(len, (txid % 251) as u8);
                     Op::Put(k, v)
                 }
                 3 => Op::Del(k),
