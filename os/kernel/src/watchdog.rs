@@ -13,6 +13,10 @@ use std::os::fd::AsFd;
 use crate::event_loop::{Kernel, T_LISTEN, token};
 use crate::server::CONTROL_EVENT;
 
+/// Keepers of dead incarnations a server may have queued while a recovery is under way; past
+/// this, a tick kills the older ones even then.
+const MAX_QUEUED_KEEPERS: usize = 8;
+
 impl Kernel {
     pub(crate) fn on_tick(&mut self) {
         let mut buf = [0u8; 8];
@@ -43,7 +47,12 @@ impl Kernel {
     /// serves, never between a fault and the successor's first reply.
     fn kill_keepers(&mut self, i: usize) {
         let s = &mut self.servers[i];
-        if s.life.phase() == Phase::Recovering {
+        // Each queued keeper still holds its dead incarnation's page tables and private memory:
+        // in a restart storm (a recovery under way at most ticks) more than a few are killed
+        // anyway, so that what they hold stays bounded.
+        if s.life.phase() == Phase::Recovering
+            && s.keepers.len() + s.keepers_due.len() <= MAX_QUEUED_KEEPERS
+        {
             return;
         }
         for k in std::mem::take(&mut s.keepers_due) {
