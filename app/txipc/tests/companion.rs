@@ -430,7 +430,7 @@ fn standby_pid(conn: &System) -> i32 {
 #[test]
 fn an_activation_takes_the_replica_over_mid_replay_and_the_lag_is_reported() {
     use rustix::process::Signal;
-    const N: u32 = 30_000;
+    const N: u32 = 8_000;
     let sys = companion_system(
         "midreplay",
         "kv-plain",
@@ -469,7 +469,7 @@ fn an_activation_takes_the_replica_over_mid_replay_and_the_lag_is_reported() {
         mid < u64::from(N),
         "the replica finished its step before it was stopped ({mid}): its position is not published while it applies"
     );
-    // 30,000 records behind, over the bound of 1,000: it replays at its own priority.
+    // 8,000 records behind, over the bound of 1,000: it replays at its own priority.
     let server = server_pid(&conn, "kv");
     assert_eq!(
         nice_of(standby),
