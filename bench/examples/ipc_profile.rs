@@ -1,14 +1,13 @@
 //! A bounded number of null calls and 1,000-byte kv gets against a freshly booted system, for
-//! instruction counts under callgrind (perf has no hardware counters on the development VM).
+//! profiling the call path.
 //!
 //! `cargo run --release -p txipc-bench --example ipc_profile -- TXIPC_EXE CALLS [SERVER_EXEC]`
 //!
-//! The client runs on CPU 0, the servers on CPU 1 (`perf record -e cpu-clock -C 0,1` samples
-//! both sides: perf has no hardware counters on the development VM, but its software clock works).
-//!
-//! With `SERVER_EXEC` (a script that runs `valgrind --tool=callgrind … TXIPC_EXE "$@"`), both
-//! servers are started through it, so their serve loops can be profiled too; run this program
-//! itself under callgrind to profile the client stubs. Prints the calls made and their time.
+//! The client runs on CPU 0, the servers on CPU 1: `perf record -e cpu-clock -C 0,1` samples
+//! both sides (perf has no hardware counters on the development VM, but its software clock
+//! works). With `SERVER_EXEC`, a program that runs `TXIPC_EXE` with the arguments it is given,
+//! both servers are started through it (a profiler wrapper; valgrind 3.19 cannot run a server:
+//! it lacks `pidfd_open`). Prints the calls made and their time.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
