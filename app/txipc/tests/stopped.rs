@@ -211,3 +211,44 @@ fn ps_names_the_end_of_a_server_its_zygote_reaped_first() {
     assert_eq!(f.add(0, 1, Fault::None, 0).unwrap(), 2, "and it recovered");
     drop((f, conn));
 }
+
+/// The nice value of a thread group's leader, from `/proc/PID/stat` (field 19).
+fn nice_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    after_comm.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
+/// The kernel runs above what it supervises (ARCHITECTURE.md §6, "Detection"): its nice value
+/// is `KERNEL_NICE_BOOST` below the one it was started with, so a death or a crash report that
+/// wakes it preempts a spinning client or server at once; its servers run at the starting value.
+/// Without the privilege the kernel stays at the starting value and its log says why.
+#[test]
+fn the_kernel_runs_above_its_servers() {
+    let sys = boot(
+        "nice",
+        &(server("f", "faulty", "txipc", "") + &grant("*", "f")),
+    );
+    let conn = sys.connect().unwrap();
+    let ours = rustix::process::getpriority_process(None).unwrap();
+    let server = info(&conn).pid;
+    assert_eq!(
+        nice_of(server),
+        ours,
+        "the server runs at the nice value the kernel started at"
+    );
+    let kernel = nice_of(sys.pid() as i32);
+    let boosted = (ours - txipc_kernel::KERNEL_NICE_BOOST).max(-20);
+    if kernel != boosted {
+        assert_eq!(kernel, ours);
+        // The log is written through a pipe: a bounded wait.
+        let log = txipc_core::paths::log_path(sys.name());
+        wait_until("the log to say why", Duration::from_secs(10), || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("could not raise its own priority")
+        });
+    }
+    drop(conn);
+    sys.shutdown().unwrap();
+}

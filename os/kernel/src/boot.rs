@@ -27,6 +27,9 @@ pub struct Options {
     pub verbose: bool,
 }
 
+/// How far below its servers' nice value the kernel runs (see [`Kernel::boot`]).
+pub const KERNEL_NICE_BOOST: i32 = 10;
+
 impl Kernel {
     pub(crate) fn boot(manifest: Manifest, opts: Options) -> Result<Kernel, KernelError> {
         // Signals arrive through a signalfd, in order with everything else.
@@ -54,6 +57,18 @@ impl Kernel {
                 },
             );
         }
+
+        // The kernel runs above what it supervises: KERNEL_NICE_BOOST below the nice value it
+        // was started with, so that when a death, a crash report or a timer wakes it, it
+        // preempts a spinning client or server at once instead of waiting for a CPU (on two
+        // CPUs a client and a server spinning on both delayed the kernel's sight of a SIGKILL
+        // by 2-3 ms in 4 of 10 companion recoveries). Its servers go back to the starting
+        // value (`TXIPC_SERVER_NICE`, set by the zygote), so only the kernel is raised. Without
+        // the privilege (CAP_SYS_NICE or RLIMIT_NICE) it stays where it is, and says so.
+        let server_nice = rustix::process::getpriority_process(None).unwrap_or(0);
+        let boosted =
+            rustix::process::setpriority_process(None, (server_nice - KERNEL_NICE_BOOST).max(-20))
+                .is_ok();
 
         let dir = txipc_core::paths::runtime_dir();
         txipc_core::paths::create_runtime_dir(&dir).map_err(KernelError::RuntimeDir)?;
@@ -129,7 +144,13 @@ impl Kernel {
             accept_paused: false,
             fd_shortage: None,
             fatal: None,
+            server_nice,
         };
+        if !boosted {
+            k.log(format!(
+                "kernel: could not raise its own priority (nice {server_nice} - {KERNEL_NICE_BOOST}: no CAP_SYS_NICE or RLIMIT_NICE); it runs at its servers' nice {server_nice}, so a busy machine may delay its sight of a fault"
+            ));
+        }
         k.watch(k.listener.as_fd(), token(T_LISTEN, 0, 0))?;
         k.watch(k.sigfd.as_fd(), token(T_SIGNAL, 0, 0))?;
         k.watch(k.timer.as_fd(), token(T_TIMER, 0, 0))?;

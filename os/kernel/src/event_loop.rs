@@ -49,6 +49,9 @@ pub(crate) struct Kernel {
     pub(crate) decisions: txipc_core::nested::Decisions,
     /// FUSE connections kept for their mount points (`fuse`).
     pub(crate) fuse: crate::fuse::KeptMap,
+    /// The nice value the kernel was started with: its servers run at it (the kernel itself
+    /// runs `KERNEL_NICE_BOOST` below, when allowed).
+    pub(crate) server_nice: i32,
 }
 
 /// Boots the system and serves until SIGINT/SIGTERM or a `Shutdown` request. `on_ready` is

@@ -38,6 +38,6 @@ mod shutdown;
 mod watchdog;
 mod zygotes;
 
-pub use boot::Options;
+pub use boot::{KERNEL_NICE_BOOST, Options};
 pub use errors::KernelError;
 pub use event_loop::run;

@@ -33,6 +33,7 @@ impl Kernel {
         let child = Command::new(&program)
             .arg("__zygote")
             .env("TXIPC_CTRL_FD", theirs.as_raw_fd().to_string())
+            .env("TXIPC_SERVER_NICE", self.server_nice.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             // Quiet systems keep servers' own messages (panic texts) off the terminal; every

@@ -263,6 +263,15 @@ pub fn zygote_main_with(builtins: &[Builtin], plain: &[crate::PlainBuiltin]) -> 
         .unwrap_or_else(|| die("TXIPC_CTRL_FD is not set: zygotes are started by the kernel"));
     let ctl = txipc_sys::process::adopt_inherited_fd(fd)
         .unwrap_or_else(|e| die(&format!("TXIPC_CTRL_FD={fd}: {e}")));
+    // The kernel runs above its servers (ARCHITECTURE.md §6, "Detection"): it forked us at
+    // its raised priority, so go back to the one it was started with. Lowering one's own
+    // priority needs no privilege.
+    if let Some(nice) = std::env::var("TXIPC_SERVER_NICE")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    {
+        let _ = rustix::process::setpriority_process(None, nice);
+    }
     let kernel_pid = process::getppid();
     if let Err(e) = process::die_with_parent(kernel_pid) {
         die(&format!("prctl: {e}"));
