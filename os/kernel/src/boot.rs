@@ -27,7 +27,8 @@ pub struct Options {
     pub verbose: bool,
 }
 
-/// How far below its servers' nice value the kernel runs (see [`Kernel::boot`]).
+/// How far below its servers' nice value the kernel runs: a woken kernel preempts a spinning
+/// client or server instead of waiting for a CPU (ARCHITECTURE.md §6, "Detection").
 pub const KERNEL_NICE_BOOST: i32 = 10;
 
 impl Kernel {
