@@ -962,12 +962,27 @@ fn the_checkpoint_writer_killed_loses_nothing() {
     for i in 0..300u32 {
         kv.put(format!("big{i}"), vec![7u8; 8_000]).unwrap();
     }
-    // A fault in the writer: the next checkpoint dies of SIGSEGV.
+    // A fault in the writer: the next checkpoint dies of SIGSEGV. First a quiet point: a
+    // checkpoint of every logged request, none running, none due.
     // The writer runs at nice 19: while the other tests of this binary spin their clients on
     // both CPUs it gets a sliver of CPU time, so its bound is generous (it is a bound, not a
-    // speed check).
-    wait_until("the bulk checkpoints", Duration::from_secs(60), || {
-        companion(&conn).checkpoint_index == 300
+    // speed check). A writer starved past its deadline is killed and its checkpoint lost; the
+    // next one is then due only after `checkpoint_every` more logged requests, so while no
+    // writer runs and the checkpoint is behind, the test logs one more request now and then.
+    let mut logged = 300u32;
+    let mut last_pad = std::time::Instant::now();
+    let server = server_pid(&conn, "kv");
+    wait_until("the bulk checkpoints", Duration::from_secs(120), || {
+        if companion(&conn).checkpoint_index == u64::from(logged) {
+            return true;
+        }
+        if checkpoint_children(server).is_empty() && last_pad.elapsed() > Duration::from_millis(200)
+        {
+            kv.put(format!("pad{logged}"), vec![1u8; 8]).unwrap();
+            logged += 1;
+            last_pad = std::time::Instant::now();
+        }
+        false
     });
     let ok_before = companion(&conn).checkpoints;
     conn.inject("kv", FailKind::Segv, FailPoint::Checkpoint)
@@ -977,7 +992,6 @@ fn the_checkpoint_writer_killed_loses_nothing() {
         n += 1;
         assert_eq!(kv.incr("n", 1).unwrap(), n);
     }
-    let server = server_pid(&conn, "kv");
     wait_until("the faulting writer gone", Duration::from_secs(10), || {
         checkpoint_children(server).is_empty()
     });
@@ -1009,7 +1023,7 @@ fn the_checkpoint_writer_killed_loses_nothing() {
     );
     kill_and_wait(&conn);
     assert_eq!(counter(kv.get("n").unwrap()), n);
-    assert_eq!(kv.stats().unwrap().keys, 301);
+    assert_eq!(kv.stats().unwrap().keys, 301 + u64::from(logged - 300));
     assert_eq!(
         info(&conn).restarts,
         1,
