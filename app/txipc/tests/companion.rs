@@ -635,7 +635,23 @@ fn the_following_standby_or_its_checkpoint_writer_killed_loses_nothing() {
         let i = info(&conn);
         i.standby_pid > 0 && i.standby_pid != standby
     });
-    // Its first checkpoint writer faults.
+    // A quiet point first: the new standby has restored and caught up, and the checkpoint it
+    // takes right after a replay is done (it is not the one under test: a writer that passed
+    // its fail point before the fault was armed would count). No writer for 300 ms in a row.
+    let new_standby = info(&conn).standby_pid;
+    wait_following(&conn, 24);
+    let mut quiet_since = std::time::Instant::now();
+    wait_until(
+        "the new standby's first checkpoint done",
+        Duration::from_secs(30),
+        || {
+            if !checkpoint_children(new_standby).is_empty() {
+                quiet_since = std::time::Instant::now();
+            }
+            quiet_since.elapsed() > Duration::from_millis(300)
+        },
+    );
+    // Its next checkpoint writer faults.
     let before = companion(&conn).checkpoints;
     conn.inject("kv", FailKind::Segv, FailPoint::Checkpoint)
         .unwrap();
