@@ -10,6 +10,7 @@ use serde::Serialize;
 use txipc_chan::SpinConfig;
 use txipc_chan::baseline::{
     self, BenchConfig, EchoChannel, IpcBaselines, PingPong, Placement, Rtt, batch_warmup,
+    warmup_before,
 };
 use txipc_runtime::client::SystemProcess;
 
@@ -226,11 +227,7 @@ pub fn interleaved(
     let (mut r, mut c, mut p, mut e, mut g) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for b in 0..cfg.batches {
-        let w = if b == 0 {
-            cfg.warmup
-        } else {
-            batch_warmup(cfg)
-        };
+        let w = warmup_before(cfg, b);
         r.push(partners.spin.batch(w, cfg.iterations)?);
         c.push(partners.chan.batch(w, cfg.iterations)?);
         // The servers slept while the partners ran: wake them untimed, as the partners are.

@@ -50,12 +50,10 @@ fn defines(src: &str, name: &str) -> bool {
         if end < bytes.len() && is_ident_byte(bytes[end]) {
             continue;
         }
-        if src[..start].trim_end().ends_with("fn") {
-            let before = src[..start].trim_end();
-            let fn_at = before.len() - 2;
-            if fn_at == 0 || !is_ident_byte(bytes[fn_at - 1]) {
-                return true;
-            }
+        if let Some(head) = src[..start].trim_end().strip_suffix("fn")
+            && !head.bytes().last().is_some_and(is_ident_byte)
+        {
+            return true;
         }
         let rest = src[end..].trim_start();
         if rest.starts_with(':') && !rest.starts_with("::") {

@@ -461,22 +461,36 @@ fn raw_ping_pong(
     use_futex: bool,
 ) -> Result<Rtt, BaselineError> {
     let mut pair = PingPong::start(placement, use_futex)?;
-    let mut means = Vec::with_capacity(cfg.batches.max(1) as usize);
-    for b in 0..cfg.batches.max(1) {
-        let warm = if b == 0 {
-            cfg.warmup
-        } else {
-            batch_warmup(cfg)
-        };
-        means.push(pair.batch(warm, cfg.iterations)?);
-    }
+    let rtt = batches(cfg, |warm, iterations| pair.batch(warm, iterations))?;
     pair.stop()?;
-    Ok(Rtt::from_means(means, cfg.iterations.max(1)))
+    Ok(rtt)
 }
 
 /// Untimed round trips at the start of each interleaved batch (the partner was parked or asleep).
 pub fn batch_warmup(cfg: &BenchConfig) -> u32 {
     (cfg.warmup / 4).clamp(1, 1000)
+}
+
+/// The untimed round trips before batch `b`: the whole warm-up before the first, then
+/// [`batch_warmup`].
+pub fn warmup_before(cfg: &BenchConfig, b: u32) -> u32 {
+    if b == 0 {
+        cfg.warmup
+    } else {
+        batch_warmup(cfg)
+    }
+}
+
+/// `cfg.batches` batches (at least one) of `batch(warmup, iterations)`, each warmed up by
+/// [`warmup_before`]; their means as an [`Rtt`].
+fn batches(
+    cfg: &BenchConfig,
+    mut batch: impl FnMut(u32, u32) -> Result<f64, BaselineError>,
+) -> Result<Rtt, BaselineError> {
+    let means = (0..cfg.batches.max(1))
+        .map(|b| batch(warmup_before(cfg, b), cfg.iterations))
+        .collect::<Result<Vec<f64>, _>>()?;
+    Ok(Rtt::from_means(means, cfg.iterations.max(1)))
 }
 
 /// Round trip of a busy-wait ping-pong on one shared word (same core: with `sched_yield`).
@@ -666,17 +680,9 @@ pub fn chan_rtt_ns_with(
     server_spin: Duration,
 ) -> Result<Rtt, BaselineError> {
     let mut pair = EchoChannel::start(placement, spin, server_spin)?;
-    let mut means = Vec::with_capacity(cfg.batches.max(1) as usize);
-    for b in 0..cfg.batches.max(1) {
-        let warm = if b == 0 {
-            cfg.warmup
-        } else {
-            batch_warmup(cfg)
-        };
-        means.push(pair.batch(warm, cfg.iterations)?);
-    }
+    let rtt = batches(cfg, |warm, iterations| pair.batch(warm, iterations))?;
     pair.stop()?;
-    Ok(Rtt::from_means(means, cfg.iterations.max(1)))
+    Ok(rtt)
 }
 
 /// Default server spin budget of the channel benchmark.

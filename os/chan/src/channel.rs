@@ -159,6 +159,15 @@ impl<'a> Ctl<'a> {
         }
     }
 
+    /// → FREE, raising the epoch, if the state word is still `w` (a POSTED request withdrawn
+    /// before any server took it, or a slot CLAIMED by a client that is gone).
+    #[inline]
+    fn free_if_still(self, w: u32) -> bool {
+        self.state()
+            .compare_exchange(w, st::freed(w), Release, Relaxed)
+            .is_ok()
+    }
+
     /// REPLIED → FREE, raising the epoch: a plain release store, no locked instruction.
     ///
     /// Only the client writes a REPLIED slot, so there is nothing to race with except a
@@ -508,10 +517,7 @@ impl ClientChannel {
                 let w = c.state().load(Acquire);
                 match w & st::MASK {
                     st::POSTED => {
-                        if c.state()
-                            .compare_exchange(w, st::freed(w), Release, Relaxed)
-                            .is_ok()
-                        {
+                        if c.free_if_still(w) {
                             return Err(e);
                         }
                     }
@@ -578,10 +584,7 @@ impl ClientChannel {
             match w & st::MASK {
                 // POSTED → FREE: withdrawn before any server took it; it never runs.
                 st::POSTED => {
-                    if c.state()
-                        .compare_exchange(w, st::freed(w), Release, Relaxed)
-                        .is_ok()
-                    {
+                    if c.free_if_still(w) {
                         return Err(ChanError::Timeout {
                             after,
                             retracted: true,
@@ -665,11 +668,7 @@ impl ClientChannel {
         for i in 0..self.chan.nslots {
             let c = self.chan.ctl(i);
             let w = c.state().load(Acquire);
-            if w & st::MASK == st::CLAIMED
-                && c.state()
-                    .compare_exchange(w, st::freed(w), Release, Relaxed)
-                    .is_ok()
-            {
+            if w & st::MASK == st::CLAIMED && c.free_if_still(w) {
                 continue;
             }
             let w = c.state().load(Acquire);
