@@ -796,6 +796,116 @@ fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A checkpoint writer at work (a forked child): its pid, the log offset it captures, when it
+/// started, and the logged requests it covers (given back to the counter if it is lost).
+#[derive(Debug, Clone, Copy)]
+struct Writer {
+    pid: i32,
+    offset: u64,
+    started: Instant,
+    since: u64,
+    /// It got its parent's priority back (it ran past [`HURRY_AFTER`], or the log filled).
+    hurried: bool,
+}
+
+/// A checkpoint writer still at work after this long gets its parent's priority back: at nice
+/// 19 on a machine whose CPUs are all busy it may get almost no CPU time, and one starved
+/// until [`CHILD_DEADLINE`] would be killed and its checkpoint lost.
+const HURRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Gives writer `w` the priority this process runs at.
+fn hurry_writer(w: &mut Writer) {
+    if let Some(p) = rustix::process::Pid::from_raw(w.pid) {
+        let own = rustix::process::getpriority_process(None).unwrap_or(0);
+        let _ = rustix::process::setpriority_process(Some(p), own);
+        w.hurried = true;
+    }
+}
+
+/// What became of a checkpoint writer that was reaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reaped {
+    /// Still at work.
+    Running,
+    /// It exited 0: its snapshot is with the kernel.
+    Done,
+    /// It faulted, failed, or was killed (at its deadline, or by anyone): its checkpoint is lost.
+    Lost,
+}
+
+/// Reaps writer `w` if it is done (`block`: waits for it); a writer past [`CHILD_DEADLINE`] is
+/// killed and lost.
+fn reap_writer(w: &mut Writer, block: bool) -> Reaped {
+    let Some(p) = rustix::process::Pid::from_raw(w.pid) else {
+        return Reaped::Lost;
+    };
+    let opts = if block {
+        rustix::process::WaitOptions::empty()
+    } else {
+        rustix::process::WaitOptions::NOHANG
+    };
+    match rustix::process::waitpid(Some(p), opts) {
+        Ok(Some((_, st))) if st.exit_status() == Some(0) => Reaped::Done,
+        Ok(Some(_)) | Err(_) => Reaped::Lost,
+        Ok(None) if w.started.elapsed() > CHILD_DEADLINE => {
+            let _ = process::kill(w.pid, nix_kill());
+            let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
+            Reaped::Lost
+        }
+        Ok(None) => {
+            if !w.hurried && w.started.elapsed() > HURRY_AFTER {
+                hurry_writer(w);
+            }
+            Reaped::Running
+        }
+    }
+}
+
+/// The first wait before a checkpoint is tried again after one was lost, and the longest: it
+/// doubles with every loss in a row, so a writer that always fails does not fork in a loop.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// When a checkpoint may be tried again after lost ones (ARCHITECTURE.md §16, "Checkpoints"):
+/// a lost checkpoint gives its requests back to the counter, so the next one is due at once —
+/// but not before this back-off.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    /// Not before then (None: no loss since the last success).
+    not_before: Option<Instant>,
+    /// The wait after the next loss.
+    next: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            not_before: None,
+            next: RETRY_FIRST,
+        }
+    }
+}
+
+impl Retry {
+    fn lost(&mut self) {
+        self.not_before = Some(Instant::now() + self.next);
+        self.next = (self.next * 2).min(RETRY_MAX);
+    }
+    fn done(&mut self) {
+        *self = Retry::default();
+    }
+    /// Whether a checkpoint may be started now.
+    fn allows(&self) -> bool {
+        self.not_before.is_none_or(|t| Instant::now() >= t)
+    }
+    /// How long until it allows one (None: it does already, or nothing was lost).
+    fn wait(&self) -> Option<Duration> {
+        self.not_before
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero())
+    }
+}
+
 /// How often a following standby looks at the log's tail while records keep coming, and the
 /// longest it waits when they do not.
 const FOLLOW_POLL: Duration = Duration::from_micros(500);
@@ -850,9 +960,13 @@ struct Follower {
     wait: Duration,
     /// The position last reported to the kernel.
     reported: Option<u64>,
-    /// The checkpoint child at work: (pid, log offset it captures, started). An activation
-    /// hands it to the server, which reaps it as its own.
-    child: Option<(i32, u64, Instant)>,
+    /// The checkpoint child at work. An activation hands it to the server, which reaps it as
+    /// its own.
+    child: Option<Writer>,
+    /// After a lost checkpoint: when the next may be tried.
+    retry: Retry,
+    /// A checkpoint was lost: the next is due (after the back-off) whatever the counters say.
+    lost: bool,
     /// The status page's generation when the replica last looked: the kernel sets the next
     /// one just before it activates this standby, so a change stops a step between records.
     generation: u64,
@@ -877,6 +991,8 @@ impl Follower {
             wait: FOLLOW_POLL,
             reported: None,
             child: None,
+            retry: Retry::default(),
+            lost: false,
             generation: status.generation(),
         }
     }
@@ -1012,6 +1128,10 @@ impl Follower {
                 FOLLOW_IDLE
             };
             self.wait = (self.wait * 2).min(idle);
+            // A checkpoint due while no record comes: by time, or one lost and given back.
+            if self.checkpoint_due(tail.saturating_sub(ring.accepted())) {
+                self.checkpoint(ctl);
+            }
             return Some(self.wait);
         }
         let mut calls: HashMap<u64, VecDeque<Recorded>> = HashMap::new();
@@ -1127,17 +1247,27 @@ impl Follower {
             // the standby's priority back, before the server's fallback (¾) must fork.
             self.hurry_child();
         }
-        let due = self.capture != Capture::Defer
-            && self.since > 0
-            && (self.capture == Capture::Now
-                || self.since >= self.config.checkpoint_every
-                || (self.config.checkpoint_ms > 0
-                    && self.at.elapsed() >= Duration::from_millis(self.config.checkpoint_ms))
-                || used * 2 >= ring.cap);
-        if due {
+        if self.checkpoint_due(used) {
             self.checkpoint(ctl);
         }
         Some(self.wait)
+    }
+
+    /// Whether the replica should be checkpointed now (`used`: log bytes behind the accepted
+    /// checkpoint), by the manifest's counters, the log's fill, the last method's capture
+    /// point and the back-off after a lost one.
+    fn checkpoint_due(&self, used: u64) -> bool {
+        let cap = self.config.log_cap;
+        self.capture != Capture::Defer
+            && self.since > 0
+            && self.child.is_none()
+            && self.retry.allows()
+            && (self.capture == Capture::Now
+                || self.lost
+                || self.since >= self.config.checkpoint_every
+                || (self.config.checkpoint_ms > 0
+                    && self.at.elapsed() >= Duration::from_millis(self.config.checkpoint_ms))
+                || used * 2 >= cap)
     }
 
     /// Writes the replica as a checkpoint and hands it to the kernel (the server does not
@@ -1147,11 +1277,12 @@ impl Follower {
     /// following — and answers an activation — while it is written. The server does not stop
     /// for it.
     fn checkpoint(&mut self, ctl: &OwnedFd) {
-        if self.replica.is_none() || self.child.is_some() {
+        if self.replica.is_none() || self.child.is_some() || !self.retry.allows() {
             return;
         }
-        self.since = 0;
+        let since = std::mem::take(&mut self.since);
         self.at = Instant::now();
+        self.lost = false;
         let started = Instant::now();
         match process::fork() {
             Ok(process::Forked::Child) => {
@@ -1169,37 +1300,52 @@ impl Follower {
             }
             Ok(process::Forked::Parent { child }) => {
                 let offset = self.replica.as_ref().map_or(0, |r| r.meta.log_offset);
-                self.child = Some((child, offset, started));
+                self.child = Some(Writer {
+                    pid: child,
+                    offset,
+                    started,
+                    since,
+                    hurried: false,
+                });
             }
-            Err(_) => {}
+            Err(_) => {
+                self.since += since;
+                self.retry.lost();
+                self.lost = true;
+            }
         }
     }
 
     /// Gives the checkpoint child at work the priority the standby itself runs at.
-    fn hurry_child(&self) {
-        if let Some((pid, _, _)) = self.child
-            && let Some(p) = rustix::process::Pid::from_raw(pid)
+    fn hurry_child(&mut self) {
+        if let Some(w) = &mut self.child
+            && !w.hurried
         {
-            let own = rustix::process::getpriority_process(None).unwrap_or(0);
-            let _ = rustix::process::setpriority_process(Some(p), own);
+            hurry_writer(w);
         }
     }
 
-    /// Reaps the checkpoint child if it is done.
+    /// Reaps the checkpoint child if it is done. A lost checkpoint gives its requests back to
+    /// the counter (so the next one is due at once), after a back-off.
     fn reap(&mut self) {
-        if let Some((pid, _, _)) = self.child
-            && let Some(p) = rustix::process::Pid::from_raw(pid)
-            && !matches!(
-                rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG),
-                Ok(None)
-            )
-        {
-            self.child = None;
+        let Some(w) = &mut self.child else { return };
+        match reap_writer(w, false) {
+            Reaped::Running => {}
+            Reaped::Done => {
+                self.child = None;
+                self.retry.done();
+            }
+            Reaped::Lost => {
+                self.since += w.since;
+                self.child = None;
+                self.retry.lost();
+                self.lost = true;
+            }
         }
     }
 
     /// The checkpoint child at work, for the activated server to reap.
-    fn take_child(&mut self) -> Option<(i32, u64, Instant)> {
+    fn take_child(&mut self) -> Option<Writer> {
         self.reap();
         self.child.take()
     }
@@ -1396,8 +1542,10 @@ struct LogWriter {
     done: u64,
     /// When the last checkpoint was started.
     at: Instant,
-    /// The checkpoint child at work: (pid, log offset it captures, started).
-    child: Option<(i32, u64, Instant)>,
+    /// The checkpoint child at work.
+    child: Option<Writer>,
+    /// After a lost checkpoint: when the next may be tried.
+    retry: Retry,
     /// The last request was `#[capture(defer)]`.
     deferred: bool,
     /// Take a checkpoint at the first chance (the log was just replayed).
@@ -1448,6 +1596,11 @@ impl PlainLoop<'_> {
                 let timeout = self.log.as_ref().and_then(|w| {
                     if w.child.is_some() {
                         Some(Duration::from_millis(2))
+                    } else if w.since > 0
+                        && let Some(d) = w.retry.wait()
+                    {
+                        // A lost checkpoint is tried again after its back-off.
+                        Some(d)
                     } else {
                         (w.since > 0 && self.config.checkpoint_ms > 0 && !self.config.follow)
                             .then(|| Duration::from_millis(self.config.checkpoint_ms))
@@ -1653,37 +1806,32 @@ impl PlainLoop<'_> {
     }
 
     /// Reaps the checkpoint child if it is done (or, `block`, waits for it). A child that
-    /// exited 0 handed its snapshot to the kernel: the log behind it no longer counts.
+    /// exited 0 handed its snapshot to the kernel: the log behind it no longer counts. A lost
+    /// checkpoint gives its requests back to the counter, so the next one is due at once — after
+    /// a back-off that doubles with every loss in a row.
     fn reap(&mut self, block: bool) {
+        let follow = self.config.follow;
         let Some(w) = &mut self.log else { return };
-        let Some((pid, offset, started)) = w.child else {
+        let Some(c) = &mut w.child else {
             return;
         };
-        let Some(p) = rustix::process::Pid::from_raw(pid) else {
-            w.child = None;
-            return;
-        };
-        let opts = if block {
-            rustix::process::WaitOptions::empty()
-        } else {
-            rustix::process::WaitOptions::NOHANG
-        };
-        match rustix::process::waitpid(Some(p), opts) {
-            Ok(Some((_, st))) => {
+        let c0 = *c;
+        match reap_writer(c, block) {
+            Reaped::Running => {}
+            Reaped::Done => {
                 w.child = None;
-                if st.exit_status() == Some(0) {
-                    w.done = offset;
-                }
+                w.done = c0.offset;
+                w.retry.done();
             }
-            Ok(None) => {
-                if started.elapsed() > CHILD_DEADLINE {
-                    let _ = process::kill(pid, nix_kill());
-                    let _ =
-                        rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
-                    w.child = None;
-                }
+            Reaped::Lost => {
+                w.child = None;
+                w.since += c0.since;
+                w.retry.lost();
+                // Tried again once the back-off allows, whatever the counters say (with a
+                // following standby the checkpoints are its own: the server's are only its
+                // full-log fallback, which stays due by itself).
+                w.urgent |= !follow;
             }
-            Err(_) => w.child = None,
         }
     }
 
@@ -1728,9 +1876,10 @@ impl PlainLoop<'_> {
     /// The checkpoint writer runs at nice 19; when the log is filling up (or full) it gets the
     /// server's priority back, so that it finishes before the log must wait for it.
     fn hurry_child(&self) {
-        if let Some((pid, _, _)) = self.log.as_ref().and_then(|w| w.child)
-            && let Some(p) = rustix::process::Pid::from_raw(pid)
+        if let Some(c) = self.log.as_ref().and_then(|w| w.child)
+            && let Some(p) = rustix::process::Pid::from_raw(c.pid)
         {
+            // (Priority 0, not this process's own: it is not changed once it serves.)
             let _ = rustix::process::setpriority_process(Some(p), 0);
         }
     }
@@ -1766,7 +1915,9 @@ impl PlainLoop<'_> {
                 || (ms > 0 && w.at.elapsed() >= Duration::from_millis(ms))))
             || w.urgent
             || w.ring.used() * 4 >= cap * 3;
-        if due {
+        // After a lost checkpoint, not before its back-off (a full log does not wait for it:
+        // `force_checkpoint`, bounded).
+        if due && w.retry.allows() {
             self.start_checkpoint();
         }
     }
@@ -1779,15 +1930,21 @@ impl PlainLoop<'_> {
             Ok(process::Forked::Child) => self.checkpoint_child(started),
             Ok(process::Forked::Parent { child }) => {
                 let w = self.log.as_mut().expect("logging");
-                w.child = Some((child, w.ring.end.get(), started));
-                w.since = 0;
+                w.child = Some(Writer {
+                    pid: child,
+                    offset: w.ring.end.get(),
+                    started,
+                    since: std::mem::take(&mut w.since),
+                    hurried: false,
+                });
                 w.urgent = false;
                 w.at = Instant::now();
             }
             Err(_) => {
-                // Could not fork (out of memory): try again at the next trigger.
+                // Could not fork (out of memory): try again after the back-off.
                 let w = self.log.as_mut().expect("logging");
                 w.at = Instant::now();
+                w.retry.lost();
             }
         }
     }
@@ -1958,6 +2115,7 @@ impl PlainLoop<'_> {
             // (A following standby replays it in the background instead.)
             urgent: replayed > 0 && !self.config.follow,
             child: None,
+            retry: Retry::default(),
             deferred: false,
         });
         let _ = fdpass::send(
