@@ -9,12 +9,12 @@
 //!
 //! [`spawn`] creates that sharer: a process made with `clone(CLONE_VM)` and *without*
 //! `CLONE_THREAD` (its own thread group, pid and exit), which closes its copy of the
-//! descriptor table, blocks every signal, lowers itself to nice 19 and sleeps. It dies with its
-//! parent (`PR_SET_PDEATHSIG = SIGKILL`): when the server is killed, the keeper is killed right
-//! after, and the address space is freed by the keeper's exit at nice 19, where it competes for
-//! CPU with nobody on the recovery path (the kernel, the standby and the client run at nice 0
-//! and preempt it). As the keeper's parent is gone by then, the subreaper (the txipc kernel)
-//! reaps it.
+//! descriptor table, blocks every signal, lowers itself to nice 19 and `SCHED_IDLE`, and
+//! sleeps until it is killed or the process it watches ends ([`Until`]). The address space is
+//! then freed by the keeper's exit, in the CPU time nobody else wants: `SCHED_IDLE` makes any
+//! task woken on its CPU preempt it at the teardown's next rescheduling point (nice 19 alone
+//! did not, on a kernel without full preemption: a client woken behind it waited up to a
+//! tick). Its parent is gone by then, so the subreaper (the txipc kernel) reaps it.
 //!
 //! The keeper runs no code of the server: it cannot write the server's memory, so a server
 //! confirmed dead or stopped stays confirmed.
@@ -159,6 +159,26 @@ extern "C" fn keeper_main(arg: *mut c_void) -> c_int {
     // Nice 19: lowering one's own priority is always allowed.
     // SAFETY: valid `which`, `who` (0: this process) and priority.
     unsafe { libc::syscall(libc::SYS_setpriority, libc::PRIO_PROCESS, 0, 19) };
+    // And SCHED_IDLE (allowed unprivileged since Linux 2.6.39): the teardown of the address
+    // space runs in the keeper's exit, in the kernel, where a kernel built without full
+    // preemption (`PREEMPT_NONE`, this project's VM) gives the CPU up only at its
+    // `cond_resched` points and only if a reschedule was asked for. A woken nice-0 task does
+    // not ask it of a nice-19 one that is still within its slice (EEVDF), so a client woken
+    // on the keeper's CPU waited up to a tick (4 ms at HZ 250) behind the teardown — seen in
+    // a scheduler trace of `bench recovery`: the companion client's reply published 0.15 ms
+    // after `Active`, the client on the CPU 1.1 ms later. Any task woken on the CPU of a
+    // SCHED_IDLE one asks at once (`check_preempt_wakeup_fair`), so the teardown yields
+    // within one page-table page. A failure (a kernel without it) leaves nice 19.
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a valid policy and a valid `sched_param` on this stack; pid 0 is this process.
+    unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0,
+            libc::SCHED_IDLE,
+            &param as *const libc::sched_param,
+        )
+    };
     loop {
         if watch < 0 {
             // With every signal blocked, only SIGKILL ends this.
@@ -188,6 +208,10 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
+    /// `/proc/PID/stat`'s `policy` (field 41) in [`stat_field`]'s numbering.
+    const POLICY: usize = 38;
+    const SCHED_IDLE: i64 = libc::SCHED_IDLE as i64;
+
     fn stat_field(pid: i32, n: usize) -> Option<i64> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // Fields after the command name; `n` counts from field 3 (state) as 0.
@@ -199,8 +223,9 @@ mod tests {
             .ok()
     }
 
-    /// A keeper shares the address space, runs at nice 19, keeps no descriptor, and dies with
-    /// the thread that made it.
+    /// A keeper shares the address space, runs at nice 19 and `SCHED_IDLE` (so that its
+    /// teardown yields to any task woken on its CPU), keeps no descriptor, and dies with the
+    /// thread that made it.
     #[test]
     fn a_keeper_shares_the_mm_and_dies_with_its_creator() {
         let (pid_tx, pid_rx) = std::sync::mpsc::channel();
@@ -217,13 +242,14 @@ mod tests {
         loop {
             // ppid is field 4 (index 1 here), nice field 19 (index 16).
             let nice = stat_field(keeper, 16);
+            let policy = stat_field(keeper, POLICY);
             let fds = std::fs::read_dir(format!("/proc/{keeper}/fd")).map(|d| d.count());
-            if nice == Some(19) && matches!(fds, Ok(0)) {
+            if nice == Some(19) && policy == Some(SCHED_IDLE) && matches!(fds, Ok(0)) {
                 break;
             }
             assert!(
                 t.elapsed() < Duration::from_secs(10),
-                "keeper: nice {nice:?}, fds {fds:?}"
+                "keeper: nice {nice:?}, policy {policy:?}, fds {fds:?}"
             );
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -291,10 +317,12 @@ mod tests {
             "the keeper died with its creator"
         );
         let t = Instant::now();
-        while stat_field(keeper.pid, 16) != Some(19) {
+        while stat_field(keeper.pid, 16) != Some(19)
+            || stat_field(keeper.pid, POLICY) != Some(SCHED_IDLE)
+        {
             assert!(
                 t.elapsed() < Duration::from_secs(10),
-                "keeper not at nice 19"
+                "keeper not at nice 19 and SCHED_IDLE"
             );
             std::thread::sleep(Duration::from_millis(1));
         }
