@@ -163,6 +163,24 @@ pub struct Sample {
     pub answered_in_replay: Option<bool>,
     /// Where the time went (None when the kernel's stamps were not of this recovery).
     pub steps: Option<Steps>,
+    /// The same instants on the machine's monotonic clock (`CLOCK_MONOTONIC` ns), to place a
+    /// sample in a system-wide trace (`perf record -k CLOCK_MONOTONIC`).
+    pub at_ns: At,
+}
+
+/// The instants of one sample, `CLOCK_MONOTONIC` nanoseconds (0: not known).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct At {
+    /// The fault instant the recovery is measured from.
+    pub fault: u64,
+    /// The kernel saw the fault.
+    pub seen: u64,
+    /// The kernel activated the standby.
+    pub activated: u64,
+    /// The kernel received the new incarnation's `Active`.
+    pub serving: u64,
+    /// The client's first reply on the new generation.
+    pub reply: u64,
 }
 
 /// Percentiles of one group of samples.
@@ -579,6 +597,13 @@ pub fn run(
                 }
             });
             let answered_in_replay = kstamps.map(|k| t_reply < k.serving_ns);
+            let at_ns = At {
+                fault: from,
+                seen: kstamps.map_or(0, |k| k.fault_ns),
+                activated: kstamps.map_or(0, |k| k.activated_ns),
+                serving: kstamps.map_or(0, |k| k.serving_ns),
+                reply: t_reply,
+            };
             let comp = info.and_then(|s| s.companion);
             let replayed = comp.as_ref().map(|c| (c.last_replayed, c.last_replay_us));
             let warm = comp.as_ref().map(|c| c.last_warm);
@@ -594,6 +619,7 @@ pub fn run(
                 lag_records,
                 answered_in_replay: answered_in_replay.filter(|_| cfg.policy == "companion"),
                 steps,
+                at_ns,
             };
             progress(&format!(
                 "{} run {}/{}: recovered in {:.0} µs (old incarnation gone after {} µs, kernel {} µs{})",
