@@ -295,8 +295,8 @@ fn wait_following(conn: &System, index: u64) {
 /// sharing its address space (`txipc_sys::keeper`), so that a SIGKILL is seen (the pidfd
 /// fires) without the teardown of its state, replica and mapped log coming first. Its crash
 /// points: the keeper killed (nothing happens to the server, which goes on serving, and a
-/// later SIGKILL still recovers everything) and the incarnation killed (its keeper dies with
-/// it: none is left behind).
+/// later SIGKILL still recovers everything) and the incarnation killed (its keeper is killed
+/// by the kernel once the successor serves: none is left behind).
 #[test]
 fn a_companion_incarnation_has_a_keeper_and_none_is_left_behind() {
     let sys = companion_system(
@@ -351,6 +351,93 @@ fn a_companion_incarnation_has_a_keeper_and_none_is_left_behind() {
     assert_eq!(kv.get("after-keeper").unwrap(), Some("1".into()));
     drop((kv, conn));
     sys.shutdown().unwrap();
+}
+
+/// Resumes a stopped process when dropped (a test that stops the kernel must not leave it
+/// stopped when it fails: the system could not shut down).
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = txipc_sys::process::kill(self.0, rustix::process::Signal::CONT);
+    }
+}
+
+/// The keeper of a SIGKILLed companion incarnation outlives it (`Until::Killed`): its
+/// teardown of the dead incarnation's state, replica and log mapping is left to the kernel,
+/// which kills it at a watchdog tick once the successor serves — not run during the
+/// recovery, where it took the client's CPU (ARCHITECTURE.md §16, "Recovery"). Checked
+/// without a clock: with the kernel stopped nothing can kill the keeper but its own end, so a
+/// keeper that died with its incarnation (`Until::CreatorDies`, the earlier design) is gone
+/// and one that waits for the kernel is not; once the kernel runs again it recovers the
+/// server and kills the keeper.
+#[test]
+fn a_dead_companion_incarnations_keeper_outlives_it_until_the_kernel_kills_it() {
+    let sys = companion_system("keeper-killed", "kv-plain", "checkpoint_ms = 0");
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    for i in 0..10u32 {
+        kv.put(format!("k{i}"), format!("v{i}")).unwrap();
+    }
+    let server = server_pid(&conn, "kv");
+    let mut keeper = Vec::new();
+    wait_until("the incarnation's keeper", Duration::from_secs(10), || {
+        keeper = keepers(server);
+        !keeper.is_empty()
+    });
+    assert_eq!(keeper.len(), 1, "one keeper: {keeper:?}");
+    let keeper = keeper[0];
+    let kernel = sys.pid() as i32;
+    let before = info(&conn).generation;
+    {
+        txipc_sys::process::kill(kernel, rustix::process::Signal::STOP).unwrap();
+        let _resume = Resume(kernel);
+        txipc_sys::process::kill(server, rustix::process::Signal::KILL).unwrap();
+        wait_until("the incarnation dead", Duration::from_secs(10), || {
+            !alive(server)
+        });
+        // A parent-death signal would have been sent while the incarnation exited; give a
+        // keeper killed by it the time to finish dying (on a loaded machine, generously).
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            alive(keeper),
+            "the keeper died with its incarnation: its teardown would run during the recovery"
+        );
+        let ppid = std::fs::read_to_string(format!("/proc/{keeper}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("PPid:")
+                    .map(|v| v.trim().parse::<i32>().unwrap())
+            });
+        assert_eq!(
+            ppid,
+            Some(kernel),
+            "the orphaned keeper belongs to the kernel (its subreaper)"
+        );
+    }
+    // The kernel runs again: it recovers the server, then kills the old keeper.
+    wait_until("the next incarnation", Duration::from_secs(20), || {
+        let i = info(&conn);
+        i.generation > before && i.state == "running"
+    });
+    wait_until(
+        "the dead incarnation's keeper killed by the kernel",
+        Duration::from_secs(20),
+        || !alive(keeper),
+    );
+    for i in 0..10u32 {
+        assert_eq!(
+            kv.get(format!("k{i}")).unwrap(),
+            Some(format!("v{i}").into())
+        );
+    }
+    drop((kv, conn));
+    let procs = descendants(kernel);
+    sys.shutdown().unwrap();
+    for p in procs {
+        assert!(!alive(p), "process {p} survived the shutdown");
+    }
 }
 
 /// The following standby (the default, `standby = "follow"`): it replays the log as it is

@@ -1367,6 +1367,7 @@ pub(crate) fn incarnation_main(
     builtin: PlainBuiltin,
     doorbell_fd: &OwnedFd,
     status_fd: &OwnedFd,
+    kernel: &OwnedFd,
     log: Option<&LogFds>,
     ctl: OwnedFd,
 ) -> ! {
@@ -1375,13 +1376,23 @@ pub(crate) fn incarnation_main(
     }
     // A process sharing this address space (txipc_sys::keeper), as for heap servers: a SIGKILL
     // of this incarnation is then noticed (its pidfd fires) without first tearing down its
-    // state, its replica (a following standby becomes the incarnation) and the mapped log; the
-    // keeper frees them at nice 19 when it dies with this process. Without it recovery still
+    // state, its replica (a following standby becomes the incarnation) and the mapped log. It
+    // outlives this incarnation until the kernel kills it (at a watchdog tick once the
+    // successor serves and no recovery is under way) or the kernel ends: a keeper that died
+    // with the incarnation (`Until::CreatorDies`, until wave 6) tore the address space down
+    // during the recovery, on whichever CPU was free — the client's, whose wake-up with the
+    // reply then waited behind it (ARCHITECTURE.md §16, "Recovery"). Without it recovery still
     // works, only slower for a large state. (Named first: the keeper keeps the name. Started
     // before the incarnation pins itself, so that the teardown may run on any CPU, not on the
     // one its successor is pinned to.)
     crate::server::name_process(config, "keeper");
-    let _ = txipc_sys::keeper::spawn(txipc_sys::keeper::Until::CreatorDies);
+    if let Ok(k) = txipc_sys::keeper::spawn(txipc_sys::keeper::Until::Killed(kernel.as_fd())) {
+        let _ = fdpass::send(
+            &ctl,
+            &proto::encode(&FromServer::Keeper),
+            &[k.pidfd.as_fd()],
+        );
+    }
     crate::server::name_process(config, "standby");
     if let Some(cpu) = config.cpu {
         let _ = process::pin_to_cpu(cpu);

@@ -405,6 +405,7 @@ pub fn zygote_main_with(builtins: &[Builtin], plain: &[crate::PlainBuiltin]) -> 
                                 builtin,
                                 fds.doorbell,
                                 fds.status,
+                                fds.kernel,
                                 companion_fds.as_ref(),
                                 inc_sock,
                             ),

@@ -89,11 +89,18 @@ pub fn descendants(pid: i32) -> Vec<i32> {
 }
 
 /// Whether `pid` is an address-space keeper (`txipc_sys::keeper`): the only process of a
-/// system that keeps no descriptor at all (it closes its copy of the table first thing; a
-/// checkpoint writer, forked, keeps the server's). Its name cannot tell: the 15 bytes of
-/// `comm` rarely reach the ` kp` suffix.
+/// system whose descriptors are at most one pidfd (it closes its copy of the table first
+/// thing but the kernel's pidfd it watches; a checkpoint writer, forked, keeps the server's).
+/// Its name cannot tell: the 15 bytes of `comm` rarely reach the ` kp` suffix.
 pub fn is_keeper(pid: i32) -> bool {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|mut d| d.next().is_none())
+    let Ok(d) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let fds: Vec<_> = d.flatten().collect();
+    fds.len() <= 1
+        && fds.iter().all(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == "anon_inode:[pidfd]")
+        })
 }
 
 /// The live descendants of a server incarnation other than its keeper: its checkpoint writers.
