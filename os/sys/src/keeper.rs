@@ -167,7 +167,7 @@ extern "C" fn keeper_main(arg: *mut c_void) -> c_int {
     // on the keeper's CPU waited up to a tick (4 ms at HZ 250) behind the teardown — seen in
     // a scheduler trace of `bench recovery`: the companion client's reply published 0.15 ms
     // after `Active`, the client on the CPU 1.1 ms later. Any task woken on the CPU of a
-    // SCHED_IDLE one asks at once (`check_preempt_wakeup_fair`), so the teardown yields
+    // SCHED_IDLE one asks at once (the fair class's wake-up preemption check), so the teardown yields
     // within one page-table page. A failure (a kernel without it) leaves nice 19.
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: a valid policy and a valid `sched_param` on this stack; pid 0 is this process.
