@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitStatus, waitpid};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 use serde::{Deserialize, Serialize};
 
@@ -168,7 +168,8 @@ pub struct Child {
 /// The caller promises, for everything `f` does in the child:
 /// 1. It waits for no lock or resource another thread of the parent may hold at the instant
 ///    of the fork: only the forking thread exists in the child. No `Mutex` shared with other
-///    threads, no `println!`/`eprintln!` (the stdout/stderr locks; a panic message takes the
+///    threads, no `OnceLock`/`LazyLock`/`Once` another thread may be initialising (the child
+///    would wait forever for that thread; this crate's own waiting code uses none), no `println!`/`eprintln!` (the stdout/stderr locks; a panic message takes the
 ///    stderr lock too, so `f` should not panic while other threads may print), no allocator
 ///    other than glibc's `malloc` (which resets its locks at fork).
 /// 2. It reads no memory another thread of the parent may have been writing at the fork (it
@@ -204,6 +205,37 @@ impl Child {
     pub fn wait(mut self) -> Result<i32, BaselineError> {
         let code = self.reap()?;
         Ok(code)
+    }
+
+    /// Waits at most `bound` for the child to exit: its exit code as in [`Self::wait`], or
+    /// `None` if it was still running, in which case it is SIGKILLed and reaped. For tests, whose
+    /// every wait is bounded: a child that hangs becomes a failure, not a stuck run.
+    pub fn wait_within(mut self, bound: Duration) -> Result<Option<i32>, BaselineError> {
+        let until = Instant::now() + bound;
+        loop {
+            match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Ok(WaitStatus::StillAlive) => {
+                    self.kill()?;
+                    return Ok(None);
+                }
+                Ok(WaitStatus::Exited(_, code)) => {
+                    self.reaped = true;
+                    return Ok(Some(code));
+                }
+                Ok(WaitStatus::Signaled(_, sig, _)) => {
+                    self.reaped = true;
+                    return Ok(Some(128 + sig as i32));
+                }
+                Ok(_) | Err(nix::Error::EINTR) => continue,
+                Err(e) => {
+                    self.reaped = true;
+                    return Err(e.into());
+                }
+            }
+        }
     }
 
     /// SIGKILLs and reaps the child; its exit code as in [`Self::wait`].

@@ -1,5 +1,6 @@
 //! Bounded spinning before a futex sleep.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// How a waiter behaves before it falls back to a futex sleep.
@@ -50,23 +51,46 @@ const POLL_INTERVAL_NS: u64 = 30;
 /// `spin_loop` hints per poll, calibrated once per process (`pause` takes ~10 cycles on older
 /// x86 cores and ~140 on recent ones).
 fn pauses_per_poll() -> u32 {
-    static PAUSES: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *PAUSES.get_or_init(|| {
+    static PAUSES: Calibration = Calibration::new();
+    PAUSES.get_or_calibrate(|| {
         const N: u32 = 200;
-        // Best of a few samples: a preemption inflates a sample, never deflates it.
-        let best = (0..5)
-            .map(|_| {
-                let t = Instant::now();
-                for _ in 0..N {
-                    std::hint::spin_loop();
-                }
-                t.elapsed().as_nanos() as u64
-            })
-            .min()
-            .unwrap_or(0);
-        let per_pause = (best / N as u64).max(1);
-        (POLL_INTERVAL_NS / per_pause).clamp(1, 64) as u32
+        let t = Instant::now();
+        for _ in 0..N {
+            std::hint::spin_loop();
+        }
+        t.elapsed().as_nanos() as u64 / N as u64
     })
+}
+
+/// The calibrated pause count of a process: 0 until some thread has calibrated.
+///
+/// Not a `OnceLock`, on purpose: a process forked while another thread of its parent is
+/// inside a `OnceLock`'s initialiser inherits the "initialising" state without the thread
+/// that would finish it, and its first spin waits forever. The channel tests fork servers and
+/// clients out of the multi-threaded test harness, so that happened: a forked echo server or
+/// client hung in its first wait (`tests/echo.rs`, ARCHITECTURE.md §4 "Liveness"). Here a
+/// thread that finds no value calibrates itself; racing calibrations each store a valid
+/// count (any count in 1..=64 is correct, the value only tunes the poll interval), and no
+/// thread ever waits for another.
+pub(crate) struct Calibration(AtomicU32);
+
+impl Calibration {
+    pub(crate) const fn new() -> Self {
+        Self(AtomicU32::new(0))
+    }
+
+    /// The pause count, calibrated with `ns_per_pause` (best of 5 samples: a preemption
+    /// inflates a sample, never deflates it) if no thread of this process has stored one.
+    pub(crate) fn get_or_calibrate(&self, mut ns_per_pause: impl FnMut() -> u64) -> u32 {
+        let known = self.0.load(Ordering::Relaxed);
+        if known != 0 {
+            return known;
+        }
+        let best = (0..5).map(|_| ns_per_pause()).min().unwrap_or(0);
+        let pauses = (POLL_INTERVAL_NS / best.max(1)).clamp(1, 64) as u32;
+        self.0.store(pauses, Ordering::Relaxed);
+        pauses
+    }
 }
 
 /// One bounded spin. The clock is read only every `CHECK_EVERY` rounds (it costs ~20 ns, and
@@ -121,5 +145,60 @@ impl Spinner {
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A process forked while another thread of its parent is calibrating (the echo tests fork
+    /// their servers and clients while the harness runs other tests, which spin) gets its pause
+    /// count without waiting for that thread, which does not exist in the child. With a
+    /// `OnceLock` the child inherited the "initialising" state and waited forever in its first
+    /// spin: a server that never serves again, or a client that never frees its slot.
+    #[test]
+    fn a_child_forked_mid_calibration_does_not_wait_for_it() {
+        static CELL: Calibration = Calibration::new();
+        let (inside_tx, inside_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let calibrating = std::thread::spawn(move || {
+            let mut first = true;
+            CELL.get_or_calibrate(|| {
+                if std::mem::take(&mut first) {
+                    let _ = inside_tx.send(());
+                    // Held mid-calibration until the child has been forked and checked.
+                    let _ = release_rx.recv_timeout(Duration::from_secs(120));
+                }
+                1
+            })
+        });
+        inside_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the calibrating thread started");
+        // SAFETY: fork_child items 1-3: the child only calls `get_or_calibrate` on a static
+        // (atomics; the function under test) with a sample that reads nothing shared, and
+        // returns a code; it owns nothing with an outside effect and does not print.
+        let child = unsafe {
+            crate::baseline::fork_child(|| {
+                if CELL.get_or_calibrate(|| 1) > 0 {
+                    0
+                } else {
+                    1
+                }
+            })
+        }
+        .unwrap();
+        // A hang is detected with a generous bound (the child needs microseconds); a child
+        // still running then is killed and reaped.
+        let exited = child.wait_within(Duration::from_secs(20)).unwrap();
+        let _ = release_tx.send(());
+        assert!(calibrating.join().unwrap() >= 1);
+        assert_eq!(
+            exited,
+            Some(0),
+            "the child forked mid-calibration waited for a thread it does not have"
+        );
     }
 }
