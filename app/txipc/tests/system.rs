@@ -261,6 +261,38 @@ fn malformed_and_oversized_requests_do_not_harm_others() {
     sys.shutdown().unwrap();
 }
 
+/// A reply longer than the channel's reply area (the server encodes replies straight into the
+/// slot) is answered `ReplyTooLarge` with the channel's limit; the request ran (a put's effect
+/// stands), the slot is clean for the next call, and replies up to the limit, inline or not,
+/// arrive intact.
+#[test]
+fn a_reply_larger_than_the_channel_is_lost_but_its_request_ran() {
+    let m = server("kv", "kv", "txipc", "request_max = 4096\nreply_max = 256") + &grant("*", "kv");
+    let sys = boot("replybig", &m);
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    let big = vec![0xb7u8; 1000];
+    assert_eq!(kv.put(b"k", &big).unwrap(), None);
+    match kv.get(b"k") {
+        Err(SvcError::Call(e @ CallError::ReplyTooLarge { cap: 256 })) => assert!(!e.did_not_run()),
+        other => panic!("expected ReplyTooLarge, got {other:?}"),
+    }
+    // The put whose reply (the 1,000-byte previous value) is lost still ran.
+    assert!(matches!(
+        kv.put(b"k", b"small"),
+        Err(SvcError::Call(CallError::ReplyTooLarge { cap: 256 }))
+    ));
+    assert_eq!(kv.get(b"k").unwrap(), Some(b"small".into()));
+    // Every length up to the limit, either side of the inline limit, arrives intact.
+    for len in [0usize, 1, 40, 41, 42, 43, 60, 200, 250, 251, 252] {
+        let v: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
+        kv.put(b"v", &v).unwrap();
+        assert_eq!(kv.get(b"v").unwrap(), Some(v.into()), "{len} bytes");
+    }
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
 #[test]
 fn crash_under_policy_none_is_final() {
     let m = server("f", "faulty", "none", "") + &grant("*", "f");

@@ -898,10 +898,8 @@ impl ServerChannel {
             });
         }
         let cap = self.chan.layout.reply_cap as usize;
-        c.reply_attempt().store(c.attempt().load(Relaxed), Relaxed);
         if bytes.len() > cap {
-            c.status().store(Status::TooLarge.to_wire(), Relaxed);
-            c.reply_len().store(0, Relaxed);
+            self.set_reply_fields(c, slot, Status::TooLarge, 0);
             return Err(ChanError::ReplyTooLarge {
                 len: bytes.len(),
                 cap,
@@ -911,10 +909,47 @@ impl ServerChannel {
             self.chan.layout.reply_bytes_offset(slot, bytes.len()),
             bytes,
         );
-        self.last_reply[slot].store(bytes.len() as u32, Relaxed);
-        c.status().store(status.to_wire(), Relaxed);
-        c.reply_len().store(bytes.len() as u32, Relaxed);
+        self.set_reply_fields(c, slot, status, bytes.len());
         Ok(())
+    }
+
+    /// A reply to TAKEN slot `slot` encoded straight into the slot: the caller appends its
+    /// bytes ([`SlotReply::put`]) as its encoder produces them, and [`SlotReply::finish`]
+    /// writes status and length as [`Self::write_reply`] does. A reply of at most
+    /// [`INLINE_REPLY_MAX`] bytes is gathered in the writer and lands on the reply line; a longer
+    /// one goes to the reply area as it is produced, so it is copied once, not first into a
+    /// buffer of the server's and then into the slot. Nothing is published: as with
+    /// `write_reply`, the commit point goes between `finish` and [`Self::publish`].
+    ///
+    /// # Errors
+    /// `BadSlot` or `WrongState` (the slot is not TAKEN), as `write_reply`.
+    #[inline]
+    pub fn reply_to(&self, slot: usize) -> Result<SlotReply<'_>, ChanError> {
+        let c = self.chan.check_slot(slot)?;
+        let w = c.state().load(Relaxed);
+        if w & st::MASK != st::TAKEN {
+            return Err(ChanError::WrongState {
+                slot,
+                found: SlotState::from_word(w),
+            });
+        }
+        Ok(SlotReply {
+            chan: self,
+            slot,
+            len: 0,
+            overflow: false,
+            small: [0; INLINE_REPLY_MAX],
+        })
+    }
+
+    /// Status, attempt copy and length of a reply whose bytes are in place (`write_reply`,
+    /// `SlotReply::finish`).
+    #[inline]
+    fn set_reply_fields(&self, c: Ctl<'_>, slot: usize, status: Status, len: usize) {
+        c.reply_attempt().store(c.attempt().load(Relaxed), Relaxed);
+        self.last_reply[slot].store(len as u32, Relaxed);
+        c.status().store(status.to_wire(), Relaxed);
+        c.reply_len().store(len as u32, Relaxed);
     }
 
     /// TAKEN → REPLIED (release), then announces the reply on the reply line and wakes the
@@ -943,6 +978,105 @@ impl ServerChannel {
         }
         self.publish(slot)?;
         written
+    }
+}
+
+/// A reply being encoded straight into a TAKEN slot ([`ServerChannel::reply_to`]).
+///
+/// The slot's reply bytes are written through raw pointers as they come (never through a
+/// reference: the client can write the same memory), so a hostile client can only garble its
+/// own reply. Dropping it without [`Self::finish`] leaves the slot's reply fields as they were
+/// (a handler that faults mid-encoding is re-run, or answered by the kernel).
+#[derive(Debug)]
+pub struct SlotReply<'a> {
+    chan: &'a ServerChannel,
+    slot: usize,
+    /// Bytes appended so far (past `reply_cap` only when `overflow`).
+    len: usize,
+    /// More than `reply_cap` bytes were appended: the bytes past it were dropped.
+    overflow: bool,
+    /// A reply of at most `INLINE_REPLY_MAX` bytes, gathered here until its length is known.
+    small: [u8; INLINE_REPLY_MAX],
+}
+
+impl SlotReply<'_> {
+    /// Bytes appended so far.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing was appended yet.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Drops what was appended (the encoder starts over).
+    #[inline]
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.overflow = false;
+    }
+
+    /// Appends `bytes` to the reply.
+    #[inline]
+    pub fn put(&mut self, bytes: &[u8]) {
+        let layout = &self.chan.chan.layout;
+        let end = self.len + bytes.len();
+        if self.overflow || end > layout.reply_cap as usize {
+            self.overflow = true;
+            self.len = end;
+            return;
+        }
+        if end <= INLINE_REPLY_MAX {
+            self.small[self.len..end].copy_from_slice(bytes);
+            self.len = end;
+            return;
+        }
+        // A long reply lives in the reply area (its offset does not depend on the length
+        // beyond "long"); what was gathered goes there first.
+        let area = layout.reply_bytes_offset(self.slot, INLINE_REPLY_MAX + 1);
+        if self.len <= INLINE_REPLY_MAX {
+            self.chan.chan.map.copy_in(area, &self.small[..self.len]);
+        }
+        self.chan.chan.map.copy_in(area + self.len, bytes);
+        self.len = end;
+    }
+
+    /// Writes status and length (and the bytes of a short reply) into the slot, as
+    /// [`ServerChannel::write_reply`] does; publishes nothing. A reply longer than
+    /// `reply_cap` is replaced by an empty one with [`Status::TooLarge`] and reported as
+    /// `ReplyTooLarge`.
+    ///
+    /// # Errors
+    /// `ReplyTooLarge` as said; `WrongState` if the slot is no longer TAKEN.
+    #[inline]
+    pub fn finish(self, status: Status) -> Result<(), ChanError> {
+        let sc = self.chan;
+        let c = sc.chan.check_slot(self.slot)?;
+        let w = c.state().load(Relaxed);
+        if w & st::MASK != st::TAKEN {
+            return Err(ChanError::WrongState {
+                slot: self.slot,
+                found: SlotState::from_word(w),
+            });
+        }
+        if self.overflow {
+            sc.set_reply_fields(c, self.slot, Status::TooLarge, 0);
+            return Err(ChanError::ReplyTooLarge {
+                len: self.len,
+                cap: sc.chan.layout.reply_cap as usize,
+            });
+        }
+        if self.len <= INLINE_REPLY_MAX {
+            sc.chan.map.copy_in(
+                sc.chan.layout.reply_bytes_offset(self.slot, self.len),
+                &self.small[..self.len],
+            );
+        }
+        sc.set_reply_fields(c, self.slot, status, self.len);
+        Ok(())
     }
 }
 
@@ -1169,6 +1303,81 @@ impl KernelChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reply encoded straight into the slot (`reply_to`, appended in pieces of every size)
+    /// reaches the client exactly as the same bytes written with `write_reply` do, inline or
+    /// in the reply area, across the inline limit and up to the reply limit; one byte past the
+    /// limit is answered `TooLarge` with an empty reply, and the slot goes on serving.
+    #[test]
+    fn a_reply_encoded_into_the_slot_arrives_as_written() {
+        let layout = ChannelLayout {
+            nslots: 1,
+            req_cap: 64,
+            reply_cap: 1024,
+        };
+        let fd = create_channel("slot-reply", layout).unwrap();
+        let server = ServerChannel::map(&fd).unwrap();
+        let client = ClientChannel::map(&fd).unwrap();
+        let lens = [0usize, 1, 43, 44, 45, 100, 1000, 1024, 1025, 7, 1024];
+        let body = |i: usize, len: usize| -> Vec<u8> {
+            (0..len).map(|k| (k * 7 + i * 13) as u8).collect()
+        };
+        let caller = std::thread::spawn(move || {
+            let mut reply = Vec::new();
+            for (i, &len) in lens.iter().enumerate() {
+                let r = client
+                    .call(1, &[i as u8], &mut reply, Some(Duration::from_secs(30)))
+                    .unwrap();
+                if len > 1024 {
+                    assert_eq!(r.status, Status::TooLarge, "reply {i}");
+                    assert!(reply.is_empty(), "reply {i}");
+                } else {
+                    assert_eq!(r.status, Status::Ok, "reply {i}");
+                    assert_eq!(reply, body(i, len), "reply {i} ({len} bytes)");
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut buf = Vec::new();
+        for (i, &len) in lens.iter().enumerate() {
+            let t = loop {
+                if let Some(t) = server.take_into(&mut buf) {
+                    break t;
+                }
+                assert!(Instant::now() < deadline, "request {i} never came");
+                std::thread::yield_now();
+            };
+            assert_eq!(buf, [i as u8]);
+            let bytes = body(i, len);
+            let mut out = server.reply_to(t.slot).unwrap();
+            // A false start, cleared: only what follows is the reply.
+            out.put(&[0xee; 50]);
+            out.clear();
+            // In pieces of 1, 2, 3, ... bytes, so that every piece size meets the inline limit.
+            let mut at = 0;
+            let mut piece = 1;
+            while at < len {
+                let end = (at + piece).min(len);
+                out.put(&bytes[at..end]);
+                at = end;
+                piece += 1;
+            }
+            assert_eq!(out.len(), len);
+            let r = out.finish(Status::Ok);
+            if len > 1024 {
+                assert!(matches!(r, Err(ChanError::ReplyTooLarge { .. })), "{r:?}");
+            } else {
+                r.unwrap();
+            }
+            server.publish(t.slot).unwrap();
+        }
+        caller.join().unwrap();
+        // Not TAKEN any more: no writer.
+        assert!(matches!(
+            server.reply_to(0),
+            Err(ChanError::WrongState { .. })
+        ));
+    }
 
     /// `try_take` claims the reply-area lines of the slot's last reply (one store each, to
     /// start their ownership transfers while the handler runs), only those, and the replies

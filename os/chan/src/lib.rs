@@ -78,7 +78,8 @@ mod mem;
 mod spin;
 
 pub use channel::{
-    ClientChannel, KernelChannel, Reply, ServerChannel, SlotSnapshot, Taken, create_channel,
+    ClientChannel, KernelChannel, Reply, ServerChannel, SlotReply, SlotSnapshot, Taken,
+    create_channel,
 };
 pub use doorbell::{DOORBELL_MAGIC, DOORBELL_VERSION, Doorbell, Wake, create_doorbell};
 pub use error::ChanError;

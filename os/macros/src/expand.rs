@@ -238,9 +238,9 @@ fn expand(service: &Service) -> TokenStream {
                 &mut self,
                 #method: u32,
                 #request: &[u8],
-                #reply: &mut ::std::vec::Vec<u8>,
+                #reply: &mut dyn ::txipc_service::ReplyWriter,
             ) -> ::core::result::Result<(), ::txipc_service::DispatchError> {
-                #reply.clear();
+                ::txipc_service::ReplyWriter::reset(#reply);
                 match #method_enum::from_id(#method) {
                     #(#dispatch_arms)*
                     ::core::option::Option::None => {
@@ -298,7 +298,7 @@ fn expand(service: &Service) -> TokenStream {
                 &mut self,
                 #method: u32,
                 #request: &[u8],
-                #reply: &mut ::std::vec::Vec<u8>,
+                #reply: &mut dyn ::txipc_service::ReplyWriter,
             ) -> ::core::result::Result<(), ::txipc_service::DispatchError> {
                 ::txipc_service::Dispatch::dispatch(&mut self.dispatcher, #method, #request, #reply)
             }

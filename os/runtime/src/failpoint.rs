@@ -60,6 +60,13 @@ pub fn fail_point(site: u16) -> Option<Corrupt> {
     fire(word)
 }
 
+/// Whether a fail point is armed at `site` (without firing it): a site that needs its data in
+/// private memory to corrupt it takes its slower path only then.
+#[inline]
+pub fn armed_at(site: u16) -> bool {
+    STATUS.get().is_some_and(|s| s.armed_at(site))
+}
+
 #[cold]
 #[inline(never)]
 fn fire(word: u64) -> Option<Corrupt> {

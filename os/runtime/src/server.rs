@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use txipc_chan::{Doorbell, ServerChannel, Status};
+use txipc_chan::{Doorbell, ServerChannel, SlotReply, Status};
 use txipc_core::failpoint::{FailPoint, SITE_AFTER_TAKE, SITE_BEFORE_REPLY, SITE_PUBLISHED};
 use txipc_core::latency;
 use txipc_core::manifest::{Policy, Tracking as ManifestTracking};
@@ -14,7 +14,7 @@ use txipc_core::proto::{
     self, FromServer, FromZygote, ServerConfig, ToServer, ToZygote, ZygoteInit,
 };
 use txipc_heap::{BatchEntry, Heap, RootId, Tracking, Tx};
-use txipc_service::{CallError, Dispatch, DispatchError, Transport};
+use txipc_service::{CallError, Dispatch, DispatchError, ReplyWriter, Transport};
 
 use crate::client::{Channel, ClientError};
 use crate::nested;
@@ -65,12 +65,12 @@ pub trait TxHost {
 /// [`TxHost`] is one.
 pub trait Instance {
     /// Runs one request inside the transaction the runtime opened. `reply` is filled with the
-    /// encoded reply.
+    /// encoded reply (a `Vec<u8>`, or the slot of the request, written straight into).
     fn handle(
         &mut self,
         method: u32,
         request: &[u8],
-        reply: &mut Vec<u8>,
+        reply: &mut dyn ReplyWriter,
     ) -> Result<(), DispatchError>;
     /// The cell the runtime lends the running transaction through.
     fn tx_cell(&mut self) -> &mut TxCell;
@@ -81,11 +81,12 @@ where
     D: Dispatch,
     D::Inner: TxHost,
 {
+    #[inline]
     fn handle(
         &mut self,
         method: u32,
         request: &[u8],
-        reply: &mut Vec<u8>,
+        reply: &mut dyn ReplyWriter,
     ) -> Result<(), DispatchError> {
         self.dispatch(method, request, reply)
     }
@@ -1326,6 +1327,26 @@ impl Loop<'_> {
     fn run_one(&mut self, i: usize) {
         let t = &self.batch[i];
         let chan = &self.chans[t.chan].chan;
+        // The reply is encoded straight into the slot (one copy), unless a fail point is armed
+        // to corrupt it on its way: that one is encoded into `self.reply` and flipped there.
+        if !t.malformed && !crate::failpoint::armed_at(SITE_BEFORE_REPLY) {
+            if let Ok(out) = chan.reply_to(t.slot) {
+                ATTEMPT.with(|a| a.set(t.attempt));
+                let mut out = SlotWriter(out);
+                let status = match self.instance.handle(t.method, &self.bufs[i], &mut out) {
+                    Ok(()) => Status::Ok,
+                    Err(DispatchError::Malformed { .. }) => Status::Malformed,
+                    Err(DispatchError::UnknownMethod { .. }) => Status::UnknownMethod,
+                };
+                if status != Status::Ok {
+                    out.0.clear();
+                }
+                // Too large for the reply area: the handler's effects stand (they are part of
+                // this transaction), the client learns the reply did not fit (`TooLarge`).
+                let _ = out.0.finish(status);
+                return;
+            }
+        }
         let status = if t.malformed {
             self.reply.clear();
             Status::Malformed
@@ -1354,6 +1375,20 @@ impl Loop<'_> {
             // transaction), the client learns the reply did not fit.
             let _ = chan.write_reply(t.slot, Status::TooLarge, &[]);
         }
+    }
+}
+
+/// A reply encoded straight into its request's slot ([`ServerChannel::reply_to`]).
+pub(crate) struct SlotWriter<'a>(SlotReply<'a>);
+
+impl ReplyWriter for SlotWriter<'_> {
+    #[inline]
+    fn reset(&mut self) {
+        self.0.clear();
+    }
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.0.put(bytes);
     }
 }
 

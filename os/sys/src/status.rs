@@ -142,6 +142,12 @@ impl StatusPage {
     pub fn fire_kind(&self, point: u8) -> Option<u8> {
         self.fire(u16::from(point)).map(|w| (w >> 16) as u8)
     }
+    /// Whether the armed fail point is armed at `site` (nothing is disarmed). One relaxed load.
+    #[inline]
+    pub fn armed_at(&self, site: u16) -> bool {
+        let v = self.field(6).load(Ordering::Relaxed);
+        v != 0 && v as u16 == site
+    }
     /// The armed fail point's word if it is armed at `site`, disarming it (incarnation). One
     /// relaxed load when nothing is armed.
     #[inline]
