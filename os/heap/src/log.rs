@@ -74,6 +74,7 @@ pub const MAX_TXID: u64 = (1 << 62) - 1;
 
 impl TxState {
     /// Packs into the header word.
+    #[inline]
     pub fn pack(self) -> u64 {
         match self {
             TxState::Idle => 0,
@@ -198,6 +199,7 @@ impl LogView {
         }
     }
 
+    #[inline]
     pub(crate) fn hdr(&self) -> &LogHeader {
         // SAFETY: the mapping is live (constructor's contract) and the header is all atomics,
         // so shared access from several processes is data-race free.
@@ -247,6 +249,7 @@ impl LogView {
         TxState::unpack(self.hdr().state.load(Ordering::Acquire))
     }
 
+    #[inline]
     pub(crate) fn set_state(&self, s: TxState) {
         // Every write to the heap made before this point is ordered before it: the compiler
         // fence keeps plain heap stores from sinking below the state store.
@@ -463,6 +466,7 @@ impl LogWriter {
     ///
     /// The root (nested transactions) is written while the state still says the previous
     /// transaction ended, so a reader that sees ACTIVE(txid) sees this transaction's root.
+    #[inline]
     pub(crate) fn begin(&mut self, txid: u64, root: Option<RootId>) {
         self.limit = u64::MAX;
         self.used = 0;
@@ -551,6 +555,7 @@ impl LogWriter {
         Ok(())
     }
 
+    #[inline]
     pub(crate) fn add_batch(&mut self, e: BatchEntry) -> Result<(), HeapError> {
         let h = self.view.hdr();
         let n = h.nbatch.load(Ordering::Relaxed) as usize;
@@ -565,6 +570,7 @@ impl LogWriter {
     }
 
     /// Counts one more reply published before the commit (release: before the reply).
+    #[inline]
     pub(crate) fn add_prepared(&self) {
         let h = self.view.hdr();
         let n = h.prepared.load(Ordering::Relaxed);

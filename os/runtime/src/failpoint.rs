@@ -60,6 +60,13 @@ pub fn fail_point(site: u16) -> Option<Corrupt> {
     fire(word)
 }
 
+/// Whether any fail point is armed (without firing it): one relaxed load. A loop that passes
+/// several sites reads it once and skips them all when it is false.
+#[inline]
+pub fn any_armed() -> bool {
+    STATUS.get().is_some_and(|s| s.armed_at_any())
+}
+
 /// Whether a fail point is armed at `site` (without firing it): a site that needs its data in
 /// private memory to corrupt it takes its slower path only then.
 #[inline]

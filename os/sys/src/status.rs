@@ -142,6 +142,11 @@ impl StatusPage {
     pub fn fire_kind(&self, point: u8) -> Option<u8> {
         self.fire(u16::from(point)).map(|w| (w >> 16) as u8)
     }
+    /// Whether a fail point is armed at all (nothing is disarmed). One relaxed load.
+    #[inline]
+    pub fn armed_at_any(&self) -> bool {
+        self.field(6).load(Ordering::Relaxed) != 0
+    }
     /// Whether the armed fail point is armed at `site` (nothing is disarmed). One relaxed load.
     #[inline]
     pub fn armed_at(&self, site: u16) -> bool {
