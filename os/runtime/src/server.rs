@@ -1345,7 +1345,8 @@ impl Loop<'_> {
         let chan = &self.chans[t.chan].chan;
         // The reply is encoded straight into the slot (one copy), unless a fail point is armed
         // to corrupt it on its way: that one is encoded into `self.reply` and flipped there.
-        if !t.malformed && !(armed && crate::failpoint::armed_at(SITE_BEFORE_REPLY)) {
+        let corrupt_reply = armed && crate::failpoint::armed_at(SITE_BEFORE_REPLY);
+        if !t.malformed && !corrupt_reply {
             if let Ok(out) = chan.reply_to(t.slot) {
                 ATTEMPT.with(|a| a.set(t.attempt));
                 let mut out = SlotWriter(out);
