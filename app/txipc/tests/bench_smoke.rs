@@ -136,13 +136,26 @@ fn bench_recovery_json_contract() {
     let p50 = positive(&v, "p50_us");
     let p99 = positive(&v, "p99_us");
     assert!(p50 <= p99);
-    // Every run recovered, exactly once, without a client-visible error (`all`: four kinds).
-    assert_eq!(v["runs"], 20);
+    // Every run recovered, exactly once, without a client-visible error (`all`: four kinds,
+    // 5 runs each). A hang run whose recovery the kernel's stamps cannot place (a second
+    // recovery came before `ps` was read: under load a debug build's call can outlast the
+    // bench's 300 ms deadline and be declared hung too) is counted `unplaced` and left out of
+    // the figures, so the runs measured and those left out make 20, not the runs alone.
+    let unplaced = v["unplaced"].as_u64().expect("unplaced");
+    assert_eq!(v["runs"].as_u64().unwrap() + unplaced, 20, "{v}");
     assert_eq!(v["errors"], 0);
     assert_eq!(v["exactly_once"], true);
     for kind in ["sigkill", "segv", "panic", "hang", "self_detected"] {
         let k = &v[kind];
-        assert!(k["runs"].as_u64().unwrap_or(0) >= 5, "{kind}: {k}");
+        let runs = k["runs"].as_u64().unwrap_or(0);
+        if kind == "hang" {
+            assert_eq!(runs + unplaced, 5, "{kind}: {k}");
+            if runs == 0 {
+                continue;
+            }
+        } else {
+            assert!(runs >= 5, "{kind}: {k}");
+        }
         positive(k, "p50_us");
         positive(k, "p99_us");
     }

@@ -1212,27 +1212,13 @@ fn check_exactly_once(v: &serde_json::Value, min_faults: u64) {
     assert!(v["requests"].as_u64().unwrap() > 1000, "{v}");
 }
 
-/// Storms of `seconds` each (seeds `seed`, `seed + 1`, ...), every one verified exactly-once,
-/// until `min_faults` faults were injected in all, at most `MAX_STORMS` of them. A fault goes
-/// only into a serving server, so how many fit in a storm depends on how fast recovery is on
-/// this machine now (a debug build recovers in tens of ms; 30 s gave 183-300 SIGKILLs at load
-/// average 7-20): the storms go on until the count is reached instead of failing a loaded
-/// machine, and a count still short after `MAX_STORMS` is a failure.
-fn storms_until(base: &[&str], seconds: u64, seed: u64, min_faults: u64) {
-    const MAX_STORMS: u64 = 4;
-    let mut faults = 0;
-    for k in 0..MAX_STORMS {
-        let (secs, seed) = (seconds.to_string(), (seed + k).to_string());
-        let mut args = base.to_vec();
-        args.extend(["--seconds", &secs, "--seed", &seed]);
-        let v = demo(&args);
+/// Storms (`common::storms_until`), each verified exactly-once, until `min_faults` faults.
+fn exactly_once_storms(base: &[&str], seconds: u64, seed: u64, min_faults: u64) {
+    storms_until(base, seconds, seed, min_faults, |args| {
+        let v = demo(args);
         check_exactly_once(&v, 0);
-        faults += v["faults_injected"].as_u64().unwrap();
-        if faults >= min_faults {
-            return;
-        }
-    }
-    panic!("{faults} faults in {MAX_STORMS} storms of {seconds} s, fewer than {min_faults}");
+        v
+    });
 }
 
 /// Hundreds of SIGKILLs at random instants while 8 client processes run counters,
@@ -1240,7 +1226,7 @@ fn storms_until(base: &[&str], seconds: u64, seed: u64, min_faults: u64) {
 #[test]
 fn sigkill_storm_companion() {
     // A 20 ms interval: 16-20 faults a second in a debug build.
-    storms_until(
+    exactly_once_storms(
         &[
             "--clients",
             "8",
@@ -1258,7 +1244,7 @@ fn sigkill_storm_companion() {
 /// Every fail point kind at every point of a call, and SIGKILLs, at random instants.
 #[test]
 fn fail_point_storm_companion() {
-    storms_until(
+    exactly_once_storms(
         &[
             "--clients",
             "8",

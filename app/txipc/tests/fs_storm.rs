@@ -350,14 +350,24 @@ fn storm_under_restart_shows_what_is_lost() {
 /// that hangs would be) while a program waits on the mount makes the watchdog fire within its
 /// bound. It names the blocked program and where it waits, aborts the connection (the
 /// program ends), kills the front end, detaches the mount, and fails the test.
+///
+/// The watchdog under test is armed once the program waits in FUSE: armed before, a loaded
+/// machine could spend its bound stopping the front end and starting `cat`, and its diagnosis
+/// then had no `cat` to name (a failure seen under load). A first watchdog with a generous
+/// bound covers the way there, so even a `cat` that never reaches the mount ends the test
+/// with a diagnosis instead of a hang.
 #[test]
 fn the_watchdog_turns_a_stalled_front_end_into_a_failure() {
     let m = Mounted::new("storm-wd", "txipc");
     std::fs::write(m.path("f"), b"x").unwrap();
     let (sup, worker) = (m.supervisor_pid(), m.worker_pid(None));
-    let wd = Watchdog::arm("a stalled front end", Duration::from_secs(3), &["cat"]);
-    wd.watch_mount(&m.dir);
-    wd.front_end(Some(sup));
+    let arm = |what: &str, bound: Duration| {
+        let wd = Watchdog::arm(what, bound, &["cat"]);
+        wd.watch_mount(&m.dir);
+        wd.front_end(Some(sup));
+        wd
+    };
+    let on_the_way = arm("cat reaching the stalled mount", Duration::from_secs(120));
     for pid in [sup, worker] {
         txipc_sys::process::kill(pid, rustix::process::Signal::STOP).unwrap();
     }
@@ -368,8 +378,23 @@ fn the_watchdog_turns_a_stalled_front_end_into_a_failure() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let waits_in_fuse = || {
+        let read = |f: &str| {
+            common::watchdog::read_bounded(format!("/proc/{}/{f}", cat.id())).unwrap_or_default()
+        };
+        read("comm").trim() == "cat" && {
+            let w = read("wchan");
+            w.contains("fuse") || w.contains("request_wait")
+        }
+    };
+    // Bounded by `on_the_way`: if it fires, the test fails with its diagnosis.
+    while !waits_in_fuse() && on_the_way.fired().is_none() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    on_the_way.finish();
+    let wd = arm("a stalled front end", Duration::from_secs(3));
     let d = wd
-        .wait_fired(Duration::from_secs(60))
+        .wait_fired(Duration::from_secs(120))
         .expect("the watchdog fired");
     let cat_block = d
         .split("\n  pid ")

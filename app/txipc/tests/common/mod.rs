@@ -166,10 +166,51 @@ pub fn demo(args: &[&str]) -> serde_json::Value {
     v
 }
 
-/// Checks a bank storm's report (`txipc demo --workload bank`) under `policy`: state verified,
-/// the total conserved, nothing lost, duplicated, half-applied, uncertain or failed (and under
-/// txipc no prepared sub-transaction left), at least `min_faults` faults with every server hit.
-pub fn check_bank_storm(v: &serde_json::Value, policy: &str, min_faults: u64) {
+/// Storms of `seconds` each (seeds `seed`, `seed + 1`, ...), each run and checked by `storm`
+/// (given `base` plus `--seconds` and `--seed`; it returns the report), until `min_faults`
+/// faults were injected in all, at most [`MAX_STORMS`] of them; returns the reports.
+///
+/// A fault goes only into a serving server, so how many fit in a storm of a given length is
+/// how fast recovery is on this machine at the moment (a debug build recovers in tens of ms,
+/// far slower under load): a fixed-length storm's fault count is in effect a speed check. The
+/// storms go on until the count is reached instead of failing a loaded machine, and a count
+/// still short after [`MAX_STORMS`] is a failure.
+pub fn storms_until(
+    base: &[&str],
+    seconds: u64,
+    seed: u64,
+    min_faults: u64,
+    mut storm: impl FnMut(&[&str]) -> serde_json::Value,
+) -> Vec<serde_json::Value> {
+    let mut reports = Vec::new();
+    let mut faults = 0;
+    for k in 0..MAX_STORMS {
+        let (secs, seed) = (seconds.to_string(), (seed + k).to_string());
+        let mut args = base.to_vec();
+        args.extend(["--seconds", &secs, "--seed", &seed]);
+        let v = storm(&args);
+        faults += v["faults_injected"].as_u64().unwrap_or(0);
+        reports.push(v);
+        if faults >= min_faults {
+            return reports;
+        }
+    }
+    panic!("{faults} faults in {MAX_STORMS} storms of {seconds} s, fewer than {min_faults}");
+}
+
+/// Most storms [`storms_until`] runs.
+pub const MAX_STORMS: u64 = 4;
+
+/// The sum of `key` over `reports` (a field of [`storms_until`]'s reports).
+pub fn total(reports: &[serde_json::Value], key: &str) -> u64 {
+    reports.iter().map(|v| v[key].as_u64().unwrap_or(0)).sum()
+}
+
+/// Checks one bank storm's report (`txipc demo --workload bank`) under `policy` for
+/// everything but its fault count: state verified, the total conserved, nothing lost,
+/// duplicated, half-applied, uncertain or failed (and under txipc no prepared
+/// sub-transaction left), and enough requests.
+pub fn check_bank_report(v: &serde_json::Value, policy: &str) {
     assert_eq!(v["policy"], policy, "{v}");
     assert_eq!(v["state_verified"], true, "{v}");
     assert_eq!(v["total_found"], v["total_expected"], "{v}");
@@ -188,11 +229,35 @@ pub fn check_bank_storm(v: &serde_json::Value, policy: &str, min_faults: u64) {
     for k in zero {
         assert_eq!(v[k], 0, "{k}: {v}");
     }
+    assert!(v["requests"].as_u64().unwrap() > 500, "{v}");
+}
+
+/// Bank storms under `policy` ([`storms_until`], each checked by [`check_bank_report`]) until
+/// `min_faults` faults, with every server hit in all.
+pub fn bank_storms_until(base: &[&str], policy: &str, seconds: u64, seed: u64, min_faults: u64) {
+    let reports = storms_until(base, seconds, seed, min_faults, |args| {
+        let v = demo(args);
+        check_bank_report(&v, policy);
+        v
+    });
+    for s in ["bank", "account-0", "account-1"] {
+        let hits: u64 = reports
+            .iter()
+            .map(|v| v["faults_by_server"][s].as_u64().unwrap_or(0))
+            .sum();
+        assert!(hits > 0, "{s} never hit: {reports:?}");
+    }
+}
+
+/// Checks a bank storm's report (`txipc demo --workload bank`) under `policy`: state verified,
+/// the total conserved, nothing lost, duplicated, half-applied, uncertain or failed (and under
+/// txipc no prepared sub-transaction left), at least `min_faults` faults with every server hit.
+pub fn check_bank_storm(v: &serde_json::Value, policy: &str, min_faults: u64) {
+    check_bank_report(v, policy);
     assert!(v["faults_injected"].as_u64().unwrap() >= min_faults, "{v}");
     for s in ["bank", "account-0", "account-1"] {
         assert!(v["faults_by_server"][s].as_u64().unwrap() > 0, "{s}: {v}");
     }
-    assert!(v["requests"].as_u64().unwrap() > 500, "{v}");
 }
 
 /// Removes the system log a `txipc demo` run keeps for after it (its JSON report names it in

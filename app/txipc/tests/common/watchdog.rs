@@ -240,6 +240,10 @@ pub fn blocked_tasks(mounts: &[PathBuf]) -> String {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
     procs.sort_unstable();
+    // This process's own descendants first: on a busy machine (other suites stopping servers,
+    // other mounts' waiters) the list is cut short, and the test's programs must be in it.
+    let mine = descendants(std::process::id() as i32);
+    procs.sort_by_key(|&p| !mine.contains(&(p as i32)));
     let mut shown = 0;
     for pid in procs {
         if start.elapsed() > Duration::from_secs(30) || shown >= 64 {
