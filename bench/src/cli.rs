@@ -151,6 +151,10 @@ pub enum BenchCmd {
         /// never, the manifest's default).
         #[arg(long, default_value_t = 0)]
         follow_max_lag: u64,
+        /// Policy txipc: the manifest's `takeover`: `on` (the standby, armed as the spare,
+        /// takes over by itself) or `off` (the kernel recovers and activates it).
+        #[arg(long, default_value = "on")]
+        takeover: String,
     },
     /// SVG plots (`kv_throughput.svg`, `recovery.svg`) and markdown tables from saved JSON
     /// reports of `bench kv` and `bench recovery`; without files, every committed plot of
@@ -539,8 +543,13 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
             checkpoint_ms,
             standby,
             follow_max_lag,
+            takeover,
         } => {
             use crate::recovery::Fault;
+            check(
+                takeover == "on" || takeover == "off",
+                "--takeover is `on` or `off`",
+            )?;
             check(
                 standby == "follow" || standby == "warm",
                 "--standby is `follow` or `warm`",
@@ -580,6 +589,7 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                 checkpoint_ms,
                 standby,
                 follow_max_lag,
+                takeover: takeover == "on",
             };
             let r = crate::recovery::run(exe, &cfg, |m| eprintln!("bench recovery: {m}"))?;
             table_text(json, &crate::recovery::table(&r));

@@ -113,6 +113,8 @@ pub struct RecoveryConfig {
     /// Policy companion: the manifest's `follow_max_lag` (0: the replica always replays at
     /// nice 19).
     pub follow_max_lag: u64,
+    /// Policy txipc: the manifest's `takeover` (the spare takes over by itself).
+    pub takeover: bool,
 }
 
 /// Where the time of one recovery went, from the kernel's own stamps of its steps
@@ -163,6 +165,9 @@ pub struct Sample {
     pub answered_in_replay: Option<bool>,
     /// Where the time went (None when the kernel's stamps were not of this recovery).
     pub steps: Option<Steps>,
+    /// The spare recovered the server by itself (its own stamps are the steps: woke,
+    /// settled, serving); `false`: the kernel did.
+    pub by_spare: Option<bool>,
     /// The same instants on the machine's monotonic clock (`CLOCK_MONOTONIC` ns), to place a
     /// sample in a system-wide trace (`perf record -k CLOCK_MONOTONIC`).
     pub at_ns: At,
@@ -200,6 +205,8 @@ pub struct Summary {
     pub old_exit_p50_us: Option<f64>,
     /// Median of each step of the recovery ([`Steps`]), µs.
     pub steps_p50: Option<Steps>,
+    /// The steps of the sample at the 99th percentile (nearest rank): where the tail went.
+    pub p99_sample_steps: Option<Steps>,
 }
 
 /// The whole report.
@@ -246,9 +253,15 @@ fn median_opt(v: impl Iterator<Item = Option<f64>>) -> Option<f64> {
 
 /// Summarises the samples `pick` selects.
 pub fn summarize(samples: &[Sample], pick: impl Fn(&Sample) -> bool) -> Summary {
-    let chosen: Vec<&Sample> = samples.iter().filter(|s| pick(s)).collect();
-    let mut v: Vec<f64> = chosen.iter().map(|s| s.recovery_us).collect();
-    v.sort_by(f64::total_cmp);
+    let mut chosen: Vec<&Sample> = samples.iter().filter(|s| pick(s)).collect();
+    chosen.sort_by(|a, b| a.recovery_us.total_cmp(&b.recovery_us));
+    let v: Vec<f64> = chosen.iter().map(|s| s.recovery_us).collect();
+    let p99_sample_steps = (!chosen.is_empty())
+        .then(|| {
+            let rank = (0.99 * chosen.len() as f64).ceil() as usize;
+            chosen[rank.clamp(1, chosen.len()) - 1].steps
+        })
+        .flatten();
     Summary {
         runs: v.len(),
         p50_us: percentile(&v, 0.5),
@@ -266,6 +279,7 @@ pub fn summarize(samples: &[Sample], pick: impl Fn(&Sample) -> bool) -> Summary 
                 client_us: step(|x| x.client_us)?,
             })
         })(),
+        p99_sample_steps,
     }
 }
 
@@ -287,7 +301,7 @@ fn manifest(cfg: &RecoveryConfig) -> String {
             cfg.checkpoint_every, cfg.checkpoint_ms, cfg.standby, cfg.follow_max_lag
         )
     } else {
-        String::new()
+        format!("takeover = {}\n", cfg.takeover)
     };
     let deadline = if cfg.faults.contains(&Fault::Hang) {
         HANG_DEADLINE_MS
@@ -620,13 +634,19 @@ pub fn run(
                 answered_in_replay: answered_in_replay.filter(|_| cfg.policy == "companion"),
                 steps,
                 at_ns,
+                by_spare: kstamps.map(|k| k.by_spare),
             };
             progress(&format!(
-                "{} run {}/{}: recovered in {:.0} µs (old incarnation gone after {} µs, kernel {} µs{})",
+                "{} run {}/{}: recovered in {:.0} µs{} (old incarnation gone after {} µs, kernel {} µs{})",
                 fault.as_str(),
                 run + 1,
                 cfg.runs,
                 sample.recovery_us,
+                if sample.by_spare == Some(true) {
+                    " by the spare"
+                } else {
+                    ""
+                },
                 sample.old_exit_us.map_or("?".into(), |v| format!("{v:.0}")),
                 sample.kernel_us.map_or("?".into(), |v| format!("{v:.0}")),
                 sample.replayed.map_or(String::new(), |(n, us)| format!(
@@ -694,7 +714,7 @@ pub fn table(r: &RecoveryReport) -> String {
         summarize(&r.samples, |s| s.fault.self_detected()),
     );
     // Where the time went: the kernel's stamps of each step between the fault and the reply.
-    t.push_str("\n| fault | runs with stamps | answered by the replay | detect p50 µs | confirm + settle p50 µs | activate (wake, restore, replay) p50 µs | client p50 µs |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    t.push_str("\n| fault | runs with stamps | answered by the replay | recovered by the spare | detect p50 µs | confirm + settle p50 µs | activate (wake, restore, replay) p50 µs | client p50 µs |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for f in &r.config.faults {
         let of = |s: &&Sample| s.fault == *f;
         let stamped = r
@@ -709,10 +729,28 @@ pub fn table(r: &RecoveryReport) -> String {
             .filter(of)
             .filter(|s| s.answered_in_replay == Some(true))
             .count();
-        if let Some(x) = summarize(&r.samples, |s| s.fault == *f).steps_p50 {
+        let by_spare = r
+            .samples
+            .iter()
+            .filter(of)
+            .filter(|s| s.by_spare == Some(true))
+            .count();
+        let sum = summarize(&r.samples, |s| s.fault == *f);
+        if let Some(x) = sum.steps_p50 {
             t.push_str(&format!(
-                "| {} | {stamped} | {by_replay} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+                "| {} | {stamped} | {by_replay} | {by_spare} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
                 f.as_str(),
+                x.detect_us,
+                x.confirm_us,
+                x.activate_us,
+                x.client_us
+            ));
+        }
+        if let Some(x) = sum.p99_sample_steps {
+            t.push_str(&format!(
+                "| {} p99 sample ({:.0} µs) | | | | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+                f.as_str(),
+                sum.p99_us,
                 x.detect_us,
                 x.confirm_us,
                 x.activate_us,

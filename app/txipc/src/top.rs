@@ -484,6 +484,7 @@ mod tests {
             latency: Histogram { counts },
             faults: 0,
             last_recovery_steps: None,
+            spare_armed: false,
         }
     }
 

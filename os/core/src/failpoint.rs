@@ -175,6 +175,10 @@ pub const SITE_AFTER_TAKE: u16 = 10;
 pub const SITE_BEFORE_REPLY: u16 = 11;
 /// Runtime site: a root batch's replies published, the incarnation not yet idle.
 pub const SITE_PUBLISHED: u16 = 12;
+/// Runtime site, fired only by a spare taking over (ARCHITECTURE.md §6, "The spare"): the
+/// takeover claimed and the heap rolled back, the taken slots not yet settled. Not in
+/// [`RUNTIME_SITES`] (no call passes it).
+pub const SITE_TAKEOVER: u16 = 13;
 
 /// The runtime's sites that every call of every server passes, in the order it passes them
 /// (the nested-transaction points fire only in servers that take part in one).

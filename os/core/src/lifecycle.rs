@@ -98,6 +98,16 @@ pub enum Event {
         /// `false`: the heap cannot be trusted.
         log_usable: bool,
     },
+    /// Answer to [`Command::RollBack`] instead of [`Event::RolledBack`]: the standby `spare`,
+    /// armed to take over from the failing generation, claimed the takeover word before the
+    /// kernel (ARCHITECTURE.md §6, "The spare"): it rolls back, settles and serves itself.
+    /// `serving`: it already said so ([`Event::Serving`] is implied).
+    TakenOver {
+        /// The spare's generation.
+        spare: Gen,
+        /// It already serves.
+        serving: bool,
+    },
     /// Time passed (the kernel's watchdog tick).
     Tick,
     /// The operator asks for a restart now.
@@ -266,6 +276,21 @@ impl Lifecycle {
         self.restart_at.is_some()
     }
 
+    /// The standby that may be armed to take over from the serving generation if it fails
+    /// (ARCHITECTURE.md §6, "The spare"): one serves, one standby is ready, nothing is being
+    /// recovered, and a failure now would be restarted at once (a failure later too: see
+    /// [`RestartGovernor::would_restart_now`]). The kernel adds the conditions it alone knows.
+    pub fn takeover_allowed(&self, now_ms: u64) -> Option<Gen> {
+        (self.phase == Phase::Running
+            && self.serving().is_some()
+            && self.failing.is_none()
+            && self.restart_at.is_none()
+            && self.hold_after.is_none()
+            && self.governor.would_restart_now(now_ms))
+        .then_some(self.standby)
+        .flatten()
+    }
+
     /// Feeds one event at `now_ms`; returns what the kernel must do, in order. The
     /// operator's events ([`Event::OperatorRestart`], [`Event::Release`]) in a phase that does
     /// not allow them return `Err` with that phase and change nothing.
@@ -386,6 +411,33 @@ impl Lifecycle {
                 {
                     self.failing = None;
                     self.decide(decision, log_usable, now_ms, &mut out);
+                }
+            }
+            Event::TakenOver { spare, serving } => {
+                // Only as the answer to `RollBack` (the failing generation is confirmed unable
+                // to run) and only by the standby: then the spare is the active generation, as
+                // if activated now. The restart decision taken at the confirmation was counted
+                // by the governor; the kernel armed the spare only while the governor would
+                // restart at once (`takeover_allowed`).
+                if let Some(Failing {
+                    stage: Stage::RollingBack(_),
+                    ..
+                }) = self.failing
+                    && self.standby == Some(spare)
+                    && !matches!(self.phase, Phase::Held | Phase::Dead)
+                {
+                    self.failing = None;
+                    self.standby = None;
+                    self.hold_after = None;
+                    self.active = Some((spare, Some(now_ms)));
+                    // No `SettleSlots`: the spare settled the slots itself, and the kernel
+                    // must not touch the ones it serves now.
+                    if serving {
+                        return self.handle(Event::Serving(spare), now_ms).map(|mut more| {
+                            out.append(&mut more);
+                            out
+                        });
+                    }
                 }
             }
             Event::Tick => self.tick(now_ms, &mut out),
@@ -742,6 +794,9 @@ mod tests {
         BadLog,
         /// The active generation says it cannot serve.
         Unservable,
+        /// The next rollback's answer is a takeover by the standby, if one is alive (the
+        /// spare claimed the takeover word first), already serving or not.
+        TakeOver(bool),
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -760,6 +815,7 @@ mod tests {
             1 => Just(Step::Release),
             1 => Just(Step::BadLog),
             1 => Just(Step::Unservable),
+            2 => any::<bool>().prop_map(Step::TakeOver),
         ]
     }
 
@@ -796,6 +852,7 @@ mod tests {
             w.perform(c, false);
         }
         let mut bad_log = false;
+        let mut take_over: Option<bool> = None;
         for s in steps {
             match s {
                 Step::Deliver(i) | Step::Lose(i) if !w.owed.is_empty() => {
@@ -814,6 +871,20 @@ mod tests {
                         ev = Event::RolledBack {
                             log_usable: !std::mem::take(&mut bad_log),
                         };
+                        // The spare claimed the takeover before the kernel: it may touch the
+                        // shared state only once every activated generation cannot run.
+                        if let Some(serving) = take_over.take()
+                            && let Some(sp) = l.standby()
+                            && w.procs.get(&sp) == Some(&Proc::Standby)
+                        {
+                            w.assert_alone(sp);
+                            w.procs.insert(sp, Proc::Activated);
+                            w.activated.push(sp);
+                            if !serving {
+                                w.owed.push(Event::Serving(sp));
+                            }
+                            ev = Event::TakenOver { spare: sp, serving };
+                        }
                     }
                     feed(&mut l, &mut w, ev, now, false);
                 }
@@ -861,6 +932,7 @@ mod tests {
                 Step::OperatorRestart => feed(&mut l, &mut w, Event::OperatorRestart, now, false),
                 Step::Release => feed(&mut l, &mut w, Event::Release, now, false),
                 Step::BadLog => bad_log = true,
+                Step::TakeOver(serving) => take_over = Some(serving),
                 Step::Unservable => {
                     if let Some(g) = l.active() {
                         feed(&mut l, &mut w, Event::Unservable(g), now, false);

@@ -17,6 +17,8 @@
 //!                          # and takes the checkpoints (or "warm": the server forks them)
 //! follow_max_lag = 0       # policy companion, follow: past this many records behind the log
 //!                          # the replica replays at its own priority, not nice 19 (0: never)
+//! takeover = true          # policy txipc: the standby takes over by itself when the server
+//!                          # fails, the kernel confirming and accounting in parallel
 //! [server.restart]
 //! min_interval_ms = 0      # at least this long between two restarts
 //! max_restarts = 200       # at most this many restarts ...
@@ -219,8 +221,16 @@ pub struct ServerSpec {
     /// nice 19, however far behind.
     #[serde(default)]
     pub follow_max_lag: u64,
+    /// Policy txipc: the standby is armed as the *spare* of the serving incarnation and takes
+    /// over by itself when it fails (ARCHITECTURE.md §6, "The spare"); `false`: the kernel
+    /// always recovers and activates the standby itself.
+    #[serde(default = "default_takeover")]
+    pub takeover: bool,
 }
 
+fn default_takeover() -> bool {
+    true
+}
 fn default_max_channels() -> u32 {
     1024
 }

@@ -268,6 +268,10 @@ pub struct ServerInfo {
     /// When the kernel saw each step of the last recovery.
     #[serde(default)]
     pub last_recovery_steps: Option<RecoverySteps>,
+    /// The standby is armed as the spare of the serving incarnation: it takes over by itself
+    /// if that one fails (ARCHITECTURE.md §6, "The spare").
+    #[serde(default)]
+    pub spare_armed: bool,
 }
 
 /// When the kernel saw each step of a recovery, in `CLOCK_MONOTONIC` nanoseconds (the clock of
@@ -281,6 +285,10 @@ pub struct RecoverySteps {
     pub activated_ns: u64,
     /// The new incarnation said it serves (after its restore and replay, under companion).
     pub serving_ns: u64,
+    /// The spare recovered the server itself (ARCHITECTURE.md §6, "The spare"): `fault_ns` is
+    /// when it woke, `activated_ns` when it had rolled back and settled, `serving_ns` when it
+    /// served, all its own stamps.
+    pub by_spare: bool,
 }
 
 /// A companion server's checkpoints and log, as the kernel saw them.
@@ -527,6 +535,21 @@ pub enum ToServer {
         /// A checkpoint follows in a `Warm`.
         snapshot: bool,
     },
+    /// To a standby (policy txipc): it is the spare of generation `old_generation`, which
+    /// serves as process `old_pid`; fd `[that process's pidfd]` rides along. Once it sees that
+    /// incarnation dead (the pidfd) or stopped after a crash (the spare's bell rings), it may
+    /// claim the takeover word of the status page and recover and serve as `generation`
+    /// itself (ARCHITECTURE.md §6, "The spare").
+    Arm {
+        /// The standby's own generation.
+        generation: u64,
+        /// The generation it watches.
+        old_generation: u64,
+        /// That generation's process.
+        old_pid: i32,
+        /// The manifest's `retry_limit` (the spare settles as the kernel would).
+        retry_limit: u32,
+    },
 }
 
 /// What a companion incarnation needs to reconstitute its server.
@@ -624,6 +647,39 @@ pub enum FromServer {
     /// rides along. The kernel kills it once the incarnation is gone and its successor serves
     /// (the teardown of the address space, off the recovery path), and at shutdown.
     Keeper,
+    /// The spare took over from the generation it watched (after [`ToServer::Arm`]): it
+    /// rolled the heap back, settled the taken slots, attached the heap and serves. Stands for
+    /// [`FromServer::Active`].
+    TookOver(TakeoverReport),
+}
+
+/// What a spare did when it took over (ARCHITECTURE.md §6, "The spare"): the kernel's
+/// bookkeeping of a recovery it did not run itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TakeoverReport {
+    /// The spare's generation (now serving).
+    pub generation: u64,
+    /// The generation it took over from.
+    pub old_generation: u64,
+    /// The undo log as the rollback found it, in words.
+    pub log: String,
+    /// Undo records undone.
+    pub undone: u64,
+    /// Requests `(channel, slot, seq)` re-posted and charged with this fault.
+    pub charged: Vec<(u32, u32, u64)>,
+    /// Requests re-posted.
+    pub reposted: u64,
+    /// Committed replies published.
+    pub published: u64,
+    /// The spare woke: the watched incarnation's pidfd fired, or its crash bell rang
+    /// (monotonic ns).
+    pub woke_ns: u64,
+    /// The watched incarnation seen dead or stopped and the takeover claimed (monotonic ns).
+    pub claimed_ns: u64,
+    /// Rolled back and settled (monotonic ns).
+    pub settled_ns: u64,
+    /// Heap attached, server started: serving (monotonic ns).
+    pub serving_ns: u64,
 }
 
 /// A message that could not be decoded.

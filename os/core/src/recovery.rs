@@ -204,6 +204,11 @@ impl AttemptBook {
         self.reposts.retain(|&k, _| live(k));
     }
 
+    /// The most times any tracked request was re-posted (0 if none is tracked).
+    pub fn max(&self) -> u32 {
+        self.reposts.values().copied().max().unwrap_or(0)
+    }
+
     /// Requests tracked.
     pub fn len(&self) -> usize {
         self.reposts.len()
@@ -246,6 +251,24 @@ impl RestartGovernor {
             history: VecDeque::new(),
             last: None,
         }
+    }
+
+    /// Whether a failure at `now_ms` would be answered [`RestartDecision::Now`], without
+    /// counting it. Stays true as time passes (the window only forgets, the minimum interval
+    /// only elapses), so a spare armed on it never restarts a server the governor would hold.
+    pub fn would_restart_now(&self, now_ms: u64) -> bool {
+        if self.policy == Policy::None {
+            return false;
+        }
+        let in_window = self
+            .history
+            .iter()
+            .filter(|&&t| now_ms.saturating_sub(t) < self.limits.window_ms)
+            .count();
+        in_window < self.limits.max_restarts as usize
+            && self
+                .last
+                .is_none_or(|l| now_ms >= l + self.limits.min_interval_ms)
     }
 
     /// The server failed at `now_ms`: may it restart, and when? A `Now`/`After` answer is
@@ -452,5 +475,37 @@ mod tests {
         assert_eq!(g.on_failure(101), RestartDecision::Now);
         let mut none = RestartGovernor::new(Policy::None, limits);
         assert_eq!(none.on_failure(0), RestartDecision::Never);
+    }
+
+    #[test]
+    fn would_restart_now_predicts_the_governor_and_stays_true() {
+        let limits = RestartLimits {
+            min_interval_ms: 10,
+            max_restarts: 3,
+            window_ms: 100,
+        };
+        let mut g = RestartGovernor::new(Policy::Txipc, limits);
+        let mut t = 0u64;
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            t += x % 40;
+            let predicted = g.would_restart_now(t);
+            // Once true it stays true while no failure comes.
+            if predicted {
+                assert!((0..200).all(|d| g.would_restart_now(t + d)));
+            }
+            assert_eq!(
+                predicted,
+                g.clone().on_failure(t) == RestartDecision::Now,
+                "at {t}"
+            );
+            if x % 3 == 0 {
+                g.on_failure(t);
+            }
+        }
+        assert!(!RestartGovernor::new(Policy::None, limits).would_restart_now(0));
     }
 }

@@ -164,6 +164,12 @@ impl Kernel {
     pub(crate) fn server_connect(&mut self, i: usize, generation: u64, service: &str, txid: u64) {
         let who = Principal::Server(self.servers[i].spec.name.clone());
         let result = self.open_channel(&who, service, Owner::Server { server: i, txid });
+        // Nested transactions may involve both servers now: no spare of either takes over by
+        // itself (before the caller has the channel, so before any nested call on it).
+        if let Ok((ti, _)) = &result {
+            self.disarm(*ti);
+            self.disarm(i);
+        }
         let s = &self.servers[i];
         let Some(inc) = s.incarnation(generation) else {
             return;

@@ -93,6 +93,15 @@ impl Kernel {
                     return;
                 }
             };
+            // A spare may have answered this client before the kernel heard of the takeover:
+            // take in what its processes already said, so that what it answers (`ps`, ...)
+            // includes that recovery. The request's bytes are copied out first (the handlers
+            // below reuse the buffer).
+            if self.any_takeover_pending() {
+                let req = self.buf[..n].to_vec();
+                self.catch_up_takeovers();
+                self.buf[..n].copy_from_slice(&req);
+            }
             let resp = match proto::decode::<Request>(&self.buf[..n]) {
                 Ok(Request::Connect { version, service }) => {
                     if version != proto::PROTO_VERSION {

@@ -255,6 +255,10 @@ impl Kernel {
                 last_fault: s.last_fault.clone(),
                 last_recovery_at_ms: s.last_recovery_at_ms,
                 last_recovery_steps: s.last_steps,
+                spare_armed: matches!(
+                    s.status.takeover(),
+                    txipc_sys::status::Takeover::Armed(g) if s.life.standby() == Some(g)
+                ),
                 held_reason: s.held_reason.clone(),
                 companion: s.companion.as_ref().map(|c| c.ps_info()),
                 prepared: crate::nested::holds_prepared(s),

@@ -120,6 +120,9 @@ impl Kernel {
                 Ok(FromServer::Active { generation: g }) if g == generation => {
                     self.feed(i, Event::Serving(g));
                 }
+                Ok(FromServer::TookOver(report)) => {
+                    self.on_took_over(i, generation, report);
+                }
                 Ok(FromServer::Keeper) if fds.len() == 1 => {
                     let fd = fds.pop().expect("one fd");
                     if let Some(inc) = self.servers[i].procs.get_mut(&generation) {
@@ -216,6 +219,8 @@ impl Kernel {
             }
         }
         self.feed(i, Event::Died(generation));
+        // A spare armed is disarmed; a rollback waiting for this spare goes on.
+        self.spare_died(i, generation);
     }
 
     /// The zygote of server `i` reaped `pid`, which ended `how`: remembered (the last 16), and

@@ -17,7 +17,7 @@
 //!
 //! Layout, one concern per module: `event_loop` (the loop and its tokens), `boot`,
 //! `server` (the record of one server), `clients`, `control` (operator controls, `ps`), `channels`, `zygotes`, `incarnations`, `lifecycle` (performing the lifecycle's commands),
-//! `watchdog`, `recovery`, `nested` (transactions across servers), `companion` (policy
+//! `watchdog`, `recovery`, `spare` (the standby that takes over by itself), `nested` (transactions across servers), `companion` (policy
 //! companion: the message log, checkpoints, poison accounting), `shutdown`, `errors`.
 #![forbid(unsafe_code)]
 
@@ -35,6 +35,7 @@ mod nested;
 mod recovery;
 mod server;
 mod shutdown;
+mod spare;
 mod watchdog;
 mod zygotes;
 

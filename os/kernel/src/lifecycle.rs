@@ -51,6 +51,10 @@ impl Kernel {
             }
         }
         self.phase_changed(i, before, seen);
+        // A spare that took over now serves: its recovery is accounted for; a ready standby
+        // is armed as the next spare.
+        self.account_takeover(i);
+        self.maybe_arm(i);
         Ok(())
     }
 
@@ -114,7 +118,8 @@ impl Kernel {
             }
             // Answered now, or once a coordinator whose header the rollback needs is confirmed
             // unable to write it (`nested::AwaitCoordinator`).
-            Command::RollBack(g) => self.start_roll_back(i, g),
+            // The spare may have claimed the recovery, or may within a grace (`spare`).
+            Command::RollBack(g) => self.roll_back_or_spare(i, g, true),
             Command::SettleSlots { held } => {
                 // A companion server that refused to serve: every waiting request is failed
                 // `Unavailable` and skipped by replay, before the usual settling (which then
@@ -283,6 +288,11 @@ impl Kernel {
             {
                 self.feed(i, ev);
             }
+            if self.servers[i].awaiting_spare.is_some()
+                && let Some(ev) = self.check_spare(i)
+            {
+                self.feed(i, ev);
+            }
         }
         // Re-arm for what is still waiting (a check above may have armed the fast interval).
         let slow = self
@@ -292,7 +302,8 @@ impl Kernel {
         let fast = self
             .servers
             .iter()
-            .any(|s| s.confirming.is_some() || s.awaiting.is_some_and(|a| !a.faulted));
+            .any(|s| s.confirming.is_some() || s.awaiting.is_some_and(|a| !a.faulted))
+            || self.awaiting_any_spare();
         if fast {
             self.arm_confirm_timer(CONFIRM_INTERVAL_US);
         } else if slow {

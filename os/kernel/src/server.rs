@@ -61,6 +61,10 @@ pub(crate) struct Server {
     pub(crate) awaiting: Option<crate::nested::AwaitCoordinator>,
     /// What the last rollback found, for settling the slots.
     pub(crate) rolled_back: Option<RolledBack>,
+    /// A rollback waiting for the armed spare to claim it (or for its death).
+    pub(crate) awaiting_spare: Option<crate::spare::AwaitSpare>,
+    /// What the spare said it did when it took over, until the lifecycle has it serving.
+    pub(crate) takeover_report: Option<txipc_core::proto::TakeoverReport>,
     /// The next rollback empties the heap (an operator's restart under policy `none`).
     pub(crate) empty_on_rollback: bool,
     pub(crate) channels: BTreeMap<u32, Chan>,
@@ -241,6 +245,8 @@ impl Server {
                 log_unusable: false,
                 hold_message: None,
                 attempts: Default::default(),
+                awaiting_spare: None,
+                takeover_report: None,
                 companion,
             },
             first,

@@ -14,6 +14,10 @@ impl Kernel {
     pub(crate) fn shutdown(&mut self) {
         self.fuse_shutdown();
         let deadline = Instant::now() + Duration::from_secs(3);
+        // No spare takes over from an incarnation that exits because it is told to.
+        for i in 0..self.servers.len() {
+            self.disarm(i);
+        }
         for s in &mut self.servers {
             for inc in [s.active(), s.standby()].into_iter().flatten() {
                 let _ = fdpass::send(&inc.sock, &proto::encode(&ToServer::Shutdown), &[]);

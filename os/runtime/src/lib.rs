@@ -28,6 +28,7 @@ pub mod companion;
 pub mod failpoint;
 pub mod nested;
 mod server;
+mod spare;
 
 pub use companion::{PlainBuiltin, PlainInstance, current_session};
 pub use failpoint::{Corrupt, fail_point};

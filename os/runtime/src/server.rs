@@ -339,6 +339,13 @@ pub fn zygote_main_with(builtins: &[Builtin], plain: &[crate::PlainBuiltin]) -> 
         std::process::exit(72);
     };
     name_process(&init.config, "zygote");
+    // The spare's bell (ARCHITECTURE.md §6, "The spare"): shared by every incarnation forked
+    // from here, rung by a crashing one, polled by an armed spare.
+    let bell = rustix::event::eventfd(
+        0,
+        rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+    )
+    .unwrap_or_else(|e| die(&format!("eventfd: {e}")));
     let _ = fdpass::send(&ctl, &proto::encode(&FromZygote::Ready), &[]);
     let my_pid = process::getpid();
     // A pidfd per live child: the zygote reaps a child as soon as it ends and tells the kernel
@@ -396,6 +403,7 @@ pub fn zygote_main_with(builtins: &[Builtin], plain: &[crate::PlainBuiltin]) -> 
                             doorbell: &doorbell_fd,
                             status: &status_fd,
                             kernel: &kernel_pidfd,
+                            bell: &bell,
                         };
                         match which {
                             Which::Heap(builtin) => {
@@ -476,6 +484,8 @@ struct IncFds<'a> {
     status: &'a OwnedFd,
     /// The kernel's pidfd (what the keeper watches).
     kernel: &'a OwnedFd,
+    /// The spare's bell (an eventfd every incarnation of the server shares).
+    bell: &'a OwnedFd,
 }
 
 fn tracking_for(policy: Policy, tracking: ManifestTracking) -> Tracking {
@@ -489,6 +499,8 @@ fn tracking_for(policy: Policy, tracking: ManifestTracking) -> Tracking {
 pub(crate) struct Chan {
     pub(crate) index: u32,
     pub(crate) chan: ServerChannel,
+    /// The channel's memfd: a spare that takes over maps it as the kernel does, to settle it.
+    pub(crate) fd: OwnedFd,
 }
 
 /// Names this process after its server, system and role (`ps` shows `txipc kv@default g3`,
@@ -514,6 +526,8 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
     if let Err(e) = txipc_sys::crash::install(&ctl) {
         fatal(&ctl, format!("cannot install the crash reporter: {e}"));
     }
+    // Rung after a crash report: the spare armed to take over from this incarnation wakes.
+    let _ = txipc_sys::crash::set_spare_bell(fds.bell);
     if let Some(cpu) = config.cpu {
         let _ = process::pin_to_cpu(cpu);
     }
@@ -544,8 +558,29 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
     let mut buf = vec![0u8; proto::MAX_CONTROL_MSG];
     let ctl = Rc::new(ctl);
     CTL.with(|c| *c.borrow_mut() = Some(ctl.clone()));
-    let (generation, fresh) = match standby(&ctl, &mut chans, &mut buf, &mut |_| None) {
-        Activation::Txipc { generation, fresh } => (generation, fresh),
+    SPARE.with(|sp| {
+        *sp.borrow_mut() = fds
+            .bell
+            .try_clone()
+            .ok()
+            .map(|bell| SpareCtx { status, bell });
+    });
+    let (generation, fresh, took_over) = match standby(&ctl, &mut chans, &mut buf, &mut |_| None)
+    {
+        Activation::Txipc { generation, fresh } => (generation, fresh, None),
+        Activation::Takeover(c) => {
+            // The spare recovers the server itself (crate::spare): from here it is the only
+            // process that may write the shared state.
+            match crate::spare::recover(&c, status, &chans, fds.heap, fds.log) {
+                Ok(report) => (c.generation, false, Some(report)),
+                // The undo log is unusable: die; the kernel finds TAKING(us) dead, recovers
+                // itself and holds the server.
+                Err(e) => {
+                    eprintln!("txipc server: takeover: undo log unusable: {e}");
+                    std::process::exit(75)
+                }
+            }
+        }
         Activation::Companion(..) => fatal(
             &ctl,
             "told to activate as a companion server, but this server keeps its state in the recoverable heap".into(),
@@ -585,11 +620,16 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
         fresh,
     })
     .unwrap_or_else(|e| fatal(&ctl, format!("server start: {e}")));
-    let _ = fdpass::send(
-        &ctl,
-        &proto::encode(&FromServer::Active { generation }),
-        &[],
-    );
+    let said = match took_over {
+        Some(mut report) => {
+            report.serving_ns = txipc_sys::time::monotonic_ns();
+            FromServer::TookOver(report)
+        }
+        None => FromServer::Active { generation },
+    };
+    let _ = fdpass::send(&ctl, &proto::encode(&said), &[]);
+    // A standby armed as the spare ran at the kernel's priority: serve at the server's.
+    crate::spare::serve_as_server();
     let calls = status.calls();
     let mut lp = Loop {
         config,
@@ -619,10 +659,23 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
     lp.run()
 }
 
+/// What a standby may take over with (policy txipc): the status page and the spare's bell.
+pub(crate) struct SpareCtx {
+    status: &'static StatusPage,
+    bell: OwnedFd,
+}
+
+thread_local! {
+    /// Set by a txipc incarnation before its standby phase: it can be armed as a spare.
+    static SPARE: RefCell<Option<SpareCtx>> = const { RefCell::new(None) };
+}
+
 /// How the kernel activated a standby.
 pub(crate) enum Activation {
     /// Attach the heap (`fresh`: format it) and serve.
     Txipc { generation: u64, fresh: bool },
+    /// The spare claimed the takeover (crate::spare): recover, attach the heap and serve.
+    Takeover(crate::spare::Claimed),
     /// Reconstitute from the snapshot (fd, if any) and the log, then serve.
     Companion(proto::CompanionStart, Option<OwnedFd>),
 }
@@ -643,7 +696,38 @@ pub(crate) fn standby(
     let mut pending: Option<OwnedFd> = None;
     // How long to wait for a message before the next idle step (None: until one comes).
     let mut wait: Option<Duration> = None;
+    // Armed as the spare of the serving incarnation (policy txipc only).
+    let mut armed: Option<crate::spare::Armed> = None;
     loop {
+        if let Some(a) = &armed
+            && pending.is_none()
+            && wait.is_none()
+        {
+            let woke = SPARE.with(|sp| {
+                sp.borrow()
+                    .as_ref()
+                    .map(|c| crate::spare::wait(ctl, a, &c.bell))
+            });
+            match woke {
+                Some(crate::spare::Woke::Gone(at)) => {
+                    let claimed = SPARE.with(|sp| {
+                        sp.borrow()
+                            .as_ref()
+                            .and_then(|c| crate::spare::claim(c.status, a, at))
+                    });
+                    match claimed {
+                        Some(c) => return Activation::Takeover(c),
+                        // The kernel disarmed us first: it recovers and will activate us.
+                        None => armed = None,
+                    }
+                    continue;
+                }
+                // Not seen stopped: the kernel decides (it kills what it cannot confirm, and
+                // its death wakes us again).
+                Some(crate::spare::Woke::NotStopped) => continue,
+                Some(crate::spare::Woke::Control) | None => {}
+            }
+        }
         let nonblocking = match (&pending, wait) {
             (Some(_), _) => true,
             (None, None) => false,
@@ -708,6 +792,28 @@ pub(crate) fn standby(
                 });
             }
             Ok(ToServer::Connected(info)) => restore_outgoing(info, fds_in),
+            Ok(ToServer::Arm {
+                generation,
+                old_generation,
+                old_pid,
+                retry_limit,
+            }) => {
+                let have = SPARE.with(|sp| {
+                    sp.borrow()
+                        .as_ref()
+                        .map(|c| crate::spare::armed(&c.bell))
+                        .is_some()
+                });
+                if have && let Some(fd) = fds_in.pop() {
+                    armed = Some(crate::spare::Armed::new(
+                        generation,
+                        old_generation,
+                        old_pid,
+                        retry_limit,
+                        fd,
+                    ));
+                }
+            }
             Ok(ToServer::ConnectRefused { .. })
             | Ok(ToServer::Decided { .. })
             | Ok(ToServer::Undecided { .. }) => {}
@@ -740,7 +846,7 @@ pub(crate) fn add_channels(chans: &mut Vec<Chan>, indices: Vec<u32>, fds: Vec<Ow
         // client will find its calls unanswered only if it broke its own channel.
         if let Ok(chan) = ServerChannel::map(fd.as_fd()) {
             chans.retain(|c| c.index != index);
-            chans.push(Chan { index, chan });
+            chans.push(Chan { index, chan, fd });
         }
     }
 }
@@ -826,6 +932,7 @@ impl Loop<'_> {
                     | ToServer::ActivateCompanion(_)
                     | ToServer::Warm
                     | ToServer::Follow { .. }
+                    | ToServer::Arm { .. }
                     | ToServer::Undecided { .. },
                 ) => {}
                 Ok(ToServer::Decided {

@@ -7,8 +7,8 @@
 //! the address-space teardown of a large heap is then off the recovery path. A process killed
 //! from outside (SIGKILL) cannot report; the kernel learns of it from its pidfd instead.
 //!
-//! Everything the signal handler does is async-signal-safe: two atomic loads, `send(2)` with
-//! `MSG_DONTWAIT`, `kill(2)`, `sigaction(2)`.
+//! Everything the signal handler does is async-signal-safe: atomic loads, `send(2)` with
+//! `MSG_DONTWAIT`, `write(2)` on the spare's bell (an eventfd), `kill(2)`, `sigaction(2)`.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -79,6 +79,33 @@ impl CrashReport {
 }
 
 static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
+/// The spare's bell ([`set_spare_bell`]): an eventfd rung after the report, before the stop.
+static SPARE_BELL: AtomicI32 = AtomicI32::new(-1);
+
+/// Rings the spare's bell, if one is set: the spare armed to take over from this incarnation
+/// wakes and waits for it to be stopped (ARCHITECTURE.md §6, "The spare"). Async-signal-safe.
+fn ring_spare() {
+    let fd = SPARE_BELL.load(Ordering::Acquire);
+    if fd < 0 {
+        return;
+    }
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: `one` is a live 8-byte stack buffer; a write on a stale fd is harmless (EBADF);
+    // write(2) is async-signal-safe.
+    unsafe {
+        libc::write(fd, one.as_ptr().cast(), one.len());
+    }
+}
+
+/// Sets the spare's bell: an eventfd that every incarnation of the server shares (created by
+/// its zygote). After a crash report and before stopping itself, the incarnation adds 1 to it,
+/// so that an armed spare polling it learns of the crash without waiting for the kernel. A
+/// private duplicate is kept for the life of the process (as the report socket's).
+pub fn set_spare_bell(bell: impl std::os::fd::AsFd) -> std::io::Result<()> {
+    let own = rustix::io::fcntl_dupfd_cloexec(&bell, 3)?;
+    SPARE_BELL.store(std::os::fd::IntoRawFd::into_raw_fd(own), Ordering::Release);
+    Ok(())
+}
 
 const FATAL: [i32; 7] = [
     libc::SIGSEGV,
@@ -133,6 +160,7 @@ extern "C" fn on_fatal_signal(
     send_report(CrashReport {
         kind: CrashKind::Signal(sig),
     });
+    ring_spare();
     stop_self();
     // Only reached if someone continues us: die the ordinary way. Restore the default action and
     // return; the faulting instruction faults again (or, for abort/raise, re-raise).
@@ -193,6 +221,8 @@ pub fn install(report: impl std::os::fd::AsFd) -> std::io::Result<()> {
             msg.as_bytes(),
         );
         eprintln!("txipc server panicked: {info}");
+        // After the message: the spare woken by the bell finds this process stopped sooner.
+        ring_spare();
         stop_self();
         std::process::abort();
     }));
@@ -204,6 +234,7 @@ pub fn install(report: impl std::os::fd::AsFd) -> std::io::Result<()> {
 /// a panic exits the child quietly with status 70.
 pub fn disarm() {
     REPORT_FD.store(-1, Ordering::Release);
+    SPARE_BELL.store(-1, Ordering::Release);
     for sig in FATAL {
         // SAFETY: restoring the default disposition of a signal has no preconditions.
         unsafe {
@@ -217,6 +248,7 @@ pub fn disarm() {
 /// Used for panics and failed integrity checks.
 pub fn report_and_stop(kind: CrashKind) -> ! {
     send_report(CrashReport { kind });
+    ring_spare();
     stop_self();
     std::process::abort();
 }

@@ -8,6 +8,7 @@
 //! | `generation` | kernel | generation of the incarnation allowed to run |
 //! | `inject` | kernel (arms, disarms) / incarnation (fires, clears) | an armed fail point: `arg << 32 \| kind << 16 \| site` |
 //! | `latency[i]`, i < [`LATENCY_BUCKETS`] | incarnation | calls timed with a service time in bucket `i` (`txipc_core::latency`), by all incarnations |
+//! | `takeover` | kernel (IDLE → ARMED(s), ARMED(s) → IDLE, TAKING(s) → IDLE) / spare `s` (ARMED(s) → TAKING(s)) | the spare armed to take over from the serving incarnation, or taking over ([`Takeover`]) |
 //!
 //! Fields are atomics at fixed offsets in a memfd page; a torn or garbage value can only make the
 //! watchdog act early or late on the server that wrote it. At any time every field but `inject`
@@ -153,6 +154,36 @@ impl StatusPage {
         let v = self.field(6).load(Ordering::Relaxed);
         v != 0 && v as u16 == site
     }
+    /// The takeover word as it is now ([`Takeover`]).
+    pub fn takeover(&self) -> Takeover {
+        Takeover::from_word(self.field(7).load(Ordering::Acquire))
+    }
+    /// IDLE → ARMED(`spare`) (kernel): spare `spare` may take over from the serving
+    /// incarnation once it sees it dead or stopped. `false` if the word was not IDLE.
+    pub fn arm_takeover(&self, spare: u64) -> bool {
+        self.takeover_cas(Takeover::Idle, Takeover::Armed(spare))
+    }
+    /// ARMED(`spare`) → IDLE (kernel): the kernel recovers itself. `false` if the spare
+    /// claimed the takeover first (or the word held anything else).
+    pub fn disarm_takeover(&self, spare: u64) -> bool {
+        self.takeover_cas(Takeover::Armed(spare), Takeover::Idle)
+    }
+    /// ARMED(`spare`) → TAKING(`spare`) (the spare, once it saw the incarnation it watches
+    /// dead or stopped): from now on the spare recovers and serves. `false` if the kernel
+    /// disarmed it first.
+    pub fn claim_takeover(&self, spare: u64) -> bool {
+        self.takeover_cas(Takeover::Armed(spare), Takeover::Taking(spare))
+    }
+    /// TAKING(`spare`) → IDLE (kernel, once the takeover is accounted for or the spare is
+    /// confirmed gone). `false` if the word held anything else.
+    pub fn end_takeover(&self, spare: u64) -> bool {
+        self.takeover_cas(Takeover::Taking(spare), Takeover::Idle)
+    }
+    fn takeover_cas(&self, from: Takeover, to: Takeover) -> bool {
+        self.field(7)
+            .compare_exchange(from.word(), to.word(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
     /// The armed fail point's word if it is armed at `site`, disarming it (incarnation). One
     /// relaxed load when nothing is armed.
     #[inline]
@@ -164,6 +195,41 @@ impl StatusPage {
         }
         f.compare_exchange(v, 0, Ordering::AcqRel, Ordering::Relaxed)
             .ok()
+    }
+}
+
+/// The takeover word of the status page: who recovers the server if its serving incarnation
+/// fails (ARCHITECTURE.md §6, "The spare").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takeover {
+    /// Nobody but the kernel.
+    Idle,
+    /// The spare of this generation may claim the recovery.
+    Armed(u64),
+    /// The spare of this generation claimed it: it rolls back, settles and serves.
+    Taking(u64),
+}
+
+const TAKEOVER_ARMED: u64 = 1 << 62;
+const TAKEOVER_TAKING: u64 = 2 << 62;
+const TAKEOVER_GEN: u64 = (1 << 62) - 1;
+
+impl Takeover {
+    fn word(self) -> u64 {
+        match self {
+            Takeover::Idle => 0,
+            Takeover::Armed(g) => TAKEOVER_ARMED | (g & TAKEOVER_GEN),
+            Takeover::Taking(g) => TAKEOVER_TAKING | (g & TAKEOVER_GEN),
+        }
+    }
+    /// Decodes a word; a garbage tag reads as [`Takeover::Idle`] (the kernel then recovers
+    /// itself, the safe side).
+    fn from_word(w: u64) -> Takeover {
+        match w & !TAKEOVER_GEN {
+            TAKEOVER_ARMED => Takeover::Armed(w & TAKEOVER_GEN),
+            TAKEOVER_TAKING => Takeover::Taking(w & TAKEOVER_GEN),
+            _ => Takeover::Idle,
+        }
     }
 }
 
@@ -203,6 +269,32 @@ mod tests {
         assert_eq!(s.fire(3), None);
         assert_eq!(k.swap_fail_word(7 << 32 | 6 << 16 | 40), 0, "it fired");
         assert_eq!(k.swap_fail_word(0), 7 << 32 | 6 << 16 | 40, "still armed");
+    }
+
+    #[test]
+    fn a_takeover_is_claimed_by_the_spare_or_disarmed_by_the_kernel_never_both() {
+        let fd = StatusPage::create("t").unwrap();
+        let k = StatusPage::map(&fd).unwrap();
+        let s = StatusPage::map(&fd).unwrap();
+        assert_eq!(s.takeover(), Takeover::Idle);
+        assert!(!s.claim_takeover(5), "nothing armed");
+        assert!(k.arm_takeover(5));
+        assert!(!k.arm_takeover(6), "one spare at a time");
+        assert!(!s.claim_takeover(6), "armed for another spare");
+        assert!(s.claim_takeover(5));
+        assert!(
+            !k.disarm_takeover(5),
+            "claimed first: the kernel cannot take it back"
+        );
+        assert_eq!(k.takeover(), Takeover::Taking(5));
+        assert!(k.end_takeover(5));
+        assert!(k.arm_takeover(7));
+        assert!(k.disarm_takeover(7));
+        assert!(
+            !s.claim_takeover(7),
+            "disarmed first: the spare cannot claim"
+        );
+        assert_eq!(s.takeover(), Takeover::Idle);
     }
 
     #[test]

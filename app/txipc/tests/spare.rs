@@ -1,0 +1,214 @@
+//! The spare (ARCHITECTURE.md §6, "The spare"): the standby armed to take over from the
+//! serving incarnation recovers every fault kind by itself, exactly once, and each of its own
+//! crash points — killed while parked, dying, crashing or hanging while taking over — is
+//! recovered by the kernel as before. Real processes, real faults.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use probe_server::{Fault, FaultyClient};
+use txipc_core::failpoint::{FailKind, FailSpec, SITE_TAKEOVER};
+use txipc_core::proto::ServerInfo;
+use txipc_runtime::client::System;
+
+fn info(conn: &System) -> ServerInfo {
+    conn.ps().unwrap().remove(0)
+}
+
+/// Waits until the standby is armed as the spare of a serving incarnation.
+fn wait_armed(conn: &System) -> ServerInfo {
+    let mut last = None;
+    wait_until(
+        "the standby armed as the spare",
+        Duration::from_secs(30),
+        || {
+            let i = info(conn);
+            let ok = i.state == "running" && i.spare_armed && i.standby_pid > 0;
+            last = Some(i);
+            ok
+        },
+    );
+    last.unwrap()
+}
+
+/// Waits until the kernel has accounted for `restarts` recoveries and serves again; returns
+/// who recovered the last one (`true`: the spare).
+fn recovered(conn: &System, restarts: u64) -> bool {
+    let mut by_spare = false;
+    wait_until(
+        "the recovery accounted for",
+        Duration::from_secs(30),
+        || {
+            let i = info(conn);
+            by_spare = i.last_recovery_steps.is_some_and(|s| s.by_spare);
+            i.restarts >= restarts && i.state == "running"
+        },
+    );
+    by_spare
+}
+
+fn system(tag: &str, extra: &str) -> txipc_runtime::client::SystemProcess {
+    boot(
+        tag,
+        &(server(
+            "f",
+            "faulty",
+            "txipc",
+            &format!("retry_limit = 3\ndeadline_ms = 300\n{extra}"),
+        ) + &grant("*", "f")),
+    )
+}
+
+fn arm_takeover_fault(conn: &System, kind: FailKind) {
+    conn.fail_point(
+        "f",
+        Some(FailSpec {
+            kind,
+            site: SITE_TAKEOVER,
+            arg: 0,
+        }),
+    )
+    .unwrap();
+}
+
+/// Every fault kind of the serving incarnation — a crash that stops it (panic, SIGSEGV,
+/// abort), a death it cannot report (exit, SIGKILL from outside), a hang the kernel kills —
+/// is recovered by the spare itself (the kernel's stamps say so), and each update is applied
+/// exactly once. With `takeover = false` the kernel recovers.
+#[test]
+fn every_fault_kind_is_taken_over_by_the_spare_exactly_once() {
+    let sys = system("spare-kinds", "");
+    let conn = sys.connect().unwrap();
+    let f = FaultyClient::new(open(&conn, "f"));
+    let kinds = [
+        Fault::Panic,
+        Fault::Segv,
+        Fault::Abort,
+        Fault::Exit,
+        Fault::Hang,
+    ];
+    for (i, kind) in kinds.into_iter().enumerate() {
+        wait_armed(&conn);
+        assert_eq!(f.add(i as u32, 5, kind, 1).unwrap(), 5, "{kind:?}");
+        assert!(
+            recovered(&conn, i as u64 + 1),
+            "{kind:?}: not recovered by the spare: {:?}",
+            info(&conn)
+        );
+        assert_eq!(f.get(i as u32).unwrap(), 5, "{kind:?}");
+    }
+    // SIGKILL from outside, while a request waits.
+    let armed = wait_armed(&conn);
+    txipc_sys::process::kill(armed.pid, rustix::process::Signal::KILL).unwrap();
+    assert_eq!(f.add(9, 2, Fault::None, 0).unwrap(), 2);
+    assert!(recovered(&conn, 6), "SIGKILL: {:?}", info(&conn));
+    let i = info(&conn);
+    assert_eq!(i.retried_requests, 5, "{i:?}");
+    assert_eq!(i.aborted_requests, 0);
+    assert_eq!(f.sum().unwrap(), 5 * 5 + 2);
+    drop((f, conn));
+    sys.shutdown().unwrap();
+
+    let sys = system("spare-off", "takeover = false");
+    let conn = sys.connect().unwrap();
+    let f = FaultyClient::new(open(&conn, "f"));
+    wait_until("a standby", Duration::from_secs(30), || {
+        info(&conn).standby_pid > 0
+    });
+    assert!(!info(&conn).spare_armed);
+    assert_eq!(f.add(0, 5, Fault::Segv, 1).unwrap(), 5);
+    assert!(
+        !recovered(&conn, 1),
+        "takeover = false: the kernel recovers"
+    );
+    drop((f, conn));
+    sys.shutdown().unwrap();
+}
+
+/// A poison request under takeovers: the spare re-posts it while it is below the retry
+/// limit, the kernel counts each fault, stops arming the spare at the limit and fails it
+/// `Aborted` itself; it leaves no trace.
+#[test]
+fn a_poison_request_is_still_aborted_after_takeovers() {
+    let sys = system("spare-poison", "");
+    let conn = sys.connect().unwrap();
+    let f = FaultyClient::new(open(&conn, "f"));
+    wait_armed(&conn);
+    match f.add(0, 100, Fault::Segv, u32::MAX) {
+        Err(txipc_service::Error::Call(txipc_service::CallError::Aborted { attempts })) => {
+            assert_eq!(attempts, 4)
+        }
+        other => panic!("expected Aborted, got {other:?}"),
+    }
+    assert_eq!(f.get(0).unwrap(), 0);
+    recovered(&conn, 4);
+    let i = info(&conn);
+    assert_eq!((i.aborted_requests, i.restarts), (1, 4), "{i:?}");
+    drop((f, conn));
+    sys.shutdown().unwrap();
+}
+
+/// Crash point "spare killed while parked": the spare and the serving incarnation are
+/// SIGKILLed together. The kernel disarms the dead spare (or finds it dead at the rollback,
+/// or waits out its grace) and recovers with a new standby; nothing is lost and nothing
+/// waits for the dead spare.
+#[test]
+fn a_spare_killed_while_parked_leaves_the_recovery_to_the_kernel() {
+    let sys = system("spare-parked", "");
+    let conn = sys.connect().unwrap();
+    let f = FaultyClient::new(open(&conn, "f"));
+    assert_eq!(f.add(1, 3, Fault::None, 0).unwrap(), 3);
+    for round in 1..=2u64 {
+        let armed = wait_armed(&conn);
+        txipc_sys::process::kill(armed.standby_pid, rustix::process::Signal::KILL).unwrap();
+        txipc_sys::process::kill(armed.pid, rustix::process::Signal::KILL).unwrap();
+        assert_eq!(f.add(1, 3, Fault::None, 0).unwrap(), 3 + 3 * round as i64);
+        recovered(&conn, round);
+        let i = info(&conn);
+        assert!(
+            i.pid != armed.standby_pid && i.pid != armed.pid && alive(i.pid),
+            "the dead spare cannot serve: {i:?}"
+        );
+    }
+    assert_eq!(f.get(1).unwrap(), 9);
+    drop((f, conn));
+    sys.shutdown().unwrap();
+}
+
+/// Crash points "spare dies while taking over" (exit: a death it does not report, as a
+/// SIGKILL), "double fault" (it crashes, stopping itself) and "hang during takeover" (the
+/// kernel's activation timeout): each time after it claimed the takeover and rolled the heap
+/// back, before it settled the taken request. The kernel recovers (again: the rollback is
+/// idempotent), the request runs exactly once, and the server serves.
+#[test]
+fn a_spare_that_fails_while_taking_over_is_recovered_by_the_kernel() {
+    let sys = system("spare-fails", "");
+    let conn = sys.connect().unwrap();
+    let f = FaultyClient::new(open(&conn, "f"));
+    for (k, kind) in [FailKind::Exit, FailKind::Segv, FailKind::Hang]
+        .into_iter()
+        .enumerate()
+    {
+        let before = info(&conn).restarts;
+        wait_armed(&conn);
+        arm_takeover_fault(&conn, kind);
+        // The serving incarnation crashes after its update; the spare takes over and fails.
+        assert_eq!(f.add(k as u32, 7, Fault::Segv, 1).unwrap(), 7, "{kind:?}");
+        assert_eq!(
+            conn.fail_point("f", None).unwrap(),
+            None,
+            "{kind:?}: the spare's fail point fired"
+        );
+        assert!(
+            !recovered(&conn, before + 1),
+            "{kind:?}: the last recovery was the kernel's"
+        );
+        assert_eq!(f.get(k as u32).unwrap(), 7, "{kind:?}");
+    }
+    assert_eq!(f.sum().unwrap(), 21);
+    assert_eq!(info(&conn).aborted_requests, 0);
+    drop((f, conn));
+    sys.shutdown().unwrap();
+}

@@ -1,0 +1,272 @@
+//! The spare: a standby armed by the kernel to take over from the serving incarnation
+//! (policy txipc; ARCHITECTURE.md §6, "The spare").
+//!
+//! The kernel arms a ready standby (`ToServer::Arm`, with the serving incarnation's pidfd)
+//! after setting the status page's takeover word to ARMED(spare). The spare then sleeps in
+//! `poll` on its control socket, that pidfd and the server's *spare bell* (an eventfd shared
+//! by every incarnation of the server, rung by the crash reporter after its report and before
+//! it stops itself). When the pidfd fires (the incarnation is dead: SIGKILL, exit, the
+//! kernel's kill of a hang) or the bell rings and `/proc/PID/stat` shows it stopped, no
+//! process can write the shared state any more; the spare claims the takeover
+//! (ARMED(spare) → TAKING(spare), a compare-and-swap the kernel's disarm races against) and
+//! recovers the server itself — rollback, settling of the taken slots, generation words —,
+//! attaches the heap and serves, then tells the kernel what it did (`FromServer::TookOver`).
+//! The kernel stays the authority: it arms only when its own recovery would re-post every
+//! taken request and restart at once (`Lifecycle::takeover_allowed`), it disarms whenever it
+//! wants to recover itself, and it recovers a spare that fails as any other incarnation.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use txipc_chan::{KernelChannel, SlotState};
+use txipc_core::manifest::Policy;
+use txipc_core::proto::TakeoverReport;
+use txipc_core::recovery::{LogState, SlotAction, TakenSlot, decide_slot, fault_counts};
+use txipc_sys::{process, status::StatusPage};
+
+use crate::server::Chan;
+
+/// Checks of a stop after the bell rang before the spare gives up and leaves the recovery to
+/// the kernel, with [`STOP_RECHECK`] between them (about 4 ms).
+const STOP_TRIES: u32 = 200;
+/// Time between two checks of the stop (the spare sleeps on the pidfd meanwhile, so a death
+/// is seen at once).
+const STOP_RECHECK: Duration = Duration::from_micros(20);
+
+/// What the kernel armed this standby for.
+pub(crate) struct Armed {
+    /// The standby's own generation.
+    pub(crate) generation: u64,
+    /// The generation it watches.
+    pub(crate) old_generation: u64,
+    pub(crate) retry_limit: u32,
+    old_pid: i32,
+    pidfd: OwnedFd,
+}
+
+impl Armed {
+    pub(crate) fn new(
+        generation: u64,
+        old_generation: u64,
+        old_pid: i32,
+        retry_limit: u32,
+        pidfd: OwnedFd,
+    ) -> Self {
+        Armed {
+            generation,
+            old_generation,
+            retry_limit,
+            old_pid,
+            pidfd,
+        }
+    }
+}
+
+/// Why the spare woke.
+pub(crate) enum Woke {
+    /// A control message waits.
+    Control,
+    /// The watched incarnation cannot run any more (dead, or stopped after its crash
+    /// report), seen at this instant (monotonic ns).
+    Gone(u64),
+    /// The bell rang but the incarnation was not seen stopped: the kernel decides.
+    NotStopped,
+}
+
+/// Prepares a standby just armed: timers as exact as the kernel allows (a re-check of a stop
+/// sleeps [`STOP_RECHECK`], not that plus the default 50 µs slack), and the bell emptied.
+pub(crate) fn armed(bell: &OwnedFd) {
+    let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1));
+    drain(bell);
+}
+
+/// Empties the bell (rings of earlier crashes, not of the incarnation now watched).
+pub(crate) fn drain(bell: &OwnedFd) {
+    let mut b = [0u8; 8];
+    while rustix::io::read(bell, &mut b).is_ok() {}
+}
+
+/// Sleeps until a control message, the watched incarnation's death or the bell.
+pub(crate) fn wait(ctl: &OwnedFd, armed: &Armed, bell: &OwnedFd) -> Woke {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let mut fds = [
+        PollFd::new(ctl, PollFlags::IN),
+        PollFd::new(&armed.pidfd, PollFlags::IN),
+        PollFd::new(bell, PollFlags::IN),
+    ];
+    if poll(&mut fds, None).is_err() {
+        return Woke::Control;
+    }
+    let woke = txipc_sys::time::monotonic_ns();
+    let (ctl_in, dead, rung) = (
+        !fds[0].revents().is_empty(),
+        !fds[1].revents().is_empty(),
+        !fds[2].revents().is_empty(),
+    );
+    // A message first: a Shutdown or an Activate (the kernel disarmed) is the kernel's word.
+    if ctl_in {
+        return Woke::Control;
+    }
+    if dead {
+        return Woke::Gone(woke);
+    }
+    if rung {
+        drain(bell);
+        return confirm_stop(armed, woke);
+    }
+    Woke::Control
+}
+
+/// The bell rang: the crash reporter stops itself right after ringing. Seen stopped (or dead)
+/// → gone; else re-checked every [`STOP_RECHECK`], sleeping on the pidfd, [`STOP_TRIES`]
+/// times.
+fn confirm_stop(armed: &Armed, woke: u64) -> Woke {
+    use rustix::event::{PollFd, PollFlags, poll};
+    // The bell rings just before the crashed process stops itself, and on the server's CPU the
+    // spare woken by it may have preempted it: let it run to its stop first.
+    rustix::thread::sched_yield();
+    for _ in 0..STOP_TRIES {
+        match process::state(armed.old_pid) {
+            Some('T') | Some('t') | Some('Z') | Some('X') => return Woke::Gone(woke),
+            // Gone from /proc: reaped, so dead (its pidfd says so; checked below).
+            None => {}
+            _ => {}
+        }
+        let ts = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: STOP_RECHECK.as_nanos() as _,
+        };
+        let mut fds = [PollFd::new(&armed.pidfd, PollFlags::IN)];
+        if matches!(poll(&mut fds, Some(&ts)), Ok(n) if n > 0) {
+            return Woke::Gone(woke);
+        }
+    }
+    Woke::NotStopped
+}
+
+/// What the spare claimed: it owns the recovery from now on.
+pub(crate) struct Claimed {
+    pub(crate) generation: u64,
+    pub(crate) retry_limit: u32,
+    pub(crate) old_generation: u64,
+    pub(crate) woke_ns: u64,
+    pub(crate) claimed_ns: u64,
+}
+
+/// ARMED(spare) → TAKING(spare); `None` if the kernel disarmed first.
+pub(crate) fn claim(status: &StatusPage, armed: &Armed, woke_ns: u64) -> Option<Claimed> {
+    status.claim_takeover(armed.generation).then(|| Claimed {
+        generation: armed.generation,
+        retry_limit: armed.retry_limit,
+        old_generation: armed.old_generation,
+        woke_ns,
+        claimed_ns: txipc_sys::time::monotonic_ns(),
+    })
+}
+
+/// The recovery the kernel would have run (ARCHITECTURE.md §6, "Sequence" steps 4–6), by the
+/// spare that claimed it: generation words, rollback, settling of every TAKEN slot, a wake of
+/// every sleeping client. Every request taken and not in the committed batch is re-posted:
+/// the kernel armed the spare only while none had reached the retry limit, which is when its
+/// own `decide_slot` re-posts them all. `Err`: the undo log is unusable (the caller exits; the
+/// kernel then recovers and holds the server).
+/// The spare's takeover is done: back to its server's priority (the kernel raised it to its
+/// own when it armed it) and the default timer slack, before it serves. Lowering one's own
+/// priority needs no privilege.
+pub(crate) fn serve_as_server() {
+    if let Some(nice) = std::env::var("TXIPC_SERVER_NICE")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    {
+        let _ = rustix::process::setpriority_process(None, nice);
+    }
+    let _ = rustix::thread::set_current_timer_slack(None);
+}
+
+pub(crate) fn recover(
+    c: &Claimed,
+    status: &StatusPage,
+    chans: &[Chan],
+    heap_fd: &OwnedFd,
+    log_fd: &OwnedFd,
+) -> Result<TakeoverReport, String> {
+    let retry_limit = c.retry_limit;
+    status.set_generation(c.generation);
+    let kernel: Vec<(u32, KernelChannel)> = chans
+        .iter()
+        .filter_map(|ch| Some((ch.index, KernelChannel::map(ch.fd.as_fd()).ok()?)))
+        .collect();
+    for (_, k) in &kernel {
+        k.set_generation(c.generation);
+    }
+    let r = txipc_heap::recover(heap_fd.as_fd(), log_fd.as_fd()).map_err(|e| e.to_string())?;
+    let log_state = match r.prior {
+        txipc_heap::TxState::Idle => LogState::Idle,
+        txipc_heap::TxState::Active(t) => LogState::Active(t),
+        txipc_heap::TxState::Committed(t) => LogState::Committed(t),
+        txipc_heap::TxState::Aborted(t) => LogState::Aborted(t),
+    };
+    // A fault here is a fault during the takeover (tests): rolled back, nothing settled.
+    let _ = crate::failpoint::fail_point(txipc_core::failpoint::SITE_TAKEOVER);
+    let committed = matches!(log_state, LogState::Committed(_));
+    let names = |list: &[txipc_heap::BatchEntry], ci: u32, slot: usize, seq: u64| {
+        list.iter()
+            .any(|b| b.chan == ci && b.slot as usize == slot && b.seq == seq)
+    };
+    let mut report = TakeoverReport {
+        generation: c.generation,
+        old_generation: c.old_generation,
+        log: log_state.to_string(),
+        undone: r.undone.records,
+        woke_ns: c.woke_ns,
+        claimed_ns: c.claimed_ns,
+        ..Default::default()
+    };
+    for (ci, k) in &kernel {
+        // Crash point "after REPLIED, before the wake" (as the kernel's settling).
+        k.wake_waiters();
+        for snap in k.slots() {
+            if snap.state != SlotState::Taken {
+                continue;
+            }
+            let in_batch = committed && names(&r.batch, *ci, snap.slot, snap.seq);
+            let named =
+                (!r.running.is_empty()).then(|| names(&r.running, *ci, snap.slot, snap.seq));
+            // No nested transactions here (the kernel arms no server that calls or is called
+            // by another server), so the incarnation was never waiting in a call.
+            let charged = fault_counts(log_state, named, false);
+            let action = decide_slot(
+                Policy::Txipc,
+                retry_limit,
+                false,
+                TakenSlot {
+                    in_committed_batch: in_batch,
+                    attempt: 0,
+                    charged,
+                },
+            );
+            match action {
+                SlotAction::PublishWritten => {
+                    if k.publish_written(snap.slot, snap.seq) {
+                        report.published += 1;
+                    }
+                }
+                SlotAction::Repost => {
+                    if k.repost(snap.slot, snap.seq) {
+                        report.reposted += 1;
+                        if charged {
+                            report.charged.push((*ci, snap.slot as u32, snap.seq));
+                        }
+                    }
+                }
+                // Not reached with attempt 0 and a retry limit above 0; a limit of 0 fails the
+                // request as the kernel would.
+                SlotAction::Fail(_) => {
+                    let _ = k.fail(snap.slot, snap.seq, txipc_chan::Status::Aborted);
+                }
+            }
+        }
+    }
+    report.settled_ns = txipc_sys::time::monotonic_ns();
+    Ok(report)
+}
