@@ -353,16 +353,6 @@ fn a_companion_incarnation_has_a_keeper_and_none_is_left_behind() {
     sys.shutdown().unwrap();
 }
 
-/// Resumes a stopped process when dropped (a test that stops the kernel must not leave it
-/// stopped when it fails: the system could not shut down).
-struct Resume(i32);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        let _ = txipc_sys::process::kill(self.0, rustix::process::Signal::CONT);
-    }
-}
-
 /// The keeper of a SIGKILLed companion incarnation outlives it (`Until::Killed`): its
 /// teardown of the dead incarnation's state, replica and log mapping is left to the kernel,
 /// which kills it at a watchdog tick once the successor serves — not run during the
@@ -391,7 +381,7 @@ fn a_dead_companion_incarnations_keeper_outlives_it_until_the_kernel_kills_it() 
     let before = info(&conn).generation;
     {
         txipc_sys::process::kill(kernel, rustix::process::Signal::STOP).unwrap();
-        let _resume = Resume(kernel);
+        let _resume = ContinueOnDrop(kernel);
         txipc_sys::process::kill(server, rustix::process::Signal::KILL).unwrap();
         wait_until("the incarnation dead", Duration::from_secs(10), || {
             !alive(server)
@@ -594,6 +584,54 @@ fn an_activation_takes_the_replica_over_mid_replay_and_the_lag_is_reported() {
         );
     }
     assert_eq!(kv.stats().unwrap().keys, u64::from(N) + 10);
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
+/// The kernel gives an activated companion standby its servers' priority at once: a replica
+/// caught in a replay step at nice 19 (where a busy machine gives it ~1.5% of a CPU) would
+/// otherwise reach the record boundary at which it sees the activation, and replay the rest,
+/// that slowly. Checked without a clock: the standby is stopped at nice 19, so only the
+/// kernel can change its priority.
+#[test]
+fn an_activated_standby_gets_its_servers_priority_from_the_kernel_at_once() {
+    use rustix::process::Signal;
+    let sys = companion_system("activate-nice", "kv-plain", "checkpoint_ms = 0");
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    for i in 0..10u32 {
+        kv.put(format!("k{i}"), "x").unwrap();
+    }
+    wait_following(&conn, 9);
+    let standby = standby_pid(&conn);
+    let server = server_pid(&conn, "kv");
+    let server_nice = nice_of(server);
+    // As in a replay step at nice 19 (the replica lowers itself so), and stopped there.
+    rustix::process::setpriority_process(rustix::process::Pid::from_raw(standby), 19).unwrap();
+    txipc_sys::process::kill(standby, Signal::STOP).unwrap();
+    let _resume = ContinueOnDrop(standby);
+    assert_eq!(nice_of(standby), 19);
+    let g = info(&conn).generation;
+    txipc_sys::process::kill(server, Signal::KILL).unwrap();
+    wait_until(
+        "the stopped standby reniced by the kernel's activation",
+        Duration::from_secs(20),
+        || match std::fs::read_to_string(format!("/proc/{standby}/stat")) {
+            Ok(_) if alive(standby) => nice_of(standby) == server_nice,
+            _ => panic!(
+                "the stopped standby was killed (its activation timed out) and was never reniced by the kernel"
+            ),
+        },
+    );
+    txipc_sys::process::kill(standby, Signal::CONT).unwrap();
+    wait_until("the next incarnation", Duration::from_secs(20), || {
+        let i = info(&conn);
+        i.generation > g && i.state == "running"
+    });
+    assert_eq!(server_pid(&conn, "kv"), standby, "the standby serves");
+    for i in 0..10u32 {
+        assert_eq!(kv.get(format!("k{i}")).unwrap(), Some("x".into()));
+    }
     drop((kv, conn));
     sys.shutdown().unwrap();
 }

@@ -197,9 +197,20 @@ impl Kernel {
 
     /// Lets standby `g` serve.
     fn activate(&mut self, i: usize, g: Gen) -> Option<Event> {
+        let server_nice = self.server_nice;
         let s = &mut self.servers[i];
         s.steps.activated_ns = txipc_sys::time::monotonic_ns();
         let inc = s.procs.get(&g)?;
+        if s.companion.is_some()
+            && let Some(pid) = rustix::process::Pid::from_raw(inc.pid)
+        {
+            // A following standby may be in the middle of a replay step at nice 19, where a
+            // busy machine gives it ~1.5% of a CPU: it would reach the record boundary at
+            // which it sees this activation (and the activation's own replay) only as slowly.
+            // It gets its servers' priority back now, not when it has seen the activation.
+            // (Without the privilege to raise a priority this fails, harmlessly.)
+            let _ = rustix::process::setpriority_process(Some(pid), server_nice);
+        }
         s.status.set_generation(g);
         for c in s.channels.values() {
             c.k.set_generation(g);
