@@ -1240,21 +1240,22 @@ fn demo(args: &[&str]) -> serde_json::Value {
     v
 }
 
-fn check_exactly_once(v: &serde_json::Value, min_faults: u64) {
+/// One storm's report, checked for everything but its counts (a speed: `storms_until` counts
+/// them across its storms).
+fn check_exactly_once(v: &serde_json::Value) {
     assert_eq!(v["state_verified"], true, "{v}");
     assert_eq!(v["lost_updates"], 0, "{v}");
     assert_eq!(v["duplicated_updates"], 0, "{v}");
     assert_eq!(v["divergent_keys"], 0, "{v}");
     assert_eq!(v["failed_requests"], 0, "{v}");
-    assert!(v["faults_injected"].as_u64().unwrap() >= min_faults, "{v}");
-    assert!(v["requests"].as_u64().unwrap() > 1000, "{v}");
 }
 
-/// Storms (`common::storms_until`), each verified exactly-once, until `min_faults` faults.
+/// Storms (`common::storms_until`), each verified exactly-once, until `min_faults` faults and
+/// 1,000 requests in all.
 fn exactly_once_storms(base: &[&str], seconds: u64, seed: u64, min_faults: u64) {
-    storms_until(base, seconds, seed, min_faults, |args| {
+    storms_until(base, seconds, seed, (min_faults, 1000), |args| {
         let v = demo(args);
-        check_exactly_once(&v, 0);
+        check_exactly_once(&v);
         v
     });
 }
