@@ -69,7 +69,9 @@ fn state_survives_from_the_checkpoint_and_the_replayed_log() {
     for i in 0..120u32 {
         kv.put(format!("k{i}"), format!("v{i}")).unwrap();
     }
-    wait_until("a checkpoint", Duration::from_secs(10), || {
+    // A bound, not a speed check: the writer runs at nice 19 (and gets its parent's priority
+    // back after 5 s); starved on a loaded machine it may take seconds.
+    wait_until("a checkpoint", Duration::from_secs(120), || {
         companion(&conn).checkpoint_index >= 100
     });
     // Where the last checkpoint lands depends on when its writer ran (50, 100, or as late as
@@ -197,8 +199,10 @@ fn a_corrupt_log_record_is_detected_and_the_server_held() {
 }
 
 /// Waits until the standby has restored the newest checkpoint (at least `min`); returns it.
+/// Bounded generously: the writer (nice 19) and the standby's restore may be starved on a
+/// loaded machine.
 fn wait_warm(conn: &System, min: u64) -> u64 {
-    wait_until("a warm standby", Duration::from_secs(20), || {
+    wait_until("a warm standby", Duration::from_secs(120), || {
         let c = companion(conn);
         c.checkpoint_index >= min && c.standby_index == c.checkpoint_index
     });
@@ -448,8 +452,14 @@ fn the_following_standby_takes_the_checkpoints_and_recovery_replays_only_the_las
     }
     // Request 45 is the last in the log: the replica stops just before it.
     wait_following(&conn, 44);
+    // The replica's position says nothing about its checkpoint writers (nice 19): the first
+    // checkpoint may still be on its way (on a loaded machine it was, and this failed).
+    wait_until(
+        "the standby's first checkpoint",
+        Duration::from_secs(120),
+        || companion(&conn).checkpoints >= 1,
+    );
     let c = companion(&conn);
-    assert!(c.checkpoints >= 1, "{c:?}");
     assert!((20..=44).contains(&c.checkpoint_index), "{c:?}");
     assert_eq!(c.max_stall_us, 0, "the server forked a checkpoint: {c:?}");
     assert_eq!(c.server_checkpoints, 0, "{c:?}");
@@ -768,7 +778,7 @@ fn the_following_standby_or_its_checkpoint_writer_killed_loses_nothing() {
     let mut quiet_since = std::time::Instant::now();
     wait_until(
         "the new standby's first checkpoint done",
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         || {
             if !checkpoint_children(new_standby).is_empty() {
                 quiet_since = std::time::Instant::now();
@@ -776,7 +786,12 @@ fn the_following_standby_or_its_checkpoint_writer_killed_loses_nothing() {
             quiet_since.elapsed() > Duration::from_millis(300)
         },
     );
-    // Its next checkpoint writer faults.
+    // Its next checkpoint writer faults: that checkpoint is lost, and taken again by itself
+    // after a back-off (its requests are given back to the counter). So the checkpoints after
+    // the fault, once the writers are quiet, are exactly one: the one taken again, not the
+    // faulted one. (Counting right after the fault raced with that retake.) The 15 requests
+    // make one checkpoint due (10 after the quiet point), and leave fewer than 10 behind the
+    // retake, which comes after the faulted one: no second one is due.
     let before = companion(&conn).checkpoints;
     conn.inject("kv", FailKind::Segv, FailPoint::Checkpoint)
         .unwrap();
@@ -784,32 +799,25 @@ fn the_following_standby_or_its_checkpoint_writer_killed_loses_nothing() {
         kv.put(format!("k{i}"), format!("v{i}")).unwrap();
     }
     wait_following(&conn, 39);
-    assert_eq!(
-        companion(&conn).checkpoints,
-        before,
-        "{:?}",
-        companion(&conn)
-    );
-    // More updates until the next checkpoint is taken (where the faulted attempt fell among
-    // the requests depends on when the replica ran; the next one comes after another
-    // `checkpoint_every` applied requests).
-    let mut n = 40u32;
+    let mut quiet_since = std::time::Instant::now();
     wait_until(
-        "a checkpoint after the fault",
-        Duration::from_secs(30),
+        "the lost checkpoint taken again, and no writer for 300 ms",
+        Duration::from_secs(120),
         || {
-            if companion(&conn).checkpoints > before {
-                return true;
+            if !checkpoint_children(new_standby).is_empty() {
+                quiet_since = std::time::Instant::now();
             }
-            kv.put(format!("k{n}"), format!("v{n}")).unwrap();
-            n += 1;
-            std::thread::sleep(Duration::from_millis(2));
-            false
+            companion(&conn).checkpoints > before
+                && quiet_since.elapsed() > Duration::from_millis(300)
         },
     );
-    kv.put(format!("k{n}"), format!("v{n}")).unwrap();
-    n += 1;
-    wait_following(&conn, u64::from(n) - 1);
+    let c = companion(&conn);
+    assert_eq!(
+        c.checkpoints,
+        before + 1,
+        "the faulted checkpoint counted: {c:?}"
+    );
+    let n = 40u32;
     assert_eq!(info(&conn).restarts, 0);
     kill_and_wait(&conn);
     let c = companion(&conn);
@@ -873,7 +881,7 @@ fn a_corrupt_snapshot_of_the_following_standby_is_detected_before_it_is_used() {
     for i in 0..12u32 {
         kv.put(format!("k{i}"), "v").unwrap();
     }
-    wait_until("the checkpoint", Duration::from_secs(20), || {
+    wait_until("the checkpoint", Duration::from_secs(120), || {
         companion(&conn).checkpoints >= 1
     });
     kill_and_wait(&conn);
@@ -952,7 +960,7 @@ fn a_corrupt_snapshot_is_detected_and_the_server_held() {
     for i in 0..10u32 {
         kv.put(format!("k{i}"), "v").unwrap();
     }
-    wait_until("the checkpoint", Duration::from_secs(10), || {
+    wait_until("the checkpoint", Duration::from_secs(120), || {
         companion(&conn).checkpoints >= 1
     });
     txipc_sys::process::kill(server_pid(&conn, "kv"), rustix::process::Signal::KILL).unwrap();
@@ -1023,8 +1031,12 @@ fn checkpoints_during_load_keep_every_update() {
     for w in 0..3 {
         assert_eq!(counter(kv.get(format!("w{w}")).unwrap()), 400);
     }
+    // 1,200 logged requests make dozens of checkpoints due; how many writers (nice 19) have
+    // finished by now is a speed, and those due are taken once the last one is done.
+    wait_until("two checkpoints", Duration::from_secs(120), || {
+        companion(&conn).checkpoints >= 2
+    });
     let c = companion(&conn);
-    assert!(c.checkpoints >= 2, "{c:?}");
     assert!(c.max_stall_us > 0, "{c:?}");
     drop((kv, conn));
     sys.shutdown().unwrap();
@@ -1114,6 +1126,11 @@ fn the_checkpoint_writer_killed_loses_nothing() {
     wait_until("the bulk checkpoints", Duration::from_secs(120), || {
         companion(&conn).checkpoint_index == 300
     });
+    // The faulted checkpoint is lost and taken again by itself after a back-off (its requests
+    // are given back to the counter): once the writers are quiet, exactly one checkpoint more,
+    // the one taken again. (Counting once the faulting writer was gone raced with that
+    // retake.) The 25 requests make one checkpoint due, and leave fewer than 20 behind the
+    // retake: no second one is due.
     let ok_before = companion(&conn).checkpoints;
     conn.inject("kv", FailKind::Segv, FailPoint::Checkpoint)
         .unwrap();
@@ -1122,12 +1139,21 @@ fn the_checkpoint_writer_killed_loses_nothing() {
         n += 1;
         assert_eq!(kv.incr("n", 1).unwrap(), n);
     }
-    wait_until("the faulting writer gone", Duration::from_secs(10), || {
-        checkpoint_children(server).is_empty()
-    });
+    let mut quiet_since = std::time::Instant::now();
+    wait_until(
+        "the lost checkpoint taken again, and no writer for 300 ms",
+        Duration::from_secs(120),
+        || {
+            if !checkpoint_children(server).is_empty() {
+                quiet_since = std::time::Instant::now();
+            }
+            companion(&conn).checkpoints > ok_before
+                && quiet_since.elapsed() > Duration::from_millis(300)
+        },
+    );
     assert_eq!(
         companion(&conn).checkpoints,
-        ok_before,
+        ok_before + 1,
         "a faulted checkpoint is not taken"
     );
     // SIGKILLs of the writer mid-checkpoint.

@@ -122,7 +122,7 @@ fn a_call_resent_after_the_caller_died_is_answered_from_the_callees_checkpoint()
         };
         // The peer applied the call (its logged request `round`) and checkpointed after it;
         // the caller hangs.
-        wait_until("the peer's checkpoint", Duration::from_secs(20), || {
+        wait_until("the peer's checkpoint", Duration::from_secs(120), || {
             info(&conn, "peer").companion.unwrap().checkpoint_index >= round as u64
         });
         assert_eq!(counter(peer.get("c").unwrap()), round);
