@@ -210,11 +210,15 @@ pub fn drive<R: DeserializeOwned>(
         }
         let _ = c.child.wait();
     }
-    // Let the last recovery finish (bounded).
+    // Let the last recovery finish, and the last decisions arrive (bounded): a coordinator
+    // publishes a root's replies before it tells the participants (ARCHITECTURE.md §13), so a
+    // client may have its last reply, and be gone, while a participant is still prepared for
+    // it. Read at once, a storm on a loaded machine reported such a participant as left
+    // undecided (`nested::bank_storm_in_every_server`: 1 of 3 runs beside two busy loops).
     let settle = Instant::now();
-    while settle.elapsed() < Duration::from_secs(5) {
+    while settle.elapsed() < Duration::from_secs(10) {
         match storm.conn.ps() {
-            Ok(ps) if ps.iter().all(|s| s.state == "running") => break,
+            Ok(ps) if ps.iter().all(|s| s.state == "running" && !s.prepared) => break,
             Ok(ps) if ps.iter().any(|s| s.state == "dead" || s.state == "held") => break,
             _ => std::thread::sleep(Duration::from_millis(5)),
         }
