@@ -791,7 +791,10 @@ fn the_following_standby_or_its_checkpoint_writer_killed_loses_nothing() {
     // the fault, once the writers are quiet, are exactly one: the one taken again, not the
     // faulted one. (Counting right after the fault raced with that retake.) The 15 requests
     // make one checkpoint due (10 after the quiet point), and leave fewer than 10 behind the
-    // retake, which comes after the faulted one: no second one is due.
+    // retake, which comes after the faulted one: no second one is due. If that checkpoint is
+    // a delta (the changes since the chain's end, ARCHITECTURE.md §16 "Incremental
+    // checkpoints"), its writer is the standby itself, which then dies and is replaced like a
+    // killed one (its own test: `a_chain_of_deltas_restores_and_a_killed_or_corrupt_delta_is_caught`).
     let before = companion(&conn).checkpoints;
     conn.inject("kv", FailKind::Segv, FailPoint::Checkpoint)
         .unwrap();
@@ -799,24 +802,27 @@ fn the_following_standby_or_its_checkpoint_writer_killed_loses_nothing() {
         kv.put(format!("k{i}"), format!("v{i}")).unwrap();
     }
     wait_following(&conn, 39);
+    let replaced = info(&conn).standby_pid != new_standby;
     let mut quiet_since = std::time::Instant::now();
-    wait_until(
-        "the lost checkpoint taken again, and no writer for 300 ms",
-        Duration::from_secs(120),
-        || {
-            if !checkpoint_children(new_standby).is_empty() {
-                quiet_since = std::time::Instant::now();
-            }
-            companion(&conn).checkpoints > before
-                && quiet_since.elapsed() > Duration::from_millis(300)
-        },
-    );
-    let c = companion(&conn);
-    assert_eq!(
-        c.checkpoints,
-        before + 1,
-        "the faulted checkpoint counted: {c:?}"
-    );
+    if !replaced {
+        wait_until(
+            "the lost checkpoint taken again, and no writer for 300 ms",
+            Duration::from_secs(120),
+            || {
+                if !checkpoint_children(new_standby).is_empty() {
+                    quiet_since = std::time::Instant::now();
+                }
+                companion(&conn).checkpoints > before
+                    && quiet_since.elapsed() > Duration::from_millis(300)
+            },
+        );
+        let c = companion(&conn);
+        assert_eq!(
+            c.checkpoints,
+            before + 1,
+            "the faulted checkpoint counted: {c:?}"
+        );
+    }
     let n = 40u32;
     assert_eq!(info(&conn).restarts, 0);
     kill_and_wait(&conn);
@@ -829,6 +835,136 @@ fn the_following_standby_or_its_checkpoint_writer_killed_loses_nothing() {
             Some(format!("v{i}").into())
         );
     }
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
+/// Incremental checkpoints: the following standby checkpoints a base, then only the changes
+/// (deltas, written by the standby itself: no fork); the kernel keeps the chain and a new
+/// standby restores base + deltas in order. Crash points: the writer killed mid-delta (the
+/// standby dies: replaced, restored from the chain, nothing lost, not the server's fault) and a
+/// corrupt delta (a wild write after its checksum: the kernel accepts the sealed delta, the
+/// next restore finds it and drops it, and the recovery that needs it holds the server).
+#[test]
+fn a_chain_of_deltas_restores_and_a_killed_or_corrupt_delta_is_caught() {
+    let sys = companion_system(
+        "deltas",
+        "kv-plain",
+        "checkpoint_every = 10\ncheckpoint_ms = 0",
+    );
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    // State that does not change afterwards (in the base only), so that the chain's deltas
+    // stay smaller than its base (else the next checkpoint is a base again).
+    for i in 0..100u32 {
+        kv.put(format!("bulk{i}"), vec![3u8; 2000]).unwrap();
+    }
+    let mut n = 0u32;
+    // Puts (some overwrites, some deletes) until the chain has `links` links.
+    let mut grow = |links: u64| {
+        wait_until("the chain grows", Duration::from_secs(30), || {
+            if companion(&conn).chain_len >= links {
+                return true;
+            }
+            kv.put(format!("k{}", n % 17), format!("v{n}")).unwrap();
+            if n % 5 == 4 {
+                kv.delete(format!("k{}", (n + 3) % 17)).unwrap();
+            }
+            n += 1;
+            false
+        });
+    };
+    grow(3);
+    let c = companion(&conn);
+    assert!(c.deltas >= 2, "{c:?}");
+    assert!(
+        c.chain_delta_bytes / c.deltas < c.snapshot_bytes,
+        "a delta is smaller than the base: {c:?}"
+    );
+    // The model: what the server says now.
+    let model = |kv: &KvClient<_>| -> Vec<Option<txipc_service::Bytes>> {
+        (0..17).map(|k| kv.get(format!("k{k}")).unwrap()).collect()
+    };
+    let expect = model(&kv);
+    // A new standby restores base + deltas.
+    let standby = info(&conn).standby_pid;
+    txipc_sys::process::kill(standby, rustix::process::Signal::KILL).unwrap();
+    wait_until("a new standby", Duration::from_secs(20), || {
+        let i = info(&conn);
+        i.standby_pid > 0 && i.standby_pid != standby
+    });
+    wait_following(&conn, companion(&conn).checkpoint_index);
+    // The writer killed mid-delta: the standby itself dies at the fail point.
+    let standby = info(&conn).standby_pid;
+    let links = companion(&conn).chain_len;
+    conn.inject("kv", FailKind::Segv, FailPoint::Checkpoint)
+        .unwrap();
+    let mut k = 0u32;
+    wait_until(
+        "the standby killed mid-checkpoint",
+        Duration::from_secs(30),
+        || {
+            let i = info(&conn);
+            if i.standby_pid != standby {
+                return true;
+            }
+            kv.incr("counter", 1).unwrap();
+            k += 1;
+            false
+        },
+    );
+    wait_until("a new standby", Duration::from_secs(20), || {
+        info(&conn).standby_pid > 0
+    });
+    assert!(companion(&conn).chain_len >= links);
+    kv.incr("counter", 1).unwrap();
+    k += 1;
+    wait_following(&conn, companion(&conn).checkpoint_index);
+    // A recovery from the replica of the replaced standby: every update is there.
+    kill_and_wait(&conn);
+    assert_eq!(
+        info(&conn).restarts,
+        1,
+        "the standby's death is not the server's"
+    );
+    assert_eq!(model(&kv), expect);
+    assert_eq!(counter(kv.get("counter").unwrap()), i64::from(k));
+    // A corrupt delta: accepted sealed, found by the next restore.
+    wait_until("a standby", Duration::from_secs(20), || {
+        info(&conn).standby_pid > 0
+    });
+    let before = companion(&conn);
+    conn.inject("kv", FailKind::Corrupt, FailPoint::Checkpoint)
+        .unwrap();
+    wait_until(
+        "the corrupt delta accepted",
+        Duration::from_secs(30),
+        || {
+            let c = companion(&conn);
+            if c.deltas > before.deltas && c.chain_len > 1 {
+                return true;
+            }
+            kv.incr("counter", 1).unwrap();
+            false
+        },
+    );
+    // The standby that wrote it has its replica (it never reads its own delta); the next one
+    // restores the chain, finds the delta corrupt and has no replica to offer, so the
+    // recovery after that restores the chain itself — and holds.
+    kill_and_wait(&conn);
+    assert_eq!(info(&conn).state, "running");
+    wait_until("a standby", Duration::from_secs(20), || {
+        info(&conn).standby_pid > 0
+    });
+    txipc_sys::process::kill(server_pid(&conn, "kv"), rustix::process::Signal::KILL).unwrap();
+    wait_until("held", Duration::from_secs(10), || {
+        info(&conn).state == "held"
+    });
+    let reason = info(&conn).held_reason.unwrap();
+    assert!(
+        reason.contains("of the checkpoint chain") && reason.contains("snapshot is corrupt"),
+        "{reason}"
+    );
     drop((kv, conn));
     sys.shutdown().unwrap();
 }

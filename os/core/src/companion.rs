@@ -59,9 +59,18 @@
 //! ```text
 //!  0 magic u64 "TXCSNAP1"  8 format u32 (1)  12 state_version u32 (the server's Distill::VERSION)
 //! 16 index u64  24 log_offset u64  32 payload_len u64  40 last_digest u64
-//! 48 flags u32 (bit 0: last_digest known)  52 payload_crc u32  56 reserved u32  60 header_crc u32
+//! 48 flags u32 (bit 0: last_digest known, bit 1: a delta)  52 payload_crc u32
+//! 56 base_crc u32 (a delta: its base's payload_crc; a base: 0)  60 header_crc u32
 //! 64 payload: the distilled state (postcard) ++ the runtime's section ++ its length u32
 //! ```
+//!
+//! A **delta** (incremental checkpoint, [`Link::Delta`]) has the same header with flag bit 1 and
+//! its base's payload checksum; its payload starts with its link, [`DELTA_LINK`] bytes (the
+//! base's index u64, the index the delta starts after u64: the end of the chain it extends),
+//! then the server's delta form (the changes since that index, postcard), then the runtime's
+//! section. A **chain** is a base and the deltas after it, in order: each delta names the base
+//! and starts exactly where the chain before it ends ([`check_next_link`]); restore applies them
+//! in order.
 //!
 //! The **runtime's section** ([`join_payload`]) is what the companion itself must carry across
 //! a checkpoint: the last call answered on each channel by call id ([`Answer`]), so that a
@@ -156,6 +165,12 @@ const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"TXCR");
 const SNAPSHOT_MAGIC: u64 = u64::from_le_bytes(*b"TXCSNAP1");
 const SNAPSHOT_FORMAT: u32 = 2;
 const FLAG_DIGEST: u32 = 1;
+/// Snapshot flag: a delta (its base's payload checksum at byte 56, its link at the head of the
+/// payload).
+const FLAG_DELTA: u32 = 2;
+/// Bytes of a delta's link at the head of its payload: the base's index, then the index the
+/// delta starts after.
+pub const DELTA_LINK: usize = 16;
 const KIND_SHIFT: u32 = 8;
 const KIND_MASK: u32 = 0xFF << KIND_SHIFT;
 const KIND_REQUEST: u32 = 0;
@@ -534,6 +549,119 @@ impl PayloadCrc {
     pub fn header(self, meta: &SnapshotMeta) -> [u8; SNAPSHOT_HEADER] {
         snapshot_header_of(meta, self.len, self.crc.finalize())
     }
+
+    /// The header of a delta of the base whose payload checksum is `base_crc`, whose payload
+    /// (its link first) was the pieces given.
+    pub fn delta_header(self, meta: &SnapshotMeta, base_crc: u32) -> [u8; SNAPSHOT_HEADER] {
+        let mut h = snapshot_header_of(meta, self.len, self.crc.finalize());
+        let flags = u32_at(&h, 48) | FLAG_DELTA;
+        h[48..52].copy_from_slice(&flags.to_le_bytes());
+        h[56..60].copy_from_slice(&base_crc.to_le_bytes());
+        let crc = crc32fast::hash(&h[..60]);
+        h[60..64].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+}
+
+/// What a snapshot is in its chain (from a header that checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// A full snapshot; `crc`: its payload checksum, by which its deltas name it.
+    Base {
+        /// Its payload checksum.
+        crc: u32,
+    },
+    /// A delta of the base whose payload checksum is `base_crc`.
+    Delta {
+        /// The base's payload checksum.
+        base_crc: u32,
+    },
+}
+
+/// The kind of the snapshot whose header `h` passed [`check_snapshot_header`].
+pub fn snapshot_link(h: &[u8]) -> Link {
+    if u32_at(h, 48) & FLAG_DELTA != 0 {
+        Link::Delta {
+            base_crc: u32_at(h, 56),
+        }
+    } else {
+        Link::Base { crc: u32_at(h, 52) }
+    }
+}
+
+/// A delta's link (the head of its payload): the base's index, and the index it starts after.
+pub fn encode_delta_link(base_index: u64, after: u64) -> [u8; DELTA_LINK] {
+    let mut l = [0u8; DELTA_LINK];
+    l[0..8].copy_from_slice(&base_index.to_le_bytes());
+    l[8..16].copy_from_slice(&after.to_le_bytes());
+    l
+}
+
+/// Splits a delta's payload into its link `(base index, index it starts after)` and the rest.
+pub fn decode_delta_link(payload: &[u8]) -> Result<((u64, u64), &[u8]), SnapshotError> {
+    if payload.len() < DELTA_LINK {
+        return Err(SnapshotError::Corrupt(format!(
+            "a delta of {} bytes, shorter than its link",
+            payload.len()
+        )));
+    }
+    Ok((
+        (u64_at(payload, 0), u64_at(payload, 8)),
+        &payload[DELTA_LINK..],
+    ))
+}
+
+/// One link of a checkpoint chain as its header (and, for a delta, its link) describe it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainLink {
+    /// Its header.
+    pub meta: SnapshotMeta,
+    /// Base or delta.
+    pub link: Link,
+    /// A delta's link: the base's index and the index it starts after (a base: its own index,
+    /// twice).
+    pub after: (u64, u64),
+}
+
+/// Checks that `next` may extend the chain that starts with `base` and ends with `end` (the
+/// same link when the chain is a base alone): a delta of that very base (its checksum and
+/// index), starting exactly where the chain ends, and ending later. Says what is wrong: a
+/// delta of another base, a gap (or an overlap) in the chain, a link that goes backwards.
+pub fn check_next_link(
+    base: &ChainLink,
+    end: &ChainLink,
+    next: &ChainLink,
+) -> Result<(), SnapshotError> {
+    let Link::Base { crc } = base.link else {
+        return Err(SnapshotError::Corrupt(
+            "the checkpoint chain does not start with a full snapshot".into(),
+        ));
+    };
+    let Link::Delta { base_crc } = next.link else {
+        return Err(SnapshotError::Corrupt(
+            "a full snapshot in the middle of a checkpoint chain".into(),
+        ));
+    };
+    let (base_index, after) = next.after;
+    if base_crc != crc || base_index != base.meta.index {
+        return Err(SnapshotError::Corrupt(format!(
+            "a delta of another base (base {base_index}, checksum {base_crc:#010x}; the chain's base is {} with {crc:#010x})",
+            base.meta.index
+        )));
+    }
+    if after != end.meta.index {
+        return Err(SnapshotError::Corrupt(format!(
+            "a gap in the checkpoint chain: the delta starts after request {after}, the chain ends at request {}",
+            end.meta.index
+        )));
+    }
+    if next.meta.index <= end.meta.index || next.meta.log_offset < end.meta.log_offset {
+        return Err(SnapshotError::Corrupt(format!(
+            "a delta that goes backwards (to request {} at offset {}, from {} at {})",
+            next.meta.index, next.meta.log_offset, end.meta.index, end.meta.log_offset
+        )));
+    }
+    Ok(())
 }
 
 /// The header of a snapshot whose payload has `len` bytes with crc32 `crc`.
@@ -1016,6 +1144,86 @@ mod tests {
             assert!(decode_snapshot(&bad, 3).is_err(), "byte {at}");
         }
         assert!(decode_snapshot(&snap[..snap.len() - 1], 3).is_err());
+    }
+
+    #[test]
+    fn a_checkpoint_chain_is_checked_link_by_link() {
+        let meta = |index: u64| SnapshotMeta {
+            state_version: 1,
+            index,
+            log_offset: index * 100,
+            last_digest: Some(index),
+        };
+        // A base at 10, a delta 10 → 20, written as a writer does.
+        let base_payload = b"the whole state".to_vec();
+        let mut base = snapshot_header(&meta(10), &base_payload).to_vec();
+        base.extend_from_slice(&base_payload);
+        let (bm, _) = check_snapshot_header(&base).unwrap();
+        let base_crc = crc32fast::hash(&base_payload);
+        assert_eq!(snapshot_link(&base), Link::Base { crc: base_crc });
+        let mut crc = PayloadCrc::default();
+        let link = encode_delta_link(10, 10);
+        crc.update(&link);
+        crc.update(b"changes");
+        let mut delta = crc.delta_header(&meta(20), base_crc).to_vec();
+        delta.extend_from_slice(&link);
+        delta.extend_from_slice(b"changes");
+        let (dm, payload) = decode_snapshot(&delta, 1).unwrap();
+        assert_eq!(dm, meta(20));
+        assert_eq!(snapshot_link(&delta), Link::Delta { base_crc });
+        let (after, rest) = decode_delta_link(payload).unwrap();
+        assert_eq!((after, rest), ((10, 10), &b"changes"[..]));
+        // Every bit of a delta is covered (header checksum, payload checksum).
+        for at in 0..delta.len() {
+            let mut bad = delta.clone();
+            bad[at] ^= 1;
+            assert!(decode_snapshot(&bad, 1).is_err(), "byte {at}");
+        }
+        let b = ChainLink {
+            meta: bm,
+            link: snapshot_link(&base),
+            after: (10, 10),
+        };
+        let d = ChainLink {
+            meta: dm,
+            link: snapshot_link(&delta),
+            after,
+        };
+        check_next_link(&b, &b, &d).unwrap();
+        // The next delta, 20 → 30, extends the chain that ends with `d`.
+        let d2 = ChainLink {
+            meta: meta(30),
+            after: (10, 20),
+            ..d
+        };
+        check_next_link(&b, &d, &d2).unwrap();
+        let err = |r: Result<(), SnapshotError>| r.unwrap_err().to_string();
+        // A gap: 20 → 30 straight after the base.
+        assert!(err(check_next_link(&b, &b, &d2)).contains("a gap in the checkpoint chain"));
+        // An overlap is a gap too: 10 → 20 again after `d`.
+        assert!(err(check_next_link(&b, &d, &d)).contains("a gap"));
+        // A delta of another base: another checksum, or another index.
+        let other = ChainLink {
+            link: Link::Delta {
+                base_crc: base_crc ^ 1,
+            },
+            ..d
+        };
+        assert!(err(check_next_link(&b, &b, &other)).contains("a delta of another base"));
+        let other = ChainLink {
+            after: (9, 10),
+            ..d
+        };
+        assert!(err(check_next_link(&b, &b, &other)).contains("a delta of another base"));
+        // Backwards, a base in the middle, a delta with no base.
+        let back = ChainLink {
+            meta: meta(10),
+            ..d
+        };
+        assert!(err(check_next_link(&b, &b, &back)).contains("goes backwards"));
+        assert!(err(check_next_link(&b, &b, &b)).contains("in the middle"));
+        assert!(err(check_next_link(&d, &d, &d2)).contains("does not start with a full"));
+        assert!(decode_delta_link(&link[..15]).is_err());
     }
 
     #[test]

@@ -336,6 +336,17 @@ pub struct CompanionInfo {
     /// is applied only once its successor is logged).
     #[serde(default)]
     pub standby_lag_bytes: u64,
+    /// Of `checkpoints`, the deltas (incremental checkpoints: the changes since the previous
+    /// link of the chain, for a server with the delta form of `Distill`).
+    #[serde(default)]
+    pub deltas: u64,
+    /// Links of the kernel's newest checkpoint chain: its base and the deltas after it (0: no
+    /// checkpoint).
+    #[serde(default)]
+    pub chain_len: u64,
+    /// Bytes of the chain's deltas (`snapshot_bytes` is its base's).
+    #[serde(default)]
+    pub chain_delta_bytes: u64,
 }
 
 /// Why the kernel refused.
@@ -516,11 +527,12 @@ pub enum ToServer {
         message: String,
     },
     /// Policy companion: start serving as `generation` after reconstituting the server from
-    /// the last checkpoint (fd `[snapshot]` rides along when `snapshot` is true) and replaying
+    /// the last checkpoint (its chain's fds ride along when `snapshot` is true: the base, then
+    /// its deltas in order) and replaying
     /// the message log behind it (see `crate::companion`).
     ActivateCompanion(CompanionStart),
-    /// Policy companion, to a standby: the newest accepted checkpoint (its sealed snapshot fd
-    /// rides along). The standby restores it now — reconstitutes the server from it in
+    /// Policy companion, to a standby: the newest accepted checkpoint (its chain's sealed
+    /// snapshot fds ride along, the base first, then its deltas). The standby restores it now — reconstitutes the server from it in
     /// advance — so that its activation only replays the log behind it (the warm standby).
     Warm,
     /// Policy companion, to a standby when it registers: where the log starts and the

@@ -29,6 +29,9 @@ use crate::event_loop::Kernel;
 use crate::recovery::Recovered;
 use crate::server::Server;
 
+/// Most links of a checkpoint chain (a base and its deltas): they travel in one message.
+pub(crate) const MAX_CHAIN: usize = txipc_sys::fdpass::MAX_FDS;
+
 /// A companion server's log and checkpoint, held by the kernel.
 #[derive(Debug)]
 pub(crate) struct CompanionLog {
@@ -36,8 +39,9 @@ pub(crate) struct CompanionLog {
     pub(crate) log: OwnedFd,
     /// The kernel's mapping of it: it writes the header's accepted word and reads the tail.
     map: SharedBytes,
-    /// The newest checkpoint: sealed snapshot memfd and what its writer said.
-    snapshot: Option<(OwnedFd, CheckpointInfo)>,
+    /// The newest checkpoint chain: a base and the deltas after it, in order (empty: no
+    /// checkpoint). Each a sealed snapshot memfd, what its writer said, and its link.
+    chain: Vec<(OwnedFd, CheckpointInfo, fmt::ChainLink)>,
     /// Where replay starts when there is no snapshot (raised by a reset).
     start: u64,
     /// Requests failed by the kernel whose records replay must skip (bounded, oldest first).
@@ -69,7 +73,7 @@ impl CompanionLog {
         let c = CompanionLog {
             log,
             map,
-            snapshot: None,
+            chain: Vec::new(),
             start: 0,
             skip: VecDeque::new(),
             charged: HashMap::new(),
@@ -157,17 +161,14 @@ impl CompanionLog {
     /// offset the writer could have reached — its tail if the word checks, and never less
     /// than a whole ring past the newest checkpoint the kernel accepted.
     pub(crate) fn reset(&mut self) {
-        let accepted = self
-            .snapshot
-            .as_ref()
-            .map_or(self.start, |(_, i)| i.log_offset);
+        let accepted = self.newest().map_or(self.start, |i| i.log_offset);
         let cap = self.map.len() as u64 - fmt::LOG_HEADER as u64;
         let start = self
             .tail()
             .unwrap_or(0)
             .max(accepted + cap)
             .next_multiple_of(8);
-        self.snapshot = None;
+        self.chain.clear();
         self.start = start;
         self.set_log(start, start);
         self.skip.clear();
@@ -176,27 +177,40 @@ impl CompanionLog {
         self.info.log_bytes = 0;
     }
 
-    /// What the next incarnation needs, and the snapshot fd to send with it.
-    pub(crate) fn start_message(&mut self, generation: u64) -> (CompanionStart, Option<&OwnedFd>) {
+    /// The newest checkpoint (the chain's last link).
+    fn newest(&self) -> Option<&CheckpointInfo> {
+        self.chain.last().map(|(_, i, _)| i)
+    }
+
+    /// The chain's snapshot fds, base first: what an incarnation restores, in order.
+    pub(crate) fn chain_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        self.chain.iter().map(|(fd, _, _)| fd.as_fd()).collect()
+    }
+
+    /// What the next incarnation needs, and the snapshot fds (the chain) to send with it.
+    pub(crate) fn start_message(
+        &mut self,
+        generation: u64,
+    ) -> (CompanionStart, Vec<std::os::fd::BorrowedFd<'_>>) {
         // The standby is being activated: the next one restores from scratch.
         self.standby_gone();
-        let base = self
-            .snapshot
-            .as_ref()
-            .map_or(self.start, |(_, i)| i.log_offset);
+        let base = self.newest().map_or(self.start, |i| i.log_offset);
         self.info.log_bytes = self.tail().unwrap_or(base).saturating_sub(base);
         let start = CompanionStart {
             generation,
-            snapshot: self.snapshot.is_some(),
+            snapshot: !self.chain.is_empty(),
             log_start: self.start,
             skip: self.skip.iter().copied().collect(),
         };
-        (start, self.snapshot.as_ref().map(|(fd, _)| fd))
+        (start, self.chain_fds())
     }
 
-    /// A checkpoint arrived from the server's child. Accepted only sealed against writes, with
-    /// a header that checks and says what the message says, and newer than the one we have.
-    /// Returns why it was refused.
+    /// A checkpoint arrived from the server's child (or the following standby). Accepted only
+    /// sealed against writes, with a header that checks and says what the message says, and
+    /// newer than the one we have. A base replaces the chain; a delta must extend it: a delta
+    /// of this very base, starting exactly where the chain ends (no gap), and the chain must
+    /// have room (its links travel in one message: at most [`MAX_CHAIN`]). Returns why it was
+    /// refused.
     pub(crate) fn on_checkpoint(
         &mut self,
         info: CheckpointInfo,
@@ -207,7 +221,7 @@ impl CompanionLog {
         if !seals.contains(need) {
             return Err("the snapshot memfd is not sealed against writes".into());
         }
-        let mut h = [0u8; fmt::SNAPSHOT_HEADER];
+        let mut h = [0u8; fmt::SNAPSHOT_HEADER + fmt::DELTA_LINK];
         let n = rustix::io::pread(&fd, &mut h, 0).map_err(|e| e.to_string())?;
         let (meta, len) = fmt::check_snapshot_header(&h[..n]).map_err(|e| e.to_string())?;
         let size = rustix::fs::fstat(&fd).map_err(|e| e.to_string())?.st_size as u64;
@@ -226,7 +240,7 @@ impl CompanionLog {
                 info.log_offset, self.start,
             ));
         }
-        if let Some((_, old)) = &self.snapshot
+        if let Some(old) = self.newest()
             && old.index > info.index
         {
             return Err(format!(
@@ -234,6 +248,37 @@ impl CompanionLog {
                 info.index, old.index
             ));
         }
+        let kind = fmt::snapshot_link(&h[..n]);
+        let link = match kind {
+            fmt::Link::Base { .. } => fmt::ChainLink {
+                meta,
+                link: kind,
+                after: (meta.index, meta.index),
+            },
+            fmt::Link::Delta { .. } => {
+                // (Its link is covered by the payload checksum, which the restore checks;
+                // here it only decides whether the delta extends the chain.)
+                let (after, _) = fmt::decode_delta_link(&h[fmt::SNAPSHOT_HEADER..n])
+                    .map_err(|e| e.to_string())?;
+                let link = fmt::ChainLink {
+                    meta,
+                    link: kind,
+                    after,
+                };
+                let (Some((_, _, base)), Some((_, _, end))) =
+                    (self.chain.first(), self.chain.last())
+                else {
+                    return Err("a delta with no base: the kernel holds no checkpoint".into());
+                };
+                fmt::check_next_link(base, end, &link).map_err(|e| e.to_string())?;
+                if self.chain.len() >= MAX_CHAIN {
+                    return Err(format!(
+                        "the checkpoint chain has {MAX_CHAIN} links already: a full checkpoint is due"
+                    ));
+                }
+                link
+            }
+        };
         // The log behind the checkpoint is no longer needed: the writer may reuse its ring
         // bytes from now on.
         self.map
@@ -246,11 +291,22 @@ impl CompanionLog {
             i.server_checkpoints += 1;
         }
         i.checkpoint_index = info.index;
-        i.snapshot_bytes = info.bytes;
         i.last_stall_us = info.stall_us;
         i.max_stall_us = i.max_stall_us.max(info.stall_us);
         i.log_bytes = log_bytes;
-        self.snapshot = Some((fd, info));
+        match kind {
+            fmt::Link::Base { .. } => {
+                i.snapshot_bytes = info.bytes;
+                i.chain_delta_bytes = 0;
+                self.chain.clear();
+            }
+            fmt::Link::Delta { .. } => {
+                i.deltas += 1;
+                i.chain_delta_bytes += info.bytes;
+            }
+        }
+        self.chain.push((fd, info, link));
+        self.info.chain_len = self.chain.len() as u64;
         Ok(())
     }
 
@@ -266,9 +322,8 @@ impl CompanionLog {
     fn describe(&self, key: (u32, u32, u64)) -> String {
         // With no snapshot the log holds every request from index 1 (a reset starts over).
         let (base, first) = self
-            .snapshot
-            .as_ref()
-            .map_or((self.start, 1), |(_, i)| (i.log_offset, i.index + 1));
+            .newest()
+            .map_or((self.start, 1), |i| (i.log_offset, i.index + 1));
         let cap = self.map.len() as u64 - fmt::LOG_HEADER as u64;
         let Some(tail) = self.tail().filter(|&t| t >= base && t - base <= cap) else {
             return "(the message log's tail does not check)".into();
@@ -441,16 +496,16 @@ impl Kernel {
                 &txipc_core::proto::encode(&txipc_core::proto::ToServer::Follow {
                     log_start: log.start,
                     skip: log.skip.iter().copied().collect(),
-                    snapshot: log.snapshot.is_some(),
+                    snapshot: !log.chain.is_empty(),
                 }),
                 &[],
             );
         }
-        if let Some((fd, _)) = &log.snapshot {
+        if !log.chain.is_empty() {
             let _ = txipc_sys::fdpass::send(
                 &inc.sock,
                 &txipc_core::proto::encode(&txipc_core::proto::ToServer::Warm),
-                &[fd.as_fd()],
+                &log.chain_fds(),
             );
         }
     }
@@ -529,4 +584,110 @@ pub(crate) fn zygote_fds(s: &Server) -> Vec<std::os::fd::BorrowedFd<'_>> {
         .as_ref()
         .map(|c| vec![c.log.as_fd()])
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sealed snapshot memfd: a base at `index` (`base: None`), or a delta of `base`
+    /// (its payload checksum and index) starting after `after`.
+    fn snapshot(index: u64, base: Option<(u32, u64)>, after: u64) -> (OwnedFd, CheckpointInfo) {
+        let meta = fmt::SnapshotMeta {
+            state_version: 1,
+            index,
+            log_offset: index * 8,
+            last_digest: None,
+        };
+        let mut payload = Vec::new();
+        if let Some((_, base_index)) = base {
+            payload.extend_from_slice(&fmt::encode_delta_link(base_index, after));
+        }
+        payload.extend_from_slice(format!("state at {index}").as_bytes());
+        let mut crc = fmt::PayloadCrc::default();
+        crc.update(&payload);
+        let header = match base {
+            None => crc.header(&meta),
+            Some((base_crc, _)) => crc.delta_header(&meta, base_crc),
+        };
+        let fd = rustix::fs::memfd_create(
+            "t-snap",
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        rustix::io::write(&fd, &header).unwrap();
+        rustix::io::write(&fd, &payload).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW)
+            .unwrap();
+        let info = CheckpointInfo {
+            index,
+            log_offset: meta.log_offset,
+            bytes: (header.len() + payload.len()) as u64,
+            stall_us: 0,
+            write_us: 0,
+        };
+        (fd, info)
+    }
+
+    fn base_crc(index: u64) -> u32 {
+        let meta = fmt::SnapshotMeta {
+            state_version: 1,
+            index,
+            log_offset: index * 8,
+            last_digest: None,
+        };
+        let h = fmt::snapshot_header(&meta, format!("state at {index}").as_bytes());
+        match fmt::snapshot_link(&h) {
+            fmt::Link::Base { crc } => crc,
+            fmt::Link::Delta { .. } => unreachable!("a base"),
+        }
+    }
+
+    /// The kernel keeps a checkpoint chain — a base, then deltas each of that very base and
+    /// starting where the chain ends — and refuses, naming why, a delta with no base, a gap, a
+    /// delta of another base (the base was replaced while the delta was being written), and a
+    /// delta past the chain's room; a base replaces the chain.
+    #[test]
+    fn a_delta_that_does_not_extend_the_chain_is_refused() {
+        let mut log = CompanionLog::create("t-chain", 1 << 16).unwrap();
+        log.set_log(10_000, 0);
+        let offer = |log: &mut CompanionLog, (fd, info): (OwnedFd, CheckpointInfo)| {
+            log.on_checkpoint(info, fd)
+        };
+        let e = offer(&mut log, snapshot(20, Some((base_crc(10), 10)), 10)).unwrap_err();
+        assert!(e.contains("a delta with no base"), "{e}");
+        offer(&mut log, snapshot(10, None, 0)).unwrap();
+        offer(&mut log, snapshot(20, Some((base_crc(10), 10)), 10)).unwrap();
+        // A gap: starts after 25, the chain ends at 20.
+        let e = offer(&mut log, snapshot(30, Some((base_crc(10), 10)), 25)).unwrap_err();
+        assert!(e.contains("a gap in the checkpoint chain"), "{e}");
+        offer(&mut log, snapshot(30, Some((base_crc(10), 10)), 20)).unwrap();
+        assert_eq!((log.chain.len(), log.info.deltas), (3, 2));
+        assert_eq!(
+            log.map.u64_at(fmt::LOG_ACCEPTED_AT).load(Ordering::Acquire),
+            240
+        );
+        // The base is replaced (the server's own full checkpoint) while a delta of the old
+        // one is being written: that delta is refused when it comes.
+        offer(&mut log, snapshot(35, None, 0)).unwrap();
+        assert_eq!(log.chain.len(), 1);
+        let e = offer(&mut log, snapshot(40, Some((base_crc(10), 10)), 35)).unwrap_err();
+        assert!(e.contains("a delta of another base"), "{e}");
+        // The chain has room for MAX_CHAIN links; then a base is due.
+        for k in 1..MAX_CHAIN as u64 {
+            offer(
+                &mut log,
+                snapshot(35 + k, Some((base_crc(35), 35)), 35 + k - 1),
+            )
+            .unwrap();
+        }
+        let last = 35 + MAX_CHAIN as u64 - 1;
+        let e = offer(&mut log, snapshot(last + 1, Some((base_crc(35), 35)), last)).unwrap_err();
+        assert!(e.contains("a full checkpoint is due"), "{e}");
+        assert_eq!(log.chain_fds().len(), MAX_CHAIN);
+        // What an activation gets: the whole chain, base first.
+        let (start, fds) = log.start_message(2);
+        assert!(start.snapshot);
+        assert_eq!(fds.len(), MAX_CHAIN);
+    }
 }

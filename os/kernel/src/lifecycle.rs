@@ -218,8 +218,7 @@ impl Kernel {
         let fresh = std::mem::replace(&mut s.fresh_next, false);
         let sent = match &mut s.companion {
             Some(c) => {
-                let (start, snap) = c.start_message(g);
-                let fds: Vec<_> = snap.map(|f| f.as_fd()).into_iter().collect();
+                let (start, fds) = c.start_message(g);
                 fdpass::send(
                     &inc.sock,
                     &proto::encode(&ToServer::ActivateCompanion(start)),

@@ -353,6 +353,28 @@ fn expand(service: &Service) -> TokenStream {
             fn fresh() -> Self {
                 Self::new(<S as ::txipc_service::Distill>::reconstitute(::core::default::Default::default()))
             }
+
+            fn track_changes(&mut self, on: bool) -> bool {
+                ::txipc_service::Distill::track_changes(::txipc_service::Dispatch::inner_mut(&mut self.dispatcher), on)
+            }
+
+            fn write_changes(
+                &self,
+                out: &mut dyn ::std::io::Write,
+            ) -> ::core::result::Result<(), ::txipc_service::DistillError> {
+                ::txipc_service::Distill::write_changes(::txipc_service::Dispatch::inner(&self.dispatcher), out)
+            }
+
+            fn forget_changes(&mut self) {
+                ::txipc_service::Distill::forget_changes(::txipc_service::Dispatch::inner_mut(&mut self.dispatcher))
+            }
+
+            fn apply_changes(
+                &mut self,
+                delta: &[u8],
+            ) -> ::core::result::Result<(), ::txipc_service::DistillError> {
+                ::txipc_service::Distill::apply_changes(::txipc_service::Dispatch::inner_mut(&mut self.dispatcher), delta)
+            }
         }
     }
 }

@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 
 use txipc_chan::{Doorbell, Status, Taken};
 use txipc_core::companion::{
-    self as fmt, Answer, BUSY_CALLED, BUSY_IN_CALL, CallMeta, LogScan, RecordMeta, SNAPSHOT_HEADER,
-    SnapshotMeta, busy_word, call_digest, reply_digest,
+    self as fmt, Answer, BUSY_CALLED, BUSY_IN_CALL, CallMeta, ChainLink, Link, LogScan, RecordMeta,
+    SNAPSHOT_HEADER, SnapshotMeta, busy_word, call_digest, reply_digest,
 };
 use txipc_core::failpoint::{FailKind, FailPoint};
 use txipc_core::manifest::Policy;
@@ -316,6 +316,15 @@ pub trait PlainInstance {
     fn capture(&self, method: u32) -> Capture;
     /// Writes the distilled state to `out` as it is encoded.
     fn distill(&self, out: &mut dyn std::io::Write) -> Result<(), DistillError>;
+    /// The delta form ([`txipc_service::Distill::track_changes`]): starts or stops tracking
+    /// changes; false: the server has no delta form (it is checkpointed whole).
+    fn track_changes(&mut self, on: bool) -> bool;
+    /// Writes the changes tracked since the last [`PlainInstance::forget_changes`].
+    fn write_changes(&self, out: &mut dyn std::io::Write) -> Result<(), DistillError>;
+    /// Forgets the changes tracked so far.
+    fn forget_changes(&mut self);
+    /// Applies a delta's changes.
+    fn apply_changes(&mut self, delta: &[u8]) -> Result<(), DistillError>;
 }
 
 impl<D: Companion> PlainInstance for D {
@@ -338,6 +347,18 @@ impl<D: Companion> PlainInstance for D {
     }
     fn distill(&self, out: &mut dyn std::io::Write) -> Result<(), DistillError> {
         self.distill_to(out)
+    }
+    fn track_changes(&mut self, on: bool) -> bool {
+        Companion::track_changes(self, on)
+    }
+    fn write_changes(&self, out: &mut dyn std::io::Write) -> Result<(), DistillError> {
+        Companion::write_changes(self, out)
+    }
+    fn forget_changes(&mut self) {
+        Companion::forget_changes(self)
+    }
+    fn apply_changes(&mut self, delta: &[u8]) -> Result<(), DistillError> {
+        Companion::apply_changes(self, delta)
     }
 }
 
@@ -532,9 +553,54 @@ fn hold(ctl: &OwnedFd, message: String) -> ! {
     }
 }
 
+/// The end of a checkpoint chain as its headers say: its base, its last link, how many links
+/// and how many bytes of base and of deltas.
+#[derive(Debug, Clone, Copy)]
+struct ChainEnd {
+    base: ChainLink,
+    end: ChainLink,
+    links: usize,
+    base_bytes: u64,
+    delta_bytes: u64,
+}
+
+/// The chain's headers (and delta links), read from its fds without reading the payloads
+/// (the kernel checked them when it accepted each; a restore checks everything again).
+fn chain_of(fds: &[OwnedFd]) -> Option<ChainEnd> {
+    let mut chain: Option<ChainEnd> = None;
+    for fd in fds {
+        let mut h = [0u8; SNAPSHOT_HEADER + fmt::DELTA_LINK];
+        let n = rustix::io::pread(fd, &mut h, 0).ok()?;
+        let (meta, len) = fmt::check_snapshot_header(&h[..n]).ok()?;
+        let link = fmt::snapshot_link(&h[..n]);
+        let after = match link {
+            Link::Base { .. } => (meta.index, meta.index),
+            Link::Delta { .. } => fmt::decode_delta_link(&h[SNAPSHOT_HEADER..n]).ok()?.0,
+        };
+        let l = ChainLink { meta, link, after };
+        let bytes = SNAPSHOT_HEADER as u64 + len;
+        chain = Some(match chain {
+            None => ChainEnd {
+                base: l,
+                end: l,
+                links: 1,
+                base_bytes: bytes,
+                delta_bytes: 0,
+            },
+            Some(c) => ChainEnd {
+                end: l,
+                links: c.links + 1,
+                delta_bytes: c.delta_bytes + bytes,
+                ..c
+            },
+        });
+    }
+    chain
+}
+
 /// A checkpoint restored: the server reconstituted from it, ready to replay the log behind it.
 struct Restored {
-    /// The snapshot's header (sealed: it names the snapshot).
+    /// The header of the chain's last snapshot (sealed: it names the snapshot).
     header: [u8; SNAPSHOT_HEADER],
     meta: SnapshotMeta,
     instance: Box<dyn PlainInstance>,
@@ -544,26 +610,80 @@ struct Restored {
     /// A following standby's replica: the log start it follows (`meta` then says how far it
     /// got: the state after request `meta.index`, the next record at `meta.log_offset`).
     follows: Option<u64>,
+    /// The chain it was restored from (None: none, a fresh server).
+    chain: Option<ChainEnd>,
 }
 
-/// Reads, verifies and decodes the snapshot in `fd`, and reconstitutes the server from it.
-fn restore(builtin: PlainBuiltin, fd: &OwnedFd) -> Result<Restored, String> {
-    let bytes = read_all(fd, 0).map_err(|e| format!("reading the snapshot: {e}"))?;
+/// Reads, verifies and decodes the checkpoint chain in `fds` — a base, then its deltas in
+/// order — and reconstitutes the server from it: the base, then each delta's changes applied.
+/// Every link is checked whole (header, payload checksum, state version) and must extend the
+/// chain before it (a delta of this very base, starting where the chain ends): a corrupt
+/// delta, a gap, a delta of another base is an error naming it, never a wrong state.
+fn restore(builtin: PlainBuiltin, fds: &[OwnedFd]) -> Result<Restored, String> {
+    let Some((base_fd, deltas)) = fds.split_first() else {
+        return Err("no snapshot to restore".into());
+    };
+    let bytes = read_all(base_fd, 0).map_err(|e| format!("reading the snapshot: {e}"))?;
     let (meta, payload) =
         fmt::decode_snapshot(&bytes, builtin.state_version).map_err(|e| e.to_string())?;
-    let (payload, answers) = fmt::split_payload(payload).map_err(|e| e.to_string())?;
-    let instance = (builtin.reconstitute)(payload).map_err(|e| {
+    let link = fmt::snapshot_link(&bytes);
+    if !matches!(link, Link::Base { .. }) {
+        return Err(
+            "snapshot is corrupt: the checkpoint chain does not start with a full snapshot; the server is held rather than reconstituted from state it cannot vouch for"
+                .into(),
+        );
+    }
+    let (payload, mut answers) = fmt::split_payload(payload).map_err(|e| e.to_string())?;
+    let mut instance = (builtin.reconstitute)(payload).map_err(|e| {
         format!("the snapshot passed its checksum but {e}: the state cannot be reconstituted")
     })?;
     let mut header = [0u8; SNAPSHOT_HEADER];
     header.copy_from_slice(&bytes[..SNAPSHOT_HEADER]);
+    let base = ChainLink {
+        meta,
+        link,
+        after: (meta.index, meta.index),
+    };
+    let mut chain = ChainEnd {
+        base,
+        end: base,
+        links: 1,
+        base_bytes: bytes.len() as u64,
+        delta_bytes: 0,
+    };
+    drop(bytes);
+    for (k, fd) in deltas.iter().enumerate() {
+        let what = |e: String| format!("delta {} of the checkpoint chain: {e}", k + 1);
+        let bytes = read_all(fd, 0).map_err(|e| what(format!("reading it: {e}")))?;
+        let (m, payload) =
+            fmt::decode_snapshot(&bytes, builtin.state_version).map_err(|e| what(e.to_string()))?;
+        let (after, rest) = fmt::decode_delta_link(payload).map_err(|e| what(e.to_string()))?;
+        let l = ChainLink {
+            meta: m,
+            link: fmt::snapshot_link(&bytes),
+            after,
+        };
+        fmt::check_next_link(&base, &chain.end, &l).map_err(|e| what(e.to_string()))?;
+        let (changes, a) = fmt::split_payload(rest).map_err(|e| what(e.to_string()))?;
+        instance.apply_changes(changes).map_err(|e| {
+            what(format!(
+                "it passed its checksum but {e}: the state cannot be reconstituted"
+            ))
+        })?;
+        answers = a;
+        header.copy_from_slice(&bytes[..SNAPSHOT_HEADER]);
+        chain.end = l;
+        chain.links += 1;
+        chain.delta_bytes += bytes.len() as u64;
+    }
     Ok(Restored {
         header,
-        meta,
+        meta: chain.end.meta,
         instance,
         answers,
-        bytes: bytes.len() as u64,
+        bytes: chain.base_bytes + chain.delta_bytes,
         follows: None,
+        chain: Some(chain),
     })
 }
 
@@ -675,6 +795,7 @@ fn seal_snapshot(
         fd: &fd,
         buf: Vec::with_capacity(SNAPSHOT_CHUNK),
         crc: fmt::PayloadCrc::default(),
+        abort: None,
     };
     // (A failed write of the memfd surfaces as an encoding error too.)
     if instance.distill(&mut file).is_err() {
@@ -715,6 +836,81 @@ fn seal_snapshot(
     Ok((fd, SNAPSHOT_HEADER as u64 + payload_len))
 }
 
+/// Writes a delta of the replica in `instance` (the changes since the chain's end, request
+/// `after`, through request `meta.index`) into a new memfd, checksummed, sealed: the payload
+/// is the delta's link (the base's index, `after`), the server's delta form, the runtime's
+/// section. Written by the following standby itself (a delta is small: no fork, so no
+/// copy-on-write faults afterwards), given up if an activation comes meanwhile. Fail point
+/// `checkpoint` fires here: kind `corrupt` flips a payload byte after the checksum (the restore
+/// must notice); any other kind kills the standby mid-delta. Returns the fd and its size, or
+/// None (nothing was handed over; the changes stay tracked).
+fn seal_delta(
+    server: &str,
+    instance: &dyn PlainInstance,
+    answers: &HashMap<u32, Answer>,
+    (meta, chain, after): (&SnapshotMeta, &ChainEnd, u64),
+    status: &StatusPage,
+    generation: u64,
+) -> Option<(OwnedFd, u64)> {
+    let Link::Base { crc: base_crc } = chain.base.link else {
+        return None;
+    };
+    let name = format!("txipc-snap-{server}");
+    let fd = rustix::fs::memfd_create(
+        name.as_str(),
+        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+    )
+    .ok()?;
+    write_all(&fd, &[0u8; SNAPSHOT_HEADER]).ok()?;
+    let mut file = SnapshotFile {
+        fd: &fd,
+        buf: Vec::with_capacity(SNAPSHOT_CHUNK),
+        crc: fmt::PayloadCrc::default(),
+        abort: Some((status, generation)),
+    };
+    std::io::Write::write_all(
+        &mut file,
+        &fmt::encode_delta_link(chain.base.meta.index, after),
+    )
+    .ok()?;
+    instance.write_changes(&mut file).ok()?;
+    let mut answers: Vec<Answer> = answers.values().cloned().collect();
+    answers.sort_by_key(|a| a.chan);
+    let mut section = Vec::new();
+    fmt::answers_section(&answers, &mut section);
+    std::io::Write::write_all(&mut file, &section).ok()?;
+    file.flush_buf().ok()?;
+    let payload_len = file.crc.len();
+    let header = file.crc.clone().delta_header(meta, base_crc);
+    if !pwrite_all(&fd, &header, 0) {
+        return None;
+    }
+    match status.fire_kind(FailPoint::Checkpoint as u8) {
+        Some(k) if k == FailKind::Corrupt as u8 => {
+            let at = (SNAPSHOT_HEADER as u64) + payload_len / 2;
+            let mut b = [0u8; 1];
+            if rustix::io::pread(&fd, &mut b, at).is_ok() {
+                b[0] ^= 0x5A;
+                let _ = pwrite_all(&fd, &b, at);
+            }
+        }
+        Some(k) => {
+            // The writer killed mid-delta: here the writer is the standby itself (its death
+            // is the standby's, which the kernel replaces; not reported as the server's).
+            txipc_sys::crash::disarm();
+            txipc_sys::crash::inject(k);
+            std::process::exit(70);
+        }
+        None => {}
+    }
+    let seals = rustix::fs::SealFlags::SHRINK
+        | rustix::fs::SealFlags::GROW
+        | rustix::fs::SealFlags::WRITE
+        | rustix::fs::SealFlags::SEAL;
+    rustix::fs::fcntl_add_seals(&fd, seals).ok()?;
+    Some((fd, SNAPSHOT_HEADER as u64 + payload_len))
+}
+
 /// How much of the encoded state a checkpoint writer buffers before writing it to the memfd.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 
@@ -724,10 +920,19 @@ struct SnapshotFile<'a> {
     fd: &'a OwnedFd,
     buf: Vec<u8>,
     crc: fmt::PayloadCrc,
+    /// A following standby's delta, written in the standby itself: given up (an error) at the
+    /// next chunk once the status page's generation is no longer this one (an activation is
+    /// coming: it must not wait for the delta).
+    abort: Option<(&'a StatusPage, u64)>,
 }
 
 impl SnapshotFile<'_> {
     fn flush_buf(&mut self) -> std::io::Result<()> {
+        if let Some((status, generation)) = self.abort
+            && status.generation() != generation
+        {
+            return Err(std::io::Error::from(std::io::ErrorKind::Interrupted));
+        }
         let r = write_all(self.fd, &self.buf);
         self.buf.clear();
         r
@@ -802,6 +1007,8 @@ fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> std::io::Result<()> {
 struct Writer {
     pid: i32,
     offset: u64,
+    /// The last request it captures.
+    index: u64,
     started: Instant,
     since: u64,
     /// It got its parent's priority back (it ran past [`HURRY_AFTER`], or the log filled).
@@ -923,6 +1130,13 @@ const FOLLOW_CHUNK: usize = 64;
 /// recovery would then replay: 4 MiB is ~4,000 kv puts of 1 KB).
 const CATCH_UP: u64 = 8;
 const CATCH_UP_MAX: u64 = 4 << 20;
+/// Most links of a checkpoint chain (a base and its deltas), as the kernel keeps them: they
+/// travel in one message. Past it — or once the deltas together are as large as the base —
+/// the next checkpoint is a base.
+const MAX_CHAIN: usize = txipc_sys::fdpass::MAX_FDS;
+/// How long a following standby waits for the kernel's `Warm` that puts its last checkpoint
+/// in the chain before it takes the next one as a base (the last was refused or lost).
+const PENDING_MAX: Duration = Duration::from_secs(2);
 
 /// A standby that follows the message log as it is written (manifest `standby = "follow"`,
 /// ARCHITECTURE.md §16 "The following standby"): a replica of the server one request behind
@@ -967,6 +1181,16 @@ struct Follower {
     retry: Retry,
     /// A checkpoint was lost: the next is due (after the back-off) whatever the counters say.
     lost: bool,
+    /// The replica's server has the delta form (it tracks its changes).
+    deltas: bool,
+    /// The index since which the replica's changes are tracked (None: unknown, the next
+    /// checkpoint is a base): a delta may be taken only if the kernel's chain ends there.
+    tracked_from: Option<u64>,
+    /// The kernel's newest chain, as its last `Warm` said.
+    chain: Option<ChainEnd>,
+    /// A checkpoint sent (a delta, or a base whose writer exited 0), and when: until the
+    /// kernel's `Warm` says it is in the chain, no other is taken (bounded: [`PENDING_MAX`]).
+    pending: Option<(u64, Instant)>,
     /// The status page's generation when the replica last looked: the kernel sets the next
     /// one just before it activates this standby, so a change stops a step between records.
     generation: u64,
@@ -993,6 +1217,10 @@ impl Follower {
             child: None,
             retry: Retry::default(),
             lost: false,
+            deltas: false,
+            tracked_from: None,
+            chain: None,
+            pending: None,
             generation: status.generation(),
         }
     }
@@ -1031,6 +1259,11 @@ impl Follower {
             });
         }
         if !snapshot && self.replica.is_none() {
+            let mut instance = (self.builtin.fresh)();
+            // The replica tracks its changes (the delta form), from nothing: its first
+            // checkpoint is a base.
+            self.deltas = instance.track_changes(true);
+            self.tracked_from = None;
             self.replica = Some(Restored {
                 header: [0; SNAPSHOT_HEADER],
                 meta: SnapshotMeta {
@@ -1039,36 +1272,53 @@ impl Follower {
                     log_offset: log_start,
                     last_digest: None,
                 },
-                instance: (self.builtin.fresh)(),
+                instance,
                 answers: Vec::new(),
                 bytes: 0,
                 follows: Some(log_start),
+                chain: None,
             });
         }
         self.publish_position();
     }
 
-    /// A checkpoint the kernel accepted: ignored if the replica is there already (it is the
-    /// replica's own, or older); else (the replica is behind it, stale or not started) the
-    /// replica restarts from it.
-    fn warm(&mut self, fd: OwnedFd) {
-        let meta = snapshot_header_of(&fd)
-            .and_then(|h| fmt::check_snapshot_header(&h).ok())
-            .map(|(m, _)| m);
-        if let (Some(r), Some(m)) = (&self.replica, meta)
-            && !self.stale
-            && m.index <= r.meta.index
+    /// A checkpoint chain the kernel accepted (its newest): the replica's state is ignored if
+    /// the replica is there already (it is the replica's own, or older), but the chain is
+    /// noted (the next delta must extend it; the verdict on a delta or base this standby sent);
+    /// else (the replica is behind it, stale or not started) the replica restarts from it.
+    fn warm(&mut self, fds: Vec<OwnedFd>) {
+        let chain = chain_of(&fds);
+        if let Some(c) = chain
+            && self
+                .pending
+                .is_some_and(|(index, _)| index <= c.end.meta.index)
         {
+            self.pending = None;
+        }
+        if let (Some(r), Some(c)) = (&self.replica, chain)
+            && !self.stale
+            && c.end.meta.index <= r.meta.index
+        {
+            self.chain = chain;
             return;
         }
         self.replica = None;
         self.answers.clear();
-        if let Ok(mut r) = restore(self.builtin, &fd) {
+        self.chain = chain;
+        self.tracked_from = None;
+        self.pending = None;
+        if let Ok(mut r) = restore(self.builtin, &fds) {
             r.follows = Some(self.log_start);
             self.answers = std::mem::take(&mut r.answers)
                 .into_iter()
                 .map(|a| (a.chan, a))
                 .collect();
+            // Its changes are tracked from the chain's end: the next checkpoint may be a
+            // delta extending it.
+            self.deltas = r.instance.track_changes(true);
+            self.tracked_from = Some(r.meta.index);
+            // (As verified link by link.)
+            self.chain = r.chain;
             // (Its position is reported once it has caught up with the log behind it.)
             self.replica = Some(r);
             self.reported = None;
@@ -1280,6 +1530,27 @@ impl Follower {
         if self.replica.is_none() || self.child.is_some() || !self.retry.allows() {
             return;
         }
+        if let Some((_, sent)) = self.pending {
+            if sent.elapsed() < PENDING_MAX {
+                // The kernel's verdict on the last one first (its `Warm`).
+                return;
+            }
+            // No `Warm` for it: refused (the chain changed meanwhile) or lost; a base next.
+            self.pending = None;
+            self.tracked_from = None;
+        }
+        let index = self.replica.as_ref().map_or(0, |r| r.meta.index);
+        let delta = self.deltas
+            && self.tracked_from.is_some_and(|from| from < index)
+            && self.chain.is_some_and(|c| {
+                Some(c.end.meta.index) == self.tracked_from
+                    && c.links < MAX_CHAIN
+                    && c.delta_bytes < c.base_bytes
+            });
+        if delta {
+            self.write_delta(ctl);
+            return;
+        }
         let since = std::mem::take(&mut self.since);
         self.at = Instant::now();
         self.lost = false;
@@ -1299,10 +1570,16 @@ impl Follower {
                 )
             }
             Ok(process::Forked::Parent { child }) => {
-                let offset = self.replica.as_ref().map_or(0, |r| r.meta.log_offset);
+                let r = self.replica.as_mut().expect("a replica");
+                // The base holds every change so far: deltas after it track from here.
+                if self.deltas {
+                    r.instance.forget_changes();
+                    self.tracked_from = Some(index);
+                }
                 self.child = Some(Writer {
                     pid: child,
-                    offset,
+                    offset: r.meta.log_offset,
+                    index,
                     started,
                     since,
                     hurried: false,
@@ -1313,6 +1590,59 @@ impl Follower {
                 self.retry.lost();
                 self.lost = true;
             }
+        }
+    }
+
+    /// Writes a delta of the replica (its changes since the chain's end) and hands it to the
+    /// kernel, here in the standby (no fork): small, so the replica's pages are not shared
+    /// with a child and later writes take no copy-on-write faults. An activation meanwhile
+    /// makes it give up (at the next chunk); a failure keeps the changes tracked and backs
+    /// off like a lost checkpoint.
+    fn write_delta(&mut self, ctl: &OwnedFd) {
+        let (Some(r), Some(chain), Some(after)) =
+            (self.replica.as_mut(), self.chain, self.tracked_from)
+        else {
+            return;
+        };
+        let started = Instant::now();
+        let sealed = seal_delta(
+            &self.config.name,
+            &*r.instance,
+            &self.answers,
+            (&r.meta, &chain, after),
+            self.status,
+            self.generation,
+        );
+        let sent = sealed.and_then(|(fd, bytes)| {
+            let info = CheckpointInfo {
+                index: r.meta.index,
+                log_offset: r.meta.log_offset,
+                bytes,
+                stall_us: 0,
+                write_us: started.elapsed().as_micros() as u64,
+            };
+            fdpass::send(
+                ctl,
+                &proto::encode(&FromServer::Checkpoint(info)),
+                &[fd.as_fd()],
+            )
+            .ok()
+        });
+        if sent.is_some() {
+            r.instance.forget_changes();
+            self.tracked_from = Some(r.meta.index);
+            self.pending = Some((r.meta.index, Instant::now()));
+            self.since = 0;
+            self.at = Instant::now();
+            self.lost = false;
+            self.retry.done();
+        } else if self.status.generation() == self.generation {
+            self.retry.lost();
+            self.lost = true;
+        } else {
+            // Given up for a change of generation: an activation of this standby comes next
+            // (or it was another incarnation's: noted, so that it stops one attempt only).
+            self.generation = self.status.generation();
         }
     }
 
@@ -1332,11 +1662,16 @@ impl Follower {
         match reap_writer(w, false) {
             Reaped::Running => {}
             Reaped::Done => {
+                // Its base is with the kernel: deltas may follow once it is in the chain.
+                self.pending = Some((w.index, Instant::now()));
                 self.child = None;
                 self.retry.done();
             }
             Reaped::Lost => {
                 self.since += w.since;
+                // The changes since the previous checkpoint were forgotten at the fork: the
+                // next checkpoint must be a base.
+                self.tracked_from = None;
                 self.child = None;
                 self.retry.lost();
                 self.lost = true;
@@ -1357,6 +1692,8 @@ impl Follower {
         }
         let mut r = self.replica.take()?;
         r.answers = std::mem::take(&mut self.answers).into_values().collect();
+        // It serves now: nothing tracks its changes (the next standby's replica does).
+        r.instance.track_changes(false);
         Some(r)
     }
 }
@@ -1442,15 +1779,15 @@ pub(crate) fn incarnation_main(
                 f.start(log, log_start, skip, snapshot);
                 f.step(&ctl)
             }
-            (StandbyWork::Warm(fd), Some(f)) => {
-                f.warm(fd);
+            (StandbyWork::Warm(fds), Some(f)) => {
+                f.warm(fds);
                 f.step(&ctl)
             }
             (StandbyWork::Idle, Some(f)) => f.step(&ctl),
-            (StandbyWork::Warm(fd), None) => {
+            (StandbyWork::Warm(fds), None) => {
                 warm = None;
                 let low = LowPriority::enter();
-                warm = restore(builtin, &fd).ok();
+                warm = restore(builtin, &fds).ok();
                 drop(low);
                 if let Some(w) = &warm {
                     let _ = fdpass::send(
@@ -1944,6 +2281,7 @@ impl PlainLoop<'_> {
                 w.child = Some(Writer {
                     pid: child,
                     offset: w.ring.end.get(),
+                    index: w.next_index - 1,
                     started,
                     since: std::mem::take(&mut w.since),
                     hurried: false,
@@ -1995,7 +2333,7 @@ impl PlainLoop<'_> {
         &mut self,
         builtin: PlainBuiltin,
         start: &proto::CompanionStart,
-        snapshot: Option<OwnedFd>,
+        snapshot: Vec<OwnedFd>,
         fds: &LogFds,
         warm: Option<Restored>,
     ) -> Vec<(usize, Taken)> {
@@ -2012,7 +2350,7 @@ impl PlainLoop<'_> {
         // The standby's state is used if it is that of this very checkpoint (same sealed
         // header: a warm standby) or, for a standby that followed the log, if it followed
         // this log (the same start: no reset since) from this checkpoint or a later point.
-        let ready = warm.filter(|w| match (w.follows, &snapshot) {
+        let ready = warm.filter(|w| match (w.follows, snapshot.last()) {
             (Some(from), None) => from == start.log_start,
             (Some(from), Some(fd)) => {
                 from == start.log_start
@@ -2024,10 +2362,12 @@ impl PlainLoop<'_> {
             (None, None) => false,
         });
         let was_warm = ready.is_some();
-        let base = match (ready, snapshot) {
-            (Some(w), _) => Some(w),
-            (None, Some(fd)) => Some(restore(builtin, &fd).unwrap_or_else(|e| hold(&ctl, e))),
-            (None, None) => None,
+        let base = match ready {
+            Some(w) => Some(w),
+            None if !snapshot.is_empty() => {
+                Some(restore(builtin, &snapshot).unwrap_or_else(|e| hold(&ctl, e)))
+            }
+            None => None,
         };
         if let Some(r) = base {
             snapshot_bytes = r.bytes;

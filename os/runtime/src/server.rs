@@ -676,8 +676,9 @@ pub(crate) enum Activation {
     Txipc { generation: u64, fresh: bool },
     /// The spare claimed the takeover (crate::spare): recover, attach the heap and serve.
     Takeover(crate::spare::Claimed),
-    /// Reconstitute from the snapshot (fd, if any) and the log, then serve.
-    Companion(proto::CompanionStart, Option<OwnedFd>),
+    /// Reconstitute from the checkpoint chain (its snapshot fds, base first; none: no
+    /// checkpoint) and the log, then serve.
+    Companion(proto::CompanionStart, Vec<OwnedFd>),
 }
 
 /// The standby phase of an incarnation: says `Standby`, maps channels as they come, until
@@ -693,7 +694,7 @@ pub(crate) fn standby(
     work: &mut dyn FnMut(StandbyWork) -> Option<Duration>,
 ) -> Activation {
     let _ = fdpass::send(&**ctl, &proto::encode(&FromServer::Standby), &[]);
-    let mut pending: Option<OwnedFd> = None;
+    let mut pending: Option<Vec<OwnedFd>> = None;
     // How long to wait for a message before the next idle step (None: until one comes).
     let mut wait: Option<Duration> = None;
     // Armed as the spare of the serving incarnation (policy txipc only).
@@ -758,7 +759,7 @@ pub(crate) fn standby(
             Ok(Some(m)) => m,
             Ok(None) => {
                 wait = match pending.take() {
-                    Some(fd) => work(StandbyWork::Warm(fd)),
+                    Some(fds) => work(StandbyWork::Warm(fds)),
                     None => work(StandbyWork::Idle),
                 };
                 continue;
@@ -772,12 +773,14 @@ pub(crate) fn standby(
                 return Activation::Txipc { generation, fresh };
             }
             Ok(ToServer::ActivateCompanion(start)) => {
-                let snap = if start.snapshot { fds_in.pop() } else { None };
-                return Activation::Companion(start, snap);
+                if !start.snapshot {
+                    fds_in.clear();
+                }
+                return Activation::Companion(start, fds_in);
             }
             Ok(ToServer::Warm) => {
-                if let Some(fd) = fds_in.pop() {
-                    pending = Some(fd);
+                if !fds_in.is_empty() {
+                    pending = Some(fds_in);
                 }
             }
             Ok(ToServer::Follow {
@@ -824,8 +827,9 @@ pub(crate) fn standby(
 
 /// What a standby is handed, or may do, while it waits to be activated (policy companion).
 pub(crate) enum StandbyWork {
-    /// The newest accepted checkpoint (only the newest of several queued ones): restore it.
-    Warm(OwnedFd),
+    /// The newest accepted checkpoint chain, base first (only the newest of several queued
+    /// ones): restore it.
+    Warm(Vec<OwnedFd>),
     /// Follow the log as it is written ([`ToServer::Follow`]).
     Follow {
         /// Where the log starts without a snapshot.

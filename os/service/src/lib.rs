@@ -284,6 +284,36 @@ pub trait Distill: Sized {
     fn distill(&self) -> &Self::Snapshot;
     /// A server whose state is `snapshot`.
     fn reconstitute(snapshot: Self::Snapshot) -> Self;
+
+    /// **The delta form** (optional: a server without it is checkpointed whole every time).
+    /// Starts (`on`) or stops tracking the changes to the state, with nothing tracked yet, and
+    /// says whether the server has a delta form (the default: `false`, tracks nothing). The
+    /// companion turns tracking on in its replica only (the serving incarnation does not pay
+    /// for it), then checkpoints a base now and then and, between bases, only the changes.
+    fn track_changes(&mut self, on: bool) -> bool {
+        let _ = on;
+        false
+    }
+
+    /// Writes the changes tracked since tracking started or since the last
+    /// [`Distill::forget_changes`] (postcard of a type of the server's choosing), such that
+    /// [`Distill::apply_changes`] of them to the state they were tracked from gives this state.
+    fn write_changes(&self, out: &mut dyn std::io::Write) -> Result<(), DistillError> {
+        let _ = out;
+        Err(DistillError::Encode("this server has no delta form".into()))
+    }
+
+    /// Forgets the changes tracked so far (they are in a checkpoint now); tracking goes on.
+    fn forget_changes(&mut self) {}
+
+    /// Applies changes [`Distill::write_changes`] wrote (restoring a chain: a base, then each
+    /// delta in order).
+    fn apply_changes(&mut self, delta: &[u8]) -> Result<(), DistillError> {
+        let _ = delta;
+        Err(DistillError::Decode(
+            "this server has no delta form, but the snapshot is a delta".into(),
+        ))
+    }
 }
 
 /// Why a state could not be distilled or reconstituted.
@@ -316,6 +346,25 @@ pub trait Companion: Dispatch + Sized {
     fn reconstitute_from(payload: &[u8]) -> Result<Self, DistillError>;
     /// A dispatcher over a server that never ran (its snapshot's `Default`).
     fn fresh() -> Self;
+    /// [`Distill::track_changes`] of the server.
+    fn track_changes(&mut self, on: bool) -> bool;
+    /// [`Distill::write_changes`] of the server.
+    fn write_changes(&self, out: &mut dyn std::io::Write) -> Result<(), DistillError>;
+    /// [`Distill::forget_changes`] of the server.
+    fn forget_changes(&mut self);
+    /// [`Distill::apply_changes`] of the server.
+    fn apply_changes(&mut self, delta: &[u8]) -> Result<(), DistillError>;
+}
+
+/// Writes `value` with the wire codec (postcard) to `out` as it is encoded: what a server's
+/// delta form ([`Distill::write_changes`]) writes its changes with.
+pub fn encode_to<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut dyn std::io::Write,
+) -> Result<(), DistillError> {
+    postcard::to_io(value, out)
+        .map(|_| ())
+        .map_err(|e| DistillError::Encode(e.to_string()))
 }
 
 /// Encodes a value with the wire codec (postcard).
