@@ -482,11 +482,20 @@ impl Ring {
 
     /// A copy of the log `[from, to)`.
     fn read(&self, from: u64, to: u64) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity((to - from) as usize);
-        for (at, n) in fmt::ring_ranges(from, to, self.cap) {
-            self.map.copy_out(at, n, &mut bytes);
-        }
+        let mut bytes = Vec::new();
+        self.read_into(from, to, &mut bytes);
         bytes
+    }
+
+    /// A copy of the log `[from, to)` into `bytes` (cleared first; its capacity is kept, so a
+    /// following standby that reads the log at every step allocates and faults in no new
+    /// pages for it).
+    fn read_into(&self, from: u64, to: u64, bytes: &mut Vec<u8>) {
+        bytes.clear();
+        bytes.reserve((to - from) as usize);
+        for (at, n) in fmt::ring_ranges(from, to, self.cap) {
+            self.map.copy_out(at, n, bytes);
+        }
     }
 
     /// Where log offset `off` lives in the memfd.
@@ -1130,6 +1139,9 @@ const FOLLOW_CHUNK: usize = 64;
 /// recovery would then replay: 4 MiB is ~4,000 kv puts of 1 KB).
 const CATCH_UP: u64 = 8;
 const CATCH_UP_MAX: u64 = 4 << 20;
+/// A following standby keeps its log copy buffer between steps up to this capacity (a long
+/// catch-up step's buffer is freed).
+const LOG_COPY_KEEP: usize = 8 << 20;
 /// Most links of a checkpoint chain (a base and its deltas), as the kernel keeps them: they
 /// travel in one message. Past it — or once the deltas together are as large as the base —
 /// the next checkpoint is a base.
@@ -1181,6 +1193,8 @@ struct Follower {
     retry: Retry,
     /// A checkpoint was lost: the next is due (after the back-off) whatever the counters say.
     lost: bool,
+    /// The buffer each step copies the log past the replica into (kept between steps).
+    log_copy: Vec<u8>,
     /// The replica's server has the delta form (it tracks its changes).
     deltas: bool,
     /// The index since which the replica's changes are tracked (None: unknown, the next
@@ -1217,6 +1231,7 @@ impl Follower {
             child: None,
             retry: Retry::default(),
             lost: false,
+            log_copy: Vec::new(),
             deltas: false,
             tracked_from: None,
             chain: None,
@@ -1332,6 +1347,17 @@ impl Follower {
     /// One look at the log: applies every complete request past the replica (all but the
     /// last record), then checkpoints if one is due. Returns how long to wait before the next.
     fn step(&mut self, ctl: &OwnedFd) -> Option<Duration> {
+        let mut bytes = std::mem::take(&mut self.log_copy);
+        let wait = self.step_with(ctl, &mut bytes);
+        if bytes.capacity() > LOG_COPY_KEEP {
+            bytes = Vec::new();
+        }
+        self.log_copy = bytes;
+        wait
+    }
+
+    /// [`Follower::step`] with `bytes`, the buffer it copies the log into.
+    fn step_with(&mut self, ctl: &OwnedFd, bytes: &mut Vec<u8>) -> Option<Duration> {
         self.reap();
         if self.stale {
             return self.child.map(|_| FOLLOW_IDLE);
@@ -1347,14 +1373,14 @@ impl Follower {
             self.stale = true;
             return None;
         };
-        let bytes = ring.read(from, tail);
+        ring.read_into(from, tail, bytes);
         if ring.accepted() > from {
             // A checkpoint past the replica was accepted (the server's own, forced by a log
             // filling faster than the replica follows): the ring behind it may be reused, so
             // these bytes may be torn. Its `Warm` restarts the replica.
             return Some(FOLLOW_POLL);
         }
-        let Ok(scan) = fmt::read_log(&bytes, from, ring.cap, r.meta.index + 1) else {
+        let Ok(scan) = fmt::read_log(bytes, from, ring.cap, r.meta.index + 1) else {
             self.stale = true;
             return None;
         };
