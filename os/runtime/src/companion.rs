@@ -1688,8 +1688,11 @@ impl Follower {
         match reap_writer(w, false) {
             Reaped::Running => {}
             Reaped::Done => {
-                // Its base is with the kernel: deltas may follow once it is in the chain.
-                self.pending = Some((w.index, Instant::now()));
+                // Its base is with the kernel: deltas may follow once it is in the chain (its
+                // `Warm` may have come already).
+                if self.chain.is_none_or(|c| c.end.meta.index < w.index) {
+                    self.pending = Some((w.index, Instant::now()));
+                }
                 self.child = None;
                 self.retry.done();
             }

@@ -358,7 +358,7 @@ pub trait Companion: Dispatch + Sized {
 
 /// Writes `value` with the wire codec (postcard) to `out` as it is encoded: what a server's
 /// delta form ([`Distill::write_changes`]) writes its changes with.
-pub fn encode_to<T: Serialize + ?Sized>(
+pub fn write_encoded<T: Serialize + ?Sized>(
     value: &T,
     out: &mut dyn std::io::Write,
 ) -> Result<(), DistillError> {

@@ -101,7 +101,7 @@ impl Distill for KvPlain {
             bytes: self.state.bytes,
             set: ChangedEntries(&self.state, self.changed.as_ref().unwrap_or(&empty)),
         };
-        txipc_service::encode_to(&changes, out)
+        txipc_service::write_encoded(&changes, out)
     }
     fn forget_changes(&mut self) {
         if let Some(c) = &mut self.changed {
