@@ -1027,6 +1027,78 @@ mod tests {
     }
 
     #[test]
+    fn a_takeover_answers_the_rollback_without_settling_and_is_allowed_only_while_serving() {
+        let (mut l, cmds) = Lifecycle::new(cfg(Policy::Txipc, 5, 0), 0);
+        let mut w = World::default();
+        for c in cmds {
+            w.perform(c, false);
+        }
+        drive(&mut l, &mut w, 0, false);
+        assert_eq!(
+            l.takeover_allowed(0),
+            Some(2),
+            "serving with a standby ready"
+        );
+        w.procs.insert(1, Proc::Stopped);
+        l.handle(Event::CrashReport(1), 1).unwrap();
+        assert_eq!(
+            l.takeover_allowed(1),
+            None,
+            "nothing is armed while recovering"
+        );
+        // Not an answer to a rollback yet: ignored.
+        assert_eq!(
+            l.handle(
+                Event::TakenOver {
+                    spare: 2,
+                    serving: true
+                },
+                1
+            )
+            .unwrap(),
+            vec![]
+        );
+        assert_eq!(l.active(), None);
+        assert_eq!(
+            l.handle(Event::Stopped(1), 1).unwrap(),
+            vec![Command::RollBack(1)]
+        );
+        // The spare claimed first and already serves: no SettleSlots (it settled), no
+        // Activate; the stopped generation is killed and the next standby forked.
+        let cmds = l
+            .handle(
+                Event::TakenOver {
+                    spare: 2,
+                    serving: true,
+                },
+                1,
+            )
+            .unwrap();
+        assert_eq!(cmds, vec![Command::Kill(1), Command::Spawn(3)]);
+        assert_eq!(
+            (l.phase(), l.serving(), l.standby()),
+            (Phase::Running, Some(2), None)
+        );
+        // A spare that claimed but has not said it serves is activated, not serving: its
+        // activation timeout applies.
+        feed(&mut l, &mut w, Event::StandbyReady(3), 2, false);
+        w.procs.insert(2, Proc::Dead);
+        l.handle(Event::Died(2), 3).unwrap();
+        let cmds = l
+            .handle(
+                Event::TakenOver {
+                    spare: 3,
+                    serving: false,
+                },
+                3,
+            )
+            .unwrap();
+        assert_eq!(cmds, vec![]);
+        assert_eq!((l.active(), l.serving()), (Some(3), None));
+        assert_eq!(l.handle(Event::Tick, 100).unwrap()[0], Command::Kill(3));
+    }
+
+    #[test]
     fn a_stopped_standby_is_a_hang_at_activation() {
         let (mut l, cmds) = Lifecycle::new(cfg(Policy::Txipc, 5, 0), 0);
         let mut w = World::default();

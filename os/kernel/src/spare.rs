@@ -277,15 +277,23 @@ impl Kernel {
         for &key in &r.charged {
             s.attempts.reposted(key);
         }
+        // The fault was seen first by whichever of the kernel and the spare saw it first: a
+        // hang is the kernel's declaration (its kill wakes the spare), a crash or a death
+        // usually the spare's wake-up (the kernel's own sight of this fault was stamped by
+        // `fault_starts` before the rollback that accepted the takeover).
+        let seen = match s.steps.fault_ns {
+            0 => r.woke_ns,
+            k => k.min(r.woke_ns),
+        };
         let steps = txipc_core::proto::RecoverySteps {
-            fault_ns: r.woke_ns,
+            fault_ns: seen,
             activated_ns: r.settled_ns,
             serving_ns: r.serving_ns,
             by_spare: true,
         };
         s.steps = steps;
         s.last_steps = Some(steps);
-        s.last_recovery_us = Some(r.serving_ns.saturating_sub(r.woke_ns) as f64 / 1e3);
+        s.last_recovery_us = Some(r.serving_ns.saturating_sub(seen) as f64 / 1e3);
         let name = s.spec.name.clone();
         self.log(format!(
             "{name}: generation {} took over from generation {} by itself in {:.0} µs; undo log: {}, {} records undone; {} replies published, {} re-posted",

@@ -627,9 +627,8 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
         }
         None => FromServer::Active { generation },
     };
+    let took_over = matches!(said, FromServer::TookOver(_));
     let _ = fdpass::send(&ctl, &proto::encode(&said), &[]);
-    // A standby armed as the spare ran at the kernel's priority: serve at the server's.
-    crate::spare::serve_as_server();
     let calls = status.calls();
     let mut lp = Loop {
         config,
@@ -656,6 +655,13 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
         decided: Vec::new(),
         aborted_roots: VecDeque::new(),
     };
+    // A spare that took over still runs at the kernel's priority: it serves the requests it
+    // re-posted (the recovery ends at their replies), then goes back to the server's, as a
+    // standby the kernel activated does at once.
+    if took_over {
+        lp.serve_batch();
+    }
+    crate::spare::serve_as_server();
     lp.run()
 }
 
