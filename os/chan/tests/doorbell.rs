@@ -78,10 +78,10 @@ fn doorbell_and_reply_wakeups_are_never_lost_with_zero_spin() {
         assert_eq!(reply, req);
     }
     for ch in clients {
-        assert_eq!(ch.wait().unwrap(), 0);
+        assert_eq!(ch.wait_within(Duration::from_secs(60)).unwrap(), Some(0));
     }
     sbell.notify(EVENT_STOP);
-    assert_eq!(srv.wait().unwrap(), 0);
+    assert_eq!(srv.wait_within(Duration::from_secs(60)).unwrap(), Some(0));
 }
 
 /// Defect "one client can starve the others": a client that keeps scribbling on every word
@@ -150,9 +150,12 @@ fn a_client_scribbling_on_its_channel_cannot_stop_anothers_wakeups() {
         }
     }
     stop.u32(0).store(1, Ordering::Relaxed);
-    assert_eq!(hostile.wait().unwrap(), 0);
+    assert_eq!(
+        hostile.wait_within(Duration::from_secs(60)).unwrap(),
+        Some(0)
+    );
     sbell.notify(EVENT_STOP);
-    assert_eq!(srv.wait().unwrap(), 0);
+    assert_eq!(srv.wait_within(Duration::from_secs(60)).unwrap(), Some(0));
     assert_eq!(failed, None, "the honest client was starved");
 }
 
@@ -175,7 +178,7 @@ fn notify_wakes_a_sleeping_server() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(20));
     Doorbell::map(&bell).unwrap().notify(0x40);
-    assert_eq!(srv.wait().unwrap(), 0);
+    assert_eq!(srv.wait_within(Duration::from_secs(60)).unwrap(), Some(0));
 }
 
 fn make_shm() -> std::os::fd::OwnedFd {
