@@ -121,7 +121,10 @@ fn bench_kv_companion_reports_its_checkpoints_and_cpu() {
     // the count is checked for its bounds, not for a minimum.
     let taken = c["checkpoints"][0].as_u64().expect("checkpoints taken");
     assert!(taken <= 2_000 / 200 + 1, "{c}");
-    assert!(c["checkpoints"][1].as_u64().is_some(), "the longest stall: {c}");
+    assert!(
+        c["checkpoints"][1].as_u64().is_some(),
+        "the longest stall: {c}"
+    );
     assert_eq!(c["server_checkpoints"], 0, "{c}");
     let cpu = &c["companion_cpu"];
     for k in ["server_s", "standby_s", "writers_s"] {
