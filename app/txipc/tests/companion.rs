@@ -1444,6 +1444,35 @@ fn sigkill_storm_companion() {
     );
 }
 
+/// The long storm for the report: 10,000 SIGKILLs under companion, in storms of 230 s until
+/// the count is reached (at most 6, each verified exactly-once, its report printed): a fault
+/// goes only into a serving server, and one storm at load 22 niced got 2,562. Run by hand:
+/// `cargo test --release -p txipc --test companion -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn sigkill_storm_companion_10k_faults() {
+    storms_up_to(
+        6,
+        &[
+            "--clients",
+            "8",
+            "--fault",
+            "sigkill",
+            "--fault-interval-ms",
+            "20",
+        ],
+        230,
+        7,
+        (10_000, 1000),
+        |args| {
+            let v = demo(args);
+            println!("{v}");
+            check_exactly_once(&v);
+            v
+        },
+    );
+}
+
 /// Every fail point kind at every point of a call, and SIGKILLs, at random instants.
 #[test]
 fn fail_point_storm_companion() {

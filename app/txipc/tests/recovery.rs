@@ -247,6 +247,36 @@ fn sigkill_storm_typed_tracking() {
     );
 }
 
+/// The long storm for the report: 10,000 SIGKILLs, in storms of 330 s until the count is
+/// reached (at most 6, each verified exactly-once, its report printed). Run by hand:
+/// `cargo test --release -p txipc --test recovery -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn sigkill_storm_10k_faults() {
+    storms_up_to(
+        6,
+        &[
+            "--clients",
+            "8",
+            "--fault",
+            "sigkill",
+            "--fault-interval-ms",
+            "25",
+            "--policy",
+            "txipc",
+        ],
+        330,
+        21,
+        (10_000, 1000),
+        |args| {
+            let v = demo(args);
+            println!("{v}");
+            check_exactly_once(&v);
+            v
+        },
+    );
+}
+
 /// The same storm under page tracking (the heap's pages captured by the SIGSEGV tracker).
 #[test]
 fn sigkill_storm_page_tracking() {

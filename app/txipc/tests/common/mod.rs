@@ -180,11 +180,25 @@ pub fn storms_until(
     base: &[&str],
     seconds: u64,
     seed: u64,
+    mins: (u64, u64),
+    storm: impl FnMut(&[&str]) -> serde_json::Value,
+) -> Vec<serde_json::Value> {
+    storms_up_to(MAX_STORMS, base, seconds, seed, mins, storm)
+}
+
+/// [`storms_until`] with at most `max_storms` storms (the hand-run 10,000-fault storms: a
+/// fault goes only into a serving server, so on a loaded machine one storm of a fixed length
+/// falls short of the count; its storms go on until the count is reached).
+pub fn storms_up_to(
+    max_storms: u64,
+    base: &[&str],
+    seconds: u64,
+    seed: u64,
     (min_faults, min_requests): (u64, u64),
     mut storm: impl FnMut(&[&str]) -> serde_json::Value,
 ) -> Vec<serde_json::Value> {
     let mut reports = Vec::new();
-    for k in 0..MAX_STORMS {
+    for k in 0..max_storms {
         let (secs, seed) = (seconds.to_string(), (seed + k).to_string());
         let mut args = base.to_vec();
         args.extend(["--seconds", &secs, "--seed", &seed]);
@@ -196,7 +210,7 @@ pub fn storms_until(
         }
     }
     panic!(
-        "{} faults and {} requests in {MAX_STORMS} storms of {seconds} s, fewer than {min_faults} and {min_requests}",
+        "{} faults and {} requests in {max_storms} storms of {seconds} s, fewer than {min_faults} and {min_requests}",
         total(&reports, "faults_injected"),
         total(&reports, "requests")
     );
@@ -239,8 +253,22 @@ pub fn check_bank_report(v: &serde_json::Value, policy: &str) {
 /// Bank storms under `policy` ([`storms_until`], each checked by [`check_bank_report`]) until
 /// `min_faults` faults and 500 requests, with every server hit in all.
 pub fn bank_storms_until(base: &[&str], policy: &str, seconds: u64, seed: u64, min_faults: u64) {
-    let reports = storms_until(base, seconds, seed, (min_faults, 500), |args| {
+    bank_storms_up_to(MAX_STORMS, base, policy, seconds, seed, min_faults);
+}
+
+/// [`bank_storms_until`] with at most `max_storms` storms, each report printed (the hand-run
+/// 10,000-fault storms); returns the reports.
+pub fn bank_storms_up_to(
+    max_storms: u64,
+    base: &[&str],
+    policy: &str,
+    seconds: u64,
+    seed: u64,
+    min_faults: u64,
+) -> Vec<serde_json::Value> {
+    let reports = storms_up_to(max_storms, base, seconds, seed, (min_faults, 500), |args| {
         let v = demo(args);
+        println!("{v}");
         check_bank_report(&v, policy);
         v
     });
@@ -251,18 +279,7 @@ pub fn bank_storms_until(base: &[&str], policy: &str, seconds: u64, seed: u64, m
             .sum();
         assert!(hits > 0, "{s} never hit: {reports:?}");
     }
-}
-
-/// Checks a bank storm's report (`txipc demo --workload bank`) under `policy`: state verified,
-/// the total conserved, nothing lost, duplicated, half-applied, uncertain or failed (and under
-/// txipc no prepared sub-transaction left), at least `min_faults` faults with every server hit.
-pub fn check_bank_storm(v: &serde_json::Value, policy: &str, min_faults: u64) {
-    check_bank_report(v, policy);
-    assert!(v["requests"].as_u64().unwrap() > 500, "{v}");
-    assert!(v["faults_injected"].as_u64().unwrap() >= min_faults, "{v}");
-    for s in ["bank", "account-0", "account-1"] {
-        assert!(v["faults_by_server"][s].as_u64().unwrap() > 0, "{s}: {v}");
-    }
+    reports
 }
 
 /// Removes the system log a `txipc demo` run keeps for after it (its JSON report names it in
