@@ -153,10 +153,16 @@ fn a_recorded_seed_replays_the_same_fault() {
     );
     let full = out.json();
     let records = full["records"].as_array().unwrap();
-    // A run whose fault fired, replayed alone from its recorded seed.
+    // A run whose fault fired, replayed alone from its recorded seed. Not a delay, if any
+    // other fired: a delay is drawn up to twice the deadline, and one near it ends masked or
+    // as a hang (recovered) depending on the machine's speed at that moment (a loaded run of
+    // the whole suite saw "recovered" against "masked"), so its outcome is not compared.
+    let fired = |r: &&serde_json::Value| r["outcome"] != "not_activated";
     let r = records
         .iter()
-        .find(|r| r["outcome"] != "not_activated")
+        .filter(fired)
+        .find(|r| r["fault"] != "delay")
+        .or_else(|| records.iter().find(fired))
         .unwrap_or_else(|| panic!("no fault fired in 12 runs: {full}"));
     let seed = r["seed"].as_str().unwrap();
     let again = TempFile::new("replay-b");
@@ -176,6 +182,9 @@ fn a_recorded_seed_replays_the_same_fault() {
     let b = again.json();
     let b = &b["records"][0];
     for key in ["fault", "call", "action", "outcome", "seed"] {
+        if key == "outcome" && r["fault"] == "delay" {
+            continue;
+        }
         assert_eq!(r[key], b[key], "{key} of the replay of {seed}");
     }
 }
