@@ -70,7 +70,7 @@ fn main() {
         for _ in 0..OPS {
             let r: Result<Option<Bytes>, KvError> =
                 txipc_service::decode(black_box(&encoded)).expect("decode");
-            black_box(r);
+            let _ = black_box(r);
         }
     });
     println!(
