@@ -88,26 +88,46 @@ fn every_fault_kind_is_taken_over_by_the_spare_exactly_once() {
         Fault::Abort,
         Fault::Exit,
         Fault::Hang,
+        // SIGKILL from outside, while a request waits.
+        Fault::None,
     ];
-    for (i, kind) in kinds.into_iter().enumerate() {
-        wait_armed(&conn);
-        assert_eq!(f.add(i as u32, 5, kind, 1).unwrap(), 5, "{kind:?}");
+    let (mut counter, mut restarts, mut sum, mut killed) = (0u32, 0u64, 0i64, 0u64);
+    for kind in kinds {
+        // The kernel recovers itself when the spare does not claim within its grace (a machine
+        // so loaded that the spare gets no CPU for milliseconds): that recovery is as correct,
+        // and the kind is tried again, a bounded number of times.
+        let mut by_spare = false;
+        for _ in 0..5 {
+            let armed = wait_armed(&conn);
+            let value = if kind == Fault::None {
+                txipc_sys::process::kill(armed.pid, rustix::process::Signal::KILL).unwrap();
+                killed += 1;
+                f.add(counter, 5, Fault::None, 0).unwrap()
+            } else {
+                f.add(counter, 5, kind, 1).unwrap()
+            };
+            assert_eq!(value, 5, "{kind:?}");
+            restarts += 1;
+            sum += 5;
+            by_spare = recovered(&conn, restarts);
+            assert_eq!(f.get(counter).unwrap(), 5, "{kind:?}");
+            counter += 1;
+            if by_spare {
+                break;
+            }
+        }
         assert!(
-            recovered(&conn, i as u64 + 1),
-            "{kind:?}: not recovered by the spare: {:?}",
+            by_spare,
+            "{kind:?}: never recovered by the spare: {:?}",
             info(&conn)
         );
-        assert_eq!(f.get(i as u32).unwrap(), 5, "{kind:?}");
     }
-    // SIGKILL from outside, while a request waits.
-    let armed = wait_armed(&conn);
-    txipc_sys::process::kill(armed.pid, rustix::process::Signal::KILL).unwrap();
-    assert_eq!(f.add(9, 2, Fault::None, 0).unwrap(), 2);
-    assert!(recovered(&conn, 6), "SIGKILL: {:?}", info(&conn));
     let i = info(&conn);
-    assert_eq!(i.retried_requests, 5, "{i:?}");
+    // Every fault re-ran its request but the SIGKILLs, which came before the request did.
+    assert_eq!(i.restarts, restarts, "{i:?}");
+    assert!(i.retried_requests >= restarts - killed, "{i:?}");
     assert_eq!(i.aborted_requests, 0);
-    assert_eq!(f.sum().unwrap(), 5 * 5 + 2);
+    assert_eq!(f.sum().unwrap(), sum);
     drop((f, conn));
     sys.shutdown().unwrap();
 

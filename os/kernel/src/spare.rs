@@ -27,7 +27,7 @@ use crate::event_loop::Kernel;
 
 /// How long the kernel leaves an armed spare to claim a recovery, once the failed
 /// generation is confirmed unable to run, before it disarms it and recovers itself.
-pub(crate) const TAKEOVER_GRACE_US: u64 = 2_000;
+pub(crate) const TAKEOVER_GRACE_US: u64 = 5_000;
 
 /// A rollback waiting for the spare (its claim within the grace, or its death).
 #[derive(Debug, Clone, Copy)]
