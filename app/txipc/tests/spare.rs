@@ -207,27 +207,31 @@ fn a_spare_that_fails_while_taking_over_is_recovered_by_the_kernel() {
     let sys = system("spare-fails", "");
     let conn = sys.connect().unwrap();
     let f = FaultyClient::new(open(&conn, "f"));
-    for (k, kind) in [FailKind::Exit, FailKind::Segv, FailKind::Hang]
-        .into_iter()
-        .enumerate()
-    {
-        let before = info(&conn).restarts;
-        wait_armed(&conn);
-        arm_takeover_fault(&conn, kind);
-        // The serving incarnation crashes after its update; the spare takes over and fails.
-        assert_eq!(f.add(k as u32, 7, Fault::Segv, 1).unwrap(), 7, "{kind:?}");
-        assert_eq!(
-            conn.fail_point("f", None).unwrap(),
-            None,
-            "{kind:?}: the spare's fail point fired"
-        );
-        assert!(
-            !recovered(&conn, before + 1),
-            "{kind:?}: the last recovery was the kernel's"
-        );
-        assert_eq!(f.get(k as u32).unwrap(), 7, "{kind:?}");
+    let (mut counter, mut sum) = (0u32, 0i64);
+    for kind in [FailKind::Exit, FailKind::Segv, FailKind::Hang] {
+        // The spare's fail point fires only if the spare, not the kernel, recovers the fault
+        // (on a machine so loaded that the spare misses its grace, the kernel does, as
+        // correctly): tried again, a bounded number of times.
+        let mut fired = false;
+        for _ in 0..5 {
+            let before = info(&conn).restarts;
+            wait_armed(&conn);
+            arm_takeover_fault(&conn, kind);
+            // The serving incarnation crashes after its update; the spare takes over and fails.
+            assert_eq!(f.add(counter, 7, Fault::Segv, 1).unwrap(), 7, "{kind:?}");
+            sum += 7;
+            fired = conn.fail_point("f", None).unwrap().is_none();
+            let by_spare = recovered(&conn, before + 1);
+            assert_eq!(f.get(counter).unwrap(), 7, "{kind:?}");
+            counter += 1;
+            if fired {
+                assert!(!by_spare, "{kind:?}: the last recovery was the kernel's");
+                break;
+            }
+        }
+        assert!(fired, "{kind:?}: the spare never took over");
     }
-    assert_eq!(f.sum().unwrap(), 21);
+    assert_eq!(f.sum().unwrap(), sum);
     assert_eq!(info(&conn).aborted_requests, 0);
     drop((f, conn));
     sys.shutdown().unwrap();

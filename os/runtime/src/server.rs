@@ -699,6 +699,12 @@ pub(crate) fn standby(
     buf: &mut [u8],
     work: &mut dyn FnMut(StandbyWork) -> Option<Duration>,
 ) -> Activation {
+    // Rings of crashes before this standby existed are not of the incarnation it may watch.
+    SPARE.with(|sp| {
+        if let Some(c) = sp.borrow().as_ref() {
+            crate::spare::drain(&c.bell);
+        }
+    });
     let _ = fdpass::send(&**ctl, &proto::encode(&FromServer::Standby), &[]);
     let mut pending: Option<Vec<OwnedFd>> = None;
     // How long to wait for a message before the next idle step (None: until one comes).
@@ -807,12 +813,8 @@ pub(crate) fn standby(
                 old_pid,
                 retry_limit,
             }) => {
-                let have = SPARE.with(|sp| {
-                    sp.borrow()
-                        .as_ref()
-                        .map(|c| crate::spare::armed(&c.bell))
-                        .is_some()
-                });
+                let have = SPARE.with(|sp| sp.borrow().is_some());
+                crate::spare::armed();
                 if have && let Some(fd) = fds_in.pop() {
                     armed = Some(crate::spare::Armed::new(
                         generation,

@@ -74,10 +74,9 @@ pub(crate) enum Woke {
 }
 
 /// Prepares a standby just armed: timers as exact as the kernel allows (a re-check of a stop
-/// sleeps [`STOP_RECHECK`], not that plus the default 50 µs slack), and the bell emptied.
-pub(crate) fn armed(bell: &OwnedFd) {
+/// sleeps [`STOP_RECHECK`], not that plus the default 50 µs slack).
+pub(crate) fn armed() {
     let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1));
-    drain(bell);
 }
 
 /// Empties the bell (rings of earlier crashes, not of the incarnation now watched).
@@ -86,7 +85,9 @@ pub(crate) fn drain(bell: &OwnedFd) {
     while rustix::io::read(bell, &mut b).is_ok() {}
 }
 
-/// Sleeps until a control message, the watched incarnation's death or the bell.
+/// Sleeps until a control message, the watched incarnation's death or the bell. The bell is
+/// emptied when the standby starts, not when it is armed: a crash that rang it between the
+/// kernel's arming and this standby's reading of `Arm` is seen at once.
 pub(crate) fn wait(ctl: &OwnedFd, armed: &Armed, bell: &OwnedFd) -> Woke {
     use rustix::event::{PollFd, PollFlags, poll};
     let mut fds = [
