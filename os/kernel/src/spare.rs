@@ -150,6 +150,9 @@ impl Kernel {
                             .takeover_report
                             .as_ref()
                             .is_some_and(|r| r.generation == spare);
+                        // Counted now, not when its report comes: a committed reply the spare
+                        // published while settling may reach its client before the report.
+                        s.restarts += 1;
                         return Some(Event::TakenOver { spare, serving });
                     }
                     // Killed already (it crashed as a standby) but not seen dead: its death
@@ -272,7 +275,6 @@ impl Kernel {
             return;
         };
         s.status.end_takeover(r.generation);
-        s.restarts += 1;
         s.retried += r.reposted;
         for &key in &r.charged {
             s.attempts.reposted(key);
