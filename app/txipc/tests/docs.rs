@@ -1,5 +1,5 @@
-//! The documents' claims that can be checked are checked: every test ARCHITECTURE.md and the
-//! README name exists.
+//! The documents' claims that can be checked are checked: every test ARCHITECTURE.md, the
+//! README and MEASUREMENTS.md name exists.
 //!
 //! A name in backticks that reads like a test (`a_poison_request_is_failed_alone_on_replay`,
 //! `companion_calls::a_readonly_request_may_only_make_readonly_calls`: snake case with at least
@@ -105,7 +105,7 @@ fn every_test_the_documents_name_exists() {
     );
     let mut checked = 0;
     let mut missing = Vec::new();
-    for doc in ["ARCHITECTURE.md", "README.md"] {
+    for doc in ["ARCHITECTURE.md", "README.md", "MEASUREMENTS.md"] {
         let text = std::fs::read_to_string(root.join(doc)).unwrap();
         for (line, path, name) in named_tests(&text) {
             let first = path.split("::").next().unwrap();
