@@ -152,8 +152,9 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 0)]
         follow_max_lag: u64,
         /// Policy txipc: the manifest's `takeover`: `on` (the standby, armed as the spare,
-        /// takes over by itself) or `off` (the kernel recovers and activates it).
-        #[arg(long, default_value = "on")]
+        /// takes over by itself) or `off` (the kernel recovers and activates it; the
+        /// manifest's default).
+        #[arg(long, default_value = "off")]
         takeover: String,
     },
     /// SVG plots (`kv_throughput.svg`, `recovery.svg`) and markdown tables from saved JSON

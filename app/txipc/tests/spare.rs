@@ -79,7 +79,7 @@ fn arm_takeover_fault(conn: &System, kind: FailKind) {
 /// exactly once. With `takeover = false` the kernel recovers.
 #[test]
 fn every_fault_kind_is_taken_over_by_the_spare_exactly_once() {
-    let sys = system("spare-kinds", "");
+    let sys = system("spare-kinds", "takeover = true");
     let conn = sys.connect().unwrap();
     let f = FaultyClient::new(open(&conn, "f"));
     let kinds = [
@@ -152,7 +152,7 @@ fn every_fault_kind_is_taken_over_by_the_spare_exactly_once() {
 /// `Aborted` itself; it leaves no trace.
 #[test]
 fn a_poison_request_is_still_aborted_after_takeovers() {
-    let sys = system("spare-poison", "");
+    let sys = system("spare-poison", "takeover = true");
     let conn = sys.connect().unwrap();
     let f = FaultyClient::new(open(&conn, "f"));
     wait_armed(&conn);
@@ -176,7 +176,7 @@ fn a_poison_request_is_still_aborted_after_takeovers() {
 /// waits for the dead spare.
 #[test]
 fn a_spare_killed_while_parked_leaves_the_recovery_to_the_kernel() {
-    let sys = system("spare-parked", "");
+    let sys = system("spare-parked", "takeover = true");
     let conn = sys.connect().unwrap();
     let f = FaultyClient::new(open(&conn, "f"));
     assert_eq!(f.add(1, 3, Fault::None, 0).unwrap(), 3);
@@ -204,7 +204,7 @@ fn a_spare_killed_while_parked_leaves_the_recovery_to_the_kernel() {
 /// idempotent), the request runs exactly once, and the server serves.
 #[test]
 fn a_spare_that_fails_while_taking_over_is_recovered_by_the_kernel() {
-    let sys = system("spare-fails", "");
+    let sys = system("spare-fails", "takeover = true");
     let conn = sys.connect().unwrap();
     let f = FaultyClient::new(open(&conn, "f"));
     let (mut counter, mut sum) = (0u32, 0i64);

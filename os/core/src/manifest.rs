@@ -17,8 +17,8 @@
 //!                          # and takes the checkpoints (or "warm": the server forks them)
 //! follow_max_lag = 0       # policy companion, follow: past this many records behind the log
 //!                          # the replica replays at its own priority, not nice 19 (0: never)
-//! takeover = true          # policy txipc: the standby takes over by itself when the server
-//!                          # fails, the kernel confirming and accounting in parallel
+//! takeover = false         # policy txipc: true: the standby takes over by itself when the
+//!                          # server fails, the kernel confirming and accounting in parallel
 //! [server.restart]
 //! min_interval_ms = 0      # at least this long between two restarts
 //! max_restarts = 200       # at most this many restarts ...
@@ -223,13 +223,15 @@ pub struct ServerSpec {
     pub follow_max_lag: u64,
     /// Policy txipc: the standby is armed as the *spare* of the serving incarnation and takes
     /// over by itself when it fails (ARCHITECTURE.md §6, "The spare"); `false`: the kernel
-    /// always recovers and activates the standby itself.
+    /// always recovers and activates the standby itself. Off by default: in the quiet wave-6
+    /// A/B the spare recovered SIGKILL and hangs ~0.1 ms faster at the median but every fault
+    /// kind slower at p99 (SIGSEGV ~8 ms against 1.2-2.8 ms; README, "Quiet re-run, wave 6").
     #[serde(default = "default_takeover")]
     pub takeover: bool,
 }
 
 fn default_takeover() -> bool {
-    true
+    false
 }
 fn default_max_channels() -> u32 {
     1024
