@@ -44,6 +44,15 @@ fn kill_and_wait(conn: &System) {
     });
 }
 
+/// SIGKILLs the running incarnation, waits until the server is held and returns why.
+fn kill_until_held(conn: &System) -> String {
+    txipc_sys::process::kill(server_pid(conn, "kv"), rustix::process::Signal::KILL).unwrap();
+    wait_until("held", Duration::from_secs(10), || {
+        info(conn).state == "held"
+    });
+    info(conn).held_reason.unwrap()
+}
+
 /// The keepers among the children of `pid`.
 fn keepers(pid: i32) -> Vec<i32> {
     let mut k = children(pid);
@@ -181,11 +190,7 @@ fn a_corrupt_log_record_is_detected_and_the_server_held() {
     open_kernel_log(sys.pid())
         .write_all_at(&[0xEE], 4096 + 4 * 176 + 100)
         .unwrap();
-    txipc_sys::process::kill(server_pid(&conn, "kv"), rustix::process::Signal::KILL).unwrap();
-    wait_until("held", Duration::from_secs(10), || {
-        info(&conn).state == "held"
-    });
-    let reason = info(&conn).held_reason.unwrap();
+    let reason = kill_until_held(&conn);
     assert!(
         reason.contains("message log record") && reason.contains("corrupt"),
         "{reason}"
@@ -956,11 +961,7 @@ fn a_chain_of_deltas_restores_and_a_killed_or_corrupt_delta_is_caught() {
     wait_until("a standby", Duration::from_secs(20), || {
         info(&conn).standby_pid > 0
     });
-    txipc_sys::process::kill(server_pid(&conn, "kv"), rustix::process::Signal::KILL).unwrap();
-    wait_until("held", Duration::from_secs(10), || {
-        info(&conn).state == "held"
-    });
-    let reason = info(&conn).held_reason.unwrap();
+    let reason = kill_until_held(&conn);
     assert!(
         reason.contains("of the checkpoint chain") && reason.contains("snapshot is corrupt"),
         "{reason}"
@@ -986,11 +987,7 @@ fn a_corrupt_record_past_the_replica_is_detected_and_the_server_held() {
     let tail = u64::from_le_bytes(word) & ((1u64 << 48) - 1);
     // A byte of the last record's value.
     log.write_all_at(&[0xEE], 4096 + tail - 20).unwrap();
-    txipc_sys::process::kill(server_pid(&conn, "kv"), rustix::process::Signal::KILL).unwrap();
-    wait_until("held", Duration::from_secs(10), || {
-        info(&conn).state == "held"
-    });
-    let reason = info(&conn).held_reason.unwrap();
+    let reason = kill_until_held(&conn);
     assert!(
         reason.contains("message log record") && reason.contains("corrupt"),
         "{reason}"
@@ -1029,11 +1026,7 @@ fn a_corrupt_snapshot_of_the_following_standby_is_detected_before_it_is_used() {
     });
     // Whether it has tried the snapshot yet or not, it has no replica to offer: the
     // activation restores the snapshot itself.
-    txipc_sys::process::kill(server_pid(&conn, "kv"), rustix::process::Signal::KILL).unwrap();
-    wait_until("held", Duration::from_secs(10), || {
-        info(&conn).state == "held"
-    });
-    let reason = info(&conn).held_reason.unwrap();
+    let reason = kill_until_held(&conn);
     assert!(reason.contains("snapshot is corrupt"), "{reason}");
     drop((kv, conn));
     sys.shutdown().unwrap();
@@ -1056,11 +1049,7 @@ fn a_corrupt_tail_word_is_detected_and_the_server_held() {
     // The offset of the 10th record's end, with the check bits left as they were.
     let shorter = (u64::from_le_bytes(word) & !((1u64 << 48) - 1)) | (10 * 176);
     log.write_all_at(&shorter.to_le_bytes(), 16).unwrap();
-    txipc_sys::process::kill(server_pid(&conn, "kv"), rustix::process::Signal::KILL).unwrap();
-    wait_until("held", Duration::from_secs(10), || {
-        info(&conn).state == "held"
-    });
-    let reason = info(&conn).held_reason.unwrap();
+    let reason = kill_until_held(&conn);
     assert!(reason.contains("tail word"), "{reason}");
     assert!(matches!(
         kv.get("k15"),
@@ -1099,11 +1088,7 @@ fn a_corrupt_snapshot_is_detected_and_the_server_held() {
     wait_until("the checkpoint", Duration::from_secs(120), || {
         companion(&conn).checkpoints >= 1
     });
-    txipc_sys::process::kill(server_pid(&conn, "kv"), rustix::process::Signal::KILL).unwrap();
-    wait_until("held", Duration::from_secs(10), || {
-        info(&conn).state == "held"
-    });
-    let reason = info(&conn).held_reason.unwrap();
+    let reason = kill_until_held(&conn);
     assert!(reason.contains("snapshot is corrupt"), "{reason}");
     assert!(matches!(
         kv.get("k1"),
@@ -1123,11 +1108,7 @@ fn a_divergent_replay_is_detected() {
     kv.incr("nondet/x", 1).unwrap();
     // The next record carries the digest of that reply.
     kv.put("after", "1").unwrap();
-    txipc_sys::process::kill(server_pid(&conn, "kv"), rustix::process::Signal::KILL).unwrap();
-    wait_until("held", Duration::from_secs(10), || {
-        info(&conn).state == "held"
-    });
-    let reason = info(&conn).held_reason.unwrap();
+    let reason = kill_until_held(&conn);
     assert!(
         reason.contains("divergent replay") && reason.contains("incr"),
         "{reason}"

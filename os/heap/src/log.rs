@@ -117,6 +117,15 @@ pub struct BatchEntry {
     pub seq: u64,
 }
 
+impl BatchEntry {
+    /// Whether `list` names the request of sequence `seq` in `slot` of channel `chan` (the
+    /// question every settling of TAKEN slots asks of a batch descriptor, kernel or spare).
+    pub fn names(list: &[BatchEntry], chan: u32, slot: usize, seq: u64) -> bool {
+        list.iter()
+            .any(|b| b.chan == chan && b.slot as usize == slot && b.seq == seq)
+    }
+}
+
 #[repr(C)]
 struct BatchSlot {
     chan: AtomicU32,

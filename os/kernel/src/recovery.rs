@@ -158,10 +158,7 @@ fn settle(
     // (the callee is recovering, slow or prepared for another root), so re-posting them costs
     // no attempt — only faults in their own handlers make a request poison.
     let in_call = policy == Policy::Txipc && txipc_core::nested::tx_in_call(s.status.busy());
-    let names = |list: &[txipc_heap::BatchEntry], ci: u32, slot: usize, seq: u64| {
-        list.iter()
-            .any(|b| b.chan == ci && b.slot as usize == slot && b.seq == seq)
-    };
+    let names = txipc_heap::BatchEntry::names;
     let (mut published, mut reposted, mut failed) = (0, 0, 0);
     for (&ci, c) in &s.channels {
         for snap in c.k.slots() {

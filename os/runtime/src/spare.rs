@@ -210,10 +210,7 @@ pub(crate) fn recover(
     // A fault here is a fault during the takeover (tests): rolled back, nothing settled.
     let _ = crate::failpoint::fail_point(txipc_core::failpoint::SITE_TAKEOVER);
     let committed = matches!(log_state, LogState::Committed(_));
-    let names = |list: &[txipc_heap::BatchEntry], ci: u32, slot: usize, seq: u64| {
-        list.iter()
-            .any(|b| b.chan == ci && b.slot as usize == slot && b.seq == seq)
-    };
+    let names = txipc_heap::BatchEntry::names;
     let mut report = TakeoverReport {
         generation: c.generation,
         old_generation: c.old_generation,
