@@ -1097,6 +1097,18 @@ pub struct SlotSnapshot {
     pub attempt: u32,
 }
 
+/// What recovery does with one TAKEN slot ([`KernelChannel::settle_taken`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Publish the reply the dead incarnation wrote and committed
+    /// ([`KernelChannel::publish_written`]).
+    PublishWritten,
+    /// Re-execute the request in the next incarnation ([`KernelChannel::repost`]).
+    Repost,
+    /// Answer it with this status ([`KernelChannel::fail`]).
+    Fail(Status),
+}
+
 /// The kernel's view of a channel: recovery and administration. The slot operations are meant
 /// for when no incarnation of the server can run (confirmed dead or stopped); each is a CAS
 /// against a snapshot, so a concurrent change (a client withdrawing a request) is detected
@@ -1222,6 +1234,36 @@ impl KernelChannel {
             self.announce(slot, expected_seq);
         }
         ok
+    }
+
+    /// Recovery's settling of this channel once no incarnation of its server can run: the
+    /// one loop of the kernel's recovery and of a spare's takeover (ARCHITECTURE.md §6). Wakes
+    /// every sleeping client ([`Self::wake_waiters`]: the crash point "after REPLIED, before
+    /// the wake"), then asks `decide` what to do with each TAKEN slot — its action and a note
+    /// of the caller's (what it needs for its bookkeeping) — and does it, a CAS against the
+    /// snapshot, so a slot the client withdrew meanwhile is left alone. Returns the slots
+    /// whose CAS won, with the action and the note.
+    pub fn settle_taken<T>(
+        &self,
+        mut decide: impl FnMut(&SlotSnapshot) -> (Settle, T),
+    ) -> Vec<(SlotSnapshot, Settle, T)> {
+        self.wake_waiters();
+        let mut done = Vec::new();
+        for snap in self.slots() {
+            if snap.state != SlotState::Taken {
+                continue;
+            }
+            let (action, note) = decide(&snap);
+            let won = match action {
+                Settle::PublishWritten => self.publish_written(snap.slot, snap.seq),
+                Settle::Repost => self.repost(snap.slot, snap.seq),
+                Settle::Fail(status) => self.fail(snap.slot, snap.seq, status),
+            };
+            if won {
+                done.push((snap, action, note));
+            }
+        }
+        done
     }
 
     /// Finishes every publish the dead incarnation left half done and wakes every client

@@ -78,7 +78,7 @@ mod mem;
 mod spin;
 
 pub use channel::{
-    ClientChannel, KernelChannel, Reply, ServerChannel, SlotReply, SlotSnapshot, Taken,
+    ClientChannel, KernelChannel, Reply, ServerChannel, Settle, SlotReply, SlotSnapshot, Taken,
     create_channel,
 };
 pub use doorbell::{DOORBELL_MAGIC, DOORBELL_VERSION, Doorbell, Wake, create_doorbell};

@@ -2,7 +2,7 @@
 
 use std::os::fd::AsFd;
 
-use txipc_chan::{KernelChannel, SlotState, Status};
+use txipc_chan::{KernelChannel, Settle, SlotState, Status};
 use txipc_core::manifest::Policy;
 use txipc_core::recovery::{
     FailReason, LogState, SlotAction, TakenSlot, decide_slot, fault_counts,
@@ -139,7 +139,8 @@ pub(crate) struct Recovered {
 
 /// Settles every TAKEN slot of `s` from what the rollback found (`batch`: the committed
 /// transaction's requests; `running`: the rolled-back one's); returns (published, re-posted,
-/// failed).
+/// failed). The per-channel loop is `KernelChannel::settle_taken`, shared with the spare's
+/// takeover (`txipc_runtime`'s `spare::recover`); this is the kernel's decision.
 fn settle(
     s: &mut Server,
     held: bool,
@@ -148,11 +149,6 @@ fn settle(
     running: &[txipc_heap::BatchEntry],
 ) -> (u64, u64, u64) {
     let policy = s.spec.policy;
-    // Crash point "after REPLIED, before the wake": the client sleeps on a slot that is
-    // already answered. Wake every sleeper; each re-checks its slot.
-    for c in s.channels.values() {
-        c.k.wake_waiters();
-    }
     let committed = matches!(log_state, LogState::Committed(_));
     // The incarnation died waiting for a nested call's reply: the fault is not its requests'
     // (the callee is recovering, slow or prepared for another root), so re-posting them costs
@@ -161,10 +157,7 @@ fn settle(
     let names = txipc_heap::BatchEntry::names;
     let (mut published, mut reposted, mut failed) = (0, 0, 0);
     for (&ci, c) in &s.channels {
-        for snap in c.k.slots() {
-            if snap.state != SlotState::Taken {
-                continue;
-            }
+        let done = c.k.settle_taken(|snap| {
             let in_batch = committed && names(batch, ci, snap.slot, snap.seq);
             // Only a request the rolled-back transaction was serving is charged: one taken
             // but waiting in the backlog (while a re-run request ran alone) is not.
@@ -183,36 +176,35 @@ fn settle(
                     charged,
                 },
             );
-            match action {
-                SlotAction::PublishWritten => {
-                    if c.k.publish_written(snap.slot, snap.seq) {
-                        published += 1;
+            let settle = match action {
+                SlotAction::PublishWritten => Settle::PublishWritten,
+                SlotAction::Repost => Settle::Repost,
+                SlotAction::Fail(reason) => Settle::Fail(match reason {
+                    FailReason::Poison { .. } => Status::Aborted,
+                    // Effect unknown; "restarted" (a new, empty incarnation serves) or
+                    // "interrupted" (the server is gone for good: settled before the
+                    // channel is marked DEAD, so the client reads it from its slot).
+                    FailReason::Restarted => Status::Restarted,
+                    FailReason::Interrupted => Status::Interrupted,
+                    FailReason::Unavailable => Status::Unavailable,
+                }),
+            };
+            (settle, (key, charged))
+        });
+        for (_, settle, (key, charged)) in done {
+            match settle {
+                Settle::PublishWritten => published += 1,
+                Settle::Repost => {
+                    reposted += 1;
+                    s.retried += 1;
+                    if charged {
+                        s.attempts.reposted(key);
                     }
                 }
-                SlotAction::Repost => {
-                    if c.k.repost(snap.slot, snap.seq) {
-                        reposted += 1;
-                        s.retried += 1;
-                        if charged {
-                            s.attempts.reposted(key);
-                        }
-                    }
-                }
-                SlotAction::Fail(reason) => {
-                    let status = match reason {
-                        FailReason::Poison { .. } => {
-                            s.aborted += 1;
-                            Status::Aborted
-                        }
-                        // Effect unknown; "restarted" (a new, empty incarnation serves) or
-                        // "interrupted" (the server is gone for good: settled before the
-                        // channel is marked DEAD, so the client reads it from its slot).
-                        FailReason::Restarted => Status::Restarted,
-                        FailReason::Interrupted => Status::Interrupted,
-                        FailReason::Unavailable => Status::Unavailable,
-                    };
-                    if c.k.fail(snap.slot, snap.seq, status) {
-                        failed += 1;
+                Settle::Fail(status) => {
+                    failed += 1;
+                    if status == Status::Aborted {
+                        s.aborted += 1;
                     }
                 }
             }

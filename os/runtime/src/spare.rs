@@ -18,7 +18,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use txipc_chan::{KernelChannel, SlotState};
+use txipc_chan::{KernelChannel, Settle};
 use txipc_core::manifest::Policy;
 use txipc_core::proto::TakeoverReport;
 use txipc_core::recovery::{LogState, SlotAction, TakenSlot, decide_slot, fault_counts};
@@ -165,12 +165,6 @@ pub(crate) fn claim(status: &StatusPage, armed: &Armed, woke_ns: u64) -> Option<
     })
 }
 
-/// The recovery the kernel would have run (ARCHITECTURE.md §6, "Sequence" steps 4–6), by the
-/// spare that claimed it: generation words, rollback, settling of every TAKEN slot, a wake of
-/// every sleeping client. Every request taken and not in the committed batch is re-posted:
-/// the kernel armed the spare only while none had reached the retry limit, which is when its
-/// own `decide_slot` re-posts them all. `Err`: the undo log is unusable (the caller exits; the
-/// kernel then recovers and holds the server).
 /// The spare's takeover is done: back to its server's priority (the kernel raised it to its
 /// own when it armed it) and the default timer slack, before it serves. Lowering one's own
 /// priority needs no privilege.
@@ -184,6 +178,12 @@ pub(crate) fn serve_as_server() {
     let _ = rustix::thread::set_current_timer_slack(None);
 }
 
+/// The recovery the kernel would have run (ARCHITECTURE.md §6, "Sequence" steps 4–6), by the
+/// spare that claimed it: generation words, rollback, settling of every TAKEN slot, a wake of
+/// every sleeping client. Every request taken and not in the committed batch is re-posted:
+/// the kernel armed the spare only while none had reached the retry limit, which is when its
+/// own `decide_slot` re-posts them all. `Err`: the undo log is unusable (the caller exits; the
+/// kernel then recovers and holds the server).
 pub(crate) fn recover(
     c: &Claimed,
     status: &StatusPage,
@@ -220,18 +220,15 @@ pub(crate) fn recover(
         claimed_ns: c.claimed_ns,
         ..Default::default()
     };
+    // The kernel's own loop (`KernelChannel::settle_taken`), with the decision the kernel
+    // would take here: no nested transactions (the kernel arms no server that calls or is
+    // called by another server, so the incarnation was never waiting in a call), attempt 0
+    // (every request it tracks is below the retry limit, or it would not have armed us).
     for (ci, k) in &kernel {
-        // Crash point "after REPLIED, before the wake" (as the kernel's settling).
-        k.wake_waiters();
-        for snap in k.slots() {
-            if snap.state != SlotState::Taken {
-                continue;
-            }
+        let done = k.settle_taken(|snap| {
             let in_batch = committed && names(&r.batch, *ci, snap.slot, snap.seq);
             let named =
                 (!r.running.is_empty()).then(|| names(&r.running, *ci, snap.slot, snap.seq));
-            // No nested transactions here (the kernel arms no server that calls or is called
-            // by another server), so the incarnation was never waiting in a call.
             let charged = fault_counts(log_state, named, false);
             let action = decide_slot(
                 Policy::Txipc,
@@ -243,25 +240,25 @@ pub(crate) fn recover(
                     charged,
                 },
             );
-            match action {
-                SlotAction::PublishWritten => {
-                    if k.publish_written(snap.slot, snap.seq) {
-                        report.published += 1;
+            let settle = match action {
+                SlotAction::PublishWritten => Settle::PublishWritten,
+                SlotAction::Repost => Settle::Repost,
+                // Not reached with attempt 0 and a retry limit above 0; a limit of 0 fails
+                // the request as the kernel would.
+                SlotAction::Fail(_) => Settle::Fail(txipc_chan::Status::Aborted),
+            };
+            (settle, charged)
+        });
+        for (snap, settle, charged) in done {
+            match settle {
+                Settle::PublishWritten => report.published += 1,
+                Settle::Repost => {
+                    report.reposted += 1;
+                    if charged {
+                        report.charged.push((*ci, snap.slot as u32, snap.seq));
                     }
                 }
-                SlotAction::Repost => {
-                    if k.repost(snap.slot, snap.seq) {
-                        report.reposted += 1;
-                        if charged {
-                            report.charged.push((*ci, snap.slot as u32, snap.seq));
-                        }
-                    }
-                }
-                // Not reached with attempt 0 and a retry limit above 0; a limit of 0 fails the
-                // request as the kernel would.
-                SlotAction::Fail(_) => {
-                    let _ = k.fail(snap.slot, snap.seq, txipc_chan::Status::Aborted);
-                }
+                Settle::Fail(_) => {}
             }
         }
     }
