@@ -236,3 +236,68 @@ fn a_spare_that_fails_while_taking_over_is_recovered_by_the_kernel() {
     drop((f, conn));
     sys.shutdown().unwrap();
 }
+
+/// Crash point "the serving incarnation crashes with a spare armed": it reports, then kills
+/// itself (its keeper holds the address space), so the spare wakes on its pidfd — an event —
+/// and serves without the kernel: the kernel is stopped (SIGSTOP) from before the fault until
+/// the re-run request is answered. Resumed, the kernel finds the crash report and the death
+/// queued together and names the crash, not the SIGKILL, as the cause. (Before, the crashed
+/// incarnation stopped itself and the spare polled `/proc` for the stop: it stayed `T`.)
+#[test]
+fn a_crash_with_a_spare_armed_ends_in_death_and_the_spare_serves_without_the_kernel() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, mpsc};
+    let sys = system("spare-dies", "takeover = true");
+    let conn = sys.connect().unwrap();
+    let f = FaultyClient::new(open(&conn, "f"));
+    assert_eq!(f.add(0, 1, Fault::None, 0).unwrap(), 1);
+    let armed = wait_armed(&conn);
+    let old = txipc_sys::process::pidfd_open(armed.pid).unwrap();
+    let kernel = sys.pid() as i32;
+    // Resumes the kernel when dropped (also on a failed assertion), or after 60 s if the
+    // spare never serves (then the kernel recovers, the call returns and the test fails).
+    let (done, wait) = mpsc::channel::<()>();
+    let late = Arc::new(AtomicBool::new(false));
+    let guard = {
+        let late = late.clone();
+        std::thread::spawn(move || {
+            if wait.recv_timeout(Duration::from_secs(60)).is_err() {
+                late.store(true, Ordering::SeqCst);
+            }
+            let _ = txipc_sys::process::kill(kernel, rustix::process::Signal::CONT);
+        })
+    };
+    struct Resume(Option<mpsc::Sender<()>>);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            drop(self.0.take());
+        }
+    }
+    let resume = Resume(Some(done));
+    txipc_sys::process::kill(kernel, rustix::process::Signal::STOP).unwrap();
+    wait_until("the kernel stopped", Duration::from_secs(20), || {
+        txipc_sys::process::state(kernel) == Some('T')
+    });
+    assert_eq!(f.add(0, 5, Fault::Segv, 1).unwrap(), 6);
+    let state = txipc_sys::process::state(armed.pid);
+    assert!(
+        !late.load(Ordering::SeqCst),
+        "the spare did not serve while the kernel was stopped"
+    );
+    assert!(
+        txipc_sys::process::pidfd_exited(&old),
+        "the crashed incarnation is dead, not stopped: state {state:?}"
+    );
+    drop(resume);
+    guard.join().unwrap();
+    assert!(recovered(&conn, 1), "the spare recovered it");
+    let i = info(&conn);
+    let cause = i.last_fault.as_ref().map(|f| f.cause.clone());
+    assert!(
+        cause.as_deref().is_some_and(|c| c.contains("SIGSEGV")),
+        "the crash report names the cause: {i:?}"
+    );
+    assert_eq!(f.get(0).unwrap(), 6);
+    drop((f, conn));
+    sys.shutdown().unwrap();
+}

@@ -176,6 +176,10 @@ impl Kernel {
     }
 
     pub(crate) fn on_inc_died(&mut self, i: usize, generation: u64) {
+        // What it said before it died comes first: a crashed incarnation with a spare armed
+        // kills itself right after its crash report (`txipc_sys::crash`), and its pidfd may be
+        // read before its socket; the fault's cause is the report's, not "killed by SIGKILL".
+        self.on_inc_msg(i, generation);
         let s = &mut self.servers[i];
         let Some(inc) = s.procs.get(&generation) else {
             return;

@@ -539,13 +539,14 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
     // still works, only slower for a large heap.
     // (Named first so that `ps` tells the keeper from the incarnation: it inherits the name.)
     name_process(config, "keeper");
-    if let Ok(k) = txipc_sys::keeper::spawn(txipc_sys::keeper::Until::Killed(fds.kernel.as_fd())) {
-        let _ = fdpass::send(
-            &ctl,
-            &proto::encode(&FromServer::Keeper),
-            &[k.pidfd.as_fd()],
-        );
-    }
+    let kept =
+        txipc_sys::keeper::spawn(txipc_sys::keeper::Until::Killed(fds.kernel.as_fd())).map(|k| {
+            let _ = fdpass::send(
+                &ctl,
+                &proto::encode(&FromServer::Keeper),
+                &[k.pidfd.as_fd()],
+            );
+        });
     name_process(config, "standby");
     let doorbell = Doorbell::map(fds.doorbell.as_fd())
         .unwrap_or_else(|e| fatal(&ctl, format!("doorbell: {e}")));
@@ -554,6 +555,12 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
         StatusPage::map(fds.status.as_fd()).unwrap_or_else(|e| fatal(&ctl, format!("status: {e}"))),
     ));
     crate::failpoint::install(status);
+    // A crash while a spare is armed ends in this incarnation's death, which the spare sleeps
+    // on (its pidfd), rather than in a stop it would have to poll for; only with a keeper, so
+    // that the death tears nothing down (ARCHITECTURE.md §6, "The spare").
+    if kept.is_ok() {
+        txipc_sys::crash::die_when_a_spare_is_armed(status);
+    }
     let mut chans: Vec<Chan> = Vec::new();
     let mut buf = vec![0u8; proto::MAX_CONTROL_MSG];
     let ctl = Rc::new(ctl);

@@ -4,10 +4,13 @@
 //! The kernel arms a ready standby (`ToServer::Arm`, with the serving incarnation's pidfd)
 //! after setting the status page's takeover word to ARMED(spare). The spare then sleeps in
 //! `poll` on its control socket, that pidfd and the server's *spare bell* (an eventfd shared
-//! by every incarnation of the server, rung by the crash reporter after its report and before
-//! it stops itself). When the pidfd fires (the incarnation is dead: SIGKILL, exit, the
-//! kernel's kill of a hang) or the bell rings and `/proc/PID/stat` shows it stopped, no
-//! process can write the shared state any more; the spare claims the takeover
+//! by every incarnation of the server). A crash of the serving incarnation while the word is
+//! ARMED ends, after its crash report, in its death (`txipc_sys::crash`: it SIGKILLs itself,
+//! its keeper holding the address space), so the pidfd is the event for every fault kind:
+//! SIGKILL, exit, the kernel's kill of a hang, a crash. Only a crash that read the word
+//! before the kernel armed it stops itself instead and rings the bell; then `/proc/PID/stat`
+//! must show it stopped (polled, bounded). Once the incarnation is dead or stopped no process
+//! can write the shared state any more; the spare claims the takeover
 //! (ARMED(spare) → TAKING(spare), a compare-and-swap the kernel's disarm races against) and
 //! recovers the server itself — rollback, settling of the taken slots, generation words —,
 //! attaches the heap and serves, then tells the kernel what it did (`FromServer::TookOver`).
@@ -118,9 +121,10 @@ pub(crate) fn wait(ctl: &OwnedFd, armed: &Armed, bell: &OwnedFd) -> Woke {
     Woke::Control
 }
 
-/// The bell rang: the crash reporter stops itself right after ringing. Seen stopped (or dead)
-/// → gone; else re-checked every [`STOP_RECHECK`], sleeping on the pidfd, [`STOP_TRIES`]
-/// times.
+/// The bell rang: a crash reporter that found no spare armed (it read the takeover word just
+/// before the kernel armed this one) stops itself right after ringing; a crash with a spare
+/// armed dies without ringing. Seen stopped (or dead) → gone; else re-checked every
+/// [`STOP_RECHECK`], sleeping on the pidfd, [`STOP_TRIES`] times.
 fn confirm_stop(armed: &Armed, woke: u64) -> Woke {
     use rustix::event::{PollFd, PollFlags, poll};
     // The bell rings just before the crashed process stops itself, and on the server's CPU the

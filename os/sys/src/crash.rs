@@ -7,10 +7,18 @@
 //! the address-space teardown of a large heap is then off the recovery path. A process killed
 //! from outside (SIGKILL) cannot report; the kernel learns of it from its pidfd instead.
 //!
+//! With a spare armed to take over (the status page's takeover word ARMED, see
+//! [`die_when_a_spare_is_armed`]) the incarnation kills itself instead of stopping: its pidfd,
+//! which the spare sleeps on, then fires the moment it can no longer run — an event, where a
+//! stop can only be seen by polling `/proc` — and its keeper ([`crate::keeper`]) holding the
+//! address space keeps the teardown of its heap off that path.
+//!
 //! Everything the signal handler does is async-signal-safe: atomic loads, `send(2)` with
 //! `MSG_DONTWAIT`, `write(2)` on the spare's bell (an eventfd), `kill(2)`, `sigaction(2)`.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
+
+use crate::status::{StatusPage, Takeover};
 
 /// First byte of a crash report; no control message encoding starts with it.
 pub const CRASH_MAGIC: u8 = 0xFF;
@@ -107,6 +115,47 @@ pub fn set_spare_bell(bell: impl std::os::fd::AsFd) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The status page whose takeover word decides how a crashed incarnation ends
+/// ([`die_when_a_spare_is_armed`]); null: it always stops itself.
+static STATUS: AtomicPtr<StatusPage> = AtomicPtr::new(std::ptr::null_mut());
+
+/// From now on a crash of this process, once reported, ends in its death (SIGKILL to itself)
+/// while `status`'s takeover word is ARMED, and in a stop (SIGSTOP) otherwise. Call it only
+/// when a keeper shares the address space (`crate::keeper`): the death then only drops a
+/// reference to it, so the pidfd fires within microseconds whatever the heap's size.
+///
+/// Why: the armed spare may serve only once the failed incarnation can no longer write the
+/// shared state. A death is an event on the pidfd the spare already sleeps on; a stop is not
+/// (Linux tells only the parent and a tracer), so the spare had to poll `/proc/PID/stat`.
+/// When no spare is armed the kernel recovers, and it confirms a stop sooner than a death
+/// (the stop is a few microseconds of the crashed process, the death its whole exit).
+pub fn die_when_a_spare_is_armed(status: &'static StatusPage) {
+    STATUS.store(std::ptr::from_ref(status).cast_mut(), Ordering::Release);
+}
+
+/// Whether a crashed process ends in its death (a spare is armed) rather than a stop.
+fn a_spare_is_armed() -> bool {
+    let p = STATUS.load(Ordering::Acquire);
+    // SAFETY: a non-null `p` came from the `&'static StatusPage` given to
+    // `die_when_a_spare_is_armed`, alive until the process ends; `takeover` is one atomic
+    // load of the mapped page (async-signal-safe).
+    !p.is_null() && matches!(unsafe { &*p }.takeover(), Takeover::Armed(_))
+}
+
+/// Ends the process after its crash report: dies with a spare armed (the spare's pidfd fires),
+/// else rings the spare's bell (a spare armed meanwhile wakes and confirms the stop) and
+/// stops. Returns only if someone continues the stopped process. Async-signal-safe.
+fn end_after_report() {
+    if a_spare_is_armed() {
+        // SAFETY: kill(2) and getpid(2) are async-signal-safe and take no pointers.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+    ring_spare();
+    stop_self();
+}
+
 const FATAL: [i32; 7] = [
     libc::SIGSEGV,
     libc::SIGBUS,
@@ -160,8 +209,7 @@ extern "C" fn on_fatal_signal(
     send_report(CrashReport {
         kind: CrashKind::Signal(sig),
     });
-    ring_spare();
-    stop_self();
+    end_after_report();
     // Only reached if someone continues us: die the ordinary way. Restore the default action and
     // return; the faulting instruction faults again (or, for abort/raise, re-raise).
     // SAFETY: resetting a signal's disposition to SIG_DFL and raising it are async-signal-safe.
@@ -222,8 +270,7 @@ pub fn install(report: impl std::os::fd::AsFd) -> std::io::Result<()> {
         );
         eprintln!("txipc server panicked: {info}");
         // After the message: the spare woken by the bell finds this process stopped sooner.
-        ring_spare();
-        stop_self();
+        end_after_report();
         std::process::abort();
     }));
     Ok(())
@@ -235,6 +282,7 @@ pub fn install(report: impl std::os::fd::AsFd) -> std::io::Result<()> {
 pub fn disarm() {
     REPORT_FD.store(-1, Ordering::Release);
     SPARE_BELL.store(-1, Ordering::Release);
+    STATUS.store(std::ptr::null_mut(), Ordering::Release);
     for sig in FATAL {
         // SAFETY: restoring the default disposition of a signal has no preconditions.
         unsafe {
@@ -248,8 +296,7 @@ pub fn disarm() {
 /// Used for panics and failed integrity checks.
 pub fn report_and_stop(kind: CrashKind) -> ! {
     send_report(CrashReport { kind });
-    ring_spare();
-    stop_self();
+    end_after_report();
     std::process::abort();
 }
 
