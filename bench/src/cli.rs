@@ -410,9 +410,14 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                     s.payload.echo_rtt_ns.median_ns,
                 ),
                 (
-                    "txipc kv get, 1000 B value",
+                    "txipc kv get, 1000 B value (get_with)",
                     c.payload.kv_get_rtt_ns.median_ns,
                     s.payload.kv_get_rtt_ns.median_ns,
+                ),
+                (
+                    "txipc kv get, 1000 B value (owned get)",
+                    c.payload.kv_get_owned_rtt_ns.median_ns,
+                    s.payload.kv_get_owned_rtt_ns.median_ns,
                 ),
                 (
                     "channel alone",
@@ -515,6 +520,8 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                     "chan_rtt_ns": c.baselines.chan_rtt_ns.median_ns,
                     "echo_1000_rtt_ns": c.payload.echo_rtt_ns.median_ns,
                     "kv_get_1000_rtt_ns": c.payload.kv_get_rtt_ns.median_ns,
+                    "kv_get_owned_1000_rtt_ns": c.payload.kv_get_owned_rtt_ns.median_ns,
+                    "ratio_kv_get_owned_1000_over_null_cross": c.ratios.kv_get_owned_over_null.median,
                     "ratio_kv_get_1000_over_null_cross": get_vs_null,
                     "ratio_txipc_over_raw_spin_cross": vs_spin,
                     "ratio_chan_over_raw_spin_cross": c.ratios.chan_over_raw_spin.median,

@@ -58,8 +58,11 @@ pub struct Ratios {
     pub chan_over_raw_spin: RatioSeries,
     /// txipc null call / channel alone: what the runtime adds above the channel.
     pub null_over_chan: RatioSeries,
-    /// kv get of a 1,000-byte value / txipc null call (goal cross-core: at most 1.5).
+    /// kv get of a 1,000-byte value (`get_with`) / txipc null call (goal cross-core: at most
+    /// 1.5).
     pub kv_get_over_null: RatioSeries,
+    /// The same through the owned stub `get` / txipc null call.
+    pub kv_get_owned_over_null: RatioSeries,
 }
 
 /// Calls that move byte strings, measured in the same system and the same batches as the null
@@ -70,8 +73,12 @@ pub struct PayloadRtts {
     pub bytes: usize,
     /// `Null::echo` of `bytes` bytes: the byte string crosses both ways.
     pub echo_rtt_ns: Rtt,
-    /// `Kv::get` of a key whose value has `bytes` bytes (typed tracking, read-only).
+    /// `Kv::get` of a key whose value has `bytes` bytes (typed tracking, read-only), through
+    /// the borrowing stub `get_with` (the value read where the reply landed: no allocation on
+    /// either side).
     pub kv_get_rtt_ns: Rtt,
+    /// The same get through the owned stub `get` (the value returned as a new `Bytes`).
+    pub kv_get_owned_rtt_ns: Rtt,
 }
 
 /// Other IPC systems' round trips, cross-core, measured in the same run (`--peers`).
@@ -206,6 +213,13 @@ pub fn interleaved(
         Ok(())
     };
     let get = || {
+        let n = kv
+            .get_with(&key, |v| v.map(<[u8]>::len))
+            .map_err(|e| anyhow::anyhow!("kv get: {e}"))?;
+        anyhow::ensure!(n == Some(PAYLOAD_BYTES), "kv get returned the wrong value");
+        Ok(())
+    };
+    let get_owned = || {
         let v = kv.get(&key).map_err(|e| anyhow::anyhow!("kv get: {e}"))?;
         anyhow::ensure!(
             v.as_ref().map(|v| v.len()) == Some(PAYLOAD_BYTES),
@@ -220,12 +234,19 @@ pub fn interleaved(
     batch(&warm, ping)?;
     batch(&warm, echo)?;
     batch(&warm, get)?;
+    batch(&warm, get_owned)?;
     let per_batch = BenchConfig {
         iterations: batch_warmup(cfg),
         ..*cfg
     };
-    let (mut r, mut c, mut p, mut e, mut g) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut r, mut c, mut p, mut e, mut g, mut go) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for b in 0..cfg.batches {
         let w = warmup_before(cfg, b);
         r.push(partners.spin.batch(w, cfg.iterations)?);
@@ -237,6 +258,8 @@ pub fn interleaved(
         e.push(batch(cfg, echo)?);
         batch(&per_batch, get)?;
         g.push(batch(cfg, get)?);
+        batch(&per_batch, get_owned)?;
+        go.push(batch(cfg, get_owned)?);
     }
     let _ = txipc_sys::process::pin_to_cpu_set_all();
     drop(null);
@@ -248,6 +271,7 @@ pub fn interleaved(
         chan_over_raw_spin: RatioSeries::new(&c, &r),
         null_over_chan: RatioSeries::new(&p, &c),
         kv_get_over_null: RatioSeries::new(&g, &p),
+        kv_get_owned_over_null: RatioSeries::new(&go, &p),
     };
     Ok(Interleaved {
         raw_spin: rtt(r, cfg),
@@ -257,6 +281,7 @@ pub fn interleaved(
             bytes: PAYLOAD_BYTES,
             echo_rtt_ns: rtt(e, cfg),
             kv_get_rtt_ns: rtt(g, cfg),
+            kv_get_owned_rtt_ns: rtt(go, cfg),
         },
         ratios,
     })

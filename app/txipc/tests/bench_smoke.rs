@@ -195,6 +195,8 @@ fn bench_ipc_ratios_are_taken_per_interleaved_batch() {
         "raw_spin_rtt_ns",
         "chan_rtt_ns",
         "kv_get_1000_rtt_ns",
+        "kv_get_owned_1000_rtt_ns",
+        "ratio_kv_get_owned_1000_over_null_cross",
         "ratio_txipc_over_raw_spin_cross",
         "ratio_chan_over_raw_spin_cross",
         "ratio_txipc_over_chan_cross",
@@ -209,6 +211,7 @@ fn bench_ipc_ratios_are_taken_per_interleaved_batch() {
             &p["baselines"]["chan_rtt_ns"],
             &p["txipc_rtt_ns"],
             &p["payload"]["kv_get_rtt_ns"],
+            &p["payload"]["kv_get_owned_rtt_ns"],
         ] {
             assert_eq!(rtt["batches"], batches, "{placement}: {rtt}");
         }
@@ -217,6 +220,7 @@ fn bench_ipc_ratios_are_taken_per_interleaved_batch() {
             "chan_over_raw_spin",
             "null_over_chan",
             "kv_get_over_null",
+            "kv_get_owned_over_null",
         ] {
             let r = &p["ratios"][name];
             let per_batch: Vec<f64> = r["per_batch"]

@@ -103,10 +103,11 @@
 //!
 //! | item | what |
 //! | --- | --- |
-//! | `trait Kv` | the trait as written, `#[readonly]` removed (and `clippy::len_without_is_empty` allowed: a service's `len` is not a collection's) |
+//! | `trait Kv` | the trait as written, `#[readonly]` removed (and `clippy::len_without_is_empty` allowed: a service's `len` is not a collection's), plus a provided `serve_<m>` per method with byte strings (below) |
 //! | `const KV_SERVICE_NAME: &str` | `"Kv"`: the service's name in manifests and grants; the trait's name in `SCREAMING_SNAKE_CASE`, then `_SERVICE_NAME` |
 //! | `enum KvMethod` | one variant per method in `UpperCamelCase` (`get` → `Get`), `#[repr(u32)]` with the method number as discriminant; `Copy + Eq + Hash`; `const ALL: [Self; N]`, `const fn id(self) -> u32`, `const fn from_id(u32) -> Option<Self>`, `const fn name(self) -> &'static str`, `const fn is_readonly(self) -> bool`, `const fn capture(self) -> txipc_service::Capture` |
-//! | `struct KvClient<T: Transport>` | the client stub (`Clone` if `T` is): `const fn new(transport: T) -> Self`, `const fn transport(&self) -> &T`, `fn into_transport(self) -> T`, and per method `fn m(&self, args..) -> ..` with the trait method's arguments, docs, `#[allow]` and `#[deprecated]` |
+//! | `struct KvClient<T: Transport>` | the client stub (`Clone` if `T` is): `const fn new(transport: T) -> Self`, `const fn transport(&self) -> &T`, `fn into_transport(self) -> T`, and per method `fn m(&self, args..) -> ..` with the trait method's arguments, docs, `#[allow]` and `#[deprecated]` (and `fn m_with` for a method whose result holds a `Bytes`, below) |
+//! | `struct KvGetReply<'w>` | per method with byte strings: the reply handle of its serving form `Kv::serve_get` (see "Borrowed forms" below) |
 //! | `struct KvDispatcher<S: Kv>` | the server side: `const fn new(server: S) -> Self`, `fn into_inner(self) -> S`, and `txipc_service::Dispatch` (`Inner = S`, `SERVICE = KV_SERVICE_NAME`) |
 //! | `struct KvCompanion<S: Kv + Distill>` | the server side under policy `companion`: `Dispatch` as above, and `txipc_service::Companion` (the state version, `capture` per method, distill the state into postcard bytes, reconstitute from them, a fresh server). A server type without `txipc_service::Distill` is a compile error naming what to implement |
 //!
@@ -127,6 +128,39 @@
 //!
 //! A client reuses per-thread request and reply buffers, so a call allocates nothing once they
 //! have grown (a nested call on the same thread, as an in-process loopback makes, gets its own).
+//!
+//! # Borrowed forms: calls with byte strings that allocate nothing
+//!
+//! Beside every method with a `Bytes` (as an argument, or anywhere in its result as written:
+//! `Option<Bytes>`, `(Bytes, u32)`, `Vec<Bytes>`; not behind a type alias), `#[service]`
+//! generates two more forms. Neither changes the wire format: they encode and decode the same
+//! bytes as the owned method.
+//!
+//! - **Client, `fn get_with<O>(&self, key, f: impl FnOnce(Option<&[u8]>) -> O) -> Result<O, ..>`**
+//!   (for a method whose result holds a `Bytes`): the call's result with every `Bytes` of it
+//!   as a `&[u8]` borrowed from the reply buffer, handed to `f`, whose value is returned (for
+//!   `-> Result<R, E>`: `f` gets `R`'s borrowed form, a service error is
+//!   `txipc_service::Error::Service` as usual). Nothing is allocated once the per-thread buffers
+//!   have grown; the value is copied once, out of the channel, and `f` copies it on only if it
+//!   wants: `kv.get_with(key, |v| v.map(|v| out.extend_from_slice(v)))`.
+//! - **Server, a provided trait method `fn serve_get(&mut self, key: &[u8], reply:
+//!   KvGetReply<'_>) -> txipc_service::Replied`**: what the dispatcher calls. Every `Bytes`
+//!   argument is borrowed from the request (already copied out of shared memory, fully
+//!   decoded before the handler runs, as for the owned form); other arguments are as declared.
+//!   The reply type `KvGetReply` (one per such method, `<Trait><Variant>Reply`) has `send`,
+//!   which takes the result with every `Bytes` replaced by `txipc_service::BytesRef<'_>`
+//!   (`&Result<Option<BytesRef<'_>>, KvError>`), and `send_owned`, which takes the declared
+//!   result; the `Replied` they return is the only way to finish, so a handler cannot forget
+//!   to answer. **The default body calls the owned method** (`get`) with owned copies and
+//!   sends its result, so a server that does not care writes nothing; one that overrides it
+//!   lends the bytes of its state to the reply, which the runtime encodes straight into the
+//!   channel's slot: a value is copied once, from the server's state into shared memory, and
+//!   nothing is allocated. An override must answer exactly as the owned method would (the
+//!   companion's replay compares reply digests, and the owned method is what tests and other
+//!   transports may still call).
+//!
+//! A method named like a generated form of another (`get_with`, `serve_get` beside a `get`
+//! that has them) is a compile error.
 //!
 //! # Wire format
 //!

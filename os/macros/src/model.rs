@@ -40,6 +40,24 @@ pub struct Method {
     /// (which has the same parameters, so the same lints).
     pub passthrough: Vec<Attribute>,
     pub deprecated: bool,
+    /// The method has a `Bytes` argument or a `Bytes` in its result: the trait gets a
+    /// `serve_<name>` form (borrowed arguments, lent reply) that the dispatcher calls.
+    pub serve: bool,
+    /// Its (ok) result holds a `Bytes`: the client gets `<name>_with`, which hands the result,
+    /// its byte strings borrowed from the reply, to a closure.
+    pub with: bool,
+}
+
+impl Method {
+    /// The name of the trait's generated serving form.
+    pub fn serve_name(&self) -> String {
+        format!("serve_{}", self.name)
+    }
+
+    /// The name of the client's borrowing form.
+    pub fn with_name(&self) -> String {
+        format!("{}_with", self.name)
+    }
 }
 
 /// A method's `#[capture(..)]` annotation.
@@ -355,7 +373,17 @@ fn read_method(f: &mut TraitItemFn, id: u32, errors: &mut Errors) -> Option<Meth
     if let Some(e) = local.0 {
         errors.push(e);
     }
+    let with = match &ret {
+        Ret::Unit => false,
+        Ret::Plain(ty) => contains_bytes(ty),
+        Ret::Fallible { ok, .. } => contains_bytes(ok),
+    };
+    let serve = with
+        || args.iter().any(|a| is_bytes(&a.ty))
+        || matches!(&ret, Ret::Fallible { err, .. } if contains_bytes(err));
     ok.then(|| Method {
+        serve,
+        with,
         name: sig.ident.unraw().to_string(),
         ident: sig.ident.clone(),
         id,
@@ -570,6 +598,21 @@ fn check_collisions(trait_ident: &Ident, methods: &[Method], errors: &mut Errors
                 ),
             );
         }
+        for (generated, what) in [
+            (m.serve.then(|| m.serve_name()), "the trait's serving form"),
+            (m.with.then(|| m.with_name()), "the client's borrowing form"),
+        ] {
+            let Some(generated) = generated else { continue };
+            if let Some(other) = methods.iter().find(|o| o.name == generated) {
+                errors.spanned(
+                    &other.ident,
+                    format_args!(
+                        "a service method cannot be named `{generated}`: `#[service]` generates `{generated}` as {what} of `{}`; rename one of them",
+                        m.name
+                    ),
+                );
+            }
+        }
         let variant = variant_name(&m.name);
         if let Some((_, other)) = seen.iter().find(|(v, _)| *v == variant) {
             errors.spanned(
@@ -583,6 +626,59 @@ fn check_collisions(trait_ident: &Ident, methods: &[Method], errors: &mut Errors
             seen.push((variant, m));
         }
     }
+}
+
+/// True for a type written as a path ending in `Bytes` without arguments (`Bytes`,
+/// `txipc_service::Bytes`): the client stub takes it as `impl AsRef<[u8]>` and encodes it as a
+/// serde byte string (one length, then the bytes), which is `Bytes`' encoding; a type of that
+/// name from elsewhere must be a byte string encoded the same way and convert `From<&[u8]>`.
+pub fn is_bytes(ty: &Type) -> bool {
+    match ty {
+        Type::Path(p) if p.qself.is_none() => p
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "Bytes" && s.arguments.is_none()),
+        Type::Group(g) => is_bytes(&g.elem),
+        Type::Paren(p) => is_bytes(&p.elem),
+        _ => false,
+    }
+}
+
+/// Whether a `Bytes` appears anywhere in `ty` as written (`Option<Bytes>`, `(u32, Bytes)`,
+/// `Vec<Bytes>`; not behind a type alias, which the macro cannot see through).
+pub fn contains_bytes(ty: &Type) -> bool {
+    struct Find(bool);
+    impl<'ast> Visit<'ast> for Find {
+        fn visit_type(&mut self, ty: &'ast Type) {
+            if is_bytes(ty) {
+                self.0 = true;
+            } else {
+                syn::visit::visit_type(self, ty);
+            }
+        }
+    }
+    let mut f = Find(false);
+    f.visit_type(ty);
+    f.0
+}
+
+/// `ty` with every `Bytes` in it replaced by `with` (the borrowed form of a result: the same
+/// encoding, since serde is structural and `with` encodes as a byte string too).
+pub fn replace_bytes(ty: &Type, with: &Type) -> Type {
+    struct Replace<'a>(&'a Type);
+    impl syn::visit_mut::VisitMut for Replace<'_> {
+        fn visit_type_mut(&mut self, ty: &mut Type) {
+            if is_bytes(ty) {
+                *ty = self.0.clone();
+            } else {
+                syn::visit_mut::visit_type_mut(self, ty);
+            }
+        }
+    }
+    let mut ty = ty.clone();
+    syn::visit_mut::VisitMut::visit_type_mut(&mut Replace(with), &mut ty);
+    ty
 }
 
 /// `scan_range` → `ScanRange`.

@@ -46,11 +46,15 @@ impl TxCell {
         }
     }
 
-    fn put(&mut self, tx: Tx<'static>) {
+    /// Lends `tx` to the handlers that run next: what the serve loop does after its begin
+    /// (public for drivers that run an [`Instance`] in process, such as the allocation test of
+    /// the kv server's get path).
+    pub fn put(&mut self, tx: Tx<'static>) {
         self.tx = Some(tx);
     }
 
-    fn take(&mut self) -> Option<Tx<'static>> {
+    /// Takes the lent transaction back, to commit or abort it.
+    pub fn take(&mut self) -> Option<Tx<'static>> {
         self.tx.take()
     }
 }

@@ -242,13 +242,99 @@ impl Serialize for Bytes {
     }
 }
 
-/// Borrowed bytes with the encoding of a [`Bytes`] holding them: what a client stub encodes a
-/// byte-string argument through, so that the caller's bytes are copied once, into the request.
-pub(crate) struct BytesRef<'a>(pub(crate) &'a [u8]);
+/// Borrowed bytes that cross a channel as a byte string: the borrowed form of [`Bytes`], with
+/// the same encoding (one length, then the bytes, written and read with one copy).
+///
+/// Generated code uses it where a byte string need not be owned:
+/// - a client stub encodes a `Bytes` argument from the caller's borrowed bytes through it;
+/// - a server's `serve_<method>` (generated beside every method that has a `Bytes` argument or
+///   result, see `#[service]`) lends the byte strings of its reply with it, so that a value is
+///   copied from the server's state straight into the channel, with no `Bytes` in between:
+///   `reply.send(&Ok(Some(BytesRef(stored))))`;
+/// - decoding one borrows from the bytes it decodes (no allocation): the dispatcher decodes a
+///   `Bytes` argument this way, and it fails for a format that cannot lend its bytes.
+///
+/// It dereferences to `[u8]`.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BytesRef<'a>(pub &'a [u8]);
+
+impl fmt::Debug for BytesRef<'_> {
+    /// As a byte-string literal, like [`Bytes`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "b\"{}\"", self.0.escape_ascii())
+    }
+}
+
+impl Deref for BytesRef<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0
+    }
+}
+
+impl AsRef<[u8]> for BytesRef<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.0
+    }
+}
+
+impl<'a> From<&'a [u8]> for BytesRef<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        BytesRef(v)
+    }
+}
+
+impl<'a> From<&'a Bytes> for BytesRef<'a> {
+    fn from(v: &'a Bytes) -> Self {
+        BytesRef(&v.0)
+    }
+}
+
+impl From<BytesRef<'_>> for Bytes {
+    fn from(v: BytesRef<'_>) -> Self {
+        Bytes(v.0.to_vec())
+    }
+}
+
+impl PartialEq<[u8]> for BytesRef<'_> {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<Bytes> for BytesRef<'_> {
+    fn eq(&self, other: &Bytes) -> bool {
+        self.0 == &other.0[..]
+    }
+}
 
 impl Serialize for BytesRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_bytes(self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for BytesRef<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_bytes(BytesRefVisitor)
+    }
+}
+
+struct BytesRefVisitor;
+
+impl<'de> Visitor<'de> for BytesRefVisitor {
+    type Value = BytesRef<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a byte string borrowed from the input")
+    }
+
+    fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<BytesRef<'de>, E> {
+        Ok(BytesRef(v))
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<BytesRef<'de>, E> {
+        Ok(BytesRef(v.as_bytes()))
     }
 }
 
@@ -341,6 +427,23 @@ mod tests {
         assert_eq!(v, b"abc");
         let json = serde_json_like(&b);
         assert_eq!(json, b"abc");
+    }
+
+    #[test]
+    fn a_borrowed_byte_string_has_the_owned_encoding_and_decodes_without_copying() {
+        for len in [0usize, 1, 127, 128, 1000] {
+            let v: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut owned = Vec::new();
+            let mut lent = Vec::new();
+            crate::encode(&Some(Bytes::from(v.clone())), &mut owned).unwrap();
+            crate::encode(&Some(BytesRef(&v)), &mut lent).unwrap();
+            assert_eq!(owned, lent, "len {len}");
+            let back: Option<BytesRef<'_>> = crate::decode_borrowed(&lent).unwrap();
+            let back = back.unwrap();
+            assert_eq!(back, v[..]);
+            // Borrowed from the encoding, not copied.
+            assert!(len == 0 || lent.as_ptr_range().contains(&back.as_ptr()));
+        }
     }
 
     /// A format without a bytes type goes through `visit_seq`.

@@ -17,12 +17,15 @@
 //!   request is answered with [`DispatchError::Malformed`], not acted on.
 //! - Byte payloads cost one length and one copy: interfaces carry them as [`Bytes`], never as
 //!   `Vec<u8>` (which serde moves one element at a time).
+//! - A call need not allocate: for every method with byte strings, the generated code also
+//!   has a borrowed form on each side ([`BytesRef`]; a client's `<method>_with` reads the reply
+//!   where it landed, a server's `serve_<method>` lends its state's bytes to the reply).
 #![forbid(unsafe_code)]
 
 mod bytes;
 
-pub use bytes::Bytes;
-use serde::{Serialize, de::DeserializeOwned};
+pub use bytes::{Bytes, BytesRef};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 pub use txipc_macros::service;
 
@@ -190,6 +193,12 @@ impl ReplyWriter for Vec<u8> {
         self.extend_from_slice(bytes);
     }
 }
+
+/// Proof that a server's `serve_<method>` answered: only the reply handle the dispatcher gives
+/// it can make one (its `send`), so a lending handler cannot forget to reply.
+#[derive(Debug)]
+#[must_use = "return it from `serve_<method>`"]
+pub struct Replied(());
 
 /// Encodes a value with the wire codec (postcard) at the end of `out`.
 pub fn encode_to<T: Serialize + ?Sized>(
@@ -386,6 +395,17 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
     }
 }
 
+/// Decodes a value that may borrow from `bytes` (a [`BytesRef`], a `&[u8]`, a `&str`) with the
+/// wire codec; trailing bytes are an error.
+pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
+    let (value, rest) = postcard::take_from_bytes(bytes)?;
+    if rest.is_empty() {
+        Ok(value)
+    } else {
+        Err(postcard::Error::DeserializeBadEncoding)
+    }
+}
+
 /// Support for the code `#[service]` generates. Not a stable API: it changes with the macro.
 ///
 /// Arguments are encoded and decoded one at a time, each through a call that names its type, so
@@ -394,8 +414,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
 /// of the argument tuple.
 #[doc(hidden)]
 pub mod __private {
-    use super::{CallError, DispatchError, Error, Transport};
-    use serde::{Serialize, de::DeserializeOwned};
+    use super::{CallError, DispatchError, Error, Replied, Transport};
+    use serde::{Deserialize, Serialize, de::DeserializeOwned};
     use std::cell::Cell;
 
     /// A type a service can send: its arguments at the client, its results at the server.
@@ -465,6 +485,19 @@ pub mod __private {
             self.arg(&crate::bytes::BytesRef(bytes))
         }
 
+        /// Sends the request; the reply stays in the call's buffer for [`Self::view`].
+        pub fn send(&mut self) -> Result<(), CallError> {
+            self.reply.clear();
+            self.transport
+                .call(self.method, &self.request, &mut self.reply)
+        }
+
+        /// Decodes the reply [`Self::send`] received, strictly, as a value that may borrow from
+        /// it (the view of a `<method>_with`: its byte strings are `&[u8]` into the reply).
+        pub fn view<'a, V: Deserialize<'a>>(&'a self) -> Result<V, CallError> {
+            super::decode_borrowed(&self.reply).map_err(|e| CallError::BadReply(e.to_string()))
+        }
+
         pub fn finish<R: Decode>(mut self) -> Result<R, CallError> {
             self.reply.clear();
             self.transport
@@ -527,6 +560,46 @@ pub mod __private {
         Ok(value)
     }
 
+    /// Decodes the next argument of a request, a byte string, borrowed from `rest` (no
+    /// allocation), advancing it. Never panics.
+    pub fn decode_bytes_arg<'a>(
+        method: u32,
+        rest: &mut &'a [u8],
+    ) -> Result<&'a [u8], DispatchError> {
+        let (value, tail) = postcard::take_from_bytes::<crate::BytesRef<'a>>(rest)
+            .map_err(|_| DispatchError::Malformed { method })?;
+        *rest = tail;
+        Ok(value.0)
+    }
+
+    /// Where a `serve_<method>` writes its reply: wrapped by the method's generated reply type,
+    /// whose `send` takes exactly the method's result (or its lent form).
+    pub struct ReplyTo<'w> {
+        method: u32,
+        out: &'w mut dyn crate::ReplyWriter,
+    }
+
+    impl std::fmt::Debug for ReplyTo<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("ReplyTo")
+                .field("method", &self.method)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl<'w> ReplyTo<'w> {
+        pub fn new(method: u32, out: &'w mut dyn crate::ReplyWriter) -> Self {
+            ReplyTo { method, out }
+        }
+
+        /// Encodes `value` as the reply (see [`encode_reply`], whose panic it shares).
+        #[track_caller]
+        pub fn send<R: Encode + ?Sized>(self, value: &R) -> Replied {
+            encode_reply(self.method, value, self.out);
+            Replied(())
+        }
+    }
+
     /// Checks that the request had nothing after its last argument.
     pub fn end_of_request(method: u32, rest: &[u8]) -> Result<(), DispatchError> {
         if rest.is_empty() {
@@ -545,7 +618,11 @@ pub mod __private {
     /// the request had not run would be a lie: the panic makes the runtime treat it as a fault of
     /// this request (rolled back under `txipc`, then failed alone as a poison request).
     #[track_caller]
-    pub fn encode_reply<R: Encode>(method: u32, value: &R, reply: &mut dyn crate::ReplyWriter) {
+    pub fn encode_reply<R: Encode + ?Sized>(
+        method: u32,
+        value: &R,
+        reply: &mut dyn crate::ReplyWriter,
+    ) {
         reply.reset();
         if let Err(e) = super::encode_to(value, reply) {
             panic!("the reply of method {method} cannot be encoded: {e}");

@@ -6,8 +6,8 @@
 #![forbid(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
-pub use txipc_service::Bytes;
 use txipc_service::service;
+pub use txipc_service::{Bytes, BytesRef};
 
 /// Largest key, in bytes.
 pub const MAX_KEY: usize = 1024;
