@@ -478,6 +478,10 @@ fn watch_exit(pid: i32) -> Option<std::thread::JoinHandle<Option<u64>>> {
     }))
 }
 
+/// A run that recovered slower than this keeps the system's log (`txipc logs`) for its
+/// diagnosis, instead of removing it with the system.
+const KEEP_LOG_OVER_US: f64 = 100_000.0;
+
 /// Runs the benchmark.
 pub fn run(
     exe: &Path,
@@ -492,7 +496,7 @@ pub fn run(
         );
     }
     let name = crate::unique_system("bench-recovery");
-    let proc = SystemProcess::spawn(exe, &manifest(cfg), &name, crate::BOOT_TIMEOUT)
+    let mut proc = SystemProcess::spawn(exe, &manifest(cfg), &name, crate::BOOT_TIMEOUT)
         .context("booting the benchmark system")?;
     let sys = proc.connect()?;
     let kv = KvClient::new(sys.open("kv")?);
@@ -513,6 +517,7 @@ pub fn run(
     let mut rewarms = Vec::new();
     let (mut total_ok, mut errors) = (0u64, 0u64);
     let mut unplaced = 0u64;
+    let mut slow = 0u64;
     for &fault in &cfg.faults {
         for run in 0..cfg.runs {
             let (pid, g0) = wait_running(&sys)?;
@@ -659,8 +664,26 @@ pub fn run(
                     }
                 )),
             ));
+            if sample.recovery_us > KEEP_LOG_OVER_US {
+                slow += 1;
+            }
             samples.push(sample);
         }
+    }
+    if slow > 0 {
+        // An outlier is kept for its diagnosis: the system's log (the kernel's lines need
+        // `TXIPC_VERBOSE=1`) stays after the system stops.
+        proc.keep_log();
+        progress(&format!(
+            "{slow} run(s) took over {:.0} ms: the system's log is kept: {}{}",
+            KEEP_LOG_OVER_US / 1e3,
+            txipc_core::paths::log_path(&name).display(),
+            if std::env::var_os("TXIPC_VERBOSE").is_some_and(|v| v == "1") {
+                ""
+            } else {
+                " (run with TXIPC_VERBOSE=1 for the kernel's lines in it)"
+            }
+        ));
     }
     let counter = kv
         .get(b"counter")

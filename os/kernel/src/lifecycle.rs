@@ -105,6 +105,13 @@ impl Kernel {
                 self.check_stop(i)
             }
             Command::Kill(g) => {
+                if self.opts.verbose {
+                    // (An activated generation that never served is killed silently otherwise.)
+                    self.log(format!(
+                        "{}: killing generation {g}",
+                        self.servers[i].spec.name
+                    ));
+                }
                 if let Some(inc) = self.servers[i].procs.get(&g) {
                     // The lowest priority, so that its address-space teardown yields to the
                     // servers that run.
@@ -234,6 +241,10 @@ impl Kernel {
                 &[],
             ),
         };
+        if self.opts.verbose {
+            let line = format!("{}: activating generation {g} ({sent:?})", s.spec.name);
+            self.log(line);
+        }
         // A full socket is a hang; a closed one a death, which its pidfd reports.
         match sent {
             Err(fdpass::FdPassError::Io { source, .. })

@@ -923,6 +923,11 @@ fn seal_delta(
 /// How much of the encoded state a checkpoint writer buffers before writing it to the memfd.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 
+/// Why a delta's write stops when an activation comes (the error its writes return from then
+/// on).
+const DELTA_GIVEN_UP: &str =
+    "the generation changed (an activation is coming): the delta is given up";
+
 /// The payload of a snapshot as it is written: buffered into chunks appended to the memfd
 /// (`write`), checksummed on the way.
 struct SnapshotFile<'a> {
@@ -936,12 +941,22 @@ struct SnapshotFile<'a> {
 }
 
 impl SnapshotFile<'_> {
-    fn flush_buf(&mut self) -> std::io::Result<()> {
-        if let Some((status, generation)) = self.abort
-            && status.generation() != generation
-        {
-            return Err(std::io::Error::from(std::io::ErrorKind::Interrupted));
+    /// An error once the delta must be given up (the generation changed).
+    fn given_up(&self) -> std::io::Result<()> {
+        match self.abort {
+            // Not `ErrorKind::Interrupted`: `write_all` (and every serializer writing through
+            // it) retries an interrupted write, so the standby looped here — a write that
+            // failed and was retried forever — until the kernel's activation timeout killed
+            // it (wave 7: the 5 s recoveries, ARCHITECTURE.md §16 "Crash points").
+            Some((status, generation)) if status.generation() != generation => {
+                Err(std::io::Error::other(DELTA_GIVEN_UP))
+            }
+            _ => Ok(()),
         }
+    }
+
+    fn flush_buf(&mut self) -> std::io::Result<()> {
+        self.given_up()?;
         let r = write_all(self.fd, &self.buf);
         self.buf.clear();
         r
@@ -955,6 +970,8 @@ impl std::io::Write for SnapshotFile<'_> {
             self.flush_buf()?;
         }
         if data.len() >= SNAPSHOT_CHUNK {
+            // (A chunk written whole is looked at too.)
+            self.given_up()?;
             write_all(self.fd, data)?;
         } else {
             self.buf.extend_from_slice(data);
@@ -2592,5 +2609,118 @@ fn to_status(r: Result<(), DispatchError>, reply: &mut Vec<u8>) -> Status {
             reply.clear();
             Status::UnknownMethod
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server whose changes are `len` bytes, written the way a serializer writes them: through
+    /// `write_all`, in 64 KiB pieces.
+    struct BigChanges {
+        len: usize,
+    }
+
+    impl PlainInstance for BigChanges {
+        fn handle(&mut self, _: u32, _: &[u8], _: &mut Vec<u8>) -> Result<(), DispatchError> {
+            Ok(())
+        }
+        fn is_logged(&self, _: u32) -> bool {
+            true
+        }
+        fn method_name(&self, _: u32) -> Option<&'static str> {
+            None
+        }
+        fn capture(&self, _: u32) -> Capture {
+            Capture::Allowed
+        }
+        fn distill(&self, _: &mut dyn std::io::Write) -> Result<(), DistillError> {
+            Ok(())
+        }
+        fn track_changes(&mut self, _: bool) -> bool {
+            true
+        }
+        fn write_changes(&self, out: &mut dyn std::io::Write) -> Result<(), DistillError> {
+            let piece = vec![7u8; 64 << 10];
+            for _ in 0..self.len / piece.len() {
+                out.write_all(&piece)
+                    .map_err(|e| DistillError::Encode(e.to_string()))?;
+            }
+            Ok(())
+        }
+        fn forget_changes(&mut self) {}
+        fn apply_changes(&mut self, _: &[u8]) -> Result<(), DistillError> {
+            Ok(())
+        }
+    }
+
+    /// The crash point "an activation while the following standby writes a delta of more than
+    /// one chunk" (ARCHITECTURE.md §16). The delta's writer gives up at the next chunk once the
+    /// status page's generation changed — with an error `write_all` does not retry. It was
+    /// `ErrorKind::Interrupted`, which `write_all` retries: the standby looped in the write
+    /// until the kernel's activation timeout (5 s) killed it, and the recovery came from a
+    /// cold standby after it (the 5.1 s recoveries of `bench recovery --policy companion`).
+    #[test]
+    fn an_activation_during_a_delta_write_makes_it_give_up_at_once() {
+        let fd = StatusPage::create("t-delta-status").unwrap();
+        let status = StatusPage::map(&fd).unwrap();
+        status.set_generation(3);
+        let snap = tempfile_memfd();
+        let mut file = SnapshotFile {
+            fd: &snap,
+            buf: Vec::new(),
+            crc: fmt::PayloadCrc::default(),
+            abort: Some((&status, 3)),
+        };
+        // Same generation: the chunks are written.
+        let chunk = vec![1u8; SNAPSHOT_CHUNK];
+        std::io::Write::write_all(&mut file, &chunk[..1000]).unwrap();
+        std::io::Write::write_all(&mut file, &chunk).unwrap();
+        // The kernel is activating this standby: the next chunk fails, and not as a write to
+        // retry.
+        status.set_generation(4);
+        let e = std::io::Write::write(&mut file, &chunk).unwrap_err();
+        assert_ne!(e.kind(), std::io::ErrorKind::Interrupted, "{e}");
+        assert!(e.to_string().contains("the delta is given up"), "{e}");
+        let e = std::io::Write::write_all(&mut file, &chunk).unwrap_err();
+        assert!(e.to_string().contains("the delta is given up"), "{e}");
+
+        // A whole delta of 3 MiB (three chunks) through `seal_delta`: sealed while the
+        // generation stays, given up (nothing handed over) once it changed.
+        let meta = SnapshotMeta {
+            state_version: 1,
+            index: 20,
+            log_offset: 160,
+            last_digest: None,
+        };
+        let base_meta = SnapshotMeta {
+            index: 10,
+            log_offset: 80,
+            ..meta
+        };
+        let base = ChainLink {
+            meta: base_meta,
+            link: Link::Base { crc: 0x1234 },
+            after: (10, 10),
+        };
+        let chain = ChainEnd {
+            base,
+            end: base,
+            links: 1,
+            base_bytes: 64 << 20,
+            delta_bytes: 0,
+        };
+        let big = BigChanges { len: 3 << 20 };
+        let answers = HashMap::new();
+        let sealed = seal_delta("t", &big, &answers, (&meta, &chain, 10), &status, 4);
+        let (_, bytes) = sealed.expect("the generation did not change: the delta is sealed");
+        assert!(bytes > 3 << 20);
+        let given_up = seal_delta("t", &big, &answers, (&meta, &chain, 10), &status, 3);
+        assert!(given_up.is_none(), "the generation changed: given up");
+    }
+
+    fn tempfile_memfd() -> OwnedFd {
+        rustix::fs::memfd_create("t-delta", rustix::fs::MemfdFlags::CLOEXEC).unwrap()
     }
 }
