@@ -118,7 +118,7 @@ impl Kernel {
             }
             match proto::decode::<FromServer>(&self.buf[..n]) {
                 Ok(FromServer::Active { generation: g }) if g == generation => {
-                    self.feed(i, Event::Serving(g));
+                    self.on_spare_active(i, g);
                 }
                 Ok(FromServer::TookOver(report)) => {
                     self.on_took_over(i, generation, report);

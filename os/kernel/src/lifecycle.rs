@@ -113,9 +113,14 @@ impl Kernel {
                     ));
                 }
                 if let Some(inc) = self.servers[i].procs.get(&g) {
-                    // The lowest priority, so that its address-space teardown yields to the
-                    // servers that run.
-                    if let Some(pid) = rustix::process::Pid::from_raw(inc.pid) {
+                    // Without a keeper its exit tears its address space down: at the lowest
+                    // priority, so that it yields to the servers that run. With one (the
+                    // usual case) the exit only closes descriptors and drops a reference, and
+                    // a hang's recovery waits for it (its pidfd): at nice 19 it waited for
+                    // whatever else ran on its CPU. The keeper tears down at SCHED_IDLE.
+                    if inc.keeper.is_none()
+                        && let Some(pid) = rustix::process::Pid::from_raw(inc.pid)
+                    {
                         let _ = rustix::process::setpriority_process(Some(pid), 19);
                     }
                     let _ = process::pidfd_signal(&inc.pidfd, Signal::KILL);

@@ -65,6 +65,9 @@ pub(crate) struct Server {
     pub(crate) awaiting_spare: Option<crate::spare::AwaitSpare>,
     /// What the spare said it did when it took over, until the lifecycle has it serving.
     pub(crate) takeover_report: Option<txipc_core::proto::TakeoverReport>,
+    /// A spare that took over said `Active` (its first batch served) before the kernel
+    /// accepted its takeover: the lifecycle makes it serving at once when it does.
+    pub(crate) spare_served: Option<u64>,
     /// The next rollback empties the heap (an operator's restart under policy `none`).
     pub(crate) empty_on_rollback: bool,
     pub(crate) channels: BTreeMap<u32, Chan>,
@@ -247,6 +250,7 @@ impl Server {
                 attempts: Default::default(),
                 awaiting_spare: None,
                 takeover_report: None,
+                spare_served: None,
                 companion,
             },
             first,

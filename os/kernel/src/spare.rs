@@ -146,10 +146,9 @@ impl Kernel {
                         return self.start_roll_back(i, g);
                     }
                     if s.life.standby() == Some(spare) {
-                        let serving = s
-                            .takeover_report
-                            .as_ref()
-                            .is_some_and(|r| r.generation == spare);
+                        // It serves once it said `Active`, after its first batch (its report
+                        // comes before that batch, so that a fault in it is charged).
+                        let serving = s.spare_served.take() == Some(spare);
                         // Counted now, not when its report comes: a committed reply the spare
                         // published while settling may reach its client before the report.
                         s.restarts += 1;
@@ -240,16 +239,27 @@ impl Kernel {
         }
         let s = &mut self.servers[i];
         s.takeover_report = Some(report);
-        if s.awaiting_spare.is_some_and(|a| a.spare == generation) {
-            if let Some(ev) = self.check_spare(i) {
-                self.feed(i, ev);
-            }
-        } else if s.life.active() == Some(generation) && s.life.serving().is_none() {
-            // Taken over before it said so: it serves now.
-            self.feed(i, Event::Serving(generation));
+        if s.awaiting_spare.is_some_and(|a| a.spare == generation)
+            && let Some(ev) = self.check_spare(i)
+        {
+            self.feed(i, ev);
         }
-        // Else the kernel has not reached the rollback of the failed generation yet: its
-        // `RollBack` finds TAKING and the report.
+        // Else the kernel has not reached the rollback of the failed generation yet (its
+        // `RollBack` finds TAKING and the report), or it has and the report is accounted for
+        // now (`account_takeover`, after every lifecycle step). The spare serves in the
+        // lifecycle once it says `Active` (`on_spare_active`).
+        self.account_takeover(i);
+    }
+
+    /// Generation `g` of server `i` said `Active`: a standby the kernel activated, or a spare
+    /// that took over and served its first batch. The latter, said before the kernel accepted
+    /// the takeover, is remembered for then.
+    pub(crate) fn on_spare_active(&mut self, i: usize, g: Gen) {
+        let s = &mut self.servers[i];
+        if s.life.standby() == Some(g) && s.status.takeover() == Takeover::Taking(g) {
+            s.spare_served = Some(g);
+        }
+        self.feed(i, Event::Serving(g));
     }
 
     /// A standby of server `i` died: a spare armed is disarmed, a rollback waiting for it
@@ -266,12 +276,14 @@ impl Kernel {
         }
     }
 
-    /// Once the spare serves in the lifecycle: the kernel's bookkeeping of its recovery (what
-    /// `settle_slots` counts), its steps, and the takeover word back to IDLE.
+    /// Once the spare is the active generation in the lifecycle (serving, or about to: it
+    /// says `Active` after its first batch): the kernel's bookkeeping of its recovery (what
+    /// `settle_slots` counts: also when its first batch faults again, a poison request), its
+    /// steps, and the takeover word back to IDLE.
     pub(crate) fn account_takeover(&mut self, i: usize) {
         let s = &mut self.servers[i];
-        let serving = s.life.serving();
-        let Some(r) = s.takeover_report.take_if(|r| serving == Some(r.generation)) else {
+        let active = s.life.active();
+        let Some(r) = s.takeover_report.take_if(|r| active == Some(r.generation)) else {
             return;
         };
         s.status.end_takeover(r.generation);

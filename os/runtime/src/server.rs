@@ -639,6 +639,11 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
         None => FromServer::Active { generation },
     };
     let took_over = matches!(said, FromServer::TookOver(_));
+    // A standby the kernel activated says `Active` now. A spare that took over sends its
+    // report now (a fault in its first batch is then charged) and says `Active` only after
+    // that batch (below): the kernel answers `Active` by asking the zygote for the next
+    // standby, and that fork, on a machine whose two CPUs the client and the server fill, ran
+    // on the client's CPU while the spare's first replies waited for it.
     let _ = fdpass::send(&ctl, &proto::encode(&said), &[]);
     let calls = status.calls();
     let mut lp = Loop {
@@ -671,6 +676,11 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
     // standby the kernel activated does at once.
     if took_over {
         lp.serve_batch();
+        let _ = fdpass::send(
+            &lp.ctl,
+            &proto::encode(&FromServer::Active { generation }),
+            &[],
+        );
     }
     crate::spare::serve_as_server();
     lp.run()
