@@ -573,6 +573,15 @@ struct ChainEnd {
     delta_bytes: u64,
 }
 
+impl ChainEnd {
+    /// Whether the chain may take one more delta: it has room for a link (they travel in one
+    /// message), and its deltas together are less than [`DELTA_BYTES_PER_BASE`] bases.
+    fn takes_a_delta(&self) -> bool {
+        self.links < MAX_CHAIN
+            && self.delta_bytes < self.base_bytes.saturating_mul(DELTA_BYTES_PER_BASE)
+    }
+}
+
 /// The chain's headers (and delta links), read from its fds without reading the payloads
 /// (the kernel checked them when it accepted each; a restore checks everything again).
 fn chain_of(fds: &[OwnedFd]) -> Option<ChainEnd> {
@@ -1163,6 +1172,14 @@ const LOG_COPY_KEEP: usize = 8 << 20;
 /// travel in one message. Past it — or once the deltas together are as large as the base —
 /// the next checkpoint is a base.
 const MAX_CHAIN: usize = txipc_sys::fdpass::MAX_FDS;
+/// A chain takes deltas until they together are this many times the size of its base; then
+/// the next checkpoint is a base. A base costs a fork of the replica, a child that encodes the
+/// whole state, and copy-on-write faults in the standby while it lives; a chain's deltas cost
+/// only their own bytes, but a restore (the next standby's, or a cold activation's) applies them
+/// all. At 1 (wave 6) YCSB A took a base after every three or four deltas, and the base's
+/// writer and its copy-on-write faults were a third of the companion's CPU beside the server;
+/// at 3 bases come a third as often and a restore reads at most four times a base.
+const DELTA_BYTES_PER_BASE: u64 = 3;
 /// How long a following standby waits for the kernel's `Warm` that puts its last checkpoint
 /// in the chain before it takes the next one as a base (the last was refused or lost).
 const PENDING_MAX: Duration = Duration::from_secs(2);
@@ -1585,11 +1602,9 @@ impl Follower {
         let index = self.replica.as_ref().map_or(0, |r| r.meta.index);
         let delta = self.deltas
             && self.tracked_from.is_some_and(|from| from < index)
-            && self.chain.is_some_and(|c| {
-                Some(c.end.meta.index) == self.tracked_from
-                    && c.links < MAX_CHAIN
-                    && c.delta_bytes < c.base_bytes
-            });
+            && self
+                .chain
+                .is_some_and(|c| Some(c.end.meta.index) == self.tracked_from && c.takes_a_delta());
         if delta {
             self.write_delta(ctl);
             return;
@@ -2722,5 +2737,45 @@ mod tests {
 
     fn tempfile_memfd() -> OwnedFd {
         rustix::fs::memfd_create("t-delta", rustix::fs::MemfdFlags::CLOEXEC).unwrap()
+    }
+
+    fn chain(links: usize, base_bytes: u64, delta_bytes: u64) -> ChainEnd {
+        let link = ChainLink {
+            meta: SnapshotMeta {
+                state_version: 1,
+                index: 1,
+                log_offset: 0,
+                last_digest: None,
+            },
+            link: Link::Base { crc: 0 },
+            after: (1, 1),
+        };
+        ChainEnd {
+            base: link,
+            end: link,
+            links,
+            base_bytes,
+            delta_bytes,
+        }
+    }
+
+    /// A chain takes deltas until they together reach three times its base (not once they
+    /// reach the base: a base every few deltas was a third of the companion's CPU on YCSB A),
+    /// or until it has no room for another link.
+    #[test]
+    fn a_chain_takes_deltas_up_to_three_bases_and_sixteen_links() {
+        assert!(chain(1, 100, 0).takes_a_delta());
+        assert!(chain(4, 100, 150).takes_a_delta(), "deltas past one base");
+        assert!(chain(8, 100, 299).takes_a_delta());
+        assert!(!chain(9, 100, 300).takes_a_delta(), "three bases of deltas");
+        assert!(
+            !chain(MAX_CHAIN, 100, 10).takes_a_delta(),
+            "no room for a link"
+        );
+        assert!(chain(MAX_CHAIN - 1, 100, 10).takes_a_delta());
+        assert!(
+            !chain(2, 0, 0).takes_a_delta(),
+            "an empty base takes no delta"
+        );
     }
 }
