@@ -860,7 +860,7 @@ fn a_chain_of_deltas_restores_and_a_killed_or_corrupt_delta_is_caught() {
     let conn = sys.connect().unwrap();
     let kv = KvClient::new(open(&conn, "kv"));
     // State that does not change afterwards (in the base only), so that the chain's deltas
-    // stay smaller than its base (else the next checkpoint is a base again).
+    // stay smaller than three bases (else the next checkpoint is a base again).
     for i in 0..100u32 {
         kv.put(format!("bulk{i}"), vec![3u8; 2000]).unwrap();
     }

@@ -1169,8 +1169,8 @@ const CATCH_UP_MAX: u64 = 4 << 20;
 /// catch-up step's buffer is freed).
 const LOG_COPY_KEEP: usize = 8 << 20;
 /// Most links of a checkpoint chain (a base and its deltas), as the kernel keeps them: they
-/// travel in one message. Past it — or once the deltas together are as large as the base —
-/// the next checkpoint is a base.
+/// travel in one message. Past it — or once the deltas together are
+/// [`DELTA_BYTES_PER_BASE`] times the base — the next checkpoint is a base.
 const MAX_CHAIN: usize = txipc_sys::fdpass::MAX_FDS;
 /// A chain takes deltas until they together are this many times the size of its base; then
 /// the next checkpoint is a base. A base costs a fork of the replica, a child that encodes the
