@@ -420,6 +420,11 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                     s.payload.kv_get_owned_rtt_ns.median_ns,
                 ),
                 (
+                    "raw spinning ping-pong, 1000 B reply",
+                    c.payload.raw_spin_reply_rtt_ns.median_ns,
+                    s.payload.raw_spin_reply_rtt_ns.median_ns,
+                ),
+                (
                     "channel alone",
                     c.baselines.chan_rtt_ns.median_ns,
                     s.baselines.chan_rtt_ns.median_ns,
@@ -521,6 +526,7 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                     "echo_1000_rtt_ns": c.payload.echo_rtt_ns.median_ns,
                     "kv_get_1000_rtt_ns": c.payload.kv_get_rtt_ns.median_ns,
                     "kv_get_owned_1000_rtt_ns": c.payload.kv_get_owned_rtt_ns.median_ns,
+                    "raw_spin_reply_1000_rtt_ns": c.payload.raw_spin_reply_rtt_ns.median_ns,
                     "ratio_kv_get_owned_1000_over_null_cross": c.ratios.kv_get_owned_over_null.median,
                     "ratio_kv_get_1000_over_null_cross": get_vs_null,
                     "ratio_txipc_over_raw_spin_cross": vs_spin,

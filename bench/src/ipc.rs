@@ -79,6 +79,11 @@ pub struct PayloadRtts {
     pub kv_get_rtt_ns: Rtt,
     /// The same get through the owned stub `get` (the value returned as a new `Bytes`).
     pub kv_get_owned_rtt_ns: Rtt,
+    /// The raw spinning ping-pong with `bytes` bytes in every reply (written by the partner
+    /// before its reply word, copied out by the caller after it): against `raw_spin_rtt_ns`,
+    /// what moving the bytes from one core to the other costs by itself, the floor under a
+    /// get's excess over the null call.
+    pub raw_spin_reply_rtt_ns: Rtt,
 }
 
 /// Other IPC systems' round trips, cross-core, measured in the same run (`--peers`).
@@ -139,6 +144,7 @@ fn batch(cfg: &BenchConfig, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 #[derive(Debug)]
 pub struct Partners {
     spin: PingPong,
+    spin_reply: PingPong,
     chan: EchoChannel,
 }
 
@@ -147,6 +153,8 @@ impl Partners {
     pub fn start(placement: Placement) -> Result<Partners> {
         Ok(Partners {
             spin: PingPong::start(placement, false).context("raw spin partner")?,
+            spin_reply: PingPong::with_reply(placement, PAYLOAD_BYTES)
+                .context("raw spin partner with a reply")?,
             chan: EchoChannel::start(placement, SpinConfig::default(), baseline::SERVER_SPIN)
                 .context("channel partner")?,
         })
@@ -154,6 +162,9 @@ impl Partners {
 
     fn stop(self) -> Result<()> {
         self.spin.stop().context("raw spin partner")?;
+        self.spin_reply
+            .stop()
+            .context("raw spin partner with a reply")?;
         self.chan.stop().context("channel partner")?;
         Ok(())
     }
@@ -239,7 +250,8 @@ pub fn interleaved(
         iterations: batch_warmup(cfg),
         ..*cfg
     };
-    let (mut r, mut c, mut p, mut e, mut g, mut go) = (
+    let (mut r, mut rr, mut c, mut p, mut e, mut g, mut go) = (
+        Vec::new(),
         Vec::new(),
         Vec::new(),
         Vec::new(),
@@ -250,6 +262,7 @@ pub fn interleaved(
     for b in 0..cfg.batches {
         let w = warmup_before(cfg, b);
         r.push(partners.spin.batch(w, cfg.iterations)?);
+        rr.push(partners.spin_reply.batch(w, cfg.iterations)?);
         c.push(partners.chan.batch(w, cfg.iterations)?);
         // The servers slept while the partners ran: wake them untimed, as the partners are.
         batch(&per_batch, ping)?;
@@ -282,6 +295,7 @@ pub fn interleaved(
             echo_rtt_ns: rtt(e, cfg),
             kv_get_rtt_ns: rtt(g, cfg),
             kv_get_owned_rtt_ns: rtt(go, cfg),
+            raw_spin_reply_rtt_ns: rtt(rr, cfg),
         },
         ratios,
     })

@@ -13,7 +13,7 @@
 //! | [`chan_rtt_ns`] | a null call through a [`ClientChannel`] to a minimal echo server loop ([`run_echo_server`]) |
 
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
@@ -357,7 +357,15 @@ fn next_request(x: u32) -> u32 {
     if x >= (1 << 30) { 1 } else { x + 2 }
 }
 
-fn ping_pong_child(word: &AtomicU32, same_core: bool, use_futex: bool) -> i32 {
+/// Where a [`PingPong::with_reply`]'s reply bytes live: past the word's 128-byte pair.
+const REPLY_OFF: usize = 128;
+
+/// The partner of a [`PingPong`]: answers each request by storing request + 1, after writing
+/// `bytes` (a private buffer, as a server copies from its state; allocated before the fork, so
+/// the child allocates nothing) at [`REPLY_OFF`].
+fn ping_pong_child(shm: &Mapping, bytes: &mut [u8], same_core: bool, use_futex: bool) -> i32 {
+    let word = shm.u32_at(0);
+    let reply = bytes.len();
     let mut expect = 1u32;
     loop {
         let mut v = word.load(Ordering::Acquire);
@@ -375,6 +383,10 @@ fn ping_pong_child(word: &AtomicU32, same_core: bool, use_futex: bool) -> i32 {
                 std::hint::spin_loop();
             }
             v = word.load(Ordering::Acquire);
+        }
+        if reply > 0 {
+            bytes[0] = expect as u8;
+            shm.copy_in(REPLY_OFF, bytes);
         }
         word.store(expect + 1, Ordering::Release);
         if use_futex {
@@ -395,6 +407,10 @@ pub struct PingPong {
     same: bool,
     use_futex: bool,
     client_cpu: usize,
+    /// Where the reply bytes are copied out to (private, reused).
+    reply: Vec<u8>,
+    /// Bytes every reply carries (0: the word alone).
+    reply_len: usize,
 }
 
 impl PingPong {
@@ -404,17 +420,36 @@ impl PingPong {
     /// Fork it while this process has one thread (see [`fork_child`]): the partner itself only
     /// touches a shared word.
     pub fn start(placement: Placement, use_futex: bool) -> Result<PingPong, BaselineError> {
+        Self::start_inner(placement, use_futex, 0)
+    }
+
+    /// A spinning ping-pong whose every reply also carries `reply` bytes (at most 64 KiB):
+    /// the partner writes them from a private buffer before its reply word, the caller copies
+    /// them out after it, as a server and a client move a long reply. Against the plain
+    /// ping-pong it gives what moving those bytes from one core to the other costs by itself.
+    pub fn with_reply(placement: Placement, reply: usize) -> Result<PingPong, BaselineError> {
+        Self::start_inner(placement, false, reply.min(64 << 10))
+    }
+
+    fn start_inner(
+        placement: Placement,
+        use_futex: bool,
+        reply: usize,
+    ) -> Result<PingPong, BaselineError> {
         let (ccpu, scpu) = placement.cpus();
         let same = placement == Placement::SameCore;
-        let shm = Mapping::anonymous_shared(4096)?;
+        let shm = Mapping::anonymous_shared((REPLY_OFF + reply).next_multiple_of(4096))?;
+        let bytes = vec![0x5a_u8; reply];
         shm.u32_at(0).store(PARK, Ordering::Release);
         // SAFETY: fork_child items 1-3: the child pins itself and ping-pongs on one word of a
-        // mapping made before the fork (atomics and futexes only); it owns nothing, takes no
-        // lock, never prints.
+        // mapping made before the fork (atomics and futexes only), copying its reply bytes from
+        // a buffer allocated before the fork, which it never frees (`ManuallyDrop`: no
+        // allocator call in the child); it takes no lock, never prints.
         let child = unsafe {
             fork_child(|| {
+                let mut bytes = std::mem::ManuallyDrop::new(bytes);
                 pin_child(scpu);
-                ping_pong_child(shm.u32_at(0), same, use_futex)
+                ping_pong_child(&shm, &mut bytes, same, use_futex)
             })
         }?;
         Ok(PingPong {
@@ -424,6 +459,8 @@ impl PingPong {
             same,
             use_futex,
             client_cpu: ccpu,
+            reply: Vec::with_capacity(reply),
+            reply_len: reply,
         })
     }
 
@@ -446,6 +483,11 @@ impl PingPong {
                 std::hint::spin_loop();
             }
             v = word.load(Ordering::Acquire);
+        }
+        if self.reply_len > 0 {
+            self.shm
+                .copy_out(REPLY_OFF, self.reply_len, &mut self.reply);
+            std::hint::black_box(&self.reply);
         }
         self.next = next_request(next);
     }
