@@ -292,10 +292,17 @@ fn the_warm_standby_killed_is_replaced_and_warmed_again() {
     sys.shutdown().unwrap();
 }
 
+/// The bound of a wait for work of the following standby (its replay, its checkpoints): it
+/// runs at nice 19 where the test runs as root, and a nice-19 process on a loaded two-CPU
+/// machine gets well under 1% of a CPU — a checkpoint of a few ms of work can take tens of
+/// seconds then (a 30 s bound failed under a loaded workspace run). Each wait is for its
+/// property; the bound only stops a test that would hang.
+const STANDBY_WAIT: Duration = Duration::from_secs(120);
+
 /// Waits until a following standby's replica has applied request `index` (it reports its
 /// position when it has caught up with the log).
 fn wait_following(conn: &System, index: u64) {
-    wait_until("the replica caught up", Duration::from_secs(30), || {
+    wait_until("the replica caught up", STANDBY_WAIT, || {
         companion(conn).standby_index >= index
     });
 }
@@ -867,7 +874,7 @@ fn a_chain_of_deltas_restores_and_a_killed_or_corrupt_delta_is_caught() {
     let mut n = 0u32;
     // Puts (some overwrites, some deletes) until the chain has `links` links.
     let mut grow = |links: u64| {
-        wait_until("the chain grows", Duration::from_secs(30), || {
+        wait_until("the chain grows", STANDBY_WAIT, || {
             if companion(&conn).chain_len >= links {
                 return true;
             }
@@ -905,19 +912,15 @@ fn a_chain_of_deltas_restores_and_a_killed_or_corrupt_delta_is_caught() {
     conn.inject("kv", FailKind::Segv, FailPoint::Checkpoint)
         .unwrap();
     let mut k = 0u32;
-    wait_until(
-        "the standby killed mid-checkpoint",
-        Duration::from_secs(30),
-        || {
-            let i = info(&conn);
-            if i.standby_pid != standby {
-                return true;
-            }
-            kv.incr("counter", 1).unwrap();
-            k += 1;
-            false
-        },
-    );
+    wait_until("the standby killed mid-checkpoint", STANDBY_WAIT, || {
+        let i = info(&conn);
+        if i.standby_pid != standby {
+            return true;
+        }
+        kv.incr("counter", 1).unwrap();
+        k += 1;
+        false
+    });
     wait_until("a new standby", Duration::from_secs(20), || {
         info(&conn).standby_pid > 0
     });
@@ -941,18 +944,14 @@ fn a_chain_of_deltas_restores_and_a_killed_or_corrupt_delta_is_caught() {
     let before = companion(&conn);
     conn.inject("kv", FailKind::Corrupt, FailPoint::Checkpoint)
         .unwrap();
-    wait_until(
-        "the corrupt delta accepted",
-        Duration::from_secs(30),
-        || {
-            let c = companion(&conn);
-            if c.deltas > before.deltas && c.chain_len > 1 {
-                return true;
-            }
-            kv.incr("counter", 1).unwrap();
-            false
-        },
-    );
+    wait_until("the corrupt delta accepted", STANDBY_WAIT, || {
+        let c = companion(&conn);
+        if c.deltas > before.deltas && c.chain_len > 1 {
+            return true;
+        }
+        kv.incr("counter", 1).unwrap();
+        false
+    });
     // The standby that wrote it has its replica (it never reads its own delta); the next one
     // restores the chain, finds the delta corrupt and has no replica to offer, so the
     // recovery after that restores the chain itself — and holds.

@@ -467,7 +467,12 @@ fn a_caller_killed_while_its_callee_recovers_is_not_charged_for_it() {
         "deadline_ms = 60000",
     );
     let conn = sys.connect().unwrap();
-    let bank = BankClient::new(open(&conn, "bank"));
+    // The transfer's call waits through every step of the test (three kills of the bank, each
+    // waited for, and the account's stop): on a loaded machine that can take longer than the
+    // usual 30 s call timeout, which then failed the transfer. Its bound is the test's.
+    let mut ch = conn.open("bank").unwrap();
+    ch.set_timeout(Some(Duration::from_secs(300)));
+    let bank = BankClient::new(ch);
     let (from, to) = (name_on("a", 0), name_on("b", 1));
     bank.open(from.clone(), 1000).unwrap();
     bank.open(to.clone(), 1000).unwrap();
@@ -482,15 +487,15 @@ fn a_caller_killed_while_its_callee_recovers_is_not_charged_for_it() {
     for k in 1..=3 {
         wait_until(
             &format!("the bank waiting in its credit call ({k})"),
-            Duration::from_secs(20),
+            Duration::from_secs(60),
             || info(&conn, "bank").in_call,
         );
         txipc_sys::process::kill(server_pid(&conn, "bank"), rustix::process::Signal::KILL).unwrap();
-        wait_until("the bank restarted", Duration::from_secs(20), || {
+        wait_until("the bank restarted", Duration::from_secs(60), || {
             restarts(&conn, "bank") >= before + k
         });
     }
-    wait_until("the bank waiting again", Duration::from_secs(20), || {
+    wait_until("the bank waiting again", Duration::from_secs(60), || {
         info(&conn, "bank").in_call
     });
     drop(resume);

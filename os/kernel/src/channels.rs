@@ -204,8 +204,9 @@ impl Kernel {
         };
         let name = self.servers[i].spec.name.clone();
         match result {
-            Ok(_) => self.log(format!(
-                "{name}: opened a channel to {service} in transaction {txid}"
+            Ok((_, info)) => self.log(format!(
+                "{name}: opened channel {} to {service} in transaction {txid} (for generation {generation})",
+                info.channel
             )),
             Err(e) => self.log(format!(
                 "{name}: channel to {service} refused: {}",

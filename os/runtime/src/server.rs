@@ -182,8 +182,26 @@ pub(crate) fn take_pending() -> Option<(Vec<u8>, Vec<OwnedFd>)> {
     PENDING.with(|p| p.borrow_mut().pop_front())
 }
 
+/// Keeps a channel the kernel handed over (`Connected`), unless this process already has one
+/// to that service that is not revoked: then that one stays, and the new one is dropped.
+///
+/// A following standby replays handlers, so it may ask for a channel (`connect`) while the
+/// kernel's copy of the serving incarnation's channel is still queued on its control socket;
+/// the kernel then opens a second channel for it. Replacing the first with it made the
+/// standby, once activated, re-send a call by call id on another channel than the one its
+/// callee had answered it on — and a callee keeps its answers per channel, so it ran the
+/// call twice (a transfer's debit applied twice: `bank_storm_under_companion` with
+/// `state_verified` false, wave 7). Kept, every incarnation calls on the same channel.
 fn restore_outgoing(info: txipc_core::proto::Connected, fds: Vec<OwnedFd>) {
     let service = info.service.clone();
+    let have = OUTGOING.with(|o| {
+        o.borrow()
+            .get(&service)
+            .is_some_and(|out| !out.0.is_revoked())
+    });
+    if have {
+        return;
+    }
     if let Ok(ch) = Channel::from_fds(fds, info) {
         OUTGOING.with(|o| o.borrow_mut().insert(service, Outgoing(Rc::new(ch))));
     }
@@ -1552,4 +1570,40 @@ impl ReplyWriter for SlotWriter<'_> {
 /// Whether `method` belongs to the nested-transaction protocol (a nested call or a decision).
 fn is_nested_protocol(method: u32) -> bool {
     method == nested::DECIDE || method & nested::NESTED_BIT != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(service: &str, channel: u32) -> (txipc_core::proto::Connected, Vec<OwnedFd>) {
+        let fd =
+            txipc_chan::create_channel("t-outgoing", txipc_chan::ChannelLayout::default()).unwrap();
+        let info = txipc_core::proto::Connected {
+            service: service.into(),
+            channel,
+            generation: 1,
+            policy: Policy::Companion,
+        };
+        (info, vec![fd])
+    }
+
+    /// A second channel to a service this process already has a channel to is not taken in
+    /// its place: the first stays (a following standby asked for one while the kernel's copy
+    /// of the serving incarnation's was queued; with the second, its re-sent calls reached the
+    /// callee on another channel and ran twice).
+    #[test]
+    fn a_second_channel_to_the_same_service_does_not_replace_the_first() {
+        let (info, fds) = grant("t-peer", 3);
+        restore_outgoing(info, fds);
+        let (info, fds) = grant("t-peer", 7);
+        restore_outgoing(info, fds);
+        let kept = OUTGOING.with(|o| o.borrow().get("t-peer").map(|c| c.info().channel));
+        assert_eq!(kept, Some(3), "the first channel stays");
+        // Another service is added as before.
+        let (info, fds) = grant("t-other", 1);
+        restore_outgoing(info, fds);
+        let other = OUTGOING.with(|o| o.borrow().get("t-other").map(|c| c.info().channel));
+        assert_eq!(other, Some(1));
+    }
 }
