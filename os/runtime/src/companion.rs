@@ -1165,6 +1165,12 @@ const FOLLOW_CHUNK: usize = 64;
 /// recovery would then replay: 4 MiB is ~4,000 kv puts of 1 KB).
 const CATCH_UP: u64 = 8;
 const CATCH_UP_MAX: u64 = 4 << 20;
+/// … or by this many records: the bytes bound alone let a log of small records (a counter's
+/// increments, ~100 bytes each) lag by ~40,000 of them, which an activation then replays
+/// (~0.2 µs each: 8 ms), the p99 of a recovery. About what 4 MiB of 1 KB kv puts is, so a log
+/// of such records reaches the bytes bound first, as before (ARCHITECTURE.md §16, "Catch-up
+/// and log sizing").
+const CATCH_UP_RECORDS: u64 = 4096;
 /// A following standby keeps its log copy buffer between steps up to this capacity (a long
 /// catch-up step's buffer is freed).
 const LOG_COPY_KEEP: usize = 8 << 20;
@@ -1467,7 +1473,15 @@ impl Follower {
         // which the replica must restore that whole snapshot again.
         let bound = self.config.follow_max_lag;
         let behind = (bound > 0 && (n as u64) > bound)
+            || n as u64 >= CATCH_UP_RECORDS
             || tail - from >= (ring.cap / CATCH_UP).min(CATCH_UP_MAX);
+        // A step begun at nice 19 leaves it once the tail has run this many records past it
+        // (the manifest's bound, else the catch-up one).
+        let leave_at = if bound > 0 {
+            bound.min(CATCH_UP_RECORDS)
+        } else {
+            CATCH_UP_RECORDS
+        };
         let mut low = (!behind).then(LowPriority::enter);
         // Bytes per record in this step: a step begun within the bound leaves nice 19 as
         // soon as the log has run that far past it (at nice 19 a starved step takes long).
@@ -1505,11 +1519,11 @@ impl Follower {
             if k > 0 && k % FOLLOW_CHUNK == 0 {
                 // Where it is, for `ps` and the kernel's note of its lag at a fault.
                 ring.publish_replica(m.index - 1, rec.offset);
-                if bound > 0 && low.is_some() {
+                if low.is_some() {
                     let now =
                         fmt::decode_tail(ring.map.u64_at(fmt::LOG_TAIL_AT).load(Ordering::Acquire))
                             .unwrap_or(tail);
-                    if now.saturating_sub(rec.offset) / per_record > bound {
+                    if now.saturating_sub(rec.offset) / per_record > leave_at {
                         low = None;
                     }
                 }
