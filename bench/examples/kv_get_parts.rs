@@ -1,6 +1,7 @@
 //! The CPU parts of a 1,000-byte kv get, each measured alone in this process (no channel, no
 //! second core): what the server's handler, its encoder and the client's decoder cost, against
-//! a plain copy of the bytes. The rest of a kv get's round trip over the null call is the
+//! a plain copy of the bytes; the owned forms (`get`, a handler returning a `Bytes`) and the
+//! borrowed ones (`serve_get` lending the value, `get_with` reading it in place). The rest of a kv get's round trip over the null call is the
 //! transfer of the reply's 16 cache lines to the client's core.
 //!
 //! `cargo run --release -p txipc-bench --example kv_get_parts -- [ROUNDS]` prints, per part,
@@ -9,7 +10,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use kv_api::{Bytes, KvError};
+use kv_api::{Bytes, BytesRef, KvError};
 
 const OPS: u32 = 20_000;
 
@@ -65,6 +66,24 @@ fn main() {
             black_box(&out);
         }
     });
+    // What the lending `serve_get` sends: the value borrowed from where it is (here `value`,
+    // on the server the heap), encoded through `ReplyWriter`.
+    let encode_lent = median_ns(rounds, || {
+        for _ in 0..OPS {
+            let lent: Result<Option<BytesRef<'_>>, KvError> = Ok(Some(BytesRef(black_box(&value))));
+            txipc_service::ReplyWriter::reset(&mut out);
+            txipc_service::encode_to(&lent, &mut out).expect("encode");
+            black_box(&out);
+        }
+    });
+    // `get_with`'s decoding: the value borrowed from the reply buffer, no allocation.
+    let decode_borrowed = median_ns(rounds, || {
+        for _ in 0..OPS {
+            let r: Result<Option<&[u8]>, KvError> =
+                txipc_service::decode_borrowed(black_box(&encoded)).expect("decode");
+            let _ = black_box(r);
+        }
+    });
     // The client stub's decoding of the reply into a new `Bytes`.
     let decode = median_ns(rounds, || {
         for _ in 0..OPS {
@@ -81,4 +100,6 @@ fn main() {
     println!("  encode the reply (postcard)            {encode:>7.1}");
     println!("  encode through ReplyWriter (dispatch)  {encode_to:>7.1}");
     println!("  decode the reply (allocate + copy)     {decode:>7.1}");
+    println!("  encode the lent reply (serve_get)      {encode_lent:>7.1}");
+    println!("  decode borrowed (get_with)             {decode_borrowed:>7.1}");
 }
