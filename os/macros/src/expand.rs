@@ -24,17 +24,16 @@ pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 fn expand(service: &Service) -> TokenStream {
     let mut item = service.item.clone();
-    let base_name = item.ident.unraw().to_string();
+    let base = item.ident.unraw().to_string();
     let mut reply_types = Vec::new();
     for m in service.methods.iter().filter(|m| m.serve) {
-        let (provided, reply_type) = serve_form(m, &item.ident, &base_name, &item.vis);
+        let (provided, reply_type) = serve_form(m, &item.ident, &base, &item.vis);
         item.items.push(provided);
         reply_types.push(reply_type);
     }
     let item = &item;
     let vis = &item.vis;
     let trait_ident = &item.ident;
-    let base = trait_ident.unraw().to_string();
     let site = Span::call_site();
     let client = Ident::new(&format!("{base}Client"), site);
     let dispatcher = Ident::new(&format!("{base}Dispatcher"), site);
@@ -456,8 +455,8 @@ fn client_method(m: &Method, method_enum: &Ident, variant: &Ident) -> TokenStrea
                     quote! {
                         match #call.view::<::core::result::Result<#ok_view, #err>>()? {
                             ::core::result::Result::Ok(#view) => ::core::result::Result::Ok(#f(#view)),
-                            ::core::result::Result::Err(e) => {
-                                ::core::result::Result::Err(::txipc_service::Error::Service(e))
+                            ::core::result::Result::Err(#view) => {
+                                ::core::result::Result::Err(::txipc_service::Error::Service(#view))
                             }
                         }
                     },
