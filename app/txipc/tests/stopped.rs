@@ -252,3 +252,62 @@ fn the_kernel_runs_above_its_servers() {
     drop(conn);
     sys.shutdown().unwrap();
 }
+
+/// The CPUs a thread group's leader may run on, from `/proc/PID/status`.
+fn cpus_of(pid: &str) -> std::collections::BTreeSet<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut set = std::collections::BTreeSet::new();
+    for part in list.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        set.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
+    }
+    set
+}
+
+/// The kernel runs beside its servers (ARCHITECTURE.md §6, "Detection"): off the CPU a
+/// server is pinned to, so that when a crash report or a death on that CPU wakes it, it does
+/// not preempt the failing process or its spare there; a server that is not pinned runs on
+/// every CPU the kernel was started on, and a pinned one on its own.
+#[test]
+fn the_kernel_runs_off_the_cpus_its_servers_are_pinned_to() {
+    let ours = cpus_of("self");
+    let Some(&pin) = ours.iter().next_back() else {
+        return;
+    };
+    if ours.len() < 2 {
+        eprintln!("one CPU: nothing to avoid");
+        return;
+    }
+    let sys = boot(
+        "cpus",
+        &(server("f", "faulty", "txipc", &format!("cpu = {pin}"))
+            + &server("g", "faulty", "txipc", "")
+            + &grant("*", "f")
+            + &grant("*", "g")),
+    );
+    let conn = sys.connect().unwrap();
+    let ps = conn.ps().unwrap();
+    let pid_of = |name: &str| ps.iter().find(|s| s.name == name).unwrap().pid;
+    let kernel = cpus_of(&sys.pid().to_string());
+    let mut expected = ours.clone();
+    expected.remove(&pin);
+    assert_eq!(kernel, expected, "the kernel avoids CPU {pin}");
+    assert_eq!(
+        cpus_of(&pid_of("g").to_string()),
+        ours,
+        "an unpinned server runs where the kernel was started"
+    );
+    assert_eq!(
+        cpus_of(&pid_of("f").to_string()),
+        [pin].into(),
+        "a pinned server on its CPU"
+    );
+    drop(conn);
+    sys.shutdown().unwrap();
+}

@@ -52,6 +52,9 @@ pub(crate) struct Kernel {
     /// The nice value the kernel was started with: its servers run at it (the kernel itself
     /// runs `KERNEL_NICE_BOOST` below, when allowed).
     pub(crate) server_nice: i32,
+    /// The CPUs the kernel was started on: its zygotes (and so its servers) get them back
+    /// (the kernel itself avoids the CPUs its servers are pinned to, `boot.rs`).
+    pub(crate) server_cpus: Option<nix::sched::CpuSet>,
 }
 
 /// Boots the system and serves until SIGINT/SIGTERM or a `Shutdown` request. `on_ready` is

@@ -371,11 +371,21 @@ impl Kernel {
             let g = s.life.serving().unwrap_or(0);
             s.held_reason = None;
             if let Some(t) = s.fault_at.take() {
-                s.steps.serving_ns = txipc_sys::time::monotonic_ns()
-                    .saturating_sub(seen.elapsed().as_nanos() as u64);
+                // A takeover's steps are the spare's own stamps (`account_takeover`, at the
+                // takeover: it serves in the lifecycle only at its `Active`, after its first
+                // batch); the kernel's are its own.
+                let us = if s.steps.by_spare
+                    && let Some(us) = s.last_recovery_us
+                {
+                    us
+                } else {
+                    s.steps.serving_ns = txipc_sys::time::monotonic_ns()
+                        .saturating_sub(seen.elapsed().as_nanos() as u64);
+                    let us = seen.saturating_duration_since(t).as_secs_f64() * 1e6;
+                    s.last_recovery_us = Some(us);
+                    us
+                };
                 s.last_steps = Some(s.steps);
-                let us = seen.saturating_duration_since(t).as_secs_f64() * 1e6;
-                s.last_recovery_us = Some(us);
                 s.last_recovery_at_ms = Some(now_ms);
                 let name = s.spec.name.clone();
                 self.log(format!(

@@ -52,6 +52,11 @@ impl Kernel {
                 ),
             })?;
         drop(theirs);
+        // The zygote forks nothing before the kernel asks it to, so the CPUs the kernel was
+        // started on are its own again before any incarnation exists.
+        if let Some(set) = &self.server_cpus {
+            let _ = process::set_affinity(child.id() as i32, set);
+        }
         let pidfd = process::pidfd_open(child.id() as i32).map_err(os("pidfd_open"))?;
         let s = &self.servers[i];
         let init = ZygoteInit {

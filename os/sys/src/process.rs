@@ -220,6 +220,30 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(io::Error::from)
 }
 
+/// The CPUs the calling thread may run on.
+pub fn affinity() -> io::Result<nix::sched::CpuSet> {
+    nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).map_err(io::Error::from)
+}
+
+/// Sets the CPUs thread `pid` (0: the calling thread) may run on.
+pub fn set_affinity(pid: i32, set: &nix::sched::CpuSet) -> io::Result<()> {
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), set).map_err(io::Error::from)
+}
+
+/// `set` without `cpus`, or `None` if that leaves nothing or changes nothing.
+pub fn without_cpus(set: &nix::sched::CpuSet, cpus: &[usize]) -> Option<nix::sched::CpuSet> {
+    let mut out = *set;
+    let mut changed = false;
+    for &c in cpus {
+        if out.is_set(c).unwrap_or(false) {
+            let _ = out.unset(c);
+            changed = true;
+        }
+    }
+    let any = (0..nix::sched::CpuSet::count()).any(|c| out.is_set(c).unwrap_or(false));
+    (changed && any).then_some(out)
+}
+
 /// Lets the calling thread run on every CPU of the machine again.
 pub fn pin_to_cpu_set_all() -> io::Result<()> {
     let mut set = nix::sched::CpuSet::new();
