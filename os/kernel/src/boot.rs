@@ -119,7 +119,10 @@ impl Kernel {
         // starting set back (`zygotes.rs`), so unpinned servers run anywhere as before.
         let cpus = process::affinity().ok();
         let pinned: Vec<usize> = manifest.servers.iter().filter_map(|s| s.cpu).collect();
-        if let Some(set) = cpus.as_ref().and_then(|c| process::without_cpus(c, &pinned)) {
+        if let Some(set) = cpus
+            .as_ref()
+            .and_then(|c| process::without_cpus(c, &pinned))
+        {
             let _ = process::set_affinity(0, &set);
         }
 
