@@ -667,6 +667,21 @@ impl Drop for ContinueOnDrop {
     }
 }
 
+/// Requests 1 and 2 (`first`, `second`), then, once the replica has applied the first, stops
+/// the following standby; returns its pid and the guard that lets it go on.
+fn stop_the_following_standby(
+    conn: &System,
+    kv: &KvClient<txipc_runtime::client::Channel>,
+) -> (i32, ContinueOnDrop) {
+    kv.put("first", "1").unwrap();
+    kv.put("second", "2").unwrap();
+    wait_following(conn, 1);
+    let standby = info(conn).standby_pid;
+    assert!(standby > 0);
+    txipc_sys::process::kill(standby, rustix::process::Signal::STOP).unwrap();
+    (standby, ContinueOnDrop(standby))
+}
+
 /// Samples the standby's nice value until its replica has applied request `index`; returns
 /// the values seen.
 fn nice_while_following(conn: &System, standby: i32, index: u64) -> Vec<i64> {
@@ -707,15 +722,9 @@ fn a_following_standby_that_fell_behind_catches_up_at_its_own_priority() {
     );
     let conn = sys.connect().unwrap();
     let kv = KvClient::new(open(&conn, "kv"));
-    kv.put("first", "1").unwrap();
-    kv.put("second", "2").unwrap();
-    wait_following(&conn, 1);
-    let standby = info(&conn).standby_pid;
-    assert!(standby > 0);
+    let (standby, stopped) = stop_the_following_standby(&conn, &kv);
     // Behind: the standby stopped while ~215 KiB are logged (more than 1/8 of the 1 MiB ring,
     // less than the 3/4 at which the server would fork a checkpoint itself).
-    txipc_sys::process::kill(standby, rustix::process::Signal::STOP).unwrap();
-    let stopped = ContinueOnDrop(standby);
     for i in 0..200u32 {
         kv.put(format!("k{i}"), vec![i as u8; 1000]).unwrap();
     }
@@ -774,13 +783,7 @@ fn a_following_standby_4096_small_records_behind_catches_up_at_its_own_priority(
     );
     let conn = sys.connect().unwrap();
     let kv = KvClient::new(open(&conn, "kv"));
-    kv.put("first", "1").unwrap();
-    kv.put("second", "2").unwrap();
-    wait_following(&conn, 1);
-    let standby = info(&conn).standby_pid;
-    assert!(standby > 0);
-    txipc_sys::process::kill(standby, rustix::process::Signal::STOP).unwrap();
-    let stopped = ContinueOnDrop(standby);
+    let (standby, stopped) = stop_the_following_standby(&conn, &kv);
     for _ in 0..4200u32 {
         kv.incr("counter", 1).unwrap();
     }

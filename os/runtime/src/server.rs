@@ -853,8 +853,8 @@ pub(crate) fn standby(
                 retry_limit,
             }) => {
                 let have = SPARE.with(|sp| sp.borrow().is_some());
-                crate::spare::armed();
                 if have && let Some(fd) = fds_in.pop() {
+                    crate::spare::armed();
                     armed = Some(crate::spare::Armed::new(
                         generation,
                         old_generation,

@@ -93,15 +93,21 @@ fn atomically<T>(
 }
 
 impl KvServer {
-    fn current(&mut self, key: &[u8]) -> Option<Bytes> {
-        let tx = self.tx.tx();
-        let mut v = self.root.map.get(tx, key).map(|v| {
-            if self.checked {
-                Bytes::from(integrity::verified(key, v.as_slice()))
+    /// The value stored under `key`, borrowed from the heap (checked against its checksum
+    /// when integrity checks are on).
+    fn stored(&mut self, key: &[u8]) -> Option<&[u8]> {
+        let (root, checked) = (self.root, self.checked);
+        root.map.get(self.tx.tx(), key).map(|v| {
+            if checked {
+                integrity::verified(key, v.as_slice())
             } else {
-                Bytes::from(v.as_slice())
+                v.as_slice()
             }
-        });
+        })
+    }
+
+    fn current(&mut self, key: &[u8]) -> Option<Bytes> {
+        let mut v = self.stored(key).map(Bytes::from);
         if let (Some(c), Some(v)) = (fail_point(LOOKUP), v.as_mut()) {
             c.flip(v);
         }
@@ -160,14 +166,7 @@ impl Kv for KvServer {
         if let Err(e) = check_key(key) {
             return reply.send(&Err(e));
         }
-        let checked = self.checked;
-        let stored = self.root.map.get(self.tx.tx(), key).map(|v| {
-            if checked {
-                integrity::verified(key, v.as_slice())
-            } else {
-                v.as_slice()
-            }
-        });
+        let stored = self.stored(key);
         let lookup = fail_point(LOOKUP);
         let found = fail_point(GET_FOUND);
         match stored {
