@@ -26,7 +26,9 @@ use kv_api::KvClient;
 use serde::Serialize;
 use txipc_runtime::client::{Channel, SystemProcess};
 
-use crate::ycsb::{Generator, InsertSequence, Op, Rng, Workload, fill_value, key_name};
+use crate::ycsb::{
+    Generator, InsertSequence, Op, Rng, Workload, fill_value, key_name, key_name_into,
+};
 
 /// One server configuration to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -463,7 +465,7 @@ fn load(cfg: &KvConfig, s: &Sys) -> Result<f64> {
                     let mut k = i as u64;
                     while k < cfg.records {
                         fill_value(&mut rng, &mut value);
-                        c.put(key_name(k).into_bytes(), value.clone())
+                        c.put_with(key_name(k), &value, |_| ())
                             .map_err(|e| anyhow::anyhow!("load, record {k}: {e}"))?;
                         k += n;
                     }
@@ -483,26 +485,44 @@ fn load(cfg: &KvConfig, s: &Sys) -> Result<f64> {
 struct Stream<'a> {
     ops: Generator<'a>,
     value: Vec<u8>,
+    /// The current operation's key (reused: the client's calls allocate nothing).
+    key: String,
 }
 
+/// One operation. Every call uses the borrowed forms (`get_with`, `put_with`): the key and the
+/// value are encoded from the stream's own buffers and a value that comes back (the read, or
+/// the put's previous value) is only inspected where the reply landed, so the client
+/// allocates nothing per operation but a scan's entries.
 fn run_op(c: &KvClient<Channel>, st: &mut Stream<'_>, inserts: &InsertSequence) -> bool {
     let mut ok = true;
-    let put = |st: &mut Stream<'_>, k: u64| {
+    let found = |st: &Stream<'_>| matches!(c.get_with(&st.key, |v| v.is_some()), Ok(true));
+    let put = |st: &mut Stream<'_>| {
         let head = st.value.len().min(8);
         st.ops.fill_value(&mut st.value[..head]);
-        c.put(key_name(k).into_bytes(), st.value.clone()).is_ok()
+        c.put_with(&st.key, &st.value, |_| ()).is_ok()
     };
     match st.ops.next_op() {
-        Op::Read(k) => ok &= matches!(c.get(key_name(k).into_bytes()), Ok(Some(_))),
-        Op::Update(k) => ok &= put(st, k),
+        Op::Read(k) => {
+            key_name_into(k, &mut st.key);
+            ok &= found(st);
+        }
+        Op::Update(k) => {
+            key_name_into(k, &mut st.key);
+            ok &= put(st);
+        }
         Op::Insert(k) => {
-            ok &= put(st, k);
+            key_name_into(k, &mut st.key);
+            ok &= put(st);
             inserts.acknowledge(k);
         }
-        Op::Scan(k, len) => ok &= c.scan(key_name(k).into_bytes(), len).is_ok(),
+        Op::Scan(k, len) => {
+            key_name_into(k, &mut st.key);
+            ok &= c.scan(&st.key, len).is_ok();
+        }
         Op::ReadModifyWrite(k) => {
-            ok &= matches!(c.get(key_name(k).into_bytes()), Ok(Some(_)));
-            ok &= put(st, k);
+            key_name_into(k, &mut st.key);
+            ok &= found(st);
+            ok &= put(st);
         }
     }
     ok
@@ -627,6 +647,7 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
                         Stream {
                             ops: Generator::new(w, cfg.records, total_ops, seed, seq),
                             value,
+                            key: String::with_capacity(32),
                         }
                     })
                     .collect()

@@ -686,9 +686,8 @@ pub fn run(
         ));
     }
     let counter = kv
-        .get(b"counter")
+        .get_with(b"counter", |b| b.and_then(kv_api::counter_value))
         .map_err(call_err)?
-        .and_then(|b| kv_api::counter_value(&b))
         .unwrap_or(0);
     drop(kv);
     drop(sys);

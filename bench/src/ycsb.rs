@@ -68,6 +68,13 @@ pub fn key_name(keynum: u64) -> String {
     format!("user{}", fnvhash64(keynum))
 }
 
+/// [`key_name`] written into `out` (its capacity reused: no allocation once it has grown).
+pub fn key_name_into(keynum: u64, out: &mut String) {
+    use std::fmt::Write;
+    out.clear();
+    let _ = write!(out, "user{}", fnvhash64(keynum));
+}
+
 /// A small, fast, seedable generator (xoshiro256**, seeded through SplitMix64).
 #[derive(Debug, Clone)]
 pub struct Rng {
