@@ -104,6 +104,18 @@ pub const LOG_REPLICA_AT: usize = 32;
 /// not applied (written just before the index word; a reader may see a mixed pair: a
 /// statistic only).
 pub const LOG_REPLICA_OFFSET_AT: usize = 40;
+/// Header word (its own cache line, away from the tail word the server stores per record): 1
+/// while a following standby sleeps between two looks at the log, 0 while it works; written by
+/// the standby, read on every append by the server, which swaps it to 0 and rings the standby's
+/// bell (an eventfd every incarnation of the server shares) once the replica is
+/// [`FOLLOW_WAKE_RECORDS`] records behind. A hint only: a lost or spurious ring costs one
+/// wake-up or one timer period, and the server can scribble on it.
+pub const LOG_FOLLOW_ASLEEP_AT: usize = 64;
+/// How many records behind a sleeping following standby's replica may fall before the server
+/// wakes it (and the standby replays at its own priority, not nice 19, once it is this far
+/// behind): the bound on the lag a recovery replays, about 0.3 ms of replay of small records
+/// (ARCHITECTURE.md §16, "Catch-up and log sizing").
+pub const FOLLOW_WAKE_RECORDS: u64 = 1024;
 /// The log's magic.
 pub const LOG_MAGIC: u64 = u64::from_le_bytes(*b"TXCLOG02");
 const TAIL_OFFSET_BITS: u32 = 48;

@@ -417,6 +417,10 @@ pub fn current_session() -> u32 {
 pub struct LogFds {
     /// The log memfd.
     pub log: OwnedFd,
+    /// The following standby's bell: an eventfd every incarnation of the server shares (made by
+    /// the zygote), rung by the serving incarnation when the sleeping replica is
+    /// [`fmt::FOLLOW_WAKE_RECORDS`] behind, polled by the standby.
+    pub bell: OwnedFd,
 }
 
 /// The message log's ring as this incarnation appends to it: shared by the request loop and
@@ -431,12 +435,20 @@ struct Ring {
     end: Cell<u64>,
     /// A pad record's bytes, reused.
     pad: RefCell<Vec<u8>>,
+    /// The following standby's bell, for the serving incarnation to ring ([`Ring::nudge`]);
+    /// None in the standby itself.
+    bell: Option<OwnedFd>,
 }
 
 impl Ring {
     /// Maps the message log and checks its header against the manifest's cap; the log is
     /// `[from, tail)`, with the tail checked.
-    fn map(fd: &OwnedFd, log_cap: u64, from: u64) -> Result<(Ring, u64), String> {
+    fn map(
+        fd: &OwnedFd,
+        log_cap: u64,
+        from: u64,
+        bell: Option<OwnedFd>,
+    ) -> Result<(Ring, u64), String> {
         let len = fmt::LOG_HEADER as u64 + log_cap;
         let map = SharedBytes::map(fd, len as usize).map_err(|e| format!("message log: {e}"))?;
         let magic = map.u64_at(fmt::LOG_MAGIC_AT).load(Ordering::Acquire);
@@ -465,6 +477,7 @@ impl Ring {
             cap,
             end: Cell::new(tail),
             pad: RefCell::new(Vec::with_capacity(fmt::RECORD_HEADER)),
+            bell,
         };
         Ok((ring, tail))
     }
@@ -478,6 +491,38 @@ impl Ring {
         self.map
             .u64_at(fmt::LOG_REPLICA_AT)
             .store(index.wrapping_add(1), Ordering::Release);
+    }
+
+    /// After appending record `index`: wakes the following standby if it sleeps while its
+    /// replica is [`fmt::FOLLOW_WAKE_RECORDS`] or more behind — one load of a line the standby
+    /// writes only around its sleeps, per record; a swap and a `write(2)` to the bell at most
+    /// once per such sleep. No fence: a standby that set its asleep word just after this load
+    /// is rung at the next append (the replica is still behind), and one that sleeps with no
+    /// append coming has its timer.
+    fn nudge(&self, index: u64) {
+        let Some(bell) = &self.bell else { return };
+        let asleep = self.map.u64_at(fmt::LOG_FOLLOW_ASLEEP_AT);
+        if asleep.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        // `index + 1` of the replica's last applied request; 0: no replica follows.
+        let replica = self.map.u64_at(fmt::LOG_REPLICA_AT).load(Ordering::Relaxed);
+        if replica == 0 || (index + 1).saturating_sub(replica) < fmt::FOLLOW_WAKE_RECORDS {
+            return;
+        }
+        if asleep
+            .compare_exchange(1, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            let _ = rustix::io::write(bell, &1u64.to_ne_bytes());
+        }
+    }
+
+    /// The following standby's asleep word ([`fmt::LOG_FOLLOW_ASLEEP_AT`]).
+    fn set_asleep(&self, asleep: bool) {
+        self.map
+            .u64_at(fmt::LOG_FOLLOW_ASLEEP_AT)
+            .store(asleep as u64, Ordering::Relaxed);
     }
 
     /// A copy of the log `[from, to)`.
@@ -1165,12 +1210,14 @@ const FOLLOW_CHUNK: usize = 64;
 /// recovery would then replay: 4 MiB is ~4,000 kv puts of 1 KB).
 const CATCH_UP: u64 = 8;
 const CATCH_UP_MAX: u64 = 4 << 20;
-/// … or by this many records: the bytes bound alone let a log of small records (a counter's
+/// … or by this many records (the number at which a sleeping replica is rung awake by the
+/// server, `Ring::nudge`). The bytes bound alone let a log of small records (a counter's
 /// increments, ~100 bytes each) lag by ~40,000 of them, which an activation then replays
-/// (~0.2 µs each: 8 ms), the p99 of a recovery. About what 4 MiB of 1 KB kv puts is, so a log
-/// of such records reaches the bytes bound first, as before (ARCHITECTURE.md §16, "Catch-up
-/// and log sizing").
-const CATCH_UP_RECORDS: u64 = 4096;
+/// (~0.2 µs each: 8 ms), the p99 of a recovery; 4,096 (wave 7) still let it lag by ~25,000,
+/// because the replica slept through the burst (its timer backs off to 20 ms when idle) and
+/// only its own look at the log could start a catch-up (ARCHITECTURE.md §16, "Catch-up and
+/// log sizing").
+const CATCH_UP_RECORDS: u64 = fmt::FOLLOW_WAKE_RECORDS;
 /// A following standby keeps its log copy buffer between steps up to this capacity (a long
 /// catch-up step's buffer is freed).
 const LOG_COPY_KEEP: usize = 8 << 20;
@@ -1311,6 +1358,7 @@ impl Follower {
                 cap: self.config.log_cap,
                 end: Cell::new(0),
                 pad: RefCell::new(Vec::new()),
+                bell: None,
             });
         }
         if !snapshot && self.replica.is_none() {
@@ -1387,12 +1435,24 @@ impl Follower {
     /// One look at the log: applies every complete request past the replica (all but the
     /// last record), then checkpoints if one is due. Returns how long to wait before the next.
     fn step(&mut self, ctl: &OwnedFd) -> Option<Duration> {
+        // Awake: the server rings no more until this replica sleeps again.
+        if let Some(ring) = &self.ring {
+            ring.set_asleep(false);
+        }
         let mut bytes = std::mem::take(&mut self.log_copy);
         let wait = self.step_with(ctl, &mut bytes);
         if bytes.capacity() > LOG_COPY_KEEP {
             bytes = Vec::new();
         }
         self.log_copy = bytes;
+        // It sleeps until its timer or a control message — or the server's ring, once the
+        // replica is `FOLLOW_WAKE_RECORDS` behind (a stale replica is never rung for).
+        if let (Some(ring), Some(w)) = (&self.ring, wait)
+            && !w.is_zero()
+            && !self.stale
+        {
+            ring.set_asleep(true);
+        }
         wait
     }
 
@@ -1762,6 +1822,9 @@ impl Follower {
 
     /// The replica, for the activation (None: stale, or never started).
     fn take(&mut self) -> Option<Restored> {
+        if let Some(ring) = &self.ring {
+            ring.set_asleep(false);
+        }
         if self.stale {
             return None;
         }
@@ -1838,7 +1901,10 @@ pub(crate) fn incarnation_main(
         std::panic::set_hook(Box::new(|_| {}));
         let _ = process::pin_to_cpu_set_all();
     }
-    let activation = standby(&ctl, &mut chans, &mut buf, &mut |work| {
+    // The bell the serving incarnation rings when the replica, asleep, has fallen
+    // `FOLLOW_WAKE_RECORDS` behind (`Ring::nudge`): polled with the control socket.
+    let bell = log.filter(|_| follow).and_then(|l| l.bell.try_clone().ok());
+    let activation = standby(&ctl, &mut chans, &mut buf, bell.as_ref(), &mut |work| {
         if !companion {
             return None;
         }
@@ -2222,6 +2288,7 @@ impl PlainLoop<'_> {
         w.rec.clear();
         fmt::encode_record(&meta, &self.req, &mut w.rec);
         let offset = w.ring.push(w.next_index, &w.rec);
+        w.ring.nudge(w.next_index);
         let at = (offset, w.next_index);
         w.next_index += 1;
         w.since += 1;
@@ -2450,8 +2517,13 @@ impl PlainLoop<'_> {
             self.instance = r.instance;
             snap_meta = r.meta;
         }
-        let (ring, tail) = Ring::map(&fds.log, self.config.log_cap, snap_meta.log_offset)
-            .unwrap_or_else(|e| hold(&ctl, e));
+        let (ring, tail) = Ring::map(
+            &fds.log,
+            self.config.log_cap,
+            snap_meta.log_offset,
+            fds.bell.try_clone().ok(),
+        )
+        .unwrap_or_else(|e| hold(&ctl, e));
         let ring = Rc::new(ring);
         // The replica is this incarnation's now: no standby follows until the next one says
         // where it is.
@@ -2791,5 +2863,65 @@ mod tests {
             !chain(2, 0, 0).takes_a_delta(),
             "an empty base takes no delta"
         );
+    }
+
+    /// A ring over a fresh log memfd of `cap` bytes, with a bell (an eventfd) to ring.
+    fn ring_with_bell(cap: u64) -> (Ring, OwnedFd) {
+        let fd =
+            txipc_sys::shm::create_sealed("t-follow-log", fmt::LOG_HEADER as u64 + cap).unwrap();
+        let map = SharedBytes::map(&fd, fmt::LOG_HEADER + cap as usize).unwrap();
+        let bell = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .unwrap();
+        let ring = Ring {
+            map,
+            cap,
+            end: Cell::new(0),
+            pad: RefCell::new(Vec::new()),
+            bell: Some(bell.try_clone().unwrap()),
+        };
+        (ring, bell)
+    }
+
+    fn rung(bell: &OwnedFd) -> bool {
+        rustix::io::read(bell, &mut [0u8; 8]).is_ok()
+    }
+
+    /// The lag bound's wake-up (ARCHITECTURE.md §16, "Catch-up and log sizing"): the serving
+    /// incarnation rings a sleeping replica's bell once, when the replica is
+    /// `FOLLOW_WAKE_RECORDS` behind, and not while it is awake, closer, or absent. Without the
+    /// ring the replica slept through a burst (up to its 20 ms idle timer) and a recovery
+    /// replayed ~25,000 records.
+    #[test]
+    fn a_sleeping_replica_is_rung_awake_once_it_is_the_wake_bound_behind() {
+        let (ring, bell) = ring_with_bell(1 << 16);
+        let bound = fmt::FOLLOW_WAKE_RECORDS;
+        // The replica applied request 100 (its word is `index + 1`).
+        ring.publish_replica(100, 0);
+        // Awake: never rung, however far behind.
+        ring.nudge(100 + 10 * bound);
+        assert!(!rung(&bell), "an awake replica was rung");
+        ring.set_asleep(true);
+        // Asleep, but less than the bound behind: not rung.
+        ring.nudge(100 + bound - 1);
+        assert!(!rung(&bell), "rung before the bound");
+        // The bound behind: rung, and its asleep word taken (no second ring for this sleep).
+        ring.nudge(100 + bound);
+        assert!(rung(&bell), "not rung at the bound");
+        assert_eq!(
+            ring.map
+                .u64_at(fmt::LOG_FOLLOW_ASLEEP_AT)
+                .load(Ordering::Relaxed),
+            0
+        );
+        ring.nudge(100 + bound + 1);
+        assert!(!rung(&bell), "rung twice for one sleep");
+        // Asleep again, with no replica (stale, gone, or activated: word 0): not rung.
+        ring.set_asleep(true);
+        ring.publish_replica(u64::MAX, 0);
+        ring.nudge(100 + 10 * bound);
+        assert!(!rung(&bell), "rung with no replica");
     }
 }

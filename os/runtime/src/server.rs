@@ -316,7 +316,15 @@ pub fn zygote_main_with(builtins: &[Builtin], plain: &[crate::PlainBuiltin]) -> 
             die("a companion server's init must carry 5 descriptors");
         }
         let log = fds.pop().expect("5 fds");
-        Some(crate::companion::LogFds { log })
+        // The following standby's bell (ARCHITECTURE.md §16, "Catch-up and log sizing"):
+        // shared by every incarnation forked from here, rung by the serving one when its
+        // sleeping replica has fallen `FOLLOW_WAKE_RECORDS` behind, polled by the standby.
+        let bell = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .unwrap_or_else(|e| die(&format!("eventfd: {e}")));
+        Some(crate::companion::LogFds { log, bell })
     } else {
         None
     };
@@ -594,7 +602,7 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
             .ok()
             .map(|bell| SpareCtx { status, bell });
     });
-    let (generation, fresh, took_over) = match standby(&ctl, &mut chans, &mut buf, &mut |_| None)
+    let (generation, fresh, took_over) = match standby(&ctl, &mut chans, &mut buf, None, &mut |_| None)
     {
         Activation::Txipc { generation, fresh } => (generation, fresh, None),
         Activation::Takeover(c) => {
@@ -736,6 +744,7 @@ pub(crate) fn standby(
     ctl: &Rc<OwnedFd>,
     chans: &mut Vec<Chan>,
     buf: &mut [u8],
+    bell: Option<&OwnedFd>,
     work: &mut dyn FnMut(StandbyWork) -> Option<Duration>,
 ) -> Activation {
     // Rings of crashes before this standby existed are not of the incarnation it may watch.
@@ -788,11 +797,19 @@ pub(crate) fn standby(
                     tv_sec: d.as_secs() as _,
                     tv_nsec: d.subsec_nanos() as _,
                 };
-                let mut fds = [rustix::event::PollFd::new(
-                    &**ctl,
-                    rustix::event::PollFlags::IN,
-                )];
-                let _ = rustix::event::poll(&mut fds, Some(&ts));
+                // With a following standby's bell: the serving incarnation rings it when the
+                // replica, asleep, has fallen behind (crate::companion, `Ring::nudge`).
+                let mut fds = [
+                    rustix::event::PollFd::new(&**ctl, rustix::event::PollFlags::IN),
+                    rustix::event::PollFd::new(bell.unwrap_or(ctl), rustix::event::PollFlags::IN),
+                ];
+                let n = if bell.is_some() { 2 } else { 1 };
+                let _ = rustix::event::poll(&mut fds[..n], Some(&ts));
+                if let Some(b) = bell
+                    && !fds[1].revents().is_empty()
+                {
+                    let _ = rustix::io::read(b, &mut [0u8; 8]);
+                }
                 true
             }
         };
