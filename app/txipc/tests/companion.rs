@@ -808,6 +808,63 @@ fn a_following_standby_4096_small_records_behind_catches_up_at_its_own_priority(
     sys.shutdown().unwrap();
 }
 
+/// The CPUs process `pid` may run on (`/proc/PID/status`, `Cpus_allowed_list`).
+fn cpus_of(pid: i32) -> std::collections::BTreeSet<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut set = std::collections::BTreeSet::new();
+    for part in list.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        set.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
+    }
+    set
+}
+
+/// A following standby replays off the CPU its server is pinned to (when another is left):
+/// on it, a catch-up step held the server's next request for a whole scheduler slice. Once
+/// activated it runs on that CPU, and the next standby keeps off it again. Fails without the
+/// change: the standby may run on every CPU.
+#[test]
+fn a_following_standby_replays_off_the_cpu_its_server_is_pinned_to() {
+    let ours = cpus_of(std::process::id() as i32);
+    let Some(&pin) = ours.iter().next_back() else {
+        return;
+    };
+    if ours.len() < 2 {
+        eprintln!("one CPU: nothing to avoid");
+        return;
+    }
+    let sys = companion_system("follow-cpu", "kv-plain", &format!("cpu = {pin}"));
+    let conn = sys.connect().unwrap();
+    let kv = KvClient::new(open(&conn, "kv"));
+    kv.put("a", "1").unwrap();
+    kv.put("b", "2").unwrap();
+    wait_following(&conn, 1);
+    let mut off = ours.clone();
+    off.remove(&pin);
+    let standby = standby_pid(&conn);
+    assert_eq!(cpus_of(standby), off, "the standby keeps off CPU {pin}");
+    kill_and_wait(&conn);
+    assert_eq!(
+        cpus_of(server_pid(&conn, "kv")),
+        [pin].into(),
+        "the activated standby serves on its server's CPU"
+    );
+    kv.put("c", "3").unwrap();
+    kv.put("d", "4").unwrap();
+    let next = standby_pid(&conn);
+    assert_ne!(next, standby);
+    assert_eq!(cpus_of(next), off, "the next standby keeps off CPU {pin}");
+    assert_eq!(kv.get("b").unwrap(), Some("2".into()));
+    drop((kv, conn));
+    sys.shutdown().unwrap();
+}
+
 /// The following standby killed, and its checkpoint writer faulting: a killed standby is
 /// replaced by one that restores the newest checkpoint and follows the log behind it; a
 /// checkpoint whose writer (the standby's forked child) dies is lost, not the server's

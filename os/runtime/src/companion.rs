@@ -1900,6 +1900,19 @@ pub(crate) fn incarnation_main(
         // on any CPU.
         std::panic::set_hook(Box::new(|_| {}));
         let _ = process::pin_to_cpu_set_all();
+        // Not on the CPU its server is pinned to, when another is left: a replay step there
+        // (at its own priority once behind) held the server's next request for a whole
+        // scheduler slice — 3.7 ms in a scheduler trace of `bench recovery --policy
+        // companion`, where it was most of a SIGSEGV's "detect" step (the call that faults
+        // waited for the server behind the standby). Elsewhere it takes the CPU from what
+        // runs there (the client), between two calls rather than in the middle of one. The
+        // activation pins it back (below).
+        if let Some(cpu) = config.cpu
+            && let Ok(all) = process::affinity()
+            && let Some(off) = process::without_cpus(&all, &[cpu])
+        {
+            let _ = process::set_affinity(0, &off);
+        }
     }
     // The bell the serving incarnation rings when the replica, asleep, has fallen
     // `FOLLOW_WAKE_RECORDS` behind (`Ring::nudge`): polled with the control socket.
