@@ -1,19 +1,29 @@
 //! The key-value server with its state in ordinary Rust collections.
 //!
-//! The same [`Kv`] interface as `kv-server`, but the state is a `std` [`HashMap`] of the values,
-//! a [`BTreeSet`] of the keys in order (for `scan`) and two counters in the process's own
-//! memory: no recoverable heap, no transactions. It runs under
-//! policies `none` and `restart`, and under `companion`, where its [`Distill`] implementation
-//! lets the companion checkpoint the state and reconstitute it after a fault (the generated
-//! `KvCompanion` dispatcher logs every state-changing request before it runs).
+//! The same [`Kv`] interface as `kv-server`, but the state is a `std` [`BTreeMap`] from keys
+//! to values and two counters in the process's own memory: no recoverable heap, no
+//! transactions. It runs under policies `none` and `restart`, and under `companion`, where its
+//! [`Distill`] implementation lets the companion checkpoint the state and reconstitute it
+//! after a fault (the generated `KvCompanion` dispatcher logs every state-changing request
+//! before it runs).
 //!
-//! Every handler is deterministic (nothing iterates the hash map: `scan` and the snapshot walk
-//! the ordered key set; nothing reads a clock or a random source), as replay requires. An
-//! update of a key that exists is one hash lookup and a swap of the value (the old one is the
-//! reply): the ordered set changes only when a key comes or goes. With the whole state in an
-//! ordered tree (until wave 7), every update searched it twice (the previous value, then the
-//! insert) and cloned the previous value; the tree's key comparisons, each a cache miss on a
-//! key of its own allocation, were most of a following standby's replay of YCSB A. [`KvPlainFaulty`] is the same server with two deliberate faults,
+//! Every handler is deterministic (the map is ordered; nothing reads a clock or a random
+//! source), as replay requires. One structure serves both kinds of request:
+//! - an update is one search of the tree (`entry`): a key that exists gets the new value in
+//!   place and the old one is moved out as the reply (not copied);
+//! - a `scan` walks the tree's leaves in order, the values beside their keys.
+//!
+//! Keys of up to [`INLINE_KEY`] bytes (YCSB's `user<number>` keys are at most 24) are stored
+//! inside the tree's nodes ([`Key`]), so a search compares keys without following a pointer
+//! per comparison. History: until wave 6 the state was an ordered tree of heap-allocated keys,
+//! searched twice per update with the old value cloned (the key comparisons, a cache miss
+//! each, were most of a following standby's replay of YCSB A); wave 7 kept the values in a
+//! hash map and the key order in a separate ordered set, which made every scanned key a hash
+//! lookup (YCSB E's `none-plain` fell from 19.2k to 11.3k ops/s; in a microbenchmark of 100,000
+//! keys a scanned entry cost ~660-940 ns against ~50-85 ns in the tree of inline keys, and an
+//! update cost about the same in both).
+//!
+//! [`KvPlainFaulty`] is the same server with two deliberate faults,
 //! for tests: a `put` under a key starting with `poison/` panics after changing the map, and an
 //! `incr` of a key starting with `nondet/` adds a clock-dependent amount (a non-deterministic
 //! handler, which the companion must detect on replay). An `incr` of `relay/K` calls the server
@@ -33,7 +43,10 @@
 //! what changed.
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::borrow::Borrow;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 
 use kv_api::{
@@ -44,49 +57,132 @@ use serde::{Deserialize, Serialize};
 use txipc_runtime::PlainBuiltin;
 use txipc_service::{Bytes, Distill, DistillError, Replied};
 
+/// Keys up to this many bytes are stored inline in a [`Key`] (in the tree's node itself).
+pub const INLINE_KEY: usize = 30;
+
+/// A stored key: up to [`INLINE_KEY`] bytes inline, a longer one on the heap. It compares,
+/// hashes and borrows as its bytes (`[u8]`), so the map is searched with a `&[u8]`.
+#[derive(Clone)]
+pub enum Key {
+    /// The length, then the bytes (the rest zero).
+    Inline(u8, [u8; INLINE_KEY]),
+    /// A key longer than [`INLINE_KEY`].
+    Heap(Box<[u8]>),
+}
+
+impl Key {
+    /// The key's bytes.
+    #[must_use]
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Key::Inline(len, b) => &b[..usize::from(*len)],
+            Key::Heap(b) => b,
+        }
+    }
+}
+
+impl From<&[u8]> for Key {
+    fn from(k: &[u8]) -> Key {
+        if k.len() <= INLINE_KEY {
+            let mut b = [0u8; INLINE_KEY];
+            b[..k.len()].copy_from_slice(k);
+            // (Cannot truncate: at most INLINE_KEY.)
+            Key::Inline(k.len() as u8, b)
+        } else {
+            Key::Heap(k.into())
+        }
+    }
+}
+
+impl From<Bytes> for Key {
+    /// A long key keeps its allocation.
+    fn from(k: Bytes) -> Key {
+        if k.len() <= INLINE_KEY {
+            Key::from(&k[..])
+        } else {
+            Key::Heap(k.into_vec().into_boxed_slice())
+        }
+    }
+}
+
+impl Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, o: &Key) -> bool {
+        self.as_slice() == o.as_slice()
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, o: &Key) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, o: &Key) -> std::cmp::Ordering {
+        self.as_slice().cmp(o.as_slice())
+    }
+}
+
+impl Hash for Key {
+    /// As the bytes hash (a set of keys is searched with a `&[u8]`).
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.as_slice().hash(h);
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "b\"{}\"", self.as_slice().escape_ascii())
+    }
+}
+
+impl Serialize for Key {
+    /// As a byte string, like [`Bytes`].
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        BytesRef(self.as_slice()).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    /// From a byte string, copied straight into the key (no allocation for an inline one).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Key, E> {
+                Ok(Key::from(v))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Key, E> {
+                Ok(Key::from(Bytes::from(v)))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
 /// The kv server's whole state: what a checkpoint holds.
 ///
-/// Encoded as the map from keys to values in key order, then the counters (the encoding of an
-/// ordered map of the keys and values: the snapshot format of state version 1 is unchanged).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// Encoded as the map from keys to values in key order, then the counters (the snapshot
+/// format of state version 1, unchanged since wave 6).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct KvState {
-    /// The values by key.
-    map: HashMap<Bytes, Bytes>,
-    /// The keys of `map`, in order (`scan`, and the snapshot's order).
-    order: BTreeSet<Bytes>,
+    /// The values by key, in key order.
+    map: BTreeMap<Key, Bytes>,
     /// Requests that changed state.
     updates: u64,
     /// Bytes of keys and values stored.
     bytes: u64,
-}
-
-/// [`KvState`] as it is encoded: the entries in key order, then the counters.
-#[derive(Serialize)]
-struct StateOut<'a> {
-    map: OrderedEntries<'a>,
-    updates: u64,
-    bytes: u64,
-}
-
-/// The entries of a [`KvState`] in key order, encoded as a map.
-struct OrderedEntries<'a>(&'a KvState);
-
-impl Serialize for OrderedEntries<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let st = self.0;
-        s.collect_map(st.order.iter().map(|k| (k, &st.map[&k[..]])))
-    }
-}
-
-impl Serialize for KvState {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        StateOut {
-            map: OrderedEntries(self),
-            updates: self.updates,
-            bytes: self.bytes,
-        }
-        .serialize(s)
-    }
 }
 
 /// [`KvState`] as it is decoded.
@@ -97,8 +193,8 @@ struct StateIn {
     bytes: u64,
 }
 
-/// The entries of a snapshot, decoded straight into the hash map and the key list.
-struct EntriesIn(HashMap<Bytes, Bytes>, Vec<Bytes>);
+/// The entries of a snapshot, decoded into a list, then built into the tree at once.
+struct EntriesIn(Vec<(Key, Bytes)>);
 
 impl<'de> Deserialize<'de> for EntriesIn {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -114,15 +210,11 @@ impl<'de> Deserialize<'de> for EntriesIn {
             ) -> Result<EntriesIn, A::Error> {
                 // (A hint from the input is not trusted for more than a bounded allocation.)
                 let hint = a.size_hint().unwrap_or(0).min(1 << 20);
-                let mut map = HashMap::with_capacity(hint);
-                let mut keys = Vec::with_capacity(hint);
-                while let Some((k, v)) = a.next_entry::<Bytes, Bytes>()? {
-                    keys.push(k.clone());
-                    if map.insert(k, v).is_some() {
-                        return Err(serde::de::Error::custom("a key appears twice"));
-                    }
+                let mut entries = Vec::with_capacity(hint);
+                while let Some(e) = a.next_entry::<Key, Bytes>()? {
+                    entries.push(e);
                 }
-                Ok(EntriesIn(map, keys))
+                Ok(EntriesIn(entries))
             }
         }
         d.deserialize_map(V)
@@ -132,11 +224,17 @@ impl<'de> Deserialize<'de> for EntriesIn {
 impl<'de> Deserialize<'de> for KvState {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = StateIn::deserialize(d)?;
-        let EntriesIn(map, keys) = s.map;
+        let mut entries = s.map.0;
+        // Written in key order; anything else (not written by this server) is sorted first.
+        if !entries.is_sorted_by(|a, b| a.0 < b.0) {
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            if entries.windows(2).any(|w| w[0].0 == w[1].0) {
+                return Err(serde::de::Error::custom("a key appears twice"));
+            }
+        }
         Ok(KvState {
-            map,
-            // Written in order: the set is built from a sorted list, not searched per key.
-            order: keys.into_iter().collect(),
+            // Built from a sorted list: no search per key.
+            map: entries.into_iter().collect(),
             updates: s.updates,
             bytes: s.bytes,
         })
@@ -149,8 +247,8 @@ pub struct KvPlain {
     state: KvState,
     /// While tracking (the delta form): the keys changed since the last delta or base (a hash
     /// set: one more ordered-tree search per update was a quarter of the replica's CPU time in
-    /// a profile of YCSB A).
-    changed: Option<HashSet<Bytes>>,
+    /// a profile of YCSB A, with heap-allocated keys).
+    changed: Option<HashSet<Key>>,
 }
 
 /// The delta form's encoding: the changed keys with their values now (`None`: deleted), and
@@ -170,11 +268,11 @@ struct ChangesOut<'a> {
     set: ChangedEntries<'a>,
 }
 
-struct ChangedEntries<'a>(&'a KvState, &'a HashSet<Bytes>);
+struct ChangedEntries<'a>(&'a KvState, &'a HashSet<Key>);
 
 impl Serialize for ChangedEntries<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.1.iter().map(|k| (k, self.0.map.get(&k[..]))))
+        s.collect_seq(self.1.iter().map(|k| (k, self.0.map.get(k.as_slice()))))
     }
 }
 
@@ -213,7 +311,7 @@ impl Distill for KvPlain {
             .map_err(|e| DistillError::Decode(format!("kv delta: {e}")))?;
         for (k, v) in d.set {
             if let Some(c) = &mut self.changed {
-                c.insert(k.clone());
+                c.insert(Key::from(&k[..]));
             }
             self.state.set(k, v);
         }
@@ -238,29 +336,22 @@ fn check_value(v: &[u8]) -> Result<(), KvError> {
 }
 
 impl KvState {
-    /// Sets `key` to `value` (`None`: removes it) and returns the value it had. A key that
-    /// exists gets the new value in place: one hash lookup, and the ordered key set is not
-    /// touched (it changes only when a key comes or goes).
+    /// Sets `key` to `value` (`None`: removes it) and returns the value it had: one search of
+    /// the tree; a key that exists gets the new value in place, the old one moved out.
     fn set(&mut self, key: Bytes, value: Option<Bytes>) -> Option<Bytes> {
         let klen = key.len() as u64;
         let old = match value {
             Some(v) => {
                 self.bytes += klen + v.len() as u64;
-                match self.map.get_mut(&key[..]) {
-                    Some(slot) => Some(std::mem::replace(slot, v)),
-                    None => {
-                        self.order.insert(key.clone());
-                        self.map.insert(key, v)
+                match self.map.entry(Key::from(key)) {
+                    Entry::Occupied(mut e) => Some(e.insert(v)),
+                    Entry::Vacant(e) => {
+                        e.insert(v);
+                        None
                     }
                 }
             }
-            None => {
-                let old = self.map.remove(&key[..]);
-                if old.is_some() {
-                    self.order.remove(&key[..]);
-                }
-                old
-            }
+            None => self.map.remove(&key[..]),
         };
         if let Some(o) = &old {
             self.bytes -= klen + o.len() as u64;
@@ -276,7 +367,7 @@ impl KvPlain {
         if let Some(c) = &mut self.changed
             && !c.contains(&key[..])
         {
-            c.insert(key.clone());
+            c.insert(Key::from(&key[..]));
         }
         self.state.updates += 1;
         self.state.set(key, value)
@@ -354,10 +445,10 @@ impl Kv for KvPlain {
     fn scan(&mut self, start: Bytes, limit: u32) -> Result<kv_api::Entries, KvError> {
         check_key(&start)?;
         let s = &self.state;
-        Ok(s.order
+        Ok(s.map
             .range::<[u8], _>((Bound::Included(&start[..]), Bound::Unbounded))
             .take(limit.min(MAX_SCAN) as usize)
-            .map(|k| (k.clone(), s.map[&k[..]].clone()))
+            .map(|(k, v)| (Bytes::from(k.as_slice()), v.clone()))
             .collect())
     }
 
@@ -618,13 +709,23 @@ mod tests {
         assert_eq!(kv.delete(Bytes::from(&b"k"[..])).unwrap(), None);
     }
 
-    /// The hash map and the ordered key set stay one state: after a pseudo-random mix of puts,
-    /// deletes, swapping and failing `cas`es and `incr`s over a few hundred keys, every read, a
-    /// scan from every point, the counters and the snapshot agree with an ordered map that did
-    /// the same; the snapshot's bytes are those of that ordered map (the format of state
-    /// version 1, written before the hash map), and decode back to the same state.
+    /// Key `i` of the model test: 40 stems, each padded with `x` to 8 lengths from 24 to 38
+    /// bytes, so that keys are prefixes of each other on both sides of the inline limit.
+    fn model_key(i: u64) -> Bytes {
+        let mut k = format!("user{}", i % 40).into_bytes();
+        k.resize(24 + 2 * (i as usize / 40 % 8), b'x');
+        Bytes::from(k)
+    }
+
+    /// The tree of inline and long keys is the state of an ordered map of byte strings: after
+    /// a pseudo-random mix of puts, deletes, and swapping and failing `cas`es over a few
+    /// hundred keys (inline and heap keys, prefixes of each other across the inline limit),
+    /// every read, a scan from every key, the counters and the snapshot agree with an ordered
+    /// map of `Bytes` that did the same; the snapshot's bytes are those of that ordered map
+    /// (the format of state version 1), and decode back to the same state; a snapshot naming a
+    /// key twice, or out of order, is read as the map would (the former an error).
     #[test]
-    fn the_hash_map_and_the_key_order_agree_with_an_ordered_map() {
+    fn the_tree_of_inline_and_long_keys_agrees_with_an_ordered_map() {
         #[derive(Serialize)]
         struct Wave6 {
             map: BTreeMap<Bytes, Bytes>,
@@ -644,7 +745,7 @@ mod tests {
         };
         for _ in 0..5000 {
             let r = next();
-            let key = Bytes::from(format!("user{}", r % 300).into_bytes());
+            let key = model_key(r % 320);
             let value = Bytes::from(vec![(r >> 8) as u8; (r >> 16) as usize % 64]);
             match r >> 40 & 3 {
                 0 | 1 => {
@@ -684,8 +785,15 @@ mod tests {
             (stats.keys, stats.heap_used, stats.updates),
             (model.len() as u64, bytes, updates)
         );
-        for i in 0..310 {
-            let k = Bytes::from(format!("user{i}").into_bytes());
+        assert!((0..320).any(|i| matches!(Key::from(model_key(i)), Key::Heap(_))));
+        assert!((0..320).any(|i| matches!(Key::from(model_key(i)), Key::Inline(..))));
+        let between = [
+            &b""[..],
+            b"user",
+            b"user3",
+            b"user39xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        ];
+        for k in (0..320).map(model_key).chain(between.map(Bytes::from)) {
             assert_eq!(kv.get(k.clone()).unwrap(), model.get(&k).cloned());
             let scanned = kv.scan(k.clone(), 7).unwrap();
             let want: Vec<(Bytes, Bytes)> = model
@@ -715,5 +823,22 @@ mod tests {
         ))
         .unwrap();
         assert!(postcard::from_bytes::<KvState>(&twice).is_err());
+        // One out of order is sorted (a long key first, then an inline one).
+        let long = vec![b'z'; 40];
+        let unordered = postcard::to_stdvec(&(
+            vec![
+                (long.clone(), b"1".to_vec()),
+                (b"a".to_vec(), b"2".to_vec()),
+            ],
+            2u64,
+            43u64,
+        ))
+        .unwrap();
+        let back: KvState = postcard::from_bytes(&unordered).unwrap();
+        let mut want = KvPlain::default();
+        want.put(Bytes::from(&b"a"[..]), Bytes::from(&b"2"[..]))
+            .unwrap();
+        want.put(Bytes::from(long), Bytes::from(&b"1"[..])).unwrap();
+        assert_eq!(&back, want.distill());
     }
 }
