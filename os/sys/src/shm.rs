@@ -350,6 +350,37 @@ impl SharedBytes {
         }
     }
 
+    /// Fills in this process's page-table entries for the bytes `[off, off + len)` (rounded out
+    /// to whole pages) as a write would, without changing a byte (`MADV_POPULATE_WRITE`): a
+    /// later store there takes no page fault. On this VM a first store to a page of a
+    /// (fallocated) memfd costs a minor fault of ~1.9 µs; populating costs ~1.05 µs a page, in
+    /// one system call, whenever the caller chooses. Panics if out of bounds; an error (a
+    /// kernel before 5.14: `EINVAL`) leaves the pages to fault in as they are written.
+    pub fn populate_write(&self, off: usize, len: usize) -> io::Result<()> {
+        assert!(
+            off.checked_add(len).is_some_and(|e| e <= self.map.len()),
+            "populate_write out of bounds"
+        );
+        if len == 0 {
+            return Ok(());
+        }
+        let page = 4096;
+        let start = off / page * page;
+        let end = (off + len).next_multiple_of(page).min(self.map.len());
+        // SAFETY: `[start, end)` lies inside this mapping (the base is page aligned, the end
+        // clamped to its length); MADV_POPULATE_WRITE only faults the pages in (writable, as
+        // a write fault would) and changes no byte of them, so no other process or reference
+        // can observe anything but residency.
+        unsafe {
+            rustix::mm::madvise(
+                self.map.ptr().add(start).cast(),
+                end - start,
+                rustix::mm::Advice::LinuxPopulateWrite,
+            )?;
+        }
+        Ok(())
+    }
+
     /// Appends a copy of the `len` bytes at `off` to `dst`. Panics if out of bounds.
     pub fn copy_out(&self, off: usize, len: usize, dst: &mut Vec<u8>) {
         assert!(
@@ -394,6 +425,47 @@ mod tests {
             check_sealed(&plain, 4096),
             Err(ShmError::NotSealed)
         ));
+    }
+
+    /// The minor faults this thread has taken so far.
+    fn thread_minor_faults() -> u64 {
+        let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage writes a whole `rusage` into the pointer it is given.
+        let r = unsafe { libc::getrusage(libc::RUSAGE_THREAD, u.as_mut_ptr()) };
+        assert_eq!(r, 0);
+        // SAFETY: initialised by the successful call above (and zeroed before it).
+        unsafe { u.assume_init() }.ru_minflt as u64
+    }
+
+    /// Stores into a populated range take no page fault; into a range not populated, one a
+    /// page (the ring's first lap before wave 8).
+    #[test]
+    fn stores_into_a_populated_range_take_no_page_fault() {
+        let len = 4 << 20;
+        let fd = create_sealed("populate", len as u64).unwrap();
+        rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, len as u64).unwrap();
+        let touch = |m: &SharedBytes, from: usize, to: usize| {
+            let before = thread_minor_faults();
+            for off in (from..to).step_by(4096) {
+                m.u64_at(off).store(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            thread_minor_faults() - before
+        };
+        let pages = (len / 2 / 4096) as u64;
+        let m = SharedBytes::map(&fd, len).unwrap();
+        // Not populated: a fault a page.
+        assert!(
+            touch(&m, 0, len / 2) >= pages,
+            "no faults without populating?"
+        );
+        // Populated (at an unaligned offset and length: whole pages around it).
+        m.populate_write(len / 2 + 100, len / 2 - 200).unwrap();
+        let faults = touch(&m, len / 2, len);
+        assert!(
+            faults < pages / 8,
+            "{faults} faults in {pages} populated pages"
+        );
+        assert!(m.u64_at(len / 2).load(std::sync::atomic::Ordering::Relaxed) == 1);
     }
 
     #[test]
