@@ -336,6 +336,11 @@ pub struct CompanionCpu {
     pub writers_s: f64,
     /// The standby's minor page faults.
     pub standby_minflt: u64,
+    /// The serving incarnation's minor page faults (its first lap of the log's ring, unless
+    /// populated ahead).
+    pub server_minflt: u64,
+    /// The standby's context switches (voluntary + involuntary, `/proc/PID/status`).
+    pub standby_switches: u64,
 }
 
 /// `(utime + stime, cutime + cstime, minflt)` of a process, seconds.
@@ -349,17 +354,31 @@ fn proc_cpu(pid: i32) -> Option<(f64, f64, u64)> {
     Some((own, kids, num(7)?))
 }
 
+/// Context switches of a process so far (voluntary + involuntary).
+fn proc_switches(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some(
+        status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum(),
+    )
+}
+
 /// The companion's CPU counters now (see [`CompanionCpu`]).
 fn companion_cpu_of(p: &SystemProcess) -> Option<CompanionCpu> {
     let i = p.connect().ok()?.ps().ok()?.into_iter().next()?;
     i.companion.as_ref()?;
-    let (server_s, _, _) = proc_cpu(i.pid)?;
+    let (server_s, _, server_minflt) = proc_cpu(i.pid)?;
     let (standby_s, writers_s, standby_minflt) = proc_cpu(i.standby_pid)?;
     Some(CompanionCpu {
         server_s,
         standby_s,
         writers_s,
         standby_minflt,
+        server_minflt,
+        standby_switches: proc_switches(i.standby_pid)?,
     })
 }
 
@@ -742,6 +761,8 @@ pub fn run(exe: &Path, cfg: &KvConfig, mut progress: impl FnMut(&str)) -> Result
                     standby_s: a.standby_s - b.standby_s,
                     writers_s: a.writers_s - b.writers_s,
                     standby_minflt: a.standby_minflt.saturating_sub(b.standby_minflt),
+                    server_minflt: a.server_minflt.saturating_sub(b.server_minflt),
+                    standby_switches: a.standby_switches.saturating_sub(b.standby_switches),
                 });
             let counted = checkpoints_of(&s._proc)
                 .zip(before)
@@ -869,13 +890,15 @@ pub fn table(results: &[KvResult]) -> String {
         }
         if let Some(c) = r.companion_cpu {
             t.push_str(&format!(
-                "\n{} {}: CPU during the measured rounds: server {:.2} s, standby (replay) {:.2} s, checkpoint writers {:.2} s; standby minor faults {}",
+                "\n{} {}: CPU during the measured rounds: server {:.2} s, standby (replay) {:.2} s, checkpoint writers {:.2} s; minor faults: server {}, standby {}; standby context switches {}",
                 r.workload.as_str().to_uppercase(),
                 r.policy,
                 c.server_s,
                 c.standby_s,
                 c.writers_s,
-                c.standby_minflt
+                c.server_minflt,
+                c.standby_minflt,
+                c.standby_switches
             ));
         }
     }
