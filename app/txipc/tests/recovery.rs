@@ -99,6 +99,32 @@ fn a_poison_request_is_aborted_alone() {
     sys.shutdown().unwrap();
 }
 
+/// A request whose handler writes nothing runs in a transaction that never reaches the log
+/// (begun lazily): a crash in it leaves the log saying how the previous transaction ended.
+/// It is still retried once per fault, charged each time, and failed alone as poison after
+/// `retry_limit`; a bystander's committed updates stand.
+#[test]
+fn a_request_that_writes_nothing_and_faults_is_retried_then_aborted_as_poison() {
+    let sys = faulty_system("poison-ro", "retry_limit = 2\nslots = 2");
+    let conn = sys.connect().unwrap();
+    let f = FaultyClient::new(open(&conn, "f"));
+    assert_eq!(f.add(3, 5, Fault::None, 0).unwrap(), 5);
+    // Faults on its first run only: the retry answers.
+    assert_eq!(f.crash(3, Fault::Panic, 1).unwrap(), 5);
+    assert_eq!(ps_after(&conn, 1).restarts, 1);
+    // Faults every time: three runs (retry_limit 2), then Aborted.
+    match f.crash(3, Fault::Segv, u32::MAX) {
+        Err(SvcError::Call(CallError::Aborted { attempts })) => assert_eq!(attempts, 3),
+        other => panic!("expected Aborted, got {other:?}"),
+    }
+    let ps = ps_after(&conn, 4);
+    assert_eq!(ps.aborted_requests, 1);
+    // The poison request wrote nothing; the committed update stands.
+    assert_eq!(f.add(3, 1, Fault::None, 0).unwrap(), 6);
+    drop((f, conn));
+    sys.shutdown().unwrap();
+}
+
 #[test]
 fn restart_storms_are_bounded() {
     let sys = faulty_system(

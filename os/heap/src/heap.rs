@@ -2,7 +2,7 @@
 
 use std::cell::{Cell, UnsafeCell};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use crate::layout::{HEAP_DATA_OFFSET, HEAP_MAGIC, HEAP_VERSION, HeapHeader, MIN_HEAP_SIZE};
 use crate::log::{LogView, LogWriter, MAX_TXID, MIN_LOG_SIZE, RollbackCount, TxState};
@@ -191,13 +191,7 @@ impl Heap {
         let mut heap = Heap {
             tracker: UnsafeCell::new(None),
             shadow: UnsafeCell::new(None),
-            writer: Box::new(UnsafeCell::new(LogWriter {
-                view,
-                used: 0,
-                nrec: 0,
-                lock: AtomicBool::new(false),
-                limit: u64::MAX,
-            })),
+            writer: Box::new(UnsafeCell::new(LogWriter::new(view))),
             open: Cell::new(false),
             tracking,
             base,
@@ -419,6 +413,61 @@ impl Heap {
     /// As [`Heap::begin`].
     #[inline]
     pub fn begin_in(&self, txid: u64, root: Option<crate::RootId>) -> Result<Tx<'_>, HeapError> {
+        self.open_tx(txid, root, false)
+    }
+
+    /// Opens transaction `txid` like [`Heap::begin_in`], but under typed tracking writes
+    /// nothing shared until the transaction first writes the heap (its first undo record),
+    /// marks a prepared reply, or is [activated](Tx::activate): a transaction that only
+    /// reads commits (or aborts) without touching the log, and the log keeps saying how the
+    /// previous transaction ended, with its batch descriptor — exactly what a crash before the
+    /// first write would have left it saying, since the heap is unchanged. Batch entries
+    /// ([`Tx::add_batch_entry`]) are kept in private memory until then and written right
+    /// after the header says ACTIVE, so a transaction that writes is one transaction from
+    /// its first write on, with its whole batch named. Under page tracking and `Off` this is
+    /// [`Heap::begin_in`] (a page write is not seen before it happens).
+    ///
+    /// Callers that publish anything before the commit, or make calls whose outcome depends
+    /// on this transaction's commit record (nested transactions), must activate first.
+    ///
+    /// # Errors
+    /// As [`Heap::begin`].
+    #[inline]
+    pub fn begin_lazy_in(
+        &self,
+        txid: u64,
+        root: Option<crate::RootId>,
+    ) -> Result<Tx<'_>, HeapError> {
+        self.open_tx(txid, root, self.tracking == Tracking::Typed)
+    }
+
+    /// Activates the open transaction if it was begun lazily and has not written yet (see
+    /// [`Heap::begin_lazy_in`]); nothing otherwise. For code that holds the heap but not the
+    /// transaction (a call made from inside a handler).
+    pub fn activate_open(&self) {
+        if !self.open.get() {
+            return;
+        }
+        // SAFETY: a transaction is open on this thread (heaps are single-threaded: `Heap` is
+        // not `Sync`), and no method of its writer is running (this is called between them, by
+        // the transaction's own thread), so this is the only access to the writer.
+        unsafe { (*self.writer.get()).activate() };
+    }
+
+    /// Whether the open transaction was begun lazily and has written nothing yet (test and
+    /// diagnostics hook).
+    pub fn open_is_deferred(&self) -> bool {
+        // SAFETY: a plain read of the writer's flag by the heap's thread, between writer calls.
+        self.open.get() && unsafe { (*self.writer.get()).pending.is_some() }
+    }
+
+    #[inline]
+    fn open_tx(
+        &self,
+        txid: u64,
+        root: Option<crate::RootId>,
+        lazy: bool,
+    ) -> Result<Tx<'_>, HeapError> {
         if txid > MAX_TXID {
             return Err(HeapError::Invalid("txid must fit in 62 bits"));
         }
@@ -438,7 +487,11 @@ impl Heap {
         // SAFETY: `open` guarantees no other Tx exists; the page sink cannot run (no tracked
         // write happens during begin), so this is the only access to the writer.
         unsafe {
-            (*w).begin(txid, root);
+            if lazy {
+                (*w).begin_deferred(txid, root);
+            } else {
+                (*w).begin(txid, root);
+            }
         }
         let (track, shadow) = if self.tracking == Tracking::Page {
             (self.tracker.get(), self.shadow.get())
@@ -712,8 +765,30 @@ impl<'h> Tx<'h> {
         Ok(())
     }
 
+    /// Writes the header of a transaction begun lazily ([`Heap::begin_lazy_in`]) now, with
+    /// its batch entries, if it has not written yet; nothing otherwise. Call it before
+    /// anything leaves the server whose fate depends on this transaction's commit record.
+    #[inline]
+    pub fn activate(&mut self) {
+        // SAFETY: &mut self: the only access to the writer on this thread.
+        unsafe { (*self.core.w).activate() }
+    }
+
+    /// Whether this transaction was begun lazily and has written nothing yet.
+    pub fn is_deferred(&self) -> bool {
+        // SAFETY: plain read of the writer's flag by its only user.
+        unsafe { (*self.core.w).pending.is_some() }
+    }
+
     #[inline]
     fn finish(&mut self, s: TxState) {
+        // SAFETY: &mut self: the only access to the writer; a transaction that never wrote
+        // leaves the header as it found it.
+        if unsafe { (*self.core.w).end_deferred() } {
+            self.done = true;
+            self.heap.open.set(false);
+            return;
+        }
         // SAFETY: view is a Copy of pointers into the live log mapping.
         let view = unsafe { (*self.core.w).view };
         view.set_state(s);

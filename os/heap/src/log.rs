@@ -464,9 +464,36 @@ pub(crate) struct LogWriter {
     /// Test hook: appends fail with `LogFull` once this many records exist (a simulated crash
     /// point); `u64::MAX` normally.
     pub(crate) limit: u64,
+    /// A transaction opened lazily ([`LogWriter::begin_deferred`]) and not yet written to:
+    /// its txid and root. Nothing of it is in the shared header yet; the first record (or a
+    /// prepared reply, or [`LogWriter::activate`]) writes the header as [`LogWriter::begin`]
+    /// does, then the batch entries held in `pending_batch`.
+    pub(crate) pending: Option<(u64, Option<RootId>)>,
+    /// The batch entries of the `pending` transaction (private memory).
+    pub(crate) pending_batch: [BatchEntry; MAX_BATCH],
+    /// How many of `pending_batch` are used.
+    pub(crate) pending_n: usize,
 }
 
 impl LogWriter {
+    /// A writer for `view`, with no transaction open.
+    pub(crate) fn new(view: LogView) -> LogWriter {
+        LogWriter {
+            view,
+            used: 0,
+            nrec: 0,
+            lock: AtomicBool::new(false),
+            limit: u64::MAX,
+            pending: None,
+            pending_batch: [BatchEntry {
+                chan: 0,
+                slot: 0,
+                seq: 0,
+            }; MAX_BATCH],
+            pending_n: 0,
+        }
+    }
+
     /// Opens transaction `txid`. The order matters (ARCHITECTURE.md §5.1): the record count is
     /// cleared while the header still says COMMITTED/ABORTED/IDLE (where records mean nothing),
     /// then the state becomes ACTIVE (zero records: nothing to undo), and only then is the batch
@@ -494,15 +521,68 @@ impl LogWriter {
         compiler_fence(Ordering::SeqCst);
     }
 
+    /// Opens transaction `txid` lazily (ARCHITECTURE.md §5, "A transaction that writes
+    /// nothing"): only private state changes. The shared header keeps saying how the previous
+    /// transaction ended, with its batch, until [`LogWriter::activate`] runs — at the first
+    /// record, at a prepared reply, or when the caller asks (before a nested call). A
+    /// transaction that never activates leaves the log exactly as it found it, which is what a
+    /// crash anywhere in it leaves too: the heap was not written.
+    #[inline]
+    pub(crate) fn begin_deferred(&mut self, txid: u64, root: Option<RootId>) {
+        self.limit = u64::MAX;
+        self.used = 0;
+        self.nrec = 0;
+        self.pending = Some((txid, root));
+        self.pending_n = 0;
+    }
+
+    /// Writes the header of a deferred transaction ([`LogWriter::begin`]), then its batch
+    /// entries; nothing if the transaction is active already.
+    #[inline]
+    pub(crate) fn activate(&mut self) {
+        if let Some((txid, root)) = self.pending.take() {
+            self.activate_slow(txid, root);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn activate_slow(&mut self, txid: u64, root: Option<RootId>) {
+        let (used, nrec, limit) = (self.used, self.nrec, self.limit);
+        self.begin(txid, root);
+        self.limit = limit;
+        debug_assert!(
+            used == 0 && nrec == 0,
+            "a deferred transaction wrote no record"
+        );
+        for k in 0..self.pending_n {
+            let e = self.pending_batch[k];
+            // Cannot fail: pending_n <= MAX_BATCH (checked when each entry was added).
+            let _ = self.add_batch(e);
+        }
+        self.pending_n = 0;
+    }
+
+    /// Ends a transaction that never activated: nothing to write.
+    #[inline]
+    pub(crate) fn end_deferred(&mut self) -> bool {
+        self.pending_n = 0;
+        self.pending.take().is_some()
+    }
+
     pub(crate) fn truncate(&mut self, used: usize, nrec: u64) {
         self.used = used;
         self.nrec = nrec;
+        if self.pending.is_some() {
+            return;
+        }
         self.view.hdr().nrec.store(nrec, Ordering::Release);
         compiler_fence(Ordering::SeqCst);
     }
 
     #[inline]
-    fn reserve(&self, need: usize) -> Result<*mut u8, HeapError> {
+    fn reserve(&mut self, need: usize) -> Result<*mut u8, HeapError> {
+        self.activate();
         if self.view.cap - self.used < need || self.nrec >= self.limit {
             return Err(HeapError::LogFull {
                 requested: need,
@@ -566,6 +646,14 @@ impl LogWriter {
 
     #[inline]
     pub(crate) fn add_batch(&mut self, e: BatchEntry) -> Result<(), HeapError> {
+        if self.pending.is_some() {
+            if self.pending_n >= MAX_BATCH {
+                return Err(HeapError::BatchFull { max: MAX_BATCH });
+            }
+            self.pending_batch[self.pending_n] = e;
+            self.pending_n += 1;
+            return Ok(());
+        }
         let h = self.view.hdr();
         let n = h.nbatch.load(Ordering::Relaxed) as usize;
         if n >= MAX_BATCH {
@@ -580,7 +668,8 @@ impl LogWriter {
 
     /// Counts one more reply published before the commit (release: before the reply).
     #[inline]
-    pub(crate) fn add_prepared(&self) {
+    pub(crate) fn add_prepared(&mut self) {
+        self.activate();
         let h = self.view.hdr();
         let n = h.prepared.load(Ordering::Relaxed);
         h.prepared.store(n + 1, Ordering::Release);
@@ -612,13 +701,7 @@ mod tests {
         // accessed through the view (and the raw writes below).
         let view = unsafe { LogView::new(base, MIN_LOG_SIZE) };
         view.format_or_check(MIN_LOG_SIZE).unwrap();
-        let mut w = LogWriter {
-            view,
-            used: 0,
-            nrec: 0,
-            lock: AtomicBool::new(false),
-            limit: u64::MAX,
-        };
+        let mut w = LogWriter::new(view);
         w.begin(1, None);
         let pre = [7u8; 16];
         // SAFETY: `pre` is readable for 16 bytes.

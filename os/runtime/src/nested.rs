@@ -91,7 +91,12 @@ pub(crate) fn start(root: Option<RootId>) {
     DOOMED.with(|d| d.set(false));
     POISONED.with(|d| d.set(false));
     ROLLBACK.with(|r| r.set(false));
-    TOUCHED.with(|t| t.borrow_mut().clear());
+    TOUCHED.with(|t| {
+        let mut t = t.borrow_mut();
+        if !t.is_empty() {
+            t.clear();
+        }
+    });
 }
 
 pub(crate) fn doomed() -> bool {
@@ -104,8 +109,17 @@ pub(crate) fn poisoned() -> bool {
     POISONED.with(Cell::get)
 }
 
+/// The participants of the running transaction, taken out (empty, without allocating or
+/// freeing, when it called none: the common case on the hot path).
 pub(crate) fn touched() -> Vec<Rc<Channel>> {
-    TOUCHED.with(|t| std::mem::take(&mut *t.borrow_mut()))
+    TOUCHED.with(|t| {
+        let mut t = t.borrow_mut();
+        if t.is_empty() {
+            Vec::new()
+        } else {
+            std::mem::take(&mut *t)
+        }
+    })
 }
 
 /// The root the running transaction `txid` belongs to.

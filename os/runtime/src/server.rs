@@ -132,6 +132,10 @@ thread_local! {
     static NESTED_ON: Cell<bool> = const { Cell::new(false) };
     /// Whether this server's calls to others are recorded in its message log (policy companion).
     static COMPANION_ON: Cell<bool> = const { Cell::new(false) };
+    /// The heap of this incarnation (policy txipc), whose running transaction is begun lazily:
+    /// activated before a handler's call or `connect` leaves the server (see
+    /// [`activate_running_transaction`]).
+    static HEAP: Cell<Option<&'static Heap>> = const { Cell::new(None) };
     /// Control messages that arrived while a handler waited for the kernel.
     static PENDING: RefCell<VecDeque<(Vec<u8>, Vec<OwnedFd>)>> = const { RefCell::new(VecDeque::new()) };
 }
@@ -147,11 +151,26 @@ impl Outgoing {
     }
 }
 
+/// The serve loop begins a root transaction lazily (`Heap::begin_lazy_in`: nothing shared is
+/// written until its first heap write). Before anything whose outcome depends on that
+/// transaction's commit record leaves the server — a nested call (the participant is then
+/// prepared for this root, which the kernel decides from this log's header), or a kernel
+/// object made for it (`connect`, undone by the kernel if the header says ACTIVE) — the
+/// header must say ACTIVE(txid): this writes it now if the handler has not written yet.
+fn activate_running_transaction() {
+    if TXID.with(Cell::get) != 0 {
+        if let Some(h) = HEAP.with(Cell::get) {
+            h.activate_open();
+        }
+    }
+}
+
 impl Transport for Outgoing {
     /// Under policy txipc, a call made from inside a handler is part of the handler's
     /// transaction (a nested call, ARCHITECTURE.md §13); otherwise an ordinary call.
     fn call(&self, method: u32, request: &[u8], reply: &mut Vec<u8>) -> Result<(), CallError> {
         if NESTED_ON.with(Cell::get) {
+            activate_running_transaction();
             nested::call(&self.0, TXID.with(Cell::get), method, request, reply)
         } else if COMPANION_ON.with(Cell::get) {
             crate::companion::outgoing_call(&self.0, method, request, reply)
@@ -222,6 +241,7 @@ pub fn connect(service: &str) -> Result<Outgoing, ClientError> {
     let ctl = CTL
         .with(|c| c.borrow().clone())
         .ok_or_else(|| ClientError::Io("connect is for servers run by the txipc runtime".into()))?;
+    activate_running_transaction();
     let msg = FromServer::Connect {
         service: service.into(),
         txid: TXID.with(Cell::get),
@@ -651,6 +671,7 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
     // The heap lives exactly as long as this incarnation: give it the 'static lifetime that lets
     // the server keep references to its root.
     let heap: &'static Heap = Box::leak(Box::new(heap));
+    HEAP.with(|h| h.set(Some(heap)));
     let instance = (builtin.start)(StartArgs {
         heap,
         config,
@@ -1037,8 +1058,14 @@ impl Loop<'_> {
         if self.bufs.len() < max {
             self.bufs.resize_with(max, || Vec::with_capacity(4096));
         }
-        for k in 0..nchans {
-            let ci = (self.next_chan + k) % nchans;
+        // Round robin from `next_chan` (no division on the hot path; a removed channel may
+        // have left it past the end).
+        let mut ci = if self.next_chan < nchans {
+            self.next_chan
+        } else {
+            0
+        };
+        for _ in 0..nchans {
             while self.batch.len() < max {
                 let buf = &mut self.bufs[self.batch.len()];
                 match self.chans[ci].chan.take_into(buf) {
@@ -1053,8 +1080,12 @@ impl Loop<'_> {
                     None => break,
                 }
             }
+            ci += 1;
+            if ci == nchans {
+                ci = 0;
+            }
             if self.batch.len() >= max {
-                self.next_chan = (ci + 1) % nchans;
+                self.next_chan = ci;
                 break;
             }
         }
@@ -1496,7 +1527,19 @@ impl Loop<'_> {
     /// Opens the transaction of the batch (a participant's sub-transaction of `root`, or its
     /// own root) and records which requests it serves.
     fn begin(&mut self, root: Option<RootId>) {
-        let mut tx = match self.heap.begin_in(self.txid, root) {
+        // Its own root: begun lazily, so a request that writes nothing costs no log write (the
+        // log keeps saying how the previous transaction ended; ARCHITECTURE.md §5). A crash
+        // before its first write then charges every TAKEN request of the channel, as a
+        // committed log names none of them: exact while nothing waits in the backlog, so
+        // with a backlog (requests taken but not in this batch, which a fault of this batch
+        // must not be charged to) it begins at once, naming the batch. A participant's
+        // sub-transaction publishes its reply before its commit (prepared): also at once.
+        let tx = if root.is_none() && self.backlog.is_empty() {
+            self.heap.begin_lazy_in(self.txid, None)
+        } else {
+            self.heap.begin_in(self.txid, root)
+        };
+        let mut tx = match tx {
             Ok(tx) => tx,
             Err(_) => txipc_sys::crash::report_and_stop(txipc_sys::crash::CrashKind::Integrity),
         };

@@ -103,6 +103,10 @@ pub trait Faulty {
     /// Sum of all counters.
     #[readonly]
     fn sum(&mut self) -> i64;
+    /// Reads counter `index` and faults as `add` does, writing nothing: a request whose
+    /// transaction never writes the heap (it is begun lazily and never activates).
+    #[readonly]
+    fn crash(&mut self, index: u32, fault: Fault, fault_attempts: u32) -> Result<i64, FaultyError>;
     /// Opens (or finds again) a channel to the null service `service`, pings it through the
     /// channel, then faults as `add` does. Returns the channel's index: a kernel object created
     /// inside this request's transaction.
@@ -196,6 +200,14 @@ impl Faulty for FaultyServer {
             .get(index as usize)
             .map(PCell::get)
             .ok_or(FaultyError::NoCounter(index))
+    }
+
+    fn crash(&mut self, index: u32, fault: Fault, fault_attempts: u32) -> Result<i64, FaultyError> {
+        let v = self.get(index)?;
+        if txipc_runtime::current_attempt() < fault_attempts {
+            do_fault(fault);
+        }
+        Ok(v)
     }
 
     fn sum(&mut self) -> i64 {
