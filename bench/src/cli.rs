@@ -655,6 +655,16 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
             table!(json, "| commit | {:.1} |", r.commit_ns);
             table!(
                 json,
+                "| begin, one batch entry, commit | {:.1} |",
+                r.batch_commit_ns
+            );
+            table!(
+                json,
+                "| the same begun lazily, nothing written | {:.1} |",
+                r.read_only_commit_ns
+            );
+            table!(
+                json,
                 "| rollback, per record | {:.1} |",
                 r.rollback_ns_per_record
             );

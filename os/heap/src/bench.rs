@@ -27,6 +27,12 @@ pub struct TxBench {
     /// Fixed cost of a transaction: `begin` (log reset, header ACTIVE) plus `commit` (the
     /// commit-point store), with nothing in between.
     pub commit_ns: f64,
+    /// What the serve loop paid per transaction for a request that writes nothing, before
+    /// the lazy begin: `begin`, one batch entry, `commit`.
+    pub batch_commit_ns: f64,
+    /// What it pays now: [`Heap::begin_lazy_in`], one batch entry, `commit`, nothing written
+    /// (no shared write at all).
+    pub read_only_commit_ns: f64,
     /// In-place rollback, per 8-byte record.
     pub rollback_ns_per_record: f64,
     /// kv-style put (replace a 100-byte value in a 10,000-key `PBTreeMap<PBytes, PBytes>`,
@@ -147,6 +153,30 @@ pub fn bench_tx(opts: &TxBenchOptions) -> Result<TxBench, HeapError> {
         Ok(t.elapsed().as_nanos() as f64 / ops as f64)
     })?;
 
+    let entry = |i: usize| crate::BatchEntry {
+        chan: 1,
+        slot: 0,
+        seq: i as u64 + 1,
+    };
+    let batch_commit_ns = runs(opts.runs, || {
+        let t = Instant::now();
+        for i in 0..ops {
+            let mut tx = heap.begin(i as u64 + 3)?;
+            tx.add_batch_entry(black_box(entry(i)))?;
+            tx.commit()?;
+        }
+        Ok(t.elapsed().as_nanos() as f64 / ops as f64)
+    })?;
+    let read_only_commit_ns = runs(opts.runs, || {
+        let t = Instant::now();
+        for i in 0..ops {
+            let mut tx = heap.begin_lazy_in(i as u64 + 3, None)?;
+            tx.add_batch_entry(black_box(entry(i)))?;
+            tx.commit()?;
+        }
+        Ok(t.elapsed().as_nanos() as f64 / ops as f64)
+    })?;
+
     let rollback_ns_per_record = runs(opts.runs, || {
         let tx = heap.begin(4)?;
         for i in 0..ops {
@@ -210,6 +240,8 @@ pub fn bench_tx(opts: &TxBenchOptions) -> Result<TxBench, HeapError> {
         undo_record_ns,
         page_fault_ns,
         commit_ns,
+        batch_commit_ns,
+        read_only_commit_ns,
         rollback_ns_per_record,
         kv_put_typed_ns,
         kv_put_off_ns,
