@@ -1,6 +1,7 @@
 //! The spare (ARCHITECTURE.md §6, "The spare"): the standby armed to take over from the
 //! serving incarnation recovers every fault kind by itself, exactly once, and each of its own
-//! crash points — killed while parked, dying, crashing or hanging while taking over — is
+//! crash points — killed while parked or spinning, a crash word without a death, dying,
+//! crashing or hanging while taking over — is
 //! recovered by the kernel as before. Real processes, real faults.
 
 mod common;
@@ -194,6 +195,120 @@ fn a_spare_killed_while_parked_leaves_the_recovery_to_the_kernel() {
     }
     assert_eq!(f.get(1).unwrap(), 9);
     drop((f, conn));
+    sys.shutdown().unwrap();
+}
+
+/// Waits until the armed spare `pid` spins: `SCHED_IDLE`, its wait loop running. A machine
+/// without the privilege to leave `SCHED_IDLE` again keeps the sleeping spare: `false`.
+fn wait_spinning(pid: i32) -> bool {
+    if !txipc_sys::process::may_leave_sched_idle() {
+        eprintln!("no CAP_SYS_NICE nor RLIMIT_NICE: the spare sleeps instead of spinning");
+        return false;
+    }
+    wait_until(
+        "the armed spare spinning at SCHED_IDLE",
+        Duration::from_secs(30),
+        || txipc_sys::process::sched_policy(pid) == Some(txipc_sys::process::SchedPolicy::Idle),
+    );
+    true
+}
+
+/// Crash point "the spare is killed while spinning": the armed spare waits at `SCHED_IDLE`,
+/// busy (ARCHITECTURE.md §6, "The spinning spare"); SIGKILLed then, with the serving
+/// incarnation, it leaves the recovery to the kernel, which recovers with a new standby (or
+/// to that standby, armed in time), never serving itself; the next one armed spins again.
+#[test]
+fn an_armed_spare_spins_at_sched_idle_and_one_killed_while_spinning_leaves_the_recovery_to_the_kernel()
+ {
+    let sys = system("spare-spins", "takeover = true");
+    let conn = sys.connect().unwrap();
+    let f = FaultyClient::new(open(&conn, "f"));
+    assert_eq!(f.add(1, 2, Fault::None, 0).unwrap(), 2);
+    let armed = wait_armed(&conn);
+    if !wait_spinning(armed.standby_pid) {
+        return;
+    }
+    txipc_sys::process::kill(armed.standby_pid, rustix::process::Signal::KILL).unwrap();
+    txipc_sys::process::kill(armed.pid, rustix::process::Signal::KILL).unwrap();
+    assert_eq!(f.add(1, 2, Fault::None, 0).unwrap(), 4);
+    // Recovered by the kernel, or by the next standby if it was armed before the kernel saw
+    // the old incarnation's death (a loaded machine): never by the killed spare.
+    recovered(&conn, 1);
+    let i = info(&conn);
+    assert!(
+        i.pid != armed.standby_pid && i.pid != armed.pid && alive(i.pid),
+        "{i:?}"
+    );
+    // The next spare spins too, and serves after a fault.
+    let again = wait_armed(&conn);
+    assert!(wait_spinning(again.standby_pid));
+    assert_eq!(f.add(1, 2, Fault::Segv, 1).unwrap(), 6);
+    recovered(&conn, 2);
+    assert_eq!(f.get(1).unwrap(), 6);
+    drop((f, conn));
+    sys.shutdown().unwrap();
+}
+
+/// Maps server `name`'s status page, found among the kernel's descriptors (its memfd is
+/// named `txipc-status-NAME`): what a wild writer of the shared page could do.
+fn status_page(kernel: i32, name: &str) -> txipc_sys::status::StatusPage {
+    let want = format!("/memfd:txipc-status-{name} ");
+    for e in std::fs::read_dir(format!("/proc/{kernel}/fd")).unwrap() {
+        let path = e.unwrap().path();
+        let Ok(link) = std::fs::read_link(&path) else {
+            continue;
+        };
+        if link.to_string_lossy().starts_with(&want) {
+            let fd = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            return txipc_sys::status::StatusPage::map(fd).unwrap();
+        }
+    }
+    panic!("no status page of `{name}` among the kernel's descriptors");
+}
+
+/// Crash point "the crash word is written by a process that keeps running" (a wild or
+/// hostile write of the status page): the spare takes the word as a stamp only, and claims
+/// only once the pidfd says the incarnation is dead. The word written with the serving
+/// incarnation's pid, the spare consumes it (so it saw it) and keeps spinning; the incarnation
+/// serves on, no recovery happens; its real death later is recovered by the same spare.
+#[test]
+fn a_crash_word_written_while_the_incarnation_lives_does_not_make_the_spare_serve() {
+    let sys = system("spare-word", "takeover = true");
+    let conn = sys.connect().unwrap();
+    let f = FaultyClient::new(open(&conn, "f"));
+    assert_eq!(f.add(0, 1, Fault::None, 0).unwrap(), 1);
+    let armed = wait_armed(&conn);
+    if !wait_spinning(armed.standby_pid) {
+        return;
+    }
+    let page = status_page(sys.pid() as i32, "f");
+    page.set_crashed(armed.pid);
+    wait_until(
+        "the spare saw the crash word",
+        Duration::from_secs(30),
+        || page.crashed() == 0,
+    );
+    for n in 2..=4 {
+        assert_eq!(f.add(0, 1, Fault::None, 0).unwrap(), n);
+    }
+    let i = info(&conn);
+    assert_eq!(i.restarts, 0, "a word is not a death: {i:?}");
+    assert_eq!(i.pid, armed.pid, "the live incarnation still serves: {i:?}");
+    assert!(
+        i.spare_armed && i.standby_pid == armed.standby_pid && alive(armed.pid),
+        "the spare still waits: {i:?}"
+    );
+    // Its real death is still the spare's to recover (or the kernel's, on a machine too
+    // loaded for the spare: correct either way).
+    txipc_sys::process::kill(armed.pid, rustix::process::Signal::KILL).unwrap();
+    assert_eq!(f.add(0, 1, Fault::None, 0).unwrap(), 5);
+    recovered(&conn, 1);
+    assert_eq!(f.get(0).unwrap(), 5);
+    drop((f, conn, page));
     sys.shutdown().unwrap();
 }
 

@@ -51,6 +51,13 @@ use Ordering::{Acquire, Relaxed, Release, SeqCst};
 /// kernel settles every taken slot before it marks DEAD, so this bounds only the wait on a
 /// kernel that died midway (see `ClientChannel::after_flag`).
 const DEAD_SETTLE_GRACE: Duration = Duration::from_millis(200);
+
+/// How long a client woken without its reply spins for it before it sleeps again
+/// ([`ClientChannel::call`]): the recovery's re-run of its request, from the wake-up at the
+/// start of the settling to the reply, takes 0.1–0.5 ms on the project's VM. Bounded, and in
+/// the channel's spin mode (yielding when the server shares the client's CPU), so that a
+/// client woken by a recovery that takes longer holds its CPU for at most this long.
+const RECOVERY_SPIN: Duration = Duration::from_millis(2);
 /// What a kick stores in `done`: the slot's seq with bit 31 flipped, which is neither the
 /// awaited reply nor the previous one.
 const KICK_BIT: u32 = 1 << 31;
@@ -488,7 +495,27 @@ impl ClientChannel {
                     }
                 },
             };
-            futex::wait(c.done(), w, remaining);
+            let woke = futex::wait(c.done(), w, remaining);
+            // Woken without the reply: a recovery of the server started (the kernel and the
+            // spare wake every sleeper before they settle the taken slots, ARCHITECTURE.md
+            // §6), or the rare spurious wake-up. The reply is then a re-run away: spin for it
+            // (bounded, in this channel's mode), so that it finds this client awake instead
+            // of needing one more cross-process wake-up. `client_waiting` is 0 meanwhile, so
+            // the reply's publisher skips the futex wake; the loop's top sets it again (and
+            // re-checks `done`) before any sleep.
+            if woke == futex::FutexWait::Woken && !self.spin.budget.is_zero() {
+                c.client_waiting().store(0, Relaxed);
+                let mut spinner = Spinner::new(RECOVERY_SPIN);
+                while spinner.spin(yield_now) {
+                    let d = c.done().load(Acquire);
+                    if d == want {
+                        return self.finish(slot, reply);
+                    }
+                    if d != w {
+                        break; // kicked: the flags are checked at the loop's top
+                    }
+                }
+            }
         }
     }
 

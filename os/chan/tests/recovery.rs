@@ -174,6 +174,51 @@ fn fail_delivers_status_to_a_spinning_client() {
     fail_delivers_status(SPINNER, false);
 }
 
+/// A client asleep on its reply and woken by a recovery (`wake_waiters`, which the kernel and
+/// the spare call before they settle) does not go back to sleep: it spins for the reply, so
+/// the re-run's reply finds it awake (ARCHITECTURE.md §6, "What a recovery does"). Seen as its
+/// `client_waiting` word cleared after the wake; before, the client set it again and slept.
+#[test]
+fn a_client_woken_without_its_reply_spins_for_it_instead_of_sleeping_again() {
+    let s = setup(1);
+    let k = KernelChannel::map(&s.chan).unwrap();
+    let raw = RawMap::new(&s.chan, s.layout.total_size());
+    let client = ClientChannel::map(&s.chan).unwrap().with_spin(SpinConfig {
+        mode: SpinMode::Pure,
+        budget: Duration::from_micros(20),
+    });
+    let waiting = || raw.u32(ctl(0) + CLIENT_WAITING).load(Ordering::Acquire);
+    std::thread::scope(|sc| {
+        let call = sc.spawn(|| client.call(1, b"re-run me", &mut Vec::new(), None));
+        let dying = take_and_hang(&s, false);
+        wait_until("TAKEN", || state(&k, 0) == SlotState::Taken);
+        wait_until("the client to sleep in futex_wait", || waiting() == 1);
+        dying.kill().unwrap();
+        // The recovery's wake, then its settling: each wake is followed by a bounded spin of
+        // the client, so the word is seen 0 after one of them (the loop bounds the test, it
+        // times nothing).
+        let mut spun = false;
+        for _ in 0..2_000 {
+            k.wake_waiters();
+            std::thread::sleep(Duration::from_micros(100));
+            if waiting() == 0 {
+                spun = true;
+                break;
+            }
+        }
+        // Answered first, so that a failure below does not leave the client waiting.
+        let seq = k.snapshot(0).unwrap().seq;
+        assert!(k.fail(0, seq, Status::Interrupted));
+        let r = call.join().unwrap().unwrap();
+        assert!(
+            spun,
+            "the woken client went back to sleep instead of spinning"
+        );
+        assert_eq!(r.status, Status::Interrupted);
+        assert_eq!(state(&k, 0), SlotState::Free, "the client freed the slot");
+    });
+}
+
 #[test]
 fn fail_works_on_posted_slots_while_no_server_runs() {
     let s = setup(1);

@@ -180,6 +180,7 @@ impl Kernel {
         // kills itself right after its crash report (`txipc_sys::crash`), and its pidfd may be
         // read before its socket; the fault's cause is the report's, not "killed by SIGKILL".
         self.on_inc_msg(i, generation);
+        self.nudge_spare(i, generation);
         let s = &mut self.servers[i];
         let Some(inc) = s.procs.get(&generation) else {
             return;

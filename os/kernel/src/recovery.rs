@@ -24,6 +24,15 @@ impl Kernel {
         if std::mem::take(&mut s.empty_on_rollback) {
             s.reset_heap();
         }
+        // Every sleeping client is woken before the rollback, not only when its slot is
+        // settled: a client woken without its reply spins for it (`ClientChannel::call`),
+        // so its wake-up runs beside the rollback and the standby's activation instead of
+        // after the reply (ARCHITECTURE.md §6, "What a recovery does").
+        if s.spec.policy == Policy::Txipc {
+            for c in s.channels.values() {
+                c.k.wake_waiters();
+            }
+        }
         let mut log_state = LogState::Idle;
         let mut batch = Vec::new();
         let mut running = Vec::new();

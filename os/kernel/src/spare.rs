@@ -98,6 +98,27 @@ impl Kernel {
         }
     }
 
+    /// Generation `g` of server `i` died: a spare armed to take over from it may be spinning
+    /// at `SCHED_IDLE` (`txipc_runtime`'s spare), where on a CPU other processes keep busy it
+    /// would get almost no CPU, and the kernel's grace would pass before it claims. It is put
+    /// back to `SCHED_OTHER` (its nice, the kernel's, is kept) so that it runs at once. On an
+    /// otherwise idle CPU the spare has claimed long before the kernel gets here, and had left
+    /// `SCHED_IDLE` itself: this changes nothing then.
+    pub(crate) fn nudge_spare(&mut self, i: usize, g: Gen) {
+        let s = &self.servers[i];
+        if s.life.active() != Some(g) {
+            return;
+        }
+        if let Takeover::Armed(spare) = s.status.takeover()
+            && let Some(sb) = s.procs.get(&spare)
+        {
+            let _ = txipc_sys::process::set_sched_policy(
+                sb.pid,
+                txipc_sys::process::SchedPolicy::Other,
+            );
+        }
+    }
+
     /// Server `i` must not be taken over by its spare any more (a server now calls it):
     /// disarmed unless the spare claimed first.
     pub(crate) fn disarm(&mut self, i: usize) {

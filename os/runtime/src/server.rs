@@ -781,14 +781,14 @@ pub(crate) fn standby(
     // Armed as the spare of the serving incarnation (policy txipc only).
     let mut armed: Option<crate::spare::Armed> = None;
     loop {
-        if let Some(a) = &armed
+        if let Some(a) = &mut armed
             && pending.is_none()
             && wait.is_none()
         {
             let woke = SPARE.with(|sp| {
                 sp.borrow()
                     .as_ref()
-                    .map(|c| crate::spare::wait(ctl, a, &c.bell))
+                    .map(|c| crate::spare::wait(ctl, a, &c.bell, c.status))
             });
             match woke {
                 Some(crate::spare::Woke::Gone(at)) => {

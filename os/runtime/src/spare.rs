@@ -45,6 +45,11 @@ pub(crate) struct Armed {
     pub(crate) retry_limit: u32,
     old_pid: i32,
     pidfd: OwnedFd,
+    /// It waits spinning at `SCHED_IDLE` ([`wait`]); `false`: asleep in `poll`.
+    spin: bool,
+    /// When it saw the watched incarnation's crash word (monotonic ns): the first sight of
+    /// a crash, which the death it waits for follows.
+    crash_seen: Option<u64>,
 }
 
 impl Armed {
@@ -61,6 +66,39 @@ impl Armed {
             retry_limit,
             old_pid,
             pidfd,
+            spin: spin_allowed(),
+            crash_seen: None,
+        }
+    }
+}
+
+/// Whether an armed spare spins: it must be able to leave `SCHED_IDLE` again when it takes
+/// over (CAP_SYS_NICE or RLIMIT_NICE, `txipc_sys::process::may_leave_sched_idle`), or it
+/// would serve at idle priority; `TXIPC_SPARE_SPIN=0` makes it sleep in `poll` instead (the
+/// wave-7 spare, for A/B measurements).
+fn spin_allowed() -> bool {
+    std::env::var("TXIPC_SPARE_SPIN").map_or(true, |v| v != "0") && process::may_leave_sched_idle()
+}
+
+/// `SCHED_IDLE` while it lives, `SCHED_OTHER` again when dropped: the spinning spare's
+/// policy, left before it does anything but wait.
+struct IdleWhileSpinning(bool);
+
+impl IdleWhileSpinning {
+    fn enter() -> Self {
+        IdleWhileSpinning(process::set_sched_policy(0, process::SchedPolicy::Idle).is_ok())
+    }
+}
+
+impl Drop for IdleWhileSpinning {
+    fn drop(&mut self) {
+        if self.0
+            && let Err(e) = process::set_sched_policy(0, process::SchedPolicy::Other)
+        {
+            // Checked before spinning (`spin_allowed`); a spare that cannot leave idle
+            // priority must not serve at it.
+            eprintln!("txipc spare: cannot leave SCHED_IDLE ({e}); exiting");
+            std::process::exit(76);
         }
     }
 }
@@ -88,35 +126,70 @@ pub(crate) fn drain(bell: &OwnedFd) {
     while rustix::io::read(bell, &mut b).is_ok() {}
 }
 
-/// Sleeps until a control message, the watched incarnation's death or the bell. The bell is
+/// Waits until a control message, the watched incarnation's death or the bell. The bell is
 /// emptied when the standby starts, not when it is armed: a crash that rang it between the
 /// kernel's arming and this standby's reading of `Arm` is seen at once.
-pub(crate) fn wait(ctl: &OwnedFd, armed: &Armed, bell: &OwnedFd) -> Woke {
+///
+/// Spinning (`Armed::spin`, the default): at `SCHED_IDLE` on the server's CPU, so it runs only
+/// when the serving incarnation does not want the CPU and any task woken there preempts it at
+/// once; each round reads the crash word (one load of a line the server does not write on its
+/// hot path), polls the three descriptors with a zero timeout and yields. When the serving
+/// incarnation dies its CPU is free at once and this process is already running there: no
+/// wake-up is on the path. It takes the crash word as a stamp only (the first sight of a
+/// crash); it claims only once the pidfd says the incarnation is dead (or, after the bell,
+/// `/proc` says it is stopped), whoever wrote the word. Sleeping: in `poll`, as in wave 7.
+pub(crate) fn wait(ctl: &OwnedFd, armed: &mut Armed, bell: &OwnedFd, status: &StatusPage) -> Woke {
     use rustix::event::{PollFd, PollFlags, poll};
-    let mut fds = [
-        PollFd::new(ctl, PollFlags::IN),
-        PollFd::new(&armed.pidfd, PollFlags::IN),
-        PollFd::new(bell, PollFlags::IN),
-    ];
-    if poll(&mut fds, None).is_err() {
-        return Woke::Control;
-    }
-    let woke = txipc_sys::time::monotonic_ns();
-    let (ctl_in, dead, rung) = (
-        !fds[0].revents().is_empty(),
-        !fds[1].revents().is_empty(),
-        !fds[2].revents().is_empty(),
-    );
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let idle = armed.spin.then(IdleWhileSpinning::enter);
+    let (ctl_in, dead, rung, woke) = loop {
+        if armed.spin && armed.crash_seen.is_none() && status.crashed() == armed.old_pid {
+            let now = txipc_sys::time::monotonic_ns();
+            // Consumed, so that a later spare never reads it; a word that is not the
+            // watched incarnation's pid is not ours to touch.
+            if status.clear_crashed(armed.old_pid) {
+                armed.crash_seen = Some(now);
+            }
+        }
+        let mut fds = [
+            PollFd::new(ctl, PollFlags::IN),
+            PollFd::new(&armed.pidfd, PollFlags::IN),
+            PollFd::new(bell, PollFlags::IN),
+        ];
+        let timeout = if armed.spin { Some(&zero) } else { None };
+        match poll(&mut fds, timeout) {
+            Ok(0) => {
+                rustix::thread::sched_yield();
+                continue;
+            }
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return Woke::Control,
+        }
+        break (
+            !fds[0].revents().is_empty(),
+            !fds[1].revents().is_empty(),
+            !fds[2].revents().is_empty(),
+            txipc_sys::time::monotonic_ns(),
+        );
+    };
+    // Back at SCHED_OTHER (and the kernel's nice) before anything else: a message to handle,
+    // the claim and the recovery.
+    drop(idle);
+    let first = armed.crash_seen.map_or(woke, |c| c.min(woke));
     // A message first: a Shutdown or an Activate (the kernel disarmed) is the kernel's word.
     if ctl_in {
         return Woke::Control;
     }
     if dead {
-        return Woke::Gone(woke);
+        return Woke::Gone(first);
     }
     if rung {
         drain(bell);
-        return confirm_stop(armed, woke);
+        return confirm_stop(armed, first);
     }
     Woke::Control
 }
@@ -201,8 +274,13 @@ pub(crate) fn recover(
         .iter()
         .filter_map(|ch| Some((ch.index, KernelChannel::map(ch.fd.as_fd()).ok()?)))
         .collect();
+    // Every sleeping client is woken now, before the rollback, not only when its slot is
+    // settled: a client woken without its reply spins for it (`ClientChannel::call`), so its
+    // wake-up (tens of µs on the project's VM) runs beside the rollback, the attach and the
+    // re-run instead of after the reply. The incarnation that could publish is dead.
     for (_, k) in &kernel {
         k.set_generation(c.generation);
+        k.wake_waiters();
     }
     let r = txipc_heap::recover(heap_fd.as_fd(), log_fd.as_fd()).map_err(|e| e.to_string())?;
     let log_state = match r.prior {

@@ -147,9 +147,19 @@ fn a_spare_is_armed() -> bool {
 /// stops. Returns only if someone continues the stopped process. Async-signal-safe.
 fn end_after_report() {
     if a_spare_is_armed() {
-        // SAFETY: kill(2) and getpid(2) are async-signal-safe and take no pointers.
+        // SAFETY: getpid(2) is async-signal-safe and takes no pointers.
+        let pid = unsafe { libc::getpid() };
+        // The crash word first (one store, for the spare's stamp of the fault), then the
+        // death the spare confirms by the pidfd before it serves.
+        let p = STATUS.load(Ordering::Acquire);
+        if !p.is_null() {
+            // SAFETY: as in `a_spare_is_armed`: a non-null `p` points to the
+            // `&'static StatusPage` given to `die_when_a_spare_is_armed`; one atomic store.
+            unsafe { &*p }.set_crashed(pid);
+        }
+        // SAFETY: kill(2) is async-signal-safe and takes no pointers.
         unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
+            libc::kill(pid, libc::SIGKILL);
         }
     }
     ring_spare();

@@ -262,6 +262,73 @@ pub fn pin_to_cpu_set_all() -> io::Result<()> {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(io::Error::from)
 }
 
+/// The calling thread's scheduling policy, as `sched_setscheduler(2)` sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedPolicy {
+    /// `SCHED_OTHER`: the fair class at the thread's nice value.
+    Other,
+    /// `SCHED_IDLE`: runs only when nothing else on its CPU wants to, and any other task
+    /// woken there preempts it at once.
+    Idle,
+}
+
+/// Sets the scheduling policy of thread `tid` (0: the calling thread; a process's pid names
+/// its main thread), keeping its nice value. Entering `SCHED_IDLE` needs no privilege;
+/// leaving it does (CAP_SYS_NICE, or an RLIMIT_NICE that allows the thread's nice value:
+/// [`may_leave_sched_idle`]), as does changing another user's thread.
+pub fn set_sched_policy(tid: i32, policy: SchedPolicy) -> io::Result<()> {
+    let p = match policy {
+        SchedPolicy::Other => libc::SCHED_OTHER,
+        SchedPolicy::Idle => libc::SCHED_IDLE,
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a valid policy and a valid `sched_param` on this stack; the kernel only reads
+    // `param`; a `tid` that names no thread is an error (ESRCH), not undefined behaviour.
+    let rc = unsafe { libc::sched_setscheduler(tid, p, &param) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The scheduling policy of process `pid`'s main thread, from `/proc/PID/stat`; `None` if
+/// it cannot be read or is neither of [`SchedPolicy`]'s.
+pub fn sched_policy(pid: i32) -> Option<SchedPolicy> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 41 (`policy`), counted after the parenthesised command name, which may hold
+    // spaces: field 3 is the first after its closing parenthesis.
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    match after.split_whitespace().nth(41 - 3)?.parse::<i32>().ok()? {
+        libc::SCHED_OTHER => Some(SchedPolicy::Other),
+        libc::SCHED_IDLE => Some(SchedPolicy::Idle),
+        _ => None,
+    }
+}
+
+/// Whether the calling thread, put in `SCHED_IDLE`, could go back to `SCHED_OTHER` at its
+/// current nice value: it has CAP_SYS_NICE, or its RLIMIT_NICE allows that value (Linux's
+/// `can_nice`). A thread that could not would stay in `SCHED_IDLE` for good.
+pub fn may_leave_sched_idle() -> bool {
+    const CAP_SYS_NICE: u32 = 23;
+    let cap = std::fs::read_to_string("/proc/thread-self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_NICE) != 0);
+    if cap {
+        return true;
+    }
+    let nice = rustix::process::getpriority_process(None).unwrap_or(0);
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nice)
+        .current
+        .unwrap_or(u64::MAX);
+    // RLIMIT_NICE is 20 - nice: 1 allows nice 19, 40 allows -20.
+    u64::try_from(20 - nice).is_ok_and(|need| need <= limit)
+}
+
 /// Number of CPUs this process may run on.
 pub fn cpus_available() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -9,6 +9,7 @@
 //! | `inject` | kernel (arms, disarms) / incarnation (fires, clears) | an armed fail point: `arg << 32 \| kind << 16 \| site` |
 //! | `latency[i]`, i < [`LATENCY_BUCKETS`] | incarnation | calls timed with a service time in bucket `i` (`txipc_core::latency`), by all incarnations |
 //! | `takeover` | kernel (IDLE → ARMED(s), ARMED(s) → IDLE, TAKING(s) → IDLE) / spare `s` (ARMED(s) → TAKING(s)) | the spare armed to take over from the serving incarnation, or taking over ([`Takeover`]) |
+//! | `crashed` | a crashing incarnation's crash reporter (0 → its pid, with a spare armed, just before it kills itself) / the armed spare (its watched pid → 0, once seen) | a hint that the incarnation with that pid crashed: the spare stamps the first sight of the fault with it, and still serves only once that process is dead (its pidfd). Anyone who can write the page can write it, so it never decides anything |
 //!
 //! Fields are atomics at fixed offsets in a memfd page; a torn or garbage value can only make the
 //! watchdog act early or late on the server that wrote it. At any time every field but `inject`
@@ -29,7 +30,12 @@ use crate::shm::SharedMap;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"TXIPCST1");
 const PAGE: usize = 4096;
-const FIELDS: usize = 7;
+const FIELDS: usize = 8;
+/// Word index of the crash word: its own cache line (word 8 starts the page's second one),
+/// away from `busy` and `calls`, which the serving incarnation writes on every batch, so that
+/// a spare spinning on it takes nothing from the server's hot line.
+const CRASH: usize = 8;
+const _: () = assert!(CRASH * 8 == 64 && CRASH <= FIELDS && CRASH < LATENCY_BASE);
 /// Number of latency buckets (the kernel reads them all, whatever their values).
 pub const LATENCY_BUCKETS: usize = 128;
 /// Word index of the first latency bucket: its own cache lines, apart from the words the
@@ -178,6 +184,24 @@ impl StatusPage {
     /// confirmed gone). `false` if the word held anything else.
     pub fn end_takeover(&self, spare: u64) -> bool {
         self.takeover_cas(Takeover::Taking(spare), Takeover::Idle)
+    }
+    /// The crash word: the pid of an incarnation that said it crashed, 0 if none
+    /// (module docs). An allegation: whoever maps the page can write it.
+    #[inline]
+    pub fn crashed(&self) -> i32 {
+        self.field(CRASH).load(Ordering::Acquire) as i32
+    }
+    /// Sets the crash word to `pid` (a crashing incarnation, from its crash reporter: one
+    /// atomic store, async-signal-safe).
+    pub fn set_crashed(&self, pid: i32) {
+        self.field(CRASH)
+            .store(pid as u32 as u64, Ordering::Release);
+    }
+    /// `pid` → 0 (the spare that saw it); `false` if the word held anything else.
+    pub fn clear_crashed(&self, pid: i32) -> bool {
+        self.field(CRASH)
+            .compare_exchange(pid as u32 as u64, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
     }
     fn takeover_cas(&self, from: Takeover, to: Takeover) -> bool {
         self.field(7)
