@@ -43,6 +43,26 @@ fn main() {
             black_box(&dst);
         }
     });
+    // The same copy to a destination 4 bytes past a line start: where the lent value lands in
+    // the reply area (after the `Ok`, `Some` and 2-byte length of its encoding).
+    let mut dst4 = vec![0u8; 1004];
+    let copy_at_4 = median_ns(rounds, || {
+        for _ in 0..OPS {
+            dst4[4..].copy_from_slice(black_box(&value));
+            black_box(&dst4);
+        }
+    });
+    // The integrity check of `kv-checked` (off in the plain `kv` that `bench ipc` runs): the
+    // checksum of key and value that every get verifies there.
+    let key = b"bench-ipc-key";
+    let checksum = median_ns(rounds.min(5), || {
+        for _ in 0..OPS {
+            black_box(kv_server::integrity::checksum(
+                black_box(key),
+                black_box(&value),
+            ));
+        }
+    });
     // The handler's result: the value copied out of the heap into a new `Bytes`.
     let result = median_ns(rounds, || {
         for _ in 0..OPS {
@@ -96,6 +116,8 @@ fn main() {
         "1,000-byte kv get, CPU parts (ns per operation, median of {rounds} batches of {OPS})"
     );
     println!("  copy of 1,000 bytes (memcpy)           {copy:>7.1}");
+    println!("  the same copy to a line start + 4      {copy_at_4:>7.1}");
+    println!("  kv-checked's checksum (FNV-1a, 1,013 B) {checksum:>6.1}");
     println!("  handler's result (allocate + copy)     {result:>7.1}");
     println!("  encode the reply (postcard)            {encode:>7.1}");
     println!("  encode through ReplyWriter (dispatch)  {encode_to:>7.1}");

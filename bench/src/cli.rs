@@ -425,6 +425,11 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                     s.payload.raw_spin_reply_rtt_ns.median_ns,
                 ),
                 (
+                    "channel alone, 1000 B reply",
+                    c.payload.chan_reply_rtt_ns.median_ns,
+                    s.payload.chan_reply_rtt_ns.median_ns,
+                ),
+                (
                     "channel alone",
                     c.baselines.chan_rtt_ns.median_ns,
                     s.baselines.chan_rtt_ns.median_ns,
@@ -527,6 +532,7 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                     "kv_get_1000_rtt_ns": c.payload.kv_get_rtt_ns.median_ns,
                     "kv_get_owned_1000_rtt_ns": c.payload.kv_get_owned_rtt_ns.median_ns,
                     "raw_spin_reply_1000_rtt_ns": c.payload.raw_spin_reply_rtt_ns.median_ns,
+                    "chan_reply_1000_rtt_ns": c.payload.chan_reply_rtt_ns.median_ns,
                     "ratio_kv_get_owned_1000_over_null_cross": c.ratios.kv_get_owned_over_null.median,
                     "ratio_kv_get_1000_over_null_cross": get_vs_null,
                     "ratio_txipc_over_raw_spin_cross": vs_spin,

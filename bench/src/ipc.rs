@@ -9,8 +9,8 @@ use probe_server::NullClient;
 use serde::Serialize;
 use txipc_chan::SpinConfig;
 use txipc_chan::baseline::{
-    self, BenchConfig, EchoChannel, IpcBaselines, PingPong, Placement, Rtt, batch_warmup,
-    warmup_before,
+    self, BenchConfig, EchoChannel, IpcBaselines, PingPong, Placement, ReplyPath, Rtt,
+    batch_warmup, warmup_before,
 };
 use txipc_runtime::client::SystemProcess;
 
@@ -82,8 +82,15 @@ pub struct PayloadRtts {
     /// The raw spinning ping-pong with `bytes` bytes in every reply (written by the partner
     /// before its reply word, copied out by the caller after it): against `raw_spin_rtt_ns`,
     /// what moving the bytes from one core to the other costs by itself, the floor under a
-    /// get's excess over the null call.
+    /// get's excess over the null call. The bytes move the fastest way measured
+    /// (`ReplyPath::Both`: the partner claims the reply lines with `prefetchw` when the
+    /// request arrives, the caller prefetches all of them when it sees the reply word; the
+    /// `reply_floor` example of `txipc-chan` measures every way).
     pub raw_spin_reply_rtt_ns: Rtt,
+    /// The channel alone (no runtime: a forked loop that takes and answers) with `bytes` bytes
+    /// in every reply: against `chan_rtt_ns`, what the channel's data path costs a long reply
+    /// (reply area, prefetches, copies), against `raw_spin_reply_rtt_ns` the raw floor of it.
+    pub chan_reply_rtt_ns: Rtt,
 }
 
 /// Other IPC systems' round trips, cross-core, measured in the same run (`--peers`).
@@ -146,6 +153,7 @@ pub struct Partners {
     spin: PingPong,
     spin_reply: PingPong,
     chan: EchoChannel,
+    chan_reply: EchoChannel,
 }
 
 impl Partners {
@@ -153,10 +161,17 @@ impl Partners {
     pub fn start(placement: Placement) -> Result<Partners> {
         Ok(Partners {
             spin: PingPong::start(placement, false).context("raw spin partner")?,
-            spin_reply: PingPong::with_reply(placement, PAYLOAD_BYTES)
+            spin_reply: PingPong::with_reply_path(placement, PAYLOAD_BYTES, ReplyPath::Both)
                 .context("raw spin partner with a reply")?,
             chan: EchoChannel::start(placement, SpinConfig::default(), baseline::SERVER_SPIN)
                 .context("channel partner")?,
+            chan_reply: EchoChannel::with_reply(
+                placement,
+                SpinConfig::default(),
+                baseline::SERVER_SPIN,
+                PAYLOAD_BYTES,
+            )
+            .context("channel partner with a reply")?,
         })
     }
 
@@ -166,6 +181,9 @@ impl Partners {
             .stop()
             .context("raw spin partner with a reply")?;
         self.chan.stop().context("channel partner")?;
+        self.chan_reply
+            .stop()
+            .context("channel partner with a reply")?;
         Ok(())
     }
 }
@@ -250,7 +268,8 @@ pub fn interleaved(
         iterations: batch_warmup(cfg),
         ..*cfg
     };
-    let (mut r, mut rr, mut c, mut p, mut e, mut g, mut go) = (
+    let (mut r, mut rr, mut c, mut cr, mut p, mut e, mut g, mut go) = (
+        Vec::new(),
         Vec::new(),
         Vec::new(),
         Vec::new(),
@@ -264,6 +283,7 @@ pub fn interleaved(
         r.push(partners.spin.batch(w, cfg.iterations)?);
         rr.push(partners.spin_reply.batch(w, cfg.iterations)?);
         c.push(partners.chan.batch(w, cfg.iterations)?);
+        cr.push(partners.chan_reply.batch(w, cfg.iterations)?);
         // The servers slept while the partners ran: wake them untimed, as the partners are.
         batch(&per_batch, ping)?;
         p.push(batch(cfg, ping)?);
@@ -296,6 +316,7 @@ pub fn interleaved(
             kv_get_rtt_ns: rtt(g, cfg),
             kv_get_owned_rtt_ns: rtt(go, cfg),
             raw_spin_reply_rtt_ns: rtt(rr, cfg),
+            chan_reply_rtt_ns: rtt(cr, cfg),
         },
         ratios,
     })

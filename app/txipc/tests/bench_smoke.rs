@@ -197,6 +197,7 @@ fn bench_ipc_ratios_are_taken_per_interleaved_batch() {
         "kv_get_1000_rtt_ns",
         "kv_get_owned_1000_rtt_ns",
         "raw_spin_reply_1000_rtt_ns",
+        "chan_reply_1000_rtt_ns",
         "ratio_kv_get_owned_1000_over_null_cross",
         "ratio_txipc_over_raw_spin_cross",
         "ratio_chan_over_raw_spin_cross",
@@ -214,6 +215,7 @@ fn bench_ipc_ratios_are_taken_per_interleaved_batch() {
             &p["payload"]["kv_get_rtt_ns"],
             &p["payload"]["kv_get_owned_rtt_ns"],
             &p["payload"]["raw_spin_reply_rtt_ns"],
+            &p["payload"]["chan_reply_rtt_ns"],
         ] {
             assert_eq!(rtt["batches"], batches, "{placement}: {rtt}");
         }

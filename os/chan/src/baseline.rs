@@ -360,10 +360,55 @@ fn next_request(x: u32) -> u32 {
 /// Where a [`PingPong::with_reply`]'s reply bytes live: past the word's 128-byte pair.
 const REPLY_OFF: usize = 128;
 
+/// How the reply bytes of a [`PingPong::with_reply_path`] move from the partner's core to the
+/// caller's: the parts of a long reply's transfer, measured one against the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ReplyPath {
+    /// The partner copies the bytes in, the caller copies them out: each side's copy touches
+    /// one line after the other.
+    Plain,
+    /// The caller prefetches every line of the reply as soon as it sees the reply word, then
+    /// copies: the line misses overlap.
+    ReaderPrefetch,
+    /// The partner takes every reply line exclusive (`prefetchw`) as soon as it sees the
+    /// request, then copies: its ownership requests overlap.
+    WriterClaim,
+    /// Both of the above.
+    Both,
+    /// The caller prefetches every line of the reply at each poll of the reply word while it
+    /// waits (pulling each line over as soon as it is written), then copies.
+    ReaderPolls,
+}
+
+impl ReplyPath {
+    /// Every path, in the order the examples report them.
+    pub const ALL: [ReplyPath; 5] = [
+        ReplyPath::Plain,
+        ReplyPath::ReaderPrefetch,
+        ReplyPath::WriterClaim,
+        ReplyPath::Both,
+        ReplyPath::ReaderPolls,
+    ];
+
+    fn reader_prefetches(self) -> bool {
+        matches!(self, ReplyPath::ReaderPrefetch | ReplyPath::Both)
+    }
+
+    fn writer_claims(self) -> bool {
+        matches!(self, ReplyPath::WriterClaim | ReplyPath::Both)
+    }
+}
+
 /// The partner of a [`PingPong`]: answers each request by storing request + 1, after writing
 /// `bytes` (a private buffer, as a server copies from its state; allocated before the fork, so
 /// the child allocates nothing) at [`REPLY_OFF`].
-fn ping_pong_child(shm: &Mapping, bytes: &mut [u8], same_core: bool, use_futex: bool) -> i32 {
+fn ping_pong_child(
+    shm: &Mapping,
+    bytes: &mut [u8],
+    same_core: bool,
+    use_futex: bool,
+    path: ReplyPath,
+) -> i32 {
     let word = shm.u32_at(0);
     let reply = bytes.len();
     let mut expect = 1u32;
@@ -385,6 +430,9 @@ fn ping_pong_child(shm: &Mapping, bytes: &mut [u8], same_core: bool, use_futex: 
             v = word.load(Ordering::Acquire);
         }
         if reply > 0 {
+            if path.writer_claims() {
+                shm.prefetch_write(REPLY_OFF, reply);
+            }
             bytes[0] = expect as u8;
             shm.copy_in(REPLY_OFF, bytes);
         }
@@ -411,6 +459,8 @@ pub struct PingPong {
     reply: Vec<u8>,
     /// Bytes every reply carries (0: the word alone).
     reply_len: usize,
+    /// How they move.
+    path: ReplyPath,
 }
 
 impl PingPong {
@@ -420,7 +470,7 @@ impl PingPong {
     /// Fork it while this process has one thread (see [`fork_child`]): the partner itself only
     /// touches a shared word.
     pub fn start(placement: Placement, use_futex: bool) -> Result<PingPong, BaselineError> {
-        Self::start_inner(placement, use_futex, 0)
+        Self::start_inner(placement, use_futex, 0, ReplyPath::Plain)
     }
 
     /// A spinning ping-pong whose every reply also carries `reply` bytes (at most 64 KiB):
@@ -428,13 +478,23 @@ impl PingPong {
     /// them out after it, as a server and a client move a long reply. Against the plain
     /// ping-pong it gives what moving those bytes from one core to the other costs by itself.
     pub fn with_reply(placement: Placement, reply: usize) -> Result<PingPong, BaselineError> {
-        Self::start_inner(placement, false, reply.min(64 << 10))
+        Self::with_reply_path(placement, reply, ReplyPath::Plain)
+    }
+
+    /// [`Self::with_reply`] with the bytes moved as `path` says.
+    pub fn with_reply_path(
+        placement: Placement,
+        reply: usize,
+        path: ReplyPath,
+    ) -> Result<PingPong, BaselineError> {
+        Self::start_inner(placement, false, reply.min(64 << 10), path)
     }
 
     fn start_inner(
         placement: Placement,
         use_futex: bool,
         reply: usize,
+        path: ReplyPath,
     ) -> Result<PingPong, BaselineError> {
         let (ccpu, scpu) = placement.cpus();
         let same = placement == Placement::SameCore;
@@ -449,7 +509,7 @@ impl PingPong {
             fork_child(|| {
                 let mut bytes = std::mem::ManuallyDrop::new(bytes);
                 pin_child(scpu);
-                ping_pong_child(&shm, &mut bytes, same, use_futex)
+                ping_pong_child(&shm, &mut bytes, same, use_futex, path)
             })
         }?;
         Ok(PingPong {
@@ -461,6 +521,7 @@ impl PingPong {
             client_cpu: ccpu,
             reply: Vec::with_capacity(reply),
             reply_len: reply,
+            path,
         })
     }
 
@@ -479,12 +540,17 @@ impl PingPong {
                 futex::wait(word, v, None);
             } else if self.same {
                 rustix::thread::sched_yield();
+            } else if self.path == ReplyPath::ReaderPolls {
+                self.shm.prefetch_read(REPLY_OFF, self.reply_len);
             } else {
                 std::hint::spin_loop();
             }
             v = word.load(Ordering::Acquire);
         }
         if self.reply_len > 0 {
+            if self.path.reader_prefetches() {
+                self.shm.prefetch_read(REPLY_OFF, self.reply_len);
+            }
             self.shm
                 .copy_out(REPLY_OFF, self.reply_len, &mut self.reply);
             std::hint::black_box(&self.reply);
@@ -628,6 +694,26 @@ pub const EVENT_STOP: u32 = 1;
 /// channel until the doorbell carries [`EVENT_STOP`]. Requests with a bad length are answered
 /// [`Status::Malformed`]. Returns the number of requests served.
 pub fn run_echo_server(chans: &[ServerChannel], bell: &Doorbell, spin: Duration) -> u64 {
+    serve_until_stopped(chans, bell, spin, None)
+}
+
+/// [`run_echo_server`], answering every well-formed request with `reply` (a private buffer,
+/// as a server copies a value from its state) instead of the request's bytes.
+pub fn run_reply_server(
+    chans: &[ServerChannel],
+    bell: &Doorbell,
+    spin: Duration,
+    reply: &[u8],
+) -> u64 {
+    serve_until_stopped(chans, bell, spin, Some(reply))
+}
+
+fn serve_until_stopped(
+    chans: &[ServerChannel],
+    bell: &Doorbell,
+    spin: Duration,
+    fixed: Option<&[u8]>,
+) -> u64 {
     let mut buf = Vec::with_capacity(4096);
     let mut served = 0u64;
     loop {
@@ -638,7 +724,11 @@ pub fn run_echo_server(chans: &[ServerChannel], bell: &Doorbell, spin: Duration)
                 } else {
                     Status::Ok
                 };
-                let _ = ch.reply(t.slot, status, &buf);
+                let bytes = match fixed {
+                    Some(r) if !t.malformed => r,
+                    _ => &buf[..],
+                };
+                let _ = ch.reply(t.slot, status, bytes);
                 served += 1;
             }
         }
@@ -665,6 +755,8 @@ pub struct EchoChannel {
     bell: Doorbell,
     client_cpu: usize,
     reply: Vec<u8>,
+    /// Bytes of every reply (8: the request echoed).
+    reply_len: usize,
 }
 
 impl EchoChannel {
@@ -677,23 +769,52 @@ impl EchoChannel {
         spin: SpinConfig,
         server_spin: Duration,
     ) -> Result<EchoChannel, BaselineError> {
+        Self::start_inner(placement, spin, server_spin, None)
+    }
+
+    /// [`Self::start`] with a server that answers every call with `reply` bytes (at most
+    /// 64 KiB; the reply area holds them) instead of echoing: the channel's own way of moving a
+    /// long reply, against [`PingPong::with_reply`]'s raw one.
+    pub fn with_reply(
+        placement: Placement,
+        spin: SpinConfig,
+        server_spin: Duration,
+        reply: usize,
+    ) -> Result<EchoChannel, BaselineError> {
+        Self::start_inner(placement, spin, server_spin, Some(reply.min(64 << 10)))
+    }
+
+    fn start_inner(
+        placement: Placement,
+        spin: SpinConfig,
+        server_spin: Duration,
+        reply: Option<usize>,
+    ) -> Result<EchoChannel, BaselineError> {
         let (ccpu, scpu) = placement.cpus();
         let layout = ChannelLayout {
             nslots: 4,
             req_cap: 64,
-            reply_cap: 64,
+            reply_cap: reply.map_or(64, |n| n.max(64) as u32),
         };
+        let fixed = reply.map(|n| vec![0x5a_u8; n]);
         let chan_fd = create_channel("bench", layout)?;
         let bell_fd = create_doorbell()?;
         let server = ServerChannel::map(&chan_fd)?;
         let server_bell = Doorbell::map(&bell_fd)?;
         // SAFETY: fork_child items 1-3: the child pins itself and runs the echo loop, which
         // touches only the channel and doorbell mappings (atomics, raw copies), a local buffer
-        // and futexes; it owns nothing with an outside effect, takes no lock and never prints.
+        // and futexes (its reply bytes were allocated before the fork and are never freed in
+        // it: `ManuallyDrop`); it owns nothing with an outside effect, takes no lock and never
+        // prints.
         let child = unsafe {
             fork_child(|| {
+                let fixed = std::mem::ManuallyDrop::new(fixed);
                 pin_child(scpu);
-                run_echo_server(std::slice::from_ref(&server), &server_bell, server_spin);
+                let chans = std::slice::from_ref(&server);
+                match fixed.as_deref() {
+                    None => run_echo_server(chans, &server_bell, server_spin),
+                    Some(r) => run_reply_server(chans, &server_bell, server_spin, r),
+                };
                 0
             })
         }?;
@@ -703,14 +824,15 @@ impl EchoChannel {
             client: ClientChannel::map(&chan_fd)?.with_spin(spin),
             bell: server_bell,
             client_cpu: ccpu,
-            reply: Vec::with_capacity(64),
+            reply: Vec::with_capacity(reply.unwrap_or(64)),
+            reply_len: reply.unwrap_or(8),
         })
     }
 
     fn call(&mut self) -> Result<(), BaselineError> {
         let req = [7u8; 8];
         let r = self.client.call(1, &req, &mut self.reply, None)?;
-        if r.status != Status::Ok || self.reply.len() != 8 {
+        if r.status != Status::Ok || self.reply.len() != self.reply_len {
             return Err(BaselineError::Child(format!("bad echo reply {r:?}")));
         }
         Ok(())

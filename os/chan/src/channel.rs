@@ -578,9 +578,13 @@ impl ClientChannel {
             match Status::from_wire(status) {
                 None => Err(ChanError::BadStatus(status)),
                 Some(status) => {
-                    self.chan
-                        .map
-                        .copy_out(layout.reply_bytes_offset(slot, len), len, reply);
+                    let off = layout.reply_bytes_offset(slot, len);
+                    if len > INLINE_REPLY_MAX {
+                        // A long reply's lines are in the server's cache: ask for all of them
+                        // at once, so the copy's misses overlap (ARCHITECTURE.md §4).
+                        self.chan.map.prefetch_read(off, len);
+                    }
+                    self.chan.map.copy_out(off, len, reply);
                     Ok(Reply { status, attempt })
                 }
             }
@@ -769,8 +773,9 @@ impl ServerChannel {
         self.chan.layout
     }
 
-    /// Claims, with one plain store per cache line, the lines of slot `i`'s reply area that
-    /// its last reply used, right after the slot was TAKEN: the client read them when it took
+    /// Claims, with a `prefetchw` of each (where the CPU has it) and then one plain store per
+    /// cache line, the lines of slot `i`'s reply area that its last reply used, right after
+    /// the slot was TAKEN: the client read them when it took
     /// that reply, so each store needs an ownership transfer, and issued here they travel
     /// while the handler runs instead of stalling the reply's publication (the store buffer
     /// drains at the REPLIED CAS). The reply area belongs to the server while TAKEN and
@@ -783,7 +788,11 @@ impl ServerChannel {
             return;
         }
         let base = self.chan.layout.reply_bytes_offset(i, n);
-        let end = base + n.min(self.chan.layout.reply_cap as usize);
+        let len = n.min(self.chan.layout.reply_cap as usize);
+        let end = base + len;
+        // Every ownership request at once (`prefetchw` where the CPU has it), then one store
+        // per line, which keeps the claim whatever the hint did.
+        self.chan.map.prefetch_write(base, len);
         let mut off = base;
         while off < end {
             self.chan.map.u32_at(off).store(0, Relaxed);
