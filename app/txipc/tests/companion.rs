@@ -857,6 +857,8 @@ fn a_following_standby_replays_off_the_cpu_its_server_is_pinned_to() {
     );
     kv.put("c", "3").unwrap();
     kv.put("d", "4").unwrap();
+    // The next standby follows (it set its CPUs before it registered).
+    wait_following(&conn, 3);
     let next = standby_pid(&conn);
     assert_ne!(next, standby);
     assert_eq!(cpus_of(next), off, "the next standby keeps off CPU {pin}");

@@ -553,7 +553,8 @@ impl Ring {
     }
 
     /// After appending record `index`: wakes the following standby if it sleeps while its
-    /// replica is [`fmt::FOLLOW_WAKE_RECORDS`] or more behind — one load of a line the standby
+    /// replica is [`fmt::FOLLOW_WAKE_RECORDS`] records or more behind (or the catch-up's bytes
+    /// bound, `CATCH_UP`, for large records) — one load of a line the standby
     /// writes only around its sleeps, per record; a swap and a `write(2)` to the bell at most
     /// once per such sleep. No fence: a standby that set its asleep word just after this load
     /// is rung at the next append (the replica is still behind), and one that sleeps with no
@@ -566,7 +567,18 @@ impl Ring {
         }
         // `index + 1` of the replica's last applied request; 0: no replica follows.
         let replica = self.map.u64_at(fmt::LOG_REPLICA_AT).load(Ordering::Relaxed);
-        if replica == 0 || (index + 1).saturating_sub(replica) < fmt::FOLLOW_WAKE_RECORDS {
+        if replica == 0 {
+            return;
+        }
+        // Behind by the records bound, or by the catch-up's bytes bound (large records).
+        let at = self
+            .map
+            .u64_at(fmt::LOG_REPLICA_OFFSET_AT)
+            .load(Ordering::Relaxed);
+        let bytes = self.end.get().saturating_sub(at);
+        if (index + 1).saturating_sub(replica) < fmt::FOLLOW_WAKE_RECORDS
+            && bytes < (self.cap / CATCH_UP).min(CATCH_UP_MAX)
+        {
             return;
         }
         if asleep
@@ -3077,6 +3089,15 @@ mod tests {
         );
         ring.nudge(100 + bound + 1);
         assert!(!rung(&bell), "rung twice for one sleep");
+        // Asleep, a few large records behind: the catch-up's bytes bound (1/8 of the ring).
+        ring.set_asleep(true);
+        ring.publish_replica(100, 0);
+        ring.end.set((1 << 16) / CATCH_UP - 1);
+        ring.nudge(102);
+        assert!(!rung(&bell), "rung below the bytes bound");
+        ring.end.set((1 << 16) / CATCH_UP);
+        ring.nudge(102);
+        assert!(rung(&bell), "not rung at the bytes bound");
         // Asleep again, with no replica (stale, gone, or activated: word 0): not rung.
         ring.set_asleep(true);
         ring.publish_replica(u64::MAX, 0);
