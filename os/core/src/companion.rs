@@ -255,28 +255,60 @@ pub fn call_digest(service: &str, method: u32, request: &[u8]) -> u64 {
     (u64::from(h.finalize()) << 32) | (request.len() as u64 & 0xFFFF_FFFF)
 }
 
+/// The header of the request record of `request` (what [`encode_record`] writes before the
+/// request bytes and the zero padding to the record's length, [`record_len`]): so that a
+/// writer can copy the header and the request where the record goes, with no copy of the
+/// whole record in between.
+pub fn record_header(meta: &RecordMeta, request: &[u8]) -> [u8; RECORD_HEADER] {
+    let flags = if meta.prev_digest.is_some() {
+        FLAG_DIGEST
+    } else {
+        0
+    };
+    raw_header(flags | KIND_REQUEST << KIND_SHIFT, meta, request)
+}
+
+/// The length of the record of a request of `request_len` bytes (header, request, zero
+/// padding to a multiple of 8).
+pub fn record_len(request_len: usize) -> usize {
+    (RECORD_HEADER + request_len).next_multiple_of(8)
+}
+
+fn raw_header(flags: u32, meta: &RecordMeta, request: &[u8]) -> [u8; RECORD_HEADER] {
+    let len = record_len(request.len());
+    let mut h = [0u8; RECORD_HEADER];
+    let mut put = |at: usize, b: &[u8]| h[at..at + b.len()].copy_from_slice(b);
+    put(0, &RECORD_MAGIC.to_le_bytes());
+    put(4, &flags.to_le_bytes());
+    put(8, &(len as u32).to_le_bytes());
+    // 12..16: the record's crc, below.
+    put(16, &meta.index.to_le_bytes());
+    put(24, &meta.chan.to_le_bytes());
+    put(28, &meta.slot.to_le_bytes());
+    put(32, &meta.seq.to_le_bytes());
+    put(40, &meta.method.to_le_bytes());
+    put(44, &(request.len() as u32).to_le_bytes());
+    put(48, &meta.prev_digest.unwrap_or(0).to_le_bytes());
+    let hcrc = header_crc(&h[..56]);
+    h[56..60].copy_from_slice(&hcrc.to_le_bytes());
+    // 60..64 reserved (zero). The record's crc: bytes 0..12 and 16..len, the request and its
+    // zero padding included, taken from the pieces.
+    let mut c = crc32fast::Hasher::new();
+    c.update(&h[..12]);
+    c.update(&h[16..]);
+    c.update(request);
+    c.update(&[0u8; 8][..len - RECORD_HEADER - request.len()]);
+    h[12..16].copy_from_slice(&c.finalize().to_le_bytes());
+    h
+}
+
 fn encode_raw(flags: u32, meta: &RecordMeta, request: &[u8], out: &mut Vec<u8>) {
     let start = out.len();
-    let len = (RECORD_HEADER + request.len()).next_multiple_of(8);
+    let len = record_len(request.len());
     out.reserve(len);
-    out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
-    out.extend_from_slice(&flags.to_le_bytes());
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes()); // crc, below
-    out.extend_from_slice(&meta.index.to_le_bytes());
-    out.extend_from_slice(&meta.chan.to_le_bytes());
-    out.extend_from_slice(&meta.slot.to_le_bytes());
-    out.extend_from_slice(&meta.seq.to_le_bytes());
-    out.extend_from_slice(&meta.method.to_le_bytes());
-    out.extend_from_slice(&(request.len() as u32).to_le_bytes());
-    out.extend_from_slice(&meta.prev_digest.unwrap_or(0).to_le_bytes());
-    let hcrc = header_crc(&out[start..start + 56]);
-    out.extend_from_slice(&hcrc.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&raw_header(flags, meta, request));
     out.extend_from_slice(request);
     out.resize(start + len, 0);
-    let crc = record_crc(&out[start..start + len]);
-    out[start + 12..start + 16].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn record_crc(rec: &[u8]) -> u32 {
