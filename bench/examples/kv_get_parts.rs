@@ -117,7 +117,7 @@ fn main() {
     );
     println!("  copy of 1,000 bytes (memcpy)           {copy:>7.1}");
     println!("  the same copy to a line start + 4      {copy_at_4:>7.1}");
-    println!("  kv-checked's checksum (FNV-1a, 1,013 B) {checksum:>6.1}");
+    println!("  kv-checked's checksum (1,013 B)       {checksum:>7.1}");
     println!("  handler's result (allocate + copy)     {result:>7.1}");
     println!("  encode the reply (postcard)            {encode:>7.1}");
     println!("  encode through ReplyWriter (dispatch)  {encode_to:>7.1}");
