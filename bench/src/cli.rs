@@ -26,6 +26,11 @@ pub enum BenchCmd {
         /// processes, cross-core, in the same run (needs a txipc built with `--features peers`).
         #[arg(long)]
         peers: bool,
+        /// The manifest's `takeover` for both servers: `on` arms each one's standby as its
+        /// spare (it spins at `SCHED_IDLE` on the server's CPU while armed), to measure what
+        /// that costs a healthy server; `off` (the default) is the manifest's default.
+        #[arg(long, default_value = "off")]
+        takeover: String,
     },
     /// Serves one peer of `bench ipc --peers` (started by it; not for use by hand).
     #[command(hide = true)]
@@ -378,10 +383,15 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
             iterations,
             batches,
             peers,
+            takeover,
         } => {
             check(
                 iterations >= 1 && batches >= 1,
                 "--iterations and --batches must be at least 1",
+            )?;
+            check(
+                takeover == "on" || takeover == "off",
+                "--takeover is `on` or `off`",
             )?;
             #[cfg(not(feature = "peers"))]
             check(
@@ -395,7 +405,7 @@ pub fn run(exe: &Path, cmd: BenchCmd, json: bool) -> Result<()> {
                 iterations,
                 batches,
             };
-            let r = crate::ipc::run(exe, &cfg, peers)?;
+            let r = crate::ipc::run(exe, &cfg, peers, takeover == "on")?;
             let c = &r.cross_core;
             let s = &r.same_core;
             let rows = [

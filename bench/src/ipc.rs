@@ -116,11 +116,11 @@ pub struct IpcReport {
 /// Payload of the echo and kv-get rows.
 pub const PAYLOAD_BYTES: usize = 1000;
 
-fn manifest(cpu: usize, policy: &str) -> String {
+fn manifest(cpu: usize, policy: &str, takeover: bool) -> String {
     format!(
         "name = \"bench\"\n\
-         [[server]]\nname = \"null\"\nbuiltin = \"null\"\npolicy = \"{policy}\"\nheap_mb = 4\ncpu = {cpu}\nslots = 1\nrequest_max = 4096\nreply_max = 4096\n\
-         [[server]]\nname = \"kv\"\nbuiltin = \"kv\"\npolicy = \"{policy}\"\ntracking = \"typed\"\nheap_mb = 8\ncpu = {cpu}\nslots = 1\nrequest_max = 4096\nreply_max = 4096\n\
+         [[server]]\nname = \"null\"\nbuiltin = \"null\"\npolicy = \"{policy}\"\nheap_mb = 4\ncpu = {cpu}\nslots = 1\nrequest_max = 4096\nreply_max = 4096\ntakeover = {takeover}\n\
+         [[server]]\nname = \"kv\"\nbuiltin = \"kv\"\npolicy = \"{policy}\"\ntracking = \"typed\"\nheap_mb = 8\ncpu = {cpu}\nslots = 1\nrequest_max = 4096\nreply_max = 4096\ntakeover = {takeover}\n\
          [[grant]]\nclient = \"*\"\nservice = \"null\"\n[[grant]]\nclient = \"*\"\nservice = \"kv\"\n"
     )
 }
@@ -210,6 +210,7 @@ pub fn interleaved(
     placement: Placement,
     partners: &mut Partners,
     cfg: &BenchConfig,
+    takeover: bool,
 ) -> Result<Interleaved> {
     let (client_cpu, server_cpu) = match placement {
         Placement::CrossCore => (0, 1),
@@ -218,7 +219,7 @@ pub fn interleaved(
     let name = crate::unique_system("bench-ipc");
     let sys = SystemProcess::spawn(
         exe,
-        &manifest(server_cpu, "txipc"),
+        &manifest(server_cpu, "txipc", takeover),
         &name,
         crate::BOOT_TIMEOUT,
     )
@@ -326,7 +327,8 @@ pub fn interleaved(
 /// process is still single-threaded; then the futex and socket baselines run (back to back:
 /// no goal is a ratio to them across cores), then the peers (with `peers`, processes of their
 /// own), then, per placement, raw spin, channel alone and txipc in interleaved batches.
-pub fn run(exe: &Path, cfg: &BenchConfig, peers: bool) -> Result<IpcReport> {
+/// `takeover`: the servers' standbys are armed as their spares (the manifest's `takeover`).
+pub fn run(exe: &Path, cfg: &BenchConfig, peers: bool, takeover: bool) -> Result<IpcReport> {
     let mut cross_partners = Partners::start(Placement::CrossCore)?;
     let mut same_partners = Partners::start(Placement::SameCore)?;
     let others = |placement| -> Result<(Rtt, Rtt)> {
@@ -342,8 +344,14 @@ pub fn run(exe: &Path, cfg: &BenchConfig, peers: bool) -> Result<IpcReport> {
     } else {
         None
     };
-    let cross = interleaved(exe, Placement::CrossCore, &mut cross_partners, cfg)?;
-    let same = interleaved(exe, Placement::SameCore, &mut same_partners, cfg)?;
+    let cross = interleaved(
+        exe,
+        Placement::CrossCore,
+        &mut cross_partners,
+        cfg,
+        takeover,
+    )?;
+    let same = interleaved(exe, Placement::SameCore, &mut same_partners, cfg, takeover)?;
     cross_partners.stop()?;
     same_partners.stop()?;
     let result = |placement, i: Interleaved, futex, unix| PlacementResult {

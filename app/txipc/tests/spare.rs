@@ -249,6 +249,66 @@ fn an_armed_spare_spins_at_sched_idle_and_one_killed_while_spinning_leaves_the_r
     sys.shutdown().unwrap();
 }
 
+/// A spinning spare that the kernel disarms — here because another server connects to its
+/// server (nested transactions need the kernel, §13) — stops spinning: it sees the takeover
+/// word leave ARMED(it), goes back to `SCHED_OTHER` and sleeps as an ordinary standby, instead
+/// of spinning on for good (ARCHITECTURE.md §6, "The spinning spare").
+#[test]
+fn a_disarmed_spare_stops_spinning_and_sleeps_as_a_standby() {
+    let extra = "takeover = true\nretry_limit = 3";
+    let sys = boot(
+        "spare-disarm",
+        &(server("f", "faulty", "txipc", extra)
+            + &server("g", "faulty", "txipc", extra)
+            + &grant("*", "f")
+            + &grant("*", "g")
+            + &grant("f", "g")),
+    );
+    let conn = sys.connect().unwrap();
+    let g_info = |conn: &System| {
+        conn.ps()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == "g")
+            .unwrap()
+    };
+    let mut armed = None;
+    wait_until("g's spare armed", Duration::from_secs(30), || {
+        let i = g_info(&conn);
+        let ok = i.state == "running" && i.spare_armed && i.standby_pid > 0;
+        armed = Some(i);
+        ok
+    });
+    let armed = armed.unwrap();
+    if !wait_spinning(armed.standby_pid) {
+        return;
+    }
+    let f = FaultyClient::new(open(&conn, "f"));
+    assert_eq!(
+        f.relay("g".into(), 0, 1, Fault::None, Fault::None, 0)
+            .unwrap(),
+        1
+    );
+    wait_until(
+        "g's disarmed spare asleep at SCHED_OTHER",
+        Duration::from_secs(30),
+        || {
+            let i = g_info(&conn);
+            !i.spare_armed
+                && txipc_sys::process::sched_policy(armed.standby_pid)
+                    == Some(txipc_sys::process::SchedPolicy::Other)
+                && txipc_sys::process::state(armed.standby_pid) == Some('S')
+        },
+    );
+    assert_eq!(
+        g_info(&conn).standby_pid,
+        armed.standby_pid,
+        "the same standby"
+    );
+    drop((f, conn));
+    sys.shutdown().unwrap();
+}
+
 /// Maps server `name`'s status page, found among the kernel's descriptors (its memfd is
 /// named `txipc-status-NAME`): what a wild writer of the shared page could do.
 fn status_page(kernel: i32, name: &str) -> txipc_sys::status::StatusPage {

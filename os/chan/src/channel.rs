@@ -505,7 +505,9 @@ impl ClientChannel {
             // re-checks `done`) before any sleep.
             if woke == futex::FutexWait::Woken && !self.spin.budget.is_zero() {
                 c.client_waiting().store(0, Relaxed);
-                let mut spinner = Spinner::new(RECOVERY_SPIN);
+                // Never past the call's deadline.
+                let mut spinner =
+                    Spinner::new(remaining.map_or(RECOVERY_SPIN, |r| r.min(RECOVERY_SPIN)));
                 while spinner.spin(yield_now) {
                     let d = c.done().load(Acquire);
                     if d == want {

@@ -63,6 +63,9 @@ pub(crate) struct Server {
     pub(crate) rolled_back: Option<RolledBack>,
     /// A rollback waiting for the armed spare to claim it (or for its death).
     pub(crate) awaiting_spare: Option<crate::spare::AwaitSpare>,
+    /// The last arming: (spare, the generation it watches). Whose death nudges the spare
+    /// (`Kernel::nudge_spare`).
+    pub(crate) armed_watch: Option<(u64, u64)>,
     /// What the spare said it did when it took over, until the lifecycle has it serving.
     pub(crate) takeover_report: Option<txipc_core::proto::TakeoverReport>,
     /// A spare that took over said `Active` (its first batch served) before the kernel
@@ -249,6 +252,7 @@ impl Server {
                 hold_message: None,
                 attempts: Default::default(),
                 awaiting_spare: None,
+                armed_watch: None,
                 takeover_report: None,
                 spare_served: None,
                 companion,

@@ -89,6 +89,7 @@ impl Kernel {
             s.status.disarm_takeover(spare);
             return;
         }
+        let watch = (spare, old);
         // The spare recovers in the kernel's stead: it runs at the kernel's priority (it
         // sleeps until then) and goes back to its server's before it serves.
         if let Some(pid) = rustix::process::Pid::from_raw(sb.pid)
@@ -96,26 +97,22 @@ impl Kernel {
         {
             let _ = rustix::process::setpriority_process(Some(pid), nice);
         }
+        self.servers[i].armed_watch = Some(watch);
     }
 
-    /// Generation `g` of server `i` died: a spare armed to take over from it may be spinning
-    /// at `SCHED_IDLE` (`txipc_runtime`'s spare), where on a CPU other processes keep busy it
-    /// would get almost no CPU, and the kernel's grace would pass before it claims. It is put
-    /// back to `SCHED_OTHER` (its nice, the kernel's, is kept) so that it runs at once. On an
+    /// Generation `g` of server `i` died: the spare armed to take over from it may be spinning at `SCHED_IDLE` (`txipc_runtime`'s spare),
+    /// where on a CPU that other processes keep busy it gets almost no CPU, and the kernel's
+    /// grace would pass before it claims. It is put back to `SCHED_OTHER` ([`nudge`]). On an
     /// otherwise idle CPU the spare has claimed long before the kernel gets here, and had left
-    /// `SCHED_IDLE` itself: this changes nothing then.
+    /// `SCHED_IDLE` itself: this changes nothing then. (Not at the crash report: `g` is still
+    /// dying then, on the spare's CPU, and a spare spinning at the kernel's priority would
+    /// take that CPU from its exit.)
     pub(crate) fn nudge_spare(&mut self, i: usize, g: Gen) {
         let s = &self.servers[i];
-        if s.life.active() != Some(g) {
-            return;
-        }
         if let Takeover::Armed(spare) = s.status.takeover()
-            && let Some(sb) = s.procs.get(&spare)
+            && s.armed_watch == Some((spare, g))
         {
-            let _ = txipc_sys::process::set_sched_policy(
-                sb.pid,
-                txipc_sys::process::SchedPolicy::Other,
-            );
+            nudge(s, spare);
         }
     }
 
@@ -123,8 +120,10 @@ impl Kernel {
     /// disarmed unless the spare claimed first.
     pub(crate) fn disarm(&mut self, i: usize) {
         let s = &self.servers[i];
-        if let Takeover::Armed(g) = s.status.takeover() {
-            s.status.disarm_takeover(g);
+        if let Takeover::Armed(g) = s.status.takeover()
+            && s.status.disarm_takeover(g)
+        {
+            nudge(s, g);
         }
     }
 
@@ -137,6 +136,9 @@ impl Kernel {
             match s.status.takeover() {
                 Takeover::Idle => return self.start_roll_back(i, g),
                 Takeover::Armed(spare) => {
+                    // `g` cannot run any more: the spare, which claims or is activated now,
+                    // must get its CPU.
+                    nudge(s, spare);
                     let ready = s.life.standby() == Some(spare) && s.procs.contains_key(&spare);
                     if ready && grace {
                         s.awaiting_spare = Some(AwaitSpare {
@@ -340,5 +342,16 @@ impl Kernel {
             r.published,
             r.reposted
         ));
+    }
+}
+
+/// Puts standby `spare` of `s` back to `SCHED_OTHER` (its nice is kept): an armed spare
+/// spinning at `SCHED_IDLE` that must now run (it claims, or reads the kernel's message: a
+/// disarmed spare is activated or told to stop) gets its CPU on a busy machine too. Needs the
+/// kernel's privilege (CAP_SYS_NICE or the same user); without it the spare did not spin.
+fn nudge(s: &crate::server::Server, spare: Gen) {
+    if let Some(sb) = s.procs.get(&spare) {
+        let _ =
+            txipc_sys::process::set_sched_policy(sb.pid, txipc_sys::process::SchedPolicy::Other);
     }
 }

@@ -807,6 +807,11 @@ pub(crate) fn standby(
                 // Not seen stopped: the kernel decides (it kills what it cannot confirm, and
                 // its death wakes us again).
                 Some(crate::spare::Woke::NotStopped) => continue,
+                // The kernel disarmed us: an ordinary standby until the next `Arm`.
+                Some(crate::spare::Woke::Disarmed) => {
+                    armed = None;
+                    continue;
+                }
                 Some(crate::spare::Woke::Control) | None => {}
             }
         }

@@ -25,7 +25,8 @@ use txipc_chan::{KernelChannel, Settle};
 use txipc_core::manifest::Policy;
 use txipc_core::proto::TakeoverReport;
 use txipc_core::recovery::{LogState, SlotAction, TakenSlot, decide_slot, fault_counts};
-use txipc_sys::{process, status::StatusPage};
+use txipc_sys::process;
+use txipc_sys::status::{StatusPage, Takeover};
 
 use crate::server::Chan;
 
@@ -112,6 +113,9 @@ pub(crate) enum Woke {
     Gone(u64),
     /// The bell rang but the incarnation was not seen stopped: the kernel decides.
     NotStopped,
+    /// The kernel disarmed this spare (the takeover word is no longer ARMED(it)): it stops
+    /// spinning and waits as an ordinary standby until armed again.
+    Disarmed,
 }
 
 /// Prepares a standby just armed: timers as exact as the kernel allows (a re-check of a stop
@@ -132,12 +136,13 @@ pub(crate) fn drain(bell: &OwnedFd) {
 ///
 /// Spinning (`Armed::spin`, the default): at `SCHED_IDLE` on the server's CPU, so it runs only
 /// when the serving incarnation does not want the CPU and any task woken there preempts it at
-/// once; each round reads the crash word (one load of a line the server does not write on its
-/// hot path), polls the three descriptors with a zero timeout and yields. When the serving
-/// incarnation dies its CPU is free at once and this process is already running there: no
-/// wake-up is on the path. It takes the crash word as a stamp only (the first sight of a
-/// crash); it claims only once the pidfd says the incarnation is dead (or, after the bell,
-/// `/proc` says it is stopped), whoever wrote the word. Sleeping: in `poll`, as in wave 7.
+/// once. Each round reads the takeover word (still ARMED(it), or it stops spinning:
+/// [`Woke::Disarmed`]) and the crash word (loads of the status page, in this CPU's cache),
+/// polls the three descriptors with a zero timeout and yields. When the serving incarnation
+/// dies its CPU is free at once and this process is already running there: no wake-up is on
+/// the path. It takes the crash word as a stamp only (the first sight of a crash); it claims
+/// only once the pidfd says the incarnation is dead (or, after the bell, `/proc` says it is
+/// stopped), whoever wrote the word. Sleeping: in `poll`, as in wave 7.
 pub(crate) fn wait(ctl: &OwnedFd, armed: &mut Armed, bell: &OwnedFd, status: &StatusPage) -> Woke {
     use rustix::event::{PollFd, PollFlags, poll};
     let zero = rustix::time::Timespec {
@@ -146,6 +151,11 @@ pub(crate) fn wait(ctl: &OwnedFd, armed: &mut Armed, bell: &OwnedFd, status: &St
     };
     let idle = armed.spin.then(IdleWhileSpinning::enter);
     let (ctl_in, dead, rung, woke) = loop {
+        // Disarmed (a server connected to this one, or the kernel recovers itself): spinning
+        // is for an armed spare only. (Its own claim is the only other way out of ARMED(it).)
+        if armed.spin && status.takeover() != Takeover::Armed(armed.generation) {
+            return Woke::Disarmed;
+        }
         if armed.spin && armed.crash_seen.is_none() && status.crashed() == armed.old_pid {
             let now = txipc_sys::time::monotonic_ns();
             // Consumed, so that a later spare never reads it; a word that is not the
