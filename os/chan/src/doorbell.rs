@@ -226,8 +226,10 @@ impl Doorbell {
         }
         let n = chans.clone().count();
         let overflow = n + 1 > futex::WAIT_ANY_MAX;
-        let mut words: Vec<(&AtomicU32, u32)> =
-            Vec::with_capacity((n + 1).min(futex::WAIT_ANY_MAX));
+        // The words to sleep on, on the stack (2 KiB): going to sleep allocates nothing
+        // (test `wait_alloc::a_server_goes_to_sleep_without_allocating`).
+        let mut words: [(&AtomicU32, u32); futex::WAIT_ANY_MAX] =
+            [(self.word(), 0); futex::WAIT_ANY_MAX];
         let set_sleeping = |v: u32| {
             for c in chans.clone() {
                 c.raw().server_sleeping().store(v, Ordering::SeqCst);
@@ -236,11 +238,12 @@ impl Doorbell {
         loop {
             set_sleeping(1);
             fence(Ordering::SeqCst);
-            words.clear();
-            words.push((self.word(), self.word().load(Ordering::Acquire)));
+            words[0] = (self.word(), self.word().load(Ordering::Acquire));
+            let mut len = 1;
             for c in chans.clone().take(futex::WAIT_ANY_MAX - 1) {
                 let b = c.raw().bell_word();
-                words.push((b, b.load(Ordering::Acquire)));
+                words[len] = (b, b.load(Ordering::Acquire));
+                len += 1;
             }
             if self.pending_events() != 0 {
                 set_sleeping(0);
@@ -265,7 +268,7 @@ impl Doorbell {
             } else {
                 remaining
             };
-            let r = futex::wait_any(&words, remaining);
+            let r = futex::wait_any(&words[..len], remaining);
             set_sleeping(0);
             if r == FutexWait::Woken {
                 // We may have migrated while asleep.
