@@ -52,7 +52,7 @@ fn a_server_goes_to_sleep_without_allocating() {
         .map(|_| create_channel("wait-alloc", layout).unwrap())
         .collect();
     let chans: Vec<ServerChannel> = fds.iter().map(|f| ServerChannel::map(f).unwrap()).collect();
-    let bell = Doorbell::map(&create_doorbell().unwrap()).unwrap();
+    let bell = Doorbell::map(create_doorbell().unwrap()).unwrap();
     let no_spin = SpinConfig {
         mode: SpinMode::Pure,
         budget: Duration::ZERO,
