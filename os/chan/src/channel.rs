@@ -54,9 +54,9 @@ const DEAD_SETTLE_GRACE: Duration = Duration::from_millis(200);
 
 /// How long a client woken without its reply spins for it before it sleeps again
 /// ([`ClientChannel::call`]): the recovery's re-run of its request, from the wake-up at the
-/// start of the settling to the reply, takes 0.1–0.5 ms on the project's VM. Bounded, and in
-/// the channel's spin mode (yielding when the server shares the client's CPU), so that a
-/// client woken by a recovery that takes longer holds its CPU for at most this long.
+/// start of the settling to the reply, takes 0.1–0.5 ms on the project's VM. Bounded, and
+/// yielding between polls (whoever else wants the client's CPU — the kernel recovering, another
+/// client — gets it at once), so that a woken client delays nobody.
 const RECOVERY_SPIN: Duration = Duration::from_millis(2);
 /// What a kick stores in `done`: the slot's seq with bit 31 flipped, which is neither the
 /// awaited reply nor the previous one.
@@ -508,7 +508,12 @@ impl ClientChannel {
                 // Never past the call's deadline.
                 let mut spinner =
                     Spinner::new(remaining.map_or(RECOVERY_SPIN, |r| r.min(RECOVERY_SPIN)));
-                while spinner.spin(yield_now) {
+                // Yielding between polls, whatever the channel's mode: the recovery that will
+                // answer may need this CPU (the kernel runs off its servers' CPUs, so often on
+                // a client's), and a woken client that spun without yielding took it from the
+                // kernel between its rollback and the activation (`bench recovery --takeover
+                // off`, shared machine: the kernel's confirm step 0.13-0.20 ms → 0.26-1.40 ms).
+                while spinner.spin(true) {
                     let d = c.done().load(Acquire);
                     if d == want {
                         return self.finish(slot, reply);
