@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 use crate::ChanError;
 use crate::futex;
 use crate::layout::{
-    CHANNEL_MAGIC, CHANNEL_VERSION, ChannelLayout, FLAG_DEAD, FLAG_REVOKED, INLINE_REPLY_MAX, LINE,
-    NO_CPU, PAGE, REPLY_LINE, SlotState, Status, bell, ctl, hdr, rep, st,
+    CHANNEL_MAGIC, CHANNEL_VERSION, ChannelLayout, FLAG_DEAD, FLAG_REVOKED, FLAG_TAKEOVER,
+    INLINE_REPLY_MAX, LINE, NO_CPU, PAGE, REPLY_LINE, SlotState, Status, bell, ctl, hdr, rep, st,
 };
 use crate::mem::{Mapping, check_fd, create_sealed};
 use crate::spin::{SpinConfig, SpinMode, Spinner};
@@ -496,23 +496,25 @@ impl ClientChannel {
                 },
             };
             let woke = futex::wait(c.done(), w, remaining);
-            // Woken without the reply: a recovery of the server started (the kernel and the
-            // spare wake every sleeper before they settle the taken slots, ARCHITECTURE.md
-            // §6), or the rare spurious wake-up. The reply is then a re-run away: spin for it
-            // (bounded, in this channel's mode), so that it finds this client awake instead
-            // of needing one more cross-process wake-up. `client_waiting` is 0 meanwhile, so
-            // the reply's publisher skips the futex wake; the loop's top sets it again (and
-            // re-checks `done`) before any sleep.
-            if woke == futex::FutexWait::Woken && !self.spin.budget.is_zero() {
+            // Woken without the reply while a spare takes the server over (it wakes every
+            // sleeper at its claim, before its rollback, ARCHITECTURE.md §6): the reply is a
+            // re-run away, on the server's own CPU: spin for it (bounded), so that it finds
+            // this client awake instead of needing one more cross-process wake-up.
+            // `client_waiting` is 0 meanwhile, so the reply's publisher skips the futex wake;
+            // the loop's top sets it again (and re-checks `done`) before any sleep. Not after
+            // the kernel's wake: the kernel's recovery runs on the clients' CPUs, and a
+            // spinning client lost the reply's CPU to it and to the next standby's fork
+            // (MEASUREMENTS.md "Recovery, wave 8").
+            if woke == futex::FutexWait::Woken
+                && !self.spin.budget.is_zero()
+                && self.chan.flags().load(Acquire) & FLAG_TAKEOVER != 0
+            {
                 c.client_waiting().store(0, Relaxed);
                 // Never past the call's deadline.
                 let mut spinner =
                     Spinner::new(remaining.map_or(RECOVERY_SPIN, |r| r.min(RECOVERY_SPIN)));
-                // Yielding between polls, whatever the channel's mode: the recovery that will
-                // answer may need this CPU (the kernel runs off its servers' CPUs, so often on
-                // a client's), and a woken client that spun without yielding took it from the
-                // kernel between its rollback and the activation (`bench recovery --takeover
-                // off`, shared machine: the kernel's confirm step 0.13-0.20 ms → 0.26-1.40 ms).
+                // Yielding between polls, whatever the channel's mode: whoever else wants this
+                // CPU (the kernel, another client) gets it at once.
                 while spinner.spin(true) {
                     let d = c.done().load(Acquire);
                     if d == want {
@@ -1344,6 +1346,16 @@ impl KernelChannel {
     /// Records the generation of the incarnation now serving the channel.
     pub fn set_generation(&self, generation: u64) {
         self.chan.generation().store(generation, Release);
+    }
+
+    /// Sets or clears [`FLAG_TAKEOVER`] (a spare, at its claim and after its first batch; the
+    /// kernel clears it when it recovers itself).
+    pub fn set_takeover(&self, on: bool) {
+        if on {
+            self.chan.flags().fetch_or(FLAG_TAKEOVER, SeqCst);
+        } else {
+            self.chan.flags().fetch_and(!FLAG_TAKEOVER, SeqCst);
+        }
     }
 
     /// Marks the channel DEAD: every waiting and future call fails with [`ChanError::Dead`].

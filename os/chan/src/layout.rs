@@ -113,6 +113,12 @@ pub const FLAG_DEAD: u32 = 1;
 /// Channel header flag: the grant was revoked; every waiting client gets
 /// [`ChanError::Revoked`].
 pub const FLAG_REVOKED: u32 = 2;
+/// Channel header flag: a spare is taking over the server (set by it at its claim, cleared
+/// once it has served its first batch, or by the kernel's recovery if it failed meanwhile):
+/// a client woken without its reply spins for it instead of sleeping again (the re-run is
+/// on its way from the server's own CPU). Neither an error nor a promise: a client that sees
+/// it only waits differently, bounded.
+pub const FLAG_TAKEOVER: u32 = 4;
 
 /// Encoding of the slot state word (`Slot::state`, the client's futex word).
 ///

@@ -84,7 +84,7 @@ pub use channel::{
 pub use doorbell::{DOORBELL_MAGIC, DOORBELL_VERSION, Doorbell, Wake, create_doorbell};
 pub use error::ChanError;
 pub use layout::{
-    CHANNEL_MAGIC, CHANNEL_VERSION, ChannelLayout, FLAG_DEAD, FLAG_REVOKED, INLINE_REPLY_MAX,
-    INLINE_REQ_MAX, MAX_AREA, MAX_CHANNEL_BYTES, MAX_SLOTS, SlotState, Status,
+    CHANNEL_MAGIC, CHANNEL_VERSION, ChannelLayout, FLAG_DEAD, FLAG_REVOKED, FLAG_TAKEOVER,
+    INLINE_REPLY_MAX, INLINE_REQ_MAX, MAX_AREA, MAX_CHANNEL_BYTES, MAX_SLOTS, SlotState, Status,
 };
 pub use spin::{SpinConfig, SpinMode};

@@ -174,8 +174,8 @@ fn fail_delivers_status_to_a_spinning_client() {
     fail_delivers_status(SPINNER, false);
 }
 
-/// A client asleep on its reply and woken by a recovery (`wake_waiters`, which the kernel and
-/// the spare call before they settle) does not go back to sleep: it spins for the reply, so
+/// A client asleep on its reply and woken by a spare's takeover (`FLAG_TAKEOVER`, then
+/// `wake_waiters`, at the spare's claim) does not go back to sleep: it spins for the reply, so
 /// the re-run's reply finds it awake (ARCHITECTURE.md §6, "What a recovery does"). Seen as its
 /// `client_waiting` word cleared after the wake; before, the client set it again and slept.
 #[test]
@@ -194,9 +194,10 @@ fn a_client_woken_without_its_reply_spins_for_it_instead_of_sleeping_again() {
         wait_until("TAKEN", || state(&k, 0) == SlotState::Taken);
         wait_until("the client to sleep in futex_wait", || waiting() == 1);
         dying.kill().unwrap();
-        // The recovery's wake, then its settling: each wake is followed by a bounded spin of
-        // the client, so the word is seen 0 after one of them (the loop bounds the test, it
-        // times nothing).
+        // A spare's claim: the TAKEOVER flag, then the wake (and later its settling): each
+        // wake is followed by a bounded spin of the client, so the word is seen 0 after one
+        // of them (the loop bounds the test, it times nothing).
+        k.set_takeover(true);
         let mut spun = false;
         for _ in 0..2_000 {
             k.wake_waiters();

@@ -24,13 +24,10 @@ impl Kernel {
         if std::mem::take(&mut s.empty_on_rollback) {
             s.reset_heap();
         }
-        // Every sleeping client is woken before the rollback, not only when its slot is
-        // settled: a client woken without its reply spins for it (`ClientChannel::call`),
-        // so its wake-up runs beside the rollback and the standby's activation instead of
-        // after the reply (ARCHITECTURE.md §6, "What a recovery does").
+        // A spare that failed while taking over left its flag: clients wait as usual again.
         if s.spec.policy == Policy::Txipc {
             for c in s.channels.values() {
-                c.k.wake_waiters();
+                c.k.set_takeover(false);
             }
         }
         let mut log_state = LogState::Idle;

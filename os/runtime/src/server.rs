@@ -723,6 +723,7 @@ fn incarnation_main(config: &ServerConfig, builtin: Builtin, fds: IncFds<'_>, ct
     // standby the kernel activated does at once.
     if took_over {
         lp.serve_batch();
+        crate::spare::end_takeover(&lp.chans);
         let _ = fdpass::send(
             &lp.ctl,
             &proto::encode(&FromServer::Active { generation }),

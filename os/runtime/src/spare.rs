@@ -252,6 +252,16 @@ pub(crate) fn claim(status: &StatusPage, armed: &Armed, woke_ns: u64) -> Option<
     })
 }
 
+/// The spare has served its first batch: clients woken from now on wait as usual
+/// (`txipc_chan::FLAG_TAKEOVER` cleared on every channel of the server).
+pub(crate) fn end_takeover(chans: &[Chan]) {
+    for ch in chans {
+        if let Ok(k) = KernelChannel::map(ch.fd.as_fd()) {
+            k.set_takeover(false);
+        }
+    }
+}
+
 /// The spare's takeover is done: back to its server's priority (the kernel raised it to its
 /// own when it armed it) and the default timer slack, before it serves. Lowering one's own
 /// priority needs no privilege.
@@ -285,11 +295,13 @@ pub(crate) fn recover(
         .filter_map(|ch| Some((ch.index, KernelChannel::map(ch.fd.as_fd()).ok()?)))
         .collect();
     // Every sleeping client is woken now, before the rollback, not only when its slot is
-    // settled: a client woken without its reply spins for it (`ClientChannel::call`), so its
-    // wake-up (tens of µs on the project's VM) runs beside the rollback, the attach and the
-    // re-run instead of after the reply. The incarnation that could publish is dead.
+    // settled: a client woken without its reply while the channel says TAKEOVER spins for it
+    // (`ClientChannel::call`), so its wake-up (tens of µs on the project's VM) runs beside the
+    // rollback, the attach and the re-run instead of after the reply. The incarnation that
+    // could publish is dead. The flag is cleared after the first batch (`end_takeover`).
     for (_, k) in &kernel {
         k.set_generation(c.generation);
+        k.set_takeover(true);
         k.wake_waiters();
     }
     let r = txipc_heap::recover(heap_fd.as_fd(), log_fd.as_fd()).map_err(|e| e.to_string())?;
