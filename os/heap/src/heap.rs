@@ -441,6 +441,31 @@ impl Heap {
         self.open_tx(txid, root, self.tracking == Tracking::Typed)
     }
 
+    /// Opens transaction `txid` like [`Heap::begin_lazy_in`] (`lazy`) or [`Heap::begin_in`],
+    /// building it straight in `slot` and returning it there: the transaction object (72
+    /// bytes) is written once, where it will live, instead of being returned and moved into
+    /// its holder (the serve loop's transaction cell, once per call). A transaction still
+    /// open in `slot` makes this fail with [`HeapError::TxOpen`] and stays as it was.
+    ///
+    /// # Errors
+    /// As [`Heap::begin`].
+    #[inline]
+    pub fn begin_into<'h, 's>(
+        &'h self,
+        txid: u64,
+        root: Option<crate::RootId>,
+        lazy: bool,
+        slot: &'s mut Option<Tx<'h>>,
+    ) -> Result<&'s mut Tx<'h>, HeapError> {
+        let core = self.open_core(txid, root, lazy && self.tracking == Tracking::Typed)?;
+        Ok(slot.insert(Tx {
+            heap: self,
+            core,
+            txid,
+            done: false,
+        }))
+    }
+
     /// Activates the open transaction if it was begun lazily and has not written yet (see
     /// [`Heap::begin_lazy_in`]); nothing otherwise. For code that holds the heap but not the
     /// transaction (a call made from inside a handler).
@@ -468,6 +493,23 @@ impl Heap {
         root: Option<crate::RootId>,
         lazy: bool,
     ) -> Result<Tx<'_>, HeapError> {
+        let core = self.open_core(txid, root, lazy)?;
+        Ok(Tx {
+            heap: self,
+            core,
+            txid,
+            done: false,
+        })
+    }
+
+    /// Opens the log's side of transaction `txid` and returns the core of its `Tx`.
+    #[inline]
+    fn open_core(
+        &self,
+        txid: u64,
+        root: Option<crate::RootId>,
+        lazy: bool,
+    ) -> Result<TxCore, HeapError> {
         if txid > MAX_TXID {
             return Err(HeapError::Invalid("txid must fit in 62 bits"));
         }
@@ -498,18 +540,13 @@ impl Heap {
         } else {
             (std::ptr::null_mut(), std::ptr::null_mut())
         };
-        Ok(Tx {
-            heap: self,
-            core: TxCore {
-                base: self.base,
-                end: self.base + self.size,
-                typed: self.tracking == Tracking::Typed,
-                w,
-                track,
-                shadow,
-            },
-            txid,
-            done: false,
+        Ok(TxCore {
+            base: self.base,
+            end: self.base + self.size,
+            typed: self.tracking == Tracking::Typed,
+            w,
+            track,
+            shadow,
         })
     }
 

@@ -207,3 +207,56 @@ fn a_process_killed_in_a_lazy_transaction_is_recovered_as_if_it_had_begun_at_its
         "the killed transaction's write is undone"
     );
 }
+
+/// `Heap::begin_into` (the serve loop's begin: the transaction built in its holder's slot)
+/// begins as `begin_lazy_in` / `begin_in` do: lazily, a write-free transaction leaves the log
+/// as it was; eagerly, or at its first write, it is ACTIVE with its batch named. A second
+/// begin into a slot whose transaction is open fails and leaves that one as it was.
+#[test]
+fn a_transaction_built_in_its_slot_begins_as_a_returned_one() {
+    let hfd = create_heap_memfd("lazy-h4", 1 << 20).unwrap();
+    let lfd = create_log_memfd("lazy-l4", 1 << 16).unwrap();
+    let heap = Heap::attach(&hfd, &lfd, base(4), Tracking::Typed).unwrap();
+    let root: &common::Root = heap.root_or_init(|_| Ok(new_root())).unwrap();
+    committed_first(&heap, root);
+    let before = log_bytes(&lfd);
+    let mut slot = None;
+    for txid in 2..10 {
+        let tx = heap.begin_into(txid, None, true, &mut slot).unwrap();
+        tx.add_batch_entry(entry(0, 100 + txid)).unwrap();
+        assert!(tx.is_deferred() && heap.open_is_deferred());
+        assert_eq!(slot.as_ref().map(|t| t.txid()), Some(txid));
+        slot.take().unwrap().commit().unwrap();
+    }
+    assert_eq!(
+        log_bytes(&lfd),
+        before,
+        "a write-free transaction wrote the log"
+    );
+    // Open in the slot: a second begin fails, the open one stays and still commits.
+    let tx = heap.begin_into(10, None, true, &mut slot).unwrap();
+    tx.add_batch_entry(entry(1, 110)).unwrap();
+    assert!(matches!(
+        heap.begin_into(11, None, true, &mut slot),
+        Err(txipc_heap::HeapError::TxOpen)
+    ));
+    let tx = slot.as_mut().unwrap();
+    assert_eq!(tx.txid(), 10);
+    root.txs.set(tx, 7).unwrap();
+    let snap = read_log(lfd.as_fd()).unwrap();
+    assert_eq!((snap.state, snap.records), (TxState::Active(10), 1));
+    slot.take().unwrap().commit().unwrap();
+    let snap = read_log(lfd.as_fd()).unwrap();
+    assert_eq!(snap.state, TxState::Committed(10));
+    assert_eq!(snap.batch, vec![entry(1, 110)]);
+    // Eager: ACTIVE at once, and its batch entry is in the log before any write.
+    let tx = heap.begin_into(12, None, false, &mut slot).unwrap();
+    assert!(!tx.is_deferred());
+    tx.add_batch_entry(entry(2, 120)).unwrap();
+    let snap = read_log(lfd.as_fd()).unwrap();
+    assert_eq!(snap.state, TxState::Active(12));
+    assert_eq!(snap.batch, vec![entry(2, 120)]);
+    slot.take().unwrap().abort().unwrap();
+    assert_eq!(root.txs.get(), 7);
+    assert_eq!(read_log(lfd.as_fd()).unwrap().state, TxState::Aborted(12));
+}

@@ -53,6 +53,25 @@ impl TxCell {
         self.tx = Some(tx);
     }
 
+    /// Opens transaction `txid` of `heap` straight in this cell and lends it to the handlers
+    /// that run next ([`Heap::begin_into`]: lazily when `lazy`, as
+    /// [`Heap::begin_lazy_in`] does): the serve loop's begin, with no move of the
+    /// transaction object. Returns it, for the batch entries.
+    ///
+    /// # Errors
+    /// As [`Heap::begin_in`]; [`txipc_heap::HeapError::TxOpen`] if this cell holds an open
+    /// transaction (it stays).
+    #[inline]
+    pub fn begin(
+        &mut self,
+        heap: &'static Heap,
+        txid: u64,
+        root: Option<RootId>,
+        lazy: bool,
+    ) -> Result<&mut Tx<'static>, txipc_heap::HeapError> {
+        heap.begin_into(txid, root, lazy, &mut self.tx)
+    }
+
     /// Takes the lent transaction back, to commit or abort it.
     pub fn take(&mut self) -> Option<Tx<'static>> {
         self.tx.take()
@@ -1540,12 +1559,10 @@ impl Loop<'_> {
         // with a backlog (requests taken but not in this batch, which a fault of this batch
         // must not be charged to) it begins at once, naming the batch. A participant's
         // sub-transaction publishes its reply before its commit (prepared): also at once.
-        let tx = if root.is_none() && self.backlog.is_empty() {
-            self.heap.begin_lazy_in(self.txid, None)
-        } else {
-            self.heap.begin_in(self.txid, root)
-        };
-        let mut tx = match tx {
+        // Built in the cell, where the handlers find it (no move of the transaction object).
+        let lazy = root.is_none() && self.backlog.is_empty();
+        let cell = self.instance.tx_cell();
+        let tx = match cell.begin(self.heap, self.txid, root, lazy) {
             Ok(tx) => tx,
             Err(_) => txipc_sys::crash::report_and_stop(txipc_sys::crash::CrashKind::Integrity),
         };
@@ -1559,7 +1576,6 @@ impl Loop<'_> {
                 txipc_sys::crash::report_and_stop(txipc_sys::crash::CrashKind::Integrity);
             }
         }
-        self.instance.tx_cell().put(tx);
     }
 
     /// Runs request `i` of the batch and writes its reply. `armed`: a fail point may be armed
