@@ -1098,6 +1098,18 @@ impl SlotReply<'_> {
     /// `ReplyTooLarge` as said; `WrongState` if the slot is no longer TAKEN.
     #[inline]
     pub fn finish(self, status: Status) -> Result<(), ChanError> {
+        self.finish_here(status)
+    }
+
+    /// [`SlotReply::finish`] without moving the reply: for a caller that holds it in place
+    /// (the serve loop, whose handler wrote it through a `&mut dyn` writer) and drops it
+    /// right after. Moving it (48 bytes and its inline part) read back the length and flag
+    /// stores the handler had just made, a store-forwarding stall on every call.
+    ///
+    /// # Errors
+    /// As [`SlotReply::finish`].
+    #[inline]
+    pub fn finish_here(&self, status: Status) -> Result<(), ChanError> {
         let sc = self.chan;
         let c = sc.chan.check_slot(self.slot)?;
         let w = c.state().load(Relaxed);

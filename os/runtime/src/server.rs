@@ -1600,7 +1600,7 @@ impl Loop<'_> {
                 }
                 // Too large for the reply area: the handler's effects stand (they are part of
                 // this transaction), the client learns the reply did not fit (`TooLarge`).
-                let _ = out.0.finish(status);
+                let _ = out.0.finish_here(status);
                 return;
             }
         }
