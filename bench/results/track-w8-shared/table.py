@@ -14,6 +14,7 @@ for f in sys.argv[1:]:
         tot = [s['recovery_us'] / 1e3 for s in ss]
         after = [(s['recovery_us'] - s['steps']['detect_us']) / 1e3 for s in ss if s['steps']]
         det = [s['steps']['detect_us'] / 1e3 for s in ss if s['steps']]
-        st = d[k]['steps_p50'] or {}
+        st = (d.get(k) or {}).get('steps_p50') or {}
+        if not ss: continue
         sp = sum(1 for s in ss if s.get('by_spare'))
         print(f"| {name} | {k} | {pct(tot,.5):.2f} / {pct(tot,.99):.2f} | {pct(after,.5):.2f} / {pct(after,.99):.2f} | {pct(det,.5):.2f} | {st.get('confirm_us',0):.0f}, {st.get('activate_us',0):.0f}, {st.get('client_us',0):.0f} | {sp}/{len(ss)} |")
