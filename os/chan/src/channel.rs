@@ -920,7 +920,10 @@ impl ServerChannel {
     }
 
     /// [`Self::try_take`] then [`Self::read_request`]: no allocation once `buf` has grown.
-    #[inline]
+    /// Always inlined: returned through memory, its `Taken` (written by 8- and 4-byte stores)
+    /// was read back at once by 16-byte loads in the serve loop, a store-forwarding stall on
+    /// every call.
+    #[inline(always)]
     pub fn take_into(&self, buf: &mut Vec<u8>) -> Option<Taken> {
         let t = self.try_take()?;
         self.read_request(&t, buf);
