@@ -16,6 +16,9 @@ use txipc_heap::{
     BatchEntry, Heap, Tracking, TxState, create_heap_memfd, create_log_memfd, read_log, recover,
 };
 
+/// Each test's heap lives at its own base: the tests run on threads of one process, and a
+/// forked child inherits every heap mapped there at that instant (its `attach` at a base
+/// another test holds fails with "already mapped").
 fn base(n: usize) -> usize {
     0x6300_0000_0000 + n * (1 << 32)
 }
@@ -137,20 +140,27 @@ fn child_stopped_in_lazy_tx(hfd: &OwnedFd, lfd: &OwnedFd, at: usize, write: bool
         ForkResult::Child => {
             no_core();
             drop(r);
-            let heap = Heap::attach(hfd, lfd, at, Tracking::Typed).unwrap();
-            let root: &common::Root = heap.root_or_init(|_| Ok(new_root())).unwrap();
-            committed_first(&heap, root);
-            let mut tx = heap.begin_lazy_in(2, None).unwrap();
-            tx.add_batch_entry(entry(5, 50)).unwrap();
-            tx.add_batch_entry(entry(6, 51)).unwrap();
-            let _ = root.txs.get();
-            if write {
-                root.txs.set(&tx, 99).unwrap();
-            }
-            let _ = nix::unistd::write(&w, b"x");
-            loop {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
+            let run = || -> Result<(), txipc_heap::HeapError> {
+                let heap = Heap::attach(hfd, lfd, at, Tracking::Typed)?;
+                let root: &common::Root = heap.root_or_init(|_| Ok(new_root()))?;
+                committed_first(&heap, root);
+                let mut tx = heap.begin_lazy_in(2, None)?;
+                tx.add_batch_entry(entry(5, 50))?;
+                tx.add_batch_entry(entry(6, 51))?;
+                let _ = root.txs.get();
+                if write {
+                    root.txs.set(&tx, 99)?;
+                }
+                let _ = nix::unistd::write(&w, b"x");
+                loop {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            };
+            let e = run().unwrap_err();
+            let _ = nix::unistd::write(std::io::stderr(), format!("lazy child: {e}\n").as_bytes());
+            // SAFETY: `_exit` ends the forked child at once, without unwinding into the copy of
+            // the test harness it runs in.
+            unsafe { nix::libc::_exit(3) }
         }
         ForkResult::Parent { child } => {
             drop(w);
@@ -216,7 +226,7 @@ fn a_process_killed_in_a_lazy_transaction_is_recovered_as_if_it_had_begun_at_its
 fn a_transaction_built_in_its_slot_begins_as_a_returned_one() {
     let hfd = create_heap_memfd("lazy-h4", 1 << 20).unwrap();
     let lfd = create_log_memfd("lazy-l4", 1 << 16).unwrap();
-    let heap = Heap::attach(&hfd, &lfd, base(4), Tracking::Typed).unwrap();
+    let heap = Heap::attach(&hfd, &lfd, base(6), Tracking::Typed).unwrap();
     let root: &common::Root = heap.root_or_init(|_| Ok(new_root())).unwrap();
     committed_first(&heap, root);
     let before = log_bytes(&lfd);
